@@ -1,0 +1,1722 @@
+"""The decision core: ``Engine.handle(event) -> list[Command]``.
+
+Theory of operation
+-------------------
+The engine is a pure, synchronous function of its state and one event. It never reads a clock
+(time is ``event.now_ms``), never awaits and never does I/O. It answers with commands that the
+runtime carries out; their outcomes come back later as events. So every run is replayable.
+
+State lives in models driven by the ``transitions`` tables of ``fsm.table``: one model per symbol
+on a shared machine, and one model per global machine (entry lock, safety lock, recovery lock,
+exit-cancel-failed lock, rate-limit protection, auth lock). The engine checks a trigger against
+the table before firing it, so an illegal (state, trigger) pair changes nothing and emits nothing.
+
+Handling order inside one event: the event is applied (cursors, fills, prices), the decision is
+taken, then the entry lock is recomputed from the account (N-21) and, if it turned on, every other
+monitoring symbol is reset (W46). No exception escapes ``handle``: an unexpected error is logged
+as an anomaly and the state is left as the event found it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from transitions import Machine
+
+from fsm import commands as cmd
+from fsm import events as ev
+from fsm import rules
+from fsm.model import (
+    ENTRY_LEGS,
+    LIMIT_EXIT_LEGS,
+    STOP_LEGS,
+    LockModel,
+    OrderTrack,
+    SymbolModel,
+    decode,
+    encode,
+)
+from fsm.strategy import Strategy
+from fsm.table import (
+    ACTIVE_STATES,
+    AUTH,
+    ENTRY_LOCK,
+    EXIT_CANCEL_LOCK,
+    GLOBAL_MACHINES,
+    HOLDING_STATES,
+    RATE_LIMIT,
+    RECOVERY_LOCK,
+    SAFETY_LOCK,
+    SYMBOL_STATES,
+    SYMBOL_TRANSITIONS,
+    legal_dest,
+)
+
+log = logging.getLogger("shortfsm.engine")
+ZERO = Decimal(0)
+LOCKED_MESSAGES = {
+    ENTRY_LOCK: "GLOBAL_LOCKED",
+    SAFETY_LOCK: "PRICE_STALE",
+    RECOVERY_LOCK: "RECOVERING",
+    EXIT_CANCEL_LOCK: "CANCEL_FAILED",
+    AUTH: "AUTH_LOCKED",
+}
+ORPHAN_LIMIT = 50
+
+
+class Engine:
+    """Routes events to the machines and collects the commands they decide."""
+
+    def __init__(self, strategy: Strategy | None = None, *, recovering: bool = False) -> None:
+        self.strategy = strategy or Strategy()
+        self.symbols: dict[str, SymbolModel] = {}
+        self.cursors: dict[int, int] = {}
+        self.cooldowns: dict[str, int] = {}
+        self.marks: dict[str, Decimal] = {}
+        # Account-wide view for the entry lock (N-21): positions and open entry orders, ours or not.
+        self.account_positions: dict[str, Decimal] = {}
+        self.account_entry_orders: dict[str, str] = {}
+        self.position_mode: str | None = None
+        self.wallet_balance = ZERO
+        self.available_balance = ZERO
+        # Price source (N-22).
+        self.price_source = "WS"
+        self.last_ws_ms: int | None = None
+        self.last_rest_ms: int | None = None
+        self.rest_failing = False
+        self.ws_reason = ""
+        # Protection counters (N-24) and operator pause.
+        self.rate_failures = 0
+        self.rate_successes = 0
+        self.paused = False
+        self.requery_due_ms = 0
+        self.recovery_snapshot_done = False
+        self.recovery_query_due_ms = 0
+        self.now_ms = 0
+        self._out: list[cmd.Command] = []
+        self._symbol_machine = Machine(
+            model=None,
+            states=list(SYMBOL_STATES),
+            transitions=[dict(row) for row in SYMBOL_TRANSITIONS],
+            initial="IDLE",
+            auto_transitions=False,
+        )
+        self.locks: dict[str, LockModel] = {}
+        self._lock_machines: dict[str, Machine] = {}
+        for name, (states, initial, rows) in GLOBAL_MACHINES.items():
+            if name == RECOVERY_LOCK and not recovering:
+                initial = "READY"
+            model = LockModel(name=name, state=initial)
+            self._lock_machines[name] = Machine(
+                model=model,
+                states=list(states),
+                transitions=[dict(row) for row in rows],
+                initial=initial,
+                auto_transitions=False,
+            )
+            self.locks[name] = model
+
+    # =========================================================================================
+    # Public API
+    # =========================================================================================
+
+    def handle(self, event: ev.Event) -> list[cmd.Command]:
+        """Apply one event; return the commands it decided. Never raises."""
+        self._out = []
+        try:
+            self.now_ms = max(self.now_ms, event.now_ms)
+            handler = self._handlers().get(type(event))
+            if handler is None:
+                self._anomaly("unknown_event", None, type(event).__name__)
+            else:
+                handler(event)
+                self._recompute_entry_lock()
+        except Exception as exc:  # the core must never die on one bad event
+            # The commands decided before the failure are kept: they match the state already changed.
+            log.exception("engine failed on %s", type(event).__name__)
+            self._out.append(cmd.Log(kind="anomaly", reason="engine_error", data=(("error", repr(exc)),)))
+        out, self._out = self._out, []
+        return out
+
+    def state_of(self, symbol: str) -> str:
+        model = self.symbols.get(symbol)
+        return model.state if model else "IDLE"
+
+    def lock_state(self, name: str) -> str:
+        return self.locks[name].state
+
+    def active_symbols(self) -> dict[str, str]:
+        return {s: m.state for s, m in self.symbols.items() if m.state != "IDLE"}
+
+    def next_deadline_ms(self) -> int | None:
+        """The earliest time at which a Tick would decide something that no other event brings."""
+        deadlines: list[int] = []
+        timeout = self.strategy.partial_fill_timeout_seconds * 1000
+        for model in self.symbols.values():
+            for order in model.open_orders(*LIMIT_EXIT_LEGS):
+                if order.status == "PARTIALLY_FILLED":
+                    deadlines.append(order.last_fill_ms + timeout)
+            if model.mismatch_since_ms:
+                deadlines.append(model.mismatch_since_ms + self.strategy.position_sync_grace_seconds * 1000)
+        if self.locks[EXIT_CANCEL_LOCK].state == "CANCEL_FAILED":
+            deadlines.append(self.requery_due_ms)
+        if self.last_ws_ms is not None:
+            if self.price_source == "WS":
+                deadlines.append(self.last_ws_ms + self.strategy.ws_stale_fallback_seconds * 1000)
+            if self.locks[SAFETY_LOCK].state == "PRICE_OK":
+                deadlines.append(self.last_ws_ms + self.strategy.stale_mark_price_seconds * 1000)
+        return min(deadlines) if deadlines else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this engine stands (JSON-able)."""
+        data: dict[str, Any] = {
+            "strategy": encode_strategy(self.strategy),
+            "symbols": {s: encode(m) for s, m in self.symbols.items()},
+            "locks": {name: model.state for name, model in self.locks.items()},
+        }
+        for name in _PLAIN_FIELDS:
+            data[name] = encode(getattr(self, name))
+        return data
+
+    @classmethod
+    def restore(cls, data: dict[str, Any]) -> Engine:
+        engine = cls(decode_strategy(data["strategy"]))
+        engine._restore_into(data)
+        return engine
+
+    # =========================================================================================
+    # Plumbing
+    # =========================================================================================
+
+    def _restore_into(self, data: dict[str, Any]) -> None:
+        self.strategy = decode_strategy(data["strategy"])
+        for model in list(self.symbols.values()):
+            self._symbol_machine.remove_model(model)
+        self.symbols = {}
+        for symbol, raw in data["symbols"].items():
+            model = decode(raw)
+            assert isinstance(model, SymbolModel)
+            self._symbol_machine.add_model(model, initial=model.state)
+            self.symbols[symbol] = model
+        for name, state in data["locks"].items():
+            self.locks[name].state = state
+        for name in _PLAIN_FIELDS:
+            setattr(self, name, decode(data[name]))
+
+    def _handlers(self) -> dict[type, Callable[[Any], None]]:
+        return {
+            ev.MessageReceived: self._on_message,
+            ev.MarkPriceTick: self._on_mark,
+            ev.RestPriceFailed: self._on_rest_failed,
+            ev.WsStatusChanged: self._on_ws_status,
+            ev.Tick: self._on_tick,
+            ev.OrderPrepared: self._on_prepared,
+            ev.OrderAccepted: self._on_accepted,
+            ev.AlgoOrderAccepted: self._on_algo_accepted,
+            ev.OrderRejected: self._on_rejected,
+            ev.OrderUpdated: self._on_order_update,
+            ev.AlgoOrderUpdated: self._on_algo_update,
+            ev.CancelResult: self._on_cancel_result,
+            ev.PositionChanged: self._on_position,
+            ev.BalanceChanged: self._on_balance,
+            ev.PositionModeChanged: self._on_position_mode,
+            ev.ExchangeSnapshot: self._on_snapshot,
+            ev.RecoveryStarted: self._on_recovery_started,
+            ev.VenueErrorObserved: self._on_venue_error,
+            ev.VenueCallSucceeded: self._on_venue_ok,
+            ev.SettingsChangeRequested: self._on_settings,
+            ev.PauseRequested: self._on_pause,
+        }
+
+    def _emit(self, command: cmd.Command) -> None:
+        self._out.append(command)
+
+    def _log(self, kind: str, symbol: str | None, reason: str, **data: object) -> None:
+        self._emit(
+            cmd.Log(kind=kind, symbol=symbol, reason=reason, data=tuple((k, str(v)) for k, v in data.items()))
+        )
+
+    def _anomaly(self, reason: str, symbol: str | None, detail: str = "") -> None:
+        log.warning("anomaly %s %s %s", reason, symbol or "-", detail)
+        self._log("anomaly", symbol, reason, detail=detail)
+
+    def _model(self, symbol: str) -> SymbolModel:
+        model = self.symbols.get(symbol)
+        if model is None:
+            model = SymbolModel(symbol=symbol)
+            self._symbol_machine.add_model(model, initial="IDLE")
+            self.symbols[symbol] = model
+        return model
+
+    def _fire(self, model: SymbolModel, trigger: str, reason: str) -> bool:
+        dest = legal_dest(SYMBOL_TRANSITIONS, model.state, trigger)
+        if dest is None:
+            self._anomaly("illegal_transition", model.symbol, f"{trigger} from {model.state}")
+            return False
+        source = model.state
+        getattr(model, trigger)()
+        if model.state != dest:  # a trigger shadowed by a model attribute would silently do nothing
+            raise RuntimeError(f"{trigger} left {model.symbol} in {model.state}, not {dest}")
+        self._emit(
+            cmd.Transitioned(
+                machine="symbol",
+                symbol=model.symbol,
+                source=source,
+                dest=dest,
+                trigger=trigger,
+                reason=reason,
+            )
+        )
+        return True
+
+    def _fire_lock(self, name: str, trigger: str, reason: str) -> bool:
+        lock = self.locks[name]
+        rows = GLOBAL_MACHINES[name][2]
+        dest = legal_dest(rows, lock.state, trigger)
+        if dest is None:
+            return False
+        source = lock.state
+        getattr(lock, trigger)()
+        self._emit(
+            cmd.Transitioned(
+                machine=name, symbol=None, source=source, dest=dest, trigger=trigger, reason=reason
+            )
+        )
+        return True
+
+    def _blocking_lock(self) -> str | None:
+        """The first global lock that forbids new signals (N-05 step 2), or None."""
+        for name, locked_state in LOCKED_MESSAGES.items():
+            if self.locks[name].state == locked_state:
+                return name
+        if self.paused:
+            return "paused"
+        return None
+
+    def _reset(self, model: SymbolModel, reason: str) -> None:
+        """Back to IDLE: forget the signal and every order; stop watching the price."""
+        if model.state != "IDLE":
+            self._fire(model, "reset", reason)
+        self._clear_model(model)
+
+    def _clear_model(self, model: SymbolModel) -> None:
+        self._emit(cmd.UnsubscribeMarket(symbols=(model.symbol,)))
+        self._symbol_machine.remove_model(model)
+        del self.symbols[model.symbol]
+
+    # =========================================================================================
+    # Telegram messages (N-05, W00..W17, R00..R08)
+    # =========================================================================================
+
+    def _on_message(self, event: ev.MessageReceived) -> None:
+        strategy = self.strategy
+        if event.chat_id not in (strategy.entry_chat_id, strategy.risk_chat_id):
+            self._log("message_ignored", None, "foreign_chat", chat_id=event.chat_id)
+            return
+        if self.locks[RECOVERY_LOCK].state == "RECOVERING":
+            # N-28: Telegram is paused during recovery; a message that still arrives is not consumed,
+            # so the backfill after recovery delivers it again.
+            self._log("message_deferred", None, "recovery_lock", message_id=event.message_id)
+            return
+        last = self.cursors.get(event.chat_id, 0)
+        if event.message_id <= last:  # W00-2, G02
+            self._log("message_dropped", None, "duplicate_or_old", message_id=event.message_id, last=last)
+            return
+        self.cursors[event.chat_id] = event.message_id
+        self._emit(cmd.PersistCursor(chat_id=event.chat_id, message_id=event.message_id))
+        parsed = event.parsed
+        if isinstance(parsed, ev.EntrySignal):  # W00, W00-1
+            self._log("message_ignored", parsed.symbol, "entry_signal_not_a_trigger")
+            return
+        if event.chat_id == strategy.risk_chat_id:
+            if isinstance(parsed, ev.RiskSignal):
+                self._on_risk(event, parsed)
+            else:
+                self._log("risk_ignored", None, getattr(parsed, "reason", "not_a_risk_message"))  # R00-1
+            return
+        if isinstance(parsed, ev.RiskSignal):
+            self._log("message_ignored", parsed.symbol, "risk_message_in_entry_channel")
+            return
+        if isinstance(parsed, ev.Unrecognised) and parsed.kind != "leading":
+            self._log("message_ignored", None, parsed.reason)
+            return
+        self._on_leading(event, parsed)
+
+    def _on_leading(self, event: ev.MessageReceived, parsed: ev.LeadingMarket | ev.Unrecognised) -> None:
+        strategy = self.strategy
+        now = event.now_ms
+        if rules.signal_too_old(event.telegram_date_ms, now, strategy.max_signal_age_seconds):  # N-27
+            self._log("leading_dropped", None, "signal_too_old", age_ms=now - event.telegram_date_ms)
+            return
+        lock = self._blocking_lock()
+        if lock is not None:  # W01, N-05 step 2: no cooldown recorded
+            self._log("leading_dropped", None, f"locked:{lock}")
+            return
+        if isinstance(parsed, ev.Unrecognised):  # W03, W03-1: no symbol, no cooldown
+            self._log("symbol_mapping", None, parsed.reason, result="ticker_parse_failed")
+            return
+        symbol = parsed.symbol
+        until = self.cooldowns.get(symbol)
+        if until is not None and now - until < strategy.cooldown_minutes * 60_000:  # W02
+            self._log("leading_dropped", symbol, "cooldown", since_ms=now - until)
+            return
+        self.cooldowns[symbol] = now  # W05-1, G05: recorded at receipt once the symbol is known
+        self._emit(cmd.PersistCooldown(symbol=symbol, received_at_ms=now))
+        model = self.symbols.get(symbol)
+        active = model is not None and model.state != "IDLE"
+        info = event.symbol_info
+        if not event.exchange_info_ok or info is None or info.status != "TRADING":  # W04, W48
+            reason = "exchange_info_unavailable" if not event.exchange_info_ok else "symbol_not_trading"
+            self._log(
+                "symbol_mapping",
+                symbol,
+                reason,
+                raw_ticker=parsed.raw_ticker,
+                ticker=parsed.ticker,
+                result="rejected",
+                kept_active=active,
+            )
+            return
+        self._log(
+            "symbol_mapping", symbol, "ok", raw_ticker=parsed.raw_ticker, ticker=parsed.ticker, result="valid"
+        )
+        if parsed.field_error:  # W05 / W10 (정보없음)
+            self._log("leading_rejected", symbol, parsed.field_error, kept_active=active)
+            return
+        if active:  # W06, W07
+            self._log("leading_ignored", symbol, f"already_{model.state.lower()}" if model else "")
+            return
+        reason = self._filter_reason(parsed)
+        if reason:  # W09..W13
+            self._log("leading_rejected", symbol, reason)
+            return
+        target = self._target(parsed, event, info)
+        if target is None:
+            return
+        model = self._model(symbol)
+        model.info = info
+        model.message_id = event.message_id
+        model.received_at_ms = now
+        model.mode = strategy.mode
+        model.target = target
+        self._fire(model, "start_monitoring", f"{strategy.mode} target {target}")  # W15/W16/W17
+        self._emit(cmd.SubscribeMarket(symbols=(symbol,)))
+
+    def _filter_reason(self, parsed: ev.LeadingMarket) -> str:
+        s = self.strategy
+        if parsed.category is None or parsed.funding_pct is None or parsed.rank is None:
+            return "field_missing"
+        hit = rules.category_excluded(
+            parsed.category, s.excluded_category_words, s.excluded_category_substrings
+        )
+        if hit:
+            return f"category_excluded:{hit}"
+        if parsed.rank_direction and rules.rank_rejected(
+            parsed.rank_direction, parsed.rank, s.rising_rank_reject_top
+        ):
+            return "rank_top_rising"
+        if rules.funding_rejected(parsed.funding_pct, s.funding_reject_at_or_below_pct):
+            return "funding_too_negative"
+        return ""
+
+    def _target(
+        self, parsed: ev.LeadingMarket, event: ev.MessageReceived, info: ev.SymbolInfo
+    ) -> Decimal | None:
+        s = self.strategy
+        klines = event.klines or ()
+        if s.mode == "aggressive":
+            raw = rules.aggressive_target(klines, event.now_ms)
+        else:
+            raw = rules.atr_upper_band(
+                klines, event.now_ms, length=s.atr_length, multiplier=s.atr_multiplier, count=s.atr_candles
+            )
+        if raw is None:
+            self._log("leading_rejected", parsed.symbol, "target_unavailable", klines=len(klines))
+            return None
+        price = rules.round_to_tick(raw, info.tick_size)
+        if price <= 0:  # W29
+            self._log("leading_rejected", parsed.symbol, "target_not_positive", price=price)
+            return None
+        return price
+
+    def _on_risk(self, event: ev.MessageReceived, parsed: ev.RiskSignal) -> None:
+        model = self.symbols.get(parsed.symbol)
+        if model is None or model.state == "IDLE":  # R08 (and R00-2 for unknown symbols)
+            self._log("risk_ignored", parsed.symbol, "symbol_not_active")
+            return
+        if model.info is None and (event.symbol_info is None or event.symbol_info.status != "TRADING"):
+            self._log("risk_ignored", parsed.symbol, "symbol_not_trading")  # R00-2
+            return
+        self._log("risk_received", parsed.symbol, model.state)
+        if model.state == "MONITORING":  # R01
+            self._reset(model, "risk: monitoring released")
+            return
+        position = model.position()
+        if model.state == "ENTRY_ORDER" and position <= 0:  # R02
+            model.closing = True
+            model.close_reason = "risk"
+            self._cancel_all(model, legs=tuple(ENTRY_LEGS))
+            self._finish_if_flat(model)
+            return
+        if model.state == "ENTRY_ORDER":  # R03, W38: cancel the rest of the entry first
+            model.risk_protected = True
+            self._cancel_all(model, legs=tuple(ENTRY_LEGS))
+        self._apply_risk_pnl(model)
+
+    def _apply_risk_pnl(self, model: SymbolModel) -> None:
+        """R04..R07: PnL <= 0 closes at market; PnL > 0 protects (phase 1) or keeps (phase 2)."""
+        average = model.average()
+        mark = self.marks.get(model.symbol)
+        if mark is None:
+            self._log("risk_pnl", model.symbol, "no_mark_price_close", average=average)
+            self._market_close(model, "risk_no_price")
+            return
+        sign = rules.pnl_sign(average, mark)
+        roi = rules.short_roi_pct(average, mark)
+        self._log("risk_pnl", model.symbol, "computed", average=average, mark=mark, roi_pct=roi)
+        if sign <= 0:  # R04, R05, R26
+            self._market_close(model, "risk_pnl_negative" if sign < 0 else "risk_pnl_zero")
+            return
+        if model.state == "EXITING":
+            self._log("risk_kept", model.symbol, "already_exiting")
+            return
+        if model.state == "PHASE2":  # R07, R24: breakeven limit stays, MDD stays, no stop overwrite
+            self._log("risk_kept", model.symbol, "phase2_breakeven_limit_kept")
+            return
+        # R06, R23, N-16: breakeven STOP_MARKET plus keep (or place once) the TP limit.
+        model.risk_protected = True
+        model.add_armed = False
+        if not model.open_orders("BE_STOP"):
+            self._place_stop(model, "BE_STOP", rules.round_to_tick(average, self._tick(model)))
+        if not model.open_orders("TP"):
+            self._place_tp(model)
+        model.tp_armed = False
+
+    # =========================================================================================
+    # Prices and the 1-second evaluation (W17..W23-1, N-09, N-22)
+    # =========================================================================================
+
+    def _on_mark(self, event: ev.MarkPriceTick) -> None:
+        now = event.now_ms
+        self.marks[event.symbol] = event.price
+        stale_ms = self.strategy.stale_mark_price_seconds * 1000
+        if event.source == "WS":
+            self.last_ws_ms = now
+            if self.price_source == "REST":  # W23
+                self.price_source = "WS"
+                self._emit(cmd.UsePriceSource(source="WS", reason="websocket message received"))
+                self._log("price_source", None, "ws_back", at_ms=now)
+            fresh = True
+        else:
+            self.rest_failing = False
+            self.last_rest_ms = max(self.last_rest_ms or 0, event.event_time_ms)
+            fresh = now - event.event_time_ms < stale_ms
+        if fresh and self.locks[SAFETY_LOCK].state == "PRICE_STALE":
+            self._fire_lock(SAFETY_LOCK, "price_fresh", f"fresh {event.source} mark price")
+            self._emit(cmd.Notify(kind="safety_lock_lifted", text="fresh mark price: safety lock lifted"))
+        if self.locks[RECOVERY_LOCK].state == "RECOVERING":
+            self._maybe_finish_recovery()
+
+    def _on_rest_failed(self, event: ev.RestPriceFailed) -> None:
+        self.rest_failing = True
+        self._log("price_source", None, "rest_failed", cause=event.reason)
+
+    def _on_ws_status(self, event: ev.WsStatusChanged) -> None:
+        self.ws_reason = event.reason
+        self._log(
+            "price_source", None, "ws_connected" if event.connected else "ws_disconnected", cause=event.reason
+        )
+        if event.connected and self.last_ws_ms is None:
+            self.last_ws_ms = event.now_ms
+
+    def _on_tick(self, event: ev.Tick) -> None:
+        now = event.now_ms
+        if self.last_ws_ms is None:
+            self.last_ws_ms = now  # the clock of the price source starts with the first tick
+        self._check_price_source(now)
+        self._check_timers(now)
+        if self.locks[RECOVERY_LOCK].state == "RECOVERING":
+            self._recovery_tick(now)
+            return
+        if self.locks[SAFETY_LOCK].state == "PRICE_STALE":
+            return
+        self._evaluate_triggers(now)
+
+    def _check_price_source(self, now: int) -> None:
+        s = self.strategy
+        assert self.last_ws_ms is not None
+        ws_age = now - self.last_ws_ms
+        if self.price_source == "WS" and ws_age >= s.ws_stale_fallback_seconds * 1000:  # W22
+            self.price_source = "REST"
+            cause = self.ws_reason or "no message"
+            self._emit(
+                cmd.UsePriceSource(source="REST", reason=f"no websocket message for {ws_age} ms ({cause})")
+            )
+            self._log("price_source", None, "rest_fallback", at_ms=now, cause=cause)
+        stale_ms = s.stale_mark_price_seconds * 1000
+        rest_stale = self.rest_failing or self.last_rest_ms is None or now - self.last_rest_ms >= stale_ms
+        if ws_age >= stale_ms and rest_stale and self.locks[SAFETY_LOCK].state == "PRICE_OK":  # W23-1
+            self._fire_lock(SAFETY_LOCK, "price_stale", f"no fresh mark price for {ws_age} ms")
+            self._emit(
+                cmd.Notify(
+                    kind="safety_lock",
+                    text="mark price stale: safety lock on, flattening",
+                    severity="critical",
+                )
+            )
+            for model in list(self.symbols.values()):
+                self._stale_reset(model)
+
+    def _stale_reset(self, model: SymbolModel) -> None:
+        if model.state == "MONITORING":
+            self._reset(model, "safety lock: monitoring released")
+        elif model.position() > 0:
+            self._market_close(model, "safety_lock")
+        elif model.state == "ENTRY_ORDER":
+            model.closing = True
+            model.close_reason = "safety_lock"
+            self._cancel_all(model)
+            self._finish_if_flat(model)
+
+    def _check_timers(self, now: int) -> None:
+        s = self.strategy
+        timeout = s.partial_fill_timeout_seconds * 1000
+        for model in list(self.symbols.values()):
+            # N-19, R19, R25: an exit order stuck part-filled for 5 s: cancel the rest, close at market.
+            for order in model.open_orders(*LIMIT_EXIT_LEGS):
+                if order.status == "PARTIALLY_FILLED" and now - order.last_fill_ms >= timeout:
+                    if model.open_orders("CLOSE"):  # R18: a market close is already in flight
+                        continue
+                    self._log("five_second_rule", model.symbol, "partial_exit_stalled", cid=order.cid)
+                    self._market_close(model, "five_second_rule")
+            # R20..R22: the venue's position disagrees with our fills for longer than the grace.
+            grace = s.position_sync_grace_seconds * 1000
+            if (
+                model.mismatch_since_ms
+                and now - model.mismatch_since_ms >= grace
+                and model.symbol in self.symbols
+            ):
+                self._sync_position(model)
+        if self.locks[EXIT_CANCEL_LOCK].state == "CANCEL_FAILED" and now >= self.requery_due_ms:  # R16
+            self.requery_due_ms = now + s.requery_interval_seconds * 1000
+            for model in self.symbols.values():
+                if model.cancel_failed:
+                    self._emit(cmd.QueryExchange(purpose="requery", symbol=model.symbol))
+
+    def _entries_allowed(self) -> str | None:
+        """Why no first entry may be placed now (None: allowed)."""
+        blocking = self._blocking_lock()
+        if blocking is not None:
+            return blocking
+        if self.locks[RATE_LIMIT].state == "PROTECT":  # N-24: monitoring continues, no entries
+            return RATE_LIMIT
+        return None
+
+    def _add_blocked(self) -> str | None:
+        """Why no second entry may be placed now: every lock but the entry lock, which our own
+        position holds on by design."""
+        for name in (SAFETY_LOCK, RECOVERY_LOCK, EXIT_CANCEL_LOCK, AUTH):
+            if self.locks[name].state == LOCKED_MESSAGES[name]:
+                return name
+        if self.locks[RATE_LIMIT].state == "PROTECT":
+            return RATE_LIMIT
+        return "paused" if self.paused else None
+
+    def _evaluate_triggers(self, now: int) -> None:
+        b = self.strategy.trigger_buffer_pct
+        candidates: list[SymbolModel] = []
+        for model in list(self.symbols.values()):
+            mark = self.marks.get(model.symbol)
+            if mark is None or model.closing:
+                continue
+            state = model.state
+            if state == "MONITORING":
+                if mark >= rules.entry_threshold(model.target, b):  # W17-2, W19, W34
+                    candidates.append(model)
+            elif state in ("ENTRY_ORDER", "PHASE1") and model.tp_armed and model.position() > 0:
+                ptp = rules.take_profit_price(model.average(), self.strategy.tp_pct, self._tick(model))
+                if mark <= rules.take_profit_threshold(ptp, b) and not model.open_orders("TP"):  # W40
+                    self._place_tp(model)
+                    model.tp_armed = False
+            if state == "PHASE1" and model.add_armed and not model.preparing and self._add_blocked() is None:
+                if mark >= rules.entry_threshold(model.add_price, b) and not model.open_orders(
+                    "ENTRY2"
+                ):  # W41
+                    model.add_armed = False
+                    model.preparing = "ENTRY2"
+                    self._emit(cmd.PrepareOrder(symbol=model.symbol, leg="ENTRY2", configure_margin=False))
+            if state == "PHASE2" and model.be_armed:
+                pbe = rules.round_to_tick(model.average(), self._tick(model))
+                if mark >= rules.breakeven_threshold(pbe, b) and not model.open_orders("BE"):  # W43, N-17
+                    model.be_armed = False
+                    self._cancel_all(model, legs=("ENTRY2",))
+                    self._place_limit_exit(model, "BE", pbe)
+        if not candidates:
+            return
+        blocked = self._entries_allowed()
+        if blocked is not None:
+            return
+        # W18, N-10: the latest receipt wins, then the larger message id; the rest are reset.
+        winner = max(candidates, key=lambda m: (m.received_at_ms, m.message_id))
+        for model in candidates:
+            if model is not winner:
+                self._reset(model, f"W18 tie-break lost to {winner.symbol}")
+        self._fire(
+            winner, "entry_triggered", f"mark {self.marks[winner.symbol]} >= trigger of {winner.target}"
+        )
+        winner.preparing = "ENTRY1"
+        self._emit(cmd.PrepareOrder(symbol=winner.symbol, leg="ENTRY1", configure_margin=True))  # W17-1, W24
+
+    # =========================================================================================
+    # Orders: preparation, placement, outcomes (W24..W35-1, N-11..N-15)
+    # =========================================================================================
+
+    def _tick(self, model: SymbolModel) -> Decimal:
+        return model.info.tick_size if model.info else Decimal("0")
+
+    def _side_params(self) -> tuple[bool | None, str | None]:
+        """(reduceOnly for limit exits, positionSide) per position mode (N-15, W27/W28, R09/R10)."""
+        if self.position_mode == "HEDGE":
+            return None, "SHORT"
+        return True, None
+
+    def _on_prepared(self, event: ev.OrderPrepared) -> None:
+        model = self.symbols.get(event.symbol)
+        if model is None or model.preparing != event.leg:
+            self._anomaly("unexpected_prepare_result", event.symbol, event.leg)
+            return
+        model.preparing = ""
+        if event.leg == "ENTRY1":
+            self._prepared_entry1(model, event)
+        else:
+            self._prepared_entry2(model, event)
+
+    def _prepared_entry1(self, model: SymbolModel, event: ev.OrderPrepared) -> None:
+        if model.state != "ENTRY_ORDER" or model.closing:
+            self._anomaly("prepare_result_late", model.symbol, model.state)
+            return
+        if not event.ok or event.position_mode is None:  # W24 failure, W26
+            self._log("order_blocked", model.symbol, event.reason or "prepare_failed", code=event.error_code)
+            self._reset(model, f"pre-order setup failed: {event.reason or event.error_code}")
+            return
+        self.position_mode = event.position_mode
+        self.wallet_balance = event.wallet_balance
+        self.available_balance = event.available_balance
+        assert model.info is not None
+        funds = event.wallet_balance * self.strategy.first_entry_balance_pct / 100  # W32-1
+        sized = rules.size_order(funds, model.target, model.info)  # W32-2, W30, W31
+        if not sized.ok:  # W32-5
+            self._log("order_blocked", model.symbol, sized.reason, funds=funds, price=model.target)
+            self._reset(model, f"sizing: {sized.reason}")
+            return
+        self._place_entry(model, "ENTRY1", model.target, sized.quantity)
+
+    def _prepared_entry2(self, model: SymbolModel, event: ev.OrderPrepared) -> None:
+        if model.state != "PHASE1" or model.closing:
+            self._anomaly("prepare_result_late", model.symbol, model.state)
+            return
+        if not event.ok or event.position_mode is None:
+            self._log("second_entry_skipped", model.symbol, event.reason or "prepare_failed")
+            return
+        self.position_mode = event.position_mode
+        self.available_balance = event.available_balance
+        funds = event.available_balance * (1 - self.strategy.margin_buffer_pct / 100)  # W32-3
+        if event.available_balance <= 0 or funds <= 0:  # W32-6
+            self._log("second_entry_skipped", model.symbol, "insufficient_available_balance", available=funds)
+            return
+        assert model.info is not None
+        sized = rules.size_order(funds, model.add_price, model.info)  # W32-4
+        if not sized.ok:
+            # W32-5 says "reset", but resetting a symbol that holds a position would orphan it
+            # (G04: position outranks everything): the second entry is skipped instead.
+            self._log("second_entry_skipped", model.symbol, sized.reason, funds=funds)
+            return
+        self._place_entry(model, "ENTRY2", model.add_price, sized.quantity)
+
+    def _place_entry(self, model: SymbolModel, leg: str, price: Decimal, qty: Decimal) -> None:
+        gen = model.next_generation(leg)
+        cid = rules.client_order_id(model.symbol, model.message_id, leg, gen)
+        _, position_side = self._side_params()
+        model.orders[cid] = OrderTrack(cid=cid, leg=leg, side="SELL", kind="LIMIT", price=price, qty=qty)
+        self._emit(
+            cmd.PlaceOrder(  # W33: always a GTC limit, never reduce-only
+                symbol=model.symbol,
+                client_order_id=cid,
+                leg=leg,  # type: ignore[arg-type]
+                side="SELL",
+                order_type="LIMIT",
+                quantity=qty,
+                price=price,
+                time_in_force="GTC",
+                reduce_only=None,
+                position_side=position_side,  # type: ignore[arg-type]
+            )
+        )
+
+    def _place_limit_exit(self, model: SymbolModel, leg: str, price: Decimal) -> None:
+        assert model.info is not None
+        qty = rules.exit_quantity(model.position(), model.info)  # R11
+        if qty <= 0 or qty < model.info.min_qty:
+            if model.state == "ENTRY_ORDER" and model.open_orders("ENTRY1"):
+                # The entry is still filling: wait for a size the venue accepts.
+                self._log("exit_deferred", model.symbol, "position_below_min_qty", leg=leg, qty=qty)
+                if leg == "TP":
+                    model.tp_armed = True
+                return
+            self._exit_filter_failure(model, leg, "exit_quantity_below_min")
+            return
+        gen = model.next_generation(leg)
+        cid = rules.client_order_id(model.symbol, model.message_id, leg, gen)
+        reduce_only, position_side = self._side_params()
+        model.orders[cid] = OrderTrack(cid=cid, leg=leg, side="BUY", kind="LIMIT", price=price, qty=qty)
+        self._emit(
+            cmd.PlaceOrder(
+                symbol=model.symbol,
+                client_order_id=cid,
+                leg=leg,  # type: ignore[arg-type]
+                side="BUY",
+                order_type="LIMIT",
+                quantity=qty,
+                price=price,
+                time_in_force="GTC",
+                reduce_only=reduce_only,
+                position_side=position_side,  # type: ignore[arg-type]
+            )
+        )
+
+    def _place_tp(self, model: SymbolModel) -> None:
+        price = rules.take_profit_price(model.average(), self.strategy.tp_pct, self._tick(model))
+        self._place_limit_exit(model, "TP", price)
+
+    def _place_stop(self, model: SymbolModel, leg: str, trigger_price: Decimal) -> None:
+        """A STOP_MARKET through the Algo Order API only (N-14, R09..R11-1)."""
+        gen = model.next_generation(leg)
+        cid = rules.client_order_id(model.symbol, model.message_id, leg, gen)
+        _, position_side = self._side_params()
+        model.orders[cid] = OrderTrack(
+            cid=cid, leg=leg, side="BUY", kind="STOP_MARKET", price=trigger_price, qty=model.position()
+        )
+        self._emit(
+            cmd.PlaceAlgoOrder(
+                symbol=model.symbol,
+                client_algo_id=cid,
+                leg=leg,  # type: ignore[arg-type]
+                side="BUY",
+                order_type="STOP_MARKET",
+                trigger_price=trigger_price,
+                working_type="MARK_PRICE",
+                close_position=True,
+                position_side=position_side,  # type: ignore[arg-type]
+            )
+        )
+
+    def _market_close(self, model: SymbolModel, reason: str) -> None:
+        """Cancel every other order of the symbol and close the whole position at market."""
+        assert model.info is not None
+        model.closing = True
+        model.close_reason = reason
+        model.tp_armed = model.add_armed = model.be_armed = False
+        self._cancel_all(model, exclude_legs=("CLOSE",))
+        position = model.position()
+        qty = rules.exit_quantity(position, model.info, market=True)
+        if model.state in ("ENTRY_ORDER", "PHASE1", "PHASE2"):
+            self._fire(model, "exit_started", f"market close: {reason}")
+        if model.open_orders("CLOSE"):
+            return
+        if qty <= 0 or rules.is_dust(qty, model.info):  # R22: dust is no position
+            self._log("dust", model.symbol, "position_below_min_qty", position=position)
+            self._finish_if_flat(model, dust_ok=True)
+            return
+        model.close_attempts += 1
+        gen = model.next_generation("CLOSE")
+        cid = rules.client_order_id(model.symbol, model.message_id, "CLOSE", gen)
+        reduce_only, position_side = self._side_params()
+        model.orders[cid] = OrderTrack(cid=cid, leg="CLOSE", side="BUY", kind="MARKET", price=ZERO, qty=qty)
+        self._emit(
+            cmd.PlaceOrder(
+                symbol=model.symbol,
+                client_order_id=cid,
+                leg="CLOSE",
+                side="BUY",
+                order_type="MARKET",
+                quantity=qty,
+                reduce_only=reduce_only,
+                position_side=position_side,  # type: ignore[arg-type]
+            )
+        )
+
+    def _cancel_all(
+        self, model: SymbolModel, *, legs: tuple[str, ...] = (), exclude_legs: tuple[str, ...] = ()
+    ) -> None:
+        for order in model.open_orders(*legs):
+            if order.leg in exclude_legs or order.status == "CANCELING":
+                continue
+            self._cancel(model, order)
+
+    def _cancel(self, model: SymbolModel, order: OrderTrack) -> None:
+        order.cancel_attempts += 1
+        if order.status == "PENDING":
+            # Not acknowledged yet: cancel by client id all the same (the executor resolves it).
+            pass
+        order.status = "CANCELING"
+        if order.is_algo:
+            self._emit(
+                cmd.CancelAlgoOrder(
+                    symbol=model.symbol, client_algo_id=order.cid, attempt=order.cancel_attempts
+                )
+            )
+        else:
+            self._emit(
+                cmd.CancelOrder(symbol=model.symbol, client_order_id=order.cid, attempt=order.cancel_attempts)
+            )
+
+    def _on_accepted(self, event: ev.OrderAccepted) -> None:
+        self._count_success()
+        order = self._order(event.symbol, event.client_order_id)
+        if order is None:
+            return
+        order.order_id = event.order_id
+        order.advance_status("NEW")
+
+    def _on_algo_accepted(self, event: ev.AlgoOrderAccepted) -> None:
+        self._count_success()
+        order = self._order(event.symbol, event.client_algo_id)
+        if order is None:
+            return
+        order.order_id = event.algo_id
+        order.advance_status("NEW")
+
+    def _order(self, symbol: str, cid: str) -> OrderTrack | None:
+        model = self.symbols.get(symbol)
+        order = model.orders.get(cid) if model else None
+        if order is None:
+            self._anomaly("unknown_order", symbol, cid)
+        return order
+
+    def _on_rejected(self, event: ev.OrderRejected) -> None:
+        model = self.symbols.get(event.symbol)
+        order = model.orders.get(event.client_order_id) if model else None
+        if model is None or order is None:
+            self._anomaly("unknown_order_rejected", event.symbol, event.client_order_id)
+            return
+        self._log(  # W51-3
+            "order_failed",
+            model.symbol,
+            event.category,
+            cid=order.cid,
+            leg=order.leg,
+            price=order.price,
+            qty=order.qty,
+            code=event.code,
+            message=event.message,
+            attempt=order.attempts,
+        )
+        if event.category == "rate_limited":
+            self._count_rate_failure()
+        if event.category == "auth":
+            self._enter_auth_lock(f"{event.code} {event.message}")
+        retryable = event.retryable and order.attempts < self.strategy.entry_attempts
+        if order.leg in ENTRY_LEGS:
+            self._entry_rejected(model, order, event, retryable)
+        elif order.is_algo:
+            self._stop_rejected(model, order, event, retryable)
+        else:
+            self._exit_rejected(model, order, event, retryable)
+
+    def _retry(self, model: SymbolModel, order: OrderTrack) -> None:
+        """Resend the very same order (same client id: N-12, W33) after a retryable failure."""
+        order.attempts += 1
+        order.status = "PENDING"
+        reduce_only, position_side = self._side_params()
+        if order.is_algo:
+            self._emit(
+                cmd.PlaceAlgoOrder(
+                    symbol=model.symbol,
+                    client_algo_id=order.cid,
+                    leg=order.leg,  # type: ignore[arg-type]
+                    side="BUY",
+                    order_type="STOP_MARKET",
+                    trigger_price=order.price,
+                    position_side=position_side,  # type: ignore[arg-type]
+                    attempt=order.attempts,
+                )
+            )
+            return
+        is_entry = order.leg in ENTRY_LEGS
+        self._emit(
+            cmd.PlaceOrder(
+                symbol=model.symbol,
+                client_order_id=order.cid,
+                leg=order.leg,  # type: ignore[arg-type]
+                side=order.side,  # type: ignore[arg-type]
+                order_type=order.kind,  # type: ignore[arg-type]
+                quantity=order.qty,
+                price=order.price if order.kind == "LIMIT" else None,
+                time_in_force="GTC" if order.kind == "LIMIT" else None,
+                reduce_only=None if is_entry else reduce_only,
+                position_side=position_side,  # type: ignore[arg-type]
+                attempt=order.attempts,
+            )
+        )
+
+    def _entry_rejected(
+        self, model: SymbolModel, order: OrderTrack, event: ev.OrderRejected, retryable: bool
+    ) -> None:
+        order.status = "REJECTED"
+        if event.category == "margin" or event.code == -2019:  # W35-1
+            if order.leg == "ENTRY1":
+                self._reset(model, "first entry: insufficient margin")
+                return
+            if not model.margin_retry_done:
+                model.margin_retry_done = True
+                model.preparing = "ENTRY2"
+                self._emit(cmd.PrepareOrder(symbol=model.symbol, leg="ENTRY2", configure_margin=False))
+                return
+            self._log("second_entry_skipped", model.symbol, "insufficient_margin_after_retry")
+            return
+        if retryable:  # W35, N-12
+            self._retry(model, order)
+            return
+        if order.leg == "ENTRY1":
+            self._reset(model, f"first entry failed after {order.attempts} attempt(s): {event.code}")
+        else:
+            self._log("second_entry_skipped", model.symbol, f"failed_after_{order.attempts}_attempts")
+
+    def _exit_rejected(
+        self, model: SymbolModel, order: OrderTrack, event: ev.OrderRejected, retryable: bool
+    ) -> None:
+        order.status = "REJECTED"
+        if retryable and order.leg == "CLOSE":
+            self._retry(model, order)
+            return
+        if event.category == "filter":  # N-20
+            self._exit_filter_failure(model, order.leg, f"filter {event.code}")
+            return
+        if order.leg == "CLOSE":
+            if model.close_attempts < self.strategy.entry_attempts:
+                self._market_close(model, f"close retry after {event.code}")
+            else:
+                self._emit(
+                    cmd.Notify(
+                        kind="close_failed",
+                        symbol=model.symbol,
+                        text=f"market close of {model.symbol} failed: {event.code} {event.message}",
+                        severity="critical",
+                    )
+                )
+            return
+        self._market_close(model, f"limit exit rejected ({event.code}): market fallback")  # R12
+
+    def _exit_filter_failure(self, model: SymbolModel, leg: str, reason: str) -> None:
+        """N-20: close at market once when the position is at least minQty; otherwise it is dust."""
+        assert model.info is not None
+        self._log("exit_filter_failure", model.symbol, reason, leg=leg, position=model.position())
+        if model.position() >= model.info.min_qty:
+            self._market_close(model, f"exit filter failure: {reason}")
+        else:
+            model.closing = True
+            model.close_reason = "dust"
+            self._cancel_all(model)
+            self._finish_if_flat(model, dust_ok=True)
+
+    def _stop_rejected(
+        self, model: SymbolModel, order: OrderTrack, event: ev.OrderRejected, retryable: bool
+    ) -> None:
+        order.status = "REJECTED"
+        if retryable:
+            self._retry(model, order)
+            return
+        if event.code in (-2021, -4142):  # the stop would trigger at once: its condition already holds
+            self._market_close(model, f"{order.leg} would trigger immediately")
+            return
+        self._emit(
+            cmd.Notify(
+                kind="stop_rejected",
+                symbol=model.symbol,
+                text=f"{order.leg} stop of {model.symbol} rejected: {event.code} {event.message}",
+                severity="critical",
+            )
+        )
+
+    # =========================================================================================
+    # Fills and order updates (W36..W43-1, R13..R19, N-16..N-19)
+    # =========================================================================================
+
+    def _track_account_order(self, event: ev.OrderUpdated) -> None:
+        key = f"{event.symbol}:{event.order_id}"
+        closing_order = (
+            event.reduce_only
+            or event.close_position
+            or (event.position_side == "SHORT" and event.side == "BUY")
+        )
+        if event.status in ("NEW", "PARTIALLY_FILLED") and not closing_order:
+            self.account_entry_orders[key] = event.symbol
+        else:
+            self.account_entry_orders.pop(key, None)
+
+    def _on_order_update(self, event: ev.OrderUpdated) -> None:
+        self._track_account_order(event)
+        model = self.symbols.get(event.symbol)
+        if model is None:
+            return  # an order of a symbol we do not manage: only the entry lock cares
+        order = model.orders.get(event.client_order_id)
+        if order is None and event.order_id in model.algo_children:
+            order = model.orders.get(model.algo_children[event.order_id])
+            if order is not None:
+                self._apply_child_fill(model, order, event)
+                return
+        if order is None:
+            if model.open_orders(*STOP_LEGS) and event.side == "BUY":
+                # A stop's child can report before ALGO_UPDATE names it (ai): keep it for then.
+                model.orphan_updates = [*model.orphan_updates, event][-ORPHAN_LIMIT:]
+            self._log("foreign_order", model.symbol, event.status, cid=event.client_order_id)
+            return
+        if order.order_id == 0:
+            order.order_id = event.order_id
+        delta = event.cum_qty - order.filled
+        if delta > 0:
+            order.filled = event.cum_qty
+            order.avg_price = event.avg_price if event.avg_price > 0 else event.last_price
+            order.last_fill_ms = event.now_ms
+            order.realized_pnl += event.realized_pnl
+            order.commission += event.commission
+        elif delta < 0 or (delta == 0 and event.last_qty > 0):
+            self._log(
+                "fill_ignored", model.symbol, "duplicate_or_reordered", cid=order.cid, cum=event.cum_qty
+            )
+        was_open = order.is_open
+        order.advance_status(event.status)
+        if order.status == "CANCELED" and order.filled >= order.qty:
+            order.status = "FILLED"
+        self._after_order_change(model, order, delta if delta > 0 else ZERO, was_open)
+
+    def _apply_child_fill(self, model: SymbolModel, stop: OrderTrack, event: ev.OrderUpdated) -> None:
+        """A triggered stop's market child filled: its quantity closes the position."""
+        delta = event.cum_qty - stop.filled
+        if delta > 0:
+            stop.filled = event.cum_qty
+            stop.avg_price = event.avg_price if event.avg_price > 0 else event.last_price
+            stop.last_fill_ms = event.now_ms
+            stop.realized_pnl += event.realized_pnl
+            stop.commission += event.commission
+        if event.status == "FILLED":
+            stop.status = "FILLED"
+        self._after_order_change(model, stop, delta if delta > 0 else ZERO, True)
+
+    def _after_order_change(
+        self, model: SymbolModel, order: OrderTrack, delta: Decimal, was_open: bool
+    ) -> None:
+        if order.leg in ENTRY_LEGS:
+            self._after_entry_change(model, order, delta)
+        elif delta > 0:
+            self._after_exit_fill(model, order)
+        if (
+            model.mismatch_since_ms
+            and model.venue_position is not None
+            and model.venue_position == model.position()
+        ):
+            model.mismatch_since_ms = 0
+        if was_open and not order.is_open:
+            self._finish_if_flat(model)
+
+    def _after_entry_change(self, model: SymbolModel, order: OrderTrack, delta: Decimal) -> None:
+        if order.leg == "ENTRY1":
+            if delta > 0 and model.state == "ENTRY_ORDER" and not model.closing:
+                model.tp_armed = model.tp_armed or not model.open_orders("TP")  # W37: TP algorithm on
+                self._replace_exit_if_stale(model, "TP")
+            if model.state == "ENTRY_ORDER" and not order.is_open and not model.closing:
+                if model.position() > 0:
+                    self._enter_phase1(model, order)
+                elif not model.open_orders(*ENTRY_LEGS) and not model.preparing:
+                    self._reset(model, f"entry order {order.status.lower()} without a fill")
+            return
+        # ENTRY2 (W43, W43-1, N-17)
+        if delta > 0 and model.state in ("PHASE1", "PHASE2") and not model.closing:
+            first_fill = model.state == "PHASE1"
+            self._fire(
+                model,
+                "add_filled",
+                "second entry filled" if order.status == "FILLED" else "second entry part-filled",
+            )
+            if first_fill:
+                model.tp_armed = False
+                self._cancel_all(model, legs=("TP",))
+                model.be_armed = not model.open_orders("BE")
+                self._emit(
+                    cmd.Notify(
+                        kind="scale_in",
+                        symbol=model.symbol,
+                        text=f"{model.symbol}: second entry filled, PHASE2",
+                    )
+                )
+            self._replace_exit_if_stale(model, "BE")
+            if order.status == "FILLED" and not model.latest("MDD"):
+                self._place_stop(
+                    model,
+                    "MDD",
+                    rules.mdd_stop_price(model.average(), self.strategy.mdd_pct, self._tick(model)),
+                )
+
+    def _enter_phase1(self, model: SymbolModel, order: OrderTrack) -> None:
+        """W39..W42: TP algorithm on, second entry monitored at avg + 15%, no MDD stop."""
+        reason = "first entry filled" if order.status == "FILLED" else "first entry closed part-filled"
+        self._fire(model, "entry_filled", reason)
+        average = model.average()
+        model.add_price = rules.second_entry_price(average, self.strategy.second_entry_pct, self._tick(model))
+        model.tp_armed = not model.open_orders("TP") and not model.risk_protected
+        model.add_armed = not model.risk_protected
+        self._replace_exit_if_stale(model, "TP")
+        self._emit(
+            cmd.Notify(
+                kind="entry_filled",
+                symbol=model.symbol,
+                text=f"{model.symbol}: short {model.position()} @ {average:.8f}".rstrip("0"),
+            )
+        )
+
+    def _replace_exit_if_stale(self, model: SymbolModel, leg: str) -> None:
+        """W37, W43: when the average or the size changed, cancel the working limit exit and re-place it."""
+        working = model.open_orders(leg)
+        if not working:
+            return
+        tick = self._tick(model)
+        if leg == "TP":
+            price = rules.take_profit_price(model.average(), self.strategy.tp_pct, tick)
+        else:
+            price = rules.round_to_tick(model.average(), tick)
+        assert model.info is not None
+        qty = rules.exit_quantity(model.position(), model.info)
+        current = working[-1]
+        if current.price == price and current.qty == qty:
+            return
+        for order in working:
+            self._cancel(model, order)
+        self._place_limit_exit(model, leg, price)
+
+    def _after_exit_fill(self, model: SymbolModel, order: OrderTrack) -> None:
+        if model.state in ("ENTRY_ORDER", "PHASE1", "PHASE2"):
+            self._fire(model, "exit_started", f"{order.leg} filling")
+        assert model.info is not None
+        position = model.position()
+        if position <= 0 or rules.is_dust(position, model.info):
+            # R15, N-18 (OCO): the position is gone: cancel every other order of the symbol.
+            model.closing = True
+            model.close_reason = model.close_reason or f"{order.leg} filled"
+            model.tp_armed = model.add_armed = model.be_armed = False
+            self._cancel_all(model)
+            self._finish_if_flat(model, dust_ok=True)
+        elif order.status == "FILLED" and not model.open_orders("CLOSE"):
+            # The exit filled but some position is left (sizes raced): close the rest at market.
+            self._market_close(model, f"{order.leg} filled, remainder")
+
+    def _finish_if_flat(self, model: SymbolModel, *, dust_ok: bool = False) -> None:
+        """Reset once a closing symbol has no position (or dust) and no open order left."""
+        if not model.closing or model.symbol not in self.symbols:
+            return
+        position = model.position()
+        flat = position <= 0 or (dust_ok and model.info is not None and rules.is_dust(position, model.info))
+        if model.open_orders():
+            return
+        if not flat:
+            if model.state == "ENTRY_ORDER" and model.close_reason == "risk":
+                model.closing = False  # a fill raced the R02 cancel: treat it as R03
+                model.risk_protected = True
+                self._apply_risk_pnl(model)
+            elif model.state == "EXITING" and not model.open_orders("CLOSE"):
+                self._market_close(model, f"{model.close_reason}: remainder")
+            return
+        if model.cancel_failed:
+            return
+        self._emit_pnl(model)
+        self._reset(model, f"flat: {model.close_reason or 'closed'}")
+
+    def _emit_pnl(self, model: SymbolModel) -> None:
+        realised = sum((o.realized_pnl for o in model.orders.values()), ZERO)
+        fees = sum((o.commission for o in model.orders.values()), ZERO)
+        exits = [o for o in model.orders.values() if o.leg not in ENTRY_LEGS and o.filled > 0]
+        if not exits:
+            return
+        exit_qty = sum((o.filled for o in exits), ZERO)
+        exit_avg = sum((o.avg_price * o.filled for o in exits), ZERO) / exit_qty
+        estimated = (model.average() - exit_avg) * exit_qty
+        self._emit(
+            cmd.Notify(
+                kind="position_closed",
+                symbol=model.symbol,
+                text=(
+                    f"{model.symbol} closed ({model.close_reason}): estimated {estimated:+.4f} USDT, "
+                    f"realised net {realised - fees:+.4f} USDT (fees {fees:.4f})"
+                ),
+            )
+        )
+
+    def _on_algo_update(self, event: ev.AlgoOrderUpdated) -> None:
+        model = self.symbols.get(event.symbol)
+        order = model.orders.get(event.client_algo_id) if model else None
+        if model is None or order is None:
+            self._log("foreign_algo_order", event.symbol, event.status, cid=event.client_algo_id)
+            return
+        if event.algo_id and not order.order_id:
+            order.order_id = event.algo_id
+        if event.status in ("TRIGGERING", "TRIGGERED", "FINISHED"):
+            if event.actual_order_id:
+                model.algo_children[event.actual_order_id] = order.cid
+            if model.state in ("ENTRY_ORDER", "PHASE1", "PHASE2"):
+                self._fire(model, "exit_started", f"{order.leg} stop triggered")
+            model.closing = True
+            model.close_reason = model.close_reason or f"{order.leg} stop"
+            model.tp_armed = model.add_armed = model.be_armed = False
+            orphans = [u for u in model.orphan_updates if u.order_id == event.actual_order_id]
+            model.orphan_updates = [u for u in model.orphan_updates if u.order_id != event.actual_order_id]
+            for update in orphans:
+                self._apply_child_fill(model, order, update)
+            self._cancel_all(model, exclude_legs=(order.leg,))  # R15: the stop closes everything
+            if event.status == "FINISHED" and order.status != "FILLED":
+                order.status = "FILLED" if model.position() <= 0 else order.status
+            self._finish_if_flat(model, dust_ok=True)
+        elif event.status in ("CANCELED", "EXPIRED", "REJECTED"):
+            was_open = order.is_open
+            order.advance_status("CANCELED" if event.status != "REJECTED" else "REJECTED")
+            if event.status == "REJECTED":
+                self._emit(
+                    cmd.Notify(
+                        kind="stop_rejected",
+                        symbol=model.symbol,
+                        text=f"{order.leg} stop rejected by the venue: {event.reason}",
+                        severity="critical",
+                    )
+                )
+            if was_open:
+                self._finish_if_flat(model)
+        else:
+            order.advance_status("NEW")
+
+    def _on_cancel_result(self, event: ev.CancelResult) -> None:
+        model = self.symbols.get(event.symbol)
+        order = model.orders.get(event.client_order_id) if model else None
+        if model is None or order is None:
+            self._log("cancel_result_ignored", event.symbol, "unknown_order", cid=event.client_order_id)
+            return
+        if event.ok or event.gone:
+            self._count_success()
+            if order.is_open:
+                order.status = "FILLED" if order.filled >= order.qty and order.filled > 0 else "CANCELED"
+            self._finish_if_flat(model)
+            return
+        self._log(  # W51-3
+            "cancel_failed",
+            model.symbol,
+            str(event.code),
+            cid=order.cid,
+            attempt=order.cancel_attempts,
+            message=event.message,
+        )
+        if event.code in (-1003, 429, 418):
+            self._count_rate_failure()
+        if order.cancel_attempts < self.strategy.cancel_attempts:
+            self._cancel(model, order)
+            return
+        # R15: three failures: mark the symbol, block new orders, re-query periodically (R16).
+        model.cancel_failed = True
+        self._emit(
+            cmd.Notify(
+                kind="exit_cancel_failed",
+                symbol=model.symbol,
+                text=f"{model.symbol}: could not cancel {order.cid} after {order.cancel_attempts} attempts",
+                severity="critical",
+            )
+        )
+        if self._fire_lock(EXIT_CANCEL_LOCK, "cancel_failed", f"{order.cid} not cancelled"):
+            self.requery_due_ms = event.now_ms + self.strategy.requery_interval_seconds * 1000
+
+    # =========================================================================================
+    # Positions, balances, exchange snapshots (R20..R22, N-21, N-28)
+    # =========================================================================================
+
+    def _on_position(self, event: ev.PositionChanged) -> None:
+        amount = abs(event.amount)
+        if amount == 0:
+            self.account_positions.pop(event.symbol, None)
+        else:
+            self.account_positions[event.symbol] = amount
+        model = self.symbols.get(event.symbol)
+        if model is None or model.state in ("IDLE", "MONITORING"):
+            return
+        model.venue_position = amount
+        if amount == model.position():
+            model.mismatch_since_ms = 0
+        elif not model.mismatch_since_ms:
+            model.mismatch_since_ms = event.now_ms  # decided after the grace, when no fill explains it
+
+    def _sync_position(self, model: SymbolModel) -> None:
+        """R20..R22: the venue's position is the truth; follow it."""
+        model.mismatch_since_ms = 0
+        venue = model.venue_position
+        assert venue is not None and model.info is not None
+        ours = model.position()
+        self._log("position_sync", model.symbol, "external_change", ours=ours, venue=venue)
+        # Book the difference as an external fill so that our position equals the venue's.
+        diff = ours - venue
+        key = f"ext-{model.next_generation('CLOSE')}"
+        external = OrderTrack(cid=key, leg="CLOSE", side="BUY", kind="EXTERNAL", price=ZERO, qty=abs(diff))
+        external.status = "FILLED"
+        if diff > 0:
+            external.filled = diff
+        else:
+            external.leg = "ENTRY1"
+            external.filled = -diff
+            external.avg_price = model.average()
+        model.orders[key] = external
+        if venue == 0 or rules.is_dust(venue, model.info):  # R21, R22
+            model.closing = True
+            model.close_reason = "external close" if venue == 0 else "dust"
+            model.tp_armed = model.add_armed = model.be_armed = False
+            if model.state in ("ENTRY_ORDER", "PHASE1", "PHASE2"):
+                self._fire(model, "exit_started", model.close_reason)
+            self._cancel_all(model)
+            self._finish_if_flat(model, dust_ok=True)
+            return
+        # R20: cancel every exit order, then re-place only what the new size needs.
+        had = {o.leg for o in model.open_orders("TP", "BE", "BE_STOP", "MDD")}
+        self._cancel_all(model, legs=("TP", "BE", "BE_STOP", "MDD"))
+        if "TP" in had:
+            self._place_tp(model)
+        if "BE" in had:
+            self._place_limit_exit(model, "BE", rules.round_to_tick(model.average(), self._tick(model)))
+        for leg in ("BE_STOP", "MDD"):
+            if leg in had:
+                previous = model.latest(leg)
+                assert previous is not None
+                self._place_stop(model, leg, previous.price)
+
+    def _on_balance(self, event: ev.BalanceChanged) -> None:
+        self.wallet_balance = event.wallet_balance
+        if event.available_balance is not None:
+            self.available_balance = event.available_balance
+
+    def _on_position_mode(self, event: ev.PositionModeChanged) -> None:
+        self.position_mode = event.mode
+        self._log("position_mode", None, event.mode or "unknown")
+
+    def _recompute_entry_lock(self) -> None:
+        """N-21, section 1 rule 1: any position above dust or open entry order, account-wide."""
+        reasons: list[str] = []
+        for symbol, amount in self.account_positions.items():
+            model = self.symbols.get(symbol)
+            info = model.info if model else None
+            if not rules.is_dust(amount, info):
+                reasons.append(f"position {symbol}")
+        reasons.extend(f"open entry order {key}" for key in sorted(self.account_entry_orders))
+        reasons.extend(f"{s} {m.state}" for s, m in self.symbols.items() if m.state in HOLDING_STATES)
+        lock = self.locks[ENTRY_LOCK]
+        if reasons and lock.state == "GLOBAL_IDLE":
+            self._fire_lock(ENTRY_LOCK, "lock", reasons[0])
+            for model in list(self.symbols.values()):  # W46, W36-2: every other monitoring symbol goes
+                if model.state == "MONITORING":
+                    self._reset(model, f"entry lock: {reasons[0]}")
+        elif not reasons and lock.state == "GLOBAL_LOCKED":
+            self._fire_lock(ENTRY_LOCK, "unlock", "no position and no open entry order")
+
+    def _on_recovery_started(self, event: ev.RecoveryStarted) -> None:
+        """N-28 steps 1-3: locked, Telegram paused; cursors and cooldowns back; ask for a snapshot."""
+        self._fire_lock(RECOVERY_LOCK, "restart", "process start")
+        for chat_id, message_id in event.cursors:
+            self.cursors[chat_id] = max(self.cursors.get(chat_id, 0), message_id)
+        for symbol, received_at in event.cooldowns:
+            self.cooldowns[symbol] = max(self.cooldowns.get(symbol, 0), received_at)
+        for model in list(self.symbols.values()):  # N-28 step 7: monitoring is never resumed
+            if model.state == "MONITORING":
+                self._reset(model, "recovery: monitoring dropped")
+        self.recovery_snapshot_done = False
+        self.recovery_query_due_ms = event.now_ms + 5000
+        self._emit(cmd.QueryExchange(purpose="recovery"))
+
+    def _recovery_tick(self, now: int) -> None:
+        if not self.recovery_snapshot_done and now >= self.recovery_query_due_ms:
+            self.recovery_query_due_ms = now + 5000
+            self._emit(cmd.QueryExchange(purpose="recovery"))
+        self._maybe_finish_recovery()
+
+    def _on_snapshot(self, event: ev.ExchangeSnapshot) -> None:
+        if event.purpose == "requery":
+            self._requery_result(event)
+            return
+        if not event.complete:
+            self._log("recovery", None, "snapshot_incomplete")
+            self._emit(
+                cmd.Notify(kind="recovery", text="exchange snapshot incomplete; retrying", severity="warning")
+            )
+            return
+        self.position_mode = event.position_mode
+        self.wallet_balance = event.wallet_balance
+        self.available_balance = event.available_balance
+        self.account_positions = {p.symbol: abs(p.amount) for p in event.positions if p.amount != 0}
+        self.account_entry_orders = {}
+        for order in event.open_orders:
+            closing = order.reduce_only or order.close_position or order.is_algo
+            if not closing and not (order.position_side == "SHORT" and order.side == "BUY"):
+                self.account_entry_orders[f"{order.symbol}:{order.order_id}"] = order.symbol
+        infos = {i.symbol: i for i in event.symbols}
+        for symbol in sorted({p.symbol for p in event.positions} | {o.symbol for o in event.open_orders}):
+            self._rebuild_symbol(symbol, event, infos.get(symbol))
+        self.recovery_snapshot_done = True
+        if event.position_mode is None:  # W26 at start: nothing may be ordered until it is known
+            self._emit(cmd.Notify(kind="recovery", text="position mode unknown", severity="critical"))
+        self._maybe_finish_recovery()
+
+    def _rebuild_symbol(self, symbol: str, snap: ev.ExchangeSnapshot, info: ev.SymbolInfo | None) -> None:
+        """N-28 steps 5-6: classify a symbol from the exchange and reconcile its exit orders."""
+        position = next((p for p in snap.positions if p.symbol == symbol and p.amount != 0), None)
+        orders = [o for o in snap.open_orders if o.symbol == symbol]
+        ours: list[tuple[ev.OpenOrderInfo, rules.ParsedClientId]] = []
+        for order in orders:
+            parsed_id = rules.parse_client_order_id(order.client_order_id)
+            if parsed_id is not None:
+                ours.append((order, parsed_id))
+        model = self.symbols.get(symbol)
+        if model is not None:
+            self._clear_model(model)
+        if info is None or (position is not None and position.amount > 0):
+            reason = "no exchangeInfo" if info is None else "long position"
+            self._emit(
+                cmd.Notify(
+                    kind="unclassified",
+                    symbol=symbol,
+                    text=f"{symbol}: cannot manage ({reason})",
+                    severity="critical",
+                )
+            )
+            return
+        if not ours and position is not None:
+            self._emit(
+                cmd.Notify(
+                    kind="unclassified",
+                    symbol=symbol,
+                    text=f"{symbol}: position without our orders; not managed",
+                    severity="critical",
+                )
+            )
+            return
+        if not ours:
+            return  # manual orders only: the entry lock covers them
+        model = self._model(symbol)
+        model.info = info
+        model.message_id = max(p.message_id for _, p in ours)
+        for order, parsed in ours:
+            gen = max(model.generations.get(parsed.leg, 0), parsed.generation)
+            model.generations[parsed.leg] = gen
+            kind = "STOP_MARKET" if order.is_algo else order.order_type
+            track = OrderTrack(
+                cid=order.client_order_id,
+                leg=parsed.leg,
+                side=order.side,
+                kind=kind,
+                price=order.trigger_price if order.is_algo else order.price,
+                qty=order.orig_qty,
+                status="PARTIALLY_FILLED" if order.executed_qty > 0 else "NEW",
+                order_id=order.order_id,
+            )
+            model.orders[track.cid] = track
+        amount = abs(position.amount) if position else ZERO
+        if amount > 0:
+            # The exchange's entry price is the truth for the average: book the position as one fill.
+            assert position is not None
+            base = OrderTrack(
+                cid=f"recovered-{symbol}",
+                leg="ENTRY1",
+                side="SELL",
+                kind="EXTERNAL",
+                price=position.entry_price,
+                qty=amount,
+            )
+            base.status, base.filled, base.avg_price = "FILLED", amount, position.entry_price
+            # Executed quantities of open entries are part of the position already.
+            for track in model.open_orders(*ENTRY_LEGS):
+                track.filled = ZERO
+            model.orders = {base.cid: base, **model.orders}
+        legs = {t.leg for t in model.open_orders()}
+        if amount == 0:
+            if "ENTRY1" in legs:
+                self._fire(model, "restore_entry_order", "open first entry, no position")
+                self._cancel_all(model, exclude_legs=("ENTRY1",))
+            else:
+                model.closing = True
+                model.close_reason = "recovery: orders without position"
+                self._fire(model, "restore_exiting", "exit orders left without a position")
+                self._cancel_all(model)
+            return
+        average = model.average()
+        tick = self._tick(model)
+        if "ENTRY1" in legs:
+            self._fire(model, "restore_entry_order", "first entry part-filled")
+            model.tp_armed = "TP" not in legs
+        elif "ENTRY2" in legs or "MDD" in legs or "BE" in legs:
+            self._fire(model, "restore_phase2", "second entry seen")
+            model.be_armed = "BE" not in legs
+            if "ENTRY2" not in legs and "MDD" not in legs:
+                self._place_stop(model, "MDD", rules.mdd_stop_price(average, self.strategy.mdd_pct, tick))
+        else:
+            self._fire(model, "restore_phase1", "position after first entry")
+            model.add_price = rules.second_entry_price(average, self.strategy.second_entry_pct, tick)
+            model.risk_protected = "BE_STOP" in legs
+            model.add_armed = not model.risk_protected
+            model.tp_armed = "TP" not in legs and not model.risk_protected
+        self._emit(cmd.SubscribeMarket(symbols=(symbol,)))
+        # N-28 step 6: exit orders that no longer fit the position are cancelled (and re-armed).
+        for track in model.open_orders("TP", "BE"):
+            if track.qty != rules.exit_quantity(amount, info):
+                self._cancel(model, track)
+                if track.leg == "TP":
+                    model.tp_armed = True
+                else:
+                    model.be_armed = True
+
+    def _maybe_finish_recovery(self) -> None:
+        if self.locks[RECOVERY_LOCK].state != "RECOVERING" or not self.recovery_snapshot_done:
+            return
+        needs_price = [s for s, m in self.symbols.items() if m.state in HOLDING_STATES and not m.closing]
+        if any(s not in self.marks for s in needs_price):
+            return  # N-28 step 8: the price source must answer before trading resumes
+        self._fire_lock(RECOVERY_LOCK, "recovered", "exchange reconciled, price source checked")
+        self._emit(cmd.ResumeTelegram())
+
+    def _requery_result(self, event: ev.ExchangeSnapshot) -> None:
+        """R16: re-cancel what is still open; lift the exit-cancel-failed lock once clean."""
+        if not event.complete:
+            return
+        open_ids = {o.client_order_id for o in event.open_orders}
+        for model in list(self.symbols.values()):
+            if not model.cancel_failed:
+                continue
+            remaining = [
+                o
+                for o in model.orders.values()
+                if o.cid in open_ids and (o.leg not in ENTRY_LEGS or model.closing)
+            ]
+            for order in model.orders.values():
+                if order.cid not in open_ids and order.is_open:
+                    order.status = "CANCELED"
+            if remaining:
+                for order in remaining:
+                    order.status = "NEW"
+                    order.cancel_attempts = 0
+                    self._cancel(model, order)
+                continue
+            model.cancel_failed = False
+            self._finish_if_flat(model, dust_ok=True)
+        if not any(m.cancel_failed for m in self.symbols.values()):
+            self._fire_lock(EXIT_CANCEL_LOCK, "cancel_clean", "no leftover exit order")
+
+    # =========================================================================================
+    # Protection modes, settings, pause (N-23..N-26)
+    # =========================================================================================
+
+    def _count_rate_failure(self) -> None:
+        self.rate_successes = 0
+        self.rate_failures += 1
+        if self.rate_failures >= self.strategy.rate_limit_enter_after and self._fire_lock(
+            RATE_LIMIT, "throttle", f"{self.rate_failures} consecutive rate-limit failures"
+        ):
+            self._emit(cmd.Notify(kind="rate_limit", text="rate-limit protection on", severity="warning"))
+
+    def _count_success(self) -> None:
+        self.rate_failures = 0
+        if self.locks[RATE_LIMIT].state == "PROTECT":
+            self.rate_successes += 1
+            if self.rate_successes >= self.strategy.rate_limit_leave_after:
+                self.rate_successes = 0
+                self._fire_lock(RATE_LIMIT, "relax", "consecutive successes")
+                self._emit(cmd.Notify(kind="rate_limit", text="rate-limit protection off"))
+
+    def _on_venue_error(self, event: ev.VenueErrorObserved) -> None:
+        self._log("venue_error", None, event.category, code=event.code, message=event.message)
+        if event.category == "rate_limited":  # W50, N-24
+            self._count_rate_failure()
+        elif event.category == "auth":  # W51, N-25
+            self._enter_auth_lock(f"{event.code} {event.message}")
+
+    def _enter_auth_lock(self, reason: str) -> None:
+        if not self._fire_lock(AUTH, "auth_failed", reason):
+            return
+        self._emit(cmd.Notify(kind="auth_lock", text=f"API key refused: {reason}", severity="critical"))
+        for model in list(self.symbols.values()):
+            if model.state == "MONITORING":  # no position, no open order: reset (N-25)
+                self._reset(model, "auth lock")
+
+    def _on_venue_ok(self, event: ev.VenueCallSucceeded) -> None:
+        self._count_success()
+        if event.signed and self.locks[AUTH].state == "AUTH_LOCKED":
+            self._fire_lock(AUTH, "auth_restored", "signed request succeeded")
+            self._emit(cmd.Notify(kind="auth_lock", text="API key works again"))
+
+    def _on_settings(self, event: ev.SettingsChangeRequested) -> None:
+        """N-26, G06: strategy settings are locked while any symbol is active."""
+        changes = dict(event.changes)
+        active = self.active_symbols()
+        if active:
+            self._log(
+                "settings_refused",
+                None,
+                "symbols_active",
+                active=",".join(sorted(active)),
+                keys=",".join(changes),
+            )
+            self._emit(
+                cmd.Notify(kind="settings_refused", text="settings locked while trading", severity="warning")
+            )
+            return
+        try:
+            self.strategy = self.strategy.with_changes(changes)
+        except ValueError as exc:
+            self._log("settings_refused", None, "invalid", error=str(exc))
+            return
+        self._log("settings_applied", None, "ok", keys=",".join(sorted(changes)))
+
+    def _on_pause(self, event: ev.PauseRequested) -> None:
+        self.paused = event.paused
+        self._log("pause", None, "paused" if event.paused else "resumed")
+
+
+# Engine attributes that snapshot() carries as they are.
+_PLAIN_FIELDS = (
+    "cursors",
+    "cooldowns",
+    "marks",
+    "account_positions",
+    "account_entry_orders",
+    "position_mode",
+    "wallet_balance",
+    "available_balance",
+    "price_source",
+    "last_ws_ms",
+    "last_rest_ms",
+    "rest_failing",
+    "ws_reason",
+    "rate_failures",
+    "rate_successes",
+    "paused",
+    "requery_due_ms",
+    "recovery_snapshot_done",
+    "recovery_query_due_ms",
+    "now_ms",
+)
+
+
+def encode_strategy(strategy: Strategy) -> dict[str, Any]:
+    return {name: encode(getattr(strategy, name)) for name in strategy.__dataclass_fields__}
+
+
+def decode_strategy(data: dict[str, Any]) -> Strategy:
+    return Strategy(**{k: decode(v) for k, v in data.items()})
+
+
+def clone(engine: Engine) -> Engine:
+    """An independent copy (tests, what-if evaluation)."""
+    return Engine.restore(copy.deepcopy(engine.snapshot()))
+
+
+__all__ = ["ACTIVE_STATES", "Engine", "clone"]

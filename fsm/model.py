@@ -1,0 +1,191 @@
+"""The models the transition tables drive, and exact (de)serialisation for snapshot()/restore().
+
+Models compare by identity (``eq=False``): ``transitions``' ``add_model`` compares with ``==`` and
+would silently skip a second symbol whose fields happen to be equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from fsm import events
+
+ZERO = Decimal(0)
+
+OPEN_STATUSES = frozenset({"PENDING", "NEW", "PARTIALLY_FILLED", "CANCELING"})
+TERMINAL_STATUSES = frozenset({"FILLED", "CANCELED", "EXPIRED", "REJECTED"})
+_STATUS_RANK = {"PENDING": 0, "NEW": 1, "CANCELING": 2, "PARTIALLY_FILLED": 2}
+ENTRY_LEGS = frozenset({"ENTRY1", "ENTRY2"})
+LIMIT_EXIT_LEGS = frozenset({"TP", "BE"})
+STOP_LEGS = frozenset({"BE_STOP", "MDD"})
+
+
+@dataclass(eq=False, kw_only=True)
+class OrderTrack:
+    """One order of ours, from the command that created it to its terminal status."""
+
+    cid: str
+    leg: str
+    side: str
+    kind: str  # LIMIT, MARKET or STOP_MARKET (algo)
+    price: Decimal
+    qty: Decimal
+    status: str = "PENDING"
+    order_id: int = 0
+    filled: Decimal = ZERO
+    avg_price: Decimal = ZERO
+    attempts: int = 1
+    cancel_attempts: int = 0
+    last_fill_ms: int = 0
+    realized_pnl: Decimal = ZERO
+    commission: Decimal = ZERO
+
+    @property
+    def is_algo(self) -> bool:
+        return self.kind == "STOP_MARKET"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    def advance_status(self, status: str) -> bool:
+        """Move forward only: a late NEW after FILLED (reordered events) changes nothing."""
+        if self.status in TERMINAL_STATUSES:
+            return False
+        if status in TERMINAL_STATUSES or _STATUS_RANK.get(status, 0) >= _STATUS_RANK.get(self.status, 0):
+            changed = status != self.status
+            self.status = status
+            return changed
+        return False
+
+
+@dataclass(eq=False, kw_only=True)
+class SymbolModel:
+    """Everything the engine knows about one symbol; ``state`` is driven by the symbol table."""
+
+    symbol: str
+    state: str = "IDLE"
+    info: events.SymbolInfo | None = None
+    # The signal that started it (N-10: tie-break on receipt time, then message id).
+    message_id: int = 0
+    received_at_ms: int = 0
+    mode: str = ""
+    target: Decimal = ZERO
+    # Orders by client id, and the next generation per leg (N-13).
+    orders: dict[str, OrderTrack] = field(default_factory=dict)
+    generations: dict[str, int] = field(default_factory=dict)
+    algo_children: dict[int, str] = field(default_factory=dict)
+    orphan_updates: list[events.OrderUpdated] = field(default_factory=list)
+    # Which triggers are armed (W37, W40, W41, W43).
+    tp_armed: bool = False
+    add_armed: bool = False
+    be_armed: bool = False
+    add_price: Decimal = ZERO
+    risk_protected: bool = False
+    # An in-flight PrepareOrder for this leg ("" when none), and the W35-1 margin retry.
+    preparing: str = ""
+    margin_retry_done: bool = False
+    # Flattening: every order is being cancelled and the position closed; reset when done.
+    closing: bool = False
+    close_reason: str = ""
+    close_attempts: int = 0
+    cancel_failed: bool = False
+    # Position as last reported by the venue (ACCOUNT_UPDATE / positionRisk) and since when it
+    # disagrees with our fills (R20).
+    venue_position: Decimal | None = None
+    mismatch_since_ms: int = 0
+    unmanaged: bool = False
+
+    # -- derived position -------------------------------------------------------------------
+    def entry_filled_qty(self) -> Decimal:
+        return sum((o.filled for o in self.orders.values() if o.leg in ENTRY_LEGS), ZERO)
+
+    def exit_filled_qty(self) -> Decimal:
+        return sum((o.filled for o in self.orders.values() if o.leg not in ENTRY_LEGS), ZERO)
+
+    def position(self) -> Decimal:
+        return self.entry_filled_qty() - self.exit_filled_qty()
+
+    def average(self) -> Decimal:
+        qty = self.entry_filled_qty()
+        if qty <= 0:
+            return ZERO
+        cost = sum((o.avg_price * o.filled for o in self.orders.values() if o.leg in ENTRY_LEGS), ZERO)
+        return cost / qty
+
+    def open_orders(self, *legs: str) -> list[OrderTrack]:
+        return [o for o in self.orders.values() if o.is_open and (not legs or o.leg in legs)]
+
+    def latest(self, leg: str) -> OrderTrack | None:
+        found = [o for o in self.orders.values() if o.leg == leg]
+        return found[-1] if found else None
+
+    def next_generation(self, leg: str) -> int:
+        gen = self.generations.get(leg, 0) + 1
+        self.generations[leg] = gen
+        return gen
+
+
+@dataclass(eq=False, kw_only=True)
+class LockModel:
+    """The model of one global machine; ``state`` is driven by its table."""
+
+    name: str
+    state: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact JSON-able encoding: Decimal keeps its digits, dataclasses keep their type.
+# ---------------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        OrderTrack,
+        SymbolModel,
+        LockModel,
+        events.SymbolInfo,
+        events.OrderUpdated,
+        events.Candle,
+    )
+}
+
+
+def encode(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return {"$d": str(value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        name = type(value).__name__
+        if name not in _REGISTRY:
+            raise TypeError(f"cannot encode {name}")
+        body = {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"$t": name, **body}
+    if isinstance(value, dict):
+        return {"$m": [[encode(k), encode(v)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"$u": [encode(v) for v in value]}
+    if isinstance(value, list):
+        return [encode(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if isinstance(value, dict):
+        if "$d" in value:
+            return Decimal(value["$d"])
+        if "$m" in value:
+            return {decode(k): decode(v) for k, v in value["$m"]}
+        if "$u" in value:
+            return tuple(decode(v) for v in value["$u"])
+        if "$t" in value:
+            cls = _REGISTRY[value["$t"]]
+            return cls(**{k: decode(v) for k, v in value.items() if k != "$t"})
+        raise ValueError(f"unknown encoded mapping {sorted(value)}")
+    return value

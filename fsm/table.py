@@ -1,0 +1,124 @@
+"""The state machines of shortfsm as data: read this file to learn the whole strategy's shape.
+
+Per symbol (spec 2.2): IDLE -> MONITORING -> ENTRY_ORDER -> PHASE1 -> PHASE2 -> EXITING, with the
+resets the spec describes. Global (spec 2.1 and section 1): the entry lock, the stale-price safety
+lock, the recovery lock, the exit-cancel-failed lock, and the two protection modes of N-24/N-25.
+
+Every source is explicit (no ``'*'``) and ``auto_transitions`` is off, so a trigger that is not
+in a table is illegal in that state and the engine leaves the state and its outbox unchanged.
+The engine does the work (orders, cancels) around the triggers; the tables say what is legal.
+"""
+
+from __future__ import annotations
+
+from typing import Final, TypedDict
+
+
+class Row(TypedDict):
+    trigger: str
+    source: list[str]
+    dest: str
+
+
+SYMBOL_STATES: Final = ["IDLE", "MONITORING", "ENTRY_ORDER", "PHASE1", "PHASE2", "EXITING"]
+ACTIVE_STATES: Final = ["MONITORING", "ENTRY_ORDER", "PHASE1", "PHASE2", "EXITING"]
+HOLDING_STATES: Final = ["ENTRY_ORDER", "PHASE1", "PHASE2", "EXITING"]
+
+SYMBOL_TRANSITIONS: Final[list[Row]] = [
+    # W15/W16/W17: a leading message passed every check; the target is fixed at receipt.
+    {"trigger": "start_monitoring", "source": ["IDLE"], "dest": "MONITORING"},
+    # W17-2/W19: the 0.1% entry trigger fired (and won the W18 tie-break).
+    {"trigger": "entry_triggered", "source": ["MONITORING"], "dest": "ENTRY_ORDER"},
+    # W39: the first entry is completely filled.
+    {"trigger": "entry_filled", "source": ["ENTRY_ORDER"], "dest": "PHASE1"},
+    # W43: any fill of the second entry (partial included) is PHASE2; later fills stay there.
+    {"trigger": "add_filled", "source": ["PHASE1", "PHASE2"], "dest": "PHASE2"},
+    # N-18: an exit order filled (partly), a stop fired, or a market close is in flight.
+    # ENTRY_ORDER is a source because a partly filled entry can be closed by a risk signal (W38/W57).
+    {"trigger": "exit_started", "source": ["ENTRY_ORDER", "PHASE1", "PHASE2"], "dest": "EXITING"},
+    # Every way back to the start: filters, risk, flat position, dust, stale lock, failures.
+    {"trigger": "reset", "source": list(ACTIVE_STATES), "dest": "IDLE"},
+    # N-28 step 5: recovery rebuilds a symbol from the exchange without replaying its history.
+    {"trigger": "restore_entry_order", "source": ["IDLE"], "dest": "ENTRY_ORDER"},
+    {"trigger": "restore_phase1", "source": ["IDLE"], "dest": "PHASE1"},
+    {"trigger": "restore_phase2", "source": ["IDLE"], "dest": "PHASE2"},
+    {"trigger": "restore_exiting", "source": ["IDLE"], "dest": "EXITING"},
+]
+
+# Global machines: name -> (states, initial, rows).
+ENTRY_LOCK: Final = "entry_lock"
+SAFETY_LOCK: Final = "safety_lock"
+RECOVERY_LOCK: Final = "recovery_lock"
+EXIT_CANCEL_LOCK: Final = "exit_cancel_lock"
+RATE_LIMIT: Final = "rate_limit"
+AUTH: Final = "auth"
+
+GLOBAL_MACHINES: Final[dict[str, tuple[list[str], str, list[Row]]]] = {
+    # Section 1 rule 1, N-21: any position above dust or any open entry order of the account
+    # (ours or manual) locks; no TTL, no manual unlock; it clears when both are gone.
+    ENTRY_LOCK: (
+        ["GLOBAL_IDLE", "GLOBAL_LOCKED"],
+        "GLOBAL_IDLE",
+        [
+            {"trigger": "lock", "source": ["GLOBAL_IDLE"], "dest": "GLOBAL_LOCKED"},
+            {"trigger": "unlock", "source": ["GLOBAL_LOCKED"], "dest": "GLOBAL_IDLE"},
+        ],
+    ),
+    # Section 1 rule 3, W23-1, N-22: no WS and a stale or failing REST mark price for 15 s.
+    SAFETY_LOCK: (
+        ["PRICE_OK", "PRICE_STALE"],
+        "PRICE_OK",
+        [
+            {"trigger": "price_stale", "source": ["PRICE_OK"], "dest": "PRICE_STALE"},
+            {"trigger": "price_fresh", "source": ["PRICE_STALE"], "dest": "PRICE_OK"},
+        ],
+    ),
+    # N-28: on until startup reconciliation with the exchange has finished.
+    RECOVERY_LOCK: (
+        ["RECOVERING", "READY"],
+        "RECOVERING",
+        [
+            {"trigger": "recovered", "source": ["RECOVERING"], "dest": "READY"},
+            {"trigger": "restart", "source": ["READY"], "dest": "RECOVERING"},
+        ],
+    ),
+    # R15/R16, N-18: an exit order could not be cancelled in 3 attempts; re-queried until clean.
+    EXIT_CANCEL_LOCK: (
+        ["CLEAR", "CANCEL_FAILED"],
+        "CLEAR",
+        [
+            {"trigger": "cancel_failed", "source": ["CLEAR"], "dest": "CANCEL_FAILED"},
+            {"trigger": "cancel_clean", "source": ["CANCEL_FAILED"], "dest": "CLEAR"},
+        ],
+    ),
+    # N-24: 5 consecutive rate-limit failures enter protection, 3 consecutive successes leave it.
+    RATE_LIMIT: (
+        ["NORMAL", "PROTECT"],
+        "NORMAL",
+        [
+            {"trigger": "throttle", "source": ["NORMAL"], "dest": "PROTECT"},
+            {"trigger": "relax", "source": ["PROTECT"], "dest": "NORMAL"},
+        ],
+    ),
+    # N-25: authorisation errors lock new entries until a signed call succeeds again.
+    AUTH: (
+        ["AUTH_OK", "AUTH_LOCKED"],
+        "AUTH_OK",
+        [
+            {"trigger": "auth_failed", "source": ["AUTH_OK"], "dest": "AUTH_LOCKED"},
+            {"trigger": "auth_restored", "source": ["AUTH_LOCKED"], "dest": "AUTH_OK"},
+        ],
+    ),
+}
+
+
+def symbol_triggers() -> list[str]:
+    return sorted({row["trigger"] for row in SYMBOL_TRANSITIONS})
+
+
+def legal_dest(rows: list[Row], state: str, trigger: str) -> str | None:
+    """The destination of ``trigger`` from ``state``, or None when the table has no such row."""
+    for row in rows:
+        if row["trigger"] == trigger and state in row["source"]:
+            return row["dest"]
+    return None
