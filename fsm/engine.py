@@ -827,8 +827,10 @@ class Engine:
             self._fire(model, "exit_started", f"market close: {reason}")
         if model.open_orders("CLOSE"):
             return
-        if qty <= 0 or rules.is_dust(qty, model.info):  # R22: dust is no position
+        market_min = model.info.market_min_qty if model.info.market_min_qty is not None else model.info.min_qty
+        if qty <= 0 or qty < market_min:  # R22: what no order can express is dust, not a position
             self._log("dust", model.symbol, "position_below_min_qty", position=position)
+            model.close_reason = "dust"
             self._finish_if_flat(model, dust_ok=True)
             return
         model.close_attempts += 1
@@ -1218,7 +1220,11 @@ class Engine:
         if not model.closing or model.symbol not in self.symbols:
             return
         position = model.position()
-        flat = position <= 0 or (dust_ok and model.info is not None and rules.is_dust(position, model.info))
+        flat = (
+            position <= 0
+            or model.close_reason == "dust"
+            or (dust_ok and model.info is not None and rules.is_dust(position, model.info))
+        )
         if model.open_orders():
             return
         if not flat:
@@ -1227,7 +1233,17 @@ class Engine:
                 model.risk_protected = True
                 self._apply_risk_pnl(model)
             elif model.state == "EXITING" and not model.open_orders("CLOSE"):
-                self._market_close(model, f"{model.close_reason}: remainder")
+                if model.close_attempts < self.strategy.entry_attempts:
+                    self._market_close(model, f"{model.close_reason}: remainder")
+                else:
+                    self._emit(
+                        cmd.Notify(
+                            kind="close_failed",
+                            symbol=model.symbol,
+                            text=f"{model.symbol}: {position} left after {model.close_attempts} market closes",
+                            severity="critical",
+                        )
+                    )
             return
         if model.cancel_failed:
             return
@@ -1303,9 +1319,17 @@ class Engine:
             return
         if event.ok or event.gone:
             self._count_success()
-            if order.is_open:
+            self.account_entry_orders.pop(f"{model.symbol}:{order.order_id}", None)
+            was_open = order.is_open
+            if was_open:
                 order.status = "FILLED" if order.filled >= order.qty and order.filled > 0 else "CANCELED"
-            self._finish_if_flat(model)
+            if model.cancel_failed and not model.open_orders():
+                model.cancel_failed = False  # R16: the re-cancel went through
+            self._after_order_change(model, order, ZERO, was_open)
+            if self.locks[EXIT_CANCEL_LOCK].state == "CANCEL_FAILED" and not any(
+                m.cancel_failed for m in self.symbols.values()
+            ):
+                self._fire_lock(EXIT_CANCEL_LOCK, "cancel_clean", "leftover exit orders cancelled")
             return
         self._log(  # W51-3
             "cancel_failed",

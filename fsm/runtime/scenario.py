@@ -72,8 +72,13 @@ class VenueOrder:
     reduce_only: bool = False
     close_position: bool = False
     filled: Decimal = Decimal(0)
+    cost: Decimal = Decimal(0)
     status: str = "NEW"
     algo: bool = False
+
+    @property
+    def average(self) -> Decimal:
+        return self.cost / self.filled if self.filled else Decimal(0)
 
 
 @dataclass
@@ -418,7 +423,7 @@ class Runner:
             cum_qty=order.filled,
             last_qty=last_qty,
             last_price=last_price,
-            avg_price=last_price if last_qty else Decimal(0),
+            avg_price=order.average,
             trade_id=self.venue.new_id() if last_qty else 0,
             reduce_only=order.reduce_only,
             close_position=order.close_position,
@@ -429,6 +434,7 @@ class Runner:
         qty = _dec(spec["qty"]) if "qty" in spec else order.qty - order.filled
         price = _dec(spec.get("price", order.price if order.price > 0 else self.venue.marks.get(order.symbol, 0)))
         order.filled += qty
+        order.cost += qty * price
         order.status = "FILLED" if order.filled >= order.qty else "PARTIALLY_FILLED"
         self.venue.apply_fill(order, qty, price)
         update = self._update(order, order.status, qty, price)
@@ -465,6 +471,7 @@ class Runner:
         stop.status = "FINISHED"
         price = self.venue.marks.get(stop.symbol, stop.price)
         child.filled = child.qty
+        child.cost = child.qty * price
         self.venue.apply_fill(child, child.qty, price)
         triggered = ev.AlgoOrderUpdated(
             now_ms=self.now_ms,
@@ -595,7 +602,12 @@ class Runner:
                     )
                 ]
             order.status = "CANCELED"
-            return [ev.CancelResult(now_ms=now, symbol=command.symbol, client_order_id=cid, ok=True, is_algo=is_algo)]
+            answers: list[ev.Event] = [
+                ev.CancelResult(now_ms=now, symbol=command.symbol, client_order_id=cid, ok=True, is_algo=is_algo)
+            ]
+            if not is_algo:  # like Binance, the user stream reports the cancel too
+                answers.append(self._update(order, "CANCELED", Decimal(0), Decimal(0)))
+            return answers
         if isinstance(command, cmd.QueryExchange):
             return [self._snapshot(command.purpose)]
         return []
