@@ -77,6 +77,7 @@ class Engine:
         self.cursors: dict[int, int] = {}
         self.cooldowns: dict[str, int] = {}
         self.marks: dict[str, Decimal] = {}
+        self.infos: dict[str, ev.SymbolInfo] = {}  # filters of every symbol we traded (dust checks)
         # Account-wide view for the entry lock (N-21): positions and open entry orders, ours or not.
         self.account_positions: dict[str, Decimal] = {}
         self.account_entry_orders: dict[str, str] = {}
@@ -399,6 +400,7 @@ class Engine:
             return
         model = self._model(symbol)
         model.info = info
+        self.infos[symbol] = info
         model.message_id = event.message_id
         model.received_at_ms = now
         model.mode = strategy.mode
@@ -1430,12 +1432,18 @@ class Engine:
         """N-21, section 1 rule 1: any position above dust or open entry order, account-wide."""
         reasons: list[str] = []
         for symbol, amount in self.account_positions.items():
-            model = self.symbols.get(symbol)
-            info = model.info if model else None
-            if not rules.is_dust(amount, info):
+            if not rules.is_dust(amount, self.infos.get(symbol)):
                 reasons.append(f"position {symbol}")
         reasons.extend(f"open entry order {key}" for key in sorted(self.account_entry_orders))
-        reasons.extend(f"{s} {m.state}" for s, m in self.symbols.items() if m.state in HOLDING_STATES)
+        for symbol, model in self.symbols.items():
+            # Our own symbols count from the moment we commit to an entry (before the venue confirms);
+            # leftover exit orders without a position do not (N-21: they are N-18's business).
+            if model.state not in HOLDING_STATES:
+                continue
+            if model.preparing == "ENTRY1" or model.open_orders(*ENTRY_LEGS):
+                reasons.append(f"{symbol} entry order")
+            elif not rules.is_dust(model.position(), model.info):
+                reasons.append(f"{symbol} position")
         lock = self.locks[ENTRY_LOCK]
         if reasons and lock.state == "GLOBAL_IDLE":
             self._fire_lock(ENTRY_LOCK, "lock", reasons[0])
@@ -1529,6 +1537,7 @@ class Engine:
             return  # manual orders only: the entry lock covers them
         model = self._model(symbol)
         model.info = info
+        self.infos[symbol] = info
         model.message_id = max(p.message_id for _, p in ours)
         for order, parsed in ours:
             gen = max(model.generations.get(parsed.leg, 0), parsed.generation)
@@ -1710,6 +1719,7 @@ _PLAIN_FIELDS = (
     "cursors",
     "cooldowns",
     "marks",
+    "infos",
     "account_positions",
     "account_entry_orders",
     "position_mode",
