@@ -829,7 +829,9 @@ class Engine:
             self._fire(model, "exit_started", f"market close: {reason}")
         if model.open_orders("CLOSE"):
             return
-        market_min = model.info.market_min_qty if model.info.market_min_qty is not None else model.info.min_qty
+        market_min = (
+            model.info.market_min_qty if model.info.market_min_qty is not None else model.info.min_qty
+        )
         if qty <= 0 or qty < market_min:  # R22: what no order can express is dust, not a position
             self._log("dust", model.symbol, "position_below_min_qty", position=position)
             model.close_reason = "dust"
@@ -1242,7 +1244,7 @@ class Engine:
                         cmd.Notify(
                             kind="close_failed",
                             symbol=model.symbol,
-                            text=f"{model.symbol}: {position} left after {model.close_attempts} market closes",
+                            text=f"{model.symbol}: {position} left after {model.close_attempts} closes",
                             severity="critical",
                         )
                     )

@@ -14,7 +14,10 @@ SCENARIOS = load_scenarios()
 
 @pytest.mark.parametrize(
     "scenario_id",
-    [pytest.param(sid, marks=pytest.mark.spec(*doc.get("spec", [])), id=sid) for sid, doc in SCENARIOS.items()],
+    [
+        pytest.param(sid, marks=pytest.mark.spec(*doc.get("spec", [])), id=sid)
+        for sid, doc in SCENARIOS.items()
+    ],
 )
 def test_scenario(scenario_id: str) -> None:
     doc = SCENARIOS[scenario_id]

@@ -270,7 +270,9 @@ class Runner:
         info = self.venue.symbols.get(symbol) if symbol else None
         klines = None
         if isinstance(parsed, ev.LeadingMarket) and not spec.get("klines_unavailable"):
-            klines = tuple(c for c in self.venue.klines.get(parsed.symbol, ()) if c.open_time_ms < self.now_ms)
+            klines = tuple(
+                c for c in self.venue.klines.get(parsed.symbol, ()) if c.open_time_ms < self.now_ms
+            )
         return ev.MessageReceived(
             now_ms=self.now_ms,
             chat_id=chat_id,
@@ -299,7 +301,9 @@ class Runner:
         now = self.now_ms
         if "ws" in step:
             self.ws_alive = step["ws"] == "up"
-            yield ev.WsStatusChanged(now_ms=now, connected=self.ws_alive, reason=str(step.get("ws_reason", "")))
+            yield ev.WsStatusChanged(
+                now_ms=now, connected=self.ws_alive, reason=str(step.get("ws_reason", ""))
+            )
         if "restart" in step:
             yield from self._restart()
         if "settings" in step:
@@ -322,7 +326,7 @@ class Runner:
             yield self._message(int(spec.get("chat", s.entry_chat_id)), spec, text)
         if "message" in step:
             spec = step["message"]
-            chat = {"entry": s.entry_chat_id, "risk": s.risk_chat_id}.get(str(spec.get("chat")), None)
+            chat = {"entry": s.entry_chat_id, "risk": s.risk_chat_id}.get(str(spec.get("chat")))
             yield self._message(int(chat if chat is not None else spec["chat"]), spec, str(spec["text"]))
         for key in ("reject_next", "prepare_fail", "cancel_fail", "no_answer"):
             if key in step:
@@ -349,7 +353,9 @@ class Runner:
         if "venue_error" in step:
             spec = step["venue_error"]
             for _ in range(int(spec.get("times", 1))):
-                yield ev.VenueErrorObserved(now_ms=now, category=spec["category"], code=int(spec.get("code", 0)))
+                yield ev.VenueErrorObserved(
+                    now_ms=now, category=spec["category"], code=int(spec.get("code", 0))
+                )
         if "venue_ok" in step:
             for _ in range(int(step["venue_ok"])):
                 yield ev.VenueCallSucceeded(now_ms=now)
@@ -360,7 +366,9 @@ class Runner:
                 price = _dec(spec["price"] if isinstance(spec, dict) else spec)
                 age = int(float(spec.get("age_s", 0)) * 1000) if isinstance(spec, dict) else 0
                 self.venue.marks[symbol] = price
-                yield ev.MarkPriceTick(now_ms=now, symbol=symbol, price=price, event_time_ms=now - age, source="REST")
+                yield ev.MarkPriceTick(
+                    now_ms=now, symbol=symbol, price=price, event_time_ms=now - age, source="REST"
+                )
         if "mark" in step:
             for symbol, price in step["mark"].items():
                 self.venue.marks[symbol] = _dec(price)
@@ -404,12 +412,16 @@ class Runner:
             return self.venue.orders[str(spec["cid"])]
         leg = str(spec["leg"])
         symbol = spec.get("symbol")
-        found = [o for o in self.venue.orders.values() if o.leg == leg and (symbol is None or o.symbol == symbol)]
+        found = [
+            o for o in self.venue.orders.values() if o.leg == leg and (symbol is None or o.symbol == symbol)
+        ]
         if not found:
             raise ScenarioError(f"no venue order for leg {leg}")
         return found[-1]
 
-    def _update(self, order: VenueOrder, status: str, last_qty: Decimal, last_price: Decimal) -> ev.OrderUpdated:
+    def _update(
+        self, order: VenueOrder, status: str, last_qty: Decimal, last_price: Decimal
+    ) -> ev.OrderUpdated:
         return ev.OrderUpdated(
             now_ms=self.now_ms,
             symbol=order.symbol,
@@ -432,7 +444,9 @@ class Runner:
     def _fill(self, spec: dict[str, Any]) -> Iterable[ev.Event]:
         order = self._find(spec)
         qty = _dec(spec["qty"]) if "qty" in spec else order.qty - order.filled
-        price = _dec(spec.get("price", order.price if order.price > 0 else self.venue.marks.get(order.symbol, 0)))
+        price = _dec(
+            spec.get("price", order.price if order.price > 0 else self.venue.marks.get(order.symbol, 0))
+        )
         order.filled += qty
         order.cost += qty * price
         order.status = "FILLED" if order.filled >= order.qty else "PARTIALLY_FILLED"
@@ -543,7 +557,11 @@ class Runner:
                 ]
             if cid in venue.orders:  # same client id again: the venue knows it (-4116)
                 existing = venue.orders[cid]
-                return [ev.OrderAccepted(now_ms=now, symbol=command.symbol, client_order_id=cid, order_id=existing.order_id)]
+                return [
+                    ev.OrderAccepted(
+                        now_ms=now, symbol=command.symbol, client_order_id=cid, order_id=existing.order_id
+                    )
+                ]
             if isinstance(command, cmd.PlaceAlgoOrder):
                 order = VenueOrder(
                     symbol=command.symbol,
@@ -558,7 +576,11 @@ class Runner:
                     algo=True,
                 )
                 venue.orders[cid] = order
-                return [ev.AlgoOrderAccepted(now_ms=now, symbol=command.symbol, client_algo_id=cid, algo_id=order.order_id)]
+                return [
+                    ev.AlgoOrderAccepted(
+                        now_ms=now, symbol=command.symbol, client_algo_id=cid, algo_id=order.order_id
+                    )
+                ]
             order = VenueOrder(
                 symbol=command.symbol,
                 cid=cid,
@@ -572,16 +594,20 @@ class Runner:
             )
             venue.orders[cid] = order
             out: list[ev.Event] = [
-                ev.OrderAccepted(now_ms=now, symbol=command.symbol, client_order_id=cid, order_id=order.order_id)
+                ev.OrderAccepted(
+                    now_ms=now, symbol=command.symbol, client_order_id=cid, order_id=order.order_id
+                )
             ]
             if command.order_type == "MARKET" and not self.doc.get("manual_market_fills"):
-                out.extend(self._fill({"cid": cid, "price": str(venue.marks.get(command.symbol, order.price))}))
+                out.extend(
+                    self._fill({"cid": cid, "price": str(venue.marks.get(command.symbol, order.price))})
+                )
             return out
         if isinstance(command, (cmd.CancelOrder, cmd.CancelAlgoOrder)):
             cid = command.client_order_id if isinstance(command, cmd.CancelOrder) else command.client_algo_id
             is_algo = isinstance(command, cmd.CancelAlgoOrder)
-            order = venue.orders.get(cid)
-            leg = order.leg if order else None
+            target = venue.orders.get(cid)
+            leg = target.leg if target else None
             rule = venue.take_rule("cancel_fail", leg)
             if rule:
                 return [
@@ -595,18 +621,26 @@ class Runner:
                         is_algo=is_algo,
                     )
                 ]
-            if order is None or order.status in ("FILLED", "CANCELED", "EXPIRED", "FINISHED"):
+            if target is None or target.status in ("FILLED", "CANCELED", "EXPIRED", "FINISHED"):
                 return [
                     ev.CancelResult(
-                        now_ms=now, symbol=command.symbol, client_order_id=cid, ok=False, gone=True, code=-2011, is_algo=is_algo
+                        now_ms=now,
+                        symbol=command.symbol,
+                        client_order_id=cid,
+                        ok=False,
+                        gone=True,
+                        code=-2011,
+                        is_algo=is_algo,
                     )
                 ]
-            order.status = "CANCELED"
+            target.status = "CANCELED"
             answers: list[ev.Event] = [
-                ev.CancelResult(now_ms=now, symbol=command.symbol, client_order_id=cid, ok=True, is_algo=is_algo)
+                ev.CancelResult(
+                    now_ms=now, symbol=command.symbol, client_order_id=cid, ok=True, is_algo=is_algo
+                )
             ]
             if not is_algo:  # like Binance, the user stream reports the cancel too
-                answers.append(self._update(order, "CANCELED", Decimal(0), Decimal(0)))
+                answers.append(self._update(target, "CANCELED", Decimal(0), Decimal(0)))
             return answers
         if isinstance(command, cmd.QueryExchange):
             return [self._snapshot(command.purpose)]
@@ -615,7 +649,9 @@ class Runner:
     def _snapshot(self, purpose: str) -> ev.ExchangeSnapshot:
         venue = self.venue
         positions = tuple(
-            ev.PositionInfo(symbol=s, amount=a, entry_price=e) for s, (a, e) in sorted(venue.positions.items()) if a != 0
+            ev.PositionInfo(symbol=s, amount=a, entry_price=e)
+            for s, (a, e) in sorted(venue.positions.items())
+            if a != 0
         )
         open_orders = tuple(
             ev.OpenOrderInfo(
@@ -672,7 +708,8 @@ class Runner:
         results: list[StepResult] = []
         for index, step in enumerate(steps):
             self.now_ms = T0_MS + int(float(step.get("at", 0)) * 1000)
-            label = str(step.get("label") or _describe(step) or f"step {index}")
+            summary = _describe(step) or f"step {index}"
+            label = f"{summary} -- {step['label']}" if step.get("label") else summary
             try:
                 commands = self.feed(self.step_events(step))
             except (ScenarioError, KeyError, ValueError) as exc:
@@ -685,7 +722,9 @@ class Runner:
             failures = self.check(step.get("expect") or {}, commands)
             results.append(StepResult(self.now_ms, label, trace, failures))
         spec = [str(s) for s in self.doc.get("spec") or []]
-        return ScenarioResult(str(self.doc.get("id", "?")), str(self.doc.get("title", "")), spec, results, self.log)
+        return ScenarioResult(
+            str(self.doc.get("id", "?")), str(self.doc.get("title", "")), spec, results, self.log
+        )
 
     # -- expectations ----------------------------------------------------------------------------
 
@@ -702,7 +741,8 @@ class Runner:
             want_orders = expect["orders"] or []
             if len(got_orders) != len(want_orders):
                 failures.append(
-                    f"orders: expected {len(want_orders)}, got {len(got_orders)}: {[render(c) for c in got_orders]}"
+                    f"orders: expected {len(want_orders)}, got {len(got_orders)}: "
+                    f"{[render(c) for c in got_orders]}"
                 )
             else:
                 for want_o, got_o in zip(want_orders, got_orders, strict=True):
@@ -749,9 +789,13 @@ class Runner:
                     failures.append(f"cooldown of {symbol}: expected {'set' if present else 'absent'}")
         if "cursor" in expect:
             for chat, message_id in expect["cursor"].items():
-                chat_id = {"entry": self.strategy.entry_chat_id, "risk": self.strategy.risk_chat_id}.get(chat, chat)
+                chat_id = {"entry": self.strategy.entry_chat_id, "risk": self.strategy.risk_chat_id}.get(
+                    chat, chat
+                )
                 if engine.cursors.get(int(chat_id), 0) != int(message_id):
-                    failures.append(f"cursor of {chat}: expected {message_id}, got {engine.cursors.get(int(chat_id))}")
+                    failures.append(
+                        f"cursor of {chat}: expected {message_id}, got {engine.cursors.get(int(chat_id))}"
+                    )
         if "price_source" in expect and engine.price_source != expect["price_source"]:
             failures.append(f"price source: expected {expect['price_source']}, got {engine.price_source}")
         if "strategy" in expect:
@@ -791,8 +835,34 @@ def _match_command(want: dict[str, Any], got: cmd.Command, *, typed: bool = Fals
 
 
 def _describe(step: dict[str, Any]) -> str:
-    keys = [k for k in step if k not in ("at", "expect", "label")]
-    return ",".join(keys)
+    """A short human summary of what happens in a step."""
+    parts: list[str] = []
+    for key, value in step.items():
+        if key in ("at", "expect", "label"):
+            continue
+        if key == "leading" and isinstance(value, dict):
+            parts.append(f"leading message #{value.get('id')} ({value.get('ticker', 'BTC')})")
+        elif key in ("risk", "entry_signal") and isinstance(value, dict):
+            parts.append(
+                f"{key.replace('_', ' ')} #{value.get('id')} {value.get('symbol', value.get('text', ''))}"
+            )
+        elif key in ("mark", "rest_mark") and isinstance(value, dict):
+            prices = ", ".join(f"{k}={v['price'] if isinstance(v, dict) else v}" for k, v in value.items())
+            parts.append(f"{'REST ' if key == 'rest_mark' else ''}mark {prices}")
+        elif key == "fill" and isinstance(value, dict):
+            qty = value.get("qty", "rest")
+            parts.append(
+                f"venue fills {value.get('leg', value.get('cid'))} {qty}"
+                + (f" @ {value['price']}" if "price" in value else "")
+            )
+        elif key == "tick":
+            if value and "mark" not in step and "rest_mark" not in step:
+                parts.append("1 s evaluation")
+        elif isinstance(value, dict):
+            parts.append(f"{key} " + " ".join(f"{k}={v}" for k, v in value.items()))
+        else:
+            parts.append(f"{key}={value}")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
