@@ -826,12 +826,19 @@ def _match_command(want: dict[str, Any], got: cmd.Command, *, typed: bool = Fals
         if isinstance(actual, Decimal) and value is not None:
             ok = actual == _dec(value)
         elif isinstance(actual, tuple):
-            ok = list(actual) == list(value)
+            ok = _plain(actual) == _plain(value)
         else:
             ok = actual == value
         if not ok:
             problems.append(f"{render(got)}: {key} expected {value!r}")
     return problems
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists and scalars as text, recursively: YAML has no tuples."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return str(value)
 
 
 def _describe(step: dict[str, Any]) -> str:
