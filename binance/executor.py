@@ -1,0 +1,351 @@
+"""Carries out the core's order commands against the REST client and returns the outcome events.
+
+``Executor.execute(cmd, now_ms)`` never raises for venue trouble: every failure becomes an event
+(``OrderRejected``, ``CancelResult(ok=False)``, ``OrderPrepared(ok=False)``, an incomplete
+``ExchangeSnapshot``) plus ``VenueErrorObserved`` for rate-limit/auth/timestamp failures, so the core
+can run its protection modes (N-23..N-25). A successful signed call adds ``VenueCallSucceeded``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any, Literal
+
+from binance import parse
+from binance.errors import (
+    AuthFailed,
+    BinanceError,
+    RateLimited,
+    Rejected,
+    TimestampRejected,
+    category,
+    should_retry,
+)
+from binance.rest import BinanceRest
+from fsm.commands import (
+    CancelAlgoOrder,
+    CancelOrder,
+    Command,
+    PlaceAlgoOrder,
+    PlaceOrder,
+    PrepareOrder,
+    QueryExchange,
+)
+from fsm.events import (
+    AlgoOrderAccepted,
+    CancelResult,
+    Event,
+    ExchangeSnapshot,
+    OpenOrderInfo,
+    OrderAccepted,
+    OrderPrepared,
+    OrderRejected,
+    PositionInfo,
+    PositionMode,
+    SymbolInfo,
+    VenueCallSucceeded,
+    VenueErrorObserved,
+)
+
+log = logging.getLogger(__name__)
+
+GONE_CODES = frozenset({-2011, -2013})  # unknown order sent / order does not exist
+OPEN_ORDERS_BLOCK_CODES = frozenset({-4047})  # margin type cannot change with open orders
+ObservedCategory = Literal["rate_limited", "auth", "timestamp", "other"]
+
+
+def observed(err: BinanceError, now_ms: int) -> list[Event]:
+    """``VenueErrorObserved`` for the failures the core tracks globally; nothing for the rest."""
+    cat: ObservedCategory | None = None
+    if isinstance(err, RateLimited):
+        cat = "rate_limited"
+    elif isinstance(err, AuthFailed):
+        cat = "auth"
+    elif isinstance(err, TimestampRejected):
+        cat = "timestamp"
+    if cat is None:
+        return []
+    return [VenueErrorObserved(now_ms=now_ms, category=cat, code=err.code, message=err.msg)]
+
+
+class Executor:
+    """Maps one fsm command to REST calls; see the module docstring for the failure contract."""
+
+    def __init__(self, rest: BinanceRest, *, asset: str = "USDT") -> None:
+        self.rest = rest
+        self.asset = asset
+        self._handlers: dict[type[Command], Callable[[Any, int], Awaitable[list[Event]]]] = {
+            PrepareOrder: self._prepare,
+            PlaceOrder: self._place,
+            PlaceAlgoOrder: self._place_algo,
+            CancelOrder: self._cancel,
+            CancelAlgoOrder: self._cancel_algo,
+            QueryExchange: self._query,
+        }
+
+    def handles(self, cmd: Command) -> bool:
+        return type(cmd) in self._handlers
+
+    async def execute(self, cmd: Command, now_ms: int) -> list[Event]:
+        handler = self._handlers.get(type(cmd))
+        if handler is None:
+            log.warning("executor: no handler for %s", type(cmd).__name__)
+            return []
+        return await handler(cmd, now_ms)
+
+    # ----------------------------------------------------------------------------------------
+
+    async def _prepare(self, cmd: PrepareOrder, now_ms: int) -> list[Event]:
+        def failed(err: BinanceError | None, reason: str, mode: PositionMode | None = None) -> list[Event]:
+            ev: Event = OrderPrepared(
+                now_ms=now_ms,
+                symbol=cmd.symbol,
+                leg=cmd.leg,
+                ok=False,
+                position_mode=mode,
+                error_code=err.code if err else None,
+                reason=reason,
+            )
+            return [ev, *(observed(err, now_ms) if err else [])]
+
+        try:
+            mode = parse.position_mode_from_rest(await self.rest.position_mode())
+        except BinanceError as err:
+            return failed(err, f"position_mode_read_failed: {err.msg}")
+        except (KeyError, ValueError) as exc:
+            return failed(None, f"position_mode_unreadable: {exc}")
+        if cmd.configure_margin:
+            try:
+                await self._configure(cmd)
+            except BinanceError as err:
+                return failed(err, f"margin_config_failed: {err.msg}", mode)
+            except (KeyError, ValueError) as exc:
+                return failed(None, f"margin_config_unreadable: {exc}", mode)
+        try:
+            wallet, available = parse.balance_from_rest(await self.rest.balance(), self.asset)
+        except BinanceError as err:
+            return failed(err, f"balance_read_failed: {err.msg}", mode)
+        except (KeyError, ValueError) as exc:
+            return failed(None, f"balance_unreadable: {exc}", mode)
+        return [
+            OrderPrepared(
+                now_ms=now_ms,
+                symbol=cmd.symbol,
+                leg=cmd.leg,
+                ok=True,
+                position_mode=mode,
+                wallet_balance=wallet,
+                available_balance=available,
+            ),
+            VenueCallSucceeded(now_ms=now_ms),
+        ]
+
+    async def _configure(self, cmd: PrepareOrder) -> None:
+        """W24/W25: set leverage and ISOLATED only when they differ; on "open orders" cancel that
+        symbol's open orders and retry once."""
+        rows = await self.rest.position_risk_v2(cmd.symbol)
+        row = next((r for r in rows if r.get("symbol") == cmd.symbol), None)
+        leverage = int(row["leverage"]) if row else None
+        margin = str(row.get("marginType", "")).lower() if row else ""
+        if leverage != cmd.leverage:
+            await self._with_order_cleanup(
+                cmd.symbol, lambda: self.rest.set_leverage(cmd.symbol, cmd.leverage)
+            )
+        if margin != cmd.margin_type.lower():
+            await self._with_order_cleanup(
+                cmd.symbol, lambda: self.rest.set_margin_type(cmd.symbol, cmd.margin_type)
+            )
+
+    async def _with_order_cleanup(self, symbol: str, change: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await change()
+            return
+        except Rejected as err:
+            if err.code not in OPEN_ORDERS_BLOCK_CODES:
+                raise
+            log.warning(
+                "%s: config change blocked by open orders (%d); cancelling them and retrying",
+                symbol,
+                err.code,
+            )
+        for order in await self.rest.open_orders(symbol):
+            try:
+                await self.rest.cancel_order(symbol, str(order["clientOrderId"]))
+            except Rejected as err:
+                if err.code not in GONE_CODES:
+                    raise
+        await change()
+
+    # ----------------------------------------------------------------------------------------
+
+    async def _place(self, cmd: PlaceOrder, now_ms: int) -> list[Event]:
+        try:
+            res = await self.rest.place_order(parse.order_params(cmd))
+            order_id = parse.int_field(res["orderId"])
+        except BinanceError as err:
+            return [self._rejected(cmd.symbol, cmd.client_order_id, err, now_ms)]
+        except (KeyError, ValueError) as exc:
+            log.error("order %s: unusable answer (%s)", cmd.client_order_id, exc)
+            return [
+                OrderRejected(
+                    now_ms=now_ms,
+                    symbol=cmd.symbol,
+                    client_order_id=cmd.client_order_id,
+                    code=0,
+                    message=f"unusable answer: {exc}",
+                    retryable=True,
+                    category="retry",
+                )
+            ]
+        return [
+            OrderAccepted(
+                now_ms=now_ms, symbol=cmd.symbol, client_order_id=cmd.client_order_id, order_id=order_id
+            ),
+            VenueCallSucceeded(now_ms=now_ms),
+        ]
+
+    async def _place_algo(self, cmd: PlaceAlgoOrder, now_ms: int) -> list[Event]:
+        try:
+            res = await self.rest.place_algo_order(parse.algo_params(cmd))
+            algo_id = parse.int_field(res["algoId"])
+        except BinanceError as err:
+            return [self._rejected(cmd.symbol, cmd.client_algo_id, err, now_ms)]
+        except (KeyError, ValueError) as exc:
+            log.error("algo order %s: unusable answer (%s)", cmd.client_algo_id, exc)
+            return [
+                OrderRejected(
+                    now_ms=now_ms,
+                    symbol=cmd.symbol,
+                    client_order_id=cmd.client_algo_id,
+                    code=0,
+                    message=f"unusable answer: {exc}",
+                    retryable=True,
+                    category="retry",
+                )
+            ]
+        return [
+            AlgoOrderAccepted(
+                now_ms=now_ms, symbol=cmd.symbol, client_algo_id=cmd.client_algo_id, algo_id=algo_id
+            ),
+            VenueCallSucceeded(now_ms=now_ms),
+        ]
+
+    @staticmethod
+    def _rejected(symbol: str, client_id: str, err: BinanceError, now_ms: int) -> OrderRejected:
+        log.warning("order %s %s rejected: %s", symbol, client_id, err)
+        return OrderRejected(
+            now_ms=now_ms,
+            symbol=symbol,
+            client_order_id=client_id,
+            code=err.code,
+            message=err.msg,
+            retryable=should_retry(err),
+            category=category(err),
+        )
+
+    # ----------------------------------------------------------------------------------------
+
+    async def _cancel(self, cmd: CancelOrder, now_ms: int) -> list[Event]:
+        return await self._cancel_common(
+            cmd.symbol,
+            cmd.client_order_id,
+            lambda: self.rest.cancel_order(cmd.symbol, cmd.client_order_id),
+            False,
+            now_ms,
+        )
+
+    async def _cancel_algo(self, cmd: CancelAlgoOrder, now_ms: int) -> list[Event]:
+        return await self._cancel_common(
+            cmd.symbol,
+            cmd.client_algo_id,
+            lambda: self.rest.cancel_algo_order(cmd.client_algo_id),
+            True,
+            now_ms,
+        )
+
+    async def _cancel_common(
+        self, symbol: str, client_id: str, call: Callable[[], Awaitable[object]], is_algo: bool, now_ms: int
+    ) -> list[Event]:
+        try:
+            await call()
+        except BinanceError as err:
+            gone = err.code in GONE_CODES
+            result = CancelResult(
+                now_ms=now_ms,
+                symbol=symbol,
+                client_order_id=client_id,
+                ok=False,
+                gone=gone,
+                code=err.code,
+                message=err.msg,
+                is_algo=is_algo,
+            )
+            return [result, *observed(err, now_ms)]
+        return [
+            CancelResult(now_ms=now_ms, symbol=symbol, client_order_id=client_id, ok=True, is_algo=is_algo),
+            VenueCallSucceeded(now_ms=now_ms),
+        ]
+
+    # ----------------------------------------------------------------------------------------
+
+    async def _query(self, cmd: QueryExchange, now_ms: int) -> list[Event]:
+        """Snapshot: mode, balance, positions, open orders AND open algo orders, their symbols' info."""
+        complete = True
+        extra: list[Event] = []
+
+        def note(what: str, exc: Exception) -> None:
+            nonlocal complete
+            complete = False
+            log.warning("snapshot: %s failed: %s", what, exc)
+            if isinstance(exc, BinanceError):
+                extra.extend(observed(exc, now_ms))
+
+        mode: PositionMode | None = None
+        wallet = available = Decimal("0")
+        positions: list[PositionInfo] = []
+        orders: list[OpenOrderInfo] = []
+        infos: list[SymbolInfo] = []
+        try:
+            mode = parse.position_mode_from_rest(await self.rest.position_mode())
+        except (BinanceError, KeyError, ValueError) as exc:
+            note("position mode", exc)
+        try:
+            wallet, available = parse.balance_from_rest(await self.rest.balance(), self.asset)
+        except (BinanceError, KeyError, ValueError) as exc:
+            note("balance", exc)
+        try:
+            positions = parse.positions_from_rest(await self.rest.position_risk(cmd.symbol))
+        except (BinanceError, KeyError, ValueError) as exc:
+            note("positions", exc)
+        try:
+            orders.extend(parse.open_order_from_rest(o) for o in await self.rest.open_orders(cmd.symbol))
+        except (BinanceError, KeyError, ValueError) as exc:
+            note("open orders", exc)
+        try:
+            orders.extend(
+                parse.open_algo_order_from_rest(o) for o in await self.rest.open_algo_orders(cmd.symbol)
+            )
+        except (BinanceError, KeyError, ValueError) as exc:
+            note("open algo orders", exc)
+        wanted = {p.symbol for p in positions} | {o.symbol for o in orders}
+        if wanted:
+            try:
+                all_infos = parse.symbol_infos(await self.rest.exchange_info())
+                infos = [all_infos[s] for s in sorted(wanted) if s in all_infos]
+            except (BinanceError, KeyError, ValueError) as exc:
+                note("exchange info", exc)
+        snapshot = ExchangeSnapshot(
+            now_ms=now_ms,
+            position_mode=mode,
+            wallet_balance=wallet,
+            available_balance=available,
+            positions=tuple(positions),
+            open_orders=tuple(orders),
+            symbols=tuple(infos),
+            complete=complete,
+            purpose=cmd.purpose,
+        )
+        tail: list[Event] = [VenueCallSucceeded(now_ms=now_ms)] if complete else []
+        return [snapshot, *extra, *tail]

@@ -1,0 +1,557 @@
+"""Pure translation between Binance's wire format and the core's events and commands.
+
+Inbound: ``decode_frame`` turns one WebSocket text frame (raw, combined-stream envelope or an
+array) into a list of items: fsm events plus two adapter-level markers (``KlineUpdate``,
+``ListenKeyExpired``) that the streams act on. It routes by the ``e`` field through a dict table,
+ignores unknown fields, logs and skips unknown event types and anything malformed; it never raises.
+REST answers are translated by the ``*_from_rest`` helpers (these raise ``ValueError`` on garbage;
+callers catch it). Outbound: ``order_params`` / ``algo_params`` / ``cancel_params`` turn commands into
+request parameters (strings, unsigned).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal, cast
+
+from fsm.commands import CancelAlgoOrder, CancelOrder, PlaceAlgoOrder, PlaceOrder
+from fsm.events import (
+    AlgoOrderUpdated,
+    AlgoStatus,
+    BalanceChanged,
+    Candle,
+    Event,
+    MarkPriceTick,
+    OpenOrderInfo,
+    OrderStatus,
+    OrderUpdated,
+    PositionChanged,
+    PositionInfo,
+    PositionModeChanged,
+    SymbolInfo,
+)
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+PositionSide = Literal["BOTH", "LONG", "SHORT"]
+Side = Literal["BUY", "SELL"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KlineUpdate:
+    """A kline push; ``closed`` is the ``k.x`` flag (the candle is final)."""
+
+    now_ms: int
+    symbol: str
+    interval: str
+    candle: Candle
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenKeyExpired:
+    """``listenKeyExpired``: the user stream is dead until a new key is used."""
+
+    now_ms: int
+    listen_key: str
+    event_time_ms: int
+
+
+Decoded = Event | KlineUpdate | ListenKeyExpired
+
+ORDER_STATUS: dict[str, OrderStatus] = {
+    "NEW": "NEW",
+    "PARTIALLY_FILLED": "PARTIALLY_FILLED",
+    "FILLED": "FILLED",
+    "CANCELED": "CANCELED",
+    "EXPIRED": "EXPIRED",
+    "EXPIRED_IN_MATCH": "EXPIRED",  # STP expiry
+    "REJECTED": "REJECTED",
+}
+ALGO_STATUS: dict[str, AlgoStatus] = {
+    "NEW": "NEW",
+    "TRIGGERING": "TRIGGERING",
+    "TRIGGERED": "TRIGGERED",
+    "FINISHED": "FINISHED",
+    "CANCELED": "CANCELED",
+    "REJECTED": "REJECTED",
+    "EXPIRED": "EXPIRED",
+}
+POSITION_SIDES: dict[str, PositionSide] = {"BOTH": "BOTH", "LONG": "LONG", "SHORT": "SHORT"}
+SIDES: dict[str, Side] = {"BUY": "BUY", "SELL": "SELL"}
+KLINE_MS: dict[str, int] = {
+    "1m": 60_000,
+    "3m": 180_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "30m": 1_800_000,
+    "1h": 3_600_000,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# small converters
+# ---------------------------------------------------------------------------------------------
+
+
+def dec(value: Any) -> Decimal:
+    """A Decimal from Binance's string (or number) field; raises ValueError on garbage."""
+    if value is None or isinstance(value, bool):
+        raise ValueError(f"not a decimal: {value!r}")
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise ValueError(f"not a decimal: {value!r}") from exc
+    if not d.is_finite():
+        raise ValueError(f"not a finite decimal: {value!r}")
+    return d
+
+
+def dec_str(value: Decimal) -> str:
+    """Plain decimal text for a request: no exponent, no trailing zeros (``1E+2`` -> ``100``)."""
+    text = format(value.normalize(), "f")
+    return text
+
+
+def int_field(value: Any) -> int:
+    """An int from an int or digit string (``"1736996475556"``, ``"88937381063"``); ``""`` -> 0."""
+    if isinstance(value, bool):
+        raise ValueError(f"not an int: {value!r}")
+    if value in ("", None):
+        return 0
+    return int(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).lower() == "true"
+
+
+def _side(value: Any) -> Side:
+    return SIDES[str(value)]
+
+
+def _pos_side(value: Any) -> PositionSide:
+    return POSITION_SIDES.get(str(value), "BOTH")
+
+
+# ---------------------------------------------------------------------------------------------
+# market data
+# ---------------------------------------------------------------------------------------------
+
+
+def mark_price_from_ws(d: Mapping[str, Any], now_ms: int) -> MarkPriceTick:
+    """``markPriceUpdate``: ``s`` symbol, ``p`` mark price, ``E`` event time."""
+    return MarkPriceTick(
+        now_ms=now_ms, symbol=str(d["s"]), price=dec(d["p"]), event_time_ms=int_field(d["E"]), source="WS"
+    )
+
+
+def mark_price_from_rest(d: Mapping[str, Any], now_ms: int) -> MarkPriceTick:
+    """``GET /fapi/v1/premiumIndex`` (one object): ``markPrice`` at venue time ``time``."""
+    return MarkPriceTick(
+        now_ms=now_ms,
+        symbol=str(d["symbol"]),
+        price=dec(d["markPrice"]),
+        event_time_ms=int_field(d["time"]),
+        source="REST",
+    )
+
+
+def candles_from_rest(rows: Any) -> list[Candle]:
+    """``GET /fapi/v1/klines`` rows ``[openTime, o, h, l, c, vol, closeTime, ...]``; bad rows skipped."""
+    out: list[Candle] = []
+    if not isinstance(rows, list):
+        raise ValueError("klines answer is not a list")
+    for row in rows:
+        try:
+            out.append(
+                Candle(
+                    open_time_ms=int_field(row[0]),
+                    close_time_ms=int_field(row[6]),
+                    open=dec(row[1]),
+                    high=dec(row[2]),
+                    low=dec(row[3]),
+                    close=dec(row[4]),
+                )
+            )
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
+            log.warning("kline row skipped: %r (%s)", row, exc)
+    return out
+
+
+def kline_from_ws(d: Mapping[str, Any], now_ms: int) -> KlineUpdate:
+    """``kline`` event: ``k.t``/``k.T`` open/close time, ``k.o/h/l/c``, ``k.x`` closed."""
+    k = d["k"]
+    candle = Candle(
+        open_time_ms=int_field(k["t"]),
+        close_time_ms=int_field(k["T"]),
+        open=dec(k["o"]),
+        high=dec(k["h"]),
+        low=dec(k["l"]),
+        close=dec(k["c"]),
+    )
+    return KlineUpdate(
+        now_ms=now_ms,
+        symbol=str(k.get("s", d.get("s"))),
+        interval=str(k["i"]),
+        candle=candle,
+        closed=_bool(k["x"]),
+    )
+
+
+def symbol_info(entry: Mapping[str, Any]) -> SymbolInfo:
+    """One ``exchangeInfo.symbols[]`` entry; only the filters the core uses are read."""
+    filters = {str(f.get("filterType")): f for f in entry.get("filters", []) if isinstance(f, dict)}
+    price = filters.get("PRICE_FILTER", {})
+    lot = filters["LOT_SIZE"]
+    market = filters.get("MARKET_LOT_SIZE")
+    notional = filters.get("MIN_NOTIONAL", {})
+    return SymbolInfo(
+        symbol=str(entry["symbol"]),
+        status=str(entry.get("status", "")),
+        tick_size=dec(price.get("tickSize", "0")),
+        min_price=dec(price.get("minPrice", "0")),
+        max_price=dec(price.get("maxPrice", "0")),
+        step_size=dec(lot["stepSize"]),
+        min_qty=dec(lot["minQty"]),
+        max_qty=dec(lot.get("maxQty", "0")),
+        market_step_size=dec(market["stepSize"]) if market else None,
+        market_min_qty=dec(market["minQty"]) if market else None,
+        market_max_qty=dec(market["maxQty"]) if market else None,
+        min_notional=dec(notional.get("notional", "0")),
+    )
+
+
+def symbol_infos(exchange_info: Mapping[str, Any]) -> dict[str, SymbolInfo]:
+    """All usable symbols of an exchangeInfo answer; a malformed entry is logged and skipped."""
+    out: dict[str, SymbolInfo] = {}
+    for entry in exchange_info.get("symbols", []):
+        try:
+            info = symbol_info(entry)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning(
+                "exchangeInfo entry skipped: %r (%s)",
+                entry.get("symbol") if isinstance(entry, dict) else entry,
+                exc,
+            )
+            continue
+        out[info.symbol] = info
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# user data
+# ---------------------------------------------------------------------------------------------
+
+
+def order_updated(d: Mapping[str, Any], now_ms: int) -> OrderUpdated:
+    """``ORDER_TRADE_UPDATE``: ``o`` holds the order (``c`` client id, ``i`` id, ``X`` status, ...)."""
+    o = d["o"]
+    return OrderUpdated(
+        now_ms=now_ms,
+        symbol=str(o["s"]),
+        client_order_id=str(o["c"]),
+        order_id=int_field(o["i"]),
+        side=_side(o["S"]),
+        order_type=str(o["o"]),
+        status=ORDER_STATUS[str(o["X"])],
+        price=dec(o.get("p", "0")),
+        orig_qty=dec(o["q"]),
+        cum_qty=dec(o.get("z", "0")),  # cumulative filled
+        last_qty=dec(o.get("l", "0")),  # this event's fill
+        last_price=dec(o.get("L", "0")),
+        avg_price=dec(o.get("ap", "0")),
+        trade_id=int_field(o.get("t", 0)),
+        reduce_only=_bool(o.get("R", False)),
+        close_position=_bool(o.get("cp", False)),
+        position_side=_pos_side(o.get("ps", "BOTH")),
+        realized_pnl=dec(o.get("rp", "0")),
+        commission=dec(o.get("n", "0")),
+    )
+
+
+def algo_updated(d: Mapping[str, Any], now_ms: int) -> AlgoOrderUpdated:
+    """``ALGO_UPDATE``: ``caid`` client algo id, ``aid`` algo id, ``X`` status, ``ai`` child order id."""
+    o = d["o"]
+    return AlgoOrderUpdated(
+        now_ms=now_ms,
+        symbol=str(o["s"]),
+        client_algo_id=str(o["caid"]),
+        algo_id=int_field(o["aid"]),
+        status=ALGO_STATUS[str(o["X"])],
+        actual_order_id=int_field(o.get("ai", "")),
+        reason=str(o.get("rm", "") or ""),
+    )
+
+
+def account_update(d: Mapping[str, Any], now_ms: int, *, asset: str = "USDT") -> list[Event]:
+    """``ACCOUNT_UPDATE``: ``a.B`` balances (``wb`` wallet) and ``a.P`` changed positions only."""
+    a = d["a"]
+    out: list[Event] = []
+    for b in a.get("B", []):
+        if str(b.get("a")) == asset:
+            out.append(BalanceChanged(now_ms=now_ms, wallet_balance=dec(b["wb"])))
+    for p in a.get("P", []):
+        out.append(
+            PositionChanged(
+                now_ms=now_ms,
+                symbol=str(p["s"]),
+                amount=dec(p["pa"]),
+                entry_price=dec(p["ep"]),
+                position_side=_pos_side(p.get("ps", "BOTH")),
+            )
+        )
+    return out
+
+
+def account_config_update(d: Mapping[str, Any], now_ms: int) -> list[Event]:
+    """``ACCOUNT_CONFIG_UPDATE``: only a position-mode change (``ai.d``) matters to the core."""
+    ai = d.get("ai")
+    if isinstance(ai, dict) and "d" in ai:
+        return [PositionModeChanged(now_ms=now_ms, mode="HEDGE" if _bool(ai["d"]) else "ONE_WAY")]
+    return []
+
+
+def listen_key_expired(d: Mapping[str, Any], now_ms: int) -> ListenKeyExpired:
+    """``listenKeyExpired``; ``E`` may be a string (doc example) or an int (current connector)."""
+    return ListenKeyExpired(
+        now_ms=now_ms, listen_key=str(d.get("listenKey", "")), event_time_ms=int_field(d.get("E", 0))
+    )
+
+
+def _one(
+    fn: Callable[[Mapping[str, Any], int], Decoded],
+) -> Callable[[Mapping[str, Any], int], list[Decoded]]:
+    def wrapped(d: Mapping[str, Any], now_ms: int) -> list[Decoded]:
+        return [fn(d, now_ms)]
+
+    return wrapped
+
+
+def _ignore(d: Mapping[str, Any], now_ms: int) -> list[Decoded]:
+    return []
+
+
+def _many(
+    fn: Callable[[Mapping[str, Any], int], list[Event]],
+) -> Callable[[Mapping[str, Any], int], list[Decoded]]:
+    def wrapped(d: Mapping[str, Any], now_ms: int) -> list[Decoded]:
+        return list(fn(d, now_ms))
+
+    return wrapped
+
+
+HANDLERS: dict[str, Callable[[Mapping[str, Any], int], list[Decoded]]] = {
+    "markPriceUpdate": _one(mark_price_from_ws),
+    "kline": _one(kline_from_ws),
+    "ORDER_TRADE_UPDATE": _one(order_updated),
+    "ALGO_UPDATE": _one(algo_updated),
+    "ACCOUNT_UPDATE": _many(account_update),
+    "ACCOUNT_CONFIG_UPDATE": _many(account_config_update),
+    "listenKeyExpired": _one(listen_key_expired),
+    "TRADE_LITE": _ignore,  # the same fill arrives as ORDER_TRADE_UPDATE
+    "MARGIN_CALL": _ignore,
+}
+
+_MARKET_EVENTS = frozenset({"markPriceUpdate", "kline"})
+_PARSE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, InvalidOperation)
+
+
+def _short(text: str | bytes) -> str:
+    s = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    return s if len(s) <= 300 else s[:300] + "..."
+
+
+def decode_message(msg: Any, now_ms: int, watched: Collection[str] | None = None) -> list[Decoded]:
+    """Route one decoded JSON value (object, envelope or array) by its event type.
+
+    ``watched``: when given, market pushes (mark price, kline) of other symbols are dropped before
+    any Decimal is built (a 600-symbol ``!markPrice@arr`` frame stays well under 1 ms).
+    """
+    if isinstance(msg, list):
+        out: list[Decoded] = []
+        for item in msg:
+            if watched is not None and isinstance(item, dict) and item.get("s") not in watched:
+                continue
+            out.extend(decode_message(item, now_ms, watched))
+        return out
+    if not isinstance(msg, dict):
+        log.warning("frame skipped: not an object: %r", msg)
+        return []
+    if "data" in msg and "stream" in msg:
+        return decode_message(msg["data"], now_ms, watched)
+    if "e" not in msg:
+        if "result" in msg and "id" in msg:
+            log.debug("control answer: %r", msg)
+        else:
+            log.warning("frame skipped: no event type: %s", _short(json.dumps(msg)))
+        return []
+    kind = msg["e"]
+    if watched is not None and kind in _MARKET_EVENTS and msg.get("s") not in watched:
+        return []
+    handler = HANDLERS.get(kind) if isinstance(kind, str) else None
+    if handler is None:
+        log.info("event type %r skipped", kind)
+        return []
+    try:
+        return handler(msg, now_ms)
+    except _PARSE_ERRORS as exc:
+        log.warning("malformed %s skipped (%s): %s", kind, exc, _short(json.dumps(msg, default=str)))
+        return []
+
+
+def decode_frame(raw: str | bytes, now_ms: int, watched: Collection[str] | None = None) -> list[Decoded]:
+    """Decode one WebSocket frame; anything unusable is logged and skipped (never raises)."""
+    try:
+        msg = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("undecodable frame skipped (%s): %s", exc, _short(raw))
+        return []
+    return decode_message(msg, now_ms, watched)
+
+
+# ---------------------------------------------------------------------------------------------
+# REST answers
+# ---------------------------------------------------------------------------------------------
+
+
+def position_mode_from_rest(d: Mapping[str, Any]) -> Literal["ONE_WAY", "HEDGE"]:
+    """``GET /fapi/v1/positionSide/dual``: ``dualSidePosition`` true means hedge mode."""
+    value = d["dualSidePosition"]
+    if not isinstance(value, bool):
+        raise ValueError(f"dualSidePosition is not a bool: {value!r}")
+    return "HEDGE" if value else "ONE_WAY"
+
+
+def balance_from_rest(rows: Any, asset: str = "USDT") -> tuple[Decimal, Decimal]:
+    """``GET /fapi/v3/balance`` -> (wallet ``balance``, ``availableBalance``) of ``asset``."""
+    if not isinstance(rows, list):
+        raise ValueError("balance answer is not a list")
+    for row in rows:
+        if isinstance(row, dict) and row.get("asset") == asset:
+            return dec(row["balance"]), dec(row["availableBalance"])
+    return Decimal("0"), Decimal("0")
+
+
+def positions_from_rest(rows: Any) -> list[PositionInfo]:
+    """``GET /fapi/v3/positionRisk`` rows with a non-zero ``positionAmt``."""
+    if not isinstance(rows, list):
+        raise ValueError("positionRisk answer is not a list")
+    out: list[PositionInfo] = []
+    for row in rows:
+        amount = dec(row["positionAmt"])
+        if amount == 0:
+            continue
+        out.append(
+            PositionInfo(
+                symbol=str(row["symbol"]),
+                amount=amount,
+                entry_price=dec(row["entryPrice"]),
+                position_side=_pos_side(row.get("positionSide", "BOTH")),
+            )
+        )
+    return out
+
+
+def open_order_from_rest(d: Mapping[str, Any]) -> OpenOrderInfo:
+    """A regular order as answered by ``/fapi/v1/order`` or ``/fapi/v1/openOrders``."""
+    return OpenOrderInfo(
+        symbol=str(d["symbol"]),
+        client_order_id=str(d["clientOrderId"]),
+        order_id=int_field(d["orderId"]),
+        side=_side(d["side"]),
+        order_type=str(d["type"]),
+        price=dec(d.get("price", "0")),
+        orig_qty=dec(d["origQty"]),
+        executed_qty=dec(d.get("executedQty", "0")),
+        reduce_only=_bool(d.get("reduceOnly", False)),
+        close_position=_bool(d.get("closePosition", False)),
+        position_side=_pos_side(d.get("positionSide", "BOTH")),
+        is_algo=False,
+        trigger_price=dec(d.get("stopPrice", "0") or "0"),
+    )
+
+
+def open_algo_order_from_rest(d: Mapping[str, Any]) -> OpenOrderInfo:
+    """An algo order as answered by ``/fapi/v1/algoOrder`` or ``/fapi/v1/openAlgoOrders``."""
+    return OpenOrderInfo(
+        symbol=str(d["symbol"]),
+        client_order_id=str(d["clientAlgoId"]),
+        order_id=int_field(d["algoId"]),
+        side=_side(d["side"]),
+        order_type=str(d.get("orderType", d.get("type", ""))),
+        price=dec(d.get("price") or "0"),
+        orig_qty=dec(d.get("quantity") or "0"),
+        executed_qty=dec(d.get("actualQty") or "0"),
+        reduce_only=_bool(d.get("reduceOnly", False)),
+        close_position=_bool(d.get("closePosition", False)),
+        position_side=_pos_side(d.get("positionSide", "BOTH")),
+        is_algo=True,
+        trigger_price=dec(d.get("triggerPrice") or "0"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# commands -> request parameters
+# ---------------------------------------------------------------------------------------------
+
+
+def order_params(cmd: PlaceOrder) -> dict[str, str]:
+    """``POST /fapi/v1/order`` parameters. Hedge mode (``position_side`` set) never sends reduceOnly."""
+    p: dict[str, str] = {
+        "symbol": cmd.symbol,
+        "side": cmd.side,
+        "type": cmd.order_type,
+        "quantity": dec_str(cmd.quantity),
+    }
+    if cmd.order_type == "LIMIT":
+        if cmd.price is None:
+            raise ValueError("LIMIT order without a price")
+        p["price"] = dec_str(cmd.price)
+        p["timeInForce"] = cmd.time_in_force or "GTC"
+    if cmd.position_side is not None:
+        p["positionSide"] = cmd.position_side
+    elif cmd.reduce_only:
+        p["reduceOnly"] = "true"
+    p["newClientOrderId"] = cmd.client_order_id
+    p["newOrderRespType"] = "RESULT"
+    return p
+
+
+def algo_params(cmd: PlaceAlgoOrder) -> dict[str, str]:
+    """``POST /fapi/v1/algoOrder``: CONDITIONAL, closePosition=true (never with quantity or reduceOnly)."""
+    p: dict[str, str] = {
+        "algoType": "CONDITIONAL",
+        "symbol": cmd.symbol,
+        "side": cmd.side,
+        "type": cmd.order_type,
+        "triggerPrice": dec_str(cmd.trigger_price),
+        "workingType": cmd.working_type,
+    }
+    if cmd.close_position:
+        p["closePosition"] = "true"
+    if cmd.position_side is not None:
+        p["positionSide"] = cmd.position_side
+    p["clientAlgoId"] = cmd.client_algo_id
+    return p
+
+
+def cancel_params(cmd: CancelOrder | CancelAlgoOrder) -> dict[str, str]:
+    """Cancel parameters: symbol + origClientOrderId (``/fapi/v1/order``) or clientAlgoId (``/algoOrder``)."""
+    if isinstance(cmd, CancelAlgoOrder):
+        return {"clientAlgoId": cmd.client_algo_id}
+    return {"symbol": cmd.symbol, "origClientOrderId": cmd.client_order_id}
+
+
+def as_json_object(value: Any) -> Json:
+    """Narrow a decoded JSON value to an object or raise ValueError."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return cast(Json, value)

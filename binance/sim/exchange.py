@@ -1,0 +1,1527 @@
+"""The simulated USDⓈ-M exchange: an in-process, synchronous model of one account.
+
+Theory of operation: every REST endpoint is a method taking the request's string parameters and
+returning the JSON value Binance would answer, or raising ``SimError(code, msg, http_status)``.
+Prices move only through ``set_mark`` (a script, a generator or a test); each move updates the 3m
+klines, fills resting LIMIT orders the mark has reached (according to the order's fill policy),
+triggers algo STOP_MARKET / TAKE_PROFIT_MARKET orders on the mark price (child MARKET order), and
+pushes market data to ``market_listeners``. Account changes produce the user-data events Binance
+sends (ORDER_TRADE_UPDATE, ACCOUNT_UPDATE, ALGO_UPDATE, listenKeyExpired) to ``user_listeners``,
+through a small fault stage (delay on the clock, duplicate, hold-and-release to reorder).
+Time comes from a ``Clock``; call ``pump()`` after moving a simulated clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from typing import Any, Literal
+
+from binance.sim.clock import Clock, SimClock
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+FillPolicy = Literal["full", "never"] | tuple[Decimal, ...]
+UserListener = Callable[[Json, str | None], None]  # (payload, only this listenKey or None for all)
+MarketListener = Callable[[str], None]  # symbol whose mark changed
+
+CONDITIONAL_TYPES = frozenset(
+    {"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"}
+)
+CLIENT_ID = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
+INTERVAL_MS: dict[str, int] = {
+    "1m": 60_000,
+    "3m": 180_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "30m": 1_800_000,
+    "1h": 3_600_000,
+    "2h": 7_200_000,
+    "4h": 14_400_000,
+}
+LISTEN_KEY_TTL_MS = 3_600_000
+MAKER_FEE = Decimal("0.0002")
+TAKER_FEE = Decimal("0.0005")
+ZERO = Decimal("0")
+
+
+class SimError(Exception):
+    """A Binance error answer: ``{"code": code, "msg": msg}`` with ``http_status``."""
+
+    def __init__(self, code: int, msg: str, http_status: int = 400) -> None:
+        super().__init__(f"{code} {msg}")
+        self.code = code
+        self.msg = msg
+        self.http_status = http_status
+
+
+def _fmt(d: Decimal, places: int | None = None) -> str:
+    if places is not None:
+        d = d.quantize(Decimal(1).scaleb(-places))
+    if d == 0:
+        d = abs(d)  # no "-0.00"
+    return format(d, "f")
+
+
+def _decimals(d: Decimal) -> int:
+    exp = d.normalize().as_tuple().exponent
+    return max(0, -exp) if isinstance(exp, int) else 0
+
+
+@dataclass(slots=True)
+class SimSymbol:
+    symbol: str
+    tick: Decimal
+    step: Decimal
+    min_qty: Decimal
+    max_qty: Decimal
+    market_max_qty: Decimal
+    min_notional: Decimal = Decimal("5")
+    min_price: Decimal = Decimal("0.0001")
+    max_price: Decimal = Decimal("1000000")
+    status: str = "TRADING"
+
+    @property
+    def base_asset(self) -> str:
+        return self.symbol.removesuffix("USDT")
+
+    @property
+    def price_places(self) -> int:
+        return _decimals(self.tick)
+
+    def entry(self) -> Json:
+        """The exchangeInfo ``symbols[]`` entry, shaped like the official example."""
+        return {
+            "symbol": self.symbol,
+            "pair": self.symbol,
+            "contractType": "PERPETUAL",
+            "deliveryDate": 4133404800000,
+            "onboardDate": 1569398400000,
+            "status": self.status,
+            "maintMarginPercent": "2.5000",
+            "requiredMarginPercent": "5.0000",
+            "baseAsset": self.base_asset,
+            "quoteAsset": "USDT",
+            "marginAsset": "USDT",
+            "pricePrecision": self.price_places,
+            "quantityPrecision": _decimals(self.step),
+            "baseAssetPrecision": 8,
+            "quotePrecision": 8,
+            "underlyingType": "COIN",
+            "underlyingSubType": [],
+            "settlePlan": 0,
+            "triggerProtect": "0.0500",
+            "filters": [
+                {
+                    "filterType": "PRICE_FILTER",
+                    "maxPrice": _fmt(self.max_price),
+                    "minPrice": _fmt(self.min_price),
+                    "tickSize": _fmt(self.tick),
+                },
+                {
+                    "filterType": "LOT_SIZE",
+                    "maxQty": _fmt(self.max_qty),
+                    "minQty": _fmt(self.min_qty),
+                    "stepSize": _fmt(self.step),
+                },
+                {
+                    "filterType": "MARKET_LOT_SIZE",
+                    "maxQty": _fmt(self.market_max_qty),
+                    "minQty": _fmt(self.min_qty),
+                    "stepSize": _fmt(self.step),
+                },
+                {"filterType": "MAX_NUM_ORDERS", "limit": 200},
+                {"filterType": "MIN_NOTIONAL", "notional": _fmt(self.min_notional)},
+                {
+                    "filterType": "PERCENT_PRICE",
+                    "multiplierUp": "1.0500",
+                    "multiplierDown": "0.9500",
+                    "multiplierDecimal": "4",
+                },
+            ],
+            "orderTypes": [
+                "LIMIT",
+                "MARKET",
+                "STOP",
+                "STOP_MARKET",
+                "TAKE_PROFIT",
+                "TAKE_PROFIT_MARKET",
+                "TRAILING_STOP_MARKET",
+            ],
+            "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
+            "liquidationFee": "0.012500",
+            "marketTakeBound": "0.05",
+        }
+
+
+def default_symbols() -> list[tuple[SimSymbol, Decimal]]:
+    """Real-looking symbols and starting marks."""
+    return [
+        (
+            SimSymbol(
+                "BTCUSDT",
+                Decimal("0.10"),
+                Decimal("0.001"),
+                Decimal("0.001"),
+                Decimal("1000"),
+                Decimal("120"),
+                Decimal("100"),
+                Decimal("556.80"),
+                Decimal("4529764"),
+            ),
+            Decimal("95000.00"),
+        ),
+        (
+            SimSymbol(
+                "ETHUSDT",
+                Decimal("0.01"),
+                Decimal("0.001"),
+                Decimal("0.001"),
+                Decimal("10000"),
+                Decimal("2000"),
+                Decimal("20"),
+                Decimal("39.86"),
+                Decimal("306177"),
+            ),
+            Decimal("3500.00"),
+        ),
+        (
+            SimSymbol(
+                "DOGEUSDT",
+                Decimal("0.00001"),
+                Decimal("1"),
+                Decimal("1"),
+                Decimal("50000000"),
+                Decimal("30000000"),
+                Decimal("5"),
+                Decimal("0.00244"),
+                Decimal("30"),
+            ),
+            Decimal("0.16000"),
+        ),
+        (
+            SimSymbol(
+                "SOLUSDT",
+                Decimal("0.0100"),
+                Decimal("1"),
+                Decimal("1"),
+                Decimal("1000000"),
+                Decimal("5000"),
+                Decimal("5"),
+                Decimal("0.4200"),
+                Decimal("6857"),
+            ),
+            Decimal("180.0000"),
+        ),
+    ]
+
+
+@dataclass(slots=True)
+class SimOrder:
+    order_id: int
+    symbol: str
+    client_id: str
+    side: str
+    type: str
+    tif: str
+    price: Decimal
+    qty: Decimal
+    reduce_only: bool
+    position_side: str
+    time_ms: int
+    update_ms: int
+    status: str = "NEW"
+    executed: Decimal = ZERO
+    cum_quote: Decimal = ZERO
+    close_position: bool = False
+    policy: FillPolicy = "full"
+    slices_used: int = 0
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.qty - self.executed
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in ("NEW", "PARTIALLY_FILLED")
+
+    @property
+    def avg_price(self) -> Decimal:
+        return self.cum_quote / self.executed if self.executed else ZERO
+
+
+@dataclass(slots=True)
+class SimAlgo:
+    algo_id: int
+    client_algo_id: str
+    symbol: str
+    side: str
+    type: str
+    position_side: str
+    trigger: Decimal
+    working_type: str
+    close_position: bool
+    quantity: Decimal
+    reduce_only: bool
+    create_ms: int
+    update_ms: int
+    status: str = "NEW"
+    trigger_ms: int = 0
+    actual_order_id: int = 0
+    actual_price: Decimal = ZERO
+    actual_qty: Decimal = ZERO
+
+
+@dataclass(slots=True)
+class SimPosition:
+    amount: Decimal = ZERO  # signed
+    entry: Decimal = ZERO
+    realized: Decimal = ZERO
+    update_ms: int = 0
+
+
+@dataclass(slots=True)
+class _Bucket:
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    count: int = 1
+
+
+@dataclass(slots=True)
+class UserFaults:
+    delay_ms: int = 0
+    duplicate_next: int = 0
+    holding: bool = False
+    held: list[tuple[Json, str | None]] = field(default_factory=list)
+    delayed: list[tuple[int, int, Json, str | None]] = field(default_factory=list)
+
+
+class SimExchange:
+    """One simulated account on a set of symbols; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        api_keys: dict[str, str] | None = None,
+        balance: Decimal = Decimal("10000"),
+        hedge_mode: bool = False,
+        symbols: Iterable[tuple[SimSymbol, Decimal]] | None = None,
+        default_leverage: int = 20,
+    ) -> None:
+        self.clock: Clock = clock or SimClock()
+        self.api_keys: dict[str, str] = dict(api_keys or {})
+        self.wallet = balance
+        self.hedge_mode = hedge_mode
+        self.symbols: dict[str, SimSymbol] = {}
+        self.marks: dict[str, Decimal] = {}
+        self.mark_time: dict[str, int] = {}
+        self.leverage: dict[str, int] = {}
+        self.margin_type: dict[str, str] = {}
+        self.default_leverage = default_leverage
+        for sym, mark in symbols if symbols is not None else default_symbols():
+            self.add_symbol(sym, mark)
+        self.orders: dict[int, SimOrder] = {}
+        self.algos: dict[int, SimAlgo] = {}
+        self.positions: dict[tuple[str, str], SimPosition] = {}
+        self._next_order_id = 8_389_765_001
+        self._next_algo_id = 1_000_000_000_000_001
+        self._next_trade_id = 5_000_001
+        self.fill_policies: dict[str, FillPolicy] = {}
+        self.default_fill_policy: FillPolicy = "full"
+        self.listen_keys: dict[str, int] = {}  # key -> expires at
+        self.user_listeners: list[UserListener] = []
+        self.market_listeners: list[MarketListener] = []
+        self.user_faults = UserFaults()
+        self.stale_premium: dict[str, Json] = {}
+        self._buckets: dict[str, dict[int, _Bucket]] = {}
+        self._script: list[tuple[int, str, Decimal]] = []
+        self.user_events_sent = 0
+
+    # ----------------------------------------------------------------------------------------
+    # setup and driving
+    # ----------------------------------------------------------------------------------------
+
+    def now(self) -> int:
+        return self.clock.now_ms()
+
+    def add_symbol(self, sym: SimSymbol, mark: Decimal) -> None:
+        self.symbols[sym.symbol] = sym
+        self.marks[sym.symbol] = mark
+        self.mark_time[sym.symbol] = self.clock.now_ms()
+        self.leverage.setdefault(sym.symbol, self.default_leverage)
+        self.margin_type.setdefault(sym.symbol, "cross")
+
+    def set_fill_policy(self, client_order_id: str, policy: FillPolicy) -> None:
+        """How the LIMIT order with this client id fills: ``"full"``, ``"never"`` or slices (one per
+        mark update that reaches its price; once the slices are used up the rest never fills)."""
+        self.fill_policies[client_order_id] = policy
+
+    def script(self, points: Iterable[tuple[int, str, Decimal]]) -> None:
+        """Mark prices to apply at given times: ``(at_ms, symbol, price)``; applied by ``pump``."""
+        self._script.extend(points)
+        self._script.sort(key=lambda p: p[0])
+
+    def pump(self) -> None:
+        """Apply what is due at the clock's current time: scripted marks, delayed events, key expiry."""
+        now = self.now()
+        while self._script and self._script[0][0] <= now:
+            _, symbol, price = self._script.pop(0)
+            self.set_mark(symbol, price)
+        self._flush_delayed(now)
+        for key, expires in list(self.listen_keys.items()):
+            if expires <= now:
+                self.expire_listen_key(key)
+
+    def advance(self, ms: int) -> None:
+        """Move a ``SimClock`` forward and pump."""
+        if not isinstance(self.clock, SimClock):
+            raise TypeError("advance needs a SimClock")
+        self.clock.advance(ms)
+        self.pump()
+
+    def set_mark(self, symbol: str, price: Decimal) -> None:
+        """A new mark price: klines, LIMIT fills, algo triggers, then market listeners."""
+        if symbol not in self.symbols:
+            raise KeyError(symbol)
+        now = self.now()
+        self.marks[symbol] = price
+        self.mark_time[symbol] = now
+        self._record_bucket(symbol, price, now)
+        self._match_limits(symbol, price)
+        self._trigger_algos(symbol, price)
+        for listener in list(self.market_listeners):
+            listener(symbol)
+
+    def publish_marks(self) -> None:
+        """The 1 s push: re-announce every symbol's current mark (the wall-clock loop calls this)."""
+        for symbol in self.symbols:
+            self.mark_time[symbol] = self.now()
+            for listener in list(self.market_listeners):
+                listener(symbol)
+
+    # ----------------------------------------------------------------------------------------
+    # user-event fault stage
+    # ----------------------------------------------------------------------------------------
+
+    def _emit(self, payload: Json, key: str | None = None) -> None:
+        f = self.user_faults
+        copies = 1
+        if f.duplicate_next > 0:
+            f.duplicate_next -= 1
+            copies = 2
+        for _ in range(copies):
+            if f.holding:
+                f.held.append((payload, key))
+            elif f.delay_ms > 0:
+                f.delayed.append((self.now() + f.delay_ms, len(f.delayed), payload, key))
+            else:
+                self._deliver(payload, key)
+
+    def _deliver(self, payload: Json, key: str | None) -> None:
+        self.user_events_sent += 1
+        for listener in list(self.user_listeners):
+            listener(payload, key)
+
+    def _flush_delayed(self, now: int) -> None:
+        f = self.user_faults
+        due = sorted(d for d in f.delayed if d[0] <= now)
+        f.delayed = [d for d in f.delayed if d[0] > now]
+        for _, _, payload, key in due:
+            self._deliver(payload, key)
+
+    def hold_user_events(self) -> None:
+        self.user_faults.holding = True
+
+    def release_user_events(self, *, reverse: bool = False) -> int:
+        """Deliver held events (in reverse order to simulate reordering); returns how many."""
+        f = self.user_faults
+        held = list(reversed(f.held)) if reverse else list(f.held)
+        f.held.clear()
+        f.holding = False
+        for payload, key in held:
+            self._deliver(payload, key)
+        return len(held)
+
+    # ----------------------------------------------------------------------------------------
+    # helpers
+    # ----------------------------------------------------------------------------------------
+
+    def _symbol(self, params: dict[str, str]) -> SimSymbol:
+        name = params.get("symbol")
+        if not name:
+            raise SimError(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+        sym = self.symbols.get(name)
+        if sym is None:
+            raise SimError(-1121, "Invalid symbol.")
+        return sym
+
+    @staticmethod
+    def _dec(params: dict[str, str], name: str, required: bool = True) -> Decimal | None:
+        raw = params.get(name)
+        if raw is None or raw == "":
+            if required:
+                raise SimError(
+                    -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed."
+                )
+            return None
+        try:
+            value = Decimal(raw)
+        except InvalidOperation as exc:
+            raise SimError(
+                -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed."
+            ) from exc
+        if not value.is_finite():
+            raise SimError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+        return value
+
+    def _position(self, symbol: str, pside: str) -> SimPosition:
+        return self.positions.setdefault((symbol, pside), SimPosition())
+
+    def _pside(self, params: dict[str, str]) -> str:
+        ps = params.get("positionSide", "BOTH") or "BOTH"
+        if ps not in ("BOTH", "LONG", "SHORT"):
+            raise SimError(-4060, "Invalid position side.")
+        if self.hedge_mode == (ps == "BOTH"):
+            raise SimError(-4061, "Order's position side does not match user's setting.")
+        return ps
+
+    def _unrealized(self) -> Decimal:
+        total = ZERO
+        for (symbol, _), pos in self.positions.items():
+            if pos.amount:
+                total += (self.marks[symbol] - pos.entry) * pos.amount
+        return total
+
+    def _position_margin(self) -> Decimal:
+        total = ZERO
+        for (symbol, _), pos in self.positions.items():
+            if pos.amount:
+                total += abs(pos.amount) * pos.entry / self.leverage[symbol]
+        return total
+
+    def _order_margin(self) -> Decimal:
+        return sum(
+            (
+                o.remaining * o.price / self.leverage[o.symbol]
+                for o in self.orders.values()
+                if o.is_open and self._opens(o)
+            ),
+            ZERO,
+        )
+
+    def available_balance(self) -> Decimal:
+        return self.wallet - self._position_margin() - self._order_margin() + min(ZERO, self._unrealized())
+
+    def _opens(self, o: SimOrder) -> bool:
+        """Whether the order adds exposure (needs margin)."""
+        if o.reduce_only or o.close_position:
+            return False
+        if o.position_side == "SHORT":
+            return o.side == "SELL"
+        if o.position_side == "LONG":
+            return o.side == "BUY"
+        pos = self.positions.get((o.symbol, "BOTH"))
+        amt = pos.amount if pos else ZERO
+        return not ((amt < 0 and o.side == "BUY") or (amt > 0 and o.side == "SELL"))
+
+    def _check_filters(self, sym: SimSymbol, qty: Decimal, price: Decimal | None, market: bool) -> None:
+        if qty <= 0:
+            raise SimError(-4003, "Quantity less than or equal to zero.")
+        if _decimals(qty) > _decimals(sym.step):
+            raise SimError(-1111, "Precision is over the maximum defined for this asset.")
+        if qty < sym.min_qty:
+            raise SimError(-4004, "Quantity less than min quantity.")
+        if qty > (sym.market_max_qty if market else sym.max_qty):
+            raise SimError(-4005, "Quantity greater than max quantity.")
+        if (qty - sym.min_qty) % sym.step != 0:
+            raise SimError(-4023, "Quantity not increased by step size.")
+        if price is not None:
+            if _decimals(price) > _decimals(sym.tick):
+                raise SimError(-1111, "Precision is over the maximum defined for this asset.")
+            if price < sym.min_price:
+                raise SimError(-4013, "Price less than min price.")
+            if price > sym.max_price:
+                raise SimError(-4016, "Price greater than max price.")
+            if (price - sym.min_price) % sym.tick != 0:
+                raise SimError(-4014, "Price not increased by tick size.")
+
+    # ----------------------------------------------------------------------------------------
+    # public market data
+    # ----------------------------------------------------------------------------------------
+
+    def server_time(self, params: dict[str, str]) -> Json:
+        return {"serverTime": self.now()}
+
+    def exchange_info(self, params: dict[str, str]) -> Json:
+        return {
+            "timezone": "UTC",
+            "serverTime": self.now(),
+            "futuresType": "U_MARGINED",
+            "rateLimits": [
+                {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
+                {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
+                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
+            ],
+            "exchangeFilters": [],
+            "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
+            "symbols": [s.entry() for s in self.symbols.values()],
+        }
+
+    def _premium(self, symbol: str) -> Json:
+        if symbol in self.stale_premium:
+            return dict(self.stale_premium[symbol])
+        sym = self.symbols[symbol]
+        mark = self.marks[symbol]
+        now = self.now()
+        return {
+            "symbol": symbol,
+            "markPrice": _fmt(mark, sym.price_places + 4),
+            "indexPrice": _fmt(mark, sym.price_places + 4),
+            "estimatedSettlePrice": _fmt(mark, sym.price_places + 4),
+            "lastFundingRate": "0.00010000",
+            "interestRate": "0.00010000",
+            "nextFundingTime": (now // 28_800_000 + 1) * 28_800_000,
+            "time": self.mark_time[symbol],
+        }
+
+    def premium_index(self, params: dict[str, str]) -> Any:
+        if params.get("symbol"):
+            return self._premium(self._symbol(params).symbol)
+        return [self._premium(s) for s in self.symbols]
+
+    def make_premium_stale(self, symbol: str) -> None:
+        """Freeze ``premiumIndex`` for ``symbol`` at its current answer (stale REST fallback)."""
+        self.stale_premium[symbol] = self._premium(symbol)
+
+    def mark_payload(self, symbol: str) -> Json:
+        """A ``markPriceUpdate`` as pushed on ``<symbol>@markPrice@1s``."""
+        sym = self.symbols[symbol]
+        mark = _fmt(self.marks[symbol], sym.price_places + 4)
+        now = self.now()
+        return {
+            "e": "markPriceUpdate",
+            "E": self.mark_time[symbol],
+            "s": symbol,
+            "p": mark,
+            "i": mark,
+            "P": mark,
+            "r": "0.00010000",
+            "ap": mark,
+            "T": (now // 28_800_000 + 1) * 28_800_000,
+            "st": 1,
+        }
+
+    def _record_bucket(self, symbol: str, price: Decimal, now: int) -> None:
+        buckets = self._buckets.setdefault(symbol, {})
+        start = now // 60_000 * 60_000
+        b = buckets.get(start)
+        if b is None:
+            buckets[start] = _Bucket(price, price, price, price)
+        else:
+            b.high = max(b.high, price)
+            b.low = min(b.low, price)
+            b.close = price
+            b.count += 1
+
+    def _candles(self, symbol: str, interval_ms: int) -> list[tuple[int, _Bucket]]:
+        out: dict[int, _Bucket] = {}
+        for start in sorted(self._buckets.get(symbol, {})):
+            b = self._buckets[symbol][start]
+            slot = start // interval_ms * interval_ms
+            c = out.get(slot)
+            if c is None:
+                out[slot] = _Bucket(b.open, b.high, b.low, b.close, b.count)
+            else:
+                c.high = max(c.high, b.high)
+                c.low = min(c.low, b.low)
+                c.close = b.close
+                c.count += b.count
+        return sorted(out.items())
+
+    def _kline_row(self, symbol: str, start: int, iv: int, b: _Bucket) -> list[Any]:
+        p = self.symbols[symbol].price_places
+        vol = Decimal(b.count)
+        quote = vol * b.close
+        return [
+            start,
+            _fmt(b.open, p),
+            _fmt(b.high, p),
+            _fmt(b.low, p),
+            _fmt(b.close, p),
+            _fmt(vol),
+            start + iv - 1,
+            _fmt(quote, p),
+            b.count,
+            _fmt(vol / 2),
+            _fmt(quote / 2, p),
+            "0",
+        ]
+
+    def klines(self, params: dict[str, str]) -> list[Any]:
+        sym = self._symbol(params)
+        iv = INTERVAL_MS.get(params.get("interval", ""))
+        if iv is None:
+            raise SimError(-1120, "Invalid interval.")
+        try:
+            limit = int(params.get("limit", "500"))
+            start = int(params["startTime"]) if "startTime" in params else None
+            end = int(params["endTime"]) if "endTime" in params else None
+        except ValueError as exc:
+            raise SimError(-1100, "Illegal characters found in a parameter.") from exc
+        if not 1 <= limit <= 1500:
+            raise SimError(-1130, "Invalid data sent for a parameter.")
+        rows = [
+            self._kline_row(sym.symbol, s, iv, b)
+            for s, b in self._candles(sym.symbol, iv)
+            if (start is None or s >= start) and (end is None or s <= end)
+        ]
+        return rows[:limit] if start is not None else rows[-limit:]
+
+    def kline_payload(self, symbol: str, interval: str, *, closed_slot: int | None = None) -> Json | None:
+        """A ``kline`` push for the current candle (or the candle at ``closed_slot``, final)."""
+        iv = INTERVAL_MS[interval]
+        candles = dict(self._candles(symbol, iv))
+        slot = closed_slot if closed_slot is not None else self.now() // iv * iv
+        b = candles.get(slot)
+        if b is None:
+            return None
+        row = self._kline_row(symbol, slot, iv, b)
+        return {
+            "e": "kline",
+            "E": self.now(),
+            "s": symbol,
+            "k": {
+                "t": slot,
+                "T": slot + iv - 1,
+                "s": symbol,
+                "i": interval,
+                "f": 0,
+                "L": 0,
+                "o": row[1],
+                "c": row[4],
+                "h": row[2],
+                "l": row[3],
+                "v": row[5],
+                "n": row[8],
+                "x": closed_slot is not None,
+                "q": row[7],
+                "V": row[9],
+                "Q": row[10],
+                "B": "0",
+            },
+        }
+
+    # ----------------------------------------------------------------------------------------
+    # account
+    # ----------------------------------------------------------------------------------------
+
+    def _balance_row(self) -> Json:
+        avail = self.available_balance()
+        return {
+            "accountAlias": "SgsR",
+            "asset": "USDT",
+            "balance": _fmt(self.wallet, 8),
+            "crossWalletBalance": _fmt(self.wallet, 8),
+            "crossUnPnl": _fmt(self._unrealized(), 8),
+            "availableBalance": _fmt(avail, 8),
+            "maxWithdrawAmount": _fmt(max(ZERO, avail), 8),
+            "marginAvailable": True,
+            "updateTime": self.now(),
+        }
+
+    def balance(self, params: dict[str, str]) -> list[Json]:
+        return [self._balance_row()]
+
+    def _position_row(self, symbol: str, pside: str, pos: SimPosition, *, v2: bool) -> Json:
+        mark = self.marks[symbol]
+        lev = self.leverage[symbol]
+        notional = pos.amount * mark
+        margin = abs(pos.amount) * pos.entry / lev
+        upnl = (mark - pos.entry) * pos.amount
+        liq = ZERO
+        if pos.amount:
+            liq = pos.entry * (1 + Decimal(1) / lev) if pos.amount < 0 else pos.entry * (1 - Decimal(1) / lev)
+        row: Json = {
+            "symbol": symbol,
+            "positionSide": pside,
+            "positionAmt": _fmt(pos.amount),
+            "entryPrice": _fmt(pos.entry),
+            "breakEvenPrice": _fmt(pos.entry),
+            "markPrice": _fmt(mark, 8),
+            "unRealizedProfit": _fmt(upnl, 8),
+            "liquidationPrice": _fmt(liq, 8),
+            "isolatedMargin": _fmt(margin if self.margin_type[symbol] == "isolated" else ZERO, 8),
+            "notional": _fmt(notional, 8),
+            "marginAsset": "USDT",
+            "isolatedWallet": _fmt(margin if self.margin_type[symbol] == "isolated" else ZERO, 8),
+            "initialMargin": _fmt(margin, 8),
+            "maintMargin": _fmt(margin / 10, 8),
+            "positionInitialMargin": _fmt(margin, 8),
+            "openOrderInitialMargin": "0",
+            "adl": 0,
+            "bidNotional": "0",
+            "askNotional": "0",
+            "updateTime": pos.update_ms,
+        }
+        if v2:
+            row.update(
+                {
+                    "leverage": str(lev),
+                    "marginType": self.margin_type[symbol],
+                    "isAutoAddMargin": "false",
+                    "maxNotionalValue": "1000000",
+                }
+            )
+        return row
+
+    def _position_sides(self) -> tuple[str, ...]:
+        return ("LONG", "SHORT") if self.hedge_mode else ("BOTH",)
+
+    def position_risk(self, params: dict[str, str], *, v2: bool = False) -> list[Json]:
+        """v3: only positions or symbols with open orders; v2: every requested symbol (with leverage)."""
+        names = [self._symbol(params).symbol] if params.get("symbol") else list(self.symbols)
+        rows = []
+        for name in names:
+            has_orders = any(o.is_open and o.symbol == name for o in self.orders.values())
+            for pside in self._position_sides():
+                pos = self.positions.get((name, pside)) or SimPosition()
+                if v2 or pos.amount or has_orders:
+                    rows.append(self._position_row(name, pside, pos, v2=v2))
+        return rows
+
+    def position_risk_v2(self, params: dict[str, str]) -> list[Json]:
+        return self.position_risk(params, v2=True)
+
+    def account(self, params: dict[str, str], *, v2: bool = False) -> Json:
+        upnl = self._unrealized()
+        pos_margin = self._position_margin()
+        avail = self.available_balance()
+        totals = {
+            "totalInitialMargin": _fmt(pos_margin + self._order_margin(), 8),
+            "totalMaintMargin": _fmt(pos_margin / 10, 8),
+            "totalWalletBalance": _fmt(self.wallet, 8),
+            "totalUnrealizedProfit": _fmt(upnl, 8),
+            "totalMarginBalance": _fmt(self.wallet + upnl, 8),
+            "totalPositionInitialMargin": _fmt(pos_margin, 8),
+            "totalOpenOrderInitialMargin": _fmt(self._order_margin(), 8),
+            "totalCrossWalletBalance": _fmt(self.wallet, 8),
+            "totalCrossUnPnl": _fmt(upnl, 8),
+            "availableBalance": _fmt(avail, 8),
+            "maxWithdrawAmount": _fmt(max(ZERO, avail), 8),
+        }
+        asset = {
+            "asset": "USDT",
+            "walletBalance": _fmt(self.wallet, 8),
+            "unrealizedProfit": _fmt(upnl, 8),
+            "marginBalance": _fmt(self.wallet + upnl, 8),
+            "maintMargin": _fmt(pos_margin / 10, 8),
+            "initialMargin": _fmt(pos_margin, 8),
+            "positionInitialMargin": _fmt(pos_margin, 8),
+            "openOrderInitialMargin": _fmt(self._order_margin(), 8),
+            "crossWalletBalance": _fmt(self.wallet, 8),
+            "crossUnPnl": _fmt(upnl, 8),
+            "availableBalance": _fmt(avail, 8),
+            "maxWithdrawAmount": _fmt(max(ZERO, avail), 8),
+            "updateTime": self.now(),
+        }
+        positions = []
+        for (symbol, pside), pos in self.positions.items():
+            if pos.amount:
+                positions.append(
+                    {
+                        "symbol": symbol,
+                        "positionSide": pside,
+                        "positionAmt": _fmt(pos.amount),
+                        "unrealizedProfit": _fmt((self.marks[symbol] - pos.entry) * pos.amount, 8),
+                        "isolatedMargin": "0",
+                        "notional": _fmt(pos.amount * self.marks[symbol], 8),
+                        "isolatedWallet": "0",
+                        "initialMargin": _fmt(abs(pos.amount) * pos.entry / self.leverage[symbol], 8),
+                        "maintMargin": "0",
+                        "updateTime": pos.update_ms,
+                    }
+                )
+        return {**totals, "assets": [asset], "positions": positions}
+
+    def account_v2(self, params: dict[str, str]) -> Json:
+        return self.account(params, v2=True)
+
+    def get_position_mode(self, params: dict[str, str]) -> Json:
+        return {"dualSidePosition": self.hedge_mode}
+
+    def set_position_mode(self, params: dict[str, str]) -> Json:
+        want = params.get("dualSidePosition", "").lower()
+        if want not in ("true", "false"):
+            raise SimError(
+                -1102, "Mandatory parameter 'dualSidePosition' was not sent, was empty/null, or malformed."
+            )
+        if (want == "true") == self.hedge_mode:
+            raise SimError(-4059, "No need to change position side.")
+        if any(o.is_open for o in self.orders.values()) or any(
+            a.status == "NEW" for a in self.algos.values()
+        ):
+            raise SimError(-4067, "Position side cannot be changed if there exists open orders.")
+        if any(p.amount for p in self.positions.values()):
+            raise SimError(-4068, "Position side cannot be changed if there exists position.")
+        self.hedge_mode = want == "true"
+        self._emit(
+            {
+                "e": "ACCOUNT_CONFIG_UPDATE",
+                "E": self.now(),
+                "T": self.now(),
+                "ai": {"j": False, "d": self.hedge_mode},
+            }
+        )
+        return {"code": 200, "msg": "success"}
+
+    def set_leverage(self, params: dict[str, str]) -> Json:
+        sym = self._symbol(params)
+        try:
+            lev = int(params.get("leverage", ""))
+        except ValueError as exc:
+            raise SimError(
+                -1102, "Mandatory parameter 'leverage' was not sent, was empty/null, or malformed."
+            ) from exc
+        if not 1 <= lev <= 125:
+            raise SimError(-4028, "Leverage is not valid")
+        self.leverage[sym.symbol] = lev
+        self._emit(
+            {
+                "e": "ACCOUNT_CONFIG_UPDATE",
+                "E": self.now(),
+                "T": self.now(),
+                "ac": {"s": sym.symbol, "l": lev},
+            }
+        )
+        return {"leverage": lev, "maxNotionalValue": "1000000", "symbol": sym.symbol}
+
+    def set_margin_type(self, params: dict[str, str]) -> Json:
+        sym = self._symbol(params)
+        want = params.get("marginType", "")
+        mapped = {"ISOLATED": "isolated", "CROSSED": "cross"}.get(want)
+        if mapped is None:
+            raise SimError(
+                -1102, "Mandatory parameter 'marginType' was not sent, was empty/null, or malformed."
+            )
+        if self.margin_type[sym.symbol] == mapped:
+            raise SimError(-4046, "No need to change margin type.")
+        if any(o.is_open and o.symbol == sym.symbol for o in self.orders.values()):
+            raise SimError(-4047, "Margin type cannot be changed if there exists open orders.")
+        if any(p.amount for (s, _), p in self.positions.items() if s == sym.symbol):
+            raise SimError(-4048, "Margin type cannot be changed if there exists position.")
+        self.margin_type[sym.symbol] = mapped
+        return {"code": 200, "msg": "success"}
+
+    # ----------------------------------------------------------------------------------------
+    # regular orders
+    # ----------------------------------------------------------------------------------------
+
+    def _order_json(self, o: SimOrder, *, query: bool) -> Json:
+        p = self.symbols[o.symbol].price_places
+        d: Json = {
+            "clientOrderId": o.client_id,
+            "cumQty": _fmt(o.executed),
+            "executedQty": _fmt(o.executed),
+            "orderId": o.order_id,
+            "origQty": _fmt(o.qty),
+            "price": _fmt(o.price, p),
+            "reduceOnly": o.reduce_only,
+            "side": o.side,
+            "positionSide": o.position_side,
+            "status": o.status,
+            "stopPrice": "0",
+            "closePosition": o.close_position,
+            "symbol": o.symbol,
+            "timeInForce": o.tif,
+            "type": o.type,
+            "origType": o.type,
+            "updateTime": o.update_ms,
+            "workingType": "CONTRACT_PRICE",
+            "priceProtect": False,
+            "priceMatch": "NONE",
+            "selfTradePreventionMode": "EXPIRE_MAKER",
+            "goodTillDate": 0,
+        }
+        if query:
+            d.update(
+                {"avgPrice": _fmt(o.avg_price, p + 4), "cumQuote": _fmt(o.cum_quote, 8), "time": o.time_ms}
+            )
+            del d["cumQty"]
+        return d
+
+    def new_order(self, params: dict[str, str]) -> Json:
+        sym = self._symbol(params)
+        otype = params.get("type", "")
+        if otype in CONDITIONAL_TYPES:
+            raise SimError(
+                -4120,
+                "Order type not supported for this endpoint. "
+                "Please use the Algo Order API endpoints instead.",
+            )
+        if otype not in ("LIMIT", "MARKET"):
+            raise SimError(-1116, "Invalid orderType.")
+        side = params.get("side", "")
+        if side not in ("BUY", "SELL"):
+            raise SimError(-1117, "Invalid side.")
+        pside = self._pside(params)
+        reduce_only = params.get("reduceOnly", "false").lower() == "true"
+        if reduce_only and self.hedge_mode:
+            raise SimError(-1106, "Parameter 'reduceOnly' sent when not required.")
+        cid = params.get("newClientOrderId") or f"sim_{secrets.token_hex(8)}"
+        if not CLIENT_ID.match(cid):
+            raise SimError(-4015, "Client order id is not valid.")
+        if any(o.is_open and o.symbol == sym.symbol and o.client_id == cid for o in self.orders.values()):
+            raise SimError(-4116, "ClientOrderId is duplicated.")
+        qty = self._dec(params, "quantity")
+        assert qty is not None
+        price: Decimal | None = None
+        tif = "GTC"
+        if otype == "LIMIT":
+            tif = params.get("timeInForce", "")
+            if tif not in ("GTC", "IOC", "FOK", "GTX", "GTD"):
+                raise SimError(
+                    -1102, "Mandatory parameter 'timeInForce' was not sent, was empty/null, or malformed."
+                )
+            price = self._dec(params, "price")
+        self._check_filters(sym, qty, price, otype == "MARKET")
+        mark = self.marks[sym.symbol]
+        now = self.now()
+        order = SimOrder(
+            order_id=self._next_order_id,
+            symbol=sym.symbol,
+            client_id=cid,
+            side=side,
+            type=otype,
+            tif=tif,
+            price=price if price is not None else ZERO,
+            qty=qty,
+            reduce_only=reduce_only,
+            position_side=pside,
+            time_ms=now,
+            update_ms=now,
+            policy=self.fill_policies.get(cid, self.default_fill_policy),
+        )
+        opens = self._opens(order)
+        if reduce_only:
+            pos = self.positions.get((sym.symbol, "BOTH"))
+            amt = pos.amount if pos else ZERO
+            if amt == 0 or (amt < 0) == (side == "SELL"):
+                raise SimError(-2022, "ReduceOnly Order is rejected.")
+        notional = qty * (price if price is not None else mark)
+        if opens and notional < sym.min_notional:
+            raise SimError(
+                -4164,
+                f"Order's notional must be no smaller than {_fmt(sym.min_notional)} "
+                "(unless you choose reduce only).",
+            )
+        marketable = price is not None and (
+            (side == "SELL" and mark >= price) or (side == "BUY" and mark <= price)
+        )
+        if tif == "GTX" and marketable:
+            raise SimError(
+                -5022,
+                "Due to the order could not be executed as maker, the Post Only order will be rejected. "
+                "The order will not be recorded in the order history",
+            )
+        if opens and notional / self.leverage[sym.symbol] > self.available_balance():
+            raise SimError(-2019, "Margin is insufficient.")
+        self._next_order_id += 1
+        self.orders[order.order_id] = order
+        self._emit(self._otu(order, "NEW"))
+        if otype == "MARKET":
+            self._fill(order, order.qty, mark, maker=False)
+        elif marketable and order.policy != "never":
+            self._fill_by_policy(order, maker=False)
+        return self._order_json(order, query=False)
+
+    def _find_order(self, params: dict[str, str]) -> SimOrder:
+        sym = self._symbol(params)
+        oid = params.get("orderId")
+        cid = params.get("origClientOrderId")
+        if not oid and not cid:
+            raise SimError(
+                -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!"
+            )
+        matches = [
+            o
+            for o in self.orders.values()
+            if o.symbol == sym.symbol and ((oid and str(o.order_id) == oid) or (cid and o.client_id == cid))
+        ]
+        if not matches:
+            raise SimError(-2013, "Order does not exist.")
+        # The newest order with that client id (ids are only unique among open orders).
+        return max(matches, key=lambda o: (o.is_open, o.order_id))
+
+    def query_order(self, params: dict[str, str]) -> Json:
+        return self._order_json(self._find_order(params), query=True)
+
+    def cancel_order(self, params: dict[str, str]) -> Json:
+        try:
+            o = self._find_order(params)
+        except SimError as exc:
+            if exc.code == -2013:
+                raise SimError(-2011, "Unknown order sent.") from exc
+            raise
+        if not o.is_open:
+            raise SimError(-2011, "Unknown order sent.")
+        o.status = "CANCELED"
+        o.update_ms = self.now()
+        self._emit(self._otu(o, "CANCELED"))
+        return self._order_json(o, query=False)
+
+    def open_orders(self, params: dict[str, str]) -> list[Json]:
+        name = self._symbol(params).symbol if params.get("symbol") else None
+        return [
+            self._order_json(o, query=True)
+            for o in self.orders.values()
+            if o.is_open and (name is None or o.symbol == name)
+        ]
+
+    def cancel_all_orders(self, params: dict[str, str]) -> Json:
+        sym = self._symbol(params)
+        for o in list(self.orders.values()):
+            if o.is_open and o.symbol == sym.symbol:
+                o.status = "CANCELED"
+                o.update_ms = self.now()
+                self._emit(self._otu(o, "CANCELED"))
+        return {"code": 200, "msg": "The operation of cancel all open order is done."}
+
+    # ----------------------------------------------------------------------------------------
+    # matching
+    # ----------------------------------------------------------------------------------------
+
+    def _match_limits(self, symbol: str, mark: Decimal) -> None:
+        for o in list(self.orders.values()):
+            if not (o.is_open and o.symbol == symbol and o.type == "LIMIT"):
+                continue
+            reached = (o.side == "SELL" and mark >= o.price) or (o.side == "BUY" and mark <= o.price)
+            if reached:
+                self._fill_by_policy(o, maker=True)
+
+    def _fill_by_policy(self, o: SimOrder, *, maker: bool) -> None:
+        if o.policy == "never":
+            return
+        if o.policy == "full":
+            qty = o.remaining
+        else:
+            if o.slices_used >= len(o.policy):
+                return
+            qty = min(o.policy[o.slices_used], o.remaining)
+            o.slices_used += 1
+        if qty > 0:
+            self._fill(o, qty, o.price, maker=maker)
+
+    def _fill(self, o: SimOrder, qty: Decimal, price: Decimal, *, maker: bool) -> None:
+        if o.reduce_only or o.close_position:
+            pos = self.positions.get((o.symbol, o.position_side))
+            qty = min(qty, abs(pos.amount) if pos else ZERO)
+            if qty <= 0:
+                o.status = "EXPIRED"
+                o.update_ms = self.now()
+                self._emit(self._otu(o, "EXPIRED"))
+                return
+        now = self.now()
+        fee = (qty * price * (MAKER_FEE if maker else TAKER_FEE)).quantize(Decimal("0.00000001"))
+        rp = self._apply_position(o.symbol, o.position_side, o.side, qty, price)
+        self.wallet += rp - fee
+        o.executed += qty
+        o.cum_quote += qty * price
+        o.update_ms = now
+        o.status = "FILLED" if o.executed >= o.qty else "PARTIALLY_FILLED"
+        trade_id = self._next_trade_id
+        self._next_trade_id += 1
+        self._emit(
+            self._otu(
+                o, "TRADE", last_qty=qty, last_price=price, trade_id=trade_id, fee=fee, rp=rp, maker=maker
+            )
+        )
+        self._emit(self._account_update(o.symbol, o.position_side))
+
+    def _apply_position(self, symbol: str, pside: str, side: str, qty: Decimal, price: Decimal) -> Decimal:
+        pos = self._position(symbol, pside)
+        signed = qty if side == "BUY" else -qty
+        old = pos.amount
+        rp = ZERO
+        if old == 0 or (old > 0) == (signed > 0):
+            total = abs(old) + qty
+            pos.entry = (abs(old) * pos.entry + qty * price) / total
+            pos.amount = old + signed
+        else:
+            closed = min(qty, abs(old))
+            direction = Decimal(1) if old > 0 else Decimal(-1)
+            rp = (price - pos.entry) * closed * direction
+            pos.amount = old + signed
+            if pos.amount == 0:
+                pos.entry = ZERO
+            elif (pos.amount > 0) != (old > 0):
+                pos.entry = price
+        pos.realized += rp
+        pos.update_ms = self.now()
+        places = self.symbols[symbol].price_places + 4
+        pos.entry = pos.entry.quantize(Decimal(1).scaleb(-places)) if pos.entry else ZERO
+        return rp.quantize(Decimal("0.00000001"))
+
+    # ----------------------------------------------------------------------------------------
+    # algo orders
+    # ----------------------------------------------------------------------------------------
+
+    def _algo_json(self, a: SimAlgo) -> Json:
+        p = self.symbols[a.symbol].price_places
+        return {
+            "algoId": a.algo_id,
+            "clientAlgoId": a.client_algo_id,
+            "algoType": "CONDITIONAL",
+            "orderType": a.type,
+            "symbol": a.symbol,
+            "side": a.side,
+            "positionSide": a.position_side,
+            "timeInForce": "GTC",
+            "quantity": _fmt(a.quantity),
+            "algoStatus": a.status,
+            "actualOrderId": str(a.actual_order_id) if a.actual_order_id else "",
+            "actualPrice": _fmt(a.actual_price, p) if a.actual_order_id else "",
+            "actualType": "MARKET" if a.actual_order_id else "",
+            "actualQty": _fmt(a.actual_qty) if a.actual_order_id else "",
+            "triggerPrice": _fmt(a.trigger, p),
+            "price": _fmt(ZERO, p),
+            "icebergQuantity": None,
+            "selfTradePreventionMode": "EXPIRE_MAKER",
+            "workingType": a.working_type,
+            "priceMatch": "NONE",
+            "closePosition": a.close_position,
+            "priceProtect": False,
+            "reduceOnly": a.reduce_only,
+            "activatePrice": "",
+            "callbackRate": "",
+            "createTime": a.create_ms,
+            "updateTime": a.update_ms,
+            "triggerTime": a.trigger_ms,
+            "goodTillDate": 0,
+        }
+
+    def _algo_event(self, a: SimAlgo, reason: str = "") -> Json:
+        p = self.symbols[a.symbol].price_places
+        o: Json = {
+            "caid": a.client_algo_id,
+            "aid": a.algo_id,
+            "at": "CONDITIONAL",
+            "o": a.type,
+            "s": a.symbol,
+            "S": a.side,
+            "ps": a.position_side,
+            "f": "GTC",
+            "q": _fmt(a.quantity),
+            "X": a.status,
+            "ai": str(a.actual_order_id) if a.actual_order_id else "",
+            "ap": _fmt(a.actual_price, p),
+            "aq": _fmt(a.actual_qty),
+            "act": "MARKET" if a.actual_order_id else "0",
+            "tp": _fmt(a.trigger, p),
+            "p": "0",
+            "V": "EXPIRE_MAKER",
+            "wt": a.working_type,
+            "pm": "NONE",
+            "cp": a.close_position,
+            "pP": False,
+            "R": a.reduce_only,
+            "tt": a.trigger_ms,
+            "gtd": 0,
+        }
+        if reason:
+            o["rm"] = reason
+        now = self.now()
+        return {"e": "ALGO_UPDATE", "T": now, "E": now, "o": o}
+
+    @staticmethod
+    def _would_trigger(a: SimAlgo, mark: Decimal) -> bool:
+        stop = a.type in ("STOP_MARKET", "STOP")
+        if a.side == "BUY":
+            return mark >= a.trigger if stop else mark <= a.trigger
+        return mark <= a.trigger if stop else mark >= a.trigger
+
+    def new_algo_order(self, params: dict[str, str]) -> Json:
+        if params.get("algoType") != "CONDITIONAL":
+            raise SimError(
+                -1102, "Mandatory parameter 'algoType' was not sent, was empty/null, or malformed."
+            )
+        sym = self._symbol(params)
+        otype = params.get("type", "")
+        if otype not in ("STOP_MARKET", "TAKE_PROFIT_MARKET"):
+            raise SimError(-1116, "Invalid orderType.")
+        side = params.get("side", "")
+        if side not in ("BUY", "SELL"):
+            raise SimError(-1117, "Invalid side.")
+        pside = self._pside(params)
+        close = params.get("closePosition", "false").lower() == "true"
+        reduce_only = params.get("reduceOnly", "false").lower() == "true"
+        if reduce_only and self.hedge_mode:
+            raise SimError(-1106, "Parameter 'reduceOnly' sent when not required.")
+        qty = self._dec(params, "quantity", required=False)
+        if close and qty is not None:
+            raise SimError(-4137, "Quantity must be zero with closePosition equals true.")
+        if close and reduce_only:
+            raise SimError(-1106, "Parameter 'reduceOnly' sent when not required.")
+        if not close and qty is None:
+            raise SimError(
+                -1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed."
+            )
+        if close and (pside, side) in (("SHORT", "SELL"), ("LONG", "BUY")):
+            raise SimError(-4138, "Reduce only must be true with closePosition equals true.")
+        trigger = self._dec(params, "triggerPrice")
+        assert trigger is not None
+        self._check_filters(sym, qty if qty is not None else sym.min_qty, trigger, True)
+        caid = params.get("clientAlgoId") or secrets.token_urlsafe(16)[:22]
+        if not CLIENT_ID.match(caid):
+            raise SimError(-4015, "Client order id is not valid.")
+        if any(a.client_algo_id == caid and a.status == "NEW" for a in self.algos.values()):
+            raise SimError(-4116, "ClientOrderId is duplicated.")
+        working = params.get("workingType", "CONTRACT_PRICE")
+        now = self.now()
+        algo = SimAlgo(
+            algo_id=self._next_algo_id,
+            client_algo_id=caid,
+            symbol=sym.symbol,
+            side=side,
+            type=otype,
+            position_side=pside,
+            trigger=trigger,
+            working_type=working,
+            close_position=close,
+            quantity=qty if qty is not None else ZERO,
+            reduce_only=reduce_only,
+            create_ms=now,
+            update_ms=now,
+        )
+        if self._would_trigger(algo, self.marks[sym.symbol]):
+            raise SimError(-2021, "Order would immediately trigger.")
+        self._next_algo_id += 1
+        self.algos[algo.algo_id] = algo
+        self._emit(self._algo_event(algo))
+        return self._algo_json(algo)
+
+    def _find_algo(self, params: dict[str, str]) -> SimAlgo:
+        aid = params.get("algoId")
+        caid = params.get("clientAlgoId")
+        if not aid and not caid:
+            raise SimError(-1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!")
+        matches = [
+            a
+            for a in self.algos.values()
+            if (aid and str(a.algo_id) == aid) or (caid and a.client_algo_id == caid)
+        ]
+        if not matches:
+            raise SimError(-2013, "Order does not exist.")
+        return max(matches, key=lambda a: (a.status == "NEW", a.algo_id))
+
+    def query_algo_order(self, params: dict[str, str]) -> Json:
+        return self._algo_json(self._find_algo(params))
+
+    def cancel_algo_order(self, params: dict[str, str]) -> Json:
+        try:
+            a = self._find_algo(params)
+        except SimError as exc:
+            if exc.code == -2013:
+                raise SimError(-2011, "Unknown order sent.") from exc
+            raise
+        if a.status != "NEW":
+            raise SimError(-2011, "Unknown order sent.")
+        a.status = "CANCELED"
+        a.update_ms = self.now()
+        self._emit(self._algo_event(a))
+        return {"algoId": a.algo_id, "clientAlgoId": a.client_algo_id, "code": "200", "msg": "success"}
+
+    def open_algo_orders(self, params: dict[str, str]) -> list[Json]:
+        name = self._symbol(params).symbol if params.get("symbol") else None
+        return [
+            self._algo_json(a)
+            for a in self.algos.values()
+            if a.status == "NEW" and (name is None or a.symbol == name)
+        ]
+
+    def cancel_all_algo_orders(self, params: dict[str, str]) -> Json:
+        sym = self._symbol(params)
+        for a in list(self.algos.values()):
+            if a.status == "NEW" and a.symbol == sym.symbol:
+                a.status = "CANCELED"
+                a.update_ms = self.now()
+                self._emit(self._algo_event(a))
+        return {"code": 200, "msg": "The operation of cancel all open order is done."}
+
+    def _trigger_algos(self, symbol: str, mark: Decimal) -> None:
+        for a in list(self.algos.values()):
+            if a.status != "NEW" or a.symbol != symbol or not self._would_trigger(a, mark):
+                continue
+            now = self.now()
+            a.trigger_ms = now
+            a.update_ms = now
+            pos = self.positions.get((symbol, a.position_side))
+            amt = pos.amount if pos else ZERO
+            qty = abs(amt) if a.close_position else a.quantity
+            closes = (amt < 0 and a.side == "BUY") or (amt > 0 and a.side == "SELL")
+            if (a.close_position or a.reduce_only) and (qty == 0 or not closes):
+                a.status = "EXPIRED"
+                self._emit(self._algo_event(a, "No position to close"))
+                continue
+            child = SimOrder(
+                order_id=self._next_order_id,
+                symbol=symbol,
+                client_id=f"{a.client_algo_id}"[:36],
+                side=a.side,
+                type="MARKET",
+                tif="GTC",
+                price=ZERO,
+                qty=qty,
+                reduce_only=a.reduce_only,
+                position_side=a.position_side,
+                time_ms=now,
+                update_ms=now,
+                close_position=a.close_position,
+            )
+            self._next_order_id += 1
+            self.orders[child.order_id] = child
+            a.actual_order_id = child.order_id
+            a.status = "TRIGGERED"
+            self._emit(self._algo_event(a))
+            self._emit(self._otu(child, "NEW", original_type=a.type))
+            self._fill(child, qty, mark, maker=False)
+            a.actual_qty = child.executed
+            a.actual_price = child.avg_price
+            a.status = "FINISHED"
+            a.update_ms = self.now()
+            self._emit(self._algo_event(a))
+
+    # ----------------------------------------------------------------------------------------
+    # user events
+    # ----------------------------------------------------------------------------------------
+
+    def _otu(
+        self,
+        o: SimOrder,
+        x: str,
+        *,
+        last_qty: Decimal = ZERO,
+        last_price: Decimal = ZERO,
+        trade_id: int = 0,
+        fee: Decimal = ZERO,
+        rp: Decimal = ZERO,
+        maker: bool = False,
+        original_type: str | None = None,
+    ) -> Json:
+        p = self.symbols[o.symbol].price_places
+        now = self.now()
+        body: Json = {
+            "s": o.symbol,
+            "c": o.client_id,
+            "S": o.side,
+            "o": o.type,
+            "f": o.tif,
+            "q": _fmt(o.qty),
+            "p": _fmt(o.price, p),
+            "ap": _fmt(o.avg_price, p + 4),
+            "sp": "0",
+            "x": x,
+            "X": o.status,
+            "i": o.order_id,
+            "l": _fmt(last_qty),
+            "z": _fmt(o.executed),
+            "L": _fmt(last_price, p),
+            "N": "USDT",
+            "n": _fmt(fee, 8),
+            "T": now,
+            "t": trade_id,
+            "b": "0",
+            "a": "0",
+            "m": maker,
+            "R": o.reduce_only,
+            "wt": "MARK_PRICE" if original_type else "CONTRACT_PRICE",
+            "ot": original_type or o.type,
+            "ps": o.position_side,
+            "cp": o.close_position,
+            "rp": _fmt(rp, 8),
+            "pP": False,
+            "si": 0,
+            "ss": 0,
+            "V": "EXPIRE_MAKER",
+            "pm": "NONE",
+            "gtd": 0,
+            "er": "0",
+        }
+        return {"e": "ORDER_TRADE_UPDATE", "T": now, "E": now, "o": body}
+
+    def _account_update(self, symbol: str, pside: str) -> Json:
+        pos = self._position(symbol, pside)
+        now = self.now()
+        mark = self.marks[symbol]
+        return {
+            "e": "ACCOUNT_UPDATE",
+            "T": now,
+            "E": now,
+            "a": {
+                "m": "ORDER",
+                "B": [{"a": "USDT", "wb": _fmt(self.wallet, 8), "cw": _fmt(self.wallet, 8), "bc": "0"}],
+                "P": [
+                    {
+                        "s": symbol,
+                        "pa": _fmt(pos.amount),
+                        "ep": _fmt(pos.entry),
+                        "bep": _fmt(pos.entry),
+                        "cr": _fmt(pos.realized, 8),
+                        "up": _fmt((mark - pos.entry) * pos.amount, 8),
+                        "mt": self.margin_type[symbol],
+                        "iw": "0",
+                        "ps": pside,
+                        "ma": "USDT",
+                    }
+                ],
+            },
+        }
+
+    # ----------------------------------------------------------------------------------------
+    # listen keys
+    # ----------------------------------------------------------------------------------------
+
+    def new_listen_key(self, params: dict[str, str]) -> Json:
+        """Returns the active key (extended) if there is one, like Binance."""
+        now = self.now()
+        for key, expires in self.listen_keys.items():
+            if expires > now:
+                self.listen_keys[key] = now + LISTEN_KEY_TTL_MS
+                return {"listenKey": key}
+        key = secrets.token_urlsafe(48)[:64]
+        self.listen_keys[key] = now + LISTEN_KEY_TTL_MS
+        return {"listenKey": key}
+
+    def keepalive_listen_key(self, params: dict[str, str]) -> Json:
+        now = self.now()
+        live = [k for k, exp in self.listen_keys.items() if exp > now]
+        if not live:
+            raise SimError(-1125, "This listenKey does not exist.")
+        for k in live:
+            self.listen_keys[k] = now + LISTEN_KEY_TTL_MS
+        return {"listenKey": live[0]}
+
+    def close_listen_key(self, params: dict[str, str]) -> Json:
+        self.listen_keys.clear()
+        return {}
+
+    def listen_key_valid(self, key: str) -> bool:
+        return self.listen_keys.get(key, 0) > self.now()
+
+    def expire_listen_key(self, key: str) -> None:
+        """The key dies: ``listenKeyExpired`` goes to its connections (with ``E`` as a string)."""
+        if key not in self.listen_keys:
+            return
+        del self.listen_keys[key]
+        self._emit({"e": "listenKeyExpired", "E": str(self.now()), "listenKey": key}, key)
+
+    def round_qty(self, symbol: str, qty: Decimal) -> Decimal:
+        step = self.symbols[symbol].step
+        return (qty / step).to_integral_value(rounding=ROUND_DOWN) * step

@@ -1,0 +1,516 @@
+"""The simulated venue over loopback: Binance's REST paths on a minimal HTTP/1.1 server and its
+``/market`` and ``/private`` WebSocket paths on a ``websockets`` server.
+
+REST requests are checked like Binance does (API key header, HMAC-SHA256 signature over
+``query + body``, timestamp within recvWindow), answered with the exchange model's JSON and
+Binance's status codes, and stamped with ``X-MBX-USED-WEIGHT-1M`` / order-count headers.
+``RestFaults`` injects 5xx, HTML pages, hung requests (before or after the order is accepted),
+429 and 418 bans. WebSocket connections route by path: ``/market/stream?streams=``,
+``/market/ws/<streams>`` (with live SUBSCRIBE/UNSUBSCRIBE), ``/private/ws/<listenKey>``,
+``/private/ws?listenKey=``, ``/private/stream?streams=<listenKey>``; the legacy bare ``/ws`` and
+``/stream`` paths (and ``/public``) accept the connection but never push mark prices, klines or user
+data, as the real venue does since 2026-04-23. ``drop_ws`` and ``silence_ws`` break them on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from binance.sim.exchange import INTERVAL_MS, SimError, SimExchange
+
+log = logging.getLogger(__name__)
+
+Security = Literal["NONE", "USER_STREAM", "SIGNED"]
+WsKind = Literal["market", "private", "silent"]
+Handler = Callable[[dict[str, str]], Any]
+
+
+@dataclass(slots=True)
+class RestFault:
+    """One injected failure for ``method path``: ``kind`` is "status" (answer ``status`` with
+    ``body``), "html" (an HTML error page) or "hang" (no answer for ``hang_s``). ``after_accept``
+    runs the request on the exchange first (the order exists, the client does not know)."""
+
+    method: str
+    path: str
+    kind: Literal["status", "html", "hang"]
+    status: int = 503
+    body: str = '{"code":-1000,"msg":"Unknown error, please check your request or try again later."}'
+    after_accept: bool = False
+    count: int = 1
+    hang_s: float = 5.0
+
+
+@dataclass(slots=True)
+class RestFaults:
+    queue: list[RestFault] = field(default_factory=list)
+    rate_limited: int = 0  # next N requests answer 429
+    retry_after_s: int = 1
+    banned_until_ms: int = 0
+
+    def add(self, fault: RestFault) -> None:
+        self.queue.append(fault)
+
+    def take(self, method: str, path: str) -> RestFault | None:
+        for f in self.queue:
+            if f.count > 0 and f.method == method and f.path == path:
+                f.count -= 1
+                if f.count == 0:
+                    self.queue.remove(f)
+                return f
+        return None
+
+
+@dataclass(eq=False)
+class _WsConn:
+    ws: ServerConnection
+    kind: WsKind
+    combined: bool
+    streams: set[str] = field(default_factory=set)
+    listen_key: str = ""
+    queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    control_times: list[float] = field(default_factory=list)
+    kline_slots: dict[str, int] = field(default_factory=dict)
+
+
+ROUTE_WEIGHTS: dict[str, int] = {
+    "/fapi/v1/exchangeInfo": 1,
+    "/fapi/v1/klines": 2,
+    "/fapi/v1/premiumIndex": 1,
+    "/fapi/v2/balance": 5,
+    "/fapi/v3/balance": 5,
+    "/fapi/v2/account": 5,
+    "/fapi/v3/account": 5,
+    "/fapi/v2/positionRisk": 5,
+    "/fapi/v3/positionRisk": 5,
+    "/fapi/v1/positionSide/dual": 30,
+    "/fapi/v1/openOrders": 1,
+    "/fapi/v1/openAlgoOrders": 1,
+}
+ORDER_PATHS = frozenset({"/fapi/v1/order", "/fapi/v1/algoOrder"})
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class SimVenue:
+    """HTTP + WebSocket front of a ``SimExchange``; ``await start()``, then use ``rest_url`` /
+    ``ws_url`` (append ``/market`` or ``/private``)."""
+
+    def __init__(
+        self, exchange: SimExchange, *, host: str = "127.0.0.1", rest_port: int = 0, ws_port: int = 0
+    ) -> None:
+        self.ex = exchange
+        self.host = host
+        self._rest_port = rest_port
+        self._ws_port = ws_port
+        self.faults = RestFaults()
+        self.requests: list[tuple[str, str]] = []
+        self._http: asyncio.Server | None = None
+        self._ws: Server | None = None
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._ws_conns: set[_WsConn] = set()
+        self.silenced: set[WsKind] = set()
+        self.max_control_per_s = 10
+        self._weight: dict[int, int] = {}
+        self._orders_10s: list[int] = []
+        self._routes: dict[tuple[str, str], tuple[Security, Handler]] = self._route_table()
+        exchange.market_listeners.append(self._on_mark)
+        exchange.user_listeners.append(self._on_user)
+
+    def _route_table(self) -> dict[tuple[str, str], tuple[Security, Handler]]:
+        ex = self.ex
+        return {
+            ("GET", "/fapi/v1/ping"): ("NONE", lambda p: {}),
+            ("GET", "/fapi/v1/time"): ("NONE", ex.server_time),
+            ("GET", "/fapi/v1/exchangeInfo"): ("NONE", ex.exchange_info),
+            ("GET", "/fapi/v1/klines"): ("NONE", ex.klines),
+            ("GET", "/fapi/v1/premiumIndex"): ("NONE", ex.premium_index),
+            ("GET", "/fapi/v2/balance"): ("SIGNED", ex.balance),
+            ("GET", "/fapi/v3/balance"): ("SIGNED", ex.balance),
+            ("GET", "/fapi/v2/account"): ("SIGNED", ex.account_v2),
+            ("GET", "/fapi/v3/account"): ("SIGNED", ex.account),
+            ("GET", "/fapi/v2/positionRisk"): ("SIGNED", ex.position_risk_v2),
+            ("GET", "/fapi/v3/positionRisk"): ("SIGNED", ex.position_risk),
+            ("GET", "/fapi/v1/positionSide/dual"): ("SIGNED", ex.get_position_mode),
+            ("POST", "/fapi/v1/positionSide/dual"): ("SIGNED", ex.set_position_mode),
+            ("POST", "/fapi/v1/leverage"): ("SIGNED", ex.set_leverage),
+            ("POST", "/fapi/v1/marginType"): ("SIGNED", ex.set_margin_type),
+            ("POST", "/fapi/v1/order"): ("SIGNED", ex.new_order),
+            ("GET", "/fapi/v1/order"): ("SIGNED", ex.query_order),
+            ("DELETE", "/fapi/v1/order"): ("SIGNED", ex.cancel_order),
+            ("GET", "/fapi/v1/openOrders"): ("SIGNED", ex.open_orders),
+            ("DELETE", "/fapi/v1/allOpenOrders"): ("SIGNED", ex.cancel_all_orders),
+            ("POST", "/fapi/v1/algoOrder"): ("SIGNED", ex.new_algo_order),
+            ("GET", "/fapi/v1/algoOrder"): ("SIGNED", ex.query_algo_order),
+            ("DELETE", "/fapi/v1/algoOrder"): ("SIGNED", ex.cancel_algo_order),
+            ("GET", "/fapi/v1/openAlgoOrders"): ("SIGNED", ex.open_algo_orders),
+            ("DELETE", "/fapi/v1/algoOpenOrders"): ("SIGNED", ex.cancel_all_algo_orders),
+            ("POST", "/fapi/v1/listenKey"): ("USER_STREAM", ex.new_listen_key),
+            ("PUT", "/fapi/v1/listenKey"): ("USER_STREAM", ex.keepalive_listen_key),
+            ("DELETE", "/fapi/v1/listenKey"): ("USER_STREAM", ex.close_listen_key),
+        }
+
+    def disable_route(self, method: str, path: str) -> None:
+        """Make a path answer 404 (e.g. to exercise the v3 -> v2 fallback)."""
+        self._routes.pop((method, path), None)
+
+    # ----------------------------------------------------------------------------------------
+    # lifecycle
+    # ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._http = await asyncio.start_server(self._serve_http, self.host, self._rest_port)
+        self._rest_port = self._http.sockets[0].getsockname()[1]
+        self._ws = await serve(self._serve_ws, self.host, self._ws_port, process_request=self._ws_route_check)
+        self._ws_port = next(iter(self._ws.sockets)).getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._ws is not None:
+            self._ws.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.wait_closed(), 2)
+        if self._http is not None:
+            self._http.close()
+        for task in list(self._conn_tasks):
+            task.cancel()
+        if self._conn_tasks:
+            await asyncio.gather(*self._conn_tasks, return_exceptions=True)
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._http.wait_closed(), 2)
+        with contextlib.suppress(ValueError):
+            self.ex.market_listeners.remove(self._on_mark)
+        with contextlib.suppress(ValueError):
+            self.ex.user_listeners.remove(self._on_user)
+
+    async def __aenter__(self) -> SimVenue:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.host}:{self._rest_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self._ws_port}"
+
+    # ----------------------------------------------------------------------------------------
+    # HTTP
+    # ----------------------------------------------------------------------------------------
+
+    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conn_tasks.add(task)
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                method, target, _ = line.decode("latin-1").split(" ", 2)
+                headers: dict[str, str] = {}
+                while True:
+                    h = await reader.readline()
+                    if h in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = h.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                answer = await self._dispatch(method.upper(), target, headers, body.decode())
+                if answer is None:
+                    break  # hung request: the client gave up; close without answering
+                status, extra, payload, ctype = answer
+                reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Unknown"
+                head = [
+                    f"HTTP/1.1 {status} {reason}",
+                    f"Content-Type: {ctype}",
+                    f"Content-Length: {len(payload)}",
+                ]
+                head += [f"{k}: {v}" for k, v in extra.items()]
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+                await writer.drain()
+                if headers.get("connection", "").lower() == "close":
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+            log.debug("http connection ended: %s", exc)
+        finally:
+            writer.close()
+            if task is not None:
+                self._conn_tasks.discard(task)
+
+    def _used_weight(self, add: int) -> int:
+        minute = self.ex.now() // 60_000
+        self._weight = {m: w for m, w in self._weight.items() if m == minute}
+        self._weight[minute] = self._weight.get(minute, 0) + add
+        return self._weight[minute]
+
+    async def _dispatch(
+        self, method: str, target: str, headers: dict[str, str], body: str
+    ) -> tuple[int, dict[str, str], bytes, str] | None:
+        url = urlsplit(target)
+        path = url.path
+        self.requests.append((method, path))
+        extra = {"X-MBX-USED-WEIGHT-1M": str(self._used_weight(ROUTE_WEIGHTS.get(path, 1)))}
+        now = self.ex.now()
+        if now < self.faults.banned_until_ms:
+            until = self.faults.banned_until_ms
+            retry = str(max(1, (until - now + 999) // 1000))
+            msg = (
+                f"Way too many requests; IP banned until {until}. "
+                "Please use the websocket for live updates to avoid bans."
+            )
+            return (
+                418,
+                {**extra, "Retry-After": retry},
+                _json({"code": -1003, "msg": msg}),
+                "application/json",
+            )
+        if self.faults.rate_limited > 0:
+            self.faults.rate_limited -= 1
+            msg = (
+                "Too many requests; current limit is 2400 requests per minute. "
+                "Please use the websocket for live updates to avoid polling the API."
+            )
+            headers_429 = {**extra, "Retry-After": str(self.faults.retry_after_s)}
+            return 429, headers_429, _json({"code": -1003, "msg": msg}), "application/json"
+        route = self._routes.get((method, path))
+        if route is None:
+            return 404, extra, b"<html><body><h1>404 Not Found</h1></body></html>", "text/html"
+        security, handler = route
+        fault = self.faults.take(method, path)
+        if fault is not None and not fault.after_accept:
+            return await self._fault_answer(fault, extra)
+        pairs = parse_qsl(url.query, keep_blank_values=True) + parse_qsl(body, keep_blank_values=True)
+        params: dict[str, str] = {}
+        for k, v in reversed(pairs):  # the query string wins on duplicates
+            params[k] = v
+        try:
+            self._authorise(security, headers, params, url.query, body)
+            result = handler(params)
+        except SimError as err:
+            return err.http_status, extra, _json({"code": err.code, "msg": err.msg}), "application/json"
+        if path in ORDER_PATHS and method == "POST":
+            self._orders_10s = [t for t in self._orders_10s if t > now - 10_000] + [now]
+            extra["X-MBX-ORDER-COUNT-10S"] = str(len(self._orders_10s))
+            extra["X-MBX-ORDER-COUNT-1M"] = str(sum(1 for t in self._orders_10s if t > now - 60_000))
+        if fault is not None:
+            return await self._fault_answer(fault, extra)
+        return 200, extra, _json(result), "application/json"
+
+    async def _fault_answer(
+        self, fault: RestFault, extra: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes, str] | None:
+        if fault.kind == "hang":
+            await asyncio.sleep(fault.hang_s)
+            return None
+        if fault.kind == "html":
+            title = f"{fault.status} Bad Gateway"
+            page = f"<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>"
+            return fault.status, extra, page.encode(), "text/html"
+        return fault.status, extra, fault.body.encode(), "application/json"
+
+    def _authorise(
+        self, security: Security, headers: dict[str, str], params: dict[str, str], query: str, body: str
+    ) -> None:
+        if security == "NONE":
+            return
+        key = headers.get("x-mbx-apikey")
+        if not key:
+            raise SimError(-2014, "API-key format invalid.", 401)
+        secret = self.ex.api_keys.get(key)
+        if secret is None:
+            raise SimError(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+        if security != "SIGNED":
+            return
+        ts_raw = params.get("timestamp")
+        if not ts_raw or not ts_raw.isdigit():
+            raise SimError(
+                -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed."
+            )
+        recv = int(params.get("recvWindow", "5000") or 5000)
+        now = self.ex.now()
+        ts = int(ts_raw)
+        if ts >= now + 1000 or now - ts > recv:
+            raise SimError(-1021, "Timestamp for this request is outside of the recvWindow.")
+        given = params.get("signature", "")
+        payload = "&".join(part for part in query.split("&") if part and not part.startswith("signature="))
+        payload += "&".join(part for part in body.split("&") if part and not part.startswith("signature="))
+        expected = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, given.lower()):
+            raise SimError(-1022, "Signature for this request is not valid.")
+
+    # ----------------------------------------------------------------------------------------
+    # WebSocket
+    # ----------------------------------------------------------------------------------------
+
+    def _ws_route_check(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        head = path.split("/")[1] if path.count("/") >= 1 else ""
+        if head in ("market", "private", "public", "ws", "stream"):
+            return None
+        return Response(404, "Not Found", Headers([("Content-Type", "text/plain")]), b"Not Found\n")
+
+    @staticmethod
+    def _classify(target: str) -> tuple[WsKind, bool, set[str], str]:
+        url = urlsplit(target)
+        parts = [p for p in url.path.split("/") if p]
+        query = dict(parse_qsl(url.query))
+        head = parts[0] if parts else ""
+        mode = parts[1] if len(parts) > 1 else ""
+        rest = parts[2:]
+        combined = mode == "stream"
+        if head == "market":
+            streams = set(query.get("streams", "").split("/")) if combined else set(rest)
+            return "market", combined, {s for s in streams if s}, ""
+        if head == "private":
+            key = (
+                query.get("listenKey")
+                or (query.get("streams", "") if combined else "")
+                or (rest[0] if rest else "")
+            )
+            return "private", combined, set(), key
+        return "silent", head == "stream" or mode == "stream", set(), ""
+
+    async def _serve_ws(self, ws: ServerConnection) -> None:
+        kind, combined, streams, key = self._classify(ws.request.path if ws.request else "/")
+        conn = _WsConn(ws=ws, kind=kind, combined=combined, streams=streams, listen_key=key)
+        self._ws_conns.add(conn)
+        sender = asyncio.create_task(self._ws_sender(conn))
+        try:
+            async for message in ws:
+                await self._ws_control(conn, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._ws_conns.discard(conn)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+
+    async def _ws_sender(self, conn: _WsConn) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                text = await conn.queue.get()
+                await conn.ws.send(text)
+
+    async def _ws_control(self, conn: _WsConn, message: str | bytes) -> None:
+        loop_now = asyncio.get_running_loop().time()
+        conn.control_times = [t for t in conn.control_times if t > loop_now - 1.0] + [loop_now]
+        if len(conn.control_times) > self.max_control_per_s:
+            log.warning("ws: more than %d control messages in 1 s; closing", self.max_control_per_s)
+            await conn.ws.close(1008, "Too many requests")
+            return
+        try:
+            msg = json.loads(message)
+            method = msg["method"]
+            req_id = msg.get("id")
+        except (ValueError, KeyError, TypeError):
+            conn.queue.put_nowait(
+                json.dumps({"code": 3, "msg": "Invalid JSON: expected value at line 1 column 1"})
+            )
+            return
+        params = [str(p) for p in msg.get("params", []) if isinstance(p, str)]
+        if method == "SUBSCRIBE":
+            conn.streams.update(params)
+            conn.queue.put_nowait(json.dumps({"result": None, "id": req_id}))
+        elif method == "UNSUBSCRIBE":
+            conn.streams.difference_update(params)
+            conn.queue.put_nowait(json.dumps({"result": None, "id": req_id}))
+        elif method == "LIST_SUBSCRIPTIONS":
+            conn.queue.put_nowait(json.dumps({"result": sorted(conn.streams), "id": req_id}))
+        else:
+            conn.queue.put_nowait(
+                json.dumps({"code": 2, "msg": f"Invalid request: unknown method {method}", "id": req_id})
+            )
+
+    def _push(self, conn: _WsConn, stream: str, payload: dict[str, Any]) -> None:
+        data = {"stream": stream, "data": payload} if conn.combined else payload
+        conn.queue.put_nowait(json.dumps(data, separators=(",", ":")))
+
+    def _on_mark(self, symbol: str) -> None:
+        if "market" in self.silenced:
+            return
+        low = symbol.lower()
+        mark: dict[str, Any] | None = None
+        for conn in list(self._ws_conns):
+            if conn.kind != "market":
+                continue
+            for stream in sorted(conn.streams):
+                if stream in (f"{low}@markPrice@1s", f"{low}@markPrice"):
+                    mark = mark or self.ex.mark_payload(symbol)
+                    self._push(conn, stream, mark)
+                elif stream.startswith(f"{low}@kline_"):
+                    interval = stream.split("_", 1)[1]
+                    if interval not in INTERVAL_MS:
+                        continue
+                    self._push_kline(conn, stream, symbol, interval)
+
+    def _push_kline(self, conn: _WsConn, stream: str, symbol: str, interval: str) -> None:
+        iv = INTERVAL_MS[interval]
+        slot = self.ex.now() // iv * iv
+        prev_slot = conn.kline_slots.get(stream)
+        if prev_slot is not None and prev_slot < slot:
+            closed = self.ex.kline_payload(symbol, interval, closed_slot=prev_slot)
+            if closed is not None:
+                self._push(conn, stream, closed)
+        conn.kline_slots[stream] = slot
+        current = self.ex.kline_payload(symbol, interval)
+        if current is not None:
+            self._push(conn, stream, current)
+
+    def _on_user(self, payload: dict[str, Any], only_key: str | None) -> None:
+        if "private" in self.silenced:
+            return
+        for conn in list(self._ws_conns):
+            if conn.kind != "private":
+                continue
+            if only_key is not None:
+                if conn.listen_key != only_key:
+                    continue
+            elif not self.ex.listen_key_valid(conn.listen_key):
+                continue
+            self._push(conn, conn.listen_key, payload)
+
+    # ----------------------------------------------------------------------------------------
+    # WS faults
+    # ----------------------------------------------------------------------------------------
+
+    def ws_connections(self, kind: WsKind | None = None) -> int:
+        return sum(1 for c in self._ws_conns if kind is None or c.kind == kind)
+
+    def drop_ws(self, kind: WsKind | None = None) -> int:
+        """Abort matching connections as a network failure would (no close frame)."""
+        n = 0
+        for conn in list(self._ws_conns):
+            if kind is None or conn.kind == kind:
+                conn.ws.transport.abort()
+                n += 1
+        return n
+
+    def silence_ws(self, kind: WsKind, silent: bool = True) -> None:
+        """Keep connections open but stop pushing data of this kind."""
+        if silent:
+            self.silenced.add(kind)
+        else:
+            self.silenced.discard(kind)

@@ -1,0 +1,385 @@
+"""WebSocket streams and the REST price poller; each hands parsed items to an async callback.
+
+* ``MarketStream``: ``<base>/market/stream?streams=<sym>@markPrice@1s/<sym>@kline_3m...``; symbols
+  are added/removed live with SUBSCRIBE/UNSUBSCRIBE (paced to at most 10 control messages per
+  second); reconnects with exponential back-off, rotates the connection before the 24 h cut, and
+  reports ``WsStatusChanged``. Pings are answered by ``websockets`` itself.
+* ``UserStream``: ``<base>/private/ws/<listenKey>``; PUT keepalive every 30 min; on -1125 or
+  ``listenKeyExpired`` it takes a new key, reconnects and calls the reconciliation callback (also
+  after every reconnect, since events may have been missed).
+* ``PremiumIndexPoller``: while the core says ``UsePriceSource("REST")``, polls premiumIndex every
+  second and produces ``MarkPriceTick(source="REST")`` or ``RestPriceFailed``.
+
+One reader task per connection only parses and awaits the callback; the callback should enqueue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from binance import parse
+from binance.errors import BinanceError, Rejected
+from binance.parse import Decoded, ListenKeyExpired
+from binance.rest import BinanceRest, wall_clock_ms
+from fsm.commands import UsePriceSource
+from fsm.events import Event, RestPriceFailed, WsStatusChanged
+
+log = logging.getLogger(__name__)
+
+OnItem = Callable[[Decoded], Awaitable[None]]
+MAX_CONTROL_PER_S = 10
+ROTATE_AFTER_S = 23 * 3600 + 30 * 60  # before Binance's 24 h cut
+KEEPALIVE_S = 30 * 60
+_CONNECT_ERRORS = (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed)
+
+
+class ControlPacer:
+    """At most ``limit`` control messages per rolling second (the venue disconnects above 10)."""
+
+    def __init__(
+        self, limit: int = MAX_CONTROL_PER_S, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self._sent: deque[float] = deque()
+        self._monotonic = monotonic
+
+    def delay(self) -> float:
+        """Seconds to wait before the next message may go out (0 when it may go now)."""
+        now = self._monotonic()
+        while self._sent and self._sent[0] <= now - 1.0:
+            self._sent.popleft()
+        if len(self._sent) < self.limit:
+            return 0.0
+        return self._sent[0] + 1.0 - now
+
+    def note(self) -> None:
+        self._sent.append(self._monotonic())
+
+    async def wait(self) -> None:
+        while (d := self.delay()) > 0:
+            await asyncio.sleep(d)
+        self.note()
+
+
+class Backoff:
+    """Exponential reconnect delays: base, 2x base, ... capped; ``reset`` after a good connection."""
+
+    def __init__(self, base_s: float = 0.5, cap_s: float = 30.0) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.attempt = 0
+
+    def next(self) -> float:
+        d = min(self.cap_s, self.base_s * (2.0**self.attempt))
+        self.attempt += 1
+        return d
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def market_streams(symbol: str, kline_interval: str = "3m") -> tuple[str, str]:
+    low = symbol.lower()
+    return f"{low}@markPrice@1s", f"{low}@kline_{kline_interval}"
+
+
+class MarketStream:
+    """``/market`` combined stream for a live-changing symbol set."""
+
+    def __init__(
+        self,
+        base_url: str,
+        on_item: OnItem,
+        *,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        kline_interval: str = "3m",
+        backoff: Backoff | None = None,
+        rotate_after_s: float = ROTATE_AFTER_S,
+        pacer: ControlPacer | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._on_item = on_item
+        self._clock_ms = clock_ms
+        self.kline_interval = kline_interval
+        self.backoff = backoff or Backoff()
+        self.rotate_after_s = rotate_after_s
+        self.pacer = pacer or ControlPacer()
+        self.symbols: set[str] = set()
+        self._ws: ClientConnection | None = None
+        self._ids = itertools.count(1)
+        self._stop = asyncio.Event()
+        self._control = asyncio.Lock()
+        self.connections = 0
+
+    def url(self) -> str:
+        streams = sorted(s for sym in self.symbols for s in market_streams(sym, self.kline_interval))
+        return f"{self.base_url}/stream?streams={'/'.join(streams)}" if streams else f"{self.base_url}/stream"
+
+    async def _send_control(self, method: str, symbols: Iterable[str]) -> None:
+        params = sorted(s for sym in symbols for s in market_streams(sym, self.kline_interval))
+        ws = self._ws
+        if not params or ws is None:
+            return
+        async with self._control:
+            await self.pacer.wait()
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps({"method": method, "params": params, "id": next(self._ids)}))
+
+    async def subscribe(self, symbols: Iterable[str]) -> None:
+        new = {s.upper() for s in symbols} - self.symbols
+        self.symbols |= new
+        await self._send_control("SUBSCRIBE", new)
+
+    async def unsubscribe(self, symbols: Iterable[str]) -> None:
+        gone = {s.upper() for s in symbols} & self.symbols
+        self.symbols -= gone
+        await self._send_control("UNSUBSCRIBE", gone)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ws is not None:
+            self._ws.transport.abort()
+
+    async def _status(self, connected: bool, reason: str) -> None:
+        await self._on_item(WsStatusChanged(now_ms=self._clock_ms(), connected=connected, reason=reason))
+
+    async def run(self) -> None:
+        """Connect, read, reconnect until ``stop()``."""
+        while not self._stop.is_set():
+            reason = "closed"
+            try:
+                async with connect(self.url(), proxy=None, open_timeout=10, max_size=2**22) as ws:
+                    self._ws = ws
+                    self.connections += 1
+                    self.backoff.reset()
+                    await self._status(True, "connected")
+                    reason = await self._read(ws)
+            except _CONNECT_ERRORS as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                self._ws = None
+            if self._stop.is_set():
+                break
+            await self._status(False, reason)
+            delay = 0.0 if reason == "rotation" else self.backoff.next()
+            log.warning("market stream down (%s); reconnecting in %.2f s", reason, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _read(self, ws: ClientConnection) -> str:
+        started = time.monotonic()
+        while True:
+            remaining = self.rotate_after_s - (time.monotonic() - started)
+            if remaining <= 0:
+                return "rotation"
+            try:
+                frame = await asyncio.wait_for(ws.recv(), remaining)
+            except TimeoutError:
+                return "rotation"
+            except ConnectionClosed as exc:
+                return f"closed: {exc}"
+            for item in parse.decode_frame(frame, self._clock_ms(), watched=self.symbols):
+                await self._on_item(item)
+
+
+class UserStream:
+    """``/private`` user-data stream with listenKey lifecycle and reconciliation on every gap."""
+
+    def __init__(
+        self,
+        rest: BinanceRest,
+        base_url: str,
+        on_item: OnItem,
+        on_reconcile: Callable[[], Awaitable[None]],
+        *,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        keepalive_s: float = KEEPALIVE_S,
+        backoff: Backoff | None = None,
+        rotate_after_s: float = ROTATE_AFTER_S,
+    ) -> None:
+        self.rest = rest
+        self.base_url = base_url.rstrip("/")
+        self._on_item = on_item
+        self._on_reconcile = on_reconcile
+        self._clock_ms = clock_ms
+        self.keepalive_s = keepalive_s
+        self.backoff = backoff or Backoff()
+        self.rotate_after_s = rotate_after_s
+        self.listen_key: str | None = None
+        self._ws: ClientConnection | None = None
+        self._stop = asyncio.Event()
+        self._renew = asyncio.Event()
+        self.connections = 0
+        self.keys_created = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ws is not None:
+            self._ws.transport.abort()
+
+    async def _new_key(self) -> str:
+        self.listen_key = await self.rest.new_listen_key()
+        self.keys_created += 1
+        return self.listen_key
+
+    async def keepalive_once(self) -> None:
+        """PUT the key; -1125 means it is gone: ask for a new key and a reconnect."""
+        try:
+            await self.rest.keepalive_listen_key()
+        except Rejected as err:
+            if err.code != -1125:
+                raise
+            log.warning("listenKey gone (-1125); renewing")
+            self.listen_key = None
+            self._renew.set()
+            if self._ws is not None:
+                await self._ws.close()
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.keepalive_s)
+            try:
+                await self.keepalive_once()
+            except BinanceError as err:
+                log.warning("listenKey keepalive failed: %s", err)
+
+    async def run(self) -> None:
+        keepalive = asyncio.create_task(self._keepalive_loop())
+        first = True
+        try:
+            while not self._stop.is_set():
+                reason = "closed"
+                try:
+                    key = self.listen_key or await self._new_key()
+                    async with connect(f"{self.base_url}/ws/{key}", proxy=None, open_timeout=10) as ws:
+                        self._ws = ws
+                        self.connections += 1
+                        self.backoff.reset()
+                        if not first:
+                            await self._on_reconcile()
+                        first = False
+                        reason = await self._read(ws)
+                except BinanceError as err:
+                    reason = f"listenKey: {err}"
+                except _CONNECT_ERRORS as exc:
+                    reason = f"{type(exc).__name__}: {exc}"
+                finally:
+                    self._ws = None
+                if self._stop.is_set():
+                    break
+                renew = self._renew.is_set()
+                self._renew.clear()
+                delay = 0.0 if renew or reason == "rotation" else self.backoff.next()
+                log.warning("user stream down (%s); reconnecting in %.2f s", reason, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+
+    async def _read(self, ws: ClientConnection) -> str:
+        started = time.monotonic()
+        while True:
+            remaining = self.rotate_after_s - (time.monotonic() - started)
+            if remaining <= 0:
+                return "rotation"
+            try:
+                frame = await asyncio.wait_for(ws.recv(), remaining)
+            except TimeoutError:
+                return "rotation"
+            except ConnectionClosed as exc:
+                return f"closed: {exc}"
+            for item in parse.decode_frame(frame, self._clock_ms()):
+                if isinstance(item, ListenKeyExpired):
+                    log.warning("listenKeyExpired for %s…; renewing", item.listen_key[:8])
+                    self.listen_key = None
+                    self._renew.set()
+                    return "listenKeyExpired"
+                await self._on_item(item)
+
+
+class PremiumIndexPoller:
+    """REST mark-price fallback (N-22): active only while the core asks for the REST source."""
+
+    def __init__(
+        self,
+        rest: BinanceRest,
+        on_event: Callable[[Event], Awaitable[None]],
+        *,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.rest = rest
+        self._on_event = on_event
+        self._clock_ms = clock_ms
+        self.interval_s = interval_s
+        self.symbols: set[str] = set()
+        self.active = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    def use_source(self, cmd: UsePriceSource) -> None:
+        """Follow the core's ``UsePriceSource`` command."""
+        log.info("price source -> %s (%s)", cmd.source, cmd.reason)
+        if cmd.source == "REST":
+            self.active.set()
+        else:
+            self.active.clear()
+
+    def set_symbols(self, symbols: Iterable[str]) -> None:
+        self.symbols = {s.upper() for s in symbols}
+
+    async def poll_once(self) -> list[Event]:
+        """One poll of every watched symbol (one request when several: the all-symbols answer)."""
+        now = self._clock_ms()
+        if not self.symbols:
+            return []
+        try:
+            if len(self.symbols) == 1:
+                answer: Any = [await self.rest.premium_index(next(iter(self.symbols)))]
+            else:
+                answer = await self.rest.premium_index()
+            rows = {str(r.get("symbol")): r for r in answer if isinstance(r, dict)}
+        except BinanceError as err:
+            return [RestPriceFailed(now_ms=now, reason=f"{type(err).__name__} {err.code}: {err.msg}")]
+        except (TypeError, AttributeError) as exc:
+            return [RestPriceFailed(now_ms=now, reason=f"unreadable premiumIndex: {exc}")]
+        out: list[Event] = []
+        for symbol in sorted(self.symbols):
+            row = rows.get(symbol)
+            if row is None:
+                out.append(RestPriceFailed(now_ms=now, reason=f"{symbol} missing from premiumIndex"))
+                continue
+            try:
+                out.append(parse.mark_price_from_rest(row, now))
+            except (KeyError, ValueError, TypeError) as exc:
+                out.append(RestPriceFailed(now_ms=now, reason=f"{symbol}: unreadable premiumIndex: {exc}"))
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            if not self.active.is_set():
+                stop_task = asyncio.ensure_future(self._stop.wait())
+                active_task = asyncio.ensure_future(self.active.wait())
+                await asyncio.wait({stop_task, active_task}, return_when=asyncio.FIRST_COMPLETED)
+                stop_task.cancel()
+                active_task.cancel()
+                continue
+            for ev in await self.poll_once():
+                await self._on_event(ev)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
