@@ -111,7 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     diagram.set_defaults(func=cmd_diagram)
 
     # Subcommands contributed by the edge packages (each module exposes register(subparsers)).
-    for module in ("telegram_ingest.cli", "binance.sim.cli", "fsm.runtime.daemon_cli"):
+    for module in (
+        "telegram_ingest.cli",
+        "binance.sim.cli",
+        "fsm.runtime.daemon_cli",
+        "fsm.runtime.board_cli",
+        "fsm.runtime.bench_cli",
+    ):
         try:
             importlib.import_module(module).register(sub)
         except ModuleNotFoundError as exc:
