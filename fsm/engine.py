@@ -97,6 +97,7 @@ class Engine:
         self.requery_due_ms = 0
         self.recovery_snapshot_done = False
         self.recovery_query_due_ms = 0
+        self.recovery_hints: dict[str, tuple[int, str]] = {}
         self.now_ms = 0
         self._out: list[cmd.Command] = []
         self._symbol_machine = Machine(
@@ -405,6 +406,7 @@ class Engine:
         model.received_at_ms = now
         model.mode = strategy.mode
         model.target = target
+        model.entry_trigger = rules.entry_threshold(target, strategy.trigger_buffer_pct)
         self._fire(model, "start_monitoring", f"{strategy.mode} target {target}")  # W15/W16/W17
         self._emit(cmd.SubscribeMarket(symbols=(symbol,)))
 
@@ -637,8 +639,9 @@ class Engine:
                 continue
             state = model.state
             if state == "MONITORING":
-                if mark >= rules.entry_threshold(model.target, b):  # W17-2, W19, W34
+                if mark >= model.entry_trigger:  # W17-2, W19, W34 (T1 = P1 x 0.999, fixed at receipt)
                     candidates.append(model)
+                continue
             elif state in ("ENTRY_ORDER", "PHASE1") and model.tp_armed and model.position() > 0:
                 ptp = rules.take_profit_price(model.average(), self.strategy.tp_pct, self._tick(model))
                 if mark <= rules.take_profit_threshold(ptp, b) and not model.open_orders("TP"):  # W40
@@ -1462,6 +1465,7 @@ class Engine:
             self.cursors[chat_id] = max(self.cursors.get(chat_id, 0), message_id)
         for symbol, received_at in event.cooldowns:
             self.cooldowns[symbol] = max(self.cooldowns.get(symbol, 0), received_at)
+        self.recovery_hints = {symbol: (message_id, state) for symbol, message_id, state in event.managed}
         for model in list(self.symbols.values()):  # N-28 step 7: monitoring is never resumed
             if model.state == "MONITORING":
                 self._reset(model, "recovery: monitoring dropped")
@@ -1524,6 +1528,10 @@ class Engine:
                     severity="critical",
                 )
             )
+            return
+        hint = self.recovery_hints.get(symbol)
+        if not ours and position is not None and hint is not None and hint[1] in HOLDING_STATES:
+            self._rebuild_from_hint(symbol, position, info, hint)
             return
         if not ours and position is not None:
             self._emit(
@@ -1609,6 +1617,42 @@ class Engine:
                     model.tp_armed = True
                 else:
                     model.be_armed = True
+
+    def _rebuild_from_hint(
+        self, symbol: str, position: ev.PositionInfo, info: ev.SymbolInfo, hint: tuple[int, str]
+    ) -> None:
+        """A position of ours with none of our orders open (PHASE1 before its TP, PHASE2 after its
+        stop was cancelled...): storage says it was ours, the exchange gives size and average."""
+        message_id, state = hint
+        model = self._model(symbol)
+        model.info = info
+        self.infos[symbol] = info
+        model.message_id = message_id
+        amount = abs(position.amount)
+        base = OrderTrack(
+            cid=f"recovered-{symbol}",
+            leg="ENTRY1",
+            side="SELL",
+            kind="EXTERNAL",
+            price=position.entry_price,
+            qty=amount,
+        )
+        base.status, base.filled, base.avg_price = "FILLED", amount, position.entry_price
+        model.orders[base.cid] = base
+        tick = self._tick(model)
+        if state == "PHASE2":
+            self._fire(model, "restore_phase2", "stored state PHASE2, no open order")
+            model.be_armed = True
+            self._place_stop(
+                model, "MDD", rules.mdd_stop_price(position.entry_price, self.strategy.mdd_pct, tick)
+            )
+        else:
+            self._fire(model, "restore_phase1", f"stored state {state}, position without open orders")
+            model.add_price = rules.second_entry_price(
+                position.entry_price, self.strategy.second_entry_pct, tick
+            )
+            model.tp_armed = model.add_armed = True
+        self._emit(cmd.SubscribeMarket(symbols=(symbol,)))
 
     def _maybe_finish_recovery(self) -> None:
         if self.locks[RECOVERY_LOCK].state != "RECOVERING" or not self.recovery_snapshot_done:
@@ -1738,6 +1782,7 @@ _PLAIN_FIELDS = (
     "requery_due_ms",
     "recovery_snapshot_done",
     "recovery_query_due_ms",
+    "recovery_hints",
     "now_ms",
 )
 

@@ -339,6 +339,9 @@ class RecoveryStarted(Event):
 
     cursors: tuple[tuple[int, int], ...] = ()
     cooldowns: tuple[tuple[str, int], ...] = ()
+    # (symbol, signal message id, state) of every symbol the last saved snapshot was managing: the
+    # exchange cannot tell our position from a manual one when none of our orders is open.
+    managed: tuple[tuple[str, int, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -74,6 +74,7 @@ class SymbolModel:
     received_at_ms: int = 0
     mode: str = ""
     target: Decimal = ZERO
+    entry_trigger: Decimal = ZERO  # target x (1 - buffer), fixed at receipt like the target
     # Orders by client id, and the next generation per leg (N-13).
     orders: dict[str, OrderTrack] = field(default_factory=dict)
     generations: dict[str, int] = field(default_factory=dict)

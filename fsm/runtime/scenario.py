@@ -384,10 +384,14 @@ class Runner:
         """A crash and restart: the engine is rebuilt from nothing but what storage keeps (N-28)."""
         old = self.engine
         self.engine = Engine(self.strategy, recovering=True)
+        # What the store keeps: cursors, cooldowns, and the last snapshot's managed symbols.
         yield ev.RecoveryStarted(
             now_ms=self.now_ms,
             cursors=tuple(sorted(old.cursors.items())),
             cooldowns=tuple(sorted(old.cooldowns.items())),
+            managed=tuple(
+                sorted((s, m.message_id, m.state) for s, m in old.symbols.items() if m.state != "IDLE")
+            ),
         )
 
     def _manual_order(self, spec: dict[str, Any]) -> ev.Event:
