@@ -1183,7 +1183,7 @@ class Engine:
             cmd.Notify(
                 kind="entry_filled",
                 symbol=model.symbol,
-                text=f"{model.symbol}: short {model.position()} @ {average:.8f}".rstrip("0"),
+                text=f"{model.symbol}: short {model.position()} @ {_price_text(average)}",
             )
         )
 
@@ -1785,6 +1785,12 @@ _PLAIN_FIELDS = (
     "recovery_hints",
     "now_ms",
 )
+
+
+def _price_text(value: Decimal) -> str:
+    """A price for people: at most 8 decimals, no trailing zeros, never a trailing dot."""
+    text = f"{value.quantize(Decimal('0.00000001')):f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def encode_strategy(strategy: Strategy) -> dict[str, Any]:

@@ -1,0 +1,663 @@
+"""The status board: the daemon's BoardView rendered with rich, read-only on its SQLite database.
+
+The daemon writes the BoardView JSON (``fsm.runtime.view``) into ``status["board"]`` every second
+and appends transitions and alerts to their tables (RUNTIME.md). The board opens the file with
+``mode=ro`` and never writes; every failure to read (no file, a locked or foreign file, an older
+schema, no status row yet) becomes a "no daemon" panel with the reason, never an exception.
+
+``render_board`` is pure: the same inputs give the same text, which is what the tests compare.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from fsm import commands as cmd
+from fsm.engine import Engine
+from fsm.runtime.view import board_view
+
+log = logging.getLogger("shortfsm.runtime.board")
+
+DEFAULT_DB = Path("var/shortfsm.db")
+SVG_PATH = Path(__file__).resolve().parents[2] / "specs" / "img" / "board.svg"
+TRANSITION_ROWS = 8
+ALERT_ROWS = 5
+NOT_UPDATING_AFTER_S = 5.0
+ORDER_ID_MIN_WIDTH = 90
+DASH = "—"
+
+# (lock name, label, its normal state)
+LOCKS: tuple[tuple[str, str, str], ...] = (
+    ("entry_lock", "entry", "GLOBAL_IDLE"),
+    ("safety_lock", "safety", "PRICE_OK"),
+    ("recovery_lock", "recovery", "READY"),
+    ("exit_cancel_lock", "exit-cancel", "CLEAR"),
+    ("rate_limit", "rate-limit", "NORMAL"),
+    ("auth", "auth", "AUTH_OK"),
+)
+# Lock states that are alerts in their own right: (lock, state, severity, text).
+CONDITIONS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "exit_cancel_lock",
+        "CANCEL_FAILED",
+        "critical",
+        "EXIT CANCEL FAILED: an exit order could not be cancelled; new orders blocked, re-querying",
+    ),
+    ("auth", "AUTH_LOCKED", "critical", "AUTH LOCK: the API key was refused; no new entries"),
+    ("safety_lock", "PRICE_STALE", "critical", "SAFETY LOCK: no fresh mark price; positions closed"),
+    ("rate_limit", "PROTECT", "warning", "RATE-LIMIT MODE: monitoring goes on, no new entries"),
+    ("recovery_lock", "RECOVERING", "warning", "RECOVERING: reconciling with the exchange"),
+)
+SEVERITY_STYLE = {"critical": "bold red", "warning": "bold yellow", "info": "cyan"}
+# A lock away from its normal state: red when it blocks trading, yellow when it is routine.
+_LOCK_STYLE = {"entry_lock": "yellow"}
+
+
+# =============================================================================================
+# Reading the daemon's database (read-only)
+# =============================================================================================
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BoardState:
+    """What the board read: the view (None without a daemon), recent rows, and why a view is missing."""
+
+    view: dict[str, Any] | None
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    problem: str | None = None
+
+
+def read_board_state(
+    db_path: str | Path, *, timeout_s: float = 0.25
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(view or None, last transitions newest first, last alerts newest first); never raises."""
+    state = load_board_state(db_path, timeout_s=timeout_s)
+    return state.view, state.transitions, state.alerts
+
+
+def load_board_state(db_path: str | Path, *, timeout_s: float = 0.25) -> BoardState:
+    """Like ``read_board_state`` with the reason when there is no view."""
+    path = Path(db_path)
+    if not path.is_file():
+        return BoardState(view=None, problem=f"no database at {db_path}")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout_s)
+    except sqlite3.Error as exc:
+        log.warning("board: cannot open %s: %s", path, exc)
+        return BoardState(view=None, problem=f"cannot open {db_path}: {exc}")
+    try:
+        conn.execute("PRAGMA query_only = 1")
+        return _read(conn, str(db_path))
+    except sqlite3.Error as exc:  # not a database, locked, corrupt
+        log.warning("board: cannot read %s: %s", path, exc)
+        return BoardState(view=None, problem=_explain(exc, str(db_path)))
+    finally:
+        conn.close()
+
+
+def _read(conn: sqlite3.Connection, name: str) -> BoardState:
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    transitions = _rows(
+        conn,
+        tables,
+        "transitions",
+        "SELECT now_ms, machine, symbol, source, dest, trigger, reason FROM transitions "
+        f"ORDER BY id DESC LIMIT {TRANSITION_ROWS}",
+    )
+    alerts = _rows(
+        conn,
+        tables,
+        "alerts",
+        f"SELECT now_ms, kind, severity, symbol, text FROM alerts ORDER BY id DESC LIMIT {ALERT_ROWS}",
+    )
+    if "status" not in tables:
+        version = _schema_version(conn, tables)
+        if not tables:
+            problem = f"{name} is empty: the daemon has not created its tables yet"
+        else:
+            problem = (
+                f"{name} has no status table (schema version {version or 'unknown'}): it was written by "
+                "an older shortfsm; start the daemon once to migrate it"
+            )
+        return BoardState(view=None, transitions=transitions, alerts=alerts, problem=problem)
+    row = conn.execute("SELECT value FROM status WHERE key = 'board'").fetchone()
+    if row is None:
+        return BoardState(
+            view=None,
+            transitions=transitions,
+            alerts=alerts,
+            problem="no board status yet: the daemon is starting or has never run on this database",
+        )
+    try:
+        view = json.loads(row[0])
+    except (TypeError, ValueError) as exc:
+        log.warning("board: unreadable status JSON: %s", exc)
+        view = None
+    if not isinstance(view, dict):
+        return BoardState(
+            view=None, transitions=transitions, alerts=alerts, problem="the board status is unreadable"
+        )
+    return BoardState(view=view, transitions=transitions, alerts=alerts)
+
+
+def _rows(conn: sqlite3.Connection, tables: set[str], table: str, query: str) -> list[dict[str, Any]]:
+    if table not in tables:
+        return []
+    try:
+        cursor = conn.execute(query)
+    except sqlite3.OperationalError as exc:  # an older layout of the table
+        log.warning("board: cannot read %s: %s", table, exc)
+        return []
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _schema_version(conn: sqlite3.Connection, tables: set[str]) -> str | None:
+    if "meta" not in tables:
+        return None
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return str(row[0]) if row else None
+
+
+def _explain(exc: sqlite3.Error, name: str) -> str:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return f"{name} is locked by another process; retrying"
+    if "not a database" in text or "malformed" in text or "encrypted" in text:
+        return f"{name} is not a shortfsm database ({text})"
+    return f"cannot read {name}: {text}"
+
+
+# =============================================================================================
+# Rendering (pure)
+# =============================================================================================
+
+
+def render_board(
+    view: dict[str, Any] | None,
+    transitions: list[dict[str, Any]],
+    alerts: list[dict[str, Any]],
+    *,
+    problem: str | None = None,
+) -> RenderableType:
+    """The whole board; ``view`` None gives the "no daemon" panel. ``problem`` explains it (or, with
+    a view, is shown as a warning). Tolerates any shape of input."""
+    transitions = [t for t in transitions if isinstance(t, dict)] if isinstance(transitions, list) else []
+    alerts = [a for a in alerts if isinstance(a, dict)] if isinstance(alerts, list) else []
+    if not isinstance(view, dict):
+        parts: list[RenderableType] = [_no_daemon(problem)]
+        if alerts:
+            parts.append(_alerts_panel({}, alerts, None))
+        if transitions:
+            parts.append(_transitions_panel(transitions))
+        return Group(*parts)
+    return Group(
+        _header(view),
+        _alerts_panel(view, alerts, problem),
+        _monitoring_panel(view),
+        _position_panel(view),
+        _transitions_panel(transitions),
+    )
+
+
+def _no_daemon(problem: str | None) -> Panel:
+    body = Text()
+    body.append("no daemon\n", style="bold red")
+    body.append(problem or "no board status to show")
+    body.append("\nStart one with `shortfsm run` (or `shortfsm demo`); this board only reads its database.")
+    return Panel(body, title="shortfsm status", title_align="left", border_style="red")
+
+
+def _header(view: dict[str, Any]) -> Panel:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column()
+    now = _int(view.get("now_ms"))
+    paused = view.get("paused") is True
+    run = Text("PAUSED", style="bold yellow") if paused else Text("running", style="green")
+    grid.add_row("time", Text.assemble(_clock(now, date=True), "   ", run))
+    grid.add_row("price", _price_source(_dict(view.get("price_source"))))
+    balance = _dict(view.get("balance"))
+    grid.add_row(
+        "balance",
+        Text.assemble(
+            (_s(balance.get("wallet")), "bold"),
+            " wallet · ",
+            (_s(balance.get("available")), "bold"),
+            " available USDT · mode ",
+            (_s(view.get("position_mode")), "bold"),
+        ),
+    )
+    grid.add_row("streams", _streams(_dict(view.get("streams"))))
+    last = _dict(view.get("last_event"))
+    grid.add_row(
+        "last event",
+        f"{_s(last.get('type'))} at {_clock(_int(last.get('now_ms')))}" if last else DASH,
+    )
+    grid.add_row("locks", _locks(_dict(view.get("locks"))))
+    profile = _s(view.get("profile")).upper()
+    return Panel(grid, title=f"shortfsm · {profile}", title_align="left", border_style="blue")
+
+
+def _price_source(source: dict[str, Any]) -> Text:
+    name = _s(source.get("source"))
+    age = source.get("age_ms")
+    age_text = f"{_int(age) / 1000:.1f} s" if isinstance(age, int) else "no price yet"
+    if source.get("stale") is True:
+        return Text.assemble(("STALE", "bold red"), f" ({name}) · age {age_text}")
+    return Text.assemble((name, "bold green"), f" · age {age_text}")
+
+
+def _streams(streams: dict[str, Any]) -> Text:
+    text = Text()
+    for i, name in enumerate(("market", "user", "telegram")):
+        value = _s(streams.get(name))
+        if i:
+            text.append(" · ")
+        text.append(f"{name} ")
+        text.append(value, style="green" if value in ("up", "replay") else "bold red")
+    return text
+
+
+def _locks(locks: dict[str, Any]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    for _ in range(3):
+        grid.add_column(no_wrap=True)
+    cells: list[Text] = []
+    for name, label, normal in LOCKS:
+        state = _s(locks.get(name))
+        style = "green" if state == normal else _LOCK_STYLE.get(name, "bold red")
+        cells.append(Text.assemble(f"{label} ", (state, style)))
+    grid.add_row(*cells[:3])
+    grid.add_row(*cells[3:])
+    return grid
+
+
+def _alerts_panel(view: dict[str, Any], alerts: list[dict[str, Any]], notice: str | None) -> Panel:
+    locks = _dict(view.get("locks"))
+    conditions: list[tuple[str, str]] = []
+    for lock, state, severity, text in CONDITIONS:
+        if locks.get(lock) == state:
+            conditions.append((severity, text))
+    if view.get("paused") is True:
+        conditions.append(("warning", "PAUSED by the operator: no new signals"))
+    source = _dict(view.get("price_source"))
+    if source.get("stale") is True and locks.get("safety_lock") != "PRICE_STALE":
+        conditions.append(("warning", "PRICE STALE: the mark price is old"))
+    if notice:
+        conditions.append(("warning", notice))
+    worst = ""
+    parts: list[RenderableType] = []
+    if conditions:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column(ratio=1)
+        for severity, text in conditions:
+            grid.add_row(
+                Text("●", style=SEVERITY_STYLE[severity]), Text(text, style=SEVERITY_STYLE[severity])
+            )
+            worst = _worse(worst, severity)
+        parts.append(grid)
+    recent = alerts[:ALERT_ROWS]
+    if recent:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(no_wrap=True)
+        grid.add_column(ratio=1)
+        for alert in recent:
+            severity = _s(alert.get("severity"))
+            text = _s(alert.get("text"))
+            symbol = alert.get("symbol")
+            if isinstance(symbol, str) and symbol and not text.startswith(symbol):
+                text = f"{symbol}: {text}"
+            grid.add_row(
+                _clock(_int(alert.get("now_ms"))),
+                Text(severity.upper(), style=SEVERITY_STYLE.get(severity, "")),
+                Text.assemble((_s(alert.get("kind")), "bold"), "  ", text),
+            )
+        parts.append(grid)
+    if not parts:
+        parts.append(Text("none", style="dim"))
+    border = {"critical": "red", "warning": "yellow"}.get(worst, "dim")
+    return Panel(Group(*parts), title="Alerts", title_align="left", border_style=border)
+
+
+def _worse(current: str, severity: str) -> str:
+    order = {"": 0, "info": 1, "warning": 2, "critical": 3}
+    return severity if order.get(severity, 0) > order.get(current, 0) else current
+
+
+def _monitoring_panel(view: dict[str, Any]) -> Panel:
+    rows = _dicts(view.get("monitoring"))
+    title = "Monitoring (W45)"
+    if not rows:
+        return Panel(Text("no symbol monitored", style="dim"), title=title, title_align="left")
+    table = _table()
+    table.add_column("Symbol", style="bold", no_wrap=True)
+    table.add_column("Mode", no_wrap=True)
+    table.add_column("Stage", no_wrap=True)
+    table.add_column("Planned", justify="right", no_wrap=True)
+    table.add_column("Mark", justify="right", no_wrap=True)
+    table.add_column("To trigger", justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            _s(row.get("symbol")),
+            _s(row.get("mode")),
+            _s(row.get("stage")),
+            _s(row.get("planned_price")),
+            _s(row.get("mark")),
+            _distance(row.get("distance_pct")),
+        )
+    return Panel(table, title=title, title_align="left")
+
+
+def _distance(value: Any) -> Text:
+    number = _dec(value)
+    if number is None:
+        return Text(DASH)
+    if number <= 0:
+        return Text("reached", style="bold green")
+    return Text(f"{value}%")
+
+
+def _position_panel(view: dict[str, Any]) -> Panel:
+    position = view.get("position")
+    if not isinstance(position, dict):
+        return Panel(Text("flat: no position", style="dim"), title="Position", title_align="left")
+    stats = Table.grid(padding=(0, 3))
+    for _ in range(4):
+        stats.add_column(no_wrap=True)
+    stats.add_row(
+        _pair("average", _s(position.get("average"))),
+        _pair("quantity", _s(position.get("quantity"))),
+        _pair("mark", _s(position.get("mark"))),
+        Text.assemble(("ROI ", "dim"), _roi(position.get("roi_pct"))),
+    )
+    triggers = _dict(position.get("next_triggers"))
+    stats.add_row(
+        _pair("tp", _s(triggers.get("tp"))),
+        _pair("add", _s(triggers.get("add"))),
+        _pair("breakeven", _s(triggers.get("breakeven"))),
+        _pair("mdd", _s(triggers.get("mdd"))),
+    )
+    parts: list[RenderableType] = [stats]
+    orders = _dicts(position.get("orders"))
+    parts.append(_Orders(orders) if orders else Text("no working order", style="dim"))
+    title = f"Position {_s(position.get('symbol'))} · {_s(position.get('phase'))}"
+    return Panel(Group(*parts), title=title, title_align="left", border_style="magenta")
+
+
+class _Orders:
+    """The working orders; the client id column only where it fits (wider than 80 columns)."""
+
+    def __init__(self, orders: list[dict[str, Any]]) -> None:
+        self.orders = orders
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        with_id = options.max_width >= ORDER_ID_MIN_WIDTH
+        table = _table()
+        table.add_column("Leg", style="bold", no_wrap=True)
+        table.add_column("Type", no_wrap=True)
+        table.add_column("Side", no_wrap=True)
+        table.add_column("Price", justify="right", no_wrap=True)
+        table.add_column("Qty", justify="right", no_wrap=True)
+        table.add_column("Filled", justify="right", no_wrap=True)
+        table.add_column("Status", no_wrap=True)
+        if with_id:
+            table.add_column("Client id", no_wrap=True)
+        for order in self.orders:
+            cells = [
+                _s(order.get("leg")),
+                _s(order.get("type")),
+                _s(order.get("side")),
+                _s(order.get("price")),
+                _s(order.get("quantity")),
+                _s(order.get("filled")),
+                _s(order.get("status")),
+            ]
+            if with_id:
+                cells.append(_s(order.get("client_order_id")))
+            table.add_row(*cells)
+        yield table
+
+
+def _table() -> Table:
+    return Table(box=box.SIMPLE_HEAD, expand=True, show_edge=False, pad_edge=False, collapse_padding=True)
+
+
+def _pair(label: str, value: str) -> Text:
+    return Text.assemble((f"{label} ", "dim"), (value, "bold"))
+
+
+def _roi(value: Any) -> Text:
+    number = _dec(value)
+    if number is None:
+        return Text(DASH)
+    sign = "+" if number > 0 else ""
+    return Text(f"{sign}{value}%", style="bold green" if number > 0 else "bold red" if number < 0 else "bold")
+
+
+def _transitions_panel(transitions: list[dict[str, Any]]) -> Panel:
+    title = "Last transitions"
+    if not transitions:
+        return Panel(Text("none recorded", style="dim"), title=title, title_align="left")
+    table = _table()
+    table.add_column("Time", style="dim", no_wrap=True)
+    table.add_column("Who", style="bold", no_wrap=True)
+    table.add_column("Change", no_wrap=True)
+    table.add_column("Reason", overflow="fold", ratio=1)
+    for row in transitions[:TRANSITION_ROWS]:
+        symbol = row.get("symbol")
+        who = symbol if isinstance(symbol, str) and symbol else _s(row.get("machine"))
+        table.add_row(
+            _clock(_int(row.get("now_ms"))),
+            who,
+            f"{_s(row.get('source'))}→{_s(row.get('dest'))}",
+            _s(row.get("reason"), default=""),
+        )
+    return Panel(table, title=title, title_align="left")
+
+
+# -- tolerant accessors -----------------------------------------------------------------------
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _s(value: Any, default: str = DASH) -> str:
+    if value is None or value == "":
+        return default
+    return value if isinstance(value, str) else str(value)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _dec(value: Any) -> Decimal | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def _clock(ms: int, *, date: bool = False) -> str:
+    if ms <= 0:
+        return DASH
+    try:
+        moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return DASH
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC" if date else "%H:%M:%S")
+
+
+# =============================================================================================
+# Snapshot and live view
+# =============================================================================================
+
+
+def print_snapshot(db_path: str | Path, console: Console) -> None:
+    """Print the board once."""
+    state = load_board_state(db_path)
+    console.print(render_board(state.view, state.transitions, state.alerts, problem=state.problem))
+
+
+class Freshness:
+    """Notices a daemon that stopped rewriting the board. Its clock may be simulated (demo), so the
+    view's ``now_ms`` is compared with itself across refreshes, not with the wall clock."""
+
+    def __init__(self, limit_s: float = NOT_UPDATING_AFTER_S) -> None:
+        self.limit_s = limit_s
+        self._seen: int | None = None
+        self._since = 0.0
+
+    def observe(self, view: dict[str, Any] | None, monotonic_s: float) -> str | None:
+        stamp = view.get("now_ms") if isinstance(view, dict) else None
+        if not isinstance(stamp, int) or stamp != self._seen:
+            self._seen = stamp if isinstance(stamp, int) else None
+            self._since = monotonic_s
+            return None
+        idle = monotonic_s - self._since
+        if idle >= self.limit_s:
+            return f"the daemon has not updated the board for {int(idle)} s (stopped?)"
+        return None
+
+
+def watch(
+    db_path: str | Path,
+    refresh_s: float = 1.0,
+    stop: Callable[[], bool] | None = None,
+    *,
+    console: Console | None = None,
+) -> None:
+    """Redraw the board every ``refresh_s`` seconds until ``stop()`` is true (or Ctrl-C).
+
+    ``Live(auto_refresh=False)`` and updates from this loop: rich's own refresh thread would call
+    back into the reader from another thread.
+    """
+    console = console or Console()
+    freshness = Freshness(max(NOT_UPDATING_AFTER_S, 3 * refresh_s))
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            started = time.monotonic()
+            state = load_board_state(db_path)
+            problem = state.problem or freshness.observe(state.view, started)
+            live.update(
+                render_board(state.view, state.transitions, state.alerts, problem=problem), refresh=True
+            )
+            if stop is not None and stop():
+                return
+            if refresh_s > 0:
+                time.sleep(max(0.0, refresh_s - (time.monotonic() - started)))
+
+
+# =============================================================================================
+# The README picture
+# =============================================================================================
+
+
+def drive_scenario(scenario_id: str, steps: int) -> tuple[Engine, list[tuple[int, cmd.Command]], int]:
+    """Run the first ``steps`` steps of a catalog scenario (checking their expectations): the engine,
+    every (time, command) and the time of the last step."""
+    from fsm.runtime.scenario import T0_MS, Runner, ScenarioError, load_scenarios
+
+    doc = load_scenarios()[scenario_id]
+    runner = Runner(copy.deepcopy(doc))
+    emitted: list[tuple[int, cmd.Command]] = []
+    for index, step in enumerate((doc.get("steps") or [])[:steps]):
+        runner.now_ms = T0_MS + int(float(step.get("at", 0)) * 1000)
+        commands = runner.feed(runner.step_events(step))
+        failures = runner.check(step.get("expect") or {}, commands)
+        if failures:
+            raise ScenarioError(f"{scenario_id} step {index}: {failures}")
+        emitted.extend((runner.now_ms, c) for c in commands)
+    return runner.engine, emitted, runner.now_ms
+
+
+def rows_from_commands(
+    commands: Iterable[tuple[int, cmd.Command]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(transitions, alerts) as the daemon stores them, newest first."""
+    transitions: list[dict[str, Any]] = []
+    alerts: list[dict[str, Any]] = []
+    for now_ms, c in commands:
+        if isinstance(c, cmd.Transitioned):
+            transitions.append(
+                {
+                    "now_ms": now_ms,
+                    "machine": c.machine,
+                    "symbol": c.symbol,
+                    "source": c.source,
+                    "dest": c.dest,
+                    "trigger": c.trigger,
+                    "reason": c.reason,
+                }
+            )
+        elif isinstance(c, cmd.Notify):
+            alerts.append(
+                {"now_ms": now_ms, "kind": c.kind, "severity": c.severity, "symbol": c.symbol, "text": c.text}
+            )
+    return transitions[::-1], alerts[::-1]
+
+
+def demo_board() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A realistic board: W56 up to PHASE2 with the MDD stop and the breakeven limit working."""
+    engine, commands, last = drive_scenario("W56", 7)
+    transitions, alerts = rows_from_commands(commands)
+    extras = {
+        "profile": "sim",
+        "streams": {"market": "up", "user": "up", "telegram": "replay"},
+        "last_event": {"type": "MarkPriceTick", "now_ms": last},
+    }
+    return board_view(engine, last + 400, extras), transitions, alerts
+
+
+def export_board_svg(path: str | Path = SVG_PATH) -> str:
+    """Write the README picture of the board (100 columns) to ``path``; return the SVG text."""
+    view, transitions, alerts = demo_board()
+    console = Console(
+        record=True, width=100, file=io.StringIO(), color_system="truecolor", legacy_windows=False
+    )
+    console.print(render_board(view, transitions, alerts))
+    svg = console.export_svg(title="shortfsm status")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(svg, encoding="utf-8")
+    return svg
+
+
+if __name__ == "__main__":  # regenerate the committed picture: python -m fsm.runtime.board
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else SVG_PATH
+    export_board_svg(target)
+    print(f"wrote {target}")

@@ -1,0 +1,248 @@
+"""BoardView: what the status board shows, computed from the engine's state (RUNTIME.md).
+
+``board_view`` is a pure function that the daemon calls every second and writes as JSON into the
+status table; the board only reads that JSON. It does plain arithmetic on the engine's models (no
+pydantic, no I/O). Decimals leave as strings: prices exact when short, long quotients (averages)
+rounded to the tick's decimals plus four; ``distance_pct`` to 0.001 and ``roi_pct`` to 0.01.
+
+The monitoring list (W45, W47) holds every symbol waiting for an entry: ``1st`` while MONITORING
+(planned price = the target), ``2nd`` while PHASE1 waits for the scale-in (planned price = the
+second-entry price); ``distance_pct`` is how far the mark must still rise to reach the 0.1% trigger
+of the planned price, in % of the mark (zero or negative: reached).
+
+``next_triggers`` of the position are the mark prices at which the next thing happens on each leg:
+the price of the working order when it rests on the venue (TP/BE limits, ENTRY2, MDD and breakeven
+stops), otherwise the 0.1% trigger at which the engine will place it, or null when that leg is not
+armed in the current state.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from fsm import rules
+from fsm.engine import Engine
+from fsm.model import SymbolModel
+from fsm.table import SAFETY_LOCK
+
+log = logging.getLogger("shortfsm.runtime.view")
+
+DISTANCE_STEP = Decimal("0.001")
+ROI_STEP = Decimal("0.01")
+EXTRA_PLACES = 4
+# The position panel shows the symbol that matters most when, exceptionally, several hold state.
+_PHASE_RANK = {"PHASE2": 0, "PHASE1": 1, "ENTRY_ORDER": 2, "EXITING": 3}
+_STREAM_VALUES = {"market": ("up", "down"), "user": ("up", "down"), "telegram": ("up", "down", "replay")}
+PROFILES = ("sim", "demo", "mainnet")
+
+
+def board_view(engine: Engine, now_ms: int, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The BoardView dict of RUNTIME.md for ``engine`` at ``now_ms``.
+
+    ``extras`` comes from the daemon: ``profile``, ``streams`` and ``last_event``; anything missing
+    or malformed falls back to a safe default.
+    """
+    extras = extras if isinstance(extras, dict) else {}
+    buffer_pct = engine.strategy.trigger_buffer_pct
+    monitoring: list[dict[str, Any]] = []
+    holding: list[SymbolModel] = []
+    for model in engine.symbols.values():
+        row = _monitoring_row(engine, model, buffer_pct)
+        if row is not None:
+            monitoring.append(row)
+        if model.state in _PHASE_RANK:
+            holding.append(model)
+    monitoring.sort(key=lambda r: (-r["received_at_ms"], -r["message_id"], r["symbol"]))
+    holding.sort(key=lambda m: (_PHASE_RANK[m.state], m.symbol))
+    price_source = _price_source(engine, now_ms)
+    return {
+        "now_ms": int(now_ms),
+        "profile": _profile(extras.get("profile")),
+        "paused": bool(engine.paused),
+        "locks": {name: model.state for name, model in engine.locks.items()},
+        "price_source": price_source,
+        "balance": {"wallet": _plain(engine.wallet_balance), "available": _plain(engine.available_balance)},
+        "position_mode": engine.position_mode,
+        "monitoring": monitoring,
+        "position": _position(engine, holding[0], buffer_pct) if holding else None,
+        "streams": _streams(extras.get("streams"), price_source),
+        "last_event": _last_event(extras.get("last_event")),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts
+# ---------------------------------------------------------------------------------------------
+
+
+def _monitoring_row(engine: Engine, model: SymbolModel, buffer_pct: Decimal) -> dict[str, Any] | None:
+    if model.state == "MONITORING":
+        stage, planned = "1st", model.target
+    elif model.state == "PHASE1" and _waits_for_add(model):
+        stage, planned = "2nd", model.add_price
+    else:
+        return None
+    tick = _tick(model)
+    mark = engine.marks.get(model.symbol)
+    distance: str | None = None
+    if mark is not None and mark > 0:
+        trigger = rules.entry_threshold(planned, buffer_pct)
+        distance = _quantized((trigger - mark) / mark * rules.HUNDRED, DISTANCE_STEP)
+    return {
+        "symbol": model.symbol,
+        "mode": model.mode or engine.strategy.mode,  # a symbol rebuilt by recovery has no signal mode
+        "stage": stage,
+        "planned_price": _price(planned, tick),
+        "mark": _price(mark, tick) if mark is not None else None,
+        "distance_pct": distance,
+        "received_at_ms": model.received_at_ms,
+        "message_id": model.message_id,
+    }
+
+
+def _waits_for_add(model: SymbolModel) -> bool:
+    """PHASE1 waits for the scale-in while the add is armed, being prepared or resting (W41, W47)."""
+    if model.closing or model.add_price <= 0:
+        return False
+    return model.add_armed or model.preparing == "ENTRY2" or bool(model.open_orders("ENTRY2"))
+
+
+def _position(engine: Engine, model: SymbolModel, buffer_pct: Decimal) -> dict[str, Any]:
+    tick = _tick(model)
+    quantity = model.position()
+    average = model.average()
+    mark = engine.marks.get(model.symbol)
+    roi = None
+    if mark is not None and quantity > 0 and average > 0:
+        roi = _quantized(rules.short_roi_pct(average, mark), ROI_STEP)
+    orders = [
+        {
+            "client_order_id": o.cid,
+            "leg": o.leg,
+            "side": o.side,
+            "type": o.kind,
+            "price": _price(o.price, tick) if o.price > 0 else None,
+            "quantity": _plain(o.qty),
+            "filled": _plain(o.filled),
+            "status": o.status,
+        }
+        for o in model.open_orders()
+    ]
+    return {
+        "symbol": model.symbol,
+        "state": model.state,
+        "phase": model.state,
+        "average": _price(average, tick),
+        "quantity": _plain(quantity),
+        "mark": _price(mark, tick) if mark is not None else None,
+        "roi_pct": roi,
+        "orders": orders,
+        "next_triggers": _next_triggers(engine, model, buffer_pct, tick),
+    }
+
+
+def _next_triggers(engine: Engine, model: SymbolModel, buffer_pct: Decimal, tick: Decimal) -> dict[str, Any]:
+    strategy = engine.strategy
+    state = model.state
+    average = model.average()
+
+    def working(*legs: str) -> str | None:
+        for leg in legs:
+            found = model.open_orders(leg)
+            if found and found[-1].price > 0:
+                return _price(found[-1].price, tick)
+        return None
+
+    tp = working("TP")
+    if tp is None and model.tp_armed and state in ("ENTRY_ORDER", "PHASE1") and model.position() > 0:
+        ptp = rules.take_profit_price(average, strategy.tp_pct, tick)
+        tp = _price(rules.take_profit_threshold(ptp, buffer_pct), tick)
+    add = working("ENTRY2")
+    if add is None and model.add_armed and state == "PHASE1" and model.add_price > 0:
+        add = _price(rules.entry_threshold(model.add_price, buffer_pct), tick)
+    breakeven = working("BE", "BE_STOP")
+    if breakeven is None and model.be_armed and state == "PHASE2" and average > 0:
+        pbe = rules.round_to_tick(average, tick)
+        breakeven = _price(rules.breakeven_threshold(pbe, buffer_pct), tick)
+    return {"tp": tp, "add": add, "breakeven": breakeven, "mdd": working("MDD")}
+
+
+def _price_source(engine: Engine, now_ms: int) -> dict[str, Any]:
+    source = engine.price_source
+    last = engine.last_ws_ms if source == "WS" else engine.last_rest_ms
+    age = max(0, now_ms - last) if last is not None else None
+    stale = engine.locks[SAFETY_LOCK].state == "PRICE_STALE" or (
+        age is not None and age >= engine.strategy.stale_mark_price_seconds * 1000
+    )
+    return {"source": source, "stale": stale, "age_ms": age}
+
+
+def _profile(value: Any) -> str:
+    if value in PROFILES:
+        return str(value)
+    if value is not None:
+        log.warning("board view: unknown profile %r, shown as sim", value)
+    return "sim"
+
+
+def _streams(value: Any, price_source: dict[str, Any]) -> dict[str, str]:
+    """The daemon's stream states; without them the market stream is judged from the price source."""
+    given = value if isinstance(value, dict) else {}
+    market_default = "up" if price_source["source"] == "WS" and not price_source["stale"] else "down"
+    out = {"market": market_default, "user": "down", "telegram": "down"}
+    for name, allowed in _STREAM_VALUES.items():
+        if given.get(name) in allowed:
+            out[name] = str(given[name])
+    return out
+
+
+def _last_event(value: Any) -> dict[str, Any] | None:
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get("type"), str)
+        and isinstance(value.get("now_ms"), int)
+    ):
+        return {"type": value["type"], "now_ms": value["now_ms"]}
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Decimal formatting
+# ---------------------------------------------------------------------------------------------
+
+
+def _tick(model: SymbolModel) -> Decimal:
+    return model.info.tick_size if model.info is not None else Decimal(0)
+
+
+def _plain(value: Decimal) -> str:
+    """A Decimal as positional text (never exponent notation)."""
+    return format(value, "f")
+
+
+def _quantized(value: Decimal, step: Decimal) -> str:
+    try:
+        return _plain(value.quantize(step, rounding=ROUND_HALF_UP))
+    except InvalidOperation:
+        return _plain(value)
+
+
+def _price(value: Decimal, tick: Decimal) -> str:
+    """Rounded to the tick's decimals + 4, trailing zeros cut back to the tick's decimals.
+
+    A target or a mark keeps its digits (``101.0``, ``96.09``); an average of several fills is
+    shortened (``107.19684``).
+    """
+    places = 0
+    if tick > 0:
+        exponent = tick.normalize().as_tuple().exponent
+        places = max(-exponent, 0) if isinstance(exponent, int) else 0
+    try:
+        text = _plain(value.quantize(Decimal(1).scaleb(-(places + EXTRA_PLACES)), rounding=ROUND_HALF_UP))
+    except InvalidOperation:
+        return _plain(value)
+    whole, _, fraction = text.partition(".")
+    fraction = fraction.rstrip("0").ljust(places, "0")
+    return f"{whole}.{fraction}" if fraction else whole
