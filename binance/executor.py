@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from binance import parse
@@ -269,7 +269,7 @@ class Executor:
         self, symbol: str, client_id: str, call: Callable[[], Awaitable[object]], is_algo: bool, now_ms: int
     ) -> list[Event]:
         try:
-            await call()
+            answer = await call()
         except BinanceError as err:
             gone = err.code in GONE_CODES
             result = CancelResult(
@@ -283,8 +283,22 @@ class Executor:
                 is_algo=is_algo,
             )
             return [result, *observed(err, now_ms)]
+        executed: Decimal | None = None
+        if isinstance(answer, dict) and "executedQty" in answer:
+            # The DELETE answer says how much filled before the cancel: a fill can race it.
+            try:
+                executed = Decimal(str(answer["executedQty"]))
+            except (InvalidOperation, ValueError):
+                executed = None
         return [
-            CancelResult(now_ms=now_ms, symbol=symbol, client_order_id=client_id, ok=True, is_algo=is_algo),
+            CancelResult(
+                now_ms=now_ms,
+                symbol=symbol,
+                client_order_id=client_id,
+                ok=True,
+                is_algo=is_algo,
+                executed_qty=executed,
+            ),
             VenueCallSucceeded(now_ms=now_ms),
         ]
 

@@ -81,6 +81,7 @@ class Engine:
         # Account-wide view for the entry lock (N-21): positions and open entry orders, ours or not.
         self.account_positions: dict[str, Decimal] = {}
         self.account_entry_orders: dict[str, str] = {}
+        self.closed_order_keys: dict[str, int] = {}
         self.position_mode: str | None = None
         self.wallet_balance = ZERO
         self.available_balance = ZERO
@@ -700,9 +701,48 @@ class Engine:
         else:
             self._prepared_entry2(model, event)
 
+    def _entry_blocked_for(self, symbol: str) -> str | None:
+        """Why ``symbol``'s first entry may not go out now: every lock, the entry lock counted only
+        for reasons other than this symbol itself (it holds the lock from its own trigger on)."""
+        for name in (SAFETY_LOCK, RECOVERY_LOCK, EXIT_CANCEL_LOCK, AUTH):
+            if self.locks[name].state == LOCKED_MESSAGES[name]:
+                return name
+        if self.locks[RATE_LIMIT].state == "PROTECT":
+            return RATE_LIMIT
+        if self.paused:
+            return "paused"
+        for other, amount in self.account_positions.items():
+            if other != symbol and not rules.is_dust(amount, self.infos.get(other)):
+                return f"entry_lock: position {other}"
+        for key, other in self.account_entry_orders.items():
+            if other != symbol:
+                return f"entry_lock: open order {key}"
+        for other, model in self.symbols.items():
+            held = self._holds_entry_lock(model)
+            if other != symbol and held:
+                return f"entry_lock: {other} {held}"
+        return None
+
+    def _holds_entry_lock(self, model: SymbolModel) -> str:
+        """Why our own ``model`` holds the entry lock ("" when it does not). It counts from the
+        moment we commit to an entry (before the venue confirms); leftover exit orders without a
+        position do not count (N-21: they are N-18's business)."""
+        if model.state not in HOLDING_STATES:
+            return ""
+        if model.preparing == "ENTRY1" or model.open_orders(*ENTRY_LEGS):
+            return "entry order"
+        if not rules.is_dust(model.position(), model.info):
+            return "position"
+        return ""
+
     def _prepared_entry1(self, model: SymbolModel, event: ev.OrderPrepared) -> None:
         if model.state != "ENTRY_ORDER" or model.closing:
             self._anomaly("prepare_result_late", model.symbol, model.state)
+            return
+        blocked = self._entry_blocked_for(model.symbol)
+        if blocked is not None:  # a lock came on while the setup call was in flight
+            self._log("order_blocked", model.symbol, f"locked:{blocked}")
+            self._reset(model, f"lock during pre-order setup: {blocked}")
             return
         if not event.ok or event.position_mode is None:  # W24 failure, W26
             self._log("order_blocked", model.symbol, event.reason or "prepare_failed", code=event.error_code)
@@ -726,6 +766,10 @@ class Engine:
             return
         if not event.ok or event.position_mode is None:
             self._log("second_entry_skipped", model.symbol, event.reason or "prepare_failed")
+            return
+        blocked = self._add_blocked()
+        if blocked is not None:
+            self._log("second_entry_skipped", model.symbol, f"locked:{blocked}")
             return
         self.position_mode = event.position_mode
         self.available_balance = event.available_balance
@@ -1056,22 +1100,30 @@ class Engine:
     # =========================================================================================
 
     def _track_account_order(self, event: ev.OrderUpdated) -> None:
+        """N-21's account-wide view of open entry orders; an order once terminal stays terminal."""
         key = f"{event.symbol}:{event.order_id}"
         closing_order = (
             event.reduce_only
             or event.close_position
             or (event.position_side == "SHORT" and event.side == "BUY")
         )
-        if event.status in ("NEW", "PARTIALLY_FILLED") and not closing_order:
-            self.account_entry_orders[key] = event.symbol
-        else:
-            self.account_entry_orders.pop(key, None)
+        if event.status in ("NEW", "PARTIALLY_FILLED"):
+            if not closing_order and key not in self.closed_order_keys:
+                self.account_entry_orders[key] = event.symbol
+            return
+        self.account_entry_orders.pop(key, None)
+        self.closed_order_keys[key] = event.now_ms
+        if len(self.closed_order_keys) > 2000:  # keep the newest only: late updates come within minutes
+            for old in sorted(self.closed_order_keys, key=self.closed_order_keys.__getitem__)[:1000]:
+                del self.closed_order_keys[old]
 
     def _on_order_update(self, event: ev.OrderUpdated) -> None:
         self._track_account_order(event)
         model = self.symbols.get(event.symbol)
         if model is None:
-            return  # an order of a symbol we do not manage: only the entry lock cares
+            if event.cum_qty > 0:
+                self._adopt_late_fill(event)
+            return  # otherwise an order of a symbol we do not manage: only the entry lock cares
         order = model.orders.get(event.client_order_id)
         if order is None and event.order_id in model.algo_children:
             order = model.orders.get(model.algo_children[event.order_id])
@@ -1086,6 +1138,8 @@ class Engine:
             return
         if order.order_id == 0:
             order.order_id = event.order_id
+        if event.cum_qty == order.filled and event.avg_price > 0 and event.cum_qty > 0:
+            order.avg_price = event.avg_price  # the exact average of a fill first booked from a cancel answer
         delta = event.cum_qty - order.filled
         if delta > 0:
             order.filled = event.cum_qty
@@ -1102,6 +1156,43 @@ class Engine:
         if order.status == "CANCELED" and order.filled >= order.qty:
             order.status = "FILLED"
         self._after_order_change(model, order, delta if delta > 0 else ZERO, was_open)
+
+    def _adopt_late_fill(self, event: ev.OrderUpdated) -> None:
+        """A fill of one of our entry orders reported after the symbol was reset (it raced the
+        cancel): the short is real and nobody manages it. We cancelled that entry on purpose, so the
+        position is taken back under management and closed at market."""
+        parsed = rules.parse_client_order_id(event.client_order_id)
+        info = self.infos.get(event.symbol)
+        if parsed is None or parsed.leg not in ENTRY_LEGS or info is None:
+            return
+        model = self._model(event.symbol)
+        model.info = info
+        model.message_id = parsed.message_id
+        track = OrderTrack(
+            cid=event.client_order_id,
+            leg=parsed.leg,
+            side=event.side,
+            kind=event.order_type,
+            price=event.price,
+            qty=event.orig_qty,
+            status=event.status if event.status != "NEW" else "CANCELED",
+            order_id=event.order_id,
+            filled=event.cum_qty,
+            avg_price=event.avg_price if event.avg_price > 0 else event.last_price or event.price,
+            last_fill_ms=event.now_ms,
+        )
+        model.orders[track.cid] = track
+        self._emit(
+            cmd.Notify(
+                kind="late_fill",
+                symbol=event.symbol,
+                text=f"{event.symbol}: {event.cum_qty} filled after its cancel; closing at market",
+                severity="critical",
+            )
+        )
+        self._fire(model, "restore_phase1", "fill after the entry was cancelled")
+        self._emit(cmd.SubscribeMarket(symbols=(event.symbol,)))
+        self._market_close(model, "fill after cancel")
 
     def _apply_child_fill(self, model: SymbolModel, stop: OrderTrack, event: ev.OrderUpdated) -> None:
         """A triggered stop's market child filled: its quantity closes the position."""
@@ -1327,12 +1418,21 @@ class Engine:
         if event.ok or event.gone:
             self._count_success()
             self.account_entry_orders.pop(f"{model.symbol}:{order.order_id}", None)
+            if order.order_id:
+                self.closed_order_keys[f"{model.symbol}:{order.order_id}"] = event.now_ms
+            delta = ZERO
+            if event.executed_qty is not None and event.executed_qty > order.filled and not order.is_algo:
+                # A fill raced the cancel: book it at the order's price until the user stream says more.
+                delta = event.executed_qty - order.filled
+                order.avg_price = (order.avg_price * order.filled + order.price * delta) / event.executed_qty
+                order.filled = event.executed_qty
+                order.last_fill_ms = event.now_ms
             was_open = order.is_open
             if was_open:
                 order.status = "FILLED" if order.filled >= order.qty and order.filled > 0 else "CANCELED"
             if model.cancel_failed and not model.open_orders():
                 model.cancel_failed = False  # R16: the re-cancel went through
-            self._after_order_change(model, order, ZERO, was_open)
+            self._after_order_change(model, order, delta, was_open)
             if self.locks[EXIT_CANCEL_LOCK].state == "CANCEL_FAILED" and not any(
                 m.cancel_failed for m in self.symbols.values()
             ):
@@ -1441,14 +1541,9 @@ class Engine:
                 reasons.append(f"position {symbol}")
         reasons.extend(f"open entry order {key}" for key in sorted(self.account_entry_orders))
         for symbol, model in self.symbols.items():
-            # Our own symbols count from the moment we commit to an entry (before the venue confirms);
-            # leftover exit orders without a position do not (N-21: they are N-18's business).
-            if model.state not in HOLDING_STATES:
-                continue
-            if model.preparing == "ENTRY1" or model.open_orders(*ENTRY_LEGS):
-                reasons.append(f"{symbol} entry order")
-            elif not rules.is_dust(model.position(), model.info):
-                reasons.append(f"{symbol} position")
+            held = self._holds_entry_lock(model)
+            if held:
+                reasons.append(f"{symbol} {held}")
         lock = self.locks[ENTRY_LOCK]
         if reasons and lock.state == "GLOBAL_IDLE":
             self._fire_lock(ENTRY_LOCK, "lock", reasons[0])
@@ -1768,6 +1863,7 @@ _PLAIN_FIELDS = (
     "infos",
     "account_positions",
     "account_entry_orders",
+    "closed_order_keys",
     "position_mode",
     "wallet_balance",
     "available_balance",

@@ -290,6 +290,7 @@ class CancelResult(Event):
     code: int | None = None
     message: str = ""
     is_algo: bool = False
+    executed_qty: Decimal | None = None  # the cancel answer's executedQty: a fill may have raced it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,583 @@
+"""Bad and out-of-order input to the decision core: every case is logged, decides nothing, changes nothing.
+
+Each test drives a real ``Engine`` to a known state through the scenario runner's venue double, then
+hands it one odd event and checks the exact log record, the exact commands and that the engine's
+state (its full snapshot) is untouched unless the case says otherwise.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from fsm import commands as cmd
+from fsm import events as ev
+from fsm.engine import Engine
+from fsm.runtime.scenario import RISK_TEMPLATE, T0_MS, Runner, render
+from fsm.strategy import Strategy
+from fsm.table import GLOBAL_MACHINES
+from telegram_ingest.grammar import parse_message
+
+D = Decimal
+BTC = "BTCUSDT"
+ENTRY_CID = "sf1001-E11-BTCUSDT"
+TP_CID = "sf1001-TP1-BTCUSDT"
+DOC: dict[str, Any] = {
+    "venue": {
+        "wallet": "1000",
+        "symbols": {
+            BTC: {"tick": "0.1", "step": "0.001", "min_qty": "0.001", "min_notional": "5"},
+            "ETHUSDT": {"tick": "0.01", "step": "0.01", "min_qty": "0.01", "min_notional": "5"},
+        },
+        "klines": {BTC: {"high": "101", "low": "99", "close": "100", "count": 5}},
+    }
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _step(runner: Runner, at_s: int, **step: Any) -> list[cmd.Command]:
+    runner.now_ms = T0_MS + at_s * 1000
+    return runner.feed(runner.step_events(step))
+
+
+def _monitoring() -> Runner:
+    runner = Runner(DOC)
+    _step(runner, 0, leading={"id": 1001, "ticker": "BTC"})
+    assert runner.engine.state_of(BTC) == "MONITORING"
+    return runner
+
+
+def _entry_order(mark: str = "100.9") -> Runner:
+    """ENTRY1 (SELL 4.950 @ 101.0) placed and acknowledged, nothing filled."""
+    runner = _monitoring()
+    _step(runner, 1, mark={BTC: mark})
+    assert runner.engine.state_of(BTC) == "ENTRY_ORDER"
+    assert runner.engine.symbols[BTC].orders[ENTRY_CID].status == "NEW"
+    return runner
+
+
+def _phase1() -> Runner:
+    runner = _entry_order()
+    _step(runner, 2, fill={"cid": ENTRY_CID})
+    assert runner.engine.state_of(BTC) == "PHASE1"
+    assert runner.engine.symbols[BTC].position() == D("4.950")
+    return runner
+
+
+def _now(engine: Engine) -> int:
+    """Events stamped with the engine's own clock, so that a snapshot can be compared whole."""
+    return engine.now_ms
+
+
+def _order_commands(commands: list[cmd.Command]) -> list[cmd.Command]:
+    return [c for c in commands if isinstance(c, (*cmd.ORDER_COMMANDS, cmd.PrepareOrder))]
+
+
+def _locks(engine: Engine) -> dict[str, str]:
+    return {name: engine.lock_state(name) for name in GLOBAL_MACHINES}
+
+
+def _update(
+    runner: Runner, cid: str, status: str, cum: str, *, last: str = "0", side: str = "SELL", symbol: str = BTC
+) -> ev.OrderUpdated:
+    venue_order = runner.venue.orders.get(cid)
+    return ev.OrderUpdated(
+        now_ms=_now(runner.engine),
+        symbol=symbol,
+        client_order_id=cid,
+        order_id=venue_order.order_id if venue_order else 987_654,
+        side=side,  # type: ignore[arg-type]
+        order_type="LIMIT",
+        status=status,  # type: ignore[arg-type]
+        price=D("101.0"),
+        orig_qty=D("4.950"),
+        cum_qty=D(cum),
+        last_qty=D(last),
+        last_price=D("101.0") if D(last) else D(0),
+        avg_price=D("101.0") if D(cum) else D(0),
+    )
+
+
+def _risk_message(runner: Runner, message_id: int) -> ev.MessageReceived:
+    return ev.MessageReceived(
+        now_ms=runner.now_ms,
+        chat_id=Strategy().risk_chat_id,
+        message_id=message_id,
+        telegram_date_ms=runner.now_ms - 1000,
+        parsed=parse_message(RISK_TEMPLATE.format(symbol=BTC)),
+        symbol_info=runner.venue.symbols[BTC],
+    )
+
+
+def _anomaly(reason: str, symbol: str | None, detail: str) -> cmd.Log:
+    return cmd.Log(kind="anomaly", symbol=symbol, reason=reason, data=(("detail", detail),))
+
+
+# ---------------------------------------------------------------------------------------------
+# Events about symbols and orders the engine does not know
+# ---------------------------------------------------------------------------------------------
+
+UNKNOWN_SYMBOL_CASES: list[tuple[str, Any, list[cmd.Command]]] = [
+    (
+        "accepted",
+        lambda now: ev.OrderAccepted(
+            now_ms=now, symbol="XRPUSDT", client_order_id="sf7-E11-XRPUSDT", order_id=5
+        ),
+        [_anomaly("unknown_order", "XRPUSDT", "sf7-E11-XRPUSDT")],
+    ),
+    (
+        "algo_accepted",
+        lambda now: ev.AlgoOrderAccepted(
+            now_ms=now, symbol="XRPUSDT", client_algo_id="sf7-MD1-XRPUSDT", algo_id=6
+        ),
+        [_anomaly("unknown_order", "XRPUSDT", "sf7-MD1-XRPUSDT")],
+    ),
+    (
+        "rejected",
+        lambda now: ev.OrderRejected(
+            now_ms=now,
+            symbol="XRPUSDT",
+            client_order_id="sf7-E11-XRPUSDT",
+            code=-1001,
+            message="x",
+            retryable=True,
+        ),
+        [_anomaly("unknown_order_rejected", "XRPUSDT", "sf7-E11-XRPUSDT")],
+    ),
+    (
+        "prepared",
+        lambda now: ev.OrderPrepared(
+            now_ms=now, symbol="XRPUSDT", leg="ENTRY1", ok=True, position_mode="ONE_WAY"
+        ),
+        [_anomaly("unexpected_prepare_result", "XRPUSDT", "ENTRY1")],
+    ),
+    (
+        "cancel_result",
+        lambda now: ev.CancelResult(now_ms=now, symbol="XRPUSDT", client_order_id="sf7-TP1-XRPUSDT", ok=True),
+        [
+            cmd.Log(
+                kind="cancel_result_ignored",
+                symbol="XRPUSDT",
+                reason="unknown_order",
+                data=(("cid", "sf7-TP1-XRPUSDT"),),
+            )
+        ],
+    ),
+    (
+        "algo_update",
+        lambda now: ev.AlgoOrderUpdated(
+            now_ms=now, symbol="XRPUSDT", client_algo_id="sf7-MD1-XRPUSDT", algo_id=6, status="TRIGGERED"
+        ),
+        [
+            cmd.Log(
+                kind="foreign_algo_order",
+                symbol="XRPUSDT",
+                reason="TRIGGERED",
+                data=(("cid", "sf7-MD1-XRPUSDT"),),
+            )
+        ],
+    ),
+    (
+        "flat_position",
+        lambda now: ev.PositionChanged(now_ms=now, symbol="XRPUSDT", amount=D(0), entry_price=D(0)),
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [pytest.param(make, expected, id=name) for name, make, expected in UNKNOWN_SYMBOL_CASES],
+)
+def test_events_for_unknown_symbols_change_nothing(make: Any, expected: list[cmd.Command]) -> None:
+    runner = _entry_order()
+    engine = runner.engine
+    before = engine.snapshot()
+    out = engine.handle(make(_now(engine)))
+    assert out == expected
+    assert engine.snapshot() == before
+    assert engine.active_symbols() == {BTC: "ENTRY_ORDER"}
+
+
+@pytest.mark.spec("R08", "R00-2")
+def test_risk_message_for_an_unknown_symbol_only_advances_the_cursor() -> None:
+    runner = _entry_order()
+    engine = runner.engine
+    before = engine.snapshot()
+    strategy = Strategy()
+    event = ev.MessageReceived(
+        now_ms=_now(engine),
+        chat_id=strategy.risk_chat_id,
+        message_id=77,
+        telegram_date_ms=_now(engine) - 1000,
+        parsed=parse_message(RISK_TEMPLATE.format(symbol="XRPUSDT")),
+        symbol_info=None,
+    )
+    out = engine.handle(event)
+    assert out == [
+        cmd.PersistCursor(chat_id=strategy.risk_chat_id, message_id=77),
+        cmd.Log(kind="risk_ignored", symbol="XRPUSDT", reason="symbol_not_active"),
+    ]
+    assert engine.cursors[strategy.risk_chat_id] == 77
+    after = engine.snapshot()
+    after["cursors"] = before["cursors"]
+    assert after == before
+
+
+@pytest.mark.spec("G01", "N-21")
+def test_a_manual_order_of_an_unmanaged_symbol_only_feeds_the_entry_lock() -> None:
+    runner = _monitoring()
+    engine = runner.engine
+    manual = _update(runner, "web_manual_1", "NEW", "0", symbol="ETHUSDT")
+    out = engine.handle(manual)
+    assert [c for c in out if isinstance(c, cmd.Transitioned)] == [
+        cmd.Transitioned(
+            machine="entry_lock",
+            symbol=None,
+            source="GLOBAL_IDLE",
+            dest="GLOBAL_LOCKED",
+            trigger="lock",
+            reason="open entry order ETHUSDT:987654",
+        ),
+        cmd.Transitioned(
+            machine="symbol",
+            symbol=BTC,
+            source="MONITORING",
+            dest="IDLE",
+            trigger="reset",
+            reason="entry lock: open entry order ETHUSDT:987654",
+        ),
+    ]
+    assert _order_commands(out) == []
+    assert engine.symbols == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fills: unknown orders, duplicates, reordering, races with cancels
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cid", ["web_manual_7", "sf1001-TP7-BTCUSDT", "sf999-E11-BTCUSDT"])
+def test_fill_of_an_unknown_order_of_a_managed_symbol_is_ignored(cid: str) -> None:
+    runner = _phase1()
+    engine = runner.engine
+    before = engine.snapshot()
+    out = engine.handle(_update(runner, cid, "FILLED", "4.950", last="4.950"))
+    assert out == [cmd.Log(kind="foreign_order", symbol=BTC, reason="FILLED", data=(("cid", cid),))]
+    after = engine.snapshot()
+    # The account view remembers that this order is closed (a late NEW must not reopen it) ...
+    assert f"{BTC}:987654" in engine.closed_order_keys
+    # ... and nothing else changes.
+    assert {k: v for k, v in after.items() if k != "closed_order_keys"} == {
+        k: v for k, v in before.items() if k != "closed_order_keys"
+    }
+    assert engine.symbols[BTC].position() == D("4.950")
+
+
+def test_unknown_buy_fill_while_a_stop_is_open_waits_for_the_stop_update() -> None:
+    runner = _phase1()
+    engine = runner.engine
+    _step(runner, 3, mark={BTC: "100.0"})
+    _step(runner, 4, risk={"id": 2001, "symbol": BTC})  # R06: PnL > 0: breakeven stop + TP
+    model = engine.symbols[BTC]
+    assert [o.leg for o in model.open_orders()] == ["BE_STOP", "TP"]
+    child = _update(runner, "autoclose-55", "FILLED", "4.950", last="4.950", side="BUY")
+    out = engine.handle(child)
+    assert out == [
+        cmd.Log(kind="foreign_order", symbol=BTC, reason="FILLED", data=(("cid", "autoclose-55"),))
+    ]
+    assert model.orphan_updates == [child]
+    assert model.position() == D("4.950")
+    assert engine.state_of(BTC) == "PHASE1"
+
+
+def test_duplicated_partial_fill_counts_once() -> None:
+    runner = _entry_order()
+    engine = runner.engine
+    fill = _update(runner, ENTRY_CID, "PARTIALLY_FILLED", "2.000", last="2.000")
+    first = engine.handle(fill)
+    assert _order_commands(first) == []
+    assert engine.symbols[BTC].position() == D("2.000")
+    before = engine.snapshot()
+    again = engine.handle(fill)
+    assert again == [
+        cmd.Log(
+            kind="fill_ignored",
+            symbol=BTC,
+            reason="duplicate_or_reordered",
+            data=(("cid", ENTRY_CID), ("cum", "2.000")),
+        )
+    ]
+    assert engine.snapshot() == before
+    assert engine.symbols[BTC].position() == D("2.000")
+    assert engine.state_of(BTC) == "ENTRY_ORDER"
+
+
+@pytest.mark.spec("W39")
+def test_duplicated_full_fill_counts_once() -> None:
+    runner = _entry_order()
+    engine = runner.engine
+    fill = _update(runner, ENTRY_CID, "FILLED", "4.950", last="4.950")
+    first = engine.handle(fill)
+    assert [c.dest for c in first if isinstance(c, cmd.Transitioned)] == ["PHASE1"]
+    before = engine.snapshot()
+    again = engine.handle(fill)
+    assert again == [
+        cmd.Log(
+            kind="fill_ignored",
+            symbol=BTC,
+            reason="duplicate_or_reordered",
+            data=(("cid", ENTRY_CID), ("cum", "4.950")),
+        )
+    ]
+    assert engine.snapshot() == before
+    assert engine.symbols[BTC].position() == D("4.950")
+
+
+@pytest.mark.spec("R02", "R04")
+def test_entry_fill_racing_the_risk_cancel_is_closed_at_market() -> None:
+    runner = _entry_order(mark="101.5")  # the mark stays above the 101.0 entry: PnL < 0
+    engine = runner.engine
+    runner.now_ms = T0_MS + 3000
+    out = engine.handle(_risk_message(runner, 2001))
+    assert _order_commands(out) == [cmd.CancelOrder(symbol=BTC, client_order_id=ENTRY_CID)]
+    # The venue filled the entry before our cancel reached it; the fill is reported first.
+    out = engine.handle(_update(runner, ENTRY_CID, "FILLED", "4.950", last="4.950"))
+    assert _order_commands(out) == [
+        cmd.PlaceOrder(
+            symbol=BTC,
+            client_order_id="sf1001-CL1-BTCUSDT",
+            leg="CLOSE",
+            side="BUY",
+            order_type="MARKET",
+            quantity=D("4.950"),
+            reduce_only=True,
+        )
+    ]
+    assert engine.state_of(BTC) == "EXITING"
+    assert engine.symbols[BTC].position() == D("4.950")
+    # The cancel then answers "already filled": nothing more to do.
+    out = engine.handle(
+        ev.CancelResult(
+            now_ms=runner.now_ms, symbol=BTC, client_order_id=ENTRY_CID, ok=False, gone=True, code=-2011
+        )
+    )
+    assert _order_commands(out) == []
+    assert engine.state_of(BTC) == "EXITING"
+
+
+@pytest.mark.spec("G04")
+def test_entry_fill_reported_after_the_cancel_was_confirmed_is_not_forgotten() -> None:
+    """The venue filled 2.000 of the entry, then our R02 cancel succeeded; the REST answer of the
+    cancel arrives before the user stream's fill. The short position exists on the account."""
+    runner = _entry_order()
+    engine = runner.engine
+    runner.now_ms = T0_MS + 3000
+    out = engine.handle(_risk_message(runner, 2001))
+    assert _order_commands(out) == [cmd.CancelOrder(symbol=BTC, client_order_id=ENTRY_CID)]
+    out = engine.handle(ev.CancelResult(now_ms=runner.now_ms, symbol=BTC, client_order_id=ENTRY_CID, ok=True))
+    assert engine.state_of(BTC) == "IDLE"
+    out = engine.handle(_update(runner, ENTRY_CID, "CANCELED", "2.000", last="2.000"))
+    out += engine.handle(
+        ev.PositionChanged(now_ms=runner.now_ms, symbol=BTC, amount=D("-2.000"), entry_price=D("101.0"))
+    )
+    # G04: a held position outranks everything. Our own fill must not vanish silently: either the
+    # symbol is managed again (and closed: the risk signal asked for it) or the operator is alerted.
+    alerted = [c for c in out if isinstance(c, cmd.Notify) and c.symbol == BTC]
+    closing = [c for c in out if isinstance(c, cmd.PlaceOrder) and c.symbol == BTC and c.side == "BUY"]
+    assert alerted or closing, [render(c) for c in out]
+
+
+@pytest.mark.spec("N-21")
+@pytest.mark.parametrize(
+    ("status", "cum"),
+    [("NEW", "0"), ("PARTIALLY_FILLED", "2.000")],
+)
+def test_update_older_than_filled_changes_nothing(status: str, cum: str) -> None:
+    runner = _phase1()
+    engine = runner.engine
+    before = engine.snapshot()
+    locks = _locks(engine)
+    out = engine.handle(_update(runner, ENTRY_CID, status, cum))
+    assert out == [
+        cmd.Log(
+            kind="fill_ignored",
+            symbol=BTC,
+            reason="duplicate_or_reordered",
+            data=(("cid", ENTRY_CID), ("cum", cum)),
+        )
+    ]
+    model = engine.symbols[BTC]
+    assert model.orders[ENTRY_CID].status == "FILLED"
+    assert model.position() == D("4.950")
+    assert engine.state_of(BTC) == "PHASE1"
+    assert _locks(engine) == locks
+    # The stale update must not resurrect the filled order as an open entry order of the account
+    # (N-21): that would keep the entry lock on after the position is gone.
+    assert engine.account_entry_orders == {}
+    assert engine.snapshot() == before
+
+
+@pytest.mark.spec("G01", "N-21")
+def test_entry_lock_clears_after_a_stale_new_and_the_tp_exit() -> None:
+    runner = _phase1()
+    engine = runner.engine
+    engine.handle(_update(runner, ENTRY_CID, "NEW", "0"))
+    _step(runner, 5, mark={BTC: "96.09"})
+    _step(runner, 6, fill={"cid": TP_CID})
+    assert engine.state_of(BTC) == "IDLE"
+    assert engine.account_positions == {}
+    assert engine.lock_state("entry_lock") == "GLOBAL_IDLE"
+
+
+# ---------------------------------------------------------------------------------------------
+# Algo updates, cancel results, messages and prepare results nobody asked for
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["NEW", "TRIGGERED", "FINISHED", "CANCELED"])
+def test_algo_update_for_an_unknown_algo_id_is_ignored(status: str) -> None:
+    runner = _phase1()
+    engine = runner.engine
+    before = engine.snapshot()
+    out = engine.handle(
+        ev.AlgoOrderUpdated(
+            now_ms=_now(engine),
+            symbol=BTC,
+            client_algo_id="sf1001-MD4-BTCUSDT",
+            algo_id=424242,
+            status=status,  # type: ignore[arg-type]
+            actual_order_id=515151,
+        )
+    )
+    assert out == [
+        cmd.Log(kind="foreign_algo_order", symbol=BTC, reason=status, data=(("cid", "sf1001-MD4-BTCUSDT"),))
+    ]
+    assert engine.snapshot() == before
+    assert engine.state_of(BTC) == "PHASE1"
+
+
+@pytest.mark.parametrize(("ok", "code"), [(True, None), (False, -1001)])
+def test_cancel_result_for_an_unknown_order_is_ignored(ok: bool, code: int | None) -> None:
+    runner = _phase1()
+    engine = runner.engine
+    before = engine.snapshot()
+    out = engine.handle(
+        ev.CancelResult(
+            now_ms=_now(engine), symbol=BTC, client_order_id="sf1001-BE3-BTCUSDT", ok=ok, code=code
+        )
+    )
+    assert out == [
+        cmd.Log(
+            kind="cancel_result_ignored",
+            symbol=BTC,
+            reason="unknown_order",
+            data=(("cid", "sf1001-BE3-BTCUSDT"),),
+        )
+    ]
+    assert engine.snapshot() == before
+
+
+@pytest.mark.spec("N-04")
+@pytest.mark.parametrize(
+    "text",
+    [
+        "🔥 실시간 주도 마켓 분석 (ETH)\n\n⏱️Binance 펀딩비 및 카운트다운 : -0.0250% / 01:23:45 (4h)\n\n"
+        "🥇지난 24H 등락률 및 순위 : +12.34% / (상승) 상위 11위\n\n🏷️카테고리 : AI",
+        RISK_TEMPLATE.format(symbol=BTC),
+    ],
+    ids=["leading", "risk"],
+)
+def test_message_from_a_foreign_chat_is_ignored(text: str) -> None:
+    runner = _monitoring()
+    engine = runner.engine
+    before = engine.snapshot()
+    out = engine.handle(
+        ev.MessageReceived(
+            now_ms=_now(engine),
+            chat_id=-100555,
+            message_id=999_999,
+            telegram_date_ms=_now(engine) - 1000,
+            parsed=parse_message(text),
+            symbol_info=runner.venue.symbols.get("ETHUSDT"),
+        )
+    )
+    assert out == [
+        cmd.Log(kind="message_ignored", symbol=None, reason="foreign_chat", data=(("chat_id", "-100555"),))
+    ]
+    assert engine.snapshot() == before
+    assert engine.state_of(BTC) == "MONITORING"
+
+
+def test_prepare_result_while_monitoring_is_unexpected() -> None:
+    runner = _monitoring()
+    engine = runner.engine
+    before = engine.snapshot()
+    out = engine.handle(
+        ev.OrderPrepared(
+            now_ms=_now(engine),
+            symbol=BTC,
+            leg="ENTRY1",
+            ok=True,
+            position_mode="HEDGE",
+            wallet_balance=D("5000"),
+            available_balance=D("5000"),
+        )
+    )
+    assert out == [_anomaly("unexpected_prepare_result", BTC, "ENTRY1")]
+    assert engine.snapshot() == before
+    assert engine.position_mode is None
+
+
+def test_second_prepare_result_for_the_same_entry_places_nothing() -> None:
+    runner = _entry_order()
+    engine = runner.engine
+    before = engine.snapshot()
+    out = engine.handle(
+        ev.OrderPrepared(
+            now_ms=_now(engine),
+            symbol=BTC,
+            leg="ENTRY1",
+            ok=True,
+            position_mode="ONE_WAY",
+            wallet_balance=D("1000"),
+            available_balance=D("1000"),
+        )
+    )
+    assert out == [_anomaly("unexpected_prepare_result", BTC, "ENTRY1")]
+    assert engine.snapshot() == before
+
+
+def test_prepare_result_for_a_second_entry_nobody_asked_for() -> None:
+    runner = _phase1()
+    engine = runner.engine
+    before = engine.snapshot()
+    out = engine.handle(
+        ev.OrderPrepared(
+            now_ms=_now(engine),
+            symbol=BTC,
+            leg="ENTRY2",
+            ok=True,
+            position_mode="ONE_WAY",
+            wallet_balance=D("1000"),
+            available_balance=D("500"),
+        )
+    )
+    assert out == [_anomaly("unexpected_prepare_result", BTC, "ENTRY2")]
+    assert engine.snapshot() == before
+    assert engine.state_of(BTC) == "PHASE1"
+
+
+def test_an_event_type_the_engine_does_not_know_is_an_anomaly() -> None:
+    runner = _phase1()
+    engine = runner.engine
+    before = engine.snapshot()
+    out = engine.handle(ev.Event(now_ms=_now(engine)))
+    assert out == [_anomaly("unknown_event", None, "Event")]
+    assert engine.snapshot() == before
