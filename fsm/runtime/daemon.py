@@ -1,0 +1,842 @@
+"""The daemon: one asyncio process hosting the engine (``shortfsm run``).
+
+Theory of operation
+-------------------
+Every source produces fsm events onto ONE ``asyncio.Queue``: the message source (JSONL replay or
+Telegram, started only when the engine says ``ResumeTelegram``), the ``/market`` stream (mark
+prices of the watched symbols plus the heartbeat symbol, D-05), the ``/private`` user stream, the
+REST premiumIndex poller (only while the engine asks for the REST source) and the ticker (a Tick
+every second, placed just after the mark-price pushes, plus wake-ups at the engine's next
+deadline). A single consumer task takes one event at a time: it journals it, calls
+``engine.handle``, writes the channel cursor to disk FIRST and awaits it (N-05), records the audit
+rows, then carries the commands out in order. Venue commands go through ``binance.executor``; their
+outcome events are handled next, before anything else in the queue, as the scenario runner does.
+
+Startup is recovery (N-28): the engine starts locked (``recovering=True``); the first event is
+``RecoveryStarted`` with the cursors and cooldowns saved in the database; the engine asks for an
+exchange snapshot, rebuilds, needs a price, and says ``ResumeTelegram``; only then does the message
+source start, backfilling from the saved cursors.
+
+Stopping (SIGTERM/SIGINT or ``request_stop``): intake stops, the event being handled finishes with
+its requests, outcomes already received are applied (no new venue command is sent), a snapshot is
+saved, and orders on the exchange stay where they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from binance import parse
+from binance.errors import BinanceError
+from binance.executor import Executor
+from binance.parse import KlineUpdate, ListenKeyExpired
+from binance.rest import BinanceRest
+from binance.sim.exchange import SimExchange
+from binance.sim.server import SimVenue
+from binance.streams import KEEPALIVE_S, MarketStream, PremiumIndexPoller, UserStream
+from fsm import commands as cmd
+from fsm import events as ev
+from fsm.engine import Engine
+from fsm.model import decode
+from fsm.runtime import heartbeat
+from fsm.runtime.alerts import Alert, Alerts
+from fsm.runtime.config import AppConfig, Secrets
+from fsm.runtime.feeds import MessageSource, PricePath, ReplaySource, TelegramSource
+from fsm.runtime.logs import DecisionLog
+from fsm.runtime.store import CONTROL_KEY, Store
+from telegram_ingest.adapter import RawMessage
+from telegram_ingest.grammar import parse_message
+
+log = logging.getLogger(__name__)
+
+KLINE_COUNT = 200
+KLINE_MS = 180_000
+NOT_JOURNALED = (ev.Tick, ev.MarkPriceTick)  # market data at 1 Hz: the venue keeps it, not us
+OUTCOME_EVENTS = (
+    ev.OrderAccepted,
+    ev.AlgoOrderAccepted,
+    ev.OrderRejected,
+    ev.CancelResult,
+    ev.OrderUpdated,
+    ev.AlgoOrderUpdated,
+)
+
+
+Observer = Callable[[ev.Event, list[cmd.Command]], None]  # sees every handled event (demo, tests)
+
+
+def managed_symbols(snapshot: dict[str, Any] | None) -> tuple[tuple[str, int, str], ...]:
+    """(symbol, signal message id, state) of the symbols a saved engine snapshot was managing:
+    recovery's hint for positions that have none of our orders open (specs/DECISIONS.md D-17)."""
+    if not snapshot:
+        return ()
+    try:
+        symbols = snapshot["symbols"]
+        found = []
+        for symbol, raw in symbols.items():
+            model = decode(raw)
+            if getattr(model, "state", "IDLE") != "IDLE":
+                found.append((symbol, int(model.message_id), str(model.state)))
+        return tuple(sorted(found))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.warning("saved snapshot unreadable, recovering from the exchange alone: %r", exc)
+        return ()
+
+
+class StartupRefused(RuntimeError):
+    """The daemon must not start (mainnet without opt-in, missing keys, ...); the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Clock
+# ---------------------------------------------------------------------------------------------
+
+
+class RunClock:
+    """Epoch milliseconds for the whole process; ``speed`` > 1 compresses time (sim and demo).
+
+    ``set_manual`` freezes it at a given time (used to write a price history before the run);
+    ``start`` lets it run from ``origin_ms`` at ``speed`` x wall time.
+    """
+
+    def __init__(self, *, speed: float = 1.0, origin_ms: int | None = None) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.speed = speed
+        self._origin = origin_ms if origin_ms is not None else int(time.time() * 1000)
+        self._mono0 = time.monotonic()
+        self._manual: int | None = None
+
+    def now_ms(self) -> int:
+        if self._manual is not None:
+            return self._manual
+        return self._origin + int((time.monotonic() - self._mono0) * 1000 * self.speed)
+
+    def set_manual(self, now_ms: int) -> None:
+        self._manual = now_ms
+
+    def start(self, origin_ms: int) -> None:
+        self._manual = None
+        self._origin = origin_ms
+        self._mono0 = time.monotonic()
+
+    def wall_s(self, ms: float) -> float:
+        return max(0.0, ms / 1000 / self.speed)
+
+    async def sleep_until(self, target_ms: int, wake: asyncio.Event | None = None) -> None:
+        """Sleep until the clock reads ``target_ms`` (or ``wake`` is set)."""
+        while True:
+            delay = self.wall_s(target_ms - self.now_ms())
+            if delay <= 0:
+                return
+            if wake is None:
+                await asyncio.sleep(delay)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+            if wake.is_set():
+                return
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpoints and the in-process simulated venue
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoints:
+    rest_url: str
+    market_ws_url: str
+    private_ws_url: str
+    api_key: str
+    api_secret: str
+    recv_window_ms: int = 5000
+
+    def __repr__(self) -> str:  # never print the credentials
+        return f"Endpoints(rest_url={self.rest_url!r}, market_ws_url={self.market_ws_url!r})"
+
+
+class SimHarness:
+    """The simulated venue on loopback, driven by ``clock``: every second it applies the scripted
+    marks that are due and pushes every mark (the venue's 1 s markPrice stream)."""
+
+    def __init__(
+        self, clock: RunClock, *, balance: Decimal = Decimal("10000"), path: PricePath | None = None
+    ) -> None:
+        self.clock = clock
+        self.api_key = f"sim-{secrets.token_hex(6)}"
+        self._secret = secrets.token_hex(16)  # a throwaway credential for the loopback venue
+        self.exchange = SimExchange(clock=clock, api_keys={self.api_key: self._secret}, balance=balance)
+        self.path = path
+        self.venue = SimVenue(self.exchange)
+        self._driver: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def install(self, origin_ms: int) -> None:
+        """Write the price path's history before ``origin_ms``, then let the clock run from there."""
+        if self.path is not None:
+            self.path.install(self.exchange, self.clock.set_manual, origin_ms)
+        self.clock.start(origin_ms)
+
+    async def start(self) -> None:
+        await self.venue.start()
+        self._driver = asyncio.create_task(self._drive(), name="sim-driver")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._driver is not None:
+            self._driver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._driver
+        await self.venue.stop()
+
+    def endpoints(self) -> Endpoints:
+        # A compressed clock stretches loopback latency in venue time: widen the recvWindow.
+        window = min(60_000, max(5_000, int(5_000 * self.clock.speed)))
+        return Endpoints(
+            rest_url=self.venue.rest_url,
+            market_ws_url=f"{self.venue.ws_url}/market",
+            private_ws_url=f"{self.venue.ws_url}/private",
+            api_key=self.api_key,
+            api_secret=self._secret,
+            recv_window_ms=window,
+        )
+
+    async def _drive(self) -> None:
+        while not self._stop.is_set():
+            now = self.clock.now_ms()
+            await self.clock.sleep_until((now // 1000 + 1) * 1000, self._stop)
+            try:
+                self.exchange.pump()
+                self.exchange.publish_marks()
+            except Exception:  # the venue must keep ticking whatever one step did
+                log.exception("sim venue step failed")
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon
+# ---------------------------------------------------------------------------------------------
+
+
+class Daemon:
+    """Sources -> one queue -> engine -> executor; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        config: AppConfig,
+        profile: str,
+        clock: RunClock,
+        store: Store,
+        endpoints: Endpoints,
+        source: MessageSource | None,
+        decision_log: DecisionLog | None = None,
+        alerts: Alerts | None = None,
+        heartbeat_path: str | Path | None = None,
+        stop_when: Callable[[Daemon], bool] | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.config = config
+        self.profile = profile
+        self.clock = clock
+        self.store = store
+        self.source = source
+        self.decision_log = decision_log or DecisionLog(None)
+        self.alerts = alerts or Alerts(store=store)
+        self.heartbeat_path = Path(heartbeat_path) if heartbeat_path else None
+        self.stop_when = stop_when
+        self.observer = observer
+        strategy = config.to_strategy()
+        self.chats = (strategy.entry_chat_id, strategy.risk_chat_id)
+        self.heartbeat_symbol = config.binance.price_heartbeat_symbol.upper()
+        self.engine = Engine(strategy, recovering=True)
+        self.queue: asyncio.Queue[ev.Event] = asyncio.Queue()
+        self._front: deque[ev.Event] = deque()
+        self.rest = BinanceRest(
+            api_key=endpoints.api_key,
+            api_secret=endpoints.api_secret,
+            base_url=endpoints.rest_url,
+            recv_window_ms=endpoints.recv_window_ms,
+            clock_ms=clock.now_ms,
+            timeout_s=10.0,
+        )
+        self.executor = Executor(self.rest)
+        self.market = MarketStream(endpoints.market_ws_url, self._on_stream_item, clock_ms=clock.now_ms)
+        self.user = UserStream(
+            self.rest,
+            endpoints.private_ws_url,
+            self._on_stream_item,
+            self._reconcile,
+            clock_ms=clock.now_ms,
+            keepalive_s=KEEPALIVE_S / clock.speed,
+        )
+        self.poller = PremiumIndexPoller(
+            self.rest, self.enqueue, clock_ms=clock.now_ms, interval_s=clock.wall_s(1000)
+        )
+        self.streams = {"market": "down", "user": "down", "telegram": "down"}
+        self.last_event: dict[str, Any] | None = None
+        self.handled = 0
+        self.errors = 0
+        self.exit_code = 0
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._source_task: asyncio.Task[None] | None = None
+        self._mark_phase_ms = 0
+        self._snapshot_dirty = True
+        self._infos: dict[str, ev.SymbolInfo] = {}
+        self._infos_at_ms = -math.inf
+        self._control_seen: dict[str, Any] = {}
+        self.stopped_reason = ""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        if not self._stopping.is_set():
+            log.info("stopping: %s", reason)
+            self.stopped_reason = reason
+            self._stopping.set()
+            self._wake.set()
+
+    async def run(self) -> int:
+        """Run until ``request_stop``; returns the process exit code."""
+        cursors = await self.store.cursors()
+        cooldowns = await self.store.cooldowns()
+        managed = managed_symbols(await self.store.latest_snapshot())
+        control = await self._read_control()
+        self._control_seen = dict(control)
+        await self.market.subscribe([self.heartbeat_symbol])
+        self.poller.set_symbols(self.market.symbols)
+        now = self.clock.now_ms()
+        self.enqueue_nowait(
+            ev.RecoveryStarted(
+                now_ms=now,
+                cursors=tuple(sorted(cursors.items())),
+                cooldowns=tuple(sorted(cooldowns.items())),
+                managed=managed,
+            )
+        )
+        if control.get("paused"):
+            self.enqueue_nowait(ev.PauseRequested(now_ms=now, paused=True))
+        self.alerts.start()
+        consumer = asyncio.create_task(self._consume(), name="consumer")
+        self._tasks = [
+            asyncio.create_task(self.market.run(), name="market-stream"),
+            asyncio.create_task(self.user.run(), name="user-stream"),
+            asyncio.create_task(self.poller.run(), name="premium-poller"),
+            asyncio.create_task(self._ticker(), name="ticker"),
+            asyncio.create_task(self._status_loop(), name="status"),
+        ]
+        await self._stopping.wait()
+        # 1) intake stops
+        if self.source is not None:
+            self.source.stop()
+        self.market.stop()
+        self.user.stop()
+        self.poller.stop()
+        # 2) the consumer finishes the event in hand (and its requests), then returns
+        self.queue.put_nowait(_STOP)
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        for task in [*self._tasks, *([self._source_task] if self._source_task else [])]:
+            task.cancel()
+        await asyncio.gather(
+            *self._tasks, *([self._source_task] if self._source_task else []), return_exceptions=True
+        )
+        # 3) persist
+        now = self.clock.now_ms()
+        self.store.save_snapshot(now, self.engine.snapshot())
+        self._write_status(now)
+        await self.alerts.stop()
+        await self.rest.aclose()
+        self.decision_log.close()
+        log.info("stopped (%s) after %d events", self.stopped_reason, self.handled)
+        return self.exit_code
+
+    # -- intake --------------------------------------------------------------------------------
+
+    def enqueue_nowait(self, event: ev.Event) -> None:
+        if not self._stopping.is_set():
+            self.queue.put_nowait(event)
+
+    async def enqueue(self, event: ev.Event) -> None:
+        self.enqueue_nowait(event)
+
+    async def _on_stream_item(self, item: parse.Decoded) -> None:
+        if isinstance(item, (KlineUpdate, ListenKeyExpired)):
+            return  # klines are read by REST at receipt; the user stream renews its own key
+        if isinstance(item, ev.WsStatusChanged):
+            self.streams["market"] = "up" if item.connected else "down"
+        elif isinstance(item, ev.MarkPriceTick) and item.symbol == self.heartbeat_symbol:
+            self._mark_phase_ms = item.event_time_ms % 1000
+        self.enqueue_nowait(item)
+
+    async def _reconcile(self) -> None:
+        """After a user-stream gap: read the positions of the symbols we manage (R20..R22)."""
+        log.warning("user stream reconnected: re-reading positions")
+        now = self.clock.now_ms()
+        try:
+            rows = parse.positions_from_rest(await self.rest.position_risk())
+        except (BinanceError, KeyError, ValueError) as exc:
+            log.warning("position re-read failed: %s", exc)
+            return
+        amounts = {p.symbol: p for p in rows}
+        for symbol in self.engine.active_symbols():
+            p = amounts.get(symbol)
+            self.enqueue_nowait(
+                ev.PositionChanged(
+                    now_ms=now,
+                    symbol=symbol,
+                    amount=p.amount if p else Decimal(0),
+                    entry_price=p.entry_price if p else Decimal(0),
+                )
+            )
+
+    async def _deliver_raw(self, raw: RawMessage) -> None:
+        """A message from the source: stored, parsed, enriched, queued (never raises)."""
+        try:
+            await self._deliver(raw)
+        except Exception:
+            self.errors += 1
+            log.exception("message %s/%s could not be processed", raw.chat_id, raw.message_id)
+
+    async def _deliver(self, raw: RawMessage) -> None:
+        now = self.clock.now_ms()
+        parsed = parse_message(raw.text)
+        self.store.record_message(
+            chat_id=raw.chat_id,
+            message_id=raw.message_id,
+            date_ms=raw.date_ms,
+            received_ms=now,
+            text=raw.text,
+            parsed=parsed,
+        )
+        if raw.edited:
+            log.info("edited message %s/%s ignored (N-27)", raw.chat_id, raw.message_id)
+            return
+        symbol = getattr(parsed, "symbol", None)
+        info_ok, info = (True, None)
+        if isinstance(symbol, str):
+            info_ok, info = await self._symbol_info(symbol)
+        klines = None
+        if isinstance(parsed, ev.LeadingMarket) and info is not None and info.status == "TRADING":
+            klines = await self._klines(parsed.symbol, now)
+        self.enqueue_nowait(
+            ev.MessageReceived(
+                now_ms=now,
+                chat_id=raw.chat_id,
+                message_id=raw.message_id,
+                telegram_date_ms=raw.date_ms,
+                parsed=parsed,
+                exchange_info_ok=info_ok,
+                symbol_info=info,
+                klines=klines,
+            )
+        )
+
+    async def _symbol_info(self, symbol: str) -> tuple[bool, ev.SymbolInfo | None]:
+        """exchangeInfo entry (cached; refreshed when stale or when the symbol is not in it)."""
+        now = self.clock.now_ms()
+        fresh = now - self._infos_at_ms < 300_000
+        if not fresh or symbol not in self._infos:
+            try:
+                self._infos = parse.symbol_infos(await self.rest.exchange_info(refresh=fresh))
+                self._infos_at_ms = now
+            except (BinanceError, KeyError, ValueError, TypeError) as exc:
+                log.warning("exchangeInfo unavailable: %s", exc)
+                return False, None
+        return True, self._infos.get(symbol)
+
+    async def _klines(self, symbol: str, received_ms: int) -> tuple[ev.Candle, ...] | None:
+        """The last 200 closed 3m candles at receipt (N-08)."""
+        try:
+            rows = await self.rest.klines(symbol, "3m", end_ms=received_ms, limit=KLINE_COUNT + 1)
+            candles = [c for c in parse.candles_from_rest(rows) if c.close_time_ms < received_ms]
+        except (BinanceError, ValueError) as exc:
+            log.warning("klines of %s unavailable: %s", symbol, exc)
+            return None
+        return tuple(candles[-KLINE_COUNT:])
+
+    # -- the consumer --------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while True:
+            event = self._front.popleft() if self._front else await self.queue.get()
+            if event is _STOP:
+                # Outcomes already received are applied; no new venue command goes out.
+                while self._front:
+                    await self._process(self._front.popleft(), execute=False)
+                return
+            await self._process(event, execute=True)
+
+    async def _process(self, event: ev.Event, *, execute: bool) -> None:
+        try:
+            await self._handle(event, execute=execute)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never crash on a bad event
+            self.errors += 1
+            log.exception("event %s failed in the daemon", type(event).__name__)
+        finally:
+            self._wake.set()
+
+    async def _handle(self, event: ev.Event, *, execute: bool) -> None:
+        store = self.store
+        if not isinstance(event, NOT_JOURNALED):
+            store.journal(event)
+        if isinstance(event, OUTCOME_EVENTS):
+            store.record_outcome(event)
+        commands = self.engine.handle(event)
+        self.handled += 1
+        if self.observer is not None and not commands:
+            self.observer(event, commands)
+        self.last_event = {"type": type(event).__name__, "now_ms": event.now_ms}
+        if not commands:
+            return
+        now = event.now_ms
+        for c in commands:  # N-05: the cursor is on disk before the message has any effect
+            if isinstance(c, cmd.PersistCursor):
+                await store.save_cursor(c.chat_id, c.message_id, now)
+        store.record_commands(now, commands)
+        self.decision_log.decisions(now, event, commands)
+        if any(isinstance(c, cmd.Transitioned) for c in commands):
+            self._snapshot_dirty = True
+        if self.observer is not None:
+            self.observer(event, commands)
+        for c in commands:
+            await self._carry_out(c, execute=execute)
+
+    async def _carry_out(self, c: cmd.Command, *, execute: bool) -> None:
+        if self.executor.handles(c):
+            if not execute:
+                log.info("stopping: %s not sent", type(c).__name__)
+                return
+            now = self.clock.now_ms()
+            outcomes = await self.executor.execute(c, now)
+            self.decision_log.order_outcome(now, c, outcomes)
+            self._front.extend(outcomes)
+        elif isinstance(c, cmd.SubscribeMarket):
+            await self.market.subscribe(c.symbols)
+            self.poller.set_symbols(self.market.symbols)
+        elif isinstance(c, cmd.UnsubscribeMarket):
+            gone = [s for s in c.symbols if s.upper() != self.heartbeat_symbol]
+            if gone:
+                await self.market.unsubscribe(gone)
+                self.poller.set_symbols(self.market.symbols)
+        elif isinstance(c, cmd.UsePriceSource):
+            self.poller.use_source(c)
+        elif isinstance(c, cmd.Notify):
+            self.alerts.notify(c, self.clock.now_ms())
+        elif isinstance(c, cmd.ResumeTelegram):
+            self._resume_source()
+
+    def _resume_source(self) -> None:
+        if self.source is None or self._stopping.is_set():
+            return
+        if self._source_task is not None and not self._source_task.done():
+            return
+        self.streams["telegram"] = "replay" if self.source.kind == "replay" else "up"
+        cursors = dict(self.engine.cursors)
+        self._source_task = asyncio.create_task(self._run_source(cursors), name="message-source")
+
+    async def _run_source(self, cursors: dict[int, int]) -> None:
+        assert self.source is not None
+        try:
+            await self.source.run(self._deliver_raw, cursors)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.errors += 1
+            log.exception("message source failed")
+            self.alerts.submit(
+                Alert(
+                    now_ms=self.clock.now_ms(),
+                    kind="telegram",
+                    text=f"message source stopped: {type(exc).__name__}: {exc}",
+                    severity="critical",
+                )
+            )
+        finally:
+            if self.source.kind == "telegram" or not self.source.finished:
+                self.streams["telegram"] = "down"
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def _tick_offset_ms(self) -> int:
+        # Just after the venue's 1 s pushes; a compressed clock needs a wider margin in venue time.
+        return int(min(500, max(100, 15 * self.clock.speed)))
+
+    async def _ticker(self) -> None:
+        """A Tick each second aligned to the mark-price pushes, and at the engine's deadlines."""
+        last_tick = 0
+        while not self._stopping.is_set():
+            now = self.clock.now_ms()
+            phase = (self._mark_phase_ms + self._tick_offset_ms()) % 1000
+            target = (now - phase) // 1000 * 1000 + phase
+            while target <= max(now, last_tick):
+                target += 1000
+            deadline = self.engine.next_deadline_ms()
+            if deadline is not None and last_tick < deadline < target:
+                target = max(deadline, now)
+            self._wake.clear()
+            await self.clock.sleep_until(target, self._wake)
+            if self._stopping.is_set():
+                return
+            now = self.clock.now_ms()
+            if now >= target:
+                last_tick = now
+                self.enqueue_nowait(ev.Tick(now_ms=now))
+
+    async def _status_loop(self) -> None:
+        """Board row, heartbeat file, snapshot when something moved, operator controls, stop rule."""
+        interval = max(0.2, self.clock.wall_s(1000))
+        while not self._stopping.is_set():
+            await asyncio.sleep(interval)
+            now = self.clock.now_ms()
+            try:
+                self.streams["user"] = "up" if getattr(self.user, "_ws", None) is not None else "down"
+                self._write_status(now)
+                if self._snapshot_dirty:
+                    self._snapshot_dirty = False
+                    self.store.save_snapshot(now, self.engine.snapshot())
+                await self._poll_control(now)
+                if self.stop_when is not None and self.stop_when(self):
+                    self.request_stop("finished")
+            except Exception:
+                self.errors += 1
+                log.exception("status step failed")
+
+    def _write_status(self, now: int) -> None:
+        extras = {"profile": self.profile, "streams": dict(self.streams), "last_event": self.last_event}
+        if not self.store.closed:
+            self.store.set_status("board", board_view(self.engine, now, extras), now)
+        if self.heartbeat_path is not None:
+            heartbeat.write_atomic(
+                self.heartbeat_path,
+                heartbeat.heartbeat_payload(
+                    self.engine,
+                    now_ms=now,
+                    streams=self.streams,
+                    database_ok=self.store.healthy,
+                    last_event=self.last_event,
+                ),
+            )
+
+    async def _read_control(self) -> dict[str, Any]:
+        import json
+
+        text = await self.store.status(CONTROL_KEY)
+        try:
+            value = json.loads(text) if text else {}
+        except ValueError:
+            log.warning("control row unreadable: %r", text)
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    async def _poll_control(self, now: int) -> None:
+        control = await self._read_control()
+        paused = bool(control.get("paused", False))
+        if paused != self.engine.paused:
+            self.enqueue_nowait(ev.PauseRequested(now_ms=now, paused=paused))
+        flatten = control.get("flatten")
+        if flatten and flatten != self._control_seen.get("flatten"):
+            self._control_seen["flatten"] = flatten
+            log.warning("operator flatten request %s", flatten)
+            done = await flatten_account(self.rest, now)
+            self.alerts.submit(
+                Alert(now_ms=now, kind="flatten", text="; ".join(done) or "nothing to flatten")
+            )
+
+
+_STOP = ev.Event(now_ms=0)
+
+
+def board_view(engine: Engine, now_ms: int, extras: dict[str, Any]) -> dict[str, Any]:
+    """``fsm.runtime.view.board_view`` when it is installed, else the minimal row below."""
+    try:
+        from fsm.runtime.view import board_view as view
+    except ImportError:
+        return {
+            "now_ms": now_ms,
+            "profile": extras.get("profile"),
+            "paused": engine.paused,
+            "locks": {n: m.state for n, m in engine.locks.items()},
+            "active": engine.active_symbols(),
+            "streams": extras.get("streams"),
+            "last_event": extras.get("last_event"),
+        }
+    return view(engine, now_ms, extras)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flatten (operator control)
+# ---------------------------------------------------------------------------------------------
+
+
+async def flatten_account(rest: BinanceRest, now_ms: int) -> list[str]:
+    """Cancel every open order and algo order, then close every position at market."""
+    done: list[str] = []
+    for order in await rest.open_orders():
+        with contextlib.suppress(BinanceError):
+            await rest.cancel_order(str(order["symbol"]), str(order["clientOrderId"]))
+            done.append(f"cancelled {order['clientOrderId']}")
+    for algo in await rest.open_algo_orders():
+        with contextlib.suppress(BinanceError):
+            await rest.cancel_algo_order(str(algo["clientAlgoId"]))
+            done.append(f"cancelled {algo['clientAlgoId']}")
+    hedge = parse.position_mode_from_rest(await rest.position_mode()) == "HEDGE"
+    for position in parse.positions_from_rest(await rest.position_risk()):
+        side = "BUY" if position.amount < 0 else "SELL"
+        params: dict[str, str] = {
+            "symbol": position.symbol,
+            "side": side,
+            "type": "MARKET",
+            "quantity": parse.dec_str(abs(position.amount)),
+            "newClientOrderId": f"flat-{now_ms}-{position.symbol}"[:36],
+            "newOrderRespType": "RESULT",
+        }
+        if hedge:
+            params["positionSide"] = "SHORT" if position.amount < 0 else "LONG"
+        else:
+            params["reduceOnly"] = "true"
+        await rest.place_order(params)
+        done.append(f"closed {position.symbol} {position.amount}")
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# Assembling a daemon from the configuration
+# ---------------------------------------------------------------------------------------------
+
+
+def check_profile(config: AppConfig, profile: str, secrets_: Secrets) -> None:
+    """Refuse what must not run; raises ``StartupRefused`` with the reason."""
+    if profile == "mainnet" and not config.binance.allow_mainnet:
+        raise StartupRefused(
+            "refusing to start on mainnet: real money. Set binance.allow_mainnet: true in the config "
+            "file if you mean it (and run `shortfsm check` first)."
+        )
+    if profile in ("demo", "mainnet"):
+        missing = [
+            name
+            for name, value in (
+                ("BINANCE_API_KEY", secrets_.binance_api_key.get_secret_value()),
+                ("BINANCE_API_SECRET", secrets_.binance_api_secret.get_secret_value()),
+                ("TELEGRAM_API_HASH", secrets_.telegram_api_hash.get_secret_value()),
+            )
+            if not value
+        ]
+        if not secrets_.telegram_api_id:
+            missing.append("TELEGRAM_API_ID")
+        if missing:
+            raise StartupRefused(
+                f"the {profile} profile needs {', '.join(missing)} in the environment or .env"
+            )
+
+
+@dataclass(slots=True)
+class RunOptions:
+    profile: str = "sim"
+    speed: float = 1.0
+    feed_path: str | None = None
+    path: PricePath | None = None
+    database: str | None = None
+    stop_when: Callable[[Daemon], bool] | None = None
+    observer: Observer | None = None
+    install_signals: bool = True
+    balance: Decimal = Decimal("10000")
+
+
+async def run_daemon(config: AppConfig, secrets_: Secrets, options: RunOptions) -> int:
+    """Build everything for ``options.profile`` and run until stopped; returns the exit code."""
+    profile = options.profile
+    check_profile(config, profile, secrets_)
+    clock = RunClock(speed=options.speed if profile == "sim" else 1.0)
+    harness: SimHarness | None = None
+    source: MessageSource
+    if profile == "sim":
+        harness = SimHarness(clock, balance=options.balance, path=options.path)
+        origin = clock.now_ms()
+        harness.install(origin)
+        await harness.start()
+        endpoints = harness.endpoints()
+        source = ReplaySource.from_file(
+            options.feed_path or config.telegram.feed_path, origin_ms=origin, clock=clock
+        )
+    else:
+        rest_url, market_url, private_url = config.binance.urls()
+        endpoints = Endpoints(
+            rest_url=rest_url,
+            market_ws_url=market_url,
+            private_ws_url=private_url,
+            api_key=secrets_.binance_api_key.get_secret_value(),
+            api_secret=secrets_.binance_api_secret.get_secret_value(),
+            recv_window_ms=config.binance.recv_window_ms,
+        )
+        source = TelegramSource(
+            session_path=config.telegram.session_path,
+            api_id=secrets_.telegram_api_id,
+            api_hash=secrets_.telegram_api_hash.get_secret_value(),
+            chat_ids=(config.telegram.entry_chat_id, config.telegram.risk_chat_id),
+            backfill_interval_s=config.telegram.backfill_interval_seconds,
+            quiet_reconnect_s=config.telegram.quiet_reconnect_seconds,
+        )
+    store = await Store.open(options.database or config.storage.database)
+    secret_values = [
+        endpoints.api_key,
+        endpoints.api_secret,
+        secrets_.telegram_api_hash.get_secret_value(),
+        secrets_.discord_webhook_url.get_secret_value(),
+    ]
+    decision_log = DecisionLog(
+        config.storage.log_dir, retention_days=config.storage.log_retention_days, secrets=secret_values
+    )
+    webhook = secrets_.discord_webhook_url.get_secret_value() if config.alerts.discord else ""
+    alerts = Alerts(
+        store=store,
+        webhook_url=webhook,
+        queue_limit=config.alerts.queue_limit,
+        max_attempts=config.alerts.max_attempts,
+    )
+    await store.set_status("meta.profile", profile, clock.now_ms())
+    daemon = Daemon(
+        config=config,
+        profile=profile,
+        clock=clock,
+        store=store,
+        endpoints=endpoints,
+        source=source,
+        decision_log=decision_log,
+        alerts=alerts,
+        heartbeat_path=config.storage.heartbeat_path,
+        stop_when=options.stop_when,
+        observer=options.observer,
+    )
+    loop = asyncio.get_running_loop()
+    if options.install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, daemon.request_stop, sig.name)
+    try:
+        code = await daemon.run()
+    finally:
+        if options.install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        await store.close()
+        if harness is not None:
+            await harness.stop()
+    return code

@@ -1,0 +1,564 @@
+"""The daemon's SQLite storage (sqlite-utils, WAL, one file; schema in ``notes/RUNTIME.md``).
+
+Theory of operation: one ``sqlite3`` connection opened with ``check_same_thread=False`` and used
+only from ONE dedicated worker thread (a single-worker ``ThreadPoolExecutor``). Every public
+method is a coroutine that submits its work to that thread, so writes are serialised in
+submission order and the event loop never blocks on the disk. ``submit`` returns the future
+without awaiting it (fire-and-forget for the journal and the audit rows); ``await`` one when the
+order matters, as for the channel cursor, which N-05 requires to be on disk before the message's
+effects are carried out. Values are encoded on the worker thread (events are frozen).
+
+The schema is versioned: ``MIGRATIONS`` is applied in order at open and ``meta.schema_version``
+records how far. Decimals are stored as text; secrets are never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlite_utils import Database
+
+from fsm import commands as cmd
+from fsm import events as ev
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SNAPSHOTS_KEPT = 20
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (corrupt, not ours, newer schema); the message says what to do."""
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, Decimals and tuples as plain JSON values (Decimal as text)."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {"type": type(value).__name__}
+        for f in dataclasses.fields(value):
+            out[f.name] = to_jsonable(getattr(value, f.name))
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    return value
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(to_jsonable(value), ensure_ascii=False, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Migrations
+# ---------------------------------------------------------------------------------------------
+
+
+def _m1_initial(db: Database) -> None:
+    db.table("messages").create(
+        {
+            "chat_id": int,
+            "message_id": int,
+            "date_ms": int,
+            "received_ms": int,
+            "text": str,
+            "kind": str,
+            "parse_json": str,
+        },
+        pk=("chat_id", "message_id"),
+    )
+    db.table("cursors").create({"chat_id": int, "message_id": int, "updated_ms": int}, pk="chat_id")
+    db.table("cooldowns").create({"symbol": str, "received_at_ms": int}, pk="symbol")
+    db.execute(
+        "CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, now_ms INTEGER, type TEXT, "
+        "payload TEXT)"
+    )
+    db.execute(
+        "CREATE TABLE transitions (id INTEGER PRIMARY KEY AUTOINCREMENT, now_ms INTEGER, machine TEXT, "
+        "symbol TEXT, source TEXT, dest TEXT, trigger TEXT, reason TEXT)"
+    )
+    db.table("orders").create(
+        {
+            "client_order_id": str,
+            "symbol": str,
+            "leg": str,
+            "side": str,
+            "type": str,
+            "price": str,
+            "quantity": str,
+            "trigger_price": str,
+            "status": str,
+            "order_id": int,
+            "attempts": int,
+            "error_code": int,
+            "error": str,
+            "params": str,
+            "created_ms": int,
+            "updated_ms": int,
+        },
+        pk="client_order_id",
+    )
+    db.table("fills").create(
+        {
+            "trade_key": str,
+            "client_order_id": str,
+            "symbol": str,
+            "qty": str,
+            "price": str,
+            "realized_pnl": str,
+            "commission": str,
+            "now_ms": int,
+        },
+        pk="trade_key",
+    )
+    db.execute(
+        "CREATE TABLE decisions (id INTEGER PRIMARY KEY AUTOINCREMENT, now_ms INTEGER, kind TEXT, "
+        "symbol TEXT, reason TEXT, data TEXT)"
+    )
+    db.execute(
+        "CREATE TABLE alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, now_ms INTEGER, kind TEXT, "
+        "severity TEXT, symbol TEXT, text TEXT, delivered INTEGER)"
+    )
+    db.execute("CREATE TABLE snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, now_ms INTEGER, engine TEXT)")
+    db.table("status").create({"key": str, "value": str, "updated_ms": int}, pk="key")
+
+
+def _m2_indexes(db: Database) -> None:
+    db.execute("CREATE INDEX IF NOT EXISTS transitions_now ON transitions(now_ms)")
+    db.execute("CREATE INDEX IF NOT EXISTS fills_symbol ON fills(symbol)")
+    db.execute("CREATE INDEX IF NOT EXISTS orders_symbol ON orders(symbol, status)")
+
+
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (_m1_initial, _m2_indexes)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: Database) -> int:
+    """Apply the missing migrations; returns the schema version. Refuses a newer database."""
+    if "meta" not in db.table_names():
+        db.table("meta").create({"key": str, "value": str}, pk="key")
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema {version} is newer than this program's {SCHEMA_VERSION}: upgrade shortfsm"
+        )
+    for index in range(version, SCHEMA_VERSION):
+        with db.conn:
+            MIGRATIONS[index](db)
+            db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", [str(index + 1)]
+            )
+        log.info("database migrated to schema %d", index + 1)
+    return SCHEMA_VERSION
+
+
+def connect(path: str | Path) -> Database:
+    """Open (creating) the database file in WAL mode and migrate it. Runs on the caller's thread."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(str(target), check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        db = Database(conn)
+        migrate(db)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            f"{target}: not a usable shortfsm database ({exc}); move it aside to start fresh "
+            "(cursors and cooldowns in it would be lost)"
+        ) from exc
+    return db
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
+
+
+class Store:
+    """Async facade over one database file; every statement runs on the single DB thread."""
+
+    def __init__(self, db: Database, path: str | Path, pool: ThreadPoolExecutor) -> None:
+        self.db = db
+        self.path = Path(path)
+        self._pool = pool
+        self.errors = 0
+        self.closed = False
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Store:
+        """Open on the dedicated thread (the connection is created there too)."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shortfsm-db")
+        loop = asyncio.get_running_loop()
+        try:
+            db = await loop.run_in_executor(pool, connect, path)
+        except BaseException:
+            pool.shutdown(wait=False)
+            raise
+        return cls(db, path, pool)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.closed and self.errors == 0
+
+    def submit(self, fn: Callable[[Database], T]) -> asyncio.Future[T]:
+        """Queue ``fn(db)`` on the DB thread; the returned future may be awaited or dropped."""
+        loop = asyncio.get_running_loop()
+
+        def guarded(db: Database) -> T:
+            try:
+                return fn(db)
+            except sqlite3.Error:
+                self.errors += 1
+                log.exception("database write failed")
+                raise
+
+        future = loop.run_in_executor(self._pool, guarded, self.db)
+        future.add_done_callback(_swallow)
+        return future
+
+    async def call(self, fn: Callable[[Database], T]) -> T:
+        return await self.submit(fn)
+
+    async def close(self) -> None:
+        """Drain pending writes, checkpoint and close the connection."""
+        if self.closed:
+            return
+
+        def finish(db: Database) -> None:
+            db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.conn.close()
+
+        try:
+            await self.call(finish)
+        except sqlite3.Error:
+            log.exception("closing the database failed")
+        self.closed = True
+        self._pool.shutdown(wait=True)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def journal(self, event: ev.Event) -> asyncio.Future[None]:
+        """Append one engine input (encoded on the DB thread)."""
+        name = type(event).__name__
+
+        def write(db: Database) -> None:
+            db.execute(
+                "INSERT INTO journal(now_ms, type, payload) VALUES (?, ?, ?)",
+                [event.now_ms, name, dumps(event)],
+            )
+
+        return self.submit(write)
+
+    async def save_cursor(self, chat_id: int, message_id: int, now_ms: int) -> None:
+        """N-05: awaited by the daemon before any other command of the message is carried out."""
+
+        def write(db: Database) -> None:
+            db.execute(
+                "INSERT INTO cursors(chat_id, message_id, updated_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT(chat_id) DO UPDATE SET message_id = excluded.message_id, "
+                "updated_ms = excluded.updated_ms",
+                [chat_id, message_id, now_ms],
+            )
+
+        await self.submit(write)
+
+    def record_message(
+        self, *, chat_id: int, message_id: int, date_ms: int, received_ms: int, text: str, parsed: Any
+    ) -> asyncio.Future[None]:
+        def write(db: Database) -> None:
+            db.execute(
+                "INSERT OR IGNORE INTO messages(chat_id, message_id, date_ms, received_ms, text, kind, "
+                "parse_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [chat_id, message_id, date_ms, received_ms, text, type(parsed).__name__, dumps(parsed)],
+            )
+
+        return self.submit(write)
+
+    def record_commands(self, now_ms: int, commands: Iterable[cmd.Command]) -> asyncio.Future[None]:
+        """The audit rows a batch of engine commands implies (cursors excluded: see ``save_cursor``)."""
+        batch = [c for c in commands if not isinstance(c, cmd.PersistCursor)]
+
+        def write(db: Database) -> None:
+            with db.conn:
+                for c in batch:
+                    _write_command(db, now_ms, c)
+
+        return self.submit(write)
+
+    def record_outcome(self, event: ev.Event) -> asyncio.Future[None]:
+        """Order status, ids, errors and fills from executor answers and user-stream updates."""
+
+        def write(db: Database) -> None:
+            with db.conn:
+                _write_outcome(db, event)
+
+        return self.submit(write)
+
+    def record_alert(
+        self, *, now_ms: int, kind: str, severity: str, symbol: str | None, text: str
+    ) -> asyncio.Future[int]:
+        def write(db: Database) -> int:
+            cur = db.execute(
+                "INSERT INTO alerts(now_ms, kind, severity, symbol, text, delivered) "
+                "VALUES (?, ?, ?, ?, ?, 0)",
+                [now_ms, kind, severity, symbol, text],
+            )
+            return int(cur.lastrowid or 0)
+
+        return self.submit(write)
+
+    def mark_alert(self, alert_id: int, delivered: bool) -> asyncio.Future[None]:
+        def write(db: Database) -> None:
+            db.execute("UPDATE alerts SET delivered = ? WHERE id = ?", [1 if delivered else -1, alert_id])
+
+        return self.submit(write)
+
+    def save_snapshot(self, now_ms: int, snapshot: dict[str, Any]) -> asyncio.Future[None]:
+        """Keep the last ``SNAPSHOTS_KEPT`` engine snapshots."""
+
+        def write(db: Database) -> None:
+            with db.conn:
+                db.execute(
+                    "INSERT INTO snapshots(now_ms, engine) VALUES (?, ?)",
+                    [now_ms, json.dumps(snapshot, separators=(",", ":"))],
+                )
+                db.execute(
+                    "DELETE FROM snapshots WHERE id NOT IN "
+                    f"(SELECT id FROM snapshots ORDER BY id DESC LIMIT {SNAPSHOTS_KEPT})"
+                )
+
+        return self.submit(write)
+
+    def set_status(self, key: str, value: Any, now_ms: int) -> asyncio.Future[None]:
+        """``value`` is JSON-encoded on the DB thread (dicts of plain values or dataclasses)."""
+
+        def write(db: Database) -> None:
+            text = value if isinstance(value, str) else dumps(value)
+            db.execute(
+                "INSERT INTO status(key, value, updated_ms) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
+                "SET value = excluded.value, updated_ms = excluded.updated_ms",
+                [key, text, now_ms],
+            )
+
+        return self.submit(write)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def cursors(self) -> dict[int, int]:
+        return await self.call(
+            lambda db: {
+                int(r[0]): int(r[1]) for r in db.execute("SELECT chat_id, message_id FROM cursors").fetchall()
+            }
+        )
+
+    async def cooldowns(self) -> dict[str, int]:
+        return await self.call(
+            lambda db: {
+                str(r[0]): int(r[1])
+                for r in db.execute("SELECT symbol, received_at_ms FROM cooldowns").fetchall()
+            }
+        )
+
+    async def latest_snapshot(self) -> dict[str, Any] | None:
+        def read(db: Database) -> dict[str, Any] | None:
+            row = db.execute("SELECT engine FROM snapshots ORDER BY id DESC LIMIT 1").fetchone()
+            return json.loads(row[0]) if row else None
+
+        return await self.call(read)
+
+    async def status(self, key: str) -> str | None:
+        def read(db: Database) -> str | None:
+            row = db.execute("SELECT value FROM status WHERE key = ?", [key]).fetchone()
+            return str(row[0]) if row else None
+
+        return await self.call(read)
+
+    async def rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        args = list(params)
+        return await self.call(lambda db: [tuple(r) for r in db.execute(sql, args).fetchall()])
+
+
+def _swallow(future: asyncio.Future[Any]) -> None:
+    """Fire-and-forget writes log their failure in ``guarded``; mark the exception retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+# ---------------------------------------------------------------------------------------------
+# Row writers (DB thread)
+# ---------------------------------------------------------------------------------------------
+
+
+def _upsert_order(db: Database, cid: str, now_ms: int, values: dict[str, Any]) -> None:
+    exists = db.execute("SELECT 1 FROM orders WHERE client_order_id = ?", [cid]).fetchone()
+    if exists:
+        if values:
+            sets = ", ".join(f"{k} = ?" for k in values)
+            db.execute(
+                f"UPDATE orders SET {sets}, updated_ms = ? WHERE client_order_id = ?",
+                [*values.values(), now_ms, cid],
+            )
+        return
+    row = {"client_order_id": cid, "created_ms": now_ms, "updated_ms": now_ms, **values}
+    cols = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    db.execute(f"INSERT INTO orders({cols}) VALUES ({marks})", list(row.values()))
+
+
+def _dec(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _write_command(db: Database, now_ms: int, c: cmd.Command) -> None:
+    if isinstance(c, cmd.Transitioned):
+        db.execute(
+            "INSERT INTO transitions(now_ms, machine, symbol, source, dest, trigger, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [now_ms, c.machine, c.symbol, c.source, c.dest, c.trigger, c.reason],
+        )
+    elif isinstance(c, cmd.Log):
+        db.execute(
+            "INSERT INTO decisions(now_ms, kind, symbol, reason, data) VALUES (?, ?, ?, ?, ?)",
+            [now_ms, c.kind, c.symbol, c.reason, json.dumps(dict(c.data), ensure_ascii=False)],
+        )
+    elif isinstance(c, cmd.PersistCooldown):
+        db.execute(
+            "INSERT INTO cooldowns(symbol, received_at_ms) VALUES (?, ?) ON CONFLICT(symbol) "
+            "DO UPDATE SET received_at_ms = excluded.received_at_ms",
+            [c.symbol, c.received_at_ms],
+        )
+    elif isinstance(c, cmd.PlaceOrder):
+        _upsert_order(
+            db,
+            c.client_order_id,
+            now_ms,
+            {
+                "symbol": c.symbol,
+                "leg": c.leg,
+                "side": c.side,
+                "type": c.order_type,
+                "price": _dec(c.price),
+                "quantity": _dec(c.quantity),
+                "status": "PENDING",
+                "attempts": c.attempt,
+                "params": dumps(c),
+            },
+        )
+    elif isinstance(c, cmd.PlaceAlgoOrder):
+        _upsert_order(
+            db,
+            c.client_algo_id,
+            now_ms,
+            {
+                "symbol": c.symbol,
+                "leg": c.leg,
+                "side": c.side,
+                "type": c.order_type,
+                "trigger_price": _dec(c.trigger_price),
+                "status": "PENDING",
+                "attempts": c.attempt,
+                "params": dumps(c),
+            },
+        )
+    elif isinstance(c, (cmd.CancelOrder, cmd.CancelAlgoOrder)):
+        cid = c.client_order_id if isinstance(c, cmd.CancelOrder) else c.client_algo_id
+        if db.execute("SELECT 1 FROM orders WHERE client_order_id = ?", [cid]).fetchone():
+            _upsert_order(db, cid, now_ms, {"status": "CANCELING"})
+
+
+def _write_outcome(db: Database, event: ev.Event) -> None:
+    now = event.now_ms
+    if isinstance(event, ev.OrderAccepted):
+        _upsert_order(db, event.client_order_id, now, {"status": "NEW", "order_id": event.order_id})
+    elif isinstance(event, ev.AlgoOrderAccepted):
+        _upsert_order(db, event.client_algo_id, now, {"status": "NEW", "order_id": event.algo_id})
+    elif isinstance(event, ev.OrderRejected):
+        _upsert_order(
+            db,
+            event.client_order_id,
+            now,
+            {"status": "REJECTED", "error_code": event.code, "error": event.message},
+        )
+    elif isinstance(event, ev.CancelResult):
+        if event.ok or event.gone:
+            row = db.execute(
+                "SELECT status FROM orders WHERE client_order_id = ?", [event.client_order_id]
+            ).fetchone()
+            if row and row[0] not in ("FILLED", "FINISHED"):
+                _upsert_order(db, event.client_order_id, now, {"status": "CANCELED"})
+        else:
+            _upsert_order(db, event.client_order_id, now, {"error_code": event.code, "error": event.message})
+    elif isinstance(event, ev.OrderUpdated):
+        values: dict[str, Any] = {"status": event.status, "order_id": event.order_id}
+        known = db.execute(
+            "SELECT 1 FROM orders WHERE client_order_id = ?", [event.client_order_id]
+        ).fetchone()
+        if not known:
+            values.update(
+                symbol=event.symbol,
+                side=event.side,
+                type=event.order_type,
+                price=str(event.price),
+                quantity=str(event.orig_qty),
+                leg="EXTERNAL",
+            )
+        _upsert_order(db, event.client_order_id, now, values)
+        if event.last_qty > 0:
+            key = (
+                f"{event.symbol}:{event.trade_id}"
+                if event.trade_id
+                else f"{event.client_order_id}:{event.cum_qty}"
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO fills(trade_key, client_order_id, symbol, qty, price, realized_pnl, "
+                "commission, now_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    key,
+                    event.client_order_id,
+                    event.symbol,
+                    str(event.last_qty),
+                    str(event.last_price),
+                    str(event.realized_pnl),
+                    str(event.commission),
+                    now,
+                ],
+            )
+    elif isinstance(event, ev.AlgoOrderUpdated):
+        _upsert_order(db, event.client_algo_id, now, {"status": event.status, "order_id": event.algo_id})
+
+
+# ---------------------------------------------------------------------------------------------
+# Synchronous helpers for one-shot CLI commands (pause/resume/flatten requests, summaries)
+# ---------------------------------------------------------------------------------------------
+
+CONTROL_KEY = "control"
+
+
+def write_control(path: str | Path, now_ms: int, **values: Any) -> dict[str, Any]:
+    """Merge ``values`` into the control row the running daemon polls; returns the new row."""
+    db = connect(path)
+    try:
+        row = db.execute("SELECT value FROM status WHERE key = ?", [CONTROL_KEY]).fetchone()
+        current: dict[str, Any] = json.loads(row[0]) if row else {}
+        current.update(values)
+        db.execute(
+            "INSERT INTO status(key, value, updated_ms) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
+            "SET value = excluded.value, updated_ms = excluded.updated_ms",
+            [CONTROL_KEY, json.dumps(current), now_ms],
+        )
+        return current
+    finally:
+        db.conn.close()

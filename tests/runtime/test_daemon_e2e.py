@@ -1,0 +1,201 @@
+"""The whole daemon against the simulated venue over loopback, on a compressed clock."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import runtime_kit as kit
+
+from fsm.runtime.config import AppConfig, BinanceConfig, Secrets
+from fsm.runtime.daemon import RunOptions, StartupRefused, run_daemon
+
+ETH_LEADING = (1000, kit.ENTRY_CHAT, 1001, kit.LEADING.format(ticker="ETH"))
+
+
+def _orders(exchange: object) -> list[tuple[str, str, str, Decimal, Decimal, str, bool]]:
+    return sorted(
+        (o.client_id, o.side, o.type, o.price, o.qty, o.status, o.reduce_only)
+        for o in exchange.orders.values()  # type: ignore[attr-defined]
+    )
+
+
+@pytest.mark.spec("W55")
+def test_w55_leading_message_to_take_profit_to_flat(tmp_path: Path) -> None:
+    feed = kit.write_feed(tmp_path, [ETH_LEADING])
+
+    async def scenario() -> None:
+        async with kit.Venue(kit.W55_PATH) as venue:
+            run = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: run.seen.has("entry_lock GLOBAL_LOCKED->GLOBAL_IDLE"))
+            engine = run.daemon.engine
+            assert engine.state_of("ETHUSDT") == "IDLE"
+            assert engine.lock_state("entry_lock") == "GLOBAL_IDLE"
+            assert await run.stop() == 0
+            assert _orders(venue.exchange) == [
+                (
+                    "sf1001-E11-ETHUSDT",
+                    "SELL",
+                    "LIMIT",
+                    Decimal("3535.00"),
+                    Decimal("1.414"),
+                    "FILLED",
+                    False,
+                ),
+                ("sf1001-TP1-ETHUSDT", "BUY", "LIMIT", Decimal("3358.25"), Decimal("1.414"), "FILLED", True),
+            ]
+            position = venue.exchange.positions[("ETHUSDT", "BOTH")]
+            assert position.amount == 0
+            assert run.seen.transitions()[1:] == [
+                "ETHUSDT IDLE->MONITORING",
+                "ETHUSDT MONITORING->ENTRY_ORDER",
+                "entry_lock GLOBAL_IDLE->GLOBAL_LOCKED",
+                "ETHUSDT ENTRY_ORDER->PHASE1",
+                "ETHUSDT PHASE1->EXITING",
+                "ETHUSDT EXITING->IDLE",
+                "entry_lock GLOBAL_LOCKED->GLOBAL_IDLE",
+            ]
+
+    kit.run(scenario())
+    db = sqlite3.connect(tmp_path / "db.sqlite")
+    assert db.execute("SELECT chat_id, message_id FROM cursors").fetchall() == [(kit.ENTRY_CHAT, 1001)]
+    assert db.execute("SELECT client_order_id, status FROM orders ORDER BY 1").fetchall() == [
+        ("sf1001-E11-ETHUSDT", "FILLED"),
+        ("sf1001-TP1-ETHUSDT", "FILLED"),
+    ]
+    realised = db.execute("SELECT realized_pnl FROM fills WHERE client_order_id LIKE '%TP1%'").fetchone()
+    assert Decimal(realised[0]) == (Decimal("3535.00") - Decimal("3358.25")) * Decimal("1.414")
+    kinds = [r[0] for r in db.execute("SELECT kind FROM alerts ORDER BY id")]
+    assert kinds == ["entry_filled", "position_closed"]
+    lines = [json.loads(line) for line in (tmp_path / "log" / "shortfsm.jsonl").read_text().splitlines()]
+    placed = [r for r in lines if r["kind"] == "order" and r["command"] == "PlaceOrder"]
+    assert [(r["params"]["client_order_id"], r["result"], r["attempt"]) for r in placed] == [
+        ("sf1001-E11-ETHUSDT", "accepted", 1),
+        ("sf1001-TP1-ETHUSDT", "accepted", 1),
+    ]
+
+
+@pytest.mark.spec("G02")
+def test_restart_in_the_middle_converges_without_duplicates(tmp_path: Path) -> None:
+    """Stop the daemon while its TP rests on the venue; a new daemon on the same database and venue
+    recovers the position from the exchange, keeps the TP, does not replay the message, ends flat."""
+    feed = kit.write_feed(tmp_path, [ETH_LEADING])
+
+    async def scenario() -> None:
+        async with kit.Venue(kit.W55_PATH) as venue:
+            first = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: first.seen.accepted("sf1001-TP1-ETHUSDT"))
+            assert await first.stop() == 0
+            second = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: second.seen.has("recovery_lock RECOVERING->READY"))
+            assert second.daemon.engine.state_of("ETHUSDT") == "PHASE1"
+            await kit.wait_until(lambda: second.seen.has("ETHUSDT EXITING->IDLE"))
+            assert await second.stop() == 0
+            cids = [o.client_id for o in venue.exchange.orders.values()]
+            assert sorted(cids) == ["sf1001-E11-ETHUSDT", "sf1001-TP1-ETHUSDT"]  # nothing sent twice
+            assert [o for o in venue.exchange.orders.values() if o.is_open] == []
+            assert [a for a in venue.exchange.algos.values() if a.status == "NEW"] == []
+            messages = [e for e, _ in second.seen.items if type(e).__name__ == "MessageReceived"]
+            assert messages == []  # G02: the saved cursor kept message 1001 from being replayed
+
+    kit.run(scenario())
+
+
+@pytest.mark.spec("W40", "W41")
+def test_restart_in_phase1_before_any_exit_order_keeps_managing_the_position(tmp_path: Path) -> None:
+    """Stop right after the entry fills, before the TP exists: no order of ours is open on the venue,
+    so only the stored snapshot says the short is ours (D-17). The new daemon must manage it: the TP
+    goes out at its trigger and the position ends flat, with nothing sent twice."""
+    feed = kit.write_feed(tmp_path, [ETH_LEADING])
+
+    async def scenario() -> None:
+        async with kit.Venue(kit.W55_PATH) as venue:
+            first = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: first.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
+            assert await first.stop() == 0
+            assert [o.client_id for o in venue.exchange.orders.values()] == ["sf1001-E11-ETHUSDT"]
+            second = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: second.seen.has("recovery_lock RECOVERING->READY"))
+            assert second.daemon.engine.state_of("ETHUSDT") == "PHASE1"
+            await kit.wait_until(lambda: second.seen.has("ETHUSDT EXITING->IDLE"))
+            assert await second.stop() == 0
+            cids = [o.client_id for o in venue.exchange.orders.values()]
+            assert sorted(cids) == ["sf1001-E11-ETHUSDT", "sf1001-TP1-ETHUSDT"]
+            assert [o for o in venue.exchange.orders.values() if o.is_open] == []
+
+    kit.run(scenario())
+
+
+def test_clean_stop_leaves_orders_in_place_and_saves_state(tmp_path: Path) -> None:
+    feed = kit.write_feed(tmp_path, [ETH_LEADING])
+    path = kit.PricePath(base={"ETHUSDT": Decimal("3500.00")}, points=kit.points([(3, "ETHUSDT", "3532.00")]))
+
+    async def scenario() -> None:
+        async with kit.Venue(path) as venue:
+            run = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: run.seen.accepted("sf1001-E11-ETHUSDT"))
+            assert await run.stop() == 0
+            open_orders = [(o.client_id, o.status) for o in venue.exchange.orders.values() if o.is_open]
+            assert open_orders == [("sf1001-E11-ETHUSDT", "NEW")]
+
+    kit.run(scenario())
+    db = sqlite3.connect(tmp_path / "db.sqlite")
+    snapshot = json.loads(db.execute("SELECT engine FROM snapshots ORDER BY id DESC LIMIT 1").fetchone()[0])
+    assert snapshot["symbols"]["ETHUSDT"]["state"] == "ENTRY_ORDER"
+    board = json.loads(db.execute("SELECT value FROM status WHERE key = 'board'").fetchone()[0])
+    assert board["position"]["symbol"] == "ETHUSDT"
+    assert board["locks"]["entry_lock"] == "GLOBAL_LOCKED"
+
+
+def test_heartbeat_file_content(tmp_path: Path) -> None:
+    feed = kit.write_feed(tmp_path, [])
+
+    async def scenario() -> dict[str, object]:
+        async with kit.Venue(kit.W55_PATH) as venue:
+            run = await venue.start_daemon(tmp_path, feed)
+            hb = tmp_path / "hb.json"
+            await kit.wait_until(
+                lambda: hb.exists() and json.loads(hb.read_text())["locks"]["recovery_lock"] == "READY"
+            )
+            await kit.wait_until(lambda: json.loads(hb.read_text())["streams"]["market"] == "up")
+            data: dict[str, object] = json.loads(hb.read_text())
+            assert await run.stop() == 0
+            return data
+
+    data = kit.run(scenario())
+    assert sorted(data) == sorted(
+        ["now_ms", "pid", "price_source", "price_age_ms", "streams", "locks", "database", "last_event"]
+    )
+    assert data["price_source"] == "WS"
+    assert data["database"] == "ok"
+    assert data["streams"] == {"market": "up", "user": "up", "telegram": "replay"}
+    assert data["locks"] == {
+        "entry_lock": "GLOBAL_IDLE",
+        "safety_lock": "PRICE_OK",
+        "recovery_lock": "READY",
+        "exit_cancel_lock": "CLEAR",
+        "rate_limit": "NORMAL",
+        "auth": "AUTH_OK",
+    }
+
+
+def test_mainnet_refused_without_opt_in(tmp_path: Path) -> None:
+    config = AppConfig(binance=BinanceConfig(profile="mainnet", allow_mainnet=False))
+    with pytest.raises(StartupRefused, match="allow_mainnet: true"):
+        kit.run(run_daemon(config, Secrets(_env_file=None), RunOptions(profile="mainnet")))  # type: ignore[call-arg]
+    assert not (tmp_path / "db.sqlite").exists()
+
+
+def test_demo_profile_refused_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BINANCE_API_KEY", "BINANCE_API_SECRET", "TELEGRAM_API_ID", "TELEGRAM_API_HASH"):
+        monkeypatch.delenv(name, raising=False)
+    config = AppConfig(binance=BinanceConfig(profile="demo"))
+    with pytest.raises(StartupRefused) as info:
+        kit.run(run_daemon(config, Secrets(_env_file=None), RunOptions(profile="demo")))  # type: ignore[call-arg]
+    assert str(info.value) == (
+        "the demo profile needs BINANCE_API_KEY, BINANCE_API_SECRET, TELEGRAM_API_HASH, TELEGRAM_API_ID "
+        "in the environment or .env"
+    )
