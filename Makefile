@@ -14,7 +14,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/shortfsm replay W55
+	$(BIN)/shortfsm demo
 
 test: $(STAMP) lint typecheck unit
 

@@ -672,7 +672,10 @@ class Engine:
             if model is not winner:
                 self._reset(model, f"W18 tie-break lost to {winner.symbol}")
         self._fire(
-            winner, "entry_triggered", f"mark {self.marks[winner.symbol]} >= trigger of {winner.target}"
+            winner,
+            "entry_triggered",
+            f"mark {self.marks[winner.symbol]} >= {_price_text(winner.entry_trigger)}"
+            f" (target {winner.target} - {self.strategy.trigger_buffer_pct}%)",
         )
         winner.preparing = "ENTRY1"
         self._emit(cmd.PrepareOrder(symbol=winner.symbol, leg="ENTRY1", configure_margin=True))  # W17-1, W24

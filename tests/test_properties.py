@@ -660,7 +660,7 @@ def test_overlap_example_really_overlaps() -> None:
     lines = harness.rendered
     eth_entry = lines.index(
         "Transitioned(machine=symbol symbol=ETHUSDT source=MONITORING dest=ENTRY_ORDER "
-        "trigger=entry_triggered reason=mark 2007.99000 >= trigger of 2010.00)"
+        "trigger=entry_triggered reason=mark 2007.99000 >= 2007.99 (target 2010.00 - 0.1%))"
     )
     btc_reset = lines.index(
         "Transitioned(machine=symbol symbol=BTCUSDT source=EXITING dest=IDLE "
