@@ -1053,19 +1053,25 @@ class Engine:
             self._exit_filter_failure(model, order.leg, f"filter {event.code}")
             return
         if order.leg == "CLOSE":
-            if model.close_attempts < self.strategy.entry_attempts:
-                self._market_close(model, f"close retry after {event.code}")
-            else:
-                self._emit(
-                    cmd.Notify(
-                        kind="close_failed",
-                        symbol=model.symbol,
-                        text=f"market close of {model.symbol} failed: {event.code} {event.message}",
-                        severity="critical",
-                    )
-                )
+            self._close_again(
+                model, f"close retry after {event.code}", f"market close failed: {event.code} {event.message}"
+            )
             return
         self._market_close(model, f"limit exit rejected ({event.code}): market fallback")  # R12
+
+    def _close_again(self, model: SymbolModel, reason: str, failure: str) -> None:
+        """Another market close while attempts remain; after that, a critical alert for a person."""
+        if model.close_attempts < self.strategy.entry_attempts:
+            self._market_close(model, reason)
+            return
+        self._emit(
+            cmd.Notify(
+                kind="close_failed",
+                symbol=model.symbol,
+                text=f"{model.symbol}: {failure}",
+                severity="critical",
+            )
+        )
 
     def _exit_filter_failure(self, model: SymbolModel, leg: str, reason: str) -> None:
         """N-20: close at market once when the position is at least minQty; otherwise it is dust."""
@@ -1334,17 +1340,11 @@ class Engine:
                 model.risk_protected = True
                 self._apply_risk_pnl(model)
             elif model.state == "EXITING" and not model.open_orders("CLOSE"):
-                if model.close_attempts < self.strategy.entry_attempts:
-                    self._market_close(model, f"{model.close_reason}: remainder")
-                else:
-                    self._emit(
-                        cmd.Notify(
-                            kind="close_failed",
-                            symbol=model.symbol,
-                            text=f"{model.symbol}: {position} left after {model.close_attempts} closes",
-                            severity="critical",
-                        )
-                    )
+                self._close_again(
+                    model,
+                    f"{model.close_reason}: remainder",
+                    f"{position} left after {model.close_attempts} closes",
+                )
             return
         if model.cancel_failed:
             return
