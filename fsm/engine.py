@@ -101,6 +101,9 @@ class Engine:
         self.recovery_hints: dict[str, tuple[int, str]] = {}
         self.now_ms = 0
         self._out: list[cmd.Command] = []
+        self._handler_table = self._handlers()
+        self.closed_fills: dict[str, Decimal] = {}  # cid -> quantity booked, for orders of reset symbols
+        self.recovery_generations: dict[str, dict[str, int]] = {}
         self._symbol_machine = Machine(
             model=None,
             states=list(SYMBOL_STATES),
@@ -132,12 +135,13 @@ class Engine:
         self._out = []
         try:
             self.now_ms = max(self.now_ms, event.now_ms)
-            handler = self._handlers().get(type(event))
+            handler = self._handler_table.get(type(event))
             if handler is None:
                 self._anomaly("unknown_event", None, type(event).__name__)
             else:
                 handler(event)
-                self._recompute_entry_lock()
+                if not isinstance(event, ev.MarkPriceTick):  # a price never changes what is held
+                    self._recompute_entry_lock()
         except Exception as exc:  # the core must never die on one bad event
             # The commands decided before the failure are kept: they match the state already changed.
             log.exception("engine failed on %s", type(event).__name__)
@@ -253,6 +257,8 @@ class Engine:
             model = SymbolModel(symbol=symbol)
             self._symbol_machine.add_model(model, initial="IDLE")
             self.symbols[symbol] = model
+            if self.locks[RECOVERY_LOCK].state == "RECOVERING":
+                model.generations.update(self.recovery_generations.get(symbol, {}))
         return model
 
     def _fire(self, model: SymbolModel, trigger: str, reason: str) -> bool:
@@ -307,6 +313,12 @@ class Engine:
         self._clear_model(model)
 
     def _clear_model(self, model: SymbolModel) -> None:
+        for order in model.orders.values():
+            if rules.parse_client_order_id(order.cid) is not None:
+                self.closed_fills[order.cid] = order.filled
+        if len(self.closed_fills) > 1000:
+            for cid in list(self.closed_fills)[:500]:
+                del self.closed_fills[cid]
         self._emit(cmd.UnsubscribeMarket(symbols=(model.symbol,)))
         self._symbol_machine.remove_model(model)
         del self.symbols[model.symbol]
@@ -1174,9 +1186,19 @@ class Engine:
         info = self.infos.get(event.symbol)
         if parsed is None or parsed.leg not in ENTRY_LEGS or info is None:
             return
+        unbooked = event.cum_qty - self.closed_fills.get(event.client_order_id, ZERO)
+        if unbooked <= 0:
+            self._log(
+                "fill_ignored", event.symbol, "already_booked", cid=event.client_order_id, cum=event.cum_qty
+            )
+            return
         model = self._model(event.symbol)
         model.info = info
         model.message_id = parsed.message_id
+        for cid in self.closed_fills:  # never reuse a client id of this signal (N-13)
+            known = rules.parse_client_order_id(cid)
+            if known is not None and known.message_id == parsed.message_id and cid.endswith(event.symbol):
+                model.generations[known.leg] = max(model.generations.get(known.leg, 0), known.generation)
         track = OrderTrack(
             cid=event.client_order_id,
             leg=parsed.leg,
@@ -1186,7 +1208,7 @@ class Engine:
             qty=event.orig_qty,
             status=event.status if event.status != "NEW" else "CANCELED",
             order_id=event.order_id,
-            filled=event.cum_qty,
+            filled=unbooked,
             avg_price=event.avg_price if event.avg_price > 0 else event.last_price or event.price,
             last_fill_ms=event.now_ms,
         )
@@ -1564,6 +1586,9 @@ class Engine:
         for symbol, received_at in event.cooldowns:
             self.cooldowns[symbol] = max(self.cooldowns.get(symbol, 0), received_at)
         self.recovery_hints = {symbol: (message_id, state) for symbol, message_id, state in event.managed}
+        self.recovery_generations = {}
+        for symbol, leg, generation in event.generations:
+            self.recovery_generations.setdefault(symbol, {})[leg] = generation
         for model in list(self.symbols.values()):  # N-28 step 7: monitoring is never resumed
             if model.state == "MONITORING":
                 self._reset(model, "recovery: monitoring dropped")
@@ -1660,6 +1685,7 @@ class Engine:
                 qty=order.orig_qty,
                 status="PARTIALLY_FILLED" if order.executed_qty > 0 else "NEW",
                 order_id=order.order_id,
+                filled=order.executed_qty,
             )
             model.orders[track.cid] = track
         amount = abs(position.amount) if position else ZERO
@@ -1674,11 +1700,17 @@ class Engine:
                 price=position.entry_price,
                 qty=amount,
             )
-            base.status, base.filled, base.avg_price = "FILLED", amount, position.entry_price
-            # Executed quantities of open entries are part of the position already.
+            # Open entries keep their executed quantity (their next update carries it as cum), and the
+            # rest of the position is booked so that the total average is the exchange's entry price.
+            executed = [(t.price, t.filled) for t in model.open_orders(*ENTRY_LEGS)]
             for track in model.open_orders(*ENTRY_LEGS):
-                track.filled = ZERO
-            model.orders = {base.cid: base, **model.orders}
+                track.avg_price = track.price
+            rest = amount - sum((qty for _, qty in executed), ZERO)
+            if rest > 0:
+                cost = position.entry_price * amount - sum((p * q for p, q in executed), ZERO)
+                base.qty = rest
+                base.status, base.filled, base.avg_price = "FILLED", rest, cost / rest
+                model.orders = {base.cid: base, **model.orders}
         legs = {t.leg for t in model.open_orders()}
         if amount == 0:
             if "ENTRY1" in legs:
@@ -1882,6 +1914,8 @@ _PLAIN_FIELDS = (
     "recovery_snapshot_done",
     "recovery_query_due_ms",
     "recovery_hints",
+    "recovery_generations",
+    "closed_fills",
     "now_ms",
 )
 

@@ -343,6 +343,9 @@ class RecoveryStarted(Event):
     # (symbol, signal message id, state) of every symbol the last saved snapshot was managing: the
     # exchange cannot tell our position from a manual one when none of our orders is open.
     managed: tuple[tuple[str, int, str], ...] = ()
+    # (symbol, leg, last generation) from the same snapshot: a new order never reuses the client id
+    # of one that already filled before the restart (the venue would answer -4116).
+    generations: tuple[tuple[str, str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -77,6 +77,21 @@ OUTCOME_EVENTS = (
 Observer = Callable[[ev.Event, list[cmd.Command]], None]  # sees every handled event (demo, tests)
 
 
+def saved_generations(snapshot: dict[str, Any] | None) -> tuple[tuple[str, str, int], ...]:
+    """(symbol, leg, last generation) of every symbol in a saved snapshot (N-13: no id reused)."""
+    if not snapshot:
+        return ()
+    try:
+        found: list[tuple[str, str, int]] = []
+        for symbol, raw in snapshot["symbols"].items():
+            model = decode(raw)
+            found.extend((symbol, str(leg), int(gen)) for leg, gen in model.generations.items())
+        return tuple(sorted(found))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.warning("saved snapshot unreadable: %r", exc)
+        return ()
+
+
 def managed_symbols(snapshot: dict[str, Any] | None) -> tuple[tuple[str, int, str], ...]:
     """(symbol, signal message id, state) of the symbols a saved engine snapshot was managing:
     recovery's hint for positions that have none of our orders open (specs/DECISIONS.md D-17)."""
@@ -314,7 +329,8 @@ class Daemon:
         """Run until ``request_stop``; returns the process exit code."""
         cursors = await self.store.cursors()
         cooldowns = await self.store.cooldowns()
-        managed = managed_symbols(await self.store.latest_snapshot())
+        saved = await self.store.latest_snapshot()
+        managed, generations = managed_symbols(saved), saved_generations(saved)
         control = await self._read_control()
         self._control_seen = dict(control)
         await self.market.subscribe([self.heartbeat_symbol])
@@ -326,6 +342,7 @@ class Daemon:
                 cursors=tuple(sorted(cursors.items())),
                 cooldowns=tuple(sorted(cooldowns.items())),
                 managed=managed,
+                generations=generations,
             )
         )
         if control.get("paused"):
@@ -512,6 +529,9 @@ class Daemon:
         store.record_commands(now, commands)
         self.decision_log.decisions(now, event, commands)
         if any(isinstance(c, cmd.Transitioned) for c in commands):
+            # Saved before the orders go out: recovery's hint must never lag a state change (D-17).
+            self.store.save_snapshot(now, self.engine.snapshot())
+        elif any(isinstance(c, cmd.ORDER_COMMANDS) for c in commands):
             self._snapshot_dirty = True
         if self.observer is not None:
             self.observer(event, commands)

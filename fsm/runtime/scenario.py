@@ -392,6 +392,9 @@ class Runner:
             managed=tuple(
                 sorted((s, m.message_id, m.state) for s, m in old.symbols.items() if m.state != "IDLE")
             ),
+            generations=tuple(
+                sorted((s, leg, g) for s, m in old.symbols.items() for leg, g in m.generations.items())
+            ),
         )
 
     def _manual_order(self, spec: dict[str, Any]) -> ev.Event:
