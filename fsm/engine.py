@@ -247,6 +247,10 @@ class Engine:
             cmd.Log(kind=kind, symbol=symbol, reason=reason, data=tuple((k, str(v)) for k, v in data.items()))
         )
 
+    def _critical(self, kind: str, symbol: str | None, text: str) -> None:
+        """An alert a person must see (never blocks trading: the runtime queues it)."""
+        self._emit(cmd.Notify(kind=kind, symbol=symbol, text=text, severity="critical"))
+
     def _anomaly(self, reason: str, symbol: str | None, detail: str = "") -> None:
         log.warning("anomaly %s %s %s", reason, symbol or "-", detail)
         self._log("anomaly", symbol, reason, detail=detail)
@@ -578,13 +582,7 @@ class Engine:
         rest_stale = self.rest_failing or self.last_rest_ms is None or now - self.last_rest_ms >= stale_ms
         if ws_age >= stale_ms and rest_stale and self.locks[SAFETY_LOCK].state == "PRICE_OK":  # W23-1
             self._fire_lock(SAFETY_LOCK, "price_stale", f"no fresh mark price for {ws_age} ms")
-            self._emit(
-                cmd.Notify(
-                    kind="safety_lock",
-                    text="mark price stale: safety lock on, flattening",
-                    severity="critical",
-                )
-            )
+            self._critical("safety_lock", None, "mark price stale: safety lock on, flattening")
             for model in list(self.symbols.values()):
                 self._stale_reset(model)
 
@@ -1076,14 +1074,7 @@ class Engine:
         if model.close_attempts < self.strategy.entry_attempts:
             self._market_close(model, reason)
             return
-        self._emit(
-            cmd.Notify(
-                kind="close_failed",
-                symbol=model.symbol,
-                text=f"{model.symbol}: {failure}",
-                severity="critical",
-            )
-        )
+        self._critical("close_failed", model.symbol, f"{model.symbol}: {failure}")
 
     def _exit_filter_failure(self, model: SymbolModel, leg: str, reason: str) -> None:
         """N-20: close at market once when the position is at least minQty; otherwise it is dust."""
@@ -1107,13 +1098,10 @@ class Engine:
         if event.code in (-2021, -4142):  # the stop would trigger at once: its condition already holds
             self._market_close(model, f"{order.leg} would trigger immediately")
             return
-        self._emit(
-            cmd.Notify(
-                kind="stop_rejected",
-                symbol=model.symbol,
-                text=f"{order.leg} stop of {model.symbol} rejected: {event.code} {event.message}",
-                severity="critical",
-            )
+        self._critical(
+            "stop_rejected",
+            model.symbol,
+            f"{order.leg} stop of {model.symbol} rejected: {event.code} {event.message}",
         )
 
     # =========================================================================================
@@ -1161,14 +1149,8 @@ class Engine:
             order.order_id = event.order_id
         if event.cum_qty == order.filled and event.avg_price > 0 and event.cum_qty > 0:
             order.avg_price = event.avg_price  # the exact average of a fill first booked from a cancel answer
-        delta = event.cum_qty - order.filled
-        if delta > 0:
-            order.filled = event.cum_qty
-            order.avg_price = event.avg_price if event.avg_price > 0 else event.last_price
-            order.last_fill_ms = event.now_ms
-            order.realized_pnl += event.realized_pnl
-            order.commission += event.commission
-        elif delta < 0 or (delta == 0 and event.last_qty > 0):
+        delta = _book_fill(order, event)
+        if delta < 0 or (delta == 0 and event.last_qty > 0):
             self._log(
                 "fill_ignored", model.symbol, "duplicate_or_reordered", cid=order.cid, cum=event.cum_qty
             )
@@ -1213,13 +1195,10 @@ class Engine:
             last_fill_ms=event.now_ms,
         )
         model.orders[track.cid] = track
-        self._emit(
-            cmd.Notify(
-                kind="late_fill",
-                symbol=event.symbol,
-                text=f"{event.symbol}: {event.cum_qty} filled after its cancel; closing at market",
-                severity="critical",
-            )
+        self._critical(
+            "late_fill",
+            event.symbol,
+            f"{event.symbol}: {event.cum_qty} filled after its cancel; closing at market",
         )
         self._fire(model, "restore_phase1", "fill after the entry was cancelled")
         self._emit(cmd.SubscribeMarket(symbols=(event.symbol,)))
@@ -1227,13 +1206,7 @@ class Engine:
 
     def _apply_child_fill(self, model: SymbolModel, stop: OrderTrack, event: ev.OrderUpdated) -> None:
         """A triggered stop's market child filled: its quantity closes the position."""
-        delta = event.cum_qty - stop.filled
-        if delta > 0:
-            stop.filled = event.cum_qty
-            stop.avg_price = event.avg_price if event.avg_price > 0 else event.last_price
-            stop.last_fill_ms = event.now_ms
-            stop.realized_pnl += event.realized_pnl
-            stop.commission += event.commission
+        delta = _book_fill(stop, event)
         if event.status == "FILLED":
             stop.status = "FILLED"
         self._after_order_change(model, stop, delta if delta > 0 else ZERO, True)
@@ -1421,13 +1394,8 @@ class Engine:
             was_open = order.is_open
             order.advance_status("CANCELED" if event.status != "REJECTED" else "REJECTED")
             if event.status == "REJECTED":
-                self._emit(
-                    cmd.Notify(
-                        kind="stop_rejected",
-                        symbol=model.symbol,
-                        text=f"{order.leg} stop rejected by the venue: {event.reason}",
-                        severity="critical",
-                    )
+                self._critical(
+                    "stop_rejected", model.symbol, f"{order.leg} stop rejected by the venue: {event.reason}"
                 )
             if was_open:
                 self._finish_if_flat(model)
@@ -1478,13 +1446,10 @@ class Engine:
             return
         # R15: three failures: mark the symbol, block new orders, re-query periodically (R16).
         model.cancel_failed = True
-        self._emit(
-            cmd.Notify(
-                kind="exit_cancel_failed",
-                symbol=model.symbol,
-                text=f"{model.symbol}: could not cancel {order.cid} after {order.cancel_attempts} attempts",
-                severity="critical",
-            )
+        self._critical(
+            "exit_cancel_failed",
+            model.symbol,
+            f"{model.symbol}: could not cancel {order.cid} after {order.cancel_attempts} attempts",
         )
         if self._fire_lock(EXIT_CANCEL_LOCK, "cancel_failed", f"{order.cid} not cancelled"):
             self.requery_due_ms = event.now_ms + self.strategy.requery_interval_seconds * 1000
@@ -1626,7 +1591,7 @@ class Engine:
             self._rebuild_symbol(symbol, event, infos.get(symbol))
         self.recovery_snapshot_done = True
         if event.position_mode is None:  # W26 at start: nothing may be ordered until it is known
-            self._emit(cmd.Notify(kind="recovery", text="position mode unknown", severity="critical"))
+            self._critical("recovery", None, "position mode unknown")
         self._maybe_finish_recovery()
 
     def _rebuild_symbol(self, symbol: str, snap: ev.ExchangeSnapshot, info: ev.SymbolInfo | None) -> None:
@@ -1643,28 +1608,14 @@ class Engine:
             self._clear_model(model)
         if info is None or (position is not None and position.amount > 0):
             reason = "no exchangeInfo" if info is None else "long position"
-            self._emit(
-                cmd.Notify(
-                    kind="unclassified",
-                    symbol=symbol,
-                    text=f"{symbol}: cannot manage ({reason})",
-                    severity="critical",
-                )
-            )
+            self._critical("unclassified", symbol, f"{symbol}: cannot manage ({reason})")
             return
         hint = self.recovery_hints.get(symbol)
         if not ours and position is not None and hint is not None and hint[1] in HOLDING_STATES:
             self._rebuild_from_hint(symbol, position, info, hint)
             return
         if not ours and position is not None:
-            self._emit(
-                cmd.Notify(
-                    kind="unclassified",
-                    symbol=symbol,
-                    text=f"{symbol}: position without our orders; not managed",
-                    severity="critical",
-                )
-            )
+            self._critical("unclassified", symbol, f"{symbol}: position without our orders; not managed")
             return
         if not ours:
             return  # manual orders only: the entry lock covers them
@@ -1851,7 +1802,7 @@ class Engine:
     def _enter_auth_lock(self, reason: str) -> None:
         if not self._fire_lock(AUTH, "auth_failed", reason):
             return
-        self._emit(cmd.Notify(kind="auth_lock", text=f"API key refused: {reason}", severity="critical"))
+        self._critical("auth_lock", None, f"API key refused: {reason}")
         for model in list(self.symbols.values()):
             if model.state == "MONITORING":  # no position, no open order: reset (N-25)
                 self._reset(model, "auth lock")
@@ -1918,6 +1869,19 @@ _PLAIN_FIELDS = (
     "closed_fills",
     "now_ms",
 )
+
+
+def _book_fill(order: OrderTrack, event: ev.OrderUpdated) -> Decimal:
+    """Book an update's fill on ``order`` by its cumulative quantity (idempotent: a duplicate or an
+    older update books nothing); returns the quantity newly filled."""
+    delta = event.cum_qty - order.filled
+    if delta > 0:
+        order.filled = event.cum_qty
+        order.avg_price = event.avg_price if event.avg_price > 0 else event.last_price
+        order.last_fill_ms = event.now_ms
+        order.realized_pnl += event.realized_pnl
+        order.commission += event.commission
+    return delta
 
 
 def _price_text(value: Decimal) -> str:
