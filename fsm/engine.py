@@ -58,6 +58,7 @@ from fsm.table import (
 
 log = logging.getLogger("shortfsm.engine")
 ZERO = Decimal(0)
+_POOL_SIZE = 64  # released symbol models kept for reuse
 LOCKED_MESSAGES = {
     ENTRY_LOCK: "GLOBAL_LOCKED",
     SAFETY_LOCK: "PRICE_STALE",
@@ -104,6 +105,11 @@ class Engine:
         self._handler_table = self._handlers()
         self.closed_fills: dict[str, Decimal] = {}  # cid -> quantity booked, for orders of reset symbols
         self.recovery_generations: dict[str, dict[str, int]] = {}
+        # Released models stay attached to the symbol machine and are reused: ``add_model`` costs
+        # about half of a leading message. A model released during an event joins the pool only
+        # once that event is done, so no handler can see its object reused under another symbol.
+        self._released: list[SymbolModel] = []
+        self._pool: list[SymbolModel] = []
         self._symbol_machine = Machine(
             model=None,
             states=list(SYMBOL_STATES),
@@ -146,6 +152,8 @@ class Engine:
             # The commands decided before the failure are kept: they match the state already changed.
             log.exception("engine failed on %s", type(event).__name__)
             self._out.append(cmd.Log(kind="anomaly", reason="engine_error", data=(("error", repr(exc)),)))
+        if self._released:
+            self._recycle()
         out, self._out = self._out, []
         return out
 
@@ -201,9 +209,11 @@ class Engine:
 
     def _restore_into(self, data: dict[str, Any]) -> None:
         self.strategy = decode_strategy(data["strategy"])
-        for model in list(self.symbols.values()):
+        for model in [*self.symbols.values(), *self._released, *self._pool]:
             self._symbol_machine.remove_model(model)
         self.symbols = {}
+        self._released = []
+        self._pool = []
         for symbol, raw in data["symbols"].items():
             model = decode(raw)
             assert isinstance(model, SymbolModel)
@@ -258,8 +268,12 @@ class Engine:
     def _model(self, symbol: str) -> SymbolModel:
         model = self.symbols.get(symbol)
         if model is None:
-            model = SymbolModel(symbol=symbol)
-            self._symbol_machine.add_model(model, initial="IDLE")
+            if self._pool:
+                model = self._pool.pop()
+                model.reset_to(symbol)
+            else:
+                model = SymbolModel(symbol=symbol)
+                self._symbol_machine.add_model(model, initial="IDLE")
             self.symbols[symbol] = model
             if self.locks[RECOVERY_LOCK].state == "RECOVERING":
                 model.generations.update(self.recovery_generations.get(symbol, {}))
@@ -324,8 +338,16 @@ class Engine:
             for cid in list(self.closed_fills)[:500]:
                 del self.closed_fills[cid]
         self._emit(cmd.UnsubscribeMarket(symbols=(model.symbol,)))
-        self._symbol_machine.remove_model(model)
+        self._released.append(model)
         del self.symbols[model.symbol]
+
+    def _recycle(self) -> None:
+        for model in self._released:
+            if len(self._pool) < _POOL_SIZE:
+                self._pool.append(model)
+            else:
+                self._symbol_machine.remove_model(model)
+        self._released = []
 
     # =========================================================================================
     # Telegram messages (N-05, W00..W17, R00..R08)

@@ -100,6 +100,10 @@ class SymbolModel:
     mismatch_since_ms: int = 0
     unmanaged: bool = False
 
+    def reset_to(self, symbol: str) -> None:
+        """Become a fresh IDLE model of ``symbol``, keeping the trigger methods the machine bound."""
+        self.__dict__.update(SymbolModel(symbol=symbol).__dict__)
+
     # -- derived position -------------------------------------------------------------------
     def entry_filled_qty(self) -> Decimal:
         return sum((o.filled for o in self.orders.values() if o.leg in ENTRY_LEGS), ZERO)

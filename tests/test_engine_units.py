@@ -56,3 +56,37 @@ def test_risk_without_any_mark_price_closes_at_market_d15() -> None:
     ]
     assert any(isinstance(c, cmd.Log) and c.reason == "no_mark_price_close" for c in out)
     assert engine.state_of("BTCUSDT") == "EXITING"
+
+
+def test_a_released_symbol_model_is_reused_clean_for_the_next_symbol() -> None:
+    """Model pooling (add_model costs half a leading message) must not leak any field."""
+    from fsm.model import encode
+    from fsm.runtime.bench import T0_MS, leading_event, symbol_info
+
+    engine = Engine()
+    engine.handle(leading_event("AAAUSDT", 1001, T0_MS))
+    first = engine.symbols["AAAUSDT"]
+    first.generations["ENTRY1"] = 3
+    first.tp_armed = True
+    first.venue_position = Decimal("-2")
+    engine.handle(
+        ev.MessageReceived(
+            now_ms=T0_MS + 1000,
+            chat_id=engine.strategy.risk_chat_id,
+            message_id=7,
+            telegram_date_ms=T0_MS,
+            parsed=ev.RiskSignal(raw_token="AAAUSDT", symbol="AAAUSDT"),
+            symbol_info=symbol_info("AAAUSDT"),
+        )
+    )
+    assert "AAAUSDT" not in engine.symbols
+    engine.handle(leading_event("BBBUSDT", 1002, T0_MS + 2000))
+
+    fresh = Engine()
+    fresh.handle(leading_event("BBBUSDT", 1002, T0_MS + 2000))
+    reused = engine.symbols["BBBUSDT"]
+    assert reused is first
+    assert reused.state == "MONITORING"
+    assert encode(reused) == encode(fresh.symbols["BBBUSDT"])
+    # The reused object still answers its triggers through the machine.
+    assert reused.is_MONITORING()  # type: ignore[attr-defined]
