@@ -11,12 +11,16 @@ request parameters (strings, unsigned).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import types
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, cast
+
+import orjson
 
 from fsm.commands import CancelAlgoOrder, CancelOrder, PlaceAlgoOrder, PlaceOrder
 from fsm.events import (
@@ -361,6 +365,7 @@ HANDLERS: dict[str, Callable[[Mapping[str, Any], int], list[Decoded]]] = {
 }
 
 _MARKET_EVENTS = frozenset({"markPriceUpdate", "kline"})
+_NAN = Decimal("NaN")
 _PARSE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, InvalidOperation)
 
 
@@ -369,19 +374,86 @@ def _short(text: str | bytes) -> str:
     return s if len(s) <= 300 else s[:300] + "..."
 
 
+MarkTickBuilder = Callable[[int, str, Decimal, int], MarkPriceTick]
+_MARK_TICK_FIELDS = ("now_ms", "symbol", "price", "event_time_ms", "source")
+
+
+def _plain_mark_tick(now_ms: int, symbol: str, price: Decimal, event_time_ms: int) -> MarkPriceTick:
+    return MarkPriceTick(now_ms=now_ms, symbol=symbol, price=price, event_time_ms=event_time_ms, source="WS")
+
+
+def _mark_tick_builder() -> MarkTickBuilder:
+    """A ``MarkPriceTick`` maker for the 600-item frame: the frozen dataclass ``__init__`` costs half
+    of the frame's budget, so the slots are filled directly. Used only while the class has exactly
+    these slot fields and no ``__post_init__``; otherwise (the contract changed) the constructor."""
+    names = tuple(f.name for f in dataclasses.fields(MarkPriceTick))
+    slots: list[Any] = [getattr(MarkPriceTick, name, None) for name in names]
+    if (
+        names != _MARK_TICK_FIELDS
+        or hasattr(MarkPriceTick, "__post_init__")
+        or not all(isinstance(slot, types.MemberDescriptorType) for slot in slots)
+    ):
+        log.warning("MarkPriceTick changed shape; using its constructor on the hot path")
+        return _plain_mark_tick
+    new = object.__new__
+    set_now, set_symbol, set_price, set_event, set_source = (slot.__set__ for slot in slots)
+
+    def build(now_ms: int, symbol: str, price: Decimal, event_time_ms: int) -> MarkPriceTick:
+        tick: MarkPriceTick = new(MarkPriceTick)
+        set_now(tick, now_ms)
+        set_symbol(tick, symbol)
+        set_price(tick, price)
+        set_event(tick, event_time_ms)
+        set_source(tick, "WS")
+        return tick
+
+    return build
+
+
+_mark_tick = _mark_tick_builder()
+
+
+def _mark_array(items: list[Any], now_ms: int, watched: Collection[str] | None) -> list[Decoded]:
+    """``!markPrice@arr``: one ``MarkPriceTick`` per watched item. Other symbols are skipped before any
+    Decimal is built; a canonical item (string ``s`` and ``p``, int ``E``) takes the fast path, anything
+    else goes through ``decode_message``, which validates, logs and skips a bad item alone."""
+    out: list[Decoded] = []
+    append = out.append
+    build = _mark_tick
+    for item in items:
+        if type(item) is not dict:
+            log.warning("array item skipped: not an object: %r", item)
+            continue
+        symbol = item.get("s")
+        if watched is not None and (type(symbol) is not str or symbol not in watched):
+            continue
+        raw_price = item.get("p")
+        event_ms = item.get("E")
+        if (
+            type(symbol) is str
+            and type(raw_price) is str
+            and type(event_ms) is int
+            and item.get("e") == "markPriceUpdate"
+        ):
+            try:
+                price = Decimal(raw_price)
+            except InvalidOperation:
+                price = _NAN
+            if price.is_finite():
+                append(build(now_ms, symbol, price, event_ms))
+                continue
+        out.extend(decode_message(item, now_ms, watched))
+    return out
+
+
 def decode_message(msg: Any, now_ms: int, watched: Collection[str] | None = None) -> list[Decoded]:
     """Route one decoded JSON value (object, envelope or array) by its event type.
 
     ``watched``: when given, market pushes (mark price, kline) of other symbols are dropped before
     any Decimal is built (a 600-symbol ``!markPrice@arr`` frame stays well under 1 ms).
     """
-    if isinstance(msg, list):
-        out: list[Decoded] = []
-        for item in msg:
-            if watched is not None and isinstance(item, dict) and item.get("s") not in watched:
-                continue
-            out.extend(decode_message(item, now_ms, watched))
-        return out
+    if type(msg) is list:
+        return _mark_array(msg, now_ms, watched)
     if not isinstance(msg, dict):
         log.warning("frame skipped: not an object: %r", msg)
         return []
@@ -391,12 +463,17 @@ def decode_message(msg: Any, now_ms: int, watched: Collection[str] | None = None
         if "result" in msg and "id" in msg:
             log.debug("control answer: %r", msg)
         else:
-            log.warning("frame skipped: no event type: %s", _short(json.dumps(msg)))
+            log.warning("frame skipped: no event type: %s", _short(json.dumps(msg, default=str)))
         return []
     kind = msg["e"]
-    if watched is not None and kind in _MARKET_EVENTS and msg.get("s") not in watched:
+    if not isinstance(kind, str):
+        log.info("event type %r skipped", kind)
         return []
-    handler = HANDLERS.get(kind) if isinstance(kind, str) else None
+    if watched is not None and kind in _MARKET_EVENTS:
+        symbol = msg.get("s")
+        if type(symbol) is not str or symbol not in watched:
+            return []
+    handler = HANDLERS.get(kind)
     if handler is None:
         log.info("event type %r skipped", kind)
         return []
@@ -408,13 +485,17 @@ def decode_message(msg: Any, now_ms: int, watched: Collection[str] | None = None
 
 
 def decode_frame(raw: str | bytes, now_ms: int, watched: Collection[str] | None = None) -> list[Decoded]:
-    """Decode one WebSocket frame; anything unusable is logged and skipped (never raises)."""
+    """Decode one WebSocket frame (orjson); anything unusable is logged and skipped (never raises)."""
     try:
-        msg = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         log.warning("undecodable frame skipped (%s): %s", exc, _short(raw))
         return []
-    return decode_message(msg, now_ms, watched)
+    try:
+        return decode_message(msg, now_ms, watched)
+    except RecursionError:  # envelopes nested hundreds deep
+        log.warning("frame skipped: nested too deep: %s", _short(raw))
+        return []
 
 
 # ---------------------------------------------------------------------------------------------

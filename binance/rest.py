@@ -2,7 +2,8 @@
 
 Theory of operation: every call goes through ``_call``, which (1) fails fast with ``RateLimited``
 while an IP ban (418) or a 429 back-off is running, (2) signs SIGNED requests with HMAC-SHA256 over
-the exact urlencoded query it sends, stamped with local time plus the measured server-time offset,
+the exact urlencoded query it sends (or Ed25519, base64 then URL-encoded, when the configured secret is
+a PEM Ed25519 private key or a path to one), stamped with local time plus the measured server-time offset,
 (3) sends the request shielded from cancellation (httpx's pool leaks slots when a request is
 cancelled mid-flight), (4) records ``X-MBX-USED-WEIGHT-1M`` and the order counters, and (5) maps any
 error answer to a typed ``binance.errors`` exception (``raise ... from``). A -1021/-5028 re-syncs the
@@ -12,22 +13,27 @@ Orders are idempotent: ``place_order`` / ``place_algo_order`` always carry a cli
 outcome is unknown (timeout, 5xx) or the venue says -4116 (the id exists), the order is looked up by
 that id before anything is sent again; only a definite "does not exist" allows one resend.
 
-Ed25519 signing is not implemented: it needs the ``cryptography`` package, which is not installed.
+Key material never reaches a log line, an exception message or a ``repr``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import hashlib
 import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlencode
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import quote, urlencode
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from binance import errors
 from binance.errors import BinanceError, RateLimited, Rejected, Retryable, TimestampRejected, UnknownOutcome
@@ -47,15 +53,91 @@ def sign(payload: str, secret: str) -> str:
     return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
 
 
-def signed_query(params: Params, secret: str, timestamp_ms: int, recv_window_ms: int) -> str:
-    """``a=1&b=2&recvWindow=..&timestamp=..&signature=<hex>``: the signature is over what is sent."""
+SigningMethod = Literal["HMAC", "Ed25519"]
+PEM_PREFIX = "-----BEGIN"
+
+
+class Signer(Protocol):
+    method: SigningMethod
+
+    def sign(self, payload: str) -> str:
+        """The ``signature`` value to append, already safe for a query string."""
+        ...
+
+
+class HmacSigner:
+    """HMAC-SHA256 with the API secret: lower-case hex."""
+
+    method: SigningMethod = "HMAC"
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret.encode()
+
+    def sign(self, payload: str) -> str:
+        return hmac.new(self._secret, payload.encode(), hashlib.sha256).hexdigest()
+
+    def __repr__(self) -> str:
+        return "HmacSigner(<secret>)"
+
+
+class Ed25519Signer:
+    """Ed25519 over the query string; base64 of the 64-byte signature, then URL-encoded."""
+
+    method: SigningMethod = "Ed25519"
+    __slots__ = ("_key",)
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+
+    def sign(self, payload: str) -> str:
+        return quote(base64.b64encode(self._key.sign(payload.encode())).decode(), safe="")
+
+    def __repr__(self) -> str:
+        return "Ed25519Signer(<private key>)"
+
+
+def _load_ed25519(pem: bytes, where: str) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError:
+        raise ValueError(f"{where}: encrypted PEM keys are not supported; store it unencrypted") from None
+    except ValueError:
+        raise ValueError(f"{where}: not a readable PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{where}: only Ed25519 private keys are supported, got {type(key).__name__}")
+    return key
+
+
+def make_signer(secret: str) -> Signer:
+    """HMAC for a plain secret; Ed25519 for a PEM private key (the text itself, or a path to a
+    ``.pem`` file). Raises ValueError naming the problem, never the key."""
+    text = secret.strip()
+    if text.startswith(PEM_PREFIX):
+        return Ed25519Signer(_load_ed25519(text.encode(), "API secret"))
+    if text.endswith(".pem") and "\n" not in text:
+        path = Path(text).expanduser()
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"API secret: cannot read key file {path}: {exc.strerror}") from None
+        return Ed25519Signer(_load_ed25519(pem, f"key file {path}"))
+    return HmacSigner(secret)
+
+
+_cached_signer = functools.lru_cache(maxsize=4)(make_signer)
+
+
+def signed_query(params: Params, secret: str | Signer, timestamp_ms: int, recv_window_ms: int) -> str:
+    """``a=1&b=2&recvWindow=..&timestamp=..&signature=<sig>``: the signature is over what is sent."""
+    signer = _cached_signer(secret) if isinstance(secret, str) else secret
     items: list[tuple[str, str | int]] = [
         *params.items(),
         ("recvWindow", recv_window_ms),
         ("timestamp", timestamp_ms),
     ]
     query = urlencode(items)
-    return f"{query}&signature={sign(query, secret)}"
+    return f"{query}&signature={signer.sign(query)}"
 
 
 @dataclass(slots=True)
@@ -83,13 +165,15 @@ class BinanceRest:
         clock_ms: Callable[[], int] = wall_clock_ms,
         exchange_info_ttl_ms: int = 300_000,
         default_backoff_s: float = 1.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._key = api_key
-        self._secret = api_secret
+        self._signer: Signer = make_signer(api_secret)
         self.base_url = base_url.rstrip("/")
         self.recv_window_ms = recv_window_ms
         self._clock_ms = clock_ms
-        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        # ``transport``: e.g. ``binance.sim.inproc.InProcessTransport`` (the sim venue without sockets).
+        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, transport=transport)
         self._offset_ms = 0
         self._synced = False
         self._sync_lock = asyncio.Lock()
@@ -99,6 +183,11 @@ class BinanceRest:
         self._inflight: set[asyncio.Task[httpx.Response]] = set()
         self.rate = RateState()
         self.requests_sent = 0
+
+    @property
+    def signing_method(self) -> SigningMethod:
+        """``"HMAC"`` or ``"Ed25519"``, chosen from the configured secret."""
+        return self._signer.method
 
     async def aclose(self) -> None:
         """Wait for shielded requests still running, then close the pool."""
@@ -208,7 +297,7 @@ class BinanceRest:
             headers["X-MBX-APIKEY"] = self._key
         if signed:
             await self._ensure_synced()
-            query = signed_query(params, self._secret, self.server_now_ms(), self.recv_window_ms)
+            query = signed_query(params, self._signer, self.server_now_ms(), self.recv_window_ms)
         else:
             query = urlencode(list(params.items()))
         try:

@@ -1,6 +1,7 @@
 """WebSocket streams and the REST price poller; each hands parsed items to an async callback.
 
-* ``MarketStream``: ``<base>/market/stream?streams=<sym>@markPrice@1s/<sym>@kline_3m...``; symbols
+* ``MarketStream``: ``<base>/market/stream?streams=<sym>@markPrice@1s/<sym>@kline_3m...``, or the
+  ``!markPrice@arr@1s`` array filtered to the watched symbols above ``ALL_MARKS_ABOVE`` of them; symbols
   are added/removed live with SUBSCRIBE/UNSUBSCRIBE (paced to at most 10 control messages per
   second); reconnects with exponential back-off, rotates the connection before the 24 h cut, and
   reports ``WsStatusChanged``. Pings are answered by ``websockets`` itself.
@@ -22,7 +23,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 OnItem = Callable[[Decoded], Awaitable[None]]
 MAX_CONTROL_PER_S = 10
+MAX_STREAMS_PER_CONNECTION = 1024  # Binance's limit per /market connection
+ALL_MARKS_ABOVE = 100  # more watched symbols than this: one ``!markPrice@arr@1s`` instead of one each
+ALL_MARKS_STREAM = "!markPrice@arr@1s"
 ROTATE_AFTER_S = 23 * 3600 + 30 * 60  # before Binance's 24 h cut
 KEEPALIVE_S = 30 * 60
 _CONNECT_ERRORS = (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed)
@@ -94,8 +98,43 @@ def market_streams(symbol: str, kline_interval: str = "3m") -> tuple[str, str]:
     return f"{low}@markPrice@1s", f"{low}@kline_{kline_interval}"
 
 
+def kline_stream(symbol: str, kline_interval: str = "3m") -> str:
+    return f"{symbol.lower()}@kline_{kline_interval}"
+
+
+def wanted_streams(
+    symbols: Collection[str],
+    kline_symbols: Collection[str] | None,
+    *,
+    kline_interval: str = "3m",
+    all_marks_above: int = ALL_MARKS_ABOVE,
+) -> set[str]:
+    """The streams a connection should carry for these watched symbols.
+
+    Up to ``all_marks_above`` symbols: ``<s>@markPrice@1s`` and ``<s>@kline_<i>`` per symbol (klines for
+    the symbols in ``kline_symbols``, every watched symbol when it is None). Above: the one
+    ``!markPrice@arr@1s`` stream (filtered to the watched set when decoded) plus klines only for the
+    watched symbols in ``kline_symbols`` (none when it is None).
+    """
+    if len(symbols) > all_marks_above:
+        klines = set(symbols) & set(kline_symbols or ())
+        return {ALL_MARKS_STREAM} | {kline_stream(s, kline_interval) for s in klines}
+    with_klines = symbols if kline_symbols is None else set(symbols) & set(kline_symbols)
+    out = {f"{s.lower()}@markPrice@1s" for s in symbols}
+    out.update(kline_stream(s, kline_interval) for s in with_klines)
+    return out
+
+
 class MarketStream:
-    """``/market`` combined stream for a live-changing symbol set."""
+    """``/market`` combined stream for a live-changing symbol set.
+
+    The streams follow ``wanted_streams``: one mark-price stream per symbol for a small set, the
+    ``!markPrice@arr@1s`` array above ``all_marks_above`` symbols (600 symbols would need 1200
+    per-symbol streams, over the 1024 a connection may carry). Kline streams: every watched symbol
+    while per-symbol; above the threshold only the symbols given to ``watch_klines`` (none by
+    default: the daemon reads klines by REST when a signal arrives and drops ``KlineUpdate``).
+    Each change is one SUBSCRIBE and/or one UNSUBSCRIBE of the difference, paced.
+    """
 
     def __init__(
         self,
@@ -107,6 +146,7 @@ class MarketStream:
         backoff: Backoff | None = None,
         rotate_after_s: float = ROTATE_AFTER_S,
         pacer: ControlPacer | None = None,
+        all_marks_above: int = ALL_MARKS_ABOVE,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._on_item = on_item
@@ -115,36 +155,61 @@ class MarketStream:
         self.backoff = backoff or Backoff()
         self.rotate_after_s = rotate_after_s
         self.pacer = pacer or ControlPacer()
+        self.all_marks_above = all_marks_above
         self.symbols: set[str] = set()
+        self.kline_symbols: set[str] | None = None
+        self.streams: set[str] = set()  # what the open connection carries
         self._ws: ClientConnection | None = None
         self._ids = itertools.count(1)
         self._stop = asyncio.Event()
         self._control = asyncio.Lock()
         self.connections = 0
 
+    def wanted(self) -> set[str]:
+        return wanted_streams(
+            self.symbols,
+            self.kline_symbols,
+            kline_interval=self.kline_interval,
+            all_marks_above=self.all_marks_above,
+        )
+
     def url(self) -> str:
-        streams = sorted(s for sym in self.symbols for s in market_streams(sym, self.kline_interval))
+        streams = sorted(self.wanted())
         return f"{self.base_url}/stream?streams={'/'.join(streams)}" if streams else f"{self.base_url}/stream"
 
-    async def _send_control(self, method: str, symbols: Iterable[str]) -> None:
-        params = sorted(s for sym in symbols for s in market_streams(sym, self.kline_interval))
-        ws = self._ws
-        if not params or ws is None:
-            return
+    async def _sync(self) -> None:
+        """Bring the open connection to ``wanted()``: SUBSCRIBE what is missing first (no gap while
+        switching to the array stream), then UNSUBSCRIBE what is no longer wanted."""
         async with self._control:
-            await self.pacer.wait()
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send(json.dumps({"method": method, "params": params, "id": next(self._ids)}))
+            ws = self._ws
+            if ws is None:
+                return
+            want = self.wanted()
+            for method, params in (
+                ("SUBSCRIBE", sorted(want - self.streams)),
+                ("UNSUBSCRIBE", sorted(self.streams - want)),
+            ):
+                if not params:
+                    continue
+                await self.pacer.wait()
+                if self._ws is not ws:
+                    return  # reconnected meanwhile: the new URL already carries ``wanted()``
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(json.dumps({"method": method, "params": params, "id": next(self._ids)}))
+            self.streams = want
 
     async def subscribe(self, symbols: Iterable[str]) -> None:
-        new = {s.upper() for s in symbols} - self.symbols
-        self.symbols |= new
-        await self._send_control("SUBSCRIBE", new)
+        self.symbols |= {s.upper() for s in symbols}
+        await self._sync()
 
     async def unsubscribe(self, symbols: Iterable[str]) -> None:
-        gone = {s.upper() for s in symbols} & self.symbols
-        self.symbols -= gone
-        await self._send_control("UNSUBSCRIBE", gone)
+        self.symbols -= {s.upper() for s in symbols}
+        await self._sync()
+
+    async def watch_klines(self, symbols: Iterable[str]) -> None:
+        """Ask for kline streams of exactly these symbols (when watched), whatever the set size."""
+        self.kline_symbols = {s.upper() for s in symbols}
+        await self._sync()
 
     def stop(self) -> None:
         self._stop.set()
@@ -159,16 +224,20 @@ class MarketStream:
         while not self._stop.is_set():
             reason = "closed"
             try:
+                streams = self.wanted()
                 async with connect(self.url(), proxy=None, open_timeout=10, max_size=2**22) as ws:
                     self._ws = ws
+                    self.streams = streams
                     self.connections += 1
                     self.backoff.reset()
+                    await self._sync()  # changes made while connecting
                     await self._status(True, "connected")
                     reason = await self._read(ws)
             except _CONNECT_ERRORS as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             finally:
                 self._ws = None
+                self.streams = set()
             if self._stop.is_set():
                 break
             await self._status(False, reason)
@@ -184,7 +253,7 @@ class MarketStream:
             if remaining <= 0:
                 return "rotation"
             try:
-                frame = await asyncio.wait_for(ws.recv(), remaining)
+                frame = await asyncio.wait_for(ws.recv(decode=False), remaining)
             except TimeoutError:
                 return "rotation"
             except ConnectionClosed as exc:
@@ -222,6 +291,11 @@ class UserStream:
         self._renew = asyncio.Event()
         self.connections = 0
         self.keys_created = 0
+
+    @property
+    def connected(self) -> bool:
+        """True while the user-data WebSocket is open (the board and the heartbeat show it)."""
+        return self._ws is not None
 
     def stop(self) -> None:
         self._stop.set()

@@ -597,6 +597,71 @@ class SimExchange:
             return self._premium(self._symbol(params).symbol)
         return [self._premium(s) for s in self.symbols]
 
+    def ticker_24hr(self, params: dict[str, str]) -> Any:
+        """``GET /fapi/v1/ticker/24hr``: rolling 24 h statistics from the recorded marks (the sim has
+        no separate last-trade price; a symbol with no history shows its mark and zero volume)."""
+        if params.get("symbol"):
+            return self._ticker(self._symbol(params).symbol)
+        return [self._ticker(s) for s in self.symbols]
+
+    def _ticker(self, symbol: str) -> Json:
+        now = self.now()
+        since = now - 86_400_000
+        p = self.symbols[symbol].price_places
+        buckets = [
+            b
+            for start, b in sorted(self._buckets.get(symbol, {}).items())
+            if start >= since // 60_000 * 60_000
+        ]
+        mark = self.marks[symbol]
+        open_ = buckets[0].open if buckets else mark
+        high = max((b.high for b in buckets), default=mark)
+        low = min((b.low for b in buckets), default=mark)
+        count = sum(b.count for b in buckets)
+        volume = Decimal(count)
+        quote = sum((Decimal(b.count) * b.close for b in buckets), ZERO)
+        change = mark - open_
+        return {
+            "symbol": symbol,
+            "priceChange": _fmt(change, p),
+            "priceChangePercent": _fmt(change / open_ * 100 if open_ else ZERO, 3),
+            "weightedAvgPrice": _fmt(quote / volume if volume else mark, p),
+            "lastPrice": _fmt(mark, p),
+            "lastQty": "0",
+            "openPrice": _fmt(open_, p),
+            "highPrice": _fmt(high, p),
+            "lowPrice": _fmt(low, p),
+            "volume": _fmt(volume),
+            "quoteVolume": _fmt(quote, p),
+            "openTime": since,
+            "closeTime": now,
+            "firstId": 0,
+            "lastId": count,
+            "count": count,
+        }
+
+    def leverage_bracket(self, params: dict[str, str]) -> Any:
+        """``GET /fapi/v1/leverageBracket``: one flat bracket per symbol (an object when ``symbol`` is
+        sent, else a list); numbers are JSON numbers as in the official example."""
+        if params.get("symbol"):
+            return self._bracket(self._symbol(params).symbol)
+        return [self._bracket(s) for s in self.symbols]
+
+    def _bracket(self, symbol: str) -> Json:
+        return {
+            "symbol": symbol,
+            "brackets": [
+                {
+                    "bracket": 1,
+                    "initialLeverage": 125,
+                    "notionalCap": 1_000_000,
+                    "notionalFloor": 0,
+                    "maintMarginRatio": 0.004,
+                    "cum": 0.0,
+                }
+            ],
+        }
+
     def make_premium_stale(self, symbol: str) -> None:
         """Freeze ``premiumIndex`` for ``symbol`` at its current answer (stale REST fallback)."""
         self.stale_premium[symbol] = self._premium(symbol)

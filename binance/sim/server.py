@@ -1,12 +1,16 @@
 """The simulated venue over loopback: Binance's REST paths on a minimal HTTP/1.1 server and its
 ``/market`` and ``/private`` WebSocket paths on a ``websockets`` server.
 
-REST requests are checked like Binance does (API key header, HMAC-SHA256 signature over
-``query + body``, timestamp within recvWindow), answered with the exchange model's JSON and
-Binance's status codes, and stamped with ``X-MBX-USED-WEIGHT-1M`` / order-count headers.
+REST requests are checked like Binance does (API key header, signature over ``query + body``,
+timestamp within recvWindow), answered with the exchange model's JSON and Binance's status codes,
+and stamped with ``X-MBX-USED-WEIGHT-1M`` / order-count headers. An API key registered in
+``SimExchange.api_keys`` with a plain secret signs with HMAC-SHA256; one registered with an Ed25519
+public key (PEM ``-----BEGIN PUBLIC KEY-----``) signs with the matching private key (base64 of the
+signature, URL-encoded in the query).
 ``RestFaults`` injects 5xx, HTML pages, hung requests (before or after the order is accepted),
 429 and 418 bans. WebSocket connections route by path: ``/market/stream?streams=``,
-``/market/ws/<streams>`` (with live SUBSCRIBE/UNSUBSCRIBE), ``/private/ws/<listenKey>``,
+``/market/ws/<streams>`` (with live SUBSCRIBE/UNSUBSCRIBE, at most 1024 streams per connection;
+``!markPrice@arr[@1s]`` pushes the marks changed in one loop run as one array), ``/private/ws/<listenKey>``,
 ``/private/ws?listenKey=``, ``/private/stream?streams=<listenKey>``; the legacy bare ``/ws`` and
 ``/stream`` paths (and ``/public``) accept the connection but never push mark prices, klines or user
 data, as the real venue does since 2026-04-23. ``drop_ws`` and ``silence_ws`` break them on demand.
@@ -15,7 +19,10 @@ data, as the real venue does since 2026-04-23. ``drop_ws`` and ``silence_ws`` br
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -26,6 +33,9 @@ from http import HTTPStatus
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -86,12 +96,14 @@ class _WsConn:
     queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     control_times: list[float] = field(default_factory=list)
     kline_slots: dict[str, int] = field(default_factory=dict)
+    pending_marks: dict[str, None] = field(default_factory=dict)  # for the ``!markPrice@arr`` batch
 
 
 ROUTE_WEIGHTS: dict[str, int] = {
     "/fapi/v1/exchangeInfo": 1,
     "/fapi/v1/klines": 2,
     "/fapi/v1/premiumIndex": 1,
+    "/fapi/v1/ticker/24hr": 1,
     "/fapi/v2/balance": 5,
     "/fapi/v3/balance": 5,
     "/fapi/v2/account": 5,
@@ -103,6 +115,37 @@ ROUTE_WEIGHTS: dict[str, int] = {
     "/fapi/v1/openAlgoOrders": 1,
 }
 ORDER_PATHS = frozenset({"/fapi/v1/order", "/fapi/v1/algoOrder"})
+ALL_MARK_STREAMS = frozenset({"!markPrice@arr@1s", "!markPrice@arr"})
+MAX_STREAMS_PER_CONNECTION = 1024
+
+
+ED25519_PUBLIC_PREFIX = "-----BEGIN PUBLIC KEY-----"
+
+
+@functools.lru_cache(maxsize=64)
+def _ed25519_public(pem: str) -> Ed25519PublicKey | None:
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except ValueError:
+        return None
+    return key if isinstance(key, Ed25519PublicKey) else None
+
+
+def signature_valid(registered: str, payload: str, given: str) -> bool:
+    """Check ``given`` (already URL-decoded) against what the account registered for the API key:
+    an HMAC secret (hex signature, case-insensitive) or an Ed25519 public key in PEM (base64
+    signature, case-sensitive)."""
+    if registered.lstrip().startswith(ED25519_PUBLIC_PREFIX):
+        public = _ed25519_public(registered.strip())
+        if public is None:
+            return False
+        try:
+            public.verify(base64.b64decode(given, validate=True), payload.encode())
+        except (InvalidSignature, binascii.Error, ValueError):
+            return False
+        return True
+    expected = hmac.new(registered.encode(), payload.encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, given.lower())
 
 
 def _json(value: Any) -> bytes:
@@ -142,6 +185,8 @@ class SimVenue:
             ("GET", "/fapi/v1/exchangeInfo"): ("NONE", ex.exchange_info),
             ("GET", "/fapi/v1/klines"): ("NONE", ex.klines),
             ("GET", "/fapi/v1/premiumIndex"): ("NONE", ex.premium_index),
+            ("GET", "/fapi/v1/ticker/24hr"): ("NONE", ex.ticker_24hr),
+            ("GET", "/fapi/v1/leverageBracket"): ("SIGNED", ex.leverage_bracket),
             ("GET", "/fapi/v2/balance"): ("SIGNED", ex.balance),
             ("GET", "/fapi/v3/balance"): ("SIGNED", ex.balance),
             ("GET", "/fapi/v2/account"): ("SIGNED", ex.account_v2),
@@ -166,6 +211,14 @@ class SimVenue:
             ("PUT", "/fapi/v1/listenKey"): ("USER_STREAM", ex.keepalive_listen_key),
             ("DELETE", "/fapi/v1/listenKey"): ("USER_STREAM", ex.close_listen_key),
         }
+
+    async def handle_request(
+        self, method: str, target: str, headers: dict[str, str], body: str
+    ) -> tuple[int, dict[str, str], bytes, str] | None:
+        """One REST request without sockets (``binance.sim.inproc``): the same routing, auth, weights,
+        error codes and faults as over TCP. ``target`` is path plus query; ``None`` means no answer."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        return await self._dispatch(method.upper(), target, lowered, body)
 
     def disable_route(self, method: str, path: str) -> None:
         """Make a path answer 404 (e.g. to exercise the v3 -> v2 fallback)."""
@@ -356,8 +409,7 @@ class SimVenue:
         given = params.get("signature", "")
         payload = "&".join(part for part in query.split("&") if part and not part.startswith("signature="))
         payload += "&".join(part for part in body.split("&") if part and not part.startswith("signature="))
-        expected = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, given.lower()):
+        if not signature_valid(secret, payload, given):
             raise SimError(-1022, "Signature for this request is not valid.")
 
     # ----------------------------------------------------------------------------------------
@@ -367,9 +419,13 @@ class SimVenue:
     def _ws_route_check(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         head = path.split("/")[1] if path.count("/") >= 1 else ""
-        if head in ("market", "private", "public", "ws", "stream"):
-            return None
-        return Response(404, "Not Found", Headers([("Content-Type", "text/plain")]), b"Not Found\n")
+        if head not in ("market", "private", "public", "ws", "stream"):
+            return Response(404, "Not Found", Headers([("Content-Type", "text/plain")]), b"Not Found\n")
+        kind, _, streams, _ = self._classify(request.path)
+        if kind == "market" and len(streams) > MAX_STREAMS_PER_CONNECTION:
+            body = f"more than {MAX_STREAMS_PER_CONNECTION} streams on one connection\n".encode()
+            return Response(400, "Bad Request", Headers([("Content-Type", "text/plain")]), body)
+        return None
 
     @staticmethod
     def _classify(target: str) -> tuple[WsKind, bool, set[str], str]:
@@ -432,6 +488,12 @@ class SimVenue:
             return
         params = [str(p) for p in msg.get("params", []) if isinstance(p, str)]
         if method == "SUBSCRIBE":
+            if len(conn.streams | set(params)) > MAX_STREAMS_PER_CONNECTION:
+                msg_text = (
+                    f"Invalid request: more than {MAX_STREAMS_PER_CONNECTION} streams on one connection"
+                )
+                conn.queue.put_nowait(json.dumps({"code": 2, "msg": msg_text, "id": req_id}))
+                return
             conn.streams.update(params)
             conn.queue.put_nowait(json.dumps({"result": None, "id": req_id}))
         elif method == "UNSUBSCRIBE":
@@ -444,7 +506,7 @@ class SimVenue:
                 json.dumps({"code": 2, "msg": f"Invalid request: unknown method {method}", "id": req_id})
             )
 
-    def _push(self, conn: _WsConn, stream: str, payload: dict[str, Any]) -> None:
+    def _push(self, conn: _WsConn, stream: str, payload: dict[str, Any] | list[Any]) -> None:
         data = {"stream": stream, "data": payload} if conn.combined else payload
         conn.queue.put_nowait(json.dumps(data, separators=(",", ":")))
 
@@ -456,6 +518,8 @@ class SimVenue:
         for conn in list(self._ws_conns):
             if conn.kind != "market":
                 continue
+            if not conn.streams.isdisjoint(ALL_MARK_STREAMS):
+                self._queue_all_marks(conn, symbol)
             for stream in sorted(conn.streams):
                 if stream in (f"{low}@markPrice@1s", f"{low}@markPrice"):
                     mark = mark or self.ex.mark_payload(symbol)
@@ -465,6 +529,27 @@ class SimVenue:
                     if interval not in INTERVAL_MS:
                         continue
                     self._push_kline(conn, stream, symbol, interval)
+
+    def _queue_all_marks(self, conn: _WsConn, symbol: str) -> None:
+        """``!markPrice@arr``: the marks that change in one run of the loop (``publish_marks``, a
+        scripted step) go out as one array frame, like Binance's one push per second."""
+        first = not conn.pending_marks
+        conn.pending_marks[symbol] = None
+        if not first:
+            return
+        try:
+            asyncio.get_running_loop().call_soon(self._flush_all_marks, conn)
+        except RuntimeError:  # driven outside a loop: no batching possible
+            self._flush_all_marks(conn)
+
+    def _flush_all_marks(self, conn: _WsConn) -> None:
+        symbols = list(conn.pending_marks)
+        conn.pending_marks.clear()
+        if "market" in self.silenced or conn not in self._ws_conns:
+            return
+        payload = [self.ex.mark_payload(s) for s in symbols if s in self.ex.symbols]
+        for stream in sorted(conn.streams & ALL_MARK_STREAMS):
+            self._push(conn, stream, payload)
 
     def _push_kline(self, conn: _WsConn, stream: str, symbol: str, interval: str) -> None:
         iv = INTERVAL_MS[interval]

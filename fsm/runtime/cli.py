@@ -3,83 +3,148 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.console import Console
 from rich.text import Text
 
-from fsm.runtime.scenario import SCENARIO_DIR, T0_MS, ScenarioResult, load_scenarios, run_scenario
+from fsm.runtime.scenario import SCENARIO_DIR, T0_MS, ScenarioError, load_scenarios
+
+if TYPE_CHECKING:
+    from fsm.runtime.simreplay import Replay
+
+
+def _load_catalog() -> dict[str, dict[str, Any]]:
+    """The catalog by scenario id; a malformed file stops the run naming file and line."""
+    from fsm.runtime.simreplay import check_file
+
+    problems = [p for path in sorted(SCENARIO_DIR.glob("*.yaml")) for p in check_file(path)]
+    if problems:
+        raise SystemExit("\n".join(problems))
+    try:
+        return load_scenarios()
+    except ScenarioError as exc:
+        raise SystemExit(str(exc)) from exc
+
+
+def _load_file(path: Path) -> list[dict[str, Any]]:
+    from fsm.runtime.simreplay import check_file
+
+    problems = check_file(path)
+    if problems:
+        raise SystemExit("\n".join(problems))
+    docs = [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+    for doc in docs:
+        doc.setdefault("_file", str(path))
+    return docs
 
 
 def _select(args: argparse.Namespace) -> list[dict[str, Any]]:
-    scenarios = load_scenarios()
+    file_targets = [t for t in args.targets if Path(t).suffix in (".yaml", ".yml")]
+    scenarios = _load_catalog() if args.all or len(file_targets) < len(args.targets) else {}
     if args.all:
         return list(scenarios.values())
     chosen: list[dict[str, Any]] = []
     for target in args.targets:
         path = Path(target)
-        if path.suffix in (".yaml", ".yml") and path.exists():
-            chosen.extend(doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc)
-        else:
-            # A spec ID runs every scenario that proves it; otherwise a scenario id runs that one.
-            proving = [doc for doc in scenarios.values() if target in doc.get("spec", [])]
-            if not proving and target in scenarios:
-                proving = [scenarios[target]]
-            if not proving:
-                raise SystemExit(f"no scenario or spec ID {target!r} (scenarios live in {SCENARIO_DIR})")
-            chosen.extend(proving)
+        if path.suffix in (".yaml", ".yml"):
+            if not path.exists():
+                raise SystemExit(f"no scenario file {target}")
+            chosen.extend(_load_file(path))
+            continue
+        # A spec ID runs every scenario that proves it; otherwise a scenario id runs that one.
+        proving = [doc for doc in scenarios.values() if target in doc.get("spec", [])]
+        if not proving and target in scenarios:
+            proving = [scenarios[target]]
+        if not proving:
+            known = set(scenarios) | {str(s) for doc in scenarios.values() for s in doc.get("spec", [])}
+            close = difflib.get_close_matches(target, sorted(known), n=5, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise SystemExit(f"no scenario or spec ID {target!r}{hint} (scenarios live in {SCENARIO_DIR})")
+        chosen.extend(proving)
     unique: dict[str, dict[str, Any]] = {str(d["id"]): d for d in chosen}
     return list(unique.values())
 
 
-def _print_trace(console: Console, result: ScenarioResult) -> None:
+def _print_trace(console: Console, run: Replay) -> None:
+    result = run.result
     status = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
-    console.print(f"\n[bold]{result.scenario_id}[/] {result.title}  {status}")
-    console.print(f"  proves: {', '.join(result.spec)}", style="dim")
-    for step in result.steps:
+    where = "binance/sim" if run.venue == "sim" else "venue double"
+    console.print(f"\n[bold]{result.scenario_id}[/] {result.title}  {status}", soft_wrap=True)
+    console.print(f"  proves: {', '.join(result.spec)}; venue: {where}", style="dim", soft_wrap=True)
+    if run.reason:
+        console.print(f"  kept on the double: {run.reason}", style="dim", soft_wrap=True)
+    for step, verdicts in zip(result.steps, run.verdicts, strict=True):
         mark = "[green]✓[/]" if not step.failures else "[red]✗[/]"
-        console.print(f"  {mark} t={(step.at_ms - T0_MS) / 1000:>8.1f}s  {step.label}")
+        console.print(f"  {mark} t={(step.at_ms - T0_MS) / 1000:>8.1f}s  {step.label}", soft_wrap=True)
         for line in step.trace:
-            console.print(Text(f"        {line}", style="cyan" if "->" in line else "yellow"))
-        for failure in step.failures:
-            console.print(Text(f"        ✗ {failure}", style="red"))
+            style = "cyan" if "->" in line and not line.startswith(("venue", " ")) else "yellow"
+            console.print(Text(f"        {line}", style=style), soft_wrap=True)
+        for name, failures in verdicts:
+            if not failures:
+                console.print(Text(f"        ✓ expect {name}", style="green"), soft_wrap=True)
+            for failure in failures:
+                console.print(Text(f"        ✗ expect {name}: {failure}", style="red"), soft_wrap=True)
+        if not verdicts:
+            for failure in step.failures:
+                console.print(Text(f"        ✗ {failure}", style="red"), soft_wrap=True)
+
+
+def _as_json(run: Replay) -> dict[str, Any]:
+    r = run.result
+    return {
+        "id": r.scenario_id,
+        "title": r.title,
+        "spec": r.spec,
+        "venue": run.venue,
+        "kept_on_double": run.reason or None,
+        "passed": r.passed,
+        "steps": [
+            {
+                "at_ms": s.at_ms,
+                "t_s": (s.at_ms - T0_MS) / 1000,
+                "label": s.label,
+                "trace": s.trace,
+                "expectations": [{"name": n, "passed": not f, "failures": f} for n, f in verdicts],
+                "failures": s.failures,
+            }
+            for s, verdicts in zip(r.steps, run.verdicts, strict=True)
+        ],
+    }
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from fsm.runtime.simreplay import replay
+
     docs = _select(args)
     if not docs:
         print("nothing to replay: name scenario ids, spec IDs or files, or use --all", file=sys.stderr)
         return 2
-    results = [run_scenario(doc) for doc in docs]
+    if not args.verbose:  # the trace shows every venue answer; the client's warnings would repeat it
+        logging.getLogger("binance").setLevel(logging.ERROR)
+    runs = [replay(doc, venue=args.venue) for doc in docs]
     if args.json:
-        payload = [
-            {
-                "id": r.scenario_id,
-                "title": r.title,
-                "spec": r.spec,
-                "passed": r.passed,
-                "steps": [
-                    {"at_ms": s.at_ms, "label": s.label, "trace": s.trace, "failures": s.failures}
-                    for s in r.steps
-                ],
-            }
-            for r in results
-        ]
-        print(json.dumps(payload, ensure_ascii=False, indent=2))
+        print(json.dumps([_as_json(run) for run in runs], ensure_ascii=False, indent=2))
     else:
         console = Console(highlight=False)
-        for result in results:
-            _print_trace(console, result)
-        passed = sum(r.passed for r in results)
-        console.print(f"\n{passed} passed, {len(results) - passed} failed")
-    return 0 if all(r.passed for r in results) else 1
+        for run in runs:
+            _print_trace(console, run)
+        passed = sum(run.result.passed for run in runs)
+        console.print(f"\n{passed} passed, {len(runs) - passed} failed", soft_wrap=True)
+        kept = [run for run in runs if run.reason]
+        if kept:
+            console.print(f"{len(kept)} kept on the venue double:", soft_wrap=True)
+            for run in kept:
+                console.print(f"  {run.result.scenario_id}: {run.reason}", soft_wrap=True)
+    return 0 if all(run.result.passed for run in runs) else 1
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
@@ -104,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("targets", nargs="*", help="scenario ids, spec IDs (W55, R15-...) or scenario files")
     replay.add_argument("--all", action="store_true", help="every scenario of the catalog")
     replay.add_argument("--json", action="store_true", help="machine-readable output")
+    replay.add_argument(
+        "--venue",
+        choices=("sim", "double"),
+        default="sim",
+        help="sim: the real client against binance/sim in process (default); double: the fast venue double",
+    )
     replay.set_defaults(func=cmd_replay)
 
     diagram = sub.add_parser("diagram", help="write the state diagrams (mermaid) into specs/diagrams.md")

@@ -29,7 +29,9 @@ EXPECTED_ROWS = {
     ("ingest", "decode !markPrice@arr@1s, 600 symbols, all converted"),
     ("ingest", "decode !markPrice@arr@1s, 600 symbols, watched=10"),
     ("ingest", "parse_message, leading-market message"),
-    ("replay", "catalog replay: engine + venue double"),
+    ("replay", "market replay: engine + simulated venue (in process, real REST client)"),
+    ("replay", "catalog replay: engine + simulated venue (order-heavy)"),
+    ("replay", "catalog replay: engine + venue double (no REST client)"),
 }
 DAEMON_ROWS = {
     ("tick-to-order, take-profit: Tick handled -> order at the venue (loopback sim)", "ms"),

@@ -218,3 +218,55 @@ def test_cli_registers_and_serves_on_the_wall_clock(capsys: pytest.CaptureFixtur
     lines = "".join(out).splitlines()
     assert lines[0].startswith("REST base URL: http://127.0.0.1:")
     assert lines[1].startswith("WS base URL:   ws://127.0.0.1:")
+
+
+def test_ticker_24hr_and_leverage_bracket_answers() -> None:
+    clock = SimClock()
+    ex = SimExchange(clock=clock)
+    ex.set_mark("ETHUSDT", Decimal("3600.00"))
+    clock.advance(60_000)
+    ex.set_mark("ETHUSDT", Decimal("3400.00"))
+    assert ex.ticker_24hr({"symbol": "ETHUSDT"}) == {
+        "symbol": "ETHUSDT",
+        "priceChange": "-200.00",
+        "priceChangePercent": "-5.556",
+        "weightedAvgPrice": "3500.00",
+        "lastPrice": "3400.00",
+        "lastQty": "0",
+        "openPrice": "3600.00",
+        "highPrice": "3600.00",
+        "lowPrice": "3400.00",
+        "volume": "2",
+        "quoteVolume": "7000.00",
+        "openTime": clock.now_ms() - 86_400_000,
+        "closeTime": clock.now_ms(),
+        "firstId": 0,
+        "lastId": 2,
+        "count": 2,
+    }
+    everything = ex.ticker_24hr({})
+    assert [t["symbol"] for t in everything] == ["BTCUSDT", "ETHUSDT", "DOGEUSDT", "SOLUSDT"]
+    assert (everything[0]["lastPrice"], everything[0]["volume"], everything[0]["count"]) == (
+        "95000.0",
+        "0",
+        0,
+    )
+
+    one = ex.leverage_bracket({"symbol": "BTCUSDT"})
+    assert one == {
+        "symbol": "BTCUSDT",
+        "brackets": [
+            {
+                "bracket": 1,
+                "initialLeverage": 125,
+                "notionalCap": 1_000_000,
+                "notionalFloor": 0,
+                "maintMarginRatio": 0.004,
+                "cum": 0.0,
+            }
+        ],
+    }
+    assert [b["symbol"] for b in ex.leverage_bracket({})] == ["BTCUSDT", "ETHUSDT", "DOGEUSDT", "SOLUSDT"]
+    with pytest.raises(SimError) as bad:
+        ex.leverage_bracket({"symbol": "NOPEUSDT"})
+    assert (bad.value.code, bad.value.msg) == (-1121, "Invalid symbol.")
