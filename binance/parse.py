@@ -18,7 +18,7 @@ import types
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal, cast
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import orjson
 
@@ -44,6 +44,25 @@ log = logging.getLogger(__name__)
 Json = dict[str, Any]
 PositionSide = Literal["BOTH", "LONG", "SHORT"]
 Side = Literal["BUY", "SELL"]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def rest_answer(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A REST answer helper raises only ValueError or KeyError, whatever the JSON holds: a field
+    of the wrong type (a list for a string, a number too big for a float) is garbage like any
+    other, and callers catch exactly those two."""
+
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return func(*args, **kwargs)
+        except (TypeError, AttributeError, OverflowError, RecursionError) as exc:
+            raise ValueError(f"{func.__name__}: malformed answer ({type(exc).__name__}: {exc})") from exc
+
+    wrapper.__name__ = func.__name__
+    wrapper.__qualname__ = func.__qualname__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,6 +176,7 @@ def mark_price_from_ws(d: Mapping[str, Any], now_ms: int) -> MarkPriceTick:
     )
 
 
+@rest_answer
 def mark_price_from_rest(d: Mapping[str, Any], now_ms: int) -> MarkPriceTick:
     """``GET /fapi/v1/premiumIndex`` (one object): ``markPrice`` at venue time ``time``."""
     return MarkPriceTick(
@@ -168,6 +188,7 @@ def mark_price_from_rest(d: Mapping[str, Any], now_ms: int) -> MarkPriceTick:
     )
 
 
+@rest_answer
 def candles_from_rest(rows: Any) -> list[Candle]:
     """``GET /fapi/v1/klines`` rows ``[openTime, o, h, l, c, vol, closeTime, ...]``; bad rows skipped."""
     out: list[Candle] = []
@@ -210,6 +231,7 @@ def kline_from_ws(d: Mapping[str, Any], now_ms: int) -> KlineUpdate:
     )
 
 
+@rest_answer
 def symbol_info(entry: Mapping[str, Any]) -> SymbolInfo:
     """One ``exchangeInfo.symbols[]`` entry; only the filters the core uses are read."""
     filters = {str(f.get("filterType")): f for f in entry.get("filters", []) if isinstance(f, dict)}
@@ -233,6 +255,7 @@ def symbol_info(entry: Mapping[str, Any]) -> SymbolInfo:
     )
 
 
+@rest_answer
 def symbol_infos(exchange_info: Mapping[str, Any]) -> dict[str, SymbolInfo]:
     """All usable symbols of an exchangeInfo answer; a malformed entry is logged and skipped."""
     out: dict[str, SymbolInfo] = {}
@@ -298,6 +321,7 @@ def algo_updated(d: Mapping[str, Any], now_ms: int) -> AlgoOrderUpdated:
 def account_update(d: Mapping[str, Any], now_ms: int, *, asset: str = "USDT") -> list[Event]:
     """``ACCOUNT_UPDATE``: ``a.B`` balances (``wb`` wallet) and ``a.P`` changed positions only."""
     a = d["a"]
+    venue_time = int_field(d.get("T") or d.get("E"))
     out: list[Event] = []
     for b in a.get("B", []):
         if str(b.get("a")) == asset:
@@ -310,6 +334,7 @@ def account_update(d: Mapping[str, Any], now_ms: int, *, asset: str = "USDT") ->
                 amount=dec(p["pa"]),
                 entry_price=dec(p["ep"]),
                 position_side=_pos_side(p.get("ps", "BOTH")),
+                venue_time_ms=venue_time,
             )
         )
     return out
@@ -503,6 +528,7 @@ def decode_frame(raw: str | bytes, now_ms: int, watched: Collection[str] | None 
 # ---------------------------------------------------------------------------------------------
 
 
+@rest_answer
 def position_mode_from_rest(d: Mapping[str, Any]) -> Literal["ONE_WAY", "HEDGE"]:
     """``GET /fapi/v1/positionSide/dual``: ``dualSidePosition`` true means hedge mode."""
     value = d["dualSidePosition"]
@@ -511,6 +537,7 @@ def position_mode_from_rest(d: Mapping[str, Any]) -> Literal["ONE_WAY", "HEDGE"]
     return "HEDGE" if value else "ONE_WAY"
 
 
+@rest_answer
 def balance_from_rest(rows: Any, asset: str = "USDT") -> tuple[Decimal, Decimal]:
     """``GET /fapi/v3/balance`` -> (wallet ``balance``, ``availableBalance``) of ``asset``."""
     if not isinstance(rows, list):
@@ -521,6 +548,7 @@ def balance_from_rest(rows: Any, asset: str = "USDT") -> tuple[Decimal, Decimal]
     return Decimal("0"), Decimal("0")
 
 
+@rest_answer
 def positions_from_rest(rows: Any) -> list[PositionInfo]:
     """``GET /fapi/v3/positionRisk`` rows with a non-zero ``positionAmt``."""
     if not isinstance(rows, list):
@@ -541,6 +569,7 @@ def positions_from_rest(rows: Any) -> list[PositionInfo]:
     return out
 
 
+@rest_answer
 def open_order_from_rest(d: Mapping[str, Any]) -> OpenOrderInfo:
     """A regular order as answered by ``/fapi/v1/order`` or ``/fapi/v1/openOrders``."""
     return OpenOrderInfo(
@@ -560,6 +589,7 @@ def open_order_from_rest(d: Mapping[str, Any]) -> OpenOrderInfo:
     )
 
 
+@rest_answer
 def open_algo_order_from_rest(d: Mapping[str, Any]) -> OpenOrderInfo:
     """An algo order as answered by ``/fapi/v1/algoOrder`` or ``/fapi/v1/openAlgoOrders``."""
     return OpenOrderInfo(

@@ -81,6 +81,7 @@ class Engine:
         self.infos: dict[str, ev.SymbolInfo] = {}  # filters of every symbol we traded (dust checks)
         # Account-wide view for the entry lock (N-21): positions and open entry orders, ours or not.
         self.account_positions: dict[str, Decimal] = {}
+        self.position_times: dict[str, int] = {}  # symbol -> venue time of the last position update
         self.account_entry_orders: dict[str, str] = {}
         self.closed_order_keys: dict[str, int] = {}
         self.position_mode: str | None = None
@@ -222,7 +223,8 @@ class Engine:
         for name, state in data["locks"].items():
             self.locks[name].state = state
         for name in _PLAIN_FIELDS:
-            setattr(self, name, decode(data[name]))
+            if name in data:  # a snapshot from before a field existed keeps the field's default
+                setattr(self, name, decode(data[name]))
 
     def _handlers(self) -> dict[type, Callable[[Any], None]]:
         return {
@@ -364,11 +366,13 @@ class Engine:
             self._log("message_deferred", None, "recovery_lock", message_id=event.message_id)
             return
         last = self.cursors.get(event.chat_id, 0)
-        if event.message_id <= last:  # W00-2, G02
+        rerun = event.rerun and event.chat_id == strategy.risk_chat_id  # D-18: past the cursor on purpose
+        if event.message_id <= last and not rerun:  # W00-2, G02
             self._log("message_dropped", None, "duplicate_or_old", message_id=event.message_id, last=last)
             return
-        self.cursors[event.chat_id] = event.message_id
-        self._emit(cmd.PersistCursor(chat_id=event.chat_id, message_id=event.message_id))
+        if event.message_id > last:
+            self.cursors[event.chat_id] = event.message_id
+            self._emit(cmd.PersistCursor(chat_id=event.chat_id, message_id=event.message_id))
         parsed = event.parsed
         if isinstance(parsed, ev.EntrySignal):  # W00, W00-1
             self._log("message_ignored", parsed.symbol, "entry_signal_not_a_trigger")
@@ -1481,6 +1485,17 @@ class Engine:
     # =========================================================================================
 
     def _on_position(self, event: ev.PositionChanged) -> None:
+        if event.venue_time_ms:
+            if event.venue_time_ms < self.position_times.get(event.symbol, 0):
+                self._log(
+                    "position_stale",
+                    event.symbol,
+                    "older_update_ignored",
+                    amount=event.amount,
+                    venue_time_ms=event.venue_time_ms,
+                )
+                return
+            self.position_times[event.symbol] = event.venue_time_ms
         amount = abs(event.amount)
         if amount == 0:
             self.account_positions.pop(event.symbol, None)
@@ -1870,6 +1885,7 @@ _PLAIN_FIELDS = (
     "marks",
     "infos",
     "account_positions",
+    "position_times",
     "account_entry_orders",
     "closed_order_keys",
     "position_mode",

@@ -153,6 +153,8 @@ class MessageReceived(Event):
     ``now_ms`` is our local receipt time (``received_at_local``, N-10). The runtime attaches the
     exchangeInfo entry of the parsed symbol (``None`` when the symbol is unknown) and, for a
     leading message, the closed 3m candles up to receipt (``None`` when they could not be read).
+    ``rerun`` marks a risk message re-delivered by recovery from the journal (specs/DECISIONS.md
+    D-18): its id is already at or below the cursor, and it is acted on again all the same.
     """
 
     chat_id: int
@@ -162,6 +164,7 @@ class MessageReceived(Event):
     exchange_info_ok: bool = True
     symbol_info: SymbolInfo | None = None
     klines: tuple[Candle, ...] | None = None
+    rerun: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -295,12 +298,18 @@ class CancelResult(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PositionChanged(Event):
-    """ACCOUNT_UPDATE or a positionRisk read for one symbol (signed amount: short is negative)."""
+    """ACCOUNT_UPDATE or a positionRisk read for one symbol (signed amount: short is negative).
+
+    ``venue_time_ms`` is the venue's transaction time (ACCOUNT_UPDATE ``T``), 0 when unknown (a
+    REST read of the current position). An update older than one already applied for the symbol
+    was delivered out of order and is ignored.
+    """
 
     symbol: str
     amount: Decimal
     entry_price: Decimal
     position_side: Literal["BOTH", "LONG", "SHORT"] = "BOTH"
+    venue_time_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -90,3 +90,38 @@ def test_a_released_symbol_model_is_reused_clean_for_the_next_symbol() -> None:
     assert encode(reused) == encode(fresh.symbols["BBBUSDT"])
     # The reused object still answers its triggers through the machine.
     assert reused.is_MONITORING()  # type: ignore[attr-defined]
+
+
+def test_a_position_update_delivered_out_of_order_is_ignored() -> None:
+    """A reordered user stream: the partial fill's ACCOUNT_UPDATE (-0.700) arrives after the close's
+    (0). Applying it would hold the entry lock for a position that no longer exists."""
+    engine = Engine()
+
+    def position(amount: str, venue_time_ms: int) -> list[cmd.Command]:
+        return engine.handle(
+            ev.PositionChanged(
+                now_ms=5_000,
+                symbol="BTCUSDT",
+                amount=Decimal(amount),
+                entry_price=Decimal("101"),
+                venue_time_ms=venue_time_ms,
+            )
+        )
+
+    position("0", 2_000)
+    out = position("-0.700", 1_000)
+    assert engine.account_positions == {}
+    assert engine.lock_state("entry_lock") == "GLOBAL_IDLE"
+    assert [(c.kind, c.reason) for c in out if isinstance(c, cmd.Log)] == [
+        ("position_stale", "older_update_ignored")
+    ]
+    # In order, the same two updates lock and then release.
+    position("-0.700", 3_000)
+    assert engine.account_positions == {"BTCUSDT": Decimal("0.700")}
+    assert engine.lock_state("entry_lock") == "GLOBAL_LOCKED"
+    position("0", 4_000)
+    assert engine.lock_state("entry_lock") == "GLOBAL_IDLE"
+    # A REST read carries no venue time and is always applied.
+    position("-0.100", 0)
+    assert engine.account_positions == {"BTCUSDT": Decimal("0.100")}
+    assert Engine.restore(engine.snapshot()).position_times == {"BTCUSDT": 4_000}

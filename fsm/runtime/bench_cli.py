@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fsm.runtime import bench, faults
+from fsm.runtime import bench, daemon_faults, faults
 
 
 def register(subparsers: Any) -> None:
@@ -24,7 +24,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--faults",
         action="store_true",
-        help="run the engine-level fault matrix (scenario x fault); exit 1 on any failure",
+        help="run the fault matrices (engine level, then the daemon against the simulated venue); "
+        "exit 1 on any failure",
     )
     parser.add_argument(
         "--crash",
@@ -44,6 +45,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if not args.json:
                 print_matrix(matrix)
             status |= 0 if matrix.passed else 1
+            live = daemon_faults.run_matrix()
+            payload["daemon_faults"] = live.as_json()
+            if not args.json:
+                print_daemon_matrix(live)
+            status |= 0 if live.passed else 1
         if args.crash:
             crash = faults.run_crash_matrix()
             payload["crash"] = crash.as_json()
@@ -112,6 +118,36 @@ def print_matrix(matrix: faults.MatrixResult) -> None:
     passed = sum(c.passed for c in matrix.cells)
     runs = sum(len(c.runs) for c in matrix.cells)
     console.print(f"{passed}/{len(matrix.cells)} cells passed ({runs} runs)")
+
+
+def print_daemon_matrix(matrix: daemon_faults.DaemonMatrixResult) -> None:
+    title = (
+        f"fault matrix: fault x scenario (the daemon against the simulated venue, {matrix.speed:g}x clock, "
+        f"{matrix.wall_s:.0f} s)"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("fault")
+    for scenario in matrix.scenarios:
+        table.add_column(scenario, justify="center")
+    for fault in matrix.faults:
+        cells = []
+        for scenario in matrix.scenarios:
+            found = [c for c in matrix.cells if c.scenario == scenario and c.fault == fault]
+            if not found:
+                cells.append("-")
+            else:
+                cells.append("[green]pass[/]" if found[0].passed else "[red]FAIL[/]")
+        table.add_row(fault, *cells)
+    console = Console(highlight=False)
+    console.print(table)
+    for cell in matrix.cells:
+        if not cell.passed:
+            fired = escape(", ".join(cell.fired))
+            console.print(f"[red]FAIL[/] {escape(f'{cell.scenario} x {cell.fault}')} (fired: {fired})")
+            for violation in cell.violations:
+                console.print(f"    {violation}", markup=False)
+    passed = sum(c.passed for c in matrix.cells)
+    console.print(f"{passed}/{len(matrix.cells)} daemon cells passed")
 
 
 def print_crash(result: faults.CrashMatrixResult) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from fsm import commands as cmd
-from fsm.runtime import bench_cli, faults
+from fsm.runtime import bench_cli, daemon_faults, faults
 from fsm.runtime.cli import main
 from fsm.runtime.scenario import load_scenarios
 
@@ -104,6 +104,9 @@ def test_the_matrix_prints_and_exits_non_zero_on_a_failure(
 ) -> None:
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setattr(bench_cli.faults, "run_matrix", lambda: matrix)
+    # The daemon-level matrix has its own tests (test_daemon_fault_matrix.py); here it is empty.
+    empty = daemon_faults.DaemonMatrixResult(scenarios=(), faults=(), cells=())
+    monkeypatch.setattr(bench_cli.daemon_faults, "run_matrix", lambda **_: empty)
     code = main(["bench", "--faults"])
     out = capsys.readouterr().out
     assert "fault matrix" in out and "silent+stale" in out

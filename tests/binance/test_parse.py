@@ -214,6 +214,7 @@ def test_account_update_capture_usdc_balance_not_usdt() -> None:
             amount=Decimal("-0.473"),
             entry_price=Decimal("2463.26"),
             position_side="SHORT",
+            venue_time_ms=1788231624647,
         )
     ]
     d = load("account_update_capture.json")
@@ -231,6 +232,7 @@ def test_account_update_doc() -> None:
             amount=Decimal("0"),
             entry_price=Decimal("0.00000"),
             position_side="BOTH",
+            venue_time_ms=1564745798938,
         ),
         PositionChanged(
             now_ms=NOW,
@@ -238,6 +240,7 @@ def test_account_update_doc() -> None:
             amount=Decimal("20"),
             entry_price=Decimal("6563.66500"),
             position_side="LONG",
+            venue_time_ms=1564745798938,
         ),
         PositionChanged(
             now_ms=NOW,
@@ -245,6 +248,7 @@ def test_account_update_doc() -> None:
             amount=Decimal("-10"),
             entry_price=Decimal("6563.86000"),
             position_side="SHORT",
+            venue_time_ms=1564745798938,
         ),
     ]
 

@@ -10,6 +10,7 @@ Budget: ``max_examples=200`` per test in CI; ``SHORTFSM_FUZZ=long`` selects the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -37,12 +38,6 @@ FUZZ = settings(
 )
 NOW = 1_736_996_475_556
 REST_ERRORS = (ValueError, KeyError)
-
-# Known gaps, pinned at the end with their exact inputs: the REST helpers raise TypeError /
-# AttributeError / OverflowError (not ValueError or KeyError) on a well-shaped answer holding a field
-# or row of the wrong JSON type. The property tests accept those only for the helpers listed in
-# KNOWN_TYPE_GAPS.
-
 
 # ---------------------------------------------------------------------------------------------
 # strategies
@@ -397,8 +392,11 @@ def account_updates(draw: st.DrawFn) -> tuple[dict[str, Any], list[ev.Event]]:
     }
     payload["a"]["P"] = positions
     events: list[ev.Event] = [ev.BalanceChanged(now_ms=NOW, wallet_balance=wallet)]
+    venue_time = payload["T"] or payload["E"]  # the transaction time; the event time when absent
     events += [
-        ev.PositionChanged(now_ms=NOW, symbol=s, amount=a, entry_price=p, position_side=ps)
+        ev.PositionChanged(
+            now_ms=NOW, symbol=s, amount=a, entry_price=p, position_side=ps, venue_time_ms=venue_time
+        )
         for s, a, p, ps in rows
     ]
     return payload, events
@@ -458,40 +456,16 @@ ROWS = st.lists(OBJECTS | st.lists(JSON, max_size=8), max_size=3)
 @FUZZ
 @given(value=OBJECTS)
 def test_rest_object_helpers_raise_only_value_or_key_errors(name: str, value: dict[str, Any]) -> None:
-    try:
+    with contextlib.suppress(REST_ERRORS):
         OBJECT_HELPERS[name](value)
-    except REST_ERRORS:
-        pass
-    except (TypeError, AttributeError) as exc:  # pinned gap: a field of the wrong JSON type
-        assert name in KNOWN_TYPE_GAPS, f"{name}: {type(exc).__name__}: {exc} on {value!r}"
 
 
 @pytest.mark.parametrize("name", sorted(ARRAY_HELPERS))
 @FUZZ
 @given(rows=ROWS)
 def test_rest_array_helpers_raise_only_value_or_key_errors(name: str, rows: list[Any]) -> None:
-    try:
+    with contextlib.suppress(REST_ERRORS):
         ARRAY_HELPERS[name](rows)
-    except REST_ERRORS:
-        pass
-    except (TypeError, AttributeError, OverflowError) as exc:  # pinned gaps, see below
-        assert name in KNOWN_TYPE_GAPS, f"{name}: {type(exc).__name__}: {exc} on {rows!r}"
-
-
-# The helpers that raise TypeError/AttributeError (or OverflowError) on a well-shaped answer with a
-# field or row of the wrong JSON type; filled from the fuzzing results and pinned below.
-KNOWN_TYPE_GAPS = frozenset(
-    {
-        "positions_from_rest",
-        "candles_from_rest",
-        "symbol_infos",
-        "symbol_info",
-        "open_order_from_rest",
-        "open_algo_order_from_rest",
-        "mark_price_from_rest",
-        "position_mode_from_rest",
-    }
-)
 
 
 @FUZZ
@@ -526,7 +500,7 @@ def test_rest_answers_round_trip(
 
 
 # ---------------------------------------------------------------------------------------------
-# The crashes fuzzing found, pinned with their exact inputs (binance/parse.py is not ours to edit)
+# The crashes fuzzing found, pinned with their exact inputs
 # ---------------------------------------------------------------------------------------------
 
 
@@ -548,14 +522,15 @@ def test_frames_that_used_to_crash_are_skipped(raw: str, watched: frozenset[str]
     assert parse.decode_frame(raw, NOW, watched) == []
 
 
-def test_gap_rest_rows_of_the_wrong_type() -> None:
-    with pytest.raises(TypeError):
-        parse.positions_from_rest([None])
-    with pytest.raises(OverflowError):
-        parse.candles_from_rest([[1e400, "1", "1", "1", "1", "0", 1]])
-    with pytest.raises(TypeError):
-        parse.symbol_infos({"symbols": 5})
-    with pytest.raises(TypeError):
-        parse.symbol_info({"symbol": "X", "filters": 5})
-    with pytest.raises(TypeError):
-        parse.mark_price_from_rest({"symbol": "BTCUSDT", "markPrice": "1", "time": [1]}, NOW)
+def test_rest_rows_of_the_wrong_type_are_value_errors() -> None:
+    """Found by this fuzzing (TypeError / OverflowError escaped the helpers); now ValueError."""
+    cases: list[Callable[[], object]] = [
+        lambda: parse.positions_from_rest([None]),
+        lambda: parse.candles_from_rest([[1e400, "1", "1", "1", "1", "0", 1]]),
+        lambda: parse.symbol_infos({"symbols": 5}),
+        lambda: parse.symbol_info({"symbol": "X", "filters": 5}),
+        lambda: parse.mark_price_from_rest({"symbol": "BTCUSDT", "markPrice": "1", "time": [1]}, NOW),
+    ]
+    for case in cases:
+        with pytest.raises(ValueError, match="malformed answer"):
+            case()
