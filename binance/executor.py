@@ -57,6 +57,13 @@ async def _nothing() -> list[Any]:
     return []
 
 
+def _wait_ms(err: BinanceError) -> int:
+    """How long the venue asked us to wait before sending again (429 Retry-After, 418 ban)."""
+    if isinstance(err, RateLimited) and err.retry_after_s:
+        return int(err.retry_after_s * 1000)
+    return 0
+
+
 def _raise_if_failed(result: Any) -> Any:
     """One result of ``gather(return_exceptions=True)``: re-raise what the call raised."""
     if isinstance(result, BaseException):
@@ -263,6 +270,7 @@ class Executor:
             message=err.msg,
             retryable=should_retry(err),
             category=category(err),
+            retry_after_ms=_wait_ms(err),
         )
 
     # ----------------------------------------------------------------------------------------

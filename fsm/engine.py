@@ -59,6 +59,9 @@ from fsm.table import (
 log = logging.getLogger("shortfsm.engine")
 ZERO = Decimal(0)
 _POOL_SIZE = 64  # released symbol models kept for reuse
+CLOSE_RETRY_FIRST_MS = 5_000  # timed market closes once the attempts ran out (D-19) ...
+CLOSE_RETRY_MAX_MS = 60_000  # ... doubling up to once a minute
+ENTRY_WAIT_MAX_MS = 5_000  # an entry the venue asks to delay longer than this is given up (W35)
 LOCKED_MESSAGES = {
     ENTRY_LOCK: "GLOBAL_LOCKED",
     SAFETY_LOCK: "PRICE_STALE",
@@ -178,6 +181,9 @@ class Engine:
                     deadlines.append(order.last_fill_ms + timeout)
             if model.mismatch_since_ms:
                 deadlines.append(model.mismatch_since_ms + self.strategy.position_sync_grace_seconds * 1000)
+            if model.close_retry_at_ms:
+                deadlines.append(model.close_retry_at_ms)
+            deadlines.extend(o.retry_at_ms for o in model.orders.values() if o.retry_at_ms)
         if self.locks[EXIT_CANCEL_LOCK].state == "CANCEL_FAILED":
             deadlines.append(self.requery_due_ms)
         if self.last_ws_ms is not None:
@@ -634,6 +640,12 @@ class Engine:
                         continue
                     self._log("five_second_rule", model.symbol, "partial_exit_stalled", cid=order.cid)
                     self._market_close(model, "five_second_rule")
+            for order in list(model.orders.values()):
+                if order.retry_at_ms and now >= order.retry_at_ms and order.status == "PENDING":
+                    order.retry_at_ms = 0
+                    self._retry(model, order)
+            if model.close_retry_at_ms and now >= model.close_retry_at_ms and not model.open_orders("CLOSE"):
+                self._market_close(model, "timed close retry")
             # R20..R22: the venue's position disagrees with our fills for longer than the grace.
             grace = s.position_sync_grace_seconds * 1000
             if (
@@ -924,6 +936,7 @@ class Engine:
             self._finish_if_flat(model, dust_ok=True)
             return
         model.close_attempts += 1
+        model.close_retry_at_ms = 0
         gen = model.next_generation("CLOSE")
         cid = rules.client_order_id(model.symbol, model.message_id, "CLOSE", gen)
         reduce_only, position_side = self._side_params()
@@ -1012,12 +1025,26 @@ class Engine:
         if event.category == "auth":
             self._enter_auth_lock(f"{event.code} {event.message}")
         retryable = event.retryable and order.attempts < self.strategy.entry_attempts
+        if order.leg in ENTRY_LEGS and event.retry_after_ms > ENTRY_WAIT_MAX_MS:
+            retryable = False  # an entry this late would no longer be at its trigger
         if order.leg in ENTRY_LEGS:
             self._entry_rejected(model, order, event, retryable)
         elif order.is_algo:
             self._stop_rejected(model, order, event, retryable)
         else:
             self._exit_rejected(model, order, event, retryable)
+
+    def _resend(self, model: SymbolModel, order: OrderTrack, wait_ms: int) -> None:
+        """A retry now, or once the wait the venue asked for is over (the order stays PENDING, so
+        nothing else takes its leg meanwhile)."""
+        if wait_ms <= 0:
+            self._retry(model, order)
+            return
+        order.status = "PENDING"
+        order.retry_at_ms = self.now_ms + wait_ms
+        self._log(
+            "retry_delayed", model.symbol, "venue_asked_to_wait", cid=order.cid, at_ms=order.retry_at_ms
+        )
 
     def _retry(self, model: SymbolModel, order: OrderTrack) -> None:
         """Resend the very same order (same client id: N-12, W33) after a retryable failure."""
@@ -1071,7 +1098,7 @@ class Engine:
             self._log("second_entry_skipped", model.symbol, "insufficient_margin_after_retry")
             return
         if retryable:  # W35, N-12
-            self._retry(model, order)
+            self._resend(model, order, event.retry_after_ms)
             return
         if order.leg == "ENTRY1":
             self._reset(model, f"first entry failed after {order.attempts} attempt(s): {event.code}")
@@ -1083,7 +1110,7 @@ class Engine:
     ) -> None:
         order.status = "REJECTED"
         if retryable and order.leg == "CLOSE":
-            self._retry(model, order)
+            self._resend(model, order, event.retry_after_ms)
             return
         if event.category == "filter":  # N-20
             self._exit_filter_failure(model, order.leg, f"filter {event.code}")
@@ -1096,11 +1123,21 @@ class Engine:
         self._market_close(model, f"limit exit rejected ({event.code}): market fallback")  # R12
 
     def _close_again(self, model: SymbolModel, reason: str, failure: str) -> None:
-        """Another market close while attempts remain; after that, a critical alert for a person."""
-        if model.close_attempts < self.strategy.entry_attempts:
+        """Another market close while attempts remain. After that a position must still not be left
+        unmanaged: a critical alert for a person, and timed closes with a growing delay (D-19)."""
+        attempts = self.strategy.entry_attempts
+        if model.close_attempts < attempts:
             self._market_close(model, reason)
             return
-        self._critical("close_failed", model.symbol, f"{model.symbol}: {failure}")
+        backoff = min(CLOSE_RETRY_MAX_MS, CLOSE_RETRY_FIRST_MS * 2 ** (model.close_attempts - attempts))
+        if model.close_retry_at_ms == 0 and model.close_attempts == attempts:
+            self._critical(
+                "close_failed",
+                model.symbol,
+                f"{model.symbol}: {failure}; retrying the close every {backoff // 1000} s or more",
+            )
+        model.close_retry_at_ms = self.now_ms + backoff
+        self._log("close_retry_scheduled", model.symbol, failure, at_ms=model.close_retry_at_ms)
 
     def _exit_filter_failure(self, model: SymbolModel, leg: str, reason: str) -> None:
         """N-20: close at market once when the position is at least minQty; otherwise it is dust."""
@@ -1119,7 +1156,7 @@ class Engine:
     ) -> None:
         order.status = "REJECTED"
         if retryable:
-            self._retry(model, order)
+            self._resend(model, order, event.retry_after_ms)
             return
         if event.code in (-2021, -4142):  # the stop would trigger at once: its condition already holds
             self._market_close(model, f"{order.leg} would trigger immediately")

@@ -225,7 +225,9 @@ class OrderAccepted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OrderRejected(Event):
-    """The venue refused an order; ``retryable`` comes from ``binance.errors.should_retry``."""
+    """The venue refused an order; ``retryable`` comes from ``binance.errors.should_retry``.
+    ``retry_after_ms`` is how long the venue asked us to wait before sending again (a 429's
+    Retry-After, a 418 ban), 0 when it did not say."""
 
     symbol: str
     client_order_id: str
@@ -233,6 +235,7 @@ class OrderRejected(Event):
     message: str
     retryable: bool
     category: Literal["retry", "rejected", "rate_limited", "auth", "margin", "filter"] = "rejected"
+    retry_after_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

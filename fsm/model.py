@@ -42,6 +42,7 @@ class OrderTrack:
     last_fill_ms: int = 0
     realized_pnl: Decimal = ZERO
     commission: Decimal = ZERO
+    retry_at_ms: int = 0  # a resend the venue asked us to delay (429 Retry-After); 0 when none
 
     @property
     def is_algo(self) -> bool:
@@ -93,6 +94,7 @@ class SymbolModel:
     closing: bool = False
     close_reason: str = ""
     close_attempts: int = 0
+    close_retry_at_ms: int = 0  # after the attempts ran out: when the next timed close goes out
     cancel_failed: bool = False
     # Position as last reported by the venue (ACCOUNT_UPDATE / positionRisk) and since when it
     # disagrees with our fills (R20).

@@ -64,6 +64,7 @@ class RestFault:
     after_accept: bool = False
     count: int = 1
     hang_s: float = 5.0
+    retry_after_s: int | None = None  # sent as Retry-After with a "status" answer (429 / 418)
 
 
 @dataclass(slots=True)
@@ -381,6 +382,8 @@ class SimVenue:
             title = f"{fault.status} Bad Gateway"
             page = f"<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>"
             return fault.status, extra, page.encode(), "text/html"
+        if fault.retry_after_s is not None:
+            extra = {**extra, "Retry-After": str(fault.retry_after_s)}
         return fault.status, extra, fault.body.encode(), "application/json"
 
     def _authorise(

@@ -560,6 +560,7 @@ class Runner:
                         message=str(rule.params.get("message", "rejected")),
                         retryable=bool(rule.params.get("retryable", False)),
                         category=rule.params.get("category", "rejected"),
+                        retry_after_ms=int(float(rule.params.get("retry_after_s", 0)) * 1000),
                     )
                 ]
             if cid in venue.orders:  # same client id again: the venue knows it (-4116)

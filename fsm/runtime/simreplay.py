@@ -162,9 +162,13 @@ def _http_status(code: int) -> int:
     return 400
 
 
-def _error_fault(method: str, path: str, code: int, message: str, count: int = 1) -> RestFault:
+def _error_fault(
+    method: str, path: str, code: int, message: str, count: int = 1, retry_after_s: int | None = None
+) -> RestFault:
     body = json.dumps({"code": code, "msg": message or f"error {code}"}, separators=(",", ":"))
-    return RestFault(method, path, "status", status=_http_status(code), body=body, count=count)
+    return RestFault(
+        method, path, "status", status=_http_status(code), body=body, count=count, retry_after_s=retry_after_s
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -632,7 +636,9 @@ class SimRunner(Runner):
             if rule:
                 code = int(rule.params.get("code", -1001))
                 count = 2 if code in (-1021, -5028) else 1  # the client re-syncs time and retries once
-                return [_error_fault("POST", path, code, str(rule.params.get("message", "rejected")), count)]
+                wait = rule.params.get("retry_after_s")
+                message = str(rule.params.get("message", "rejected"))
+                return [_error_fault("POST", path, code, message, count, None if wait is None else int(wait))]
         if isinstance(command, (cmd.CancelOrder, cmd.CancelAlgoOrder)):
             cid = command.client_order_id if isinstance(command, cmd.CancelOrder) else command.client_algo_id
             rule = venue.take_rule("cancel_fail", self.legs.get(cid))
