@@ -1741,6 +1741,7 @@ class Engine:
             if "ENTRY1" in legs:
                 self._fire(model, "restore_entry_order", "open first entry, no position")
                 self._cancel_all(model, exclude_legs=("ENTRY1",))
+                self._emit(cmd.SubscribeMarket(symbols=(symbol,)))  # recovery waits for its price
             else:
                 model.closing = True
                 model.close_reason = "recovery: orders without position"

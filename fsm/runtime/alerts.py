@@ -20,6 +20,9 @@ from fsm import commands as cmd
 from fsm.runtime.store import Store
 
 log = logging.getLogger(__name__)
+# httpx logs every request line, full URL included, at INFO; a webhook URL carries its token. Kept at
+# WARNING whatever level the operator runs at (tests/bench/test_secrets.py scans for it).
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 SEVERITY_PREFIX = {"info": "ℹ️", "warning": "⚠️", "critical": "🚨"}
 Poster = Callable[[str, dict[str, str]], Awaitable[int]]

@@ -141,7 +141,7 @@ class Secrets(BaseSettings):
     binance_api_secret: SecretStr = SecretStr("")
     telegram_api_id: int = 0
     telegram_api_hash: SecretStr = SecretStr("")
-    telegram_phone: str = ""
+    telegram_phone: SecretStr = SecretStr("")
     discord_webhook_url: SecretStr = SecretStr("")
 
 
@@ -175,3 +175,51 @@ def strategy_changes(old: AppConfig, new: AppConfig) -> dict[str, str]:
         if a != b:
             changes[name] = ",".join(b) if isinstance(b, tuple) else str(b)
     return changes
+
+
+# ---------------------------------------------------------------------------------------------
+# Reload (mtime poll and SIGHUP in the daemon)
+# ---------------------------------------------------------------------------------------------
+
+# Strategy fields that come from outside the ``strategy`` section (the listener is built with them).
+_NOT_RELOADABLE_STRATEGY = frozenset({"entry_chat_id", "risk_chat_id"})
+
+
+def file_signature(path: str | Path) -> tuple[int, int] | None:
+    """(mtime in ns, size) of ``path``; None when it cannot be read."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def setting_text(value: Any) -> str:
+    """A strategy value as the text ``Strategy.with_changes`` reads back."""
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def settings_changes(current: Strategy, new: AppConfig) -> tuple[tuple[str, str], ...]:
+    """The ``strategy`` settings in ``new`` that differ from the running ones, as
+    ``SettingsChangeRequested.changes`` (sorted by name)."""
+    target = new.to_strategy()
+    changes = [
+        (name, setting_text(getattr(target, name)))
+        for name in current.__dataclass_fields__
+        if name not in _NOT_RELOADABLE_STRATEGY and getattr(current, name) != getattr(target, name)
+    ]
+    return tuple(sorted(changes))
+
+
+def restart_changes(old: AppConfig, new: AppConfig) -> tuple[str, ...]:
+    """Dotted keys outside ``strategy`` whose value differs: they take effect only after a restart
+    (storage paths, profile, venue URLs, channels, alerts)."""
+    before = old.model_dump(exclude={"strategy"})
+    after = new.model_dump(exclude={"strategy"})
+    changed = [
+        f"{section}.{key}"
+        for section, values in after.items()
+        for key, value in values.items()
+        if before.get(section, {}).get(key) != value
+    ]
+    return tuple(sorted(changed))

@@ -15,7 +15,9 @@ outcome events are handled next, before anything else in the queue, as the scena
 Startup is recovery (N-28): the engine starts locked (``recovering=True``); the first event is
 ``RecoveryStarted`` with the cursors and cooldowns saved in the database; the engine asks for an
 exchange snapshot, rebuilds, needs a price, and says ``ResumeTelegram``; only then does the message
-source start, backfilling from the saved cursors.
+source start, backfilling from the saved cursors. Just before it, the risk messages journaled after
+the journal seq the last snapshot covers (their cursor is stored, their loss-cut may not have gone
+out) are handled again, marked ``rerun`` (specs/DECISIONS.md D-18).
 
 Stopping (SIGTERM/SIGINT or ``request_stop``): intake stops, the event being handled finishes with
 its requests, outcomes already received are applied (no new venue command is sent), a snapshot is
@@ -30,10 +32,11 @@ import logging
 import math
 import secrets
 import signal
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -48,11 +51,20 @@ from binance.sim.server import SimVenue
 from binance.streams import KEEPALIVE_S, MarketStream, PremiumIndexPoller, UserStream
 from fsm import commands as cmd
 from fsm import events as ev
+from fsm import rules
 from fsm.engine import Engine
 from fsm.model import decode
 from fsm.runtime import heartbeat
 from fsm.runtime.alerts import Alert, Alerts
-from fsm.runtime.config import AppConfig, Secrets
+from fsm.runtime.config import (
+    AppConfig,
+    ConfigError,
+    Secrets,
+    file_signature,
+    load_config,
+    restart_changes,
+    settings_changes,
+)
 from fsm.runtime.feeds import MessageSource, PricePath, ReplaySource, TelegramSource
 from fsm.runtime.logs import DecisionLog
 from fsm.runtime.store import CONTROL_KEY, Store
@@ -108,6 +120,40 @@ def managed_symbols(snapshot: dict[str, Any] | None) -> tuple[tuple[str, int, st
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         log.warning("saved snapshot unreadable, recovering from the exchange alone: %r", exc)
         return ()
+
+
+def corrected_hints(
+    managed: tuple[tuple[str, int, str], ...], orders: list[tuple[str, str, bool]]
+) -> tuple[tuple[str, int, str], ...]:
+    """A PHASE1 (or ENTRY_ORDER) hint whose signal has a second-entry fill is PHASE2 (N-17): the
+    fill's rows reach the database before the snapshot of its transition (kill -9 in between)."""
+    second = {
+        (symbol, parsed.message_id)
+        for symbol, cid, filled in orders
+        if filled and (parsed := rules.parse_client_order_id(cid)) is not None and parsed.leg == "ENTRY2"
+    }
+    return tuple(
+        (symbol, message_id, "PHASE2" if (symbol, message_id) in second and state != "EXITING" else state)
+        for symbol, message_id, state in managed
+    )
+
+
+def merged_generations(
+    saved: tuple[tuple[str, str, int], ...],
+    managed: tuple[tuple[str, int, str], ...],
+    orders: list[tuple[str, str, bool]],
+) -> tuple[tuple[str, str, int], ...]:
+    """The snapshot's generations raised by the order rows of each managed signal (N-13: a client
+    id that reached the venue is never reused, even when the snapshot after it was not saved)."""
+    signal = {symbol: message_id for symbol, message_id, _ in managed}
+    merged = {(symbol, leg): gen for symbol, leg, gen in saved}
+    for symbol, cid, _ in orders:
+        parsed = rules.parse_client_order_id(cid)
+        if parsed is None or signal.get(symbol) != parsed.message_id:
+            continue
+        key = (symbol, parsed.leg)
+        merged[key] = max(merged.get(key, 0), parsed.generation)
+    return tuple(sorted((symbol, leg, gen) for (symbol, leg), gen in merged.items()))
 
 
 class StartupRefused(RuntimeError):
@@ -315,6 +361,13 @@ class Daemon:
         self._infos_at_ms = -math.inf
         self._control_seen: dict[str, Any] = {}
         self.stopped_reason = ""
+        self.config_watch: ConfigWatch | None = None  # set by ``watch_config``
+        # D-18: the risk messages recovery re-runs, and the journal seq snapshots may claim to cover.
+        self._reruns: list[ev.MessageReceived] = []
+        self._reruns_pending = 0
+        self._rerun_floor: int | None = None
+        store.covered_seq = store.journal_seq
+        self.db_health = DatabaseHealth()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -327,24 +380,13 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until ``request_stop``; returns the process exit code."""
-        cursors = await self.store.cursors()
-        cooldowns = await self.store.cooldowns()
-        saved = await self.store.latest_snapshot()
-        managed, generations = managed_symbols(saved), saved_generations(saved)
+        recovery = await self._recovery_inputs()
         control = await self._read_control()
         self._control_seen = dict(control)
         await self.market.subscribe([self.heartbeat_symbol])
         self.poller.set_symbols(self.market.symbols)
         now = self.clock.now_ms()
-        self.enqueue_nowait(
-            ev.RecoveryStarted(
-                now_ms=now,
-                cursors=tuple(sorted(cursors.items())),
-                cooldowns=tuple(sorted(cooldowns.items())),
-                managed=managed,
-                generations=generations,
-            )
-        )
+        self.enqueue_nowait(replace(recovery, now_ms=now))
         if control.get("paused"):
             self.enqueue_nowait(ev.PauseRequested(now_ms=now, paused=True))
         self.alerts.start()
@@ -381,6 +423,68 @@ class Daemon:
         self.decision_log.close()
         log.info("stopped (%s) after %d events", self.stopped_reason, self.handled)
         return self.exit_code
+
+    # -- recovery inputs and the re-run of risk messages (N-28, D-17, D-18) ---------------------
+
+    async def _recovery_inputs(self) -> ev.RecoveryStarted:
+        """N-28 step 2 from storage: cursors, cooldowns, the last snapshot's managed symbols and
+        generations (D-17) checked against the orders and fills tables, which are written before
+        the snapshot that follows the same event; and the risk messages to re-run (D-18)."""
+        store = self.store
+        cursors = await store.cursors()
+        cooldowns = await store.cooldowns()
+        saved = await store.latest_snapshot()
+        orders = await store.our_orders()
+        covered = await store.snapshot_coverage()
+        risk_chat = self.chats[1]
+        self._reruns = await store.risk_messages_after(covered, risk_chat, cursors.get(risk_chat, 0))
+        if self._reruns:
+            self._rerun_floor = covered
+            store.covered_seq = covered
+            log.warning(
+                "recovery: risk message(s) %s journaled after the last snapshot (seq %d) are re-run "
+                "once recovery is over (D-18)",
+                [m.message_id for m in self._reruns],
+                covered,
+            )
+        managed = managed_symbols(saved)
+        return ev.RecoveryStarted(
+            now_ms=0,
+            cursors=tuple(sorted(cursors.items())),
+            cooldowns=tuple(sorted(cooldowns.items())),
+            managed=corrected_hints(managed, orders),
+            generations=merged_generations(saved_generations(saved), managed, orders),
+        )
+
+    async def _watch_recovered_symbols(self) -> None:
+        """N-28 step 8 needs a price for every rebuilt symbol: subscribe the ones the engine did not
+        ask for (a first entry restored without a position emits no SubscribeMarket)."""
+        missing = sorted(set(self.engine.active_symbols()) - self.market.symbols)
+        if missing:
+            log.info("recovery: watching the mark price of %s", ", ".join(missing))
+            await self.market.subscribe(missing)
+            self.poller.set_symbols(self.market.symbols)
+
+    def _rerun_risk_messages(self) -> None:
+        """Recovery is over (the engine says ResumeTelegram): the risk messages whose decision may
+        not have been carried out go first, before anything the backfill brings (D-18)."""
+        if not self._reruns:
+            return
+        now = self.clock.now_ms()
+        reruns, self._reruns = self._reruns, []
+        self._reruns_pending = len(reruns)
+        self._front.extend(replace(m, now_ms=now, rerun=True) for m in reruns)
+
+    def _carried(self, seq: int | None, rerun: bool) -> None:
+        """An event's commands were all carried out: later snapshots may cover its journal seq, but
+        never a re-run's original row while a re-run is still to be carried out (D-18)."""
+        if rerun:
+            self._reruns_pending -= 1
+            if self._reruns_pending <= 0 and not self._reruns:
+                self._rerun_floor = None
+        if seq is not None:
+            floor = self._rerun_floor
+            self.store.covered_seq = seq if floor is None else min(seq, floor)
 
     # -- intake --------------------------------------------------------------------------------
 
@@ -511,8 +615,13 @@ class Daemon:
 
     async def _handle(self, event: ev.Event, *, execute: bool) -> None:
         store = self.store
+        rerun = isinstance(event, ev.MessageReceived) and event.rerun
+        if rerun and not execute:
+            return  # stopping: the snapshot keeps not covering it, the next start re-runs it (D-18)
+        seq: int | None = None
         if not isinstance(event, NOT_JOURNALED):
             store.journal(event)
+            seq = store.journal_seq
         if isinstance(event, OUTCOME_EVENTS):
             store.record_outcome(event)
         commands = self.engine.handle(event)
@@ -521,11 +630,13 @@ class Daemon:
             self.observer(event, commands)
         self.last_event = {"type": type(event).__name__, "now_ms": event.now_ms}
         if not commands:
+            if execute:
+                self._carried(seq, rerun)
             return
         now = event.now_ms
         for c in commands:  # N-05: the cursor is on disk before the message has any effect
             if isinstance(c, cmd.PersistCursor):
-                await store.save_cursor(c.chat_id, c.message_id, now)
+                await self._save_cursor(c.chat_id, c.message_id, now)
         store.record_commands(now, commands)
         self.decision_log.decisions(now, event, commands)
         if any(isinstance(c, cmd.Transitioned) for c in commands):
@@ -537,6 +648,10 @@ class Daemon:
             self.observer(event, commands)
         for c in commands:
             await self._carry_out(c, execute=execute)
+        if isinstance(event, ev.ExchangeSnapshot) and event.purpose == "recovery":
+            await self._watch_recovered_symbols()
+        if execute:
+            self._carried(seq, rerun)
 
     async def _carry_out(self, c: cmd.Command, *, execute: bool) -> None:
         if self.executor.handles(c):
@@ -560,6 +675,7 @@ class Daemon:
         elif isinstance(c, cmd.Notify):
             self.alerts.notify(c, self.clock.now_ms())
         elif isinstance(c, cmd.ResumeTelegram):
+            self._rerun_risk_messages()
             self._resume_source()
 
     def _resume_source(self) -> None:
@@ -626,7 +742,9 @@ class Daemon:
             await asyncio.sleep(interval)
             now = self.clock.now_ms()
             try:
-                self.streams["user"] = "up" if getattr(self.user, "_ws", None) is not None else "down"
+                self.streams["user"] = "up" if self.user.connected else "down"
+                await self._check_database(now)
+                self._reload_config(now)
                 self._write_status(now)
                 if self._snapshot_dirty:
                     self._snapshot_dirty = False
@@ -649,7 +767,7 @@ class Daemon:
                     self.engine,
                     now_ms=now,
                     streams=self.streams,
-                    database_ok=self.store.healthy,
+                    database_ok=self.db_health.ok,
                     last_event=self.last_event,
                 ),
             )
@@ -674,13 +792,161 @@ class Daemon:
         if flatten and flatten != self._control_seen.get("flatten"):
             self._control_seen["flatten"] = flatten
             log.warning("operator flatten request %s", flatten)
+            await self._flatten(now)
+
+    async def _flatten(self, now: int) -> None:
+        try:
             done = await flatten_account(self.rest, now)
+        except (BinanceError, KeyError, ValueError) as exc:
+            log.error("flatten failed: %s", exc)
             self.alerts.submit(
-                Alert(now_ms=now, kind="flatten", text="; ".join(done) or "nothing to flatten")
+                Alert(now_ms=now, kind="flatten", severity="critical", text=f"flatten failed: {exc}")
             )
+            return
+        self.alerts.submit(Alert(now_ms=now, kind="flatten", text="; ".join(done) or "nothing to flatten"))
+
+    # -- config reload (mtime poll in the status loop, SIGHUP) -----------------------------------
+
+    def watch_config(self, path: str | Path) -> None:
+        """Re-read ``path`` when it changes (polled every status step) or on ``request_reload``."""
+        self.config_watch = ConfigWatch(path)
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config file at the next status step, changed or not."""
+        if self.config_watch is None:
+            log.warning("reload requested, but no config file is watched")
+            return
+        log.info("reload requested: %s", self.config_watch.path)
+        self.config_watch.requested = True
+
+    def _reload_config(self, now: int) -> None:
+        """Strategy settings go to the engine as ``SettingsChangeRequested`` (its settings lock
+        decides); any other changed key only takes effect after a restart; a bad file changes nothing."""
+        watch = self.config_watch
+        if watch is None or not watch.due():
+            return
+        if not watch.path.exists():
+            log.error("config reload: %s is missing; the running configuration is kept", watch.path)
+            return
+        try:
+            new = load_config(watch.path)
+        except ConfigError as exc:
+            problem = str(exc).replace("\n", "; ")
+            log.error(
+                "config reload: %s is invalid; the running configuration is kept: %s", watch.path, problem
+            )
+            self.alerts.submit(
+                Alert(
+                    now_ms=now,
+                    kind="config",
+                    severity="warning",
+                    text=f"config reload refused, the file is invalid: {problem}",
+                )
+            )
+            return
+        restart = restart_changes(self.config, new)
+        for key in restart:
+            log.warning("config reload: %s changed; restart shortfsm for it to take effect", key)
+        changes = settings_changes(self.engine.strategy, new)
+        if changes:
+            log.info("config reload: asking the engine for %s", ", ".join(f"{k}={v}" for k, v in changes))
+            self.enqueue_nowait(ev.SettingsChangeRequested(now_ms=now, changes=changes))
+        elif not restart:
+            log.info("config reload: %s has no change", watch.path)
+
+    # -- database health (full disk, I/O errors) -----------------------------------------------
+
+    async def _save_cursor(self, chat_id: int, message_id: int, now: int) -> None:
+        """N-05's cursor write; when the database refuses it the message is still acted on (the
+        engine has already moved) and the cursor is written again once writes work."""
+        try:
+            await self.store.save_cursor(chat_id, message_id, now)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("cursor %s/%s not saved: %s", chat_id, message_id, exc)
+
+    async def _check_database(self, now: int) -> None:
+        """One alert when database writes start failing, one when they work again; then the
+        state kept in memory (cursors, cooldowns, engine snapshot) is written again."""
+        health = self.db_health
+        if self.store.closed:
+            return
+        new_errors = self.store.errors - health.seen_errors
+        health.seen_errors = self.store.errors
+        if new_errors > 0:
+            health.failed_writes += new_errors
+            if health.failing_since_ms is None:
+                health.failing_since_ms = now
+                self.alerts.submit(
+                    Alert(
+                        now_ms=now,
+                        kind="database",
+                        severity="critical",
+                        text="database writes fail (disk full or I/O error, see the log): trading "
+                        "continues from memory; free disk space",
+                    )
+                )
+            return
+        if health.failing_since_ms is None:
+            return
+        try:
+            await self.store.set_status("meta.database_ok", str(now), now)
+        except (sqlite3.Error, OSError):
+            health.seen_errors = self.store.errors  # the probe itself is not a lost write
+            return
+        since, lost = health.failing_since_ms, health.failed_writes
+        health.failing_since_ms, health.failed_writes = None, 0
+        for chat_id, message_id in sorted(self.engine.cursors.items()):
+            await self._save_cursor(chat_id, message_id, now)
+        self.store.record_commands(
+            now,
+            [
+                cmd.PersistCooldown(symbol=s, received_at_ms=t)
+                for s, t in sorted(self.engine.cooldowns.items())
+            ],
+        )
+        self.store.save_snapshot(now, self.engine.snapshot())
+        self.alerts.submit(
+            Alert(
+                now_ms=now,
+                kind="database",
+                severity="warning",
+                text=f"database writes work again after {(now - since) / 1000:.0f} s; {lost} writes were "
+                "lost; cursors, cooldowns and the engine snapshot are written again",
+            )
+        )
 
 
 _STOP = ev.Event(now_ms=0)
+
+
+class ConfigWatch:
+    """The config file as the daemon last read it: due again when its (mtime, size) changes or a
+    reload was requested (SIGHUP)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.signature = file_signature(self.path)
+        self.requested = False
+
+    def due(self) -> bool:
+        signature = file_signature(self.path)
+        due = self.requested or signature != self.signature
+        self.signature = signature
+        self.requested = False
+        return due
+
+
+@dataclass(slots=True)
+class DatabaseHealth:
+    """Whether database writes work; ``seen_errors`` follows ``Store.errors``."""
+
+    seen_errors: int = 0
+    failing_since_ms: int | None = None
+    failed_writes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failing_since_ms is None
 
 
 def board_view(engine: Engine, now_ms: int, extras: dict[str, Any]) -> dict[str, Any]:
@@ -777,86 +1043,139 @@ class RunOptions:
     observer: Observer | None = None
     install_signals: bool = True
     balance: Decimal = Decimal("10000")
+    config_path: str | None = None  # watched for reloads (mtime poll, SIGHUP)
+    feed_origin_ms: int | None = None  # sim: the epoch ms the feed's at_ms count from (default: start)
 
 
 async def run_daemon(config: AppConfig, secrets_: Secrets, options: RunOptions) -> int:
     """Build everything for ``options.profile`` and run until stopped; returns the exit code."""
     profile = options.profile
     check_profile(config, profile, secrets_)
-    clock = RunClock(speed=options.speed if profile == "sim" else 1.0)
-    harness: SimHarness | None = None
-    source: MessageSource
-    if profile == "sim":
-        harness = SimHarness(clock, balance=options.balance, path=options.path)
-        origin = clock.now_ms()
-        harness.install(origin)
-        await harness.start()
-        endpoints = harness.endpoints()
-        source = ReplaySource.from_file(
-            options.feed_path or config.telegram.feed_path, origin_ms=origin, clock=clock
+    async with contextlib.AsyncExitStack() as stack:
+        store = await open_store(options.database or config.storage.database)
+        stack.push_async_callback(store.close)
+        clock = RunClock(speed=options.speed if profile == "sim" else 1.0)
+        source: MessageSource
+        if profile == "sim" and config.binance.rest_url:
+            endpoints = await external_sim(config, secrets_, clock)
+            source = ReplaySource.from_file(
+                options.feed_path or config.telegram.feed_path,
+                origin_ms=options.feed_origin_ms or clock.now_ms(),
+                clock=clock,
+            )
+        elif profile == "sim":
+            harness = SimHarness(clock, balance=options.balance, path=options.path)
+            origin = clock.now_ms()
+            harness.install(origin)
+            await harness.start()
+            stack.push_async_callback(harness.stop)
+            endpoints = harness.endpoints()
+            source = ReplaySource.from_file(
+                options.feed_path or config.telegram.feed_path, origin_ms=origin, clock=clock
+            )
+        else:
+            rest_url, market_url, private_url = config.binance.urls()
+            endpoints = Endpoints(
+                rest_url=rest_url,
+                market_ws_url=market_url,
+                private_ws_url=private_url,
+                api_key=secrets_.binance_api_key.get_secret_value(),
+                api_secret=secrets_.binance_api_secret.get_secret_value(),
+                recv_window_ms=config.binance.recv_window_ms,
+            )
+            source = TelegramSource(
+                session_path=config.telegram.session_path,
+                api_id=secrets_.telegram_api_id,
+                api_hash=secrets_.telegram_api_hash.get_secret_value(),
+                chat_ids=(config.telegram.entry_chat_id, config.telegram.risk_chat_id),
+                backfill_interval_s=config.telegram.backfill_interval_seconds,
+                quiet_reconnect_s=config.telegram.quiet_reconnect_seconds,
+            )
+        secret_values = [
+            endpoints.api_key,
+            endpoints.api_secret,
+            secrets_.telegram_api_hash.get_secret_value(),
+            secrets_.discord_webhook_url.get_secret_value(),
+        ]
+        decision_log = DecisionLog(
+            config.storage.log_dir, retention_days=config.storage.log_retention_days, secrets=secret_values
         )
-    else:
-        rest_url, market_url, private_url = config.binance.urls()
-        endpoints = Endpoints(
-            rest_url=rest_url,
-            market_ws_url=market_url,
-            private_ws_url=private_url,
-            api_key=secrets_.binance_api_key.get_secret_value(),
-            api_secret=secrets_.binance_api_secret.get_secret_value(),
-            recv_window_ms=config.binance.recv_window_ms,
+        webhook = secrets_.discord_webhook_url.get_secret_value() if config.alerts.discord else ""
+        alerts = Alerts(
+            store=store,
+            webhook_url=webhook,
+            queue_limit=config.alerts.queue_limit,
+            max_attempts=config.alerts.max_attempts,
         )
-        source = TelegramSource(
-            session_path=config.telegram.session_path,
-            api_id=secrets_.telegram_api_id,
-            api_hash=secrets_.telegram_api_hash.get_secret_value(),
-            chat_ids=(config.telegram.entry_chat_id, config.telegram.risk_chat_id),
-            backfill_interval_s=config.telegram.backfill_interval_seconds,
-            quiet_reconnect_s=config.telegram.quiet_reconnect_seconds,
+        await store.set_status("meta.profile", profile, clock.now_ms())
+        daemon = Daemon(
+            config=config,
+            profile=profile,
+            clock=clock,
+            store=store,
+            endpoints=endpoints,
+            source=source,
+            decision_log=decision_log,
+            alerts=alerts,
+            heartbeat_path=config.storage.heartbeat_path,
+            stop_when=options.stop_when,
+            observer=options.observer,
         )
-    store = await Store.open(options.database or config.storage.database)
-    secret_values = [
-        endpoints.api_key,
-        endpoints.api_secret,
-        secrets_.telegram_api_hash.get_secret_value(),
-        secrets_.discord_webhook_url.get_secret_value(),
-    ]
-    decision_log = DecisionLog(
-        config.storage.log_dir, retention_days=config.storage.log_retention_days, secrets=secret_values
+        if options.config_path:
+            daemon.watch_config(options.config_path)
+        return await _run_with_signals(daemon, options.install_signals)
+
+
+async def external_sim(config: AppConfig, secrets_: Secrets, clock: RunClock) -> Endpoints:
+    """The sim profile against a simulated venue running elsewhere (``binance.rest_url`` and the two
+    WebSocket URLs set; keys from the environment): the run's clock starts at the venue's time and
+    runs at the run's speed, as the venue's own clock does (kill -9 tests restart against it)."""
+    rest_url, market_url, private_url = config.binance.urls()
+    if not (market_url and private_url):
+        raise StartupRefused("an external sim venue needs binance.market_ws_url and binance.private_ws_url")
+    import httpx
+
+    async with httpx.AsyncClient(base_url=rest_url, timeout=5.0) as client:
+        before = time.monotonic()
+        answer = (await client.get("/fapi/v1/time")).json()
+        half = (time.monotonic() - before) / 2
+    clock.start(int(answer["serverTime"]) + int(half * 1000 * clock.speed))
+    return Endpoints(
+        rest_url=rest_url,
+        market_ws_url=market_url,
+        private_ws_url=private_url,
+        api_key=secrets_.binance_api_key.get_secret_value(),
+        api_secret=secrets_.binance_api_secret.get_secret_value(),
+        recv_window_ms=max(config.binance.recv_window_ms, min(60_000, int(5_000 * clock.speed))),
     )
-    webhook = secrets_.discord_webhook_url.get_secret_value() if config.alerts.discord else ""
-    alerts = Alerts(
-        store=store,
-        webhook_url=webhook,
-        queue_limit=config.alerts.queue_limit,
-        max_attempts=config.alerts.max_attempts,
-    )
-    await store.set_status("meta.profile", profile, clock.now_ms())
-    daemon = Daemon(
-        config=config,
-        profile=profile,
-        clock=clock,
-        store=store,
-        endpoints=endpoints,
-        source=source,
-        decision_log=decision_log,
-        alerts=alerts,
-        heartbeat_path=config.storage.heartbeat_path,
-        stop_when=options.stop_when,
-        observer=options.observer,
-    )
+
+
+async def open_store(path: str | Path) -> Store:
+    """The database, opened before anything else starts: a corrupt file raises ``StoreError`` (it
+    is never reset); a missing one is created, and the log says that nothing was restored."""
+    if not Path(path).exists():
+        log.warning(
+            "database %s does not exist: starting fresh (no saved cursors, cooldowns or snapshot)", path
+        )
+    return await Store.open(path)
+
+
+async def _run_with_signals(daemon: Daemon, install: bool) -> int:
+    """SIGTERM/SIGINT stop the daemon, SIGHUP re-reads the config file."""
     loop = asyncio.get_running_loop()
-    if options.install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+    handlers: list[tuple[signal.Signals, Callable[..., None], tuple[Any, ...]]] = [
+        (signal.SIGTERM, daemon.request_stop, ("SIGTERM",)),
+        (signal.SIGINT, daemon.request_stop, ("SIGINT",)),
+        (signal.SIGHUP, daemon.request_reload, ()),
+    ]
+    if install:
+        for sig, handler, args in handlers:
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, daemon.request_stop, sig.name)
+                loop.add_signal_handler(sig, handler, *args)
     try:
-        code = await daemon.run()
+        return await daemon.run()
     finally:
-        if options.install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+        if install:
+            for sig, _, _ in handlers:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-        await store.close()
-        if harness is not None:
-            await harness.stop()
-    return code

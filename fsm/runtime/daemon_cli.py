@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sqlite3
 import stat
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.live import Live
 
 from binance import parse
-from binance.errors import BinanceError
+from binance.errors import AuthFailed, BinanceError
 from binance.rest import BinanceRest
 from fsm import commands as cmd
 from fsm import events as ev
@@ -37,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(run)
     run.add_argument("--profile", choices=("sim", "demo", "mainnet"), help="override binance.profile")
     run.add_argument("--speed", type=float, default=1.0, help="sim profile only: compress time N x")
+    run.add_argument(
+        "--feed-origin-ms",
+        type=int,
+        help="sim profile only: epoch ms the feed's at_ms count from (default: the start; a restart "
+        "against an external sim venue passes the venue's origin)",
+    )
     run.set_defaults(func=cmd_run)
 
     demo = subparsers.add_parser("demo", help="the whole story on the simulated venue, in about a minute")
@@ -100,7 +105,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     profile = args.profile or config.binance.profile
     feed = _feed_path(config)
-    options = RunOptions(profile=profile, speed=args.speed, feed_path=str(feed), path=_price_path(feed))
+    options = RunOptions(
+        profile=profile,
+        speed=args.speed,
+        feed_path=str(feed),
+        path=_price_path(feed),
+        config_path=args.config,
+        feed_origin_ms=args.feed_origin_ms,
+    )
     _daemon_logging()
     try:
         return asyncio.run(run_daemon(config, Secrets(), options))
@@ -311,25 +323,52 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     profile = args.profile or config.binance.profile
-    secrets_ = Secrets()
-    ok = True
-    print(f"config {args.config}: valid (profile {profile})")
-    for warning in loose_permissions([Path(".env"), Path(args.config), Path(config.telegram.session_path)]):
+    ok = asyncio.run(preflight(config, Secrets(), profile, config_path=Path(args.config)))
+    return 0 if ok else 1
+
+
+async def preflight(config: AppConfig, secrets_: Secrets, profile: str, *, config_path: Path) -> bool:
+    """``shortfsm check``: one line per check (``OK``, ``WARN``, ``SKIP`` or ``FAIL``); False when
+    any check failed. Against the venue: clock skew, the API key, position mode, balance and the
+    withdrawal permission."""
+    print(f"OK    config {config_path}: valid (profile {profile})")
+    for warning in loose_permissions([Path(".env"), config_path, Path(config.telegram.session_path)]):
         print(f"WARN  {warning}")
+    ok = _check_database(Path(config.storage.database))
     if profile == "sim":
-        print("sim profile: the simulated venue needs no keys; nothing else to check")
-        return 0
+        print("OK    sim profile: the simulated venue runs inside the daemon and needs no keys")
+        return ok
     try:
         check_profile(config, profile, secrets_)
     except StartupRefused as exc:
         print(f"FAIL  {exc}")
-        return 1
-    print("keys: present")
-    ok = asyncio.run(_check_venue(config, secrets_)) and ok
-    return 0 if ok else 1
+        return False
+    print("OK    keys: present")
+    return await _check_venue(config, secrets_, profile) and ok
 
 
-async def _check_venue(config: AppConfig, secrets_: Secrets) -> bool:
+def _check_database(path: Path) -> bool:
+    """Read-only: a corrupt file fails here before ``run`` refuses it."""
+    if not path.exists():
+        print(f"OK    database {path} does not exist yet: `run` creates it (nothing to restore)")
+        return True
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        print(f"FAIL  database {path}: not a usable shortfsm database ({exc}); move it aside to start fresh")
+        return False
+    print(f"OK    database {path}: schema {row[0] if row else 'none'}")
+    return True
+
+
+MAX_CLOCK_SKEW_MS = 1000  # receipt times decide the closed candle (N-08) and a signal's age (N-27)
+
+
+async def _check_venue(config: AppConfig, secrets_: Secrets, profile: str) -> bool:
     rest_url, _, _ = config.binance.urls()
     ok = True
     async with BinanceRest(
@@ -342,21 +381,39 @@ async def _check_venue(config: AppConfig, secrets_: Secrets) -> bool:
             before = int(time.time() * 1000)
             server = await rest.server_time()
             after = int(time.time() * 1000)
-            skew = server - (before + after) // 2
-            flag = "OK  " if abs(skew) < 1000 else "WARN"
-            print(f"{flag}  clock skew vs {rest_url}/fapi/v1/time: {skew} ms")
         except BinanceError as exc:
-            print(f"FAIL  server time: {exc}")
+            print(f"FAIL  venue {rest_url} unreachable: {exc}")
             return False
+        skew = server - (before + after) // 2
+        if abs(skew) <= MAX_CLOCK_SKEW_MS:
+            print(f"OK    clock skew vs {rest_url}/fapi/v1/time: {skew} ms")
+        else:
+            print(
+                f"FAIL  clock skew vs {rest_url}/fapi/v1/time: {skew} ms (more than {MAX_CLOCK_SKEW_MS} ms): "
+                "synchronise the system clock (NTP)"
+            )
+            ok = False
         try:
             mode = parse.position_mode_from_rest(await rest.position_mode())
-            print(f"OK    position mode readable: {mode}")
+        except AuthFailed as exc:
+            print(
+                f"FAIL  API key refused by {rest_url} ({exc.code} {exc.msg}): check BINANCE_API_KEY and "
+                "BINANCE_API_SECRET, the key's IP restriction and its Futures permission"
+            )
+            return False
         except (BinanceError, KeyError, ValueError) as exc:
-            print(f"FAIL  position mode: {exc}")
+            print(f"FAIL  position mode unreadable: {exc}")
+            return False
+        print(f"OK    position mode: {mode} ({POSITION_MODE_NOTE[mode]})")
+        try:
+            wallet, available = parse.balance_from_rest(await rest.balance(), "USDT")
+            print(f"OK    USDT balance: wallet {wallet}, available {available}")
+        except (BinanceError, KeyError, ValueError) as exc:
+            print(f"FAIL  balance unreadable: {exc}")
             ok = False
-        withdraw = await _can_withdraw(rest, config, secrets_)
+        withdraw = await _can_withdraw(rest, spot_api_url(config, profile), secrets_)
         if withdraw is True:
-            print("FAIL  this API key can withdraw funds: create a trading-only key")
+            print("FAIL  this API key can withdraw funds: create a key without the withdrawal permission")
             ok = False
         elif withdraw is False:
             print("OK    the API key cannot withdraw")
@@ -365,9 +422,23 @@ async def _check_venue(config: AppConfig, secrets_: Secrets) -> bool:
     return ok
 
 
-async def _can_withdraw(rest: BinanceRest, config: AppConfig, secrets_: Secrets) -> bool | None:
-    """``GET /sapi/v1/account/apiRestrictions`` (spot API; mainnet only); None when unknown."""
-    if config.binance.profile != "mainnet":
+POSITION_MODE_NOTE = {
+    "ONE_WAY": "N-15: orders without positionSide, exits reduceOnly",
+    "HEDGE": "N-15: every order carries positionSide=SHORT",
+}
+
+
+def spot_api_url(config: AppConfig, profile: str) -> str | None:
+    """Where ``/sapi/v1/account/apiRestrictions`` lives: the configured REST URL when it is
+    overridden (a proxy or the simulated venue), the spot API on mainnet, otherwise nowhere."""
+    if config.binance.rest_url:
+        return config.binance.rest_url
+    return "https://api.binance.com" if profile == "mainnet" else None
+
+
+async def _can_withdraw(rest: BinanceRest, spot_url: str | None, secrets_: Secrets) -> bool | None:
+    """``enableWithdrawals`` of ``GET /sapi/v1/account/apiRestrictions``; None when unknown."""
+    if spot_url is None:
         return None
     from binance.rest import signed_query
 
@@ -375,13 +446,13 @@ async def _can_withdraw(rest: BinanceRest, config: AppConfig, secrets_: Secrets)
         import httpx
 
         secret = secrets_.binance_api_secret.get_secret_value()
-        query = signed_query({}, secret, rest.server_now_ms(), config.binance.recv_window_ms)
-        async with httpx.AsyncClient(base_url="https://api.binance.com", timeout=10) as client:
+        query = signed_query({}, secret, rest.server_now_ms(), rest.recv_window_ms)
+        async with httpx.AsyncClient(base_url=spot_url, timeout=10) as client:
             resp = await client.get(
                 f"/sapi/v1/account/apiRestrictions?{query}",
                 headers={"X-MBX-APIKEY": secrets_.binance_api_key.get_secret_value()},
             )
-        data = resp.json()
+        data = resp.json() if resp.status_code == 200 else None
     except Exception as exc:  # any failure means: unknown
         log.info("apiRestrictions unavailable: %s", type(exc).__name__)
         return None
@@ -394,25 +465,27 @@ async def _can_withdraw(rest: BinanceRest, config: AppConfig, secrets_: Secrets)
 # ---------------------------------------------------------------------------------------------
 
 
-def _control(args: argparse.Namespace, **values: Any) -> int:
+def _control(args: argparse.Namespace, label: str, what: str, **values: Any) -> int:
     config = _load(args)
     if config is None:
         return 2
     try:
-        row = write_control(config.storage.database, int(time.time() * 1000), **values)
+        write_control(config.storage.database, int(time.time() * 1000), **values)
     except StoreError as exc:
         print(f"shortfsm: database: {exc}", file=sys.stderr)
         return 2
-    print(f"control written to {config.storage.database}: {json.dumps(row)} (applied within 1 s)")
+    print(f"{label} written to {config.storage.database}: {what}")
     return 0
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    return _control(args, paused=True)
+    return _control(
+        args, "pause", "the running daemon takes no new entries within 1 s; exits keep working", paused=True
+    )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    return _control(args, paused=False)
+    return _control(args, "resume", "the running daemon takes new entries again within 1 s", paused=False)
 
 
 def cmd_flatten(args: argparse.Namespace) -> int:
@@ -420,23 +493,55 @@ def cmd_flatten(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     profile = args.profile or config.binance.profile
-    if not args.yes:
-        answer = input(f"Cancel every order and close every position on {profile} at market? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing done")
-            return 1
+    if not args.yes and not _confirmed(
+        f"Cancel every order and close every position on {profile} at market? [y/N] "
+    ):
+        print("nothing done")
+        return 1
     if profile == "sim":
         # The simulated venue lives inside the running daemon: it carries the request out.
-        return _control(args, paused=True, flatten=int(time.time() * 1000))
+        return _control(
+            args,
+            "flatten",
+            "the running daemon cancels every order and closes every position within 1 s; "
+            "entries stay paused until `shortfsm resume`",
+            paused=True,
+            flatten=int(time.time() * 1000),
+        )
     secrets_ = Secrets()
-    try:
-        check_profile(config, profile, secrets_)
-    except StartupRefused as exc:
-        print(f"shortfsm: {exc}", file=sys.stderr)
+    missing = [
+        name
+        for name, value in (
+            ("BINANCE_API_KEY", secrets_.binance_api_key.get_secret_value()),
+            ("BINANCE_API_SECRET", secrets_.binance_api_secret.get_secret_value()),
+        )
+        if not value
+    ]
+    if missing:
+        print(
+            f"shortfsm: flatten on {profile} needs {', '.join(missing)} in the environment or .env",
+            file=sys.stderr,
+        )
         return 2
-    done = asyncio.run(_flatten_rest(config, secrets_))
+    if profile == "mainnet" and not config.binance.allow_mainnet:
+        print("shortfsm: mainnet is not allowed by the config (binance.allow_mainnet)", file=sys.stderr)
+        return 2
+    try:
+        done = asyncio.run(_flatten_rest(config, secrets_))
+    except BinanceError as exc:
+        print(f"FAIL  flatten: {exc}")
+        return 1
     print("\n".join(done) or "nothing to flatten")
-    return 0
+    # A daemon running on this database must not open a new position right away.
+    return _control(args, "pause", "entries stay paused until `shortfsm resume`", paused=True)
+
+
+def _confirmed(question: str) -> bool:
+    try:
+        answer = input(question)
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 async def _flatten_rest(config: AppConfig, secrets_: Secrets) -> list[str]:

@@ -28,10 +28,13 @@ Binance and ``binance.sim`` do.
 
 Crash recovery runs the same scenarios and, at every event boundary (and between the commands of
 an event), throws the engine away with everything in flight, starts a fresh recovering engine from
-what storage holds (the cursors and cooldowns whose Persist commands were carried out, the managed
-symbols of the engine snapshot saved after the last fully carried-out event) and the venue's
-snapshot, then continues the timeline; it must converge to the fault-free final state under the
-same invariants.
+what storage holds and the venue's snapshot, then continues the timeline; it must converge to the
+fault-free final state under the same invariants. Storage is kept as the daemon keeps it: the
+cursors and cooldowns whose Persist commands were carried out, and the engine snapshot (managed
+symbols and generations) saved right after a transition, before its orders go out, and again once
+an event's commands were all carried out, with the index of the last event whose commands were all
+carried out (the journal seq it covers). Once recovery lifts its lock, the risk messages journaled
+after that index and at or below the stored cursor are re-run (specs/DECISIONS.md D-18).
 """
 
 from __future__ import annotations
@@ -376,8 +379,12 @@ class FaultRunner(Runner):
         self.step_index = -1
         self.stored_cursors: dict[int, int] = {}
         self.stored_cooldowns: dict[str, int] = {}
-        # The managed symbols of the last saved engine snapshot (saved once an event's commands ran).
+        # The last saved engine snapshot: managed symbols, generations and the index of the last
+        # event whose commands were all carried out when it was saved (the journal seq it covers).
         self.stored_managed: tuple[tuple[str, int, str], ...] = ()
+        self.stored_generations: tuple[tuple[str, str, int], ...] = ()
+        self.stored_covered = 0
+        self.reruns: list[ev.MessageReceived] = []  # D-18: handed over when recovery resumes Telegram
         self.messages: list[
             ev.MessageReceived
         ] = []  # every Telegram message delivered (the backfill's source)
@@ -439,6 +446,9 @@ class FaultRunner(Runner):
         """The unfaulted double (``Runner.answer``) plus what the invariants need to know."""
         if isinstance(command, cmd.PersistCursor):
             self.stored_cursors[command.chat_id] = command.message_id
+        elif isinstance(command, cmd.ResumeTelegram) and self.reruns:
+            reruns, self.reruns = self.reruns, []
+            return [replace(message, now_ms=self.now_ms, rerun=True) for message in reruns]
         elif isinstance(command, cmd.PersistCooldown):
             self.stored_cooldowns[command.symbol] = command.received_at_ms
         cid = ""
@@ -485,11 +495,12 @@ class FaultRunner(Runner):
             if guard > RUNAWAY:
                 raise ScenarioError("runaway command/answer loop")
             event = queue.pop(0)
-            if isinstance(event, ev.MessageReceived) and event not in self.messages:
+            if isinstance(event, ev.MessageReceived) and not event.rerun and event not in self.messages:
                 self.messages.append(event)
             locks, paused = self._locks(), self.engine.paused
             commands = self.engine.handle(event)
             self.handled += 1
+            index = self.handled
             self.record.decisions.append(
                 Decision(
                     index=self.handled,
@@ -501,6 +512,8 @@ class FaultRunner(Runner):
                 )
             )
             emitted.extend(commands)
+            if any(isinstance(c, cmd.Transitioned) for c in commands):
+                self._save_snapshot(covered=index - 1)  # as the daemon: before the orders go out
             answers: list[ev.Event] = []
             for done, command in enumerate(commands):
                 if self._crash_due(done):
@@ -511,13 +524,37 @@ class FaultRunner(Runner):
             if self._crash_due(len(commands)):
                 self._recover([*answers, *queue])
                 return emitted
-            self.stored_managed = tuple(
-                sorted(
-                    (s, m.message_id, m.state) for s, m in self.engine.symbols.items() if m.state != "IDLE"
-                )
-            )
+            self._save_snapshot(covered=index)
             queue[0:0] = self.injector.batch(self, answers)
         return emitted
+
+    def _save_snapshot(self, *, covered: int) -> None:
+        """What the daemon's snapshot row holds: the managed symbols and generations now, and the
+        last event index whose commands were all carried out."""
+        symbols = self.engine.symbols
+        self.stored_managed = tuple(
+            sorted((s, m.message_id, m.state) for s, m in symbols.items() if m.state != "IDLE")
+        )
+        self.stored_generations = tuple(
+            sorted((s, str(leg), int(gen)) for s, m in symbols.items() for leg, gen in m.generations.items())
+        )
+        self.stored_covered = covered
+
+    def unfinished_risk_messages(self) -> list[ev.MessageReceived]:
+        """D-18: risk messages handled after the snapshot's covered index whose cursor is stored."""
+        risk_chat = self.strategy.risk_chat_id
+        found: dict[int, ev.MessageReceived] = {}
+        for decision in self.record.decisions:
+            event = decision.event
+            if (
+                decision.index > self.stored_covered
+                and isinstance(event, ev.MessageReceived)
+                and event.chat_id == risk_chat
+                and isinstance(event.parsed, ev.RiskSignal)
+                and event.message_id <= self.stored_cursors.get(risk_chat, 0)
+            ):
+                found.setdefault(event.message_id, event)
+        return [found[k] for k in sorted(found)]
 
     def _crash_due(self, commands_done: int) -> bool:
         crash = self.crash
@@ -532,10 +569,12 @@ class FaultRunner(Runner):
         """kill -9: everything in flight is lost; a fresh engine recovers from storage and the venue.
 
         The market stream keeps streaming, so the venue's marks arrive; after recovery the Telegram
-        backfill re-delivers every message above the stored cursor of its chat (N-28 step 9)."""
+        backfill re-delivers every message above the stored cursor of its chat (N-28 step 9); the risk
+        messages the snapshot does not cover are re-run first, when recovery resumes Telegram (D-18)."""
         self.crashed = True
         now = self.now_ms
         self.engine = Engine(self.strategy, recovering=True)
+        self.reruns = self.unfinished_risk_messages()
         self.feed(
             [
                 ev.RecoveryStarted(
@@ -543,6 +582,7 @@ class FaultRunner(Runner):
                     cursors=tuple(sorted(self.stored_cursors.items())),
                     cooldowns=tuple(sorted(self.stored_cooldowns.items())),
                     managed=self.stored_managed,
+                    generations=self.stored_generations,
                 )
             ]
         )

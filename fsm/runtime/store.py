@@ -10,6 +10,12 @@ effects are carried out. Values are encoded on the worker thread (events are fro
 
 The schema is versioned: ``MIGRATIONS`` is applied in order at open and ``meta.schema_version``
 records how far. Decimals are stored as text; secrets are never stored.
+
+Journal and snapshots (specs/DECISIONS.md D-18): the store numbers journal rows itself
+(``journal_seq``, set when ``journal`` is called, so the caller knows the seq of the event in hand),
+and every snapshot row records ``journal_seq``: the last journal row whose commands the daemon had
+carried out when the snapshot was taken (``covered_seq``; by default everything journaled so far).
+Recovery re-runs the risk messages journaled after it (``risk_messages_after``).
 """
 
 from __future__ import annotations
@@ -139,7 +145,13 @@ def _m2_indexes(db: Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS orders_symbol ON orders(symbol, status)")
 
 
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (_m1_initial, _m2_indexes)
+def _m3_snapshot_coverage(db: Database) -> None:
+    db.execute("ALTER TABLE snapshots ADD COLUMN journal_seq INTEGER")
+    # Snapshots written before this column existed are taken to cover the whole journal (no re-run).
+    db.execute("UPDATE snapshots SET journal_seq = (SELECT COALESCE(MAX(seq), 0) FROM journal)")
+
+
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (_m1_initial, _m2_indexes, _m3_snapshot_coverage)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -196,6 +208,8 @@ class Store:
         self._pool = pool
         self.errors = 0
         self.closed = False
+        self.journal_seq = 0  # seq of the last row ``journal`` was asked to write
+        self.covered_seq: int | None = None  # what the next snapshot covers; None: the whole journal
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
@@ -204,10 +218,13 @@ class Store:
         loop = asyncio.get_running_loop()
         try:
             db = await loop.run_in_executor(pool, connect, path)
+            last = await loop.run_in_executor(pool, _last_journal_seq, db)
         except BaseException:
             pool.shutdown(wait=False)
             raise
-        return cls(db, path, pool)
+        store = cls(db, path, pool)
+        store.journal_seq = last
+        return store
 
     @property
     def healthy(self) -> bool:
@@ -251,13 +268,16 @@ class Store:
     # -- writes --------------------------------------------------------------------------------
 
     def journal(self, event: ev.Event) -> asyncio.Future[None]:
-        """Append one engine input (encoded on the DB thread)."""
+        """Append one engine input (encoded on the DB thread) as row ``journal_seq`` (numbered here,
+        so that the seq of the event in hand is known at once)."""
         name = type(event).__name__
+        self.journal_seq += 1
+        seq = self.journal_seq
 
         def write(db: Database) -> None:
             db.execute(
-                "INSERT INTO journal(now_ms, type, payload) VALUES (?, ?, ?)",
-                [event.now_ms, name, dumps(event)],
+                "INSERT INTO journal(seq, now_ms, type, payload) VALUES (?, ?, ?, ?)",
+                [seq, event.now_ms, name, dumps(event)],
             )
 
         return self.submit(write)
@@ -327,13 +347,16 @@ class Store:
         return self.submit(write)
 
     def save_snapshot(self, now_ms: int, snapshot: dict[str, Any]) -> asyncio.Future[None]:
-        """Keep the last ``SNAPSHOTS_KEPT`` engine snapshots."""
+        """Keep the last ``SNAPSHOTS_KEPT`` engine snapshots, each with the journal seq it covers
+        (``covered_seq`` as it is now; None: every row journaled before it)."""
+        covered = self.covered_seq
 
         def write(db: Database) -> None:
             with db.conn:
                 db.execute(
-                    "INSERT INTO snapshots(now_ms, engine) VALUES (?, ?)",
-                    [now_ms, json.dumps(snapshot, separators=(",", ":"))],
+                    "INSERT INTO snapshots(now_ms, engine, journal_seq) VALUES (?, ?, "
+                    "COALESCE(?, (SELECT COALESCE(MAX(seq), 0) FROM journal)))",
+                    [now_ms, json.dumps(snapshot, separators=(",", ":")), covered],
                 )
                 db.execute(
                     "DELETE FROM snapshots WHERE id NOT IN "
@@ -379,6 +402,48 @@ class Store:
 
         return await self.call(read)
 
+    async def snapshot_coverage(self) -> int:
+        """The journal seq the latest snapshot covers (0 without a snapshot: nothing is covered)."""
+
+        def read(db: Database) -> int:
+            row = db.execute("SELECT journal_seq FROM snapshots ORDER BY id DESC LIMIT 1").fetchone()
+            if row is None:
+                return 0
+            return int(row[0]) if row[0] is not None else _last_journal_seq(db)
+
+        return await self.call(read)
+
+    async def risk_messages_after(self, seq: int, risk_chat_id: int, cursor: int) -> list[ev.MessageReceived]:
+        """D-18: the risk messages journaled after ``seq`` whose id is at or below ``cursor`` (their
+        cursor was stored, so the backfill will not bring them back), first journaling of each id."""
+
+        def read(db: Database) -> list[ev.MessageReceived]:
+            rows = db.execute(
+                "SELECT payload FROM journal WHERE seq > ? AND type = 'MessageReceived' ORDER BY seq",
+                [seq],
+            ).fetchall()
+            found: dict[int, ev.MessageReceived] = {}
+            for (payload,) in rows:
+                message = risk_message_from_journal(payload)
+                if message is not None and message.chat_id == risk_chat_id and message.message_id <= cursor:
+                    found.setdefault(message.message_id, message)
+            return list(found.values())
+
+        return await self.call(read)
+
+    async def our_orders(self) -> list[tuple[str, str, bool]]:
+        """(symbol, client order id, has a fill) of every order row: recovery's second witness,
+        written before the snapshot that follows the same event (D-17, D-18)."""
+        return await self.call(
+            lambda db: [
+                (str(r[0]), str(r[1]), bool(r[2]))
+                for r in db.execute(
+                    "SELECT o.symbol, o.client_order_id, EXISTS(SELECT 1 FROM fills f "
+                    "WHERE f.client_order_id = o.client_order_id) FROM orders o WHERE o.symbol IS NOT NULL"
+                ).fetchall()
+            ]
+        )
+
     async def status(self, key: str) -> str | None:
         def read(db: Database) -> str | None:
             row = db.execute("SELECT value FROM status WHERE key = ?", [key]).fetchone()
@@ -389,6 +454,45 @@ class Store:
     async def rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         args = list(params)
         return await self.call(lambda db: [tuple(r) for r in db.execute(sql, args).fetchall()])
+
+
+def _last_journal_seq(db: Database) -> int:
+    row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()
+    return int(row[0])
+
+
+def _info_from_json(data: Any) -> ev.SymbolInfo | None:
+    if not isinstance(data, dict):
+        return None
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ev.SymbolInfo):
+        if f.name not in data:
+            continue
+        raw = data[f.name]
+        values[f.name] = Decimal(str(raw)) if raw is not None and "Decimal" in str(f.type) else raw
+    return ev.SymbolInfo(**values)
+
+
+def risk_message_from_journal(payload: str) -> ev.MessageReceived | None:
+    """A journaled ``MessageReceived`` whose text parsed as a risk signal; None for anything else
+    (another kind of message, or a row that does not decode: logged)."""
+    try:
+        data = json.loads(payload)
+        parsed = data["parsed"]
+        if not isinstance(parsed, dict) or parsed.get("type") != "RiskSignal":
+            return None
+        return ev.MessageReceived(
+            now_ms=int(data["now_ms"]),
+            chat_id=int(data["chat_id"]),
+            message_id=int(data["message_id"]),
+            telegram_date_ms=int(data["telegram_date_ms"]),
+            parsed=ev.RiskSignal(raw_token=str(parsed["raw_token"]), symbol=str(parsed["symbol"])),
+            exchange_info_ok=bool(data.get("exchange_info_ok", True)),
+            symbol_info=_info_from_json(data.get("symbol_info")),
+        )
+    except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
+        log.warning("journal row not decodable as a message, not re-run: %r", exc)
+        return None
 
 
 def _swallow(future: asyncio.Future[Any]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fsm.runtime import daemon_cli
+from fsm.runtime.store import StoreError
 
 
 @pytest.mark.spec("W18")
@@ -59,6 +60,6 @@ def test_demo_refuses_a_daemon_database(tmp_path: Path) -> None:
     conn.execute("CREATE TABLE status (key TEXT PRIMARY KEY, value TEXT, updated_ms INT)")
     conn.commit()
     conn.close()
-    with pytest.raises(daemon_cli.StoreError, match="is not a demo database"):
+    with pytest.raises(StoreError, match="is not a demo database"):
         daemon_cli.prepare_demo_db(other)
     assert other.exists()

@@ -1,0 +1,504 @@
+"""Operator controls: ``shortfsm check`` against a simulated venue on loopback, ``pause`` / ``resume``
+and ``flatten`` against a running daemon (sim profile) or straight through REST (demo profile)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import runtime_kit as kit
+
+from fsm.runtime.cli import main
+
+ENV_KEYS = {
+    "BINANCE_API_KEY": kit.VenueThread.API_KEY,
+    "BINANCE_API_SECRET": kit.VenueThread.API_SECRET,
+    "TELEGRAM_API_ID": "12345",
+    "TELEGRAM_API_HASH": "test-hash",
+}
+
+
+@pytest.fixture
+def operator_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the CLI from ``tmp_path`` (its own .env and relative paths) with test venue keys."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in ENV_KEYS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DISCORD_WEBHOOK_URL", raising=False)
+    return tmp_path
+
+
+def _lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return capsys.readouterr().out.splitlines()
+
+
+def _check(config: Path) -> int:
+    return main(["check", "--config", str(config)])
+
+
+# ---------------------------------------------------------------------------------------------
+# check
+# ---------------------------------------------------------------------------------------------
+
+
+def test_check_passes_on_a_healthy_venue(operator_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with kit.VenueThread() as venue:
+        venue.add_route("GET", "/sapi/v1/account/apiRestrictions", {"enableWithdrawals": False})
+        config = kit.write_config(operator_env, venue.config_text())
+        assert _check(config) == 0
+        url = venue.venue.rest_url
+    lines = _lines(capsys)
+    assert lines[:3] == [
+        f"OK    config {config}: valid (profile demo)",
+        f"OK    database {operator_env / 'db.sqlite'} does not exist yet: "
+        "`run` creates it (nothing to restore)",
+        "OK    keys: present",
+    ]
+    assert re.fullmatch(rf"OK    clock skew vs {url}/fapi/v1/time: -?\d+ ms", lines[3])
+    assert lines[4:] == [
+        "OK    position mode: ONE_WAY (N-15: orders without positionSide, exits reduceOnly)",
+        "OK    USDT balance: wallet 10000.00000000, available 10000.00000000",
+        "OK    the API key cannot withdraw",
+    ]
+
+
+def test_check_accepts_hedge_mode_and_says_how_orders_are_sent(
+    operator_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both position modes are supported (N-15, W27/W28): hedge mode is reported, not refused."""
+    with kit.VenueThread(hedge=True) as venue:
+        config = kit.write_config(operator_env, venue.config_text())
+        assert _check(config) == 0
+    lines = _lines(capsys)
+    assert "OK    position mode: HEDGE (N-15: every order carries positionSide=SHORT)" in lines
+    assert lines[-1] == "SKIP  the venue does not say whether the key can withdraw"
+
+
+@pytest.mark.parametrize(
+    ("env", "code", "message"),
+    [
+        (
+            {"BINANCE_API_KEY": "not-a-key-of-this-venue"},
+            -2015,
+            "Invalid API-key, IP, or permissions for action.",
+        ),
+        ({"BINANCE_API_SECRET": "wrong-secret"}, -1022, "Signature for this request is not valid."),
+    ],
+)
+def test_check_fails_on_a_refused_api_key(
+    operator_env: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    code: int,
+    message: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with kit.VenueThread() as venue:
+        config = kit.write_config(operator_env, venue.config_text())
+        assert _check(config) == 1
+        url = venue.venue.rest_url
+        assert venue.venue.requests[-1] == ("GET", "/fapi/v1/positionSide/dual")
+    assert _lines(capsys)[-1] == (
+        f"FAIL  API key refused by {url} ({code} {message}): check BINANCE_API_KEY and BINANCE_API_SECRET, "
+        "the key's IP restriction and its Futures permission"
+    )
+
+
+def test_check_fails_on_clock_skew(operator_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with kit.VenueThread(clock_offset_ms=4_000) as venue:
+        config = kit.write_config(operator_env, venue.config_text())
+        assert _check(config) == 1
+        url = venue.venue.rest_url
+    lines = _lines(capsys)
+    skew = [line for line in lines if "clock skew" in line]
+    assert len(skew) == 1
+    match = re.fullmatch(
+        rf"FAIL  clock skew vs {url}/fapi/v1/time: (\d+) ms \(more than 1000 ms\): "
+        r"synchronise the system clock \(NTP\)",
+        skew[0],
+    )
+    assert match is not None and 3_900 <= int(match.group(1)) <= 4_100
+    # The other checks still run (signed requests are stamped with the measured offset).
+    assert "OK    position mode: ONE_WAY (N-15: orders without positionSide, exits reduceOnly)" in lines
+
+
+def test_check_fails_on_a_key_that_can_withdraw(
+    operator_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with kit.VenueThread() as venue:
+        venue.add_route("GET", "/sapi/v1/account/apiRestrictions", {"enableWithdrawals": True})
+        config = kit.write_config(operator_env, venue.config_text())
+        assert _check(config) == 1
+        assert ("GET", "/sapi/v1/account/apiRestrictions") in venue.venue.requests
+    assert _lines(capsys)[-1] == (
+        "FAIL  this API key can withdraw funds: create a key without the withdrawal permission"
+    )
+
+
+def test_check_warns_on_files_readable_by_others(
+    operator_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with kit.VenueThread() as venue:
+        config = kit.write_config(
+            operator_env, venue.config_text() + "telegram:\n  session_path: tg.session\n"
+        )
+        env = operator_env / ".env"
+        env.write_text("DISCORD_WEBHOOK_URL=\n", encoding="utf-8")
+        session = operator_env / "tg.session"
+        session.write_text("", encoding="utf-8")
+        env.chmod(0o644)
+        config.chmod(0o640)
+        session.chmod(0o604)
+        assert _check(config) == 0  # a warning, not a failure
+    warnings = [line for line in _lines(capsys) if line.startswith("WARN")]
+    assert warnings == [
+        "WARN  .env is readable by group/others (0o644): chmod 600 .env",
+        f"WARN  {config} is readable by group/others (0o640): chmod 600 {config}",
+        "WARN  tg.session is readable by group/others (0o604): chmod 600 tg.session",
+    ]
+
+
+def test_check_fails_on_a_corrupt_database_without_touching_it(
+    operator_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = kit.write_config(operator_env)
+    garbage = b"this is not an sqlite database" * 100
+    (operator_env / "db.sqlite").write_bytes(garbage)
+    assert _check(config) == 1
+    lines = _lines(capsys)
+    assert lines[1] == (
+        f"FAIL  database {operator_env / 'db.sqlite'}: not a usable shortfsm database "
+        "(file is not a database); move it aside to start fresh"
+    )
+    assert lines[2] == "OK    sim profile: the simulated venue runs inside the daemon and needs no keys"
+    assert (operator_env / "db.sqlite").read_bytes() == garbage
+
+
+# ---------------------------------------------------------------------------------------------
+# pause / resume against a running daemon
+# ---------------------------------------------------------------------------------------------
+
+ETH = kit.LEADING.format(ticker="ETH")
+
+
+def test_pause_holds_the_entry_at_its_trigger_and_resume_releases_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Paused: the mark crosses the 0.1% trigger (3531.465 for the 3535.00 target) and no order goes
+    out; the board says paused. Resumed: the held trigger fires on the next evaluation."""
+    feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
+    config = kit.write_config(tmp_path)
+    path = kit.PricePath(
+        base={"ETHUSDT": Decimal("3500.00")}, points=kit.points([(12, "ETHUSDT", "3532.00")])
+    )
+
+    async def scenario() -> None:
+        async with kit.Venue(path) as venue:
+            run = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: run.seen.has("ETHUSDT IDLE->MONITORING"))
+            assert main(["pause", "--config", str(config)]) == 0
+            await kit.wait_until(lambda: run.daemon.engine.paused)
+            await kit.wait_until(lambda: kit.board(tmp_path).get("paused") is True)
+            assert not venue.at(12)  # the pause is in force before the trigger price arrives
+            await kit.wait_until(lambda: venue.at(16))
+            assert venue.exchange.orders == {}
+            assert run.daemon.engine.state_of("ETHUSDT") == "MONITORING"
+            assert main(["resume", "--config", str(config)]) == 0
+            await kit.wait_until(lambda: run.seen.accepted("sf1001-E11-ETHUSDT"))
+            assert await run.stop() == 0
+            assert kit.venue_orders(venue.exchange) == [
+                (
+                    "sf1001-E11-ETHUSDT",
+                    "SELL",
+                    "LIMIT",
+                    Decimal("3535.00"),
+                    Decimal("1.414"),
+                    "NEW",
+                    False,
+                    Decimal(0),
+                )
+            ]
+            assert kit.logs(run.seen, "pause") == [(None, "paused", {}), (None, "resumed", {})]
+
+    kit.run(scenario())
+    assert _lines(capsys) == [
+        f"pause written to {tmp_path / 'db.sqlite'}: the running daemon takes no new entries within 1 s; "
+        "exits keep working",
+        f"resume written to {tmp_path / 'db.sqlite'}: the running daemon takes new entries again within 1 s",
+    ]
+    assert kit.rows(tmp_path, "SELECT reason FROM decisions WHERE kind = 'pause' ORDER BY id") == [
+        ("paused",),
+        ("resumed",),
+    ]
+    board = kit.board(tmp_path)
+    assert board["paused"] is False
+
+
+def test_exits_keep_working_while_paused(tmp_path: Path) -> None:
+    """Paused with a position: the TP is still placed at its trigger and fills; the symbol ends flat."""
+    feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
+    config = kit.write_config(tmp_path)
+    path = kit.PricePath(
+        base={"ETHUSDT": Decimal("3500.00")},
+        points=kit.points(
+            [
+                (3, "ETHUSDT", "3532.00"),
+                (5, "ETHUSDT", "3536.00"),
+                (14, "ETHUSDT", "3360.00"),
+                (16, "ETHUSDT", "3358.00"),
+            ]
+        ),
+    )
+
+    async def scenario() -> None:
+        async with kit.Venue(path) as venue:
+            run = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: run.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
+            assert main(["pause", "--config", str(config)]) == 0
+            await kit.wait_until(lambda: run.daemon.engine.paused)
+            assert not venue.at(14)
+            await kit.wait_until(lambda: run.seen.has("ETHUSDT EXITING->IDLE"))
+            assert run.daemon.engine.paused
+            assert await run.stop() == 0
+            assert kit.venue_orders(venue.exchange) == [
+                (
+                    "sf1001-E11-ETHUSDT",
+                    "SELL",
+                    "LIMIT",
+                    Decimal("3535.00"),
+                    Decimal("1.414"),
+                    "FILLED",
+                    False,
+                    Decimal("1.414"),
+                ),
+                (
+                    "sf1001-TP1-ETHUSDT",
+                    "BUY",
+                    "LIMIT",
+                    Decimal("3358.25"),
+                    Decimal("1.414"),
+                    "FILLED",
+                    True,
+                    Decimal("1.414"),
+                ),
+            ]
+            assert venue.exchange.positions[("ETHUSDT", "BOTH")].amount == 0
+
+    kit.run(scenario())
+    assert json.loads(kit.rows(tmp_path, "SELECT value FROM status WHERE key = 'control'")[0][0]) == {
+        "paused": True
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# flatten
+# ---------------------------------------------------------------------------------------------
+
+# ETHUSDT into PHASE2: entry 1.414 @ 3535.00, scale-in 1.036 @ 4065.25, MDD stop (algo) at 4323.10 and
+# the breakeven limit at the 3759.22 average both working at 3800.
+PHASE2_PATH = kit.PricePath(
+    base={"ETHUSDT": Decimal("3500.00")},
+    points=kit.points(
+        [
+            (3, "ETHUSDT", "3532.00"),
+            (5, "ETHUSDT", "3536.00"),
+            (8, "ETHUSDT", "4062.00"),
+            (10, "ETHUSDT", "4066.00"),
+            (13, "ETHUSDT", "3800.00"),
+        ]
+    ),
+)
+
+
+def test_flatten_cancels_every_order_and_closes_the_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
+    config = kit.write_config(tmp_path)
+
+    async def scenario() -> None:
+        async with kit.Venue(PHASE2_PATH) as venue:
+            run = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: run.seen.accepted("sf1001-BE1-ETHUSDT"))
+            assert [o.client_id for o in venue.exchange.orders.values() if o.is_open] == [
+                "sf1001-BE1-ETHUSDT"
+            ]
+            assert [a.client_algo_id for a in venue.exchange.algos.values() if a.status == "NEW"] == [
+                "sf1001-MD1-ETHUSDT"
+            ]
+            assert main(["flatten", "--yes", "--config", str(config)]) == 0
+            await kit.wait_until(lambda: run.seen.has("ETHUSDT EXITING->IDLE"))
+            await kit.wait_until(lambda: run.daemon.engine.lock_state("entry_lock") == "GLOBAL_IDLE")
+            assert run.daemon.engine.paused
+            assert await run.stop() == 0
+            orders = kit.venue_orders(venue.exchange)
+            assert orders[:3] == [
+                (
+                    "sf1001-E11-ETHUSDT",
+                    "SELL",
+                    "LIMIT",
+                    Decimal("3535.00"),
+                    Decimal("1.414"),
+                    "FILLED",
+                    False,
+                    Decimal("1.414"),
+                ),
+                (
+                    "sf1001-E21-ETHUSDT",
+                    "SELL",
+                    "LIMIT",
+                    Decimal("4065.25"),
+                    Decimal("1.036"),
+                    "FILLED",
+                    False,
+                    Decimal("1.036"),
+                ),
+                (
+                    "sf1001-BE1-ETHUSDT",
+                    "BUY",
+                    "LIMIT",
+                    Decimal("3759.22"),
+                    Decimal("2.450"),
+                    "CANCELED",
+                    True,
+                    0,
+                ),
+            ]
+            assert len(orders) == 4
+            cid, side, otype, _, qty, status, reduce_only, executed = orders[3]
+            assert re.fullmatch(r"flat-\d+-ETHUSDT", cid)
+            assert (side, otype, qty, status, reduce_only, executed) == (
+                "BUY",
+                "MARKET",
+                Decimal("2.450"),
+                "FILLED",
+                True,
+                Decimal("2.450"),
+            )
+            assert kit.venue_algos(venue.exchange) == [
+                ("sf1001-MD1-ETHUSDT", "BUY", "STOP_MARKET", Decimal("4323.10"), "CANCELED", True)
+            ]
+            assert venue.exchange.positions[("ETHUSDT", "BOTH")].amount == 0
+            assert ("DELETE", "/fapi/v1/algoOrder") in venue.harness.venue.requests
+
+    kit.run(scenario())
+    assert _lines(capsys) == [
+        f"flatten written to {tmp_path / 'db.sqlite'}: the running daemon cancels every order and closes "
+        "every position within 1 s; entries stay paused until `shortfsm resume`"
+    ]
+    (text,) = kit.rows(tmp_path, "SELECT text FROM alerts WHERE kind = 'flatten'")[0]
+    assert re.fullmatch(
+        r"cancelled sf1001-BE1-ETHUSDT; cancelled sf1001-MD1-ETHUSDT; closed ETHUSDT -2\.450", text
+    )
+
+
+def test_flatten_without_confirmation_does_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = kit.write_config(tmp_path)
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    assert main(["flatten", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert out == "Cancel every order and close every position on sim at market? [y/N] nothing done\n"
+    assert not (tmp_path / "db.sqlite").exists()  # no control row was written anywhere
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no terminal at all: the same refusal
+    assert main(["flatten", "--config", str(config)]) == 1
+    assert capsys.readouterr().out.endswith("nothing done\n")
+
+
+def test_flatten_over_rest_on_a_venue_profile(
+    operator_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """demo/mainnet profiles: the CLI itself cancels the orders (classic and algo) and closes at market."""
+    with kit.VenueThread() as venue:
+        ex = venue.exchange
+        ex.new_order(
+            {
+                "symbol": "ETHUSDT",
+                "side": "SELL",
+                "type": "MARKET",
+                "quantity": "0.500",
+                "newClientOrderId": "e1",
+            }
+        )
+        ex.new_order(
+            {
+                "symbol": "ETHUSDT",
+                "side": "BUY",
+                "type": "LIMIT",
+                "timeInForce": "GTC",
+                "price": "3300.00",
+                "quantity": "0.500",
+                "reduceOnly": "true",
+                "newClientOrderId": "tp1",
+            }
+        )
+        ex.new_algo_order(
+            {
+                "symbol": "ETHUSDT",
+                "side": "BUY",
+                "algoType": "CONDITIONAL",
+                "type": "STOP_MARKET",
+                "triggerPrice": "4000.00",
+                "workingType": "MARK_PRICE",
+                "closePosition": "true",
+                "clientAlgoId": "stop1",
+            }
+        )
+        config = kit.write_config(operator_env, venue.config_text())
+        monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))
+        assert main(["flatten", "--config", str(config)]) == 0
+        orders = kit.venue_orders(ex)
+        algos = kit.venue_algos(ex)
+        position = ex.positions[("ETHUSDT", "BOTH")].amount
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Cancel every order and close every position on demo at market? [y/N] cancelled tp1"
+    assert out[1:3] == ["cancelled stop1", "closed ETHUSDT -0.500"]
+    assert (
+        out[3]
+        == f"pause written to {operator_env / 'db.sqlite'}: entries stay paused until `shortfsm resume`"
+    )
+    assert [(o[0], o[5]) for o in orders[:2]] == [("e1", "FILLED"), ("tp1", "CANCELED")]
+    assert orders[2][1:] == (
+        "BUY",
+        "MARKET",
+        Decimal("0"),
+        Decimal("0.500"),
+        "FILLED",
+        True,
+        Decimal("0.500"),
+    )
+    assert algos == [("stop1", "BUY", "STOP_MARKET", Decimal("4000.00"), "CANCELED", True)]
+    assert position == 0
+    with sqlite3.connect(operator_env / "db.sqlite") as conn:
+        control = conn.execute("SELECT value FROM status WHERE key = 'control'").fetchone()[0]
+    assert json.loads(control) == {"paused": True}
+
+
+def test_flatten_refused_without_keys(
+    operator_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BINANCE_API_SECRET")
+    config = kit.write_config(operator_env, "binance:\n  profile: demo\n")
+    assert main(["flatten", "--yes", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        "shortfsm: flatten on demo needs BINANCE_API_SECRET in the environment or .env\n"
+    )
+
+
+def test_pause_on_an_unusable_database_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = kit.write_config(tmp_path)
+    (tmp_path / "db.sqlite").write_bytes(b"garbage" * 200)
+    assert main(["pause", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"shortfsm: database: {tmp_path / 'db.sqlite'}: not a usable shortfsm database")
+    assert (tmp_path / "db.sqlite").read_bytes() == b"garbage" * 200
