@@ -12,9 +12,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from telethon import utils
-from telethon.tl import types
-
 logger = logging.getLogger(__name__)
 
 
@@ -74,6 +71,10 @@ def raw_from_telethon(message: Any, received_at_ms: int, *, edited: bool = False
     Service messages (pins, joins), empty messages and messages without a chat are not signals:
     they are logged at debug level and yield None.
     """
+    # Imported here: Telethon costs ~50 MB resident, and the sim profile and replay never need it.
+    from telethon import utils
+    from telethon.tl import types
+
     if not isinstance(message, types.Message):
         logger.debug("not a plain message: %s", type(message).__name__)
         return None
