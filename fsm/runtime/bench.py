@@ -679,29 +679,19 @@ def replay_on_sim(doc: dict[str, Any]) -> tuple[int, int, bool]:
     """(events, feed ns, passed) of one scenario through the engine and ``binance.sim`` in process."""
     from fsm.runtime.simreplay import SimRunner
 
-    class CountingSimRunner(SimRunner):
-        events = 0
+    class TimedSimRunner(SimRunner):
         feed_ns = 0
 
         async def feed_async(self, events: list[ev.Event]) -> list[cmd.Command]:
-            queue = list(events)
             start = time.perf_counter_ns()
-            emitted: list[cmd.Command] = []
-            while queue:
-                event = queue.pop(0)
-                commands = self.engine.handle(event)
-                self.events += 1
-                emitted.extend(commands)
-                answers: list[ev.Event] = []
-                for command in commands:
-                    answers.extend(await self.answer_async(command))
-                queue[0:0] = answers
-            self.feed_ns += time.perf_counter_ns() - start
-            return emitted
+            try:
+                return await super().feed_async(events)
+            finally:
+                self.feed_ns += time.perf_counter_ns() - start
 
-    runner = CountingSimRunner(doc)
+    runner = TimedSimRunner(doc)
     result = runner.run()
-    return runner.events, runner.feed_ns, result.passed
+    return runner.events_handled, runner.feed_ns, result.passed
 
 
 def bench_replay(budget: Budget) -> list[Row]:

@@ -202,6 +202,7 @@ class SimRunner(Runner):
         self.outcomes: list[tuple[cmd.Command, str]] = []  # this step's commands and venue results
         self.venue_lines: list[str] = []  # this step's direct venue actions
         self.foreign = 0
+        self.events_handled = 0  # every event the engine took, answers included (the replay bench)
         self.future: list[tuple[int, str, Decimal]] = []
         self.verdicts: list[Verdicts] = []
         self.rest: BinanceRest | None = None
@@ -697,6 +698,7 @@ class SimRunner(Runner):
                 raise ScenarioError("runaway command/answer loop")
             event = queue.pop(0)
             commands = self.engine.handle(event)
+            self.events_handled += 1
             emitted.extend(commands)
             answers: list[ev.Event] = []
             for command in commands:
