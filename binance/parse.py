@@ -156,11 +156,11 @@ def _bool(value: Any) -> bool:
     return str(value).lower() == "true"
 
 
-def _side(value: Any) -> Side:
+def side_of(value: Any) -> Side:
     return SIDES[str(value)]
 
 
-def _pos_side(value: Any) -> PositionSide:
+def position_side_of(value: Any) -> PositionSide:
     return POSITION_SIDES.get(str(value), "BOTH")
 
 
@@ -286,7 +286,7 @@ def order_updated(d: Mapping[str, Any], now_ms: int) -> OrderUpdated:
         symbol=str(o["s"]),
         client_order_id=str(o["c"]),
         order_id=int_field(o["i"]),
-        side=_side(o["S"]),
+        side=side_of(o["S"]),
         order_type=str(o["o"]),
         status=ORDER_STATUS[str(o["X"])],
         price=dec(o.get("p", "0")),
@@ -298,7 +298,7 @@ def order_updated(d: Mapping[str, Any], now_ms: int) -> OrderUpdated:
         trade_id=int_field(o.get("t", 0)),
         reduce_only=_bool(o.get("R", False)),
         close_position=_bool(o.get("cp", False)),
-        position_side=_pos_side(o.get("ps", "BOTH")),
+        position_side=position_side_of(o.get("ps", "BOTH")),
         realized_pnl=dec(o.get("rp", "0")),
         commission=dec(o.get("n", "0")),
     )
@@ -333,7 +333,7 @@ def account_update(d: Mapping[str, Any], now_ms: int, *, asset: str = "USDT") ->
                 symbol=str(p["s"]),
                 amount=dec(p["pa"]),
                 entry_price=dec(p["ep"]),
-                position_side=_pos_side(p.get("ps", "BOTH")),
+                position_side=position_side_of(p.get("ps", "BOTH")),
                 venue_time_ms=venue_time,
             )
         )
@@ -563,7 +563,7 @@ def positions_from_rest(rows: Any) -> list[PositionInfo]:
                 symbol=str(row["symbol"]),
                 amount=amount,
                 entry_price=dec(row["entryPrice"]),
-                position_side=_pos_side(row.get("positionSide", "BOTH")),
+                position_side=position_side_of(row.get("positionSide", "BOTH")),
             )
         )
     return out
@@ -576,14 +576,14 @@ def open_order_from_rest(d: Mapping[str, Any]) -> OpenOrderInfo:
         symbol=str(d["symbol"]),
         client_order_id=str(d["clientOrderId"]),
         order_id=int_field(d["orderId"]),
-        side=_side(d["side"]),
+        side=side_of(d["side"]),
         order_type=str(d["type"]),
         price=dec(d.get("price", "0")),
         orig_qty=dec(d["origQty"]),
         executed_qty=dec(d.get("executedQty", "0")),
         reduce_only=_bool(d.get("reduceOnly", False)),
         close_position=_bool(d.get("closePosition", False)),
-        position_side=_pos_side(d.get("positionSide", "BOTH")),
+        position_side=position_side_of(d.get("positionSide", "BOTH")),
         is_algo=False,
         trigger_price=dec(d.get("stopPrice", "0") or "0"),
     )
@@ -596,14 +596,14 @@ def open_algo_order_from_rest(d: Mapping[str, Any]) -> OpenOrderInfo:
         symbol=str(d["symbol"]),
         client_order_id=str(d["clientAlgoId"]),
         order_id=int_field(d["algoId"]),
-        side=_side(d["side"]),
+        side=side_of(d["side"]),
         order_type=str(d.get("orderType", d.get("type", ""))),
         price=dec(d.get("price") or "0"),
         orig_qty=dec(d.get("quantity") or "0"),
         executed_qty=dec(d.get("actualQty") or "0"),
         reduce_only=_bool(d.get("reduceOnly", False)),
         close_position=_bool(d.get("closePosition", False)),
-        position_side=_pos_side(d.get("positionSide", "BOTH")),
+        position_side=position_side_of(d.get("positionSide", "BOTH")),
         is_algo=True,
         trigger_price=dec(d.get("triggerPrice") or "0"),
     )

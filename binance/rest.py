@@ -448,6 +448,15 @@ class BinanceRest:
         p = {"symbol": symbol, "origClientOrderId": client_order_id}
         return dict(await self._call("GET", "/fapi/v1/order", p, signed=True))
 
+    async def query_order_id(self, symbol: str, order_id: int) -> dict[str, Any]:
+        p = {"symbol": symbol, "orderId": str(order_id)}
+        return dict(await self._call("GET", "/fapi/v1/order", p, signed=True))
+
+    async def user_trades(self, symbol: str, *, order_id: int | None = None) -> list[Any]:
+        """``GET /fapi/v1/userTrades`` (weight 5): the fills of one order, or the symbol's last 7 days."""
+        p = {"symbol": symbol, **({"orderId": str(order_id)} if order_id is not None else {})}
+        return list(await self._call("GET", "/fapi/v1/userTrades", p, signed=True))
+
     async def cancel_order(self, symbol: str, client_order_id: str) -> dict[str, Any]:
         p = {"symbol": symbol, "origClientOrderId": client_order_id}
         return dict(await self._call("DELETE", "/fapi/v1/order", p, signed=True))

@@ -291,6 +291,11 @@ class UserStream:
         self._renew = asyncio.Event()
         self.connections = 0
         self.keys_created = 0
+        # Set once the first socket is open. A caller that reads the exchange by REST waits for it,
+        # so no push can fall between its read and the stream; if it could not wait, it sets
+        # ``reconcile_first`` and the first connection reconciles like every later one.
+        self.opened = asyncio.Event()
+        self.reconcile_first = False
 
     @property
     def connected(self) -> bool:
@@ -340,9 +345,10 @@ class UserStream:
                         self._ws = ws
                         self.connections += 1
                         self.backoff.reset()
-                        if not first:
+                        if not first or self.reconcile_first:
                             await self._on_reconcile()
                         first = False
+                        self.opened.set()
                         reason = await self._read(ws)
                 except BinanceError as err:
                     reason = f"listenKey: {err}"

@@ -100,6 +100,8 @@ class Engine:
         self.rate_failures = 0
         self.rate_successes = 0
         self.paused = False
+        # D-23: strategy settings refused by the settings lock, applied once nothing is active.
+        self.pending_settings: dict[str, str] = {}
         self.requery_due_ms = 0
         self.recovery_snapshot_done = False
         self.recovery_query_due_ms = 0
@@ -152,6 +154,8 @@ class Engine:
                 handler(event)
                 if not isinstance(event, ev.MarkPriceTick):  # a price never changes what is held
                     self._recompute_entry_lock()
+                    if self.pending_settings:
+                        self._apply_pending_settings()
         except Exception as exc:  # the core must never die on one bad event
             # The commands decided before the failure are kept: they match the state already changed.
             log.exception("engine failed on %s", type(event).__name__)
@@ -1193,6 +1197,10 @@ class Engine:
         self._track_account_order(event)
         model = self.symbols.get(event.symbol)
         if model is None:
+            if self.locks[RECOVERY_LOCK].state == "RECOVERING" and not self.recovery_snapshot_done:
+                # N-28: the venue is the truth; its snapshot (still to come) already holds this fill.
+                self._log("fill_deferred", event.symbol, "recovery_snapshot", cid=event.client_order_id)
+                return
             if event.cum_qty > 0:
                 self._adopt_late_fill(event)
             return  # otherwise an order of a symbol we do not manage: only the entry lock cares
@@ -1889,27 +1897,59 @@ class Engine:
             self._emit(cmd.Notify(kind="auth_lock", text="API key works again"))
 
     def _on_settings(self, event: ev.SettingsChangeRequested) -> None:
-        """N-26, G06: strategy settings are locked while any symbol is active."""
+        """N-26, G06: strategy settings are locked while any symbol is active (and while recovery
+        has not yet shown what is active). A refused change is kept and applied once nothing is
+        active (D-23); the latest request replaces an earlier pending one."""
         changes = dict(event.changes)
+        if not changes:  # the file is back to the running values: nothing is waiting any more
+            if self.pending_settings:
+                keys = ",".join(self.pending_settings)
+                self._log("settings_pending_dropped", None, "file_unchanged", keys=keys)
+                self.pending_settings = {}
+            return
+        try:
+            self.strategy.with_changes(changes)
+        except ValueError as exc:
+            self._log("settings_refused", None, "invalid", error=str(exc))
+            return
         active = self.active_symbols()
-        if active:
+        recovering = self.locks[RECOVERY_LOCK].state == "RECOVERING"
+        if active or recovering:
+            self.pending_settings = changes
             self._log(
                 "settings_refused",
                 None,
-                "symbols_active",
+                "symbols_active" if active else "recovering",
                 active=",".join(sorted(active)),
                 keys=",".join(changes),
             )
             self._emit(
-                cmd.Notify(kind="settings_refused", text="settings locked while trading", severity="warning")
+                cmd.Notify(
+                    kind="settings_refused",
+                    text="settings locked while trading; they apply once no symbol is active",
+                    severity="warning",
+                )
             )
             return
+        self.pending_settings = {}
+        self.strategy = self.strategy.with_changes(changes)
+        self._log("settings_applied", None, "ok", keys=",".join(sorted(changes)))
+
+    def _apply_pending_settings(self) -> None:
+        """D-23: the settings refused while trading, once recovery is over and nothing is active."""
+        if self.locks[RECOVERY_LOCK].state == "RECOVERING" or self.active_symbols():
+            return
+        changes, self.pending_settings = self.pending_settings, {}
         try:
             self.strategy = self.strategy.with_changes(changes)
-        except ValueError as exc:
+        except ValueError as exc:  # cannot happen: checked when requested; kept for a damaged snapshot
             self._log("settings_refused", None, "invalid", error=str(exc))
             return
-        self._log("settings_applied", None, "ok", keys=",".join(sorted(changes)))
+        keys = ",".join(sorted(changes))
+        self._log("settings_applied", None, "no_symbol_active", keys=keys)
+        self._emit(
+            cmd.Notify(kind="settings_applied", text=f"settings applied now that no symbol is active: {keys}")
+        )
 
     def _on_pause(self, event: ev.PauseRequested) -> None:
         self.paused = event.paused
@@ -1937,6 +1977,7 @@ _PLAIN_FIELDS = (
     "rate_failures",
     "rate_successes",
     "paused",
+    "pending_settings",
     "requery_due_ms",
     "recovery_snapshot_done",
     "recovery_query_due_ms",

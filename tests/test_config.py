@@ -84,4 +84,8 @@ def test_secrets_come_from_environment_and_dotenv(tmp_path: Path, monkeypatch: p
 def test_strategy_changes_lists_only_what_differs(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text('strategy:\n  tp_pct: "3"\n  mode: conservative\n', encoding="utf-8")
-    assert strategy_changes(AppConfig(), load_config(path)) == {"tp_pct": "3", "mode": "conservative"}
+    running = AppConfig().to_strategy()
+    assert strategy_changes(running, load_config(path).to_strategy()) == (
+        ("mode", "conservative"),
+        ("tp_pct", "3"),
+    )

@@ -581,3 +581,30 @@ def test_an_event_type_the_engine_does_not_know_is_an_anomaly() -> None:
     out = engine.handle(ev.Event(now_ms=_now(engine)))
     assert out == [_anomaly("unknown_event", None, "Event")]
     assert engine.snapshot() == before
+
+
+@pytest.mark.spec("N-28")
+def test_a_fill_pushed_before_the_recovery_snapshot_is_left_to_the_snapshot() -> None:
+    """The entry fills while the daemon restarts and its push is handled before the exchange
+    snapshot: the symbol is not rebuilt yet, so the fill must not be taken for a fill after a
+    cancel (which would close a good short at market). The snapshot then shows the short."""
+    runner = _entry_order()
+    runner.now_ms = T0_MS + 3000
+    (recovery,) = runner.step_events({"restart": True})
+    engine = runner.engine
+    assert cmd.QueryExchange(purpose="recovery") in engine.handle(recovery)
+    pushed = list(runner.step_events({"fill": {"cid": ENTRY_CID}}))
+    assert [type(e) for e in pushed] == [ev.OrderUpdated, ev.PositionChanged]
+    out = [c for e in pushed for c in engine.handle(e)]
+    assert _order_commands(out) == []
+    assert [c for c in out if isinstance(c, cmd.Log)] == [
+        cmd.Log(kind="fill_deferred", symbol=BTC, reason="recovery_snapshot", data=(("cid", ENTRY_CID),))
+    ]
+    assert engine.state_of(BTC) == "IDLE"
+    # The snapshot (asked again 5 s later) rebuilds PHASE1 from the short.
+    at = T0_MS + 8000
+    mark = ev.MarkPriceTick(now_ms=at, symbol=BTC, price=D("100.9"), event_time_ms=at)
+    out = runner.feed([ev.Tick(now_ms=at), mark, ev.Tick(now_ms=at)])
+    assert engine.state_of(BTC) == "PHASE1"
+    assert engine.symbols[BTC].position() == D("4.950")
+    assert _order_commands(out) == []  # no close at market; the TP waits for its trigger

@@ -334,6 +334,7 @@ class SimExchange:
         self._next_order_id = 8_389_765_001
         self._next_algo_id = 1_000_000_000_000_001
         self._next_trade_id = 5_000_001
+        self.trades: list[Json] = []  # every fill, as GET /fapi/v1/userTrades reports it
         self.fill_policies: dict[str, FillPolicy] = {}
         self.default_fill_policy: FillPolicy = "full"
         self.listen_keys: dict[str, int] = {}  # key -> expires at
@@ -1142,6 +1143,31 @@ class SimExchange:
         self._emit(self._otu(o, "CANCELED"))
         return self._order_json(o, query=False)
 
+    def user_trades(self, params: dict[str, str]) -> list[Json]:
+        """``GET /fapi/v1/userTrades``: one symbol's fills, oldest first; ``orderId``, ``fromId``,
+        ``startTime``/``endTime`` (at most 7 days apart; the last 7 days by default), ``limit``."""
+        sym = self._symbol(params)
+        limit = int(params.get("limit", "500"))
+        if not 1 <= limit <= 1000:
+            raise SimError(-1130, "Data sent for parameter 'limit' is not valid.")
+        week = 7 * 24 * 3_600_000
+        start = int(params["startTime"]) if "startTime" in params else None
+        end = int(params["endTime"]) if "endTime" in params else None
+        if start is not None and end is not None and end - start > week:
+            raise SimError(-4166, "Search window is restricted to recent 7 days only.")
+        if start is None and end is None and "fromId" not in params and "orderId" not in params:
+            start = self.now() - week
+        found = [
+            t
+            for t in self.trades
+            if t["symbol"] == sym.symbol
+            and ("orderId" not in params or str(t["orderId"]) == params["orderId"])
+            and ("fromId" not in params or int(t["id"]) >= int(params["fromId"]))
+            and (start is None or int(t["time"]) >= start)
+            and (end is None or int(t["time"]) <= end)
+        ]
+        return [dict(t) for t in found[:limit]]
+
     def open_orders(self, params: dict[str, str]) -> list[Json]:
         name = self._symbol(params).symbol if params.get("symbol") else None
         return [
@@ -1203,6 +1229,25 @@ class SimExchange:
         o.status = "FILLED" if o.executed >= o.qty else "PARTIALLY_FILLED"
         trade_id = self._next_trade_id
         self._next_trade_id += 1
+        places = self.symbols[o.symbol].price_places
+        self.trades.append(
+            {
+                "buyer": o.side == "BUY",
+                "commission": _fmt(fee, 8),
+                "commissionAsset": "USDT",
+                "id": trade_id,
+                "maker": maker,
+                "orderId": o.order_id,
+                "price": _fmt(price, places),
+                "qty": _fmt(qty),
+                "quoteQty": _fmt(qty * price, 8),
+                "realizedPnl": _fmt(rp, 8),
+                "side": o.side,
+                "positionSide": o.position_side,
+                "symbol": o.symbol,
+                "time": now,
+            }
+        )
         self._emit(
             self._otu(
                 o, "TRADE", last_qty=qty, last_price=price, trade_id=trade_id, fee=fee, rp=rp, maker=maker

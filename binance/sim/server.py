@@ -53,12 +53,13 @@ Handler = Callable[[dict[str, str]], Any]
 @dataclass(slots=True)
 class RestFault:
     """One injected failure for ``method path``: ``kind`` is "status" (answer ``status`` with
-    ``body``), "html" (an HTML error page) or "hang" (no answer for ``hang_s``). ``after_accept``
+    ``body``), "html" (an HTML error page), "hang" (no answer for ``hang_s``) or "slow" (the
+    normal answer, ``hang_s`` late). ``after_accept``
     runs the request on the exchange first (the order exists, the client does not know)."""
 
     method: str
     path: str
-    kind: Literal["status", "html", "hang"]
+    kind: Literal["status", "html", "hang", "slow"]
     status: int = 503
     body: str = '{"code":-1000,"msg":"Unknown error, please check your request or try again later."}'
     after_accept: bool = False
@@ -113,6 +114,7 @@ ROUTE_WEIGHTS: dict[str, int] = {
     "/fapi/v3/positionRisk": 5,
     "/fapi/v1/positionSide/dual": 30,
     "/fapi/v1/openOrders": 1,
+    "/fapi/v1/userTrades": 5,
     "/fapi/v1/openAlgoOrders": 1,
 }
 ORDER_PATHS = frozenset({"/fapi/v1/order", "/fapi/v1/algoOrder"})
@@ -202,6 +204,7 @@ class SimVenue:
             ("GET", "/fapi/v1/order"): ("SIGNED", ex.query_order),
             ("DELETE", "/fapi/v1/order"): ("SIGNED", ex.cancel_order),
             ("GET", "/fapi/v1/openOrders"): ("SIGNED", ex.open_orders),
+            ("GET", "/fapi/v1/userTrades"): ("SIGNED", ex.user_trades),
             ("DELETE", "/fapi/v1/allOpenOrders"): ("SIGNED", ex.cancel_all_orders),
             ("POST", "/fapi/v1/algoOrder"): ("SIGNED", ex.new_algo_order),
             ("GET", "/fapi/v1/algoOrder"): ("SIGNED", ex.query_algo_order),
@@ -353,6 +356,9 @@ class SimVenue:
             return 404, extra, b"<html><body><h1>404 Not Found</h1></body></html>", "text/html"
         security, handler = route
         fault = self.faults.take(method, path)
+        if fault is not None and fault.kind == "slow":
+            await asyncio.sleep(fault.hang_s)
+            fault = None
         if fault is not None and not fault.after_accept:
             return await self._fault_answer(fault, extra)
         pairs = parse_qsl(url.query, keep_blank_values=True) + parse_qsl(body, keep_blank_values=True)

@@ -166,17 +166,6 @@ def load_config(path: str | Path = "config.yaml") -> AppConfig:
         raise ConfigError("\n".join(problems)) from None
 
 
-def strategy_changes(old: AppConfig, new: AppConfig) -> dict[str, str]:
-    """The strategy settings a reload would change, as text (fed to the engine's settings lock)."""
-    before, after = old.to_strategy(), new.to_strategy()
-    changes: dict[str, str] = {}
-    for name in before.__dataclass_fields__:
-        a, b = getattr(before, name), getattr(after, name)
-        if a != b:
-            changes[name] = ",".join(b) if isinstance(b, tuple) else str(b)
-    return changes
-
-
 # ---------------------------------------------------------------------------------------------
 # Reload (mtime poll and SIGHUP in the daemon)
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +191,11 @@ def setting_text(value: Any) -> str:
 def settings_changes(current: Strategy, new: AppConfig) -> tuple[tuple[str, str], ...]:
     """The ``strategy`` settings in ``new`` that differ from the running ones, as
     ``SettingsChangeRequested.changes`` (sorted by name)."""
-    target = new.to_strategy()
+    return strategy_changes(current, new.to_strategy())
+
+
+def strategy_changes(current: Strategy, target: Strategy) -> tuple[tuple[str, str], ...]:
+    """The reloadable settings of ``target`` that differ from ``current``, sorted by name."""
     changes = [
         (name, setting_text(getattr(target, name)))
         for name in current.__dataclass_fields__

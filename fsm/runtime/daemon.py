@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from binance import parse
 from binance.errors import BinanceError
 from binance.executor import Executor
 from binance.parse import KlineUpdate, ListenKeyExpired
+from binance.reconcile import Tracked, missed_updates
 from binance.rest import BinanceRest
 from binance.sim.exchange import SimExchange
 from binance.sim.server import SimVenue
@@ -52,7 +53,7 @@ from binance.streams import KEEPALIVE_S, MarketStream, PremiumIndexPoller, UserS
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
-from fsm.engine import Engine
+from fsm.engine import Engine, decode_strategy
 from fsm.model import decode
 from fsm.runtime import heartbeat
 from fsm.runtime.alerts import Alert, Alerts
@@ -64,6 +65,7 @@ from fsm.runtime.config import (
     load_config,
     restart_changes,
     settings_changes,
+    strategy_changes,
 )
 from fsm.runtime.feeds import MessageSource, PricePath, ReplaySource, TelegramSource
 from fsm.runtime.logs import DecisionLog
@@ -74,6 +76,7 @@ from telegram_ingest.grammar import parse_message
 log = logging.getLogger(__name__)
 
 KLINE_COUNT = 200
+USER_STREAM_WAIT_MS = 5000  # how long recovery waits for the user stream before reading the venue
 KLINE_MS = 180_000
 NOT_JOURNALED = (ev.Tick, ev.MarkPriceTick)  # market data at 1 Hz: the venue keeps it, not us
 OUTCOME_EVENTS = (
@@ -102,6 +105,18 @@ def saved_generations(snapshot: dict[str, Any] | None) -> tuple[tuple[str, str, 
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         log.warning("saved snapshot unreadable: %r", exc)
         return ()
+
+
+def _describe_missed(event: ev.Event) -> str:
+    if isinstance(event, ev.OrderUpdated):
+        text = f"{event.client_order_id} {event.status}, {event.cum_qty} of {event.orig_qty}"
+        if event.last_qty:
+            text += f", filled {event.last_qty} @ {event.last_price} (trade {event.trade_id})"
+        return text
+    if isinstance(event, ev.AlgoOrderUpdated):
+        child = f", order {event.actual_order_id}" if event.actual_order_id else ""
+        return f"{event.client_algo_id} {event.status}{child}"
+    return type(event).__name__
 
 
 def managed_symbols(snapshot: dict[str, Any] | None) -> tuple[tuple[str, int, str], ...]:
@@ -362,6 +377,7 @@ class Daemon:
         self._control_seen: dict[str, Any] = {}
         self.stopped_reason = ""
         self.config_watch: ConfigWatch | None = None  # set by ``watch_config``
+        self._restart_settings: tuple[tuple[str, str], ...] = ()  # D-23: config.yaml vs the snapshot
         # D-18: the risk messages recovery re-runs, and the journal seq snapshots may claim to cover.
         self._reruns: list[ev.MessageReceived] = []
         self._reruns_pending = 0
@@ -383,17 +399,22 @@ class Daemon:
         recovery = await self._recovery_inputs()
         control = await self._read_control()
         self._control_seen = dict(control)
-        await self.market.subscribe([self.heartbeat_symbol])
-        self.poller.set_symbols(self.market.symbols)
         now = self.clock.now_ms()
+        # Queued first: every push of the user stream opened next comes after it.
         self.enqueue_nowait(replace(recovery, now_ms=now))
         if control.get("paused"):
             self.enqueue_nowait(ev.PauseRequested(now_ms=now, paused=True))
+        if self._restart_settings:
+            self.enqueue_nowait(ev.SettingsChangeRequested(now_ms=now, changes=self._restart_settings))
+        user_task = asyncio.create_task(self.user.run(), name="user-stream")
+        await self._user_stream_first()
+        await self.market.subscribe([self.heartbeat_symbol])
+        self.poller.set_symbols(self.market.symbols)
         self.alerts.start()
         consumer = asyncio.create_task(self._consume(), name="consumer")
         self._tasks = [
             asyncio.create_task(self.market.run(), name="market-stream"),
-            asyncio.create_task(self.user.run(), name="user-stream"),
+            user_task,
             asyncio.create_task(self.poller.run(), name="premium-poller"),
             asyncio.create_task(self._ticker(), name="ticker"),
             asyncio.create_task(self._status_loop(), name="status"),
@@ -424,6 +445,24 @@ class Daemon:
         log.info("stopped (%s) after %d events", self.stopped_reason, self.handled)
         return self.exit_code
 
+    async def _user_stream_first(self) -> None:
+        """N-28 step 3 reads the venue by REST; the user stream is opened first, so that a fill
+        landing after that read arrives as a push. If it is not up in time, recovery goes on and
+        its first connection re-reads the positions (as after any gap)."""
+        opened = asyncio.create_task(self.user.opened.wait())
+        stopping = asyncio.create_task(self._stopping.wait())
+        wait_s = self.clock.wall_s(USER_STREAM_WAIT_MS)
+        done, _ = await asyncio.wait({opened, stopping}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        for task in (opened, stopping):
+            task.cancel()
+        if not done:
+            self.user.reconcile_first = True
+            log.warning(
+                "user stream not open after %.1f s: recovery reads the venue without it; "
+                "positions are re-read when it connects",
+                wait_s,
+            )
+
     # -- recovery inputs and the re-run of risk messages (N-28, D-17, D-18) ---------------------
 
     async def _recovery_inputs(self) -> ev.RecoveryStarted:
@@ -448,12 +487,41 @@ class Daemon:
                 covered,
             )
         managed = managed_symbols(saved)
+        if managed:
+            self._keep_running_strategy(saved, managed)
         return ev.RecoveryStarted(
             now_ms=0,
             cursors=tuple(sorted(cursors.items())),
             cooldowns=tuple(sorted(cooldowns.items())),
             managed=corrected_hints(managed, orders),
             generations=merged_generations(saved_generations(saved), managed, orders),
+        )
+
+    def _keep_running_strategy(
+        self, saved: dict[str, Any] | None, managed: tuple[tuple[str, int, str], ...]
+    ) -> None:
+        """G06 across a restart (D-23): the last run was trading, so it goes on with the settings it
+        traded with; a config.yaml that differs is a change requested now, which the settings lock
+        refuses and keeps until no symbol is active."""
+        try:
+            running = decode_strategy(saved["strategy"]) if saved else None
+        except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+            log.warning("saved strategy unreadable, starting with config.yaml's: %r", exc)
+            return
+        if running is None:
+            return
+        wanted = self.engine.strategy
+        running = replace(running, entry_chat_id=wanted.entry_chat_id, risk_chat_id=wanted.risk_chat_id)
+        changes = strategy_changes(running, wanted)
+        if not changes:
+            return
+        self.engine.strategy = running
+        self._restart_settings = changes
+        log.warning(
+            "config.yaml changes %s while the last run was trading %s: the running values are kept "
+            "until no symbol is active (G06, D-23)",
+            ", ".join(f"{k}={v}" for k, v in changes),
+            ", ".join(symbol for symbol, _, _ in managed),
         )
 
     async def _watch_recovered_symbols(self) -> None:
@@ -505,9 +573,20 @@ class Daemon:
         self.enqueue_nowait(item)
 
     async def _reconcile(self) -> None:
-        """After a user-stream gap: read the positions of the symbols we manage (R20..R22)."""
-        log.warning("user stream reconnected: re-reading positions")
+        """After a user-stream gap: what it missed about our open orders (fills with their trade ids,
+        ends, triggered stops), then the positions of the symbols we manage (R20..R22)."""
+        tracked = [
+            Tracked(symbol, o.cid, o.is_algo, o.filled, o.status)
+            for symbol, model in self.engine.symbols.items()
+            for o in model.orders.values()
+            if o.is_open and o.status != "PENDING"  # a PENDING order's answer is still on its way
+        ]
+        log.warning("user stream reconnected: re-reading %d open order(s) and the positions", len(tracked))
         now = self.clock.now_ms()
+        missed = await missed_updates(self.rest, tracked, now)
+        for event in missed:
+            log.warning("user stream gap: %s", _describe_missed(event))
+            self.enqueue_nowait(event)
         try:
             rows = parse.positions_from_rest(await self.rest.position_risk())
         except (BinanceError, KeyError, ValueError) as exc:
@@ -851,6 +930,9 @@ class Daemon:
         if changes:
             log.info("config reload: asking the engine for %s", ", ".join(f"{k}={v}" for k, v in changes))
             self.enqueue_nowait(ev.SettingsChangeRequested(now_ms=now, changes=changes))
+        elif self.engine.pending_settings:
+            log.info("config reload: back to the running settings; the pending change is dropped")
+            self.enqueue_nowait(ev.SettingsChangeRequested(now_ms=now, changes=()))
         elif not restart:
             log.info("config reload: %s has no change", watch.path)
 

@@ -37,6 +37,14 @@ def _rewrite(path: Path, text: str) -> None:
     os.utime(path, ns=(before + 1_000_000, before + 1_000_000))
 
 
+def _replace(path: Path, text: str) -> None:
+    """The storage section plus ``text``, with a new (mtime, size) signature."""
+    before = path.stat().st_mtime_ns
+    storage = path.read_text(encoding="utf-8").split("strategy:")[0]
+    path.write_text(storage + text, encoding="utf-8")
+    os.utime(path, ns=(before + 2_000_000, before + 2_000_000))
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
 # ---------------------------------------------------------------------------------------------
@@ -82,9 +90,16 @@ def test_mdd_change_with_a_position_open_is_refused_logged_and_alerted(tmp_path:
                 (None, "symbols_active", {"active": "ETHUSDT", "keys": "mdd_pct"})
             ]
             assert run.daemon.engine.strategy.mdd_pct == Decimal("15")
+            assert run.daemon.engine.pending_settings == {"mdd_pct": "20"}  # D-23: kept for when flat
             assert run.daemon.engine.state_of("ETHUSDT") == "PHASE1"
             await asyncio.sleep(0.5)  # the unchanged file is not proposed again
             assert len(_requests(run.seen)) == 1
+            # The operator puts the file back: the waiting change is dropped, nothing applies later.
+            _replace(config_path, "strategy:\n  mdd_pct: 15\n")
+            await kit.wait_until(lambda: bool(kit.logs(run.seen, "settings_pending_dropped")))
+            assert _requests(run.seen) == [(("mdd_pct", "20"),), ()]
+            assert run.daemon.engine.pending_settings == {}
+            assert run.daemon.engine.strategy.mdd_pct == Decimal("15")
             assert await run.stop() == 0
 
     kit.run(scenario())
@@ -92,7 +107,59 @@ def test_mdd_change_with_a_position_open_is_refused_logged_and_alerted(tmp_path:
         ("symbols_active", '{"active": "ETHUSDT", "keys": "mdd_pct"}')
     ]
     assert kit.rows(tmp_path, "SELECT severity, text FROM alerts WHERE kind = 'settings_refused'") == [
-        ("warning", "settings locked while trading")
+        ("warning", "settings locked while trading; they apply once no symbol is active")
+    ]
+
+
+@pytest.mark.spec("G06", "N-26", "N-28")
+def test_mdd_change_made_while_the_daemon_was_down_waits_for_the_position_to_close(tmp_path: Path) -> None:
+    """D-23: config.yaml says mdd_pct 20 when the daemon restarts with a PHASE1 position open. The
+    restarted engine keeps the 15 it traded with (a restart must not bypass the settings lock), says
+    so, and takes 20 once the TP has closed the position."""
+    feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
+    config_path = kit.write_config(tmp_path)
+    path = kit.PricePath(
+        base={"ETHUSDT": Decimal("3500.00")},
+        points=kit.points(
+            [
+                (3, "ETHUSDT", "3532.00"),
+                (5, "ETHUSDT", "3536.00"),
+                (20, "ETHUSDT", "3360.00"),
+                (23, "ETHUSDT", "3358.00"),
+            ]
+        ),
+    )
+
+    async def scenario() -> None:
+        async with kit.Venue(path) as venue:
+            first = await venue.start_daemon(tmp_path, feed, config=load_config(config_path))
+            await kit.wait_until(lambda: first.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
+            assert await first.stop() == 0
+            _replace(config_path, "strategy:\n  mdd_pct: 20\n")
+            second = await venue.start_daemon(tmp_path, feed, config=load_config(config_path))
+            await kit.wait_until(lambda: second.seen.has("recovery_lock RECOVERING->READY"))
+            engine = second.daemon.engine
+            assert engine.state_of("ETHUSDT") == "PHASE1"
+            assert engine.strategy.mdd_pct == Decimal("15")
+            assert engine.pending_settings == {"mdd_pct": "20"}
+            assert _requests(second.seen) == [(("mdd_pct", "20"),)]
+            assert kit.logs(second.seen, "settings_refused") == [
+                (None, "symbols_active", {"active": "ETHUSDT", "keys": "mdd_pct"})
+            ]
+            assert not venue.at(20)  # decided while the position was still open
+            await kit.wait_until(lambda: second.seen.has("entry_lock GLOBAL_LOCKED->GLOBAL_IDLE"), timeout=10)
+            assert kit.logs(second.seen, "settings_applied") == [
+                (None, "no_symbol_active", {"keys": "mdd_pct"})
+            ]
+            assert engine.strategy.mdd_pct == Decimal("20") and engine.pending_settings == {}
+            assert await second.stop() == 0
+
+    kit.run(scenario(), timeout=25)
+    assert kit.rows(
+        tmp_path, "SELECT severity, text FROM alerts WHERE kind LIKE 'settings%' ORDER BY id"
+    ) == [
+        ("warning", "settings locked while trading; they apply once no symbol is active"),
+        ("info", "settings applied now that no symbol is active: mdd_pct"),
     ]
 
 

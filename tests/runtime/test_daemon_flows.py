@@ -353,6 +353,122 @@ def test_manual_order_and_position_on_the_venue_hold_the_entry_lock(tmp_path: Pa
 
 
 # ---------------------------------------------------------------------------------------------
+# N-28 step 3: the user stream is open before recovery reads the venue
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.spec("N-28")
+def test_recovery_reads_the_venue_only_once_the_user_stream_is_open(tmp_path: Path) -> None:
+    """A fill landing after the snapshot's REST read must arrive as a push: every read of the
+    recovery snapshot happens with the private WebSocket already connected."""
+    feed = kit.write_feed(tmp_path, [])
+    open_at_read: list[int] = []
+
+    async def scenario() -> None:
+        async with kit.Venue(W56_PATH) as venue:
+            sim = venue.harness.venue
+            security, handler = sim._routes[("GET", "/fapi/v1/openOrders")]
+
+            def reading(params: dict[str, str]) -> object:
+                open_at_read.append(sim.ws_connections("private"))
+                return handler(params)
+
+            sim._routes[("GET", "/fapi/v1/openOrders")] = (security, reading)
+            # A slow listenKey answer (0.2 s, well within the wait): a reader that did not wait for
+            # the stream would read the venue before it opened.
+            sim.faults.add(RestFault(method="POST", path="/fapi/v1/listenKey", kind="slow", hang_s=0.2))
+            run = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: run.seen.has("recovery_lock RECOVERING->READY"))
+            assert await run.stop() == 0
+            assert open_at_read == [1]
+            # Opened first, so not reconciled: the snapshot is the only read of the positions.
+            assert sim.requests.count(("GET", "/fapi/v3/positionRisk")) == 1
+
+    kit.run(scenario())
+
+
+@pytest.mark.spec("N-28", "R20")
+def test_a_user_stream_late_for_recovery_re_reads_positions_when_it_opens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The listenKey request fails for a while: recovery does not wait for ever, says so, and the
+    stream's first connection then re-reads the positions, as after any gap."""
+    caplog.set_level(logging.WARNING, logger="fsm.runtime.daemon")
+    feed = kit.write_feed(tmp_path, [])
+
+    async def scenario() -> None:
+        async with kit.Venue(W56_PATH) as venue:
+            sim = venue.harness.venue
+            sim.faults.add(
+                RestFault(method="POST", path="/fapi/v1/listenKey", kind="status", status=503, count=3)
+            )
+            run = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(
+                lambda: run.daemon.user.connected and run.seen.has("recovery_lock RECOVERING->READY")
+            )
+            await kit.wait_until(lambda: sim.requests.count(("GET", "/fapi/v3/positionRisk")) >= 2)
+            assert await run.stop() == 0
+            listen = [i for i, r in enumerate(sim.requests) if r == ("POST", "/fapi/v1/listenKey")]
+            assert len(listen) == 4  # three refused, the fourth opened the stream
+            # The snapshot's read, then the re-read after the stream's late first connection.
+            reads = [i for i, r in enumerate(sim.requests) if r == ("GET", "/fapi/v3/positionRisk")]
+            assert len(reads) == 2 and reads[0] < listen[-1] < reads[1]
+
+    kit.run(scenario())
+    assert any("user stream not open after" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.spec("W55", "R20")
+def test_an_entry_fill_missed_by_a_down_user_stream_is_read_back_with_its_trade(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The listenKey expires once the entry order is working and its renewal fails once, so the
+    user stream is down (about 5 venue seconds) when the entry fills. On reconnect the daemon
+    reads the order and its trades back: the engine reaches PHASE1 from the fill itself and the
+    fills table holds the venue's trade under the same key a push would have used."""
+    caplog.set_level(logging.WARNING, logger="fsm.runtime.daemon")
+    feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
+    path = kit.PricePath(
+        base={"ETHUSDT": D("3500.00")},
+        points=kit.points([(3, "ETHUSDT", "3532.00"), (5, "ETHUSDT", "3536.00")]),
+    )
+    entry = "sf1001-E11-ETHUSDT"
+
+    async def scenario() -> None:
+        async with kit.Venue(path) as venue:
+            sim, ex = venue.harness.venue, venue.exchange
+            run = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: run.seen.accepted(entry))
+            assert not venue.at(5)
+            sim.faults.add(RestFault(method="POST", path="/fapi/v1/listenKey", kind="status", status=503))
+            for key in list(ex.listen_keys):
+                ex.expire_listen_key(key)
+            await kit.wait_until(lambda: not run.daemon.user.connected)
+            await kit.wait_until(lambda: venue.at(5.5))
+            assert not run.daemon.user.connected  # the fill happened with nobody listening
+            assert [o.status for o in ex.orders.values()] == ["FILLED"]
+            await kit.wait_until(lambda: run.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
+            assert await run.stop() == 0
+            trade = ex.trades[-1]
+            fills = [
+                (e.client_order_id, e.status, e.cum_qty, e.last_qty, e.trade_id)
+                for e, _ in run.seen.items
+                if isinstance(e, ev.OrderUpdated) and e.last_qty > 0
+            ]
+            assert fills == [(entry, "FILLED", D("1.414"), D("1.414"), trade["id"])]
+            assert run.daemon.engine.symbols["ETHUSDT"].position() == D("1.414")
+
+    kit.run(scenario())
+    assert kit.rows(tmp_path, "SELECT trade_key, client_order_id, qty, price FROM fills") == [
+        (f"ETHUSDT:{5_000_001}", "sf1001-E11-ETHUSDT", "1.414", "3535.00")
+    ]
+    gap = [r.getMessage() for r in caplog.records if "user stream gap" in r.getMessage()]
+    assert gap == [
+        "user stream gap: sf1001-E11-ETHUSDT FILLED, 1.414 of 1.414, filled 1.414 @ 3535.00 (trade 5000001)"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
 # A venue that refuses every request: protection, no tight loop
 # ---------------------------------------------------------------------------------------------
 
