@@ -469,3 +469,42 @@ async def login(
         part for part in (getattr(me, "first_name", None), getattr(me, "last_name", None)) if part
     )
     return f"logged in as {name or 'user'} (id {getattr(me, 'id', '?')}); session {session.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAccess:
+    """What ``check_channels`` found for one channel: its title and newest message id, or why not."""
+
+    chat_id: int
+    title: str | None = None
+    last_message_id: int | None = None
+    problem: str | None = None
+
+
+async def check_channels(client: Any, chat_ids: Sequence[int]) -> list[ChannelAccess]:
+    """Resolve each channel through the (connected, authorised) session and read its newest message,
+    which is what the daemon's backfill does first. Never raises for one channel's trouble."""
+    found: list[ChannelAccess] = []
+    for chat_id in chat_ids:
+        try:
+            entity = await client.get_entity(chat_id)
+        except ValueError:
+            found.append(
+                ChannelAccess(
+                    chat_id,
+                    problem="not known to this session: join the channel with this account, then run "
+                    "`shortfsm login` again (it caches the channels)",
+                )
+            )
+            continue
+        except RPCError as exc:
+            found.append(ChannelAccess(chat_id, problem=f"refused by Telegram: {type(exc).__name__}"))
+            continue
+        title = getattr(entity, "title", None)
+        try:
+            newest = [m async for m in client.iter_messages(entity, limit=1)]
+        except RPCError as exc:
+            found.append(ChannelAccess(chat_id, title, problem=f"history not readable: {type(exc).__name__}"))
+            continue
+        found.append(ChannelAccess(chat_id, title, newest[0].id if newest else 0))
+    return found

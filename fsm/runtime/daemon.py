@@ -68,6 +68,7 @@ from fsm.runtime.config import (
     strategy_changes,
 )
 from fsm.runtime.feeds import MessageSource, PricePath, ReplaySource, TelegramSource
+from fsm.runtime.keys import can_withdraw, spot_api_url
 from fsm.runtime.logs import DecisionLog
 from fsm.runtime.store import CONTROL_KEY, Store
 from telegram_ingest.adapter import RawMessage
@@ -1129,6 +1130,35 @@ class RunOptions:
     feed_origin_ms: int | None = None  # sim: the epoch ms the feed's at_ms count from (default: start)
 
 
+async def refuse_withdrawing_key(config: AppConfig, profile: str, endpoints: Endpoints) -> None:
+    """No trading with a key that can withdraw funds (issue #5); unknown is logged, not refused
+    (demo trading cannot say)."""
+    async with BinanceRest(
+        api_key=endpoints.api_key,
+        api_secret=endpoints.api_secret,
+        base_url=endpoints.rest_url,
+        recv_window_ms=endpoints.recv_window_ms,
+    ) as rest:
+        try:
+            await rest.sync_time()
+        except BinanceError as exc:
+            log.warning("server time unavailable before the key check: %s", exc)
+        withdraw = await can_withdraw(
+            spot_api_url(config, profile),
+            endpoints.api_key,
+            endpoints.api_secret,
+            timestamp_ms=rest.server_now_ms(),
+            recv_window_ms=endpoints.recv_window_ms,
+        )
+    if withdraw is True:
+        raise StartupRefused(
+            "this API key can withdraw funds: create a key without the withdrawal permission "
+            "(a trading daemon never needs it)"
+        )
+    if withdraw is None:
+        log.warning("could not tell whether the API key can withdraw; make sure it cannot")
+
+
 async def run_daemon(config: AppConfig, secrets_: Secrets, options: RunOptions) -> int:
     """Build everything for ``options.profile`` and run until stopped; returns the exit code."""
     profile = options.profile
@@ -1165,6 +1195,7 @@ async def run_daemon(config: AppConfig, secrets_: Secrets, options: RunOptions) 
                 api_secret=secrets_.binance_api_secret.get_secret_value(),
                 recv_window_ms=config.binance.recv_window_ms,
             )
+            await refuse_withdrawing_key(config, profile, endpoints)
             source = TelegramSource(
                 session_path=config.telegram.session_path,
                 api_id=secrets_.telegram_api_id,

@@ -9,6 +9,7 @@ import sqlite3
 import stat
 import sys
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,15 @@ from fsm import events as ev
 from fsm.runtime.config import AppConfig, ConfigError, Secrets, load_config
 from fsm.runtime.daemon import Daemon, RunOptions, StartupRefused, check_profile, flatten_account, run_daemon
 from fsm.runtime.feeds import DEMO_FEED, REPO_ROOT, PricePath, demo_path
+from fsm.runtime.keys import can_withdraw, spot_api_url
 from fsm.runtime.store import Store, StoreError, write_control
 
 log = logging.getLogger(__name__)
 DEMO_MARKER = "meta.demo"
 DEMO_DEFAULT_SPEED = 2.0
+TELEGRAM_CHECK_S = 30.0
+# ``(session path, api id, api hash) -> client``; None: telethon.TelegramClient (tests set a double).
+telegram_client_factory: Callable[[str, int, str], Any] | None = None
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -344,7 +349,9 @@ async def preflight(config: AppConfig, secrets_: Secrets, profile: str, *, confi
         print(f"FAIL  {exc}")
         return False
     print("OK    keys: present")
-    return await _check_venue(config, secrets_, profile) and ok
+    venue_ok = await _check_venue(config, secrets_, profile)
+    telegram_ok = await _check_telegram(config, secrets_)
+    return venue_ok and telegram_ok and ok
 
 
 def _check_database(path: Path) -> bool:
@@ -411,7 +418,13 @@ async def _check_venue(config: AppConfig, secrets_: Secrets, profile: str) -> bo
         except (BinanceError, KeyError, ValueError) as exc:
             print(f"FAIL  balance unreadable: {exc}")
             ok = False
-        withdraw = await _can_withdraw(rest, spot_api_url(config, profile), secrets_)
+        withdraw = await can_withdraw(
+            spot_api_url(config, profile),
+            secrets_.binance_api_key.get_secret_value(),
+            secrets_.binance_api_secret.get_secret_value(),
+            timestamp_ms=rest.server_now_ms(),
+            recv_window_ms=rest.recv_window_ms,
+        )
         if withdraw is True:
             print("FAIL  this API key can withdraw funds: create a key without the withdrawal permission")
             ok = False
@@ -422,42 +435,70 @@ async def _check_venue(config: AppConfig, secrets_: Secrets, profile: str) -> bo
     return ok
 
 
+async def _check_telegram(config: AppConfig, secrets_: Secrets) -> bool:
+    """The session is logged in and both channels resolve and show their newest message. Skipped
+    (not failed) while a running daemon holds the session: it must never be opened twice."""
+    from telegram_ingest.listener import (
+        NotAuthorised,
+        SessionLocked,
+        check_channels,
+        ensure_authorised,
+        open_session_path,
+    )
+
+    session = Path(config.telegram.session_path)
+    if not session.name.endswith(".session"):
+        session = session.with_name(session.name + ".session")
+    if not session.exists():
+        print(f"FAIL  Telegram session {session} does not exist: run `shortfsm login` first")
+        return False
+    factory = telegram_client_factory
+    if factory is None:
+        from telethon import TelegramClient
+
+        factory = TelegramClient
+    channels = {
+        config.telegram.entry_chat_id: "leading-market channel",
+        config.telegram.risk_chat_id: "risk-management channel",
+    }
+    try:
+        with open_session_path(session) as lock:
+            client = factory(
+                str(lock.path), secrets_.telegram_api_id, secrets_.telegram_api_hash.get_secret_value()
+            )
+            try:
+                async with asyncio.timeout(TELEGRAM_CHECK_S):
+                    await ensure_authorised(client)
+                    found = await check_channels(client, list(channels))
+            finally:
+                await client.disconnect()
+    except SessionLocked:
+        print("SKIP  Telegram channels: the session is in use (a running daemon?), not opened twice")
+        return True
+    except NotAuthorised:
+        print(f"FAIL  Telegram session {session} is not logged in: run `shortfsm login`")
+        return False
+    except TimeoutError:
+        print(f"FAIL  Telegram did not answer within {TELEGRAM_CHECK_S:.0f} s")
+        return False
+    except Exception as exc:  # network trouble, a damaged session file: say what, never crash
+        print(f"FAIL  Telegram unreachable: {type(exc).__name__}: {exc}")
+        return False
+    ok = True
+    for access in found:
+        label = f"{channels[access.chat_id]} {access.chat_id}"
+        if access.problem is None:
+            print(f"OK    {label} ({access.title}): readable, newest message {access.last_message_id}")
+        else:
+            print(f"FAIL  {label}: {access.problem}")
+            ok = False
+    return ok
+
+
 POSITION_MODE_NOTE = {
     "ONE_WAY": "N-15: orders without positionSide, exits reduceOnly",
     "HEDGE": "N-15: every order carries positionSide=SHORT",
 }
-
-
-def spot_api_url(config: AppConfig, profile: str) -> str | None:
-    """Where ``/sapi/v1/account/apiRestrictions`` lives: the configured REST URL when it is
-    overridden (a proxy or the simulated venue), the spot API on mainnet, otherwise nowhere."""
-    if config.binance.rest_url:
-        return config.binance.rest_url
-    return "https://api.binance.com" if profile == "mainnet" else None
-
-
-async def _can_withdraw(rest: BinanceRest, spot_url: str | None, secrets_: Secrets) -> bool | None:
-    """``enableWithdrawals`` of ``GET /sapi/v1/account/apiRestrictions``; None when unknown."""
-    if spot_url is None:
-        return None
-    from binance.rest import signed_query
-
-    try:
-        import httpx
-
-        secret = secrets_.binance_api_secret.get_secret_value()
-        query = signed_query({}, secret, rest.server_now_ms(), rest.recv_window_ms)
-        async with httpx.AsyncClient(base_url=spot_url, timeout=10) as client:
-            resp = await client.get(
-                f"/sapi/v1/account/apiRestrictions?{query}",
-                headers={"X-MBX-APIKEY": secrets_.binance_api_key.get_secret_value()},
-            )
-        data = resp.json() if resp.status_code == 200 else None
-    except Exception as exc:  # any failure means: unknown
-        log.info("apiRestrictions unavailable: %s", type(exc).__name__)
-        return None
-    value = data.get("enableWithdrawals") if isinstance(data, dict) else None
-    return value if isinstance(value, bool) else None
 
 
 # ---------------------------------------------------------------------------------------------

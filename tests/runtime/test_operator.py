@@ -7,13 +7,20 @@ import io
 import json
 import re
 import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import runtime_kit as kit
+from telethon import errors
+from telethon.tl import types
 
+from fsm.runtime import daemon_cli
 from fsm.runtime.cli import main
+from telegram_ingest.listener import open_session_path
 
 ENV_KEYS = {
     "BINANCE_API_KEY": kit.VenueThread.API_KEY,
@@ -23,13 +30,76 @@ ENV_KEYS = {
 }
 
 
+ENTRY_CHANNEL, RISK_CHANNEL = -1002171239233, -1003096527269  # the config's defaults
+DATE = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+class FakeTelegram:
+    """The part of ``TelegramClient`` that ``check`` uses, answering with real Telethon objects:
+    ``channels`` maps a marked id to its title and newest message id, or to the error to raise."""
+
+    def __init__(
+        self, session: str, api_id: int, api_hash: str, *, channels: dict[int, Any], authorised: bool = True
+    ) -> None:
+        self.opened = (session, api_id, api_hash)
+        self.channels = channels
+        self.authorised = authorised
+        self.calls: list[str] = []
+
+    async def connect(self) -> None:
+        self.calls.append("connect")
+
+    async def is_user_authorized(self) -> bool:
+        return self.authorised
+
+    async def disconnect(self) -> None:
+        self.calls.append("disconnect")
+
+    async def get_entity(self, chat_id: int) -> types.Channel:
+        answer = self.channels.get(chat_id)
+        if answer is None:
+            raise ValueError(f"Could not find the input entity for PeerChannel(channel_id={chat_id})")
+        if isinstance(answer, Exception):
+            raise answer
+        title, _ = answer
+        bare = int(str(chat_id).removeprefix("-100"))
+        return types.Channel(id=bare, title=title, photo=types.ChatPhotoEmpty(), date=DATE, access_hash=7)
+
+    async def iter_messages(
+        self, entity: types.Channel, limit: int | None = None
+    ) -> AsyncIterator[types.Message]:
+        _, newest = self.channels[int(f"-100{entity.id}")]
+        if isinstance(newest, Exception):
+            raise newest
+        yield types.Message(id=newest, peer_id=types.PeerChannel(entity.id), date=DATE, message="x")
+
+
+HEALTHY = {ENTRY_CHANNEL: ("Leading Market", 812), RISK_CHANNEL: ("Risk Management", 77)}
+
+
+def _telegram(monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> list[FakeTelegram]:
+    made: list[FakeTelegram] = []
+
+    def factory(session: str, api_id: int, api_hash: str) -> FakeTelegram:
+        made.append(FakeTelegram(session, api_id, api_hash, **{"channels": HEALTHY, **kwargs}))
+        return made[-1]
+
+    monkeypatch.setattr(daemon_cli, "telegram_client_factory", factory)
+    return made
+
+
 @pytest.fixture
 def operator_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run the CLI from ``tmp_path`` (its own .env and relative paths) with test venue keys."""
+    """Run the CLI from ``tmp_path`` (its own .env and relative paths) with test venue keys and a
+    logged-in Telegram session that reads both channels."""
     monkeypatch.chdir(tmp_path)
     for name, value in ENV_KEYS.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("DISCORD_WEBHOOK_URL", raising=False)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "telegram.session").write_bytes(b"")
+    (tmp_path / "var" / "telegram.session").chmod(0o600)
+    _telegram(monkeypatch)
     return tmp_path
 
 
@@ -64,6 +134,8 @@ def test_check_passes_on_a_healthy_venue(operator_env: Path, capsys: pytest.Capt
         "OK    position mode: ONE_WAY (N-15: orders without positionSide, exits reduceOnly)",
         "OK    USDT balance: wallet 10000.00000000, available 10000.00000000",
         "OK    the API key cannot withdraw",
+        "OK    leading-market channel -1002171239233 (Leading Market): readable, newest message 812",
+        "OK    risk-management channel -1003096527269 (Risk Management): readable, newest message 77",
     ]
 
 
@@ -76,7 +148,7 @@ def test_check_accepts_hedge_mode_and_says_how_orders_are_sent(
         assert _check(config) == 0
     lines = _lines(capsys)
     assert "OK    position mode: HEDGE (N-15: every order carries positionSide=SHORT)" in lines
-    assert lines[-1] == "SKIP  the venue does not say whether the key can withdraw"
+    assert lines[-3] == "SKIP  the venue does not say whether the key can withdraw"
 
 
 @pytest.mark.parametrize(
@@ -105,7 +177,7 @@ def test_check_fails_on_a_refused_api_key(
         assert _check(config) == 1
         url = venue.venue.rest_url
         assert venue.venue.requests[-1] == ("GET", "/fapi/v1/positionSide/dual")
-    assert _lines(capsys)[-1] == (
+    assert _lines(capsys)[-3] == (
         f"FAIL  API key refused by {url} ({code} {message}): check BINANCE_API_KEY and BINANCE_API_SECRET, "
         "the key's IP restriction and its Futures permission"
     )
@@ -137,7 +209,7 @@ def test_check_fails_on_a_key_that_can_withdraw(
         config = kit.write_config(operator_env, venue.config_text())
         assert _check(config) == 1
         assert ("GET", "/sapi/v1/account/apiRestrictions") in venue.venue.requests
-    assert _lines(capsys)[-1] == (
+    assert _lines(capsys)[-3] == (
         "FAIL  this API key can withdraw funds: create a key without the withdrawal permission"
     )
 
@@ -152,7 +224,7 @@ def test_check_warns_on_files_readable_by_others(
         env = operator_env / ".env"
         env.write_text("DISCORD_WEBHOOK_URL=\n", encoding="utf-8")
         session = operator_env / "tg.session"
-        session.write_text("", encoding="utf-8")
+        session.write_bytes(b"")
         env.chmod(0o644)
         config.chmod(0o640)
         session.chmod(0o604)
@@ -163,6 +235,106 @@ def test_check_warns_on_files_readable_by_others(
         f"WARN  {config} is readable by group/others (0o640): chmod 600 {config}",
         "WARN  tg.session is readable by group/others (0o604): chmod 600 tg.session",
     ]
+
+
+@pytest.mark.parametrize(
+    ("channels", "authorised", "expected"),
+    [
+        (
+            {ENTRY_CHANNEL: HEALTHY[ENTRY_CHANNEL]},
+            True,
+            [
+                HEALTHY_ENTRY_LINE := "OK    leading-market channel -1002171239233 (Leading Market): "
+                "readable, newest message 812",
+                "FAIL  risk-management channel -1003096527269: not known to this session: join the channel "
+                "with this account, then run `shortfsm login` again (it caches the channels)",
+            ],
+        ),
+        (
+            {**HEALTHY, RISK_CHANNEL: errors.ChannelPrivateError(request=None)},
+            True,
+            [
+                HEALTHY_ENTRY_LINE,
+                "FAIL  risk-management channel -1003096527269: refused by Telegram: ChannelPrivateError",
+            ],
+        ),
+        (
+            {**HEALTHY, ENTRY_CHANNEL: ("Leading Market", errors.ChannelPrivateError(request=None))},
+            True,
+            [
+                "FAIL  leading-market channel -1002171239233: history not readable: ChannelPrivateError",
+                "OK    risk-management channel -1003096527269 (Risk Management): readable, newest message 77",
+            ],
+        ),
+        (
+            HEALTHY,
+            False,
+            ["FAIL  Telegram session var/telegram.session is not logged in: run `shortfsm login`"],
+        ),
+    ],
+    ids=["channel-not-in-session", "channel-private", "history-refused", "not-logged-in"],
+)
+def test_check_fails_when_a_channel_cannot_be_read(
+    operator_env: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    channels: dict[int, Any],
+    authorised: bool,
+    expected: list[str],
+) -> None:
+    made = _telegram(monkeypatch, channels=channels, authorised=authorised)
+    with kit.VenueThread() as venue:
+        venue.add_route("GET", "/sapi/v1/account/apiRestrictions", {"enableWithdrawals": False})
+        config = kit.write_config(operator_env, venue.config_text())
+        assert _check(config) == 1
+    lines = _lines(capsys)
+    assert lines[-len(expected) :] == expected
+    assert lines[-len(expected) - 1] == "OK    the API key cannot withdraw"  # the venue checks all ran
+    (client,) = made
+    assert client.opened == ("var/telegram.session", 12345, "test-hash")  # relative to the cwd
+    assert client.calls[0] == "connect" and client.calls[-1] == "disconnect"
+
+
+def test_check_without_a_session_says_to_log_in(
+    operator_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (operator_env / "var" / "telegram.session").unlink()
+    with kit.VenueThread() as venue:
+        config = kit.write_config(operator_env, venue.config_text())
+        assert _check(config) == 1
+    assert _lines(capsys)[-1] == (
+        "FAIL  Telegram session var/telegram.session does not exist: run `shortfsm login` first"
+    )
+    assert not (operator_env / "var" / "telegram.session").exists()  # check never creates it
+
+
+def test_check_skips_the_channels_while_a_daemon_holds_the_session(
+    operator_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = _telegram(monkeypatch)
+    with kit.VenueThread() as venue, open_session_path(operator_env / "var" / "telegram.session"):
+        venue.add_route("GET", "/sapi/v1/account/apiRestrictions", {"enableWithdrawals": False})
+        config = kit.write_config(operator_env, venue.config_text())
+        assert _check(config) == 0
+    assert _lines(capsys)[-1] == (
+        "SKIP  Telegram channels: the session is in use (a running daemon?), not opened twice"
+    )
+    assert made == []  # the session file was never opened by a second client
+
+
+def test_run_refuses_to_trade_with_a_key_that_can_withdraw(
+    operator_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with kit.VenueThread() as venue:
+        venue.add_route("GET", "/sapi/v1/account/apiRestrictions", {"enableWithdrawals": True})
+        config = kit.write_config(operator_env, venue.config_text())
+        assert main(["run", "--config", str(config)]) == 2
+        requests = list(venue.venue.requests)
+    assert requests == [("GET", "/fapi/v1/time"), ("GET", "/sapi/v1/account/apiRestrictions")]
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "shortfsm: this API key can withdraw funds: create a key without the withdrawal permission "
+        "(a trading daemon never needs it)"
+    )
 
 
 def test_check_fails_on_a_corrupt_database_without_touching_it(
