@@ -86,6 +86,9 @@ class Engine:
         self.account_positions: dict[str, Decimal] = {}
         self.position_times: dict[str, int] = {}  # symbol -> venue time of the last position update
         self.account_entry_orders: dict[str, str] = {}
+        # symbol -> time of a fill of a non-closing order whose position update has not come yet:
+        # between the two, neither the order nor the position holds the entry lock (N-21).
+        self.unconfirmed_fills: dict[str, int] = {}
         self.closed_order_keys: dict[str, int] = {}
         self.position_mode: str | None = None
         self.wallet_balance = ZERO
@@ -190,6 +193,8 @@ class Engine:
             deadlines.extend(o.retry_at_ms for o in model.orders.values() if o.retry_at_ms)
         if self.locks[EXIT_CANCEL_LOCK].state == "CANCEL_FAILED":
             deadlines.append(self.requery_due_ms)
+        grace = self.strategy.position_sync_grace_seconds * 1000
+        deadlines.extend(at + grace for at in self.unconfirmed_fills.values())
         if self.last_ws_ms is not None:
             if self.price_source == "WS":
                 deadlines.append(self.last_ws_ms + self.strategy.ws_stale_fallback_seconds * 1000)
@@ -1188,6 +1193,8 @@ class Engine:
                 self.account_entry_orders[key] = event.symbol
             return
         self.account_entry_orders.pop(key, None)
+        if event.cum_qty > 0 and not closing_order and key not in self.closed_order_keys:
+            self.unconfirmed_fills[event.symbol] = event.now_ms
         self.closed_order_keys[key] = event.now_ms
         if len(self.closed_order_keys) > 2000:  # keep the newest only: late updates come within minutes
             for old in sorted(self.closed_order_keys, key=self.closed_order_keys.__getitem__)[:1000]:
@@ -1541,6 +1548,7 @@ class Engine:
                 )
                 return
             self.position_times[event.symbol] = event.venue_time_ms
+        self.unconfirmed_fills.pop(event.symbol, None)
         amount = abs(event.amount)
         if amount == 0:
             self.account_positions.pop(event.symbol, None)
@@ -1612,6 +1620,13 @@ class Engine:
             if not rules.is_dust(amount, self.infos.get(symbol)):
                 reasons.append(f"position {symbol}")
         reasons.extend(f"open entry order {key}" for key in sorted(self.account_entry_orders))
+        if self.unconfirmed_fills:
+            grace = self.strategy.position_sync_grace_seconds * 1000
+            for symbol, at in list(self.unconfirmed_fills.items()):
+                if self.now_ms - at >= grace:  # no position update came: the positions decide again
+                    del self.unconfirmed_fills[symbol]
+                else:
+                    reasons.append(f"fill on {symbol} awaiting its position update")
         for symbol, model in self.symbols.items():
             held = self._holds_entry_lock(model)
             if held:
@@ -1965,6 +1980,7 @@ _PLAIN_FIELDS = (
     "account_positions",
     "position_times",
     "account_entry_orders",
+    "unconfirmed_fills",
     "closed_order_keys",
     "position_mode",
     "wallet_balance",

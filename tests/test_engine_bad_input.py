@@ -271,11 +271,14 @@ def test_fill_of_an_unknown_order_of_a_managed_symbol_is_ignored(cid: str) -> No
     out = engine.handle(_update(runner, cid, "FILLED", "4.950", last="4.950"))
     assert out == [cmd.Log(kind="foreign_order", symbol=BTC, reason="FILLED", data=(("cid", cid),))]
     after = engine.snapshot()
-    # The account view remembers that this order is closed (a late NEW must not reopen it) ...
+    # The account view remembers that this order is closed (a late NEW must not reopen it) and,
+    # for a SELL, that its position update is still to come (the entry lock is held meanwhile) ...
     assert f"{BTC}:987654" in engine.closed_order_keys
+    assert engine.unconfirmed_fills == {BTC: engine.now_ms}
     # ... and nothing else changes.
-    assert {k: v for k, v in after.items() if k != "closed_order_keys"} == {
-        k: v for k, v in before.items() if k != "closed_order_keys"
+    account = ("closed_order_keys", "unconfirmed_fills")
+    assert {k: v for k, v in after.items() if k not in account} == {
+        k: v for k, v in before.items() if k not in account
     }
     assert engine.symbols[BTC].position() == D("4.950")
 
@@ -608,3 +611,72 @@ def test_a_fill_pushed_before_the_recovery_snapshot_is_left_to_the_snapshot() ->
     assert engine.state_of(BTC) == "PHASE1"
     assert engine.symbols[BTC].position() == D("4.950")
     assert _order_commands(out) == []  # no close at market; the TP waits for its trigger
+
+
+def _manual_market_fill(runner: Runner, symbol: str = "ETHUSDT") -> ev.OrderUpdated:
+    return ev.OrderUpdated(
+        now_ms=runner.now_ms,
+        symbol=symbol,
+        client_order_id="web_manual_mkt",
+        order_id=555,
+        side="SELL",
+        order_type="MARKET",
+        status="FILLED",
+        price=D(0),
+        orig_qty=D("1.00"),
+        cum_qty=D("1.00"),
+        last_qty=D("1.00"),
+        last_price=D("2000.00"),
+        avg_price=D("2000.00"),
+    )
+
+
+@pytest.mark.spec("G01", "N-21", "W46")
+def test_a_manual_market_fill_locks_entries_before_its_position_update_arrives() -> None:
+    """A manual MARKET sell is pushed as NEW then FILLED, and its ACCOUNT_UPDATE comes after: between
+    the two neither an open order nor a position holds the entry lock. A Tick landing there must not
+    let a monitored symbol enter."""
+    runner = _monitoring()
+    engine = runner.engine
+    runner.now_ms = T0_MS + 1000
+    out = engine.handle(_manual_market_fill(runner))
+    assert _locks(engine)["entry_lock"] == "GLOBAL_LOCKED"
+    locked = next(c for c in out if isinstance(c, cmd.Transitioned) and c.machine == "entry_lock")
+    assert locked.reason == "fill on ETHUSDT awaiting its position update"
+    assert engine.state_of(BTC) == "IDLE"  # W46: monitoring dropped by the lock
+    # The BTC mark crosses the trigger on a Tick before the position update: nothing is ordered.
+    out = engine.handle(
+        ev.MarkPriceTick(now_ms=runner.now_ms, symbol=BTC, price=D("100.9"), event_time_ms=runner.now_ms)
+    )
+    out += engine.handle(ev.Tick(now_ms=runner.now_ms + 500))
+    assert _order_commands(out) == []
+    # The position update takes over; the lock stays until the position is gone.
+    out = engine.handle(
+        ev.PositionChanged(
+            now_ms=runner.now_ms + 600, symbol="ETHUSDT", amount=D("-1.00"), entry_price=D("2000")
+        )
+    )
+    assert engine.unconfirmed_fills == {} and _locks(engine)["entry_lock"] == "GLOBAL_LOCKED"
+    engine.handle(
+        ev.PositionChanged(now_ms=runner.now_ms + 900, symbol="ETHUSDT", amount=D(0), entry_price=D(0))
+    )
+    assert _locks(engine)["entry_lock"] == "GLOBAL_IDLE"
+
+
+@pytest.mark.spec("N-21")
+def test_a_fill_whose_position_update_never_comes_holds_the_lock_only_for_the_grace() -> None:
+    runner = _monitoring()
+    engine = runner.engine
+    runner.now_ms = T0_MS + 1000
+    engine.handle(_manual_market_fill(runner))
+    assert engine.next_deadline_ms() is not None and engine.next_deadline_ms() <= T0_MS + 3000
+    engine.handle(ev.Tick(now_ms=T0_MS + 2999))
+    assert _locks(engine)["entry_lock"] == "GLOBAL_LOCKED"
+    out = engine.handle(ev.Tick(now_ms=T0_MS + 3000))  # position_sync_grace_seconds = 2
+    assert _locks(engine)["entry_lock"] == "GLOBAL_IDLE" and engine.unconfirmed_fills == {}
+    assert [c.reason for c in out if isinstance(c, cmd.Transitioned)] == [
+        "no position and no open entry order"
+    ]
+    # A duplicate of the same fill does not lock again.
+    engine.handle(_manual_market_fill(runner))
+    assert _locks(engine)["entry_lock"] == "GLOBAL_IDLE"
