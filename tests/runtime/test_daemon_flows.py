@@ -373,9 +373,9 @@ def test_recovery_reads_the_venue_only_once_the_user_stream_is_open(tmp_path: Pa
                 return handler(params)
 
             sim._routes[("GET", "/fapi/v1/openOrders")] = (security, reading)
-            # A slow listenKey answer (0.2 s, well within the wait): a reader that did not wait for
+            # A slow listenKey answer (0.1 s, well within the wait): a reader that did not wait for
             # the stream would read the venue before it opened.
-            sim.faults.add(RestFault(method="POST", path="/fapi/v1/listenKey", kind="slow", hang_s=0.2))
+            sim.faults.add(RestFault(method="POST", path="/fapi/v1/listenKey", kind="slow", hang_s=0.1))
             run = await venue.start_daemon(tmp_path, feed)
             await kit.wait_until(lambda: run.seen.has("recovery_lock RECOVERING->READY"))
             assert await run.stop() == 0
@@ -421,8 +421,8 @@ def test_a_user_stream_late_for_recovery_re_reads_positions_when_it_opens(
 def test_an_entry_fill_missed_by_a_down_user_stream_is_read_back_with_its_trade(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The listenKey expires once the entry order is working and its renewal fails once, so the
-    user stream is down (about 5 venue seconds) when the entry fills. On reconnect the daemon
+    """The listenKey expires once the entry order is working and its renewal fails twice, so the
+    user stream is down (about 15 venue seconds of back-off) when the entry fills. On reconnect the daemon
     reads the order and its trades back: the engine reaches PHASE1 from the fill itself and the
     fills table holds the venue's trade under the same key a push would have used."""
     caplog.set_level(logging.WARNING, logger="fsm.runtime.daemon")
@@ -439,13 +439,13 @@ def test_an_entry_fill_missed_by_a_down_user_stream_is_read_back_with_its_trade(
             run = await venue.start_daemon(tmp_path, feed)
             await kit.wait_until(lambda: run.seen.accepted(entry))
             assert not venue.at(5)
-            sim.faults.add(RestFault(method="POST", path="/fapi/v1/listenKey", kind="status", status=503))
+            refused = RestFault(method="POST", path="/fapi/v1/listenKey", kind="status", status=503, count=2)
+            sim.faults.add(refused)
             for key in list(ex.listen_keys):
                 ex.expire_listen_key(key)
             await kit.wait_until(lambda: not run.daemon.user.connected)
-            await kit.wait_until(lambda: venue.at(5.5))
+            await kit.wait_until(lambda: [o.status for o in ex.orders.values()] == ["FILLED"])
             assert not run.daemon.user.connected  # the fill happened with nobody listening
-            assert [o.status for o in ex.orders.values()] == ["FILLED"]
             await kit.wait_until(lambda: run.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
             assert await run.stop() == 0
             trade = ex.trades[-1]
