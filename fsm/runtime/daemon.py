@@ -525,6 +525,29 @@ class Daemon:
             ", ".join(symbol for symbol, _, _ in managed),
         )
 
+    async def _book_history(self, snapshot: ev.ExchangeSnapshot) -> None:
+        """What happened while no daemon ran to our orders that are no longer open (a TP filled, an
+        entry part-filled then cancelled): their fills are booked from the venue's history with
+        the trade ids a push would have carried, and the operator is told. Store only: the engine
+        has already rebuilt itself from the exchange (N-28), so these must not move it again."""
+        open_now = {o.client_order_id for o in snapshot.open_orders}
+        tracked = [
+            Tracked(symbol, cid, is_algo, filled, status)
+            for symbol, cid, is_algo, filled, status in await self.store.unfinished_orders()
+            if cid not in open_now
+        ]
+        if not tracked:
+            return
+        now = self.clock.now_ms()
+        for event in await missed_updates(self.rest, tracked, now):
+            self.store.record_outcome(event)
+            text = f"while shortfsm was down: {_describe_missed(event)}"
+            if isinstance(event, ev.OrderUpdated) and event.last_qty:
+                text += f", realised {event.realized_pnl} USDT, fee {event.commission} USDT"
+            log.warning("recovery: %s", text)
+            symbol = getattr(event, "symbol", None)
+            self.alerts.submit(Alert(now_ms=now, kind="recovery", text=text, symbol=symbol))
+
     async def _watch_recovered_symbols(self) -> None:
         """N-28 step 8 needs a price for every rebuilt symbol: subscribe the ones the engine did not
         ask for (a first entry restored without a position emits no SubscribeMarket)."""
@@ -730,6 +753,8 @@ class Daemon:
             await self._carry_out(c, execute=execute)
         if isinstance(event, ev.ExchangeSnapshot) and event.purpose == "recovery":
             await self._watch_recovered_symbols()
+            if event.complete:
+                self._tasks.append(asyncio.create_task(self._book_history(event), name="recovery-history"))
         if execute:
             self._carried(seq, rerun)
 
@@ -755,6 +780,11 @@ class Daemon:
         elif isinstance(c, cmd.Notify):
             self.alerts.notify(c, self.clock.now_ms())
         elif isinstance(c, cmd.ResumeTelegram):
+            if self.user.reconcile_first and self.user.connected:
+                # Recovery read the venue before the stream was up, and the stream's first
+                # reconciliation may have run before the engine knew its orders: read them back
+                # once more, now that the engine holds everything the snapshot rebuilt.
+                self._tasks.append(asyncio.create_task(self._reconcile(), name="reconcile-after-recovery"))
             self._rerun_risk_messages()
             self._resume_source()
 

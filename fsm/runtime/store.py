@@ -444,6 +444,31 @@ class Store:
             ]
         )
 
+    async def unfinished_orders(self) -> list[tuple[str, str, bool, Decimal, str]]:
+        """(symbol, client order id, is algo, quantity filled on record, status) of our orders not
+        yet seen to end (sent, accepted, part-filled, being cancelled, a stop triggered): recovery
+        reads back what happened to them while no daemon ran."""
+
+        def read(db: Database) -> list[tuple[str, str, bool, Decimal, str]]:
+            rows = db.execute(
+                "SELECT o.symbol, o.client_order_id, o.type, o.status, "
+                "(SELECT group_concat(f.qty, ' ') FROM fills f WHERE f.client_order_id = o.client_order_id) "
+                "FROM orders o WHERE o.symbol IS NOT NULL AND o.leg IS NOT 'EXTERNAL' AND o.status IN "
+                "('PENDING', 'NEW', 'PARTIALLY_FILLED', 'CANCELING', 'TRIGGERING', 'TRIGGERED')"
+            ).fetchall()
+            return [
+                (
+                    str(symbol),
+                    str(cid),
+                    kind == "STOP_MARKET",
+                    sum((Decimal(q) for q in (qtys or "").split()), Decimal(0)),
+                    str(status),
+                )
+                for symbol, cid, kind, status, qtys in rows
+            ]
+
+        return await self.call(read)
+
     async def status(self, key: str) -> str | None:
         def read(db: Database) -> str | None:
             row = db.execute("SELECT value FROM status WHERE key = ?", [key]).fetchone()

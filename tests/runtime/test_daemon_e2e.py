@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import runtime_kit as kit
 
+from binance.sim.server import RestFault
 from fsm.runtime.config import AppConfig, BinanceConfig, Secrets
 from fsm.runtime.daemon import RunOptions, StartupRefused, run_daemon
 
@@ -199,3 +201,90 @@ def test_demo_profile_refused_without_keys(monkeypatch: pytest.MonkeyPatch) -> N
         "the demo profile needs BINANCE_API_KEY, BINANCE_API_SECRET, TELEGRAM_API_HASH, TELEGRAM_API_ID "
         "in the environment or .env"
     )
+
+
+@pytest.mark.spec("W55", "N-28")
+def test_a_tp_filled_while_no_daemon_ran_is_booked_from_the_venue_history(tmp_path: Path) -> None:
+    """Stop with the TP resting; it fills while nothing runs. The next daemon finds the venue flat
+    (nothing to manage) and books the TP's fill from userTrades: same trade key as a push, the order
+    row FILLED, and an alert with the realised PnL and fee, so no fill of ours goes unrecorded."""
+    feed = kit.write_feed(tmp_path, [ETH_LEADING])
+
+    async def scenario() -> None:
+        async with kit.Venue(kit.W55_PATH) as venue:
+            first = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: first.seen.accepted("sf1001-TP1-ETHUSDT"))
+            assert await first.stop() == 0
+            ex = venue.exchange
+            await kit.wait_until(lambda: all(o.status == "FILLED" for o in ex.orders.values()))
+            second = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: second.seen.has("recovery_lock RECOVERING->READY"))
+            assert second.daemon.engine.active_symbols() == {}
+            await kit.wait_until(lambda: len(kit.rows(tmp_path, "SELECT 1 FROM fills")) == 2)
+            assert await second.stop() == 0
+            tp = ex.trades[-1]
+            fills = kit.rows(
+                tmp_path,
+                "SELECT trade_key, client_order_id, qty, price, realized_pnl FROM fills ORDER BY trade_key",
+            )
+            assert [(key, cid, qty, price, Decimal(pnl)) for key, cid, qty, price, pnl in fills] == [
+                (f"ETHUSDT:{ex.trades[0]['id']}", "sf1001-E11-ETHUSDT", "1.414", "3535.00", Decimal(0)),
+                (f"ETHUSDT:{tp['id']}", "sf1001-TP1-ETHUSDT", "1.414", "3358.25", Decimal(tp["realizedPnl"])),
+            ]
+            assert kit.rows(
+                tmp_path, "SELECT client_order_id, status FROM orders ORDER BY client_order_id"
+            ) == [
+                ("sf1001-E11-ETHUSDT", "FILLED"),
+                ("sf1001-TP1-ETHUSDT", "FILLED"),
+            ]
+            assert kit.rows(tmp_path, "SELECT kind, symbol, text FROM alerts WHERE kind = 'recovery'") == [
+                (
+                    "recovery",
+                    "ETHUSDT",
+                    "while shortfsm was down: sf1001-TP1-ETHUSDT FILLED, 1.414 of 1.414, filled 1.414 @ "
+                    f"3358.25 (trade {tp['id']}), realised {tp['realizedPnl']} USDT, "
+                    f"fee {tp['commission']} USDT",
+                )
+            ]
+
+    kit.run(scenario())
+
+
+# W55 up to its TP, which then rests: the mark stays above the TP price.
+RESTING_TP_PATH = kit.PricePath(
+    base={"ETHUSDT": Decimal("3500.00")},
+    points=kit.points([(3, "ETHUSDT", "3532.00"), (5, "ETHUSDT", "3536.00"), (8, "ETHUSDT", "3360.00")]),
+)
+
+
+@pytest.mark.spec("N-28")
+def test_a_stream_that_opened_during_recovery_is_reconciled_again_once_the_orders_are_known(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The listenKey answers after recovery stopped waiting (0.8 s > 0.5 s wall) and before the slow
+    snapshot is in (1.1 s): the stream's first reconciliation finds no order known yet. Once recovery
+    has rebuilt PHASE1 with its TP, the daemon reads the TP back once more, so nothing that happened
+    between the snapshot's read and the stream can be missed."""
+    caplog.set_level(logging.WARNING, logger="fsm.runtime.daemon")
+    feed = kit.write_feed(tmp_path, [ETH_LEADING])
+
+    async def scenario() -> None:
+        async with kit.Venue(RESTING_TP_PATH) as venue:
+            first = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: first.seen.accepted("sf1001-TP1-ETHUSDT"))
+            assert await first.stop() == 0
+            sim = venue.harness.venue
+            sim.faults.add(RestFault(method="POST", path="/fapi/v1/listenKey", kind="slow", hang_s=0.8))
+            sim.faults.add(RestFault(method="GET", path="/fapi/v1/openOrders", kind="slow", hang_s=1.1))
+            before = len(sim.requests)
+            second = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: second.seen.has("recovery_lock RECOVERING->READY"))
+            await kit.wait_until(lambda: ("GET", "/fapi/v1/order") in sim.requests[before:])
+            assert second.daemon.engine.state_of("ETHUSDT") == "PHASE1"
+            assert await second.stop() == 0
+
+    kit.run(scenario())
+    rereads = [r.getMessage() for r in caplog.records if r.getMessage().startswith("user stream reconnected")]
+    assert rereads[0] == "user stream reconnected: re-reading 0 open order(s) and the positions"
+    assert rereads[-1] == "user stream reconnected: re-reading 1 open order(s) and the positions"
+    assert any("user stream not open after 0.5 s" in r.getMessage() for r in caplog.records)
