@@ -2,18 +2,59 @@
 
 Theory of operation: every REST endpoint is a method taking the request's string parameters and
 returning the JSON value Binance would answer, or raising ``SimError(code, msg, http_status)``.
-Prices move only through ``set_mark`` (a script, a generator or a test); each move updates the 3m
-klines, fills resting LIMIT orders the mark has reached (according to the order's fill policy),
-triggers algo STOP_MARKET / TAKE_PROFIT_MARKET orders on the mark price (child MARKET order), and
-pushes market data to ``market_listeners``. Account changes produce the user-data events Binance
-sends (ORDER_TRADE_UPDATE, ACCOUNT_UPDATE, ALGO_UPDATE, listenKeyExpired) to ``user_listeners``,
-through a small fault stage (delay on the clock, duplicate, hold-and-release to reorder).
-Time comes from a ``Clock``; call ``pump()`` after moving a simulated clock.
+Prices move only through ``set_mark`` / ``set_last`` (a script, a generator or a test); the mark
+and the last (contract) price are kept apart (the last follows the mark unless told otherwise).
+Each move updates the 1m price records behind the klines, fills resting LIMIT orders the last price
+has reached (according to the order's fill policy), triggers algo orders on the price their
+``workingType`` names, and pushes market data to ``market_listeners``. Account changes produce the
+user-data events Binance sends (ORDER_TRADE_UPDATE, ACCOUNT_UPDATE, ALGO_UPDATE,
+ACCOUNT_CONFIG_UPDATE, listenKeyExpired) to ``user_listeners``, through a small fault stage (delay on
+the clock, duplicate, hold-and-release to reorder). Time comes from a ``Clock``; call ``pump()``
+after moving a simulated clock.
+
+What is modelled after Binance, with its source ("real" = /work/shared/reference/
+binance-real-answers.md, March 2026; "usdm" = binance-usdm-2026.md, its corrections first):
+- -4130 a second ``closePosition`` STOP (or TAKE_PROFIT) in one direction (real; usdm corrections);
+  one closePosition STOP and one TAKE_PROFIT may coexist (unconfirmed, see ``_check_close_position``).
+- -4509 a ``closePosition`` stop on a flat position side (real; usdm corrections).
+- -2022 a reduce-only order on a flat position, or larger than the position (real).
+- -2021 a conditional order whose trigger the working price has already crossed, STOP_MARKET,
+  TAKE_PROFIT_MARKET and the stop-limit STOP / TAKE_PROFIT (real: 61 times on TAKE_PROFIT).
+- -1111 more decimals than the tick / step (real: ``price=0.12045000000000002``); -4164 notional
+  under MIN_NOTIONAL unless reduce-only, MARKET at the mark (usdm §4, §5); -4005 a MARKET above
+  MARKET_LOT_SIZE.maxQty, advertised in exchangeInfo (usdm §4, §7.1a).
+- PERCENT_PRICE enforced as advertised: BUY price <= mark x multiplierUp (-4016), SELL price >=
+  mark x multiplierDown (-4024) (usdm §4 filters, §5; the message texts are unconfirmed).
+- A crossing LIMIT fills at the book (the last price) as a taker; a resting one at its own price as
+  a maker; MARKET orders and triggered children fill at the last price (usdm §4).
+- ``workingType`` CONTRACT_PRICE (the default) triggers on the last price, MARK_PRICE on the mark
+  (usdm §1.3).
+- Algo lifecycle NEW, TRIGGERING (``emit_triggering``), TRIGGERED, FINISHED, CANCELED, REJECTED,
+  EXPIRED in ALGO_UPDATE; ``algo_lifecycle`` delivers the child's fills before TRIGGERED or drops
+  TRIGGERED (usdm §1.4, §1.5 and corrections).
+- ACCOUNT_CONFIG_UPDATE carries ``ac{s,l}`` only (leverage); a position-mode change sends nothing
+  (usdm corrections, §3). ``E`` is an integer in every event, listenKeyExpired included once
+  ``listen_key_expired_e_as_string`` is off (usdm §3: the connector's model since 2026-05).
+- History: klines and markPriceKlines for any range back to the onboard date, seeded and
+  deterministic before the sim started (``history_seed``, ``full_kline_history``); fundingRate
+  every 8 h; income (REALIZED_PNL, COMMISSION); allOrders; allAlgoOrders (7-day window);
+  commissionRate; symbolConfig; ticker/price (usdm §1.2, §4 and corrections).
+- batchOrders (place up to 5, cancel up to 10), PUT order (AMENDMENT), countdownCancelAll.
+Not modelled: an order book (one level at the last price, unlimited depth), funding payments,
+liquidation, TRAILING_STOP_MARKET, price protection, self-trade prevention, -4045 and the other
+newer codes.
+
+Switches still off by default (older tests expect the kinder answer; ``answer_as_binance()`` turns
+them all on): ``reject_close_position_when_flat`` (-4509), ``emit_triggering``,
+``full_kline_history``, ``listen_key_expired_e_as_string`` (on = the old string ``E``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import Callable, Iterable
@@ -29,6 +70,9 @@ Json = dict[str, Any]
 FillPolicy = Literal["full", "never"] | tuple[Decimal, ...]
 UserListener = Callable[[Json, str | None], None]  # (payload, only this listenKey or None for all)
 MarketListener = Callable[[str], None]  # symbol whose mark changed
+# How a triggered algo order reports itself: "normal" (TRIGGERING, TRIGGERED, child fills, FINISHED),
+# "fill_before_triggered" (the child's fills arrive before TRIGGERED), "no_triggered" (no TRIGGERED).
+AlgoLifecycle = Literal["normal", "fill_before_triggered", "no_triggered"]
 
 CONDITIONAL_TYPES = frozenset(
     {"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"}
@@ -85,6 +129,9 @@ class SimSymbol:
     min_price: Decimal = Decimal("0.0001")
     max_price: Decimal = Decimal("1000000")
     status: str = "TRADING"
+    onboard_ms: int = 1569398400000
+    percent_up: Decimal = Decimal("1.0500")
+    percent_down: Decimal = Decimal("0.9500")
 
     @property
     def base_asset(self) -> str:
@@ -101,7 +148,7 @@ class SimSymbol:
             "pair": self.symbol,
             "contractType": "PERPETUAL",
             "deliveryDate": 4133404800000,
-            "onboardDate": 1569398400000,
+            "onboardDate": self.onboard_ms,
             "status": self.status,
             "maintMarginPercent": "2.5000",
             "requiredMarginPercent": "5.0000",
@@ -139,8 +186,8 @@ class SimSymbol:
                 {"filterType": "MIN_NOTIONAL", "notional": _fmt(self.min_notional)},
                 {
                     "filterType": "PERCENT_PRICE",
-                    "multiplierUp": "1.0500",
-                    "multiplierDown": "0.9500",
+                    "multiplierUp": _fmt(self.percent_up, 4),
+                    "multiplierDown": _fmt(self.percent_down, 4),
                     "multiplierDecimal": "4",
                 },
             ],
@@ -275,6 +322,8 @@ class SimAlgo:
     actual_order_id: int = 0
     actual_price: Decimal = ZERO
     actual_qty: Decimal = ZERO
+    price: Decimal = ZERO  # STOP / TAKE_PROFIT: the child LIMIT order's price
+    tif: str = "GTC"
 
 
 @dataclass(slots=True)
@@ -322,7 +371,10 @@ class SimExchange:
         self.hedge_mode = hedge_mode
         self.symbols: dict[str, SimSymbol] = {}
         self.marks: dict[str, Decimal] = {}
+        self.lasts: dict[str, Decimal] = {}  # last trade (contract) price; follows the mark by default
         self.mark_time: dict[str, int] = {}
+        self.history_start: dict[str, int] = {}  # before this, klines are synthetic (seeded)
+        self._first_price: dict[str, Decimal] = {}
         self.leverage: dict[str, int] = {}
         self.margin_type: dict[str, str] = {}
         self.default_leverage = default_leverage
@@ -342,13 +394,41 @@ class SimExchange:
         self.market_listeners: list[MarketListener] = []
         self.user_faults = UserFaults()
         self.stale_premium: dict[str, Json] = {}
-        self._buckets: dict[str, dict[int, _Bucket]] = {}
+        self._buckets: dict[str, dict[int, _Bucket]] = {}  # mark price, per minute
+        self._last_buckets: dict[str, dict[int, _Bucket]] = {}  # last (contract) price, per minute
         self._script: list[tuple[int, str, Decimal]] = []
         self.user_events_sent = 0
+        self.history_seed = 0  # seeds the synthetic history before the sim started
+        self.countdowns: dict[str, int] = {}  # symbol -> when countdownCancelAll fires
+        # Fidelity switches, all as Binance answers (see the module docstring); a test may turn
+        # one off to reach an older, kinder answer on purpose.
+        self.reject_close_position_when_flat = True  # -4509
+        self.one_close_position_per_direction = True  # -4130
+        self.reduce_only_above_position_rejected = True  # -2022 when the order exceeds the position
+        self.enforce_percent_price = True  # -4016 / -4024
+        # ``E`` of listenKeyExpired: an int, Binance's current model (the doc example has a string).
+        self.listen_key_expired_e_as_string = False
+        self.algo_lifecycle: AlgoLifecycle = "normal"
+        # TRIGGERING before TRIGGERED (usdm-2026 §1.5, "(TRIGGERING)": observed, not always sent).
+        self.emit_triggering = True
+        # Klines for every slot of the requested range, synthetic before the sim started.
+        self.full_kline_history = True
 
     # ----------------------------------------------------------------------------------------
     # setup and driving
     # ----------------------------------------------------------------------------------------
+
+    def answer_as_binance(self) -> SimExchange:
+        """Switch on every fidelity rule that is still off by default (they stay off only while
+        older tests expect the kinder answer): -4509, TRIGGERING, full kline history, integer ``E``."""
+        self.reject_close_position_when_flat = True
+        self.one_close_position_per_direction = True
+        self.reduce_only_above_position_rejected = True
+        self.enforce_percent_price = True
+        self.listen_key_expired_e_as_string = False
+        self.emit_triggering = True
+        self.full_kline_history = True
+        return self
 
     def now(self) -> int:
         return self.clock.now_ms()
@@ -356,7 +436,10 @@ class SimExchange:
     def add_symbol(self, sym: SimSymbol, mark: Decimal) -> None:
         self.symbols[sym.symbol] = sym
         self.marks[sym.symbol] = mark
+        self.lasts[sym.symbol] = mark
+        self._first_price.setdefault(sym.symbol, mark)
         self.mark_time[sym.symbol] = self.clock.now_ms()
+        self.history_start.setdefault(sym.symbol, self.clock.now_ms() // 60_000 * 60_000)
         self.leverage.setdefault(sym.symbol, self.default_leverage)
         self.margin_type.setdefault(sym.symbol, "cross")
 
@@ -380,6 +463,10 @@ class SimExchange:
         for key, expires in list(self.listen_keys.items()):
             if expires <= now:
                 self.expire_listen_key(key)
+        for symbol, deadline in list(self.countdowns.items()):
+            if deadline <= now:
+                del self.countdowns[symbol]
+                self.cancel_all_orders({"symbol": symbol})
 
     def advance(self, ms: int) -> None:
         """Move a ``SimClock`` forward and pump."""
@@ -388,18 +475,30 @@ class SimExchange:
         self.clock.advance(ms)
         self.pump()
 
-    def set_mark(self, symbol: str, price: Decimal) -> None:
-        """A new mark price: klines, LIMIT fills, algo triggers, then market listeners."""
+    def set_mark(self, symbol: str, price: Decimal, *, last: Decimal | None = None) -> None:
+        """A new mark price (and last price: ``last``, else the mark itself): klines, LIMIT fills at
+        the last price, algo triggers on the price their ``workingType`` names, then listeners."""
         if symbol not in self.symbols:
             raise KeyError(symbol)
         now = self.now()
         self.marks[symbol] = price
         self.mark_time[symbol] = now
-        self._record_bucket(symbol, price, now)
-        self._match_limits(symbol, price)
-        self._trigger_algos(symbol, price)
+        self._record_bucket(self._buckets, symbol, price, now)
+        self._set_last(symbol, price if last is None else last, now)
         for listener in list(self.market_listeners):
             listener(symbol)
+
+    def set_last(self, symbol: str, price: Decimal) -> None:
+        """Trades at ``price`` while the mark stays put: the last price moves apart from the mark."""
+        if symbol not in self.symbols:
+            raise KeyError(symbol)
+        self._set_last(symbol, price, self.now())
+
+    def _set_last(self, symbol: str, price: Decimal, now: int) -> None:
+        self.lasts[symbol] = price
+        self._record_bucket(self._last_buckets, symbol, price, now)
+        self._match_limits(symbol, price)
+        self._trigger_algos(symbol)
 
     def publish_marks(self) -> None:
         """The 1 s push: re-announce every symbol's current mark (the wall-clock loop calls this)."""
@@ -599,8 +698,8 @@ class SimExchange:
         return [self._premium(s) for s in self.symbols]
 
     def ticker_24hr(self, params: dict[str, str]) -> Any:
-        """``GET /fapi/v1/ticker/24hr``: rolling 24 h statistics from the recorded marks (the sim has
-        no separate last-trade price; a symbol with no history shows its mark and zero volume)."""
+        """``GET /fapi/v1/ticker/24hr``: rolling 24 h statistics of the recorded last prices (a symbol
+        with no history shows its last price and zero volume)."""
         if params.get("symbol"):
             return self._ticker(self._symbol(params).symbol)
         return [self._ticker(s) for s in self.symbols]
@@ -611,10 +710,10 @@ class SimExchange:
         p = self.symbols[symbol].price_places
         buckets = [
             b
-            for start, b in sorted(self._buckets.get(symbol, {}).items())
+            for start, b in sorted(self._last_buckets.get(symbol, {}).items())
             if start >= since // 60_000 * 60_000
         ]
-        mark = self.marks[symbol]
+        mark = self.lasts[symbol]  # 24 h statistics are of the last (contract) price
         open_ = buckets[0].open if buckets else mark
         high = max((b.high for b in buckets), default=mark)
         low = min((b.low for b in buckets), default=mark)
@@ -663,6 +762,178 @@ class SimExchange:
             ],
         }
 
+    def ticker_price(self, params: dict[str, str]) -> Any:
+        """``GET /fapi/v1/ticker/price`` (and v2): the last price, an object with ``symbol`` else a list."""
+
+        def row(name: str) -> Json:
+            p = self.symbols[name].price_places
+            return {"symbol": name, "price": _fmt(self.lasts[name], p), "time": self.now()}
+
+        if params.get("symbol"):
+            return row(self._symbol(params).symbol)
+        return [row(s) for s in self.symbols]
+
+    def _price_at(self, symbol: str, t_ms: int) -> Decimal:
+        """The mark at ``t_ms``: the recorded minute at or before it, else the synthetic path."""
+        recorded = self._buckets.get(symbol, {})
+        earlier = [m for m in recorded if m <= t_ms]
+        if earlier:
+            return recorded[max(earlier)].close
+        if t_ms < self.history_start[symbol]:
+            return self._synthetic_price(symbol, t_ms)
+        return self._first_price.get(symbol, self.marks[symbol])
+
+    def funding_rate(self, params: dict[str, str]) -> list[Json]:
+        """``GET /fapi/v1/fundingRate``: settlements every 8 h (00, 08, 16 UTC) since the onboard date,
+        seeded rates around 0.01 %; ``startTime``/``endTime``/``limit`` (default 100, max 1000); the
+        most recent ``limit`` without ``startTime``; every symbol when ``symbol`` is absent."""
+        names = [self._symbol(params).symbol] if params.get("symbol") else list(self.symbols)
+        limit, start, end = self._range_params(params, default_limit=100, max_limit=1000)
+        period = 28_800_000
+        rows: list[Json] = []
+        for name in names:
+            sym = self.symbols[name]
+            first = max(-(-sym.onboard_ms // period) * period, -(-(start or 0) // period) * period)
+            last = min(self.now(), end if end is not None else self.now()) // period * period
+            if last < first:
+                continue
+            if start is None:
+                first = max(first, last - (limit - 1) * period)
+            for t in range(first, min(last, first + (limit - 1) * period) + period, period):
+                rate = Decimal("0.0001") + Decimal(repr(round(self._noise(name, "fund", t) - 0.5, 6))) / 5000
+                rows.append(
+                    {
+                        "symbol": name,
+                        "fundingRate": _fmt(rate, 8),
+                        "fundingTime": t,
+                        "markPrice": _fmt(self._price_at(name, t), sym.price_places + 4),
+                    }
+                )
+        rows.sort(key=lambda r: (r["fundingTime"], r["symbol"]))
+        return rows[:limit] if start is not None else rows[-limit:]
+
+    def commission_rate(self, params: dict[str, str]) -> Json:
+        """``GET /fapi/v1/commissionRate``: the rates the sim charges (maker 0.02 %, taker 0.05 %)."""
+        name = self._symbol(params).symbol
+        return {
+            "symbol": name,
+            "makerCommissionRate": _fmt(MAKER_FEE, 4),
+            "takerCommissionRate": _fmt(TAKER_FEE, 4),
+        }
+
+    def symbol_config(self, params: dict[str, str]) -> list[Json]:
+        """``GET /fapi/v1/symbolConfig``: leverage and margin type per symbol (the current home of
+        both; v2 ``positionRisk`` still answers them too)."""
+        names = [self._symbol(params).symbol] if params.get("symbol") else list(self.symbols)
+        return [
+            {
+                "symbol": name,
+                "marginType": "ISOLATED" if self.margin_type[name] == "isolated" else "CROSSED",
+                "isAutoAddMargin": False,
+                "leverage": self.leverage[name],
+                "maxNotionalValue": "1000000",
+            }
+            for name in names
+        ]
+
+    @staticmethod
+    def _range_params(
+        params: dict[str, str], *, default_limit: int, max_limit: int
+    ) -> tuple[int, int | None, int | None]:
+        try:
+            limit = int(params.get("limit", str(default_limit)))
+            start = int(params["startTime"]) if params.get("startTime") else None
+            end = int(params["endTime"]) if params.get("endTime") else None
+        except ValueError as exc:
+            raise SimError(-1100, "Illegal characters found in a parameter.") from exc
+        if not 1 <= limit <= max_limit:
+            raise SimError(-1130, "Data sent for parameter 'limit' is not valid.")
+        return limit, start, end
+
+    def _week_window(self, start: int | None, end: int | None) -> tuple[int, int]:
+        week = 7 * 24 * 3_600_000
+        if start is not None and end is not None and end - start > week:
+            raise SimError(-4166, "Search window is restricted to recent 7 days only.")
+        if start is None and end is None:
+            return self.now() - week, self.now()
+        if start is None:
+            assert end is not None
+            return end - week, end
+        return start, start + week if end is None else end
+
+    def income(self, params: dict[str, str]) -> list[Json]:
+        """``GET /fapi/v1/income``: REALIZED_PNL and COMMISSION rows from the sim's fills (the sim
+        charges no funding, so no FUNDING_FEE rows); the last 7 days by default, oldest first."""
+        limit, start, end = self._range_params(params, default_limit=100, max_limit=1000)
+        if start is None and end is None:
+            start = self.now() - 7 * 24 * 3_600_000
+        name = self._symbol(params).symbol if params.get("symbol") else None
+        kind = params.get("incomeType")
+        rows: list[Json] = []
+        for t in self.trades:
+            if name is not None and t["symbol"] != name:
+                continue
+            if (start is not None and t["time"] < start) or (end is not None and t["time"] > end):
+                continue
+            items = [("COMMISSION", -Decimal(t["commission"]), 2)]
+            if Decimal(t["realizedPnl"]) != 0:
+                items.insert(0, ("REALIZED_PNL", Decimal(t["realizedPnl"]), 1))
+            for income_type, amount, n in items:
+                if kind and kind != income_type:
+                    continue
+                rows.append(
+                    {
+                        "symbol": t["symbol"],
+                        "incomeType": income_type,
+                        "income": _fmt(amount, 8),
+                        "asset": "USDT",
+                        "info": income_type,
+                        "time": t["time"],
+                        "tranId": t["id"] * 10 + n,
+                        "tradeId": str(t["id"]),
+                    }
+                )
+        page = max(1, int(params.get("page", "1") or 1))
+        return rows[(page - 1) * limit : page * limit]
+
+    def all_orders(self, params: dict[str, str]) -> list[Json]:
+        """``GET /fapi/v1/allOrders``: one symbol's orders (open or not), oldest first; ``orderId``
+        gives orders from that id on, else the most recent ``limit``; a window of at most 7 days."""
+        name = self._symbol(params).symbol
+        limit, start, end = self._range_params(params, default_limit=500, max_limit=1000)
+        if start is not None or end is not None:
+            start, end = self._week_window(start, end)
+        found = [
+            o
+            for o in self.orders.values()
+            if o.symbol == name
+            and ("orderId" not in params or o.order_id >= int(params["orderId"]))
+            and (start is None or o.time_ms >= start)
+            and (end is None or o.time_ms <= end)
+        ]
+        found.sort(key=lambda o: o.order_id)
+        chosen = found[:limit] if "orderId" in params or start is not None else found[-limit:]
+        return [self._order_json(o, query=True) for o in chosen]
+
+    def all_algo_orders(self, params: dict[str, str]) -> list[Json]:
+        """``GET /fapi/v1/allAlgoOrders``: one symbol's algo orders in any status, oldest first;
+        ``algoId`` (from that id on), ``startTime``/``endTime`` (a window under 7 days), ``limit``."""
+        name = self._symbol(params).symbol
+        limit, start, end = self._range_params(params, default_limit=500, max_limit=1000)
+        if start is not None or end is not None:
+            start, end = self._week_window(start, end)
+        found = [
+            a
+            for a in self.algos.values()
+            if a.symbol == name
+            and ("algoId" not in params or a.algo_id >= int(params["algoId"]))
+            and (start is None or a.create_ms >= start)
+            and (end is None or a.create_ms <= end)
+        ]
+        found.sort(key=lambda a: a.algo_id)
+        chosen = found[:limit] if "algoId" in params or start is not None else found[-limit:]
+        return [self._algo_json(a) for a in chosen]
+
     def make_premium_stale(self, symbol: str) -> None:
         """Freeze ``premiumIndex`` for ``symbol`` at its current answer (stale REST fallback)."""
         self.stale_premium[symbol] = self._premium(symbol)
@@ -685,8 +956,9 @@ class SimExchange:
             "st": 1,
         }
 
-    def _record_bucket(self, symbol: str, price: Decimal, now: int) -> None:
-        buckets = self._buckets.setdefault(symbol, {})
+    @staticmethod
+    def _record_bucket(store: dict[str, dict[int, _Bucket]], symbol: str, price: Decimal, now: int) -> None:
+        buckets = store.setdefault(symbol, {})
         start = now // 60_000 * 60_000
         b = buckets.get(start)
         if b is None:
@@ -697,10 +969,14 @@ class SimExchange:
             b.close = price
             b.count += 1
 
-    def _candles(self, symbol: str, interval_ms: int) -> list[tuple[int, _Bucket]]:
+    def _candles(
+        self, symbol: str, interval_ms: int, store: dict[str, dict[int, _Bucket]] | None = None
+    ) -> list[tuple[int, _Bucket]]:
+        """Recorded minutes (last price by default) aggregated into ``interval_ms`` candles."""
+        recorded = (self._last_buckets if store is None else store).get(symbol, {})
         out: dict[int, _Bucket] = {}
-        for start in sorted(self._buckets.get(symbol, {})):
-            b = self._buckets[symbol][start]
+        for start in sorted(recorded):
+            b = recorded[start]
             slot = start // interval_ms * interval_ms
             c = out.get(slot)
             if c is None:
@@ -712,8 +988,11 @@ class SimExchange:
                 c.count += b.count
         return sorted(out.items())
 
-    def _kline_row(self, symbol: str, start: int, iv: int, b: _Bucket) -> list[Any]:
+    def _kline_row(self, symbol: str, start: int, iv: int, b: _Bucket, *, mark: bool = False) -> list[Any]:
         p = self.symbols[symbol].price_places
+        if mark:  # markPriceKlines rows: no volume, trade count kept (official example)
+            ohlc = [_fmt(b.open, p), _fmt(b.high, p), _fmt(b.low, p), _fmt(b.close, p)]
+            return [start, *ohlc, "0", start + iv - 1, "0", b.count, "0", "0", "0"]
         vol = Decimal(b.count)
         quote = vol * b.close
         return [
@@ -731,7 +1010,47 @@ class SimExchange:
             "0",
         ]
 
-    def klines(self, params: dict[str, str]) -> list[Any]:
+    def _noise(self, symbol: str, what: str, n: int) -> float:
+        """A deterministic uniform number in [0, 1) from the seed, the symbol and ``n``."""
+        digest = hashlib.blake2b(f"{self.history_seed}:{symbol}:{what}:{n}".encode(), digest_size=8)
+        return int.from_bytes(digest.digest(), "big") / 2**64
+
+    def _synthetic_price(self, symbol: str, t_ms: int) -> Decimal:
+        """The seeded price path before the sim started: slow waves plus per-minute noise, scaled so
+        that it meets the symbol's first price at ``history_start`` (no jump at the seam)."""
+
+        def shape(t: int) -> float:
+            day = t / 86_400_000
+            phase = [self._noise(symbol, "phase", i) * 2 * math.pi for i in range(3)]
+            waves = (
+                0.12 * math.sin(2 * math.pi * day / 29.3 + phase[0])
+                + 0.03 * math.sin(2 * math.pi * day / 3.7 + phase[1])
+                + 0.006 * math.sin(2 * math.pi * day / 0.37 + phase[2])
+            )
+            return 1.0 + waves + 0.002 * (self._noise(symbol, "min", t // 60_000) - 0.5)
+
+        t0 = self.history_start[symbol]
+        first = self._first_price.get(symbol, self.marks[symbol])
+        return first * Decimal(repr(shape(t_ms) / shape(t0)))
+
+    def _synthetic_candle(self, symbol: str, slot: int, iv: int) -> _Bucket:
+        tick = self.symbols[symbol].tick
+        o = self._synthetic_price(symbol, slot)
+        c = self._synthetic_price(symbol, slot + iv)
+        reach = Decimal(repr(min(0.05, 0.001 * math.sqrt(iv / 60_000))))
+        hi = max(o, c) * (1 + reach * Decimal(repr(self._noise(symbol, "hi", slot))))
+        lo = min(o, c) * (1 - reach * Decimal(repr(self._noise(symbol, "lo", slot))))
+        o, c = o.quantize(tick), c.quantize(tick)
+        hi = max(hi.quantize(tick), o, c)
+        lo = max(min(lo.quantize(tick), o, c), tick)
+        count = 20 + int(self._noise(symbol, "n", slot) * 480)
+        return _Bucket(o, hi, lo, c, count)
+
+    def _kline_rows(self, params: dict[str, str], *, mark: bool) -> list[Any]:
+        """``GET /fapi/v1/klines`` / ``markPriceKlines``: every slot in the range, oldest first, from
+        the onboard date to the current (open) candle; before the sim started the candles come from
+        a seeded synthetic path (``history_seed``), after it from the recorded prices (a slot with no
+        price change is a flat candle at the previous close, as Binance sends for no trades)."""
         sym = self._symbol(params)
         iv = INTERVAL_MS.get(params.get("interval", ""))
         if iv is None:
@@ -744,12 +1063,47 @@ class SimExchange:
             raise SimError(-1100, "Illegal characters found in a parameter.") from exc
         if not 1 <= limit <= 1500:
             raise SimError(-1130, "Invalid data sent for a parameter.")
-        rows = [
-            self._kline_row(sym.symbol, s, iv, b)
-            for s, b in self._candles(sym.symbol, iv)
-            if (start is None or s >= start) and (end is None or s <= end)
-        ]
-        return rows[:limit] if start is not None else rows[-limit:]
+        name = sym.symbol
+        if not self.full_kline_history:
+            recorded_rows = [
+                self._kline_row(name, slot, iv, b, mark=mark)
+                for slot, b in self._candles(name, iv, self._buckets if mark else self._last_buckets)
+                if (start is None or slot >= start) and (end is None or slot <= end)
+            ]
+            return recorded_rows[:limit] if start is not None else recorded_rows[-limit:]
+        current = self.now() // iv * iv
+        first_slot = -(-sym.onboard_ms // iv) * iv
+        last_slot = current if end is None else min(current, end // iv * iv)
+        if start is not None:
+            lo = max(first_slot, -(-start // iv) * iv)
+            hi = min(last_slot, lo + (limit - 1) * iv)
+        else:
+            hi = last_slot
+            lo = max(first_slot, hi - (limit - 1) * iv)
+        if hi < lo:
+            return []
+        recorded = dict(self._candles(name, iv, self._buckets if mark else self._last_buckets))
+        minutes = self._buckets if mark else self._last_buckets
+        before = [m for m in sorted(minutes.get(name, {})) if m < lo]
+        prev_close = minutes[name][before[-1]].close if before else self._first_price.get(name)
+        seam = self.history_start[name]
+        rows = []
+        for slot in range(lo, hi + 1, iv):
+            b = recorded.get(slot)
+            if b is None and slot + iv <= seam:
+                b = self._synthetic_candle(name, slot, iv)
+            elif b is None:
+                close = prev_close if prev_close is not None else self.marks[name]
+                b = _Bucket(close, close, close, close, 0)
+            prev_close = b.close
+            rows.append(self._kline_row(name, slot, iv, b, mark=mark))
+        return rows
+
+    def klines(self, params: dict[str, str]) -> list[Any]:
+        return self._kline_rows(params, mark=False)
+
+    def mark_price_klines(self, params: dict[str, str]) -> list[Any]:
+        return self._kline_rows(params, mark=True)
 
     def kline_payload(self, symbol: str, interval: str, *, closed_slot: int | None = None) -> Json | None:
         """A ``kline`` push for the current candle (or the candle at ``closed_slot``, final)."""
@@ -938,14 +1292,7 @@ class SimExchange:
         if any(p.amount for p in self.positions.values()):
             raise SimError(-4068, "Position side cannot be changed if there exists position.")
         self.hedge_mode = want == "true"
-        self._emit(
-            {
-                "e": "ACCOUNT_CONFIG_UPDATE",
-                "E": self.now(),
-                "T": self.now(),
-                "ai": {"j": False, "d": self.hedge_mode},
-            }
-        )
+        # usdm-2026 corrections: ACCOUNT_CONFIG_UPDATE has no position-mode field; no event is sent
         return {"code": 200, "msg": "success"}
 
     def set_leverage(self, params: dict[str, str]) -> Json:
@@ -1023,6 +1370,16 @@ class SimExchange:
             del d["cumQty"]
         return d
 
+    @staticmethod
+    def _check_percent_price(sym: SimSymbol, side: str, price: Decimal, mark: Decimal) -> None:
+        """PERCENT_PRICE (usdm-2026 §4 filters): BUY price <= mark x multiplierUp, SELL price >=
+        mark x multiplierDown; codes -4016 / -4024 (§5). The message texts are not in the reference:
+        these are the error page's descriptions, unconfirmed."""
+        if side == "BUY" and price > mark * sym.percent_up:
+            raise SimError(-4016, "Price is higher than mark price multiplier cap.")
+        if side == "SELL" and price < mark * sym.percent_down:
+            raise SimError(-4024, "Price is lower than mark price multiplier floor.")
+
     def new_order(self, params: dict[str, str]) -> Json:
         sym = self._symbol(params)
         otype = params.get("type", "")
@@ -1077,10 +1434,15 @@ class SimExchange:
         )
         opens = self._opens(order)
         if reduce_only:
+            # real-answers: -2022 when the position is already flat (or smaller than the order)
             pos = self.positions.get((sym.symbol, "BOTH"))
             amt = pos.amount if pos else ZERO
             if amt == 0 or (amt < 0) == (side == "SELL"):
                 raise SimError(-2022, "ReduceOnly Order is rejected.")
+            if self.reduce_only_above_position_rejected and qty > abs(amt):
+                raise SimError(-2022, "ReduceOnly Order is rejected.")
+        if price is not None and self.enforce_percent_price:
+            self._check_percent_price(sym, side, price, mark)
         notional = qty * (price if price is not None else mark)
         if opens and notional < sym.min_notional:
             raise SimError(
@@ -1088,8 +1450,9 @@ class SimExchange:
                 f"Order's notional must be no smaller than {_fmt(sym.min_notional)} "
                 "(unless you choose reduce only).",
             )
+        book = self.lasts[sym.symbol]  # the sim's book: one level at the last price
         marketable = price is not None and (
-            (side == "SELL" and mark >= price) or (side == "BUY" and mark <= price)
+            (side == "SELL" and book >= price) or (side == "BUY" and book <= price)
         )
         if tif == "GTX" and marketable:
             raise SimError(
@@ -1103,9 +1466,9 @@ class SimExchange:
         self.orders[order.order_id] = order
         self._emit(self._otu(order, "NEW"))
         if otype == "MARKET":
-            self._fill(order, order.qty, mark, maker=False)
+            self._fill(order, order.qty, book, maker=False)
         elif marketable and order.policy != "never":
-            self._fill_by_policy(order, maker=False)
+            self._fill_by_policy(order, maker=False, price=book)  # a taker fills at the book
         return self._order_json(order, query=False)
 
     def _find_order(self, params: dict[str, str]) -> SimOrder:
@@ -1168,6 +1531,102 @@ class SimExchange:
         ]
         return [dict(t) for t in found[:limit]]
 
+    def batch_orders(self, params: dict[str, str]) -> list[Json]:
+        """``POST /fapi/v1/batchOrders``: up to 5 orders (``batchOrders``, a JSON list); each answer
+        is the order or its error object, in order (usdm §1.1: conditional types refused as on
+        ``/order``). Whether Binance answers -1130 for more than 5 is an assumption."""
+        items = self._json_list(params, "batchOrders")
+        if not 1 <= len(items) <= 5:
+            raise SimError(-1130, "Data sent for parameter 'batchOrders' is not valid.")
+        out: list[Json] = []
+        for item in items:
+            if not isinstance(item, dict):
+                out.append({"code": -1130, "msg": "Data sent for parameter 'batchOrders' is not valid."})
+                continue
+            try:
+                out.append(self.new_order({str(k): str(v) for k, v in item.items()}))
+            except SimError as err:
+                out.append({"code": err.code, "msg": err.msg})
+        return out
+
+    def cancel_batch_orders(self, params: dict[str, str]) -> list[Json]:
+        """``DELETE /fapi/v1/batchOrders``: ``orderIdList`` or ``origClientOrderIdList`` (JSON, up to
+        10); each answer is the cancelled order or its error object."""
+        sym = self._symbol(params)
+        if params.get("orderIdList"):
+            refs = [("orderId", str(x)) for x in self._json_list(params, "orderIdList")]
+        else:
+            refs = [("origClientOrderId", str(x)) for x in self._json_list(params, "origClientOrderIdList")]
+        if not 1 <= len(refs) <= 10:
+            raise SimError(-1130, "Data sent for parameter 'orderIdList' is not valid.")
+        out: list[Json] = []
+        for name, value in refs:
+            try:
+                out.append(self.cancel_order({"symbol": sym.symbol, name: value}))
+            except SimError as err:
+                out.append({"code": err.code, "msg": err.msg})
+        return out
+
+    @staticmethod
+    def _json_list(params: dict[str, str], name: str) -> list[Any]:
+        try:
+            value = json.loads(params.get(name, ""))
+        except ValueError as exc:
+            raise SimError(
+                -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed."
+            ) from exc
+        if not isinstance(value, list):
+            raise SimError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+        return value
+
+    def modify_order(self, params: dict[str, str]) -> Json:
+        """``PUT /fapi/v1/order``: a new price and quantity for an open LIMIT order, pushed as an
+        ORDER_TRADE_UPDATE with ``x`` AMENDMENT (usdm §3.1); a price that now crosses fills at the
+        book. Unconfirmed details: -5027 for an unchanged order; a quantity at or below the executed
+        quantity cancels the order."""
+        o = self._find_order(params)
+        if not o.is_open:
+            raise SimError(-2013, "Order does not exist.")
+        if params.get("side") != o.side:
+            raise SimError(-1102, "Mandatory parameter 'side' was not sent, was empty/null, or malformed.")
+        qty = self._dec(params, "quantity")
+        price = self._dec(params, "price")
+        assert qty is not None and price is not None
+        sym = self.symbols[o.symbol]
+        self._check_filters(sym, qty, price, False)
+        if self.enforce_percent_price:
+            self._check_percent_price(sym, o.side, price, self.marks[o.symbol])
+        if qty == o.qty and price == o.price:
+            raise SimError(-5027, "No need to modify the order.")
+        o.update_ms = self.now()
+        if qty <= o.executed:
+            o.status = "CANCELED"
+            self._emit(self._otu(o, "CANCELED"))
+            return self._order_json(o, query=False)
+        o.qty, o.price = qty, price
+        self._emit(self._otu(o, "AMENDMENT"))
+        book = self.lasts[o.symbol]
+        if (o.side == "SELL" and book >= price) or (o.side == "BUY" and book <= price):
+            self._fill_by_policy(o, maker=False, price=book)
+        return self._order_json(o, query=False)
+
+    def countdown_cancel_all(self, params: dict[str, str]) -> Json:
+        """``POST /fapi/v1/countdownCancelAll``: cancel the symbol's open orders when ``countdownTime``
+        ms pass without another call (0 stops the timer). Whether algo orders are cancelled too is
+        not documented; the sim cancels regular orders only."""
+        sym = self._symbol(params)
+        try:
+            countdown = int(params.get("countdownTime", ""))
+        except ValueError as exc:
+            raise SimError(
+                -1102, "Mandatory parameter 'countdownTime' was not sent, was empty/null, or malformed."
+            ) from exc
+        if countdown <= 0:
+            self.countdowns.pop(sym.symbol, None)
+        else:
+            self.countdowns[sym.symbol] = self.now() + countdown
+        return {"symbol": sym.symbol, "countdownTime": str(countdown)}
+
     def open_orders(self, params: dict[str, str]) -> list[Json]:
         name = self._symbol(params).symbol if params.get("symbol") else None
         return [
@@ -1189,15 +1648,16 @@ class SimExchange:
     # matching
     # ----------------------------------------------------------------------------------------
 
-    def _match_limits(self, symbol: str, mark: Decimal) -> None:
+    def _match_limits(self, symbol: str, last: Decimal) -> None:
+        """Resting LIMIT orders the last price has reached fill as makers at their own price."""
         for o in list(self.orders.values()):
             if not (o.is_open and o.symbol == symbol and o.type == "LIMIT"):
                 continue
-            reached = (o.side == "SELL" and mark >= o.price) or (o.side == "BUY" and mark <= o.price)
+            reached = (o.side == "SELL" and last >= o.price) or (o.side == "BUY" and last <= o.price)
             if reached:
                 self._fill_by_policy(o, maker=True)
 
-    def _fill_by_policy(self, o: SimOrder, *, maker: bool) -> None:
+    def _fill_by_policy(self, o: SimOrder, *, maker: bool, price: Decimal | None = None) -> None:
         if o.policy == "never":
             return
         if o.policy == "full":
@@ -1208,7 +1668,7 @@ class SimExchange:
             qty = min(o.policy[o.slices_used], o.remaining)
             o.slices_used += 1
         if qty > 0:
-            self._fill(o, qty, o.price, maker=maker)
+            self._fill(o, qty, o.price if price is None else price, maker=maker)
 
     def _fill(self, o: SimOrder, qty: Decimal, price: Decimal, *, maker: bool) -> None:
         if o.reduce_only or o.close_position:
@@ -1293,15 +1753,15 @@ class SimExchange:
             "symbol": a.symbol,
             "side": a.side,
             "positionSide": a.position_side,
-            "timeInForce": "GTC",
+            "timeInForce": a.tif,
             "quantity": _fmt(a.quantity),
             "algoStatus": a.status,
             "actualOrderId": str(a.actual_order_id) if a.actual_order_id else "",
             "actualPrice": _fmt(a.actual_price, p) if a.actual_order_id else "",
-            "actualType": "MARKET" if a.actual_order_id else "",
+            "actualType": self._child_type(a) if a.actual_order_id else "",
             "actualQty": _fmt(a.actual_qty) if a.actual_order_id else "",
             "triggerPrice": _fmt(a.trigger, p),
-            "price": _fmt(ZERO, p),
+            "price": _fmt(a.price, p),
             "icebergQuantity": None,
             "selfTradePreventionMode": "EXPIRE_MAKER",
             "workingType": a.working_type,
@@ -1327,15 +1787,15 @@ class SimExchange:
             "s": a.symbol,
             "S": a.side,
             "ps": a.position_side,
-            "f": "GTC",
+            "f": a.tif,
             "q": _fmt(a.quantity),
             "X": a.status,
             "ai": str(a.actual_order_id) if a.actual_order_id else "",
             "ap": _fmt(a.actual_price, p),
             "aq": _fmt(a.actual_qty),
-            "act": "MARKET" if a.actual_order_id else "0",
+            "act": self._child_type(a) if a.actual_order_id else "0",
             "tp": _fmt(a.trigger, p),
-            "p": "0",
+            "p": _fmt(a.price, p) if a.price else "0",
             "V": "EXPIRE_MAKER",
             "wt": a.working_type,
             "pm": "NONE",
@@ -1351,11 +1811,20 @@ class SimExchange:
         return {"e": "ALGO_UPDATE", "T": now, "E": now, "o": o}
 
     @staticmethod
-    def _would_trigger(a: SimAlgo, mark: Decimal) -> bool:
+    def _child_type(a: SimAlgo) -> str:
+        return "LIMIT" if a.type in ("STOP", "TAKE_PROFIT") else "MARKET"
+
+    def working_price(self, a: SimAlgo) -> Decimal:
+        """usdm-2026 §1.3: ``workingType`` MARK_PRICE triggers on the mark, CONTRACT_PRICE (the
+        default) on the last price."""
+        return self.marks[a.symbol] if a.working_type == "MARK_PRICE" else self.lasts[a.symbol]
+
+    @staticmethod
+    def _would_trigger(a: SimAlgo, price: Decimal) -> bool:
         stop = a.type in ("STOP_MARKET", "STOP")
         if a.side == "BUY":
-            return mark >= a.trigger if stop else mark <= a.trigger
-        return mark <= a.trigger if stop else mark >= a.trigger
+            return price >= a.trigger if stop else price <= a.trigger
+        return price <= a.trigger if stop else price >= a.trigger
 
     def new_algo_order(self, params: dict[str, str]) -> Json:
         if params.get("algoType") != "CONDITIONAL":
@@ -1364,8 +1833,8 @@ class SimExchange:
             )
         sym = self._symbol(params)
         otype = params.get("type", "")
-        if otype not in ("STOP_MARKET", "TAKE_PROFIT_MARKET"):
-            raise SimError(-1116, "Invalid orderType.")
+        if otype not in ("STOP_MARKET", "TAKE_PROFIT_MARKET", "STOP", "TAKE_PROFIT"):
+            raise SimError(-1116, "Invalid orderType.")  # TRAILING_STOP_MARKET is not modelled
         side = params.get("side", "")
         if side not in ("BUY", "SELL"):
             raise SimError(-1117, "Invalid side.")
@@ -1385,15 +1854,30 @@ class SimExchange:
             )
         if close and (pside, side) in (("SHORT", "SELL"), ("LONG", "BUY")):
             raise SimError(-4138, "Reduce only must be true with closePosition equals true.")
+        limit_price: Decimal | None = None
+        tif = "GTC"
+        if otype in ("STOP", "TAKE_PROFIT"):  # stop-limit: a LIMIT child at ``price`` (§1.3)
+            if close:
+                raise SimError(-1106, "Parameter 'closePosition' sent when not required.")
+            limit_price = self._dec(params, "price")
+            assert limit_price is not None
+            tif = params.get("timeInForce", "GTC") or "GTC"
+            if tif not in ("GTC", "IOC", "FOK", "GTX"):
+                raise SimError(-1115, "Invalid timeInForce.")
+            self._check_filters(sym, qty if qty is not None else sym.min_qty, limit_price, False)
         trigger = self._dec(params, "triggerPrice")
         assert trigger is not None
-        self._check_filters(sym, qty if qty is not None else sym.min_qty, trigger, True)
+        self._check_filters(sym, qty if qty is not None else sym.min_qty, trigger, limit_price is None)
         caid = params.get("clientAlgoId") or secrets.token_urlsafe(16)[:22]
         if not CLIENT_ID.match(caid):
             raise SimError(-4015, "Client order id is not valid.")
         if any(a.client_algo_id == caid and a.status == "NEW" for a in self.algos.values()):
             raise SimError(-4116, "ClientOrderId is duplicated.")
-        working = params.get("workingType", "CONTRACT_PRICE")
+        working = params.get("workingType", "CONTRACT_PRICE") or "CONTRACT_PRICE"
+        if working not in ("MARK_PRICE", "CONTRACT_PRICE"):
+            raise SimError(
+                -1102, "Mandatory parameter 'workingType' was not sent, was empty/null, or malformed."
+            )
         now = self.now()
         algo = SimAlgo(
             algo_id=self._next_algo_id,
@@ -1409,13 +1893,48 @@ class SimExchange:
             reduce_only=reduce_only,
             create_ms=now,
             update_ms=now,
+            price=limit_price if limit_price is not None else ZERO,
+            tif=tif,
         )
-        if self._would_trigger(algo, self.marks[sym.symbol]):
-            raise SimError(-2021, "Order would immediately trigger.")
+        if self._would_trigger(algo, self.working_price(algo)):
+            raise SimError(-2021, "Order would immediately trigger.")  # real-answers, 61 times
+        if close:
+            self._check_close_position(algo)
         self._next_algo_id += 1
         self.algos[algo.algo_id] = algo
         self._emit(self._algo_event(algo))
         return self._algo_json(algo)
+
+    def _check_close_position(self, algo: SimAlgo) -> None:
+        """Real answers (March 2026): -4509 for a ``closePosition`` stop on a flat symbol (position
+        side); -4130 when a ``closePosition`` order of the same kind (STOP or TAKE_PROFIT) and the same
+        direction (side, position side) is already open, whoever placed it. Unsure: whether a
+        closePosition STOP blocks a closePosition TAKE_PROFIT too; the sim allows one of each, as the
+        app's position TP/SL does. The order of the two checks on Binance is unknown."""
+        pos = self.positions.get((algo.symbol, algo.position_side))
+        if self.reject_close_position_when_flat and (pos is None or pos.amount == 0):
+            raise SimError(
+                -4509,
+                "Time in Force (TIF) GTE can only be used with open positions. "
+                "Please ensure that positions are available.",
+            )
+        if not self.one_close_position_per_direction:
+            return
+        kind = algo.type.removesuffix("_MARKET")
+        for other in self.algos.values():
+            if (
+                other.status == "NEW"
+                and other.close_position
+                and other.symbol == algo.symbol
+                and other.side == algo.side
+                and other.position_side == algo.position_side
+                and other.type.removesuffix("_MARKET") == kind
+            ):
+                raise SimError(
+                    -4130,
+                    "An open stop or take profit order with GTE and closePosition "
+                    "in the direction is existing.",
+                )
 
     def _find_algo(self, params: dict[str, str]) -> SimAlgo:
         aid = params.get("algoId")
@@ -1465,48 +1984,76 @@ class SimExchange:
                 self._emit(self._algo_event(a))
         return {"code": 200, "msg": "The operation of cancel all open order is done."}
 
-    def _trigger_algos(self, symbol: str, mark: Decimal) -> None:
+    def _trigger_algos(self, symbol: str) -> None:
+        """Algo orders whose working price crossed their trigger. Lifecycle (usdm-2026 §1.5 and the
+        corrections): TRIGGERING, TRIGGERED (with ``ai``), the child MARKET order's events, FINISHED;
+        ``algo_lifecycle`` moves the child's fills before TRIGGERED or drops TRIGGERED (both seen by
+        third parties). A closePosition order with nothing to close ends EXPIRED, a reduce-only one
+        REJECTED with ``rm`` "Reduce Only reject" (the doc's example reason); which of the two
+        Binance uses in each case is not documented."""
         for a in list(self.algos.values()):
-            if a.status != "NEW" or a.symbol != symbol or not self._would_trigger(a, mark):
+            if a.status != "NEW" or a.symbol != symbol or not self._would_trigger(a, self.working_price(a)):
                 continue
-            now = self.now()
-            a.trigger_ms = now
-            a.update_ms = now
-            pos = self.positions.get((symbol, a.position_side))
-            amt = pos.amount if pos else ZERO
-            qty = abs(amt) if a.close_position else a.quantity
-            closes = (amt < 0 and a.side == "BUY") or (amt > 0 and a.side == "SELL")
-            if (a.close_position or a.reduce_only) and (qty == 0 or not closes):
-                a.status = "EXPIRED"
-                self._emit(self._algo_event(a, "No position to close"))
-                continue
-            child = SimOrder(
-                order_id=self._next_order_id,
-                symbol=symbol,
-                client_id=f"{a.client_algo_id}"[:36],
-                side=a.side,
-                type="MARKET",
-                tif="GTC",
-                price=ZERO,
-                qty=qty,
-                reduce_only=a.reduce_only,
-                position_side=a.position_side,
-                time_ms=now,
-                update_ms=now,
-                close_position=a.close_position,
-            )
-            self._next_order_id += 1
-            self.orders[child.order_id] = child
-            a.actual_order_id = child.order_id
+            self._run_trigger(a)
+
+    def _run_trigger(self, a: SimAlgo) -> None:
+        symbol = a.symbol
+        now = self.now()
+        a.trigger_ms = now
+        a.update_ms = now
+        if self.emit_triggering:
+            a.status = "TRIGGERING"
+            self._emit(self._algo_event(a))
+        pos = self.positions.get((symbol, a.position_side))
+        amt = pos.amount if pos else ZERO
+        qty = abs(amt) if a.close_position else a.quantity
+        closes = (amt < 0 and a.side == "BUY") or (amt > 0 and a.side == "SELL")
+        if (a.close_position or a.reduce_only) and (qty == 0 or not closes):
+            a.status = "EXPIRED" if a.close_position else "REJECTED"
+            reason = "No position to close" if a.close_position else "Reduce Only reject"
+            self._emit(self._algo_event(a, reason))
+            return
+        if a.reduce_only:
+            qty = min(qty, abs(amt))
+        child = SimOrder(
+            order_id=self._next_order_id,
+            symbol=symbol,
+            client_id=f"{a.client_algo_id}"[:36],
+            side=a.side,
+            type=self._child_type(a),
+            tif=a.tif,
+            price=a.price,
+            qty=qty,
+            reduce_only=a.reduce_only,
+            position_side=a.position_side,
+            time_ms=now,
+            update_ms=now,
+            close_position=a.close_position,
+            policy=self.fill_policies.get(a.client_algo_id, self.default_fill_policy),
+        )
+        self._next_order_id += 1
+        self.orders[child.order_id] = child
+        a.actual_order_id = child.order_id
+        mode = self.algo_lifecycle
+        if mode == "normal":
             a.status = "TRIGGERED"
             self._emit(self._algo_event(a))
-            self._emit(self._otu(child, "NEW", original_type=a.type))
-            self._fill(child, qty, mark, maker=False)
-            a.actual_qty = child.executed
-            a.actual_price = child.avg_price
-            a.status = "FINISHED"
-            a.update_ms = self.now()
+        self._emit(self._otu(child, "NEW", original_type=a.type, working_type=a.working_type))
+        book = self.lasts[symbol]
+        if child.type == "MARKET":
+            self._fill(child, qty, book, maker=False)
+        elif (a.side == "BUY" and book <= a.price) or (a.side == "SELL" and book >= a.price):
+            self._fill_by_policy(child, maker=False, price=book)  # a crossing child takes the book
+        # A resting LIMIT child fills later (as a maker); the algo order itself is FINISHED once its
+        # child is in the book (Binance's exact moment for FINISHED is not documented).
+        a.actual_qty = child.executed
+        a.actual_price = child.avg_price
+        if mode == "fill_before_triggered":
+            a.status = "TRIGGERED"
             self._emit(self._algo_event(a))
+        a.status = "FINISHED"
+        a.update_ms = self.now()
+        self._emit(self._algo_event(a))
 
     # ----------------------------------------------------------------------------------------
     # user events
@@ -1524,6 +2071,7 @@ class SimExchange:
         rp: Decimal = ZERO,
         maker: bool = False,
         original_type: str | None = None,
+        working_type: str = "CONTRACT_PRICE",
     ) -> Json:
         p = self.symbols[o.symbol].price_places
         now = self.now()
@@ -1551,7 +2099,7 @@ class SimExchange:
             "a": "0",
             "m": maker,
             "R": o.reduce_only,
-            "wt": "MARK_PRICE" if original_type else "CONTRACT_PRICE",
+            "wt": working_type,
             "ot": original_type or o.type,
             "ps": o.position_side,
             "cp": o.close_position,
@@ -1626,11 +2174,13 @@ class SimExchange:
         return self.listen_keys.get(key, 0) > self.now()
 
     def expire_listen_key(self, key: str) -> None:
-        """The key dies: ``listenKeyExpired`` goes to its connections (with ``E`` as a string)."""
+        """The key dies: ``listenKeyExpired`` goes to its connections."""
         if key not in self.listen_keys:
             return
         del self.listen_keys[key]
-        self._emit({"e": "listenKeyExpired", "E": str(self.now()), "listenKey": key}, key)
+        # usdm-2026 §3: the connector's model has an integer E since 2026-05 (the old doc: a string)
+        e_time: int | str = str(self.now()) if self.listen_key_expired_e_as_string else self.now()
+        self._emit({"e": "listenKeyExpired", "E": e_time, "listenKey": key}, key)
 
     def round_qty(self, symbol: str, qty: Decimal) -> Decimal:
         step = self.symbols[symbol].step

@@ -3,17 +3,26 @@
 
 REST requests are checked like Binance does (API key header, signature over ``query + body``,
 timestamp within recvWindow), answered with the exchange model's JSON and Binance's status codes,
-and stamped with ``X-MBX-USED-WEIGHT-1M`` / order-count headers. An API key registered in
-``SimExchange.api_keys`` with a plain secret signs with HMAC-SHA256; one registered with an Ed25519
-public key (PEM ``-----BEGIN PUBLIC KEY-----``) signs with the matching private key (base64 of the
-signature, URL-encoded in the query).
+and stamped with ``X-MBX-USED-WEIGHT-1M`` (the route's IP weight, usdm-2026 §1.2/§4: e.g. klines
+by ``limit``, openOrders 40 without a symbol, orders 0) and, on orders, the 10 s / 1 min
+order-count headers. An API key registered in ``SimExchange.api_keys`` with a plain secret signs
+with HMAC-SHA256; one registered with an Ed25519 public key (PEM ``-----BEGIN PUBLIC KEY-----``)
+signs with the matching private key (base64 of the signature, URL-encoded in the query).
+``RateLimitModel`` (off by default, ``venue.rate_limits.enabled``) answers 429 -1003 over the weight
+limit and then 418 bans that grow while requests continue, with the real answers' texts
+(binance-real-answers.md) and an optional Retry-After.
 ``RestFaults`` injects 5xx, HTML pages, hung requests (before or after the order is accepted),
 429 and 418 bans. WebSocket connections route by path: ``/market/stream?streams=``,
 ``/market/ws/<streams>`` (with live SUBSCRIBE/UNSUBSCRIBE, at most 1024 streams per connection;
 ``!markPrice@arr[@1s]`` pushes the marks changed in one loop run as one array), ``/private/ws/<listenKey>``,
-``/private/ws?listenKey=``, ``/private/stream?streams=<listenKey>``; the legacy bare ``/ws`` and
-``/stream`` paths (and ``/public``) accept the connection but never push mark prices, klines or user
-data, as the real venue does since 2026-04-23. ``drop_ws`` and ``silence_ws`` break them on demand.
+``/private/ws?listenKey=<k>[&events=A/B]``, ``/private/stream?streams=<k1>/<k2>`` or
+``?listenKey=<k1>&events=..&listenKey=<k2>``, and ``/private/stream`` with SUBSCRIBE / UNSUBSCRIBE /
+LIST_SUBSCRIPTIONS of listenKeys (the official SDK's way, usdm-2026 corrections); an unknown key
+is accepted and silent (usdm §3). The legacy bare ``/ws`` and ``/stream`` paths (and ``/public``)
+accept the connection but never push mark prices, klines or user data, as the real venue does
+since 2026-04-23. On the sim clock every connection gets a ping every 3 minutes, is dropped after
+10 minutes without a pong and closed at 24 hours (usdm §2.2; ``ws_ping_every_ms`` and friends).
+``drop_ws`` and ``silence_ws`` break them on demand.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
@@ -88,35 +97,97 @@ class RestFaults:
         return None
 
 
+@dataclass(slots=True)
+class RateLimitModel:
+    """Binance's IP request-weight limit (usdm-2026 §4 headers/limits; real-answers: the 429 and 418
+    texts). Off by default (``enabled``). Over ``weight_limit`` in a minute of the sim clock a request
+    answers 429 -1003; after ``ban_after_429s`` such answers in that minute the IP is banned (418
+    -1003 "banned until <ms>"). If requests kept arriving during a ban, the first request after it
+    starts the next, longer ban (2 min, doubling, at most 3 days: the scale of usdm-2026 §4):
+    polling through bans is what earned the seed system hours of them; a client that waits is
+    released. ``retry_after`` sends a Retry-After header (documented for Spot, not for USDⓈ-M:
+    unconfirmed, hence switchable). How many 429s Binance tolerates before a ban is not
+    documented."""
+
+    enabled: bool = False
+    weight_limit: int = 2400
+    retry_after: bool = True
+    ban_after_429s: int = 5
+    first_ban_ms: int = 120_000
+    max_ban_ms: int = 3 * 86_400_000
+    ip: str = "127.0.0.1"
+    bans: int = 0  # bans imposed so far (the next one lasts first_ban_ms * 2**bans)
+    banned_until_ms: int = 0
+    hits_in_ban: int = 0  # requests answered 418 during the current ban
+    answers_429: dict[int, int] = field(default_factory=dict)  # minute -> 429 answers
+
+    def ban_length_ms(self) -> int:
+        length: int = self.first_ban_ms * 2 ** min(self.bans, 30)
+        return min(self.max_ban_ms, length)
+
+
 @dataclass(eq=False)
 class _WsConn:
     ws: ServerConnection
     kind: WsKind
     combined: bool
     streams: set[str] = field(default_factory=set)
-    listen_key: str = ""
+    # private: listenKey -> the events wanted (None: all), from the URL or SUBSCRIBE
+    keys: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    opened_ms: int = 0
     queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     control_times: list[float] = field(default_factory=list)
     kline_slots: dict[str, int] = field(default_factory=dict)
     pending_marks: dict[str, None] = field(default_factory=dict)  # for the ``!markPrice@arr`` batch
 
+    @property
+    def listen_key(self) -> str:
+        """The first listenKey of a private connection ("" when none)."""
+        return next(iter(self.keys), "")
 
-ROUTE_WEIGHTS: dict[str, int] = {
-    "/fapi/v1/exchangeInfo": 1,
-    "/fapi/v1/klines": 2,
-    "/fapi/v1/premiumIndex": 1,
-    "/fapi/v1/ticker/24hr": 1,
-    "/fapi/v2/balance": 5,
-    "/fapi/v3/balance": 5,
-    "/fapi/v2/account": 5,
-    "/fapi/v3/account": 5,
-    "/fapi/v2/positionRisk": 5,
-    "/fapi/v3/positionRisk": 5,
-    "/fapi/v1/positionSide/dual": 30,
-    "/fapi/v1/openOrders": 1,
-    "/fapi/v1/userTrades": 5,
-    "/fapi/v1/openAlgoOrders": 1,
+
+# IP weight per route (usdm-2026 §1.2, §4 and the corrections); (with symbol, without symbol).
+ROUTE_WEIGHTS: dict[tuple[str, str], tuple[int, int]] = {
+    ("GET", "/fapi/v1/exchangeInfo"): (1, 1),
+    ("GET", "/fapi/v1/premiumIndex"): (1, 10),
+    ("GET", "/fapi/v1/ticker/24hr"): (1, 40),
+    ("GET", "/fapi/v1/ticker/price"): (1, 2),
+    ("GET", "/fapi/v2/ticker/price"): (1, 2),
+    ("GET", "/fapi/v2/balance"): (5, 5),
+    ("GET", "/fapi/v3/balance"): (5, 5),
+    ("GET", "/fapi/v2/account"): (5, 5),
+    ("GET", "/fapi/v3/account"): (5, 5),
+    ("GET", "/fapi/v2/positionRisk"): (5, 5),
+    ("GET", "/fapi/v3/positionRisk"): (5, 5),
+    ("GET", "/fapi/v1/positionSide/dual"): (30, 30),
+    ("GET", "/fapi/v1/openOrders"): (1, 40),
+    ("GET", "/fapi/v1/openAlgoOrders"): (1, 40),
+    ("GET", "/fapi/v1/userTrades"): (5, 5),
+    ("GET", "/fapi/v1/allOrders"): (5, 5),
+    ("GET", "/fapi/v1/allAlgoOrders"): (5, 5),
+    ("GET", "/fapi/v1/symbolConfig"): (5, 5),
+    ("GET", "/fapi/v1/income"): (30, 30),
+    ("GET", "/fapi/v1/commissionRate"): (20, 20),
+    ("POST", "/fapi/v1/order"): (0, 0),
+    ("POST", "/fapi/v1/algoOrder"): (0, 0),
+    ("POST", "/fapi/v1/batchOrders"): (5, 5),
+    ("POST", "/fapi/v1/countdownCancelAll"): (10, 10),
 }
+KLINE_PATHS = frozenset({"/fapi/v1/klines", "/fapi/v1/markPriceKlines"})
+
+
+def route_weight(method: str, path: str, params: dict[str, str]) -> int:
+    """The IP weight Binance charges for one request (1 where the reference names none)."""
+    if path in KLINE_PATHS:  # by limit: [1,100) 1, [100,500) 2, [500,1000] 5, above 10
+        try:
+            limit = int(params.get("limit", "500") or 500)
+        except ValueError:
+            limit = 500
+        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+    with_symbol, without = ROUTE_WEIGHTS.get((method, path), (1, 1))
+    return with_symbol if params.get("symbol") else without
+
+
 ORDER_PATHS = frozenset({"/fapi/v1/order", "/fapi/v1/algoOrder"})
 ALL_MARK_STREAMS = frozenset({"!markPrice@arr@1s", "!markPrice@arr"})
 MAX_STREAMS_PER_CONNECTION = 1024
@@ -151,6 +222,24 @@ def signature_valid(registered: str, payload: str, given: str) -> bool:
     return hmac.compare_digest(expected, given.lower())
 
 
+def _too_many(ip: str, limit: int = 2400) -> dict[str, Any]:
+    """The 429 body, verbatim from the real answers (March 2026)."""
+    return {
+        "code": -1003,
+        "msg": f"Too many requests; current limit of IP({ip}) is {limit} requests per minute. "
+        "Please use the websocket for live updates to avoid polling the API.",
+    }
+
+
+def _banned(ip: str, until_ms: int) -> dict[str, Any]:
+    """The 418 body, verbatim from the real answers (March 2026)."""
+    return {
+        "code": -1003,
+        "msg": f"Way too many requests; IP({ip}) banned until {until_ms}. "
+        "Please use the websocket for live updates to avoid bans.",
+    }
+
+
 def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -175,7 +264,15 @@ class SimVenue:
         self.silenced: set[WsKind] = set()
         self.max_control_per_s = 10
         self._weight: dict[int, int] = {}
-        self._orders_10s: list[int] = []
+        self._orders_1m: list[int] = []
+        self.rate_limits = RateLimitModel()
+        # WebSocket keepalive on the sim clock (usdm-2026 §2.2): a ping every 3 min, a drop when no
+        # pong came within 10 min, a cut at 24 h (None turns a rule off).
+        self.ws_ping_every_ms: int | None = 180_000
+        self.ws_pong_timeout_ms: int | None = 600_000
+        self.ws_max_life_ms: int | None = 86_400_000
+        self.ws_keeper_poll_s = 0.05
+        self.pings_sent = 0
         self._routes: dict[tuple[str, str], tuple[Security, Handler]] = self._route_table()
         exchange.market_listeners.append(self._on_mark)
         exchange.user_listeners.append(self._on_user)
@@ -187,6 +284,15 @@ class SimVenue:
             ("GET", "/fapi/v1/time"): ("NONE", ex.server_time),
             ("GET", "/fapi/v1/exchangeInfo"): ("NONE", ex.exchange_info),
             ("GET", "/fapi/v1/klines"): ("NONE", ex.klines),
+            ("GET", "/fapi/v1/markPriceKlines"): ("NONE", ex.mark_price_klines),
+            ("GET", "/fapi/v1/fundingRate"): ("NONE", ex.funding_rate),
+            ("GET", "/fapi/v1/ticker/price"): ("NONE", ex.ticker_price),
+            ("GET", "/fapi/v2/ticker/price"): ("NONE", ex.ticker_price),
+            ("GET", "/fapi/v1/commissionRate"): ("SIGNED", ex.commission_rate),
+            ("GET", "/fapi/v1/symbolConfig"): ("SIGNED", ex.symbol_config),
+            ("GET", "/fapi/v1/income"): ("SIGNED", ex.income),
+            ("GET", "/fapi/v1/allOrders"): ("SIGNED", ex.all_orders),
+            ("GET", "/fapi/v1/allAlgoOrders"): ("SIGNED", ex.all_algo_orders),
             ("GET", "/fapi/v1/premiumIndex"): ("NONE", ex.premium_index),
             ("GET", "/fapi/v1/ticker/24hr"): ("NONE", ex.ticker_24hr),
             ("GET", "/fapi/v1/leverageBracket"): ("SIGNED", ex.leverage_bracket),
@@ -203,6 +309,10 @@ class SimVenue:
             ("POST", "/fapi/v1/order"): ("SIGNED", ex.new_order),
             ("GET", "/fapi/v1/order"): ("SIGNED", ex.query_order),
             ("DELETE", "/fapi/v1/order"): ("SIGNED", ex.cancel_order),
+            ("PUT", "/fapi/v1/order"): ("SIGNED", ex.modify_order),
+            ("POST", "/fapi/v1/batchOrders"): ("SIGNED", ex.batch_orders),
+            ("DELETE", "/fapi/v1/batchOrders"): ("SIGNED", ex.cancel_batch_orders),
+            ("POST", "/fapi/v1/countdownCancelAll"): ("SIGNED", ex.countdown_cancel_all),
             ("GET", "/fapi/v1/openOrders"): ("SIGNED", ex.open_orders),
             ("GET", "/fapi/v1/userTrades"): ("SIGNED", ex.user_trades),
             ("DELETE", "/fapi/v1/allOpenOrders"): ("SIGNED", ex.cancel_all_orders),
@@ -235,7 +345,13 @@ class SimVenue:
     async def start(self) -> None:
         self._http = await asyncio.start_server(self._serve_http, self.host, self._rest_port)
         self._rest_port = self._http.sockets[0].getsockname()[1]
-        self._ws = await serve(self._serve_ws, self.host, self._ws_port, process_request=self._ws_route_check)
+        self._ws = await serve(
+            self._serve_ws,
+            self.host,
+            self._ws_port,
+            process_request=self._ws_route_check,
+            ping_interval=None,  # pings follow the sim clock (``_ws_keeper``)
+        )
         self._ws_port = next(iter(self._ws.sockets)).getsockname()[1]
 
     async def stop(self) -> None:
@@ -328,29 +444,25 @@ class SimVenue:
         url = urlsplit(target)
         path = url.path
         self.requests.append((method, path))
-        extra = {"X-MBX-USED-WEIGHT-1M": str(self._used_weight(ROUTE_WEIGHTS.get(path, 1)))}
+        pairs = parse_qsl(url.query, keep_blank_values=True) + parse_qsl(body, keep_blank_values=True)
+        params: dict[str, str] = {}
+        for k, v in reversed(pairs):  # the query string wins on duplicates
+            params[k] = v
+        used = self._used_weight(route_weight(method, path, params))
+        extra = {"X-MBX-USED-WEIGHT-1M": str(used)}
         now = self.ex.now()
+        ip = self.rate_limits.ip
         if now < self.faults.banned_until_ms:
             until = self.faults.banned_until_ms
             retry = str(max(1, (until - now + 999) // 1000))
-            msg = (
-                f"Way too many requests; IP banned until {until}. "
-                "Please use the websocket for live updates to avoid bans."
-            )
-            return (
-                418,
-                {**extra, "Retry-After": retry},
-                _json({"code": -1003, "msg": msg}),
-                "application/json",
-            )
+            return 418, {**extra, "Retry-After": retry}, _json(_banned(ip, until)), "application/json"
         if self.faults.rate_limited > 0:
             self.faults.rate_limited -= 1
-            msg = (
-                "Too many requests; current limit is 2400 requests per minute. "
-                "Please use the websocket for live updates to avoid polling the API."
-            )
             headers_429 = {**extra, "Retry-After": str(self.faults.retry_after_s)}
-            return 429, headers_429, _json({"code": -1003, "msg": msg}), "application/json"
+            return 429, headers_429, _json(_too_many(ip)), "application/json"
+        limited = self._rate_model(now, used, extra)
+        if limited is not None:
+            return limited
         route = self._routes.get((method, path))
         if route is None:
             return 404, extra, b"<html><body><h1>404 Not Found</h1></body></html>", "text/html"
@@ -361,22 +473,54 @@ class SimVenue:
             fault = None
         if fault is not None and not fault.after_accept:
             return await self._fault_answer(fault, extra)
-        pairs = parse_qsl(url.query, keep_blank_values=True) + parse_qsl(body, keep_blank_values=True)
-        params: dict[str, str] = {}
-        for k, v in reversed(pairs):  # the query string wins on duplicates
-            params[k] = v
         try:
             self._authorise(security, headers, params, url.query, body)
             result = handler(params)
         except SimError as err:
             return err.http_status, extra, _json({"code": err.code, "msg": err.msg}), "application/json"
         if path in ORDER_PATHS and method == "POST":
-            self._orders_10s = [t for t in self._orders_10s if t > now - 10_000] + [now]
-            extra["X-MBX-ORDER-COUNT-10S"] = str(len(self._orders_10s))
-            extra["X-MBX-ORDER-COUNT-1M"] = str(sum(1 for t in self._orders_10s if t > now - 60_000))
+            self._orders_1m = [t for t in self._orders_1m if t > now - 60_000] + [now]
+            extra["X-MBX-ORDER-COUNT-10S"] = str(sum(1 for t in self._orders_1m if t > now - 10_000))
+            extra["X-MBX-ORDER-COUNT-1M"] = str(len(self._orders_1m))
         if fault is not None:
             return await self._fault_answer(fault, extra)
         return 200, extra, _json(result), "application/json"
+
+    def _rate_model(
+        self, now: int, used: int, extra: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes, str] | None:
+        """``RateLimitModel``: 429 over the weight limit, then 418 bans that grow while requests
+        keep coming (see its docstring)."""
+        rl = self.rate_limits
+        if not rl.enabled:
+            return None
+        if now < rl.banned_until_ms:
+            rl.hits_in_ban += 1
+            return self._ban_answer(now, extra)
+        if rl.hits_in_ban:  # requests came during the ban: the next, longer ban starts now
+            rl.hits_in_ban = 0
+            rl.banned_until_ms = now + rl.ban_length_ms()
+            rl.bans += 1
+            return self._ban_answer(now, extra)
+        if used <= rl.weight_limit:
+            return None
+        minute = now // 60_000
+        rl.answers_429 = {minute: rl.answers_429.get(minute, 0) + 1}
+        if rl.answers_429[minute] > rl.ban_after_429s:
+            rl.banned_until_ms = now + rl.ban_length_ms()
+            rl.bans += 1
+            return self._ban_answer(now, extra)
+        headers = dict(extra)
+        if rl.retry_after:
+            headers["Retry-After"] = str(max(1, ((minute + 1) * 60_000 - now + 999) // 1000))
+        return 429, headers, _json(_too_many(rl.ip, rl.weight_limit)), "application/json"
+
+    def _ban_answer(self, now: int, extra: dict[str, str]) -> tuple[int, dict[str, str], bytes, str]:
+        rl = self.rate_limits
+        headers = dict(extra)
+        if rl.retry_after:
+            headers["Retry-After"] = str(max(1, (rl.banned_until_ms - now + 999) // 1000))
+        return 418, headers, _json(_banned(rl.ip, rl.banned_until_ms)), "application/json"
 
     async def _fault_answer(
         self, fault: RestFault, extra: dict[str, str]
@@ -430,14 +574,32 @@ class SimVenue:
         head = path.split("/")[1] if path.count("/") >= 1 else ""
         if head not in ("market", "private", "public", "ws", "stream"):
             return Response(404, "Not Found", Headers([("Content-Type", "text/plain")]), b"Not Found\n")
-        kind, _, streams, _ = self._classify(request.path)
+        kind, _, streams, _keys = self._classify(request.path)
         if kind == "market" and len(streams) > MAX_STREAMS_PER_CONNECTION:
             body = f"more than {MAX_STREAMS_PER_CONNECTION} streams on one connection\n".encode()
             return Response(400, "Bad Request", Headers([("Content-Type", "text/plain")]), body)
         return None
 
     @staticmethod
-    def _classify(target: str) -> tuple[WsKind, bool, set[str], str]:
+    def _private_keys(query: str, combined: bool, rest: list[str]) -> dict[str, frozenset[str] | None]:
+        """The listenKeys a ``/private`` URL names, each with the ``events=`` that follows it
+        (usdm-2026 §2.1: ``/private/stream?listenKey=k1&events=A&listenKey=k2&events=B``)."""
+        keys: dict[str, frozenset[str] | None] = {}
+        current = ""
+        for name, value in parse_qsl(query):
+            if name == "listenKey" and value:
+                current = value
+                keys[current] = None
+            elif name == "events" and current:
+                keys[current] = frozenset(e for e in value.split("/") if e)
+            elif name == "streams" and combined:
+                keys.update({k: None for k in value.split("/") if k})
+        if not keys and rest:
+            keys[rest[0]] = None
+        return keys
+
+    @staticmethod
+    def _classify(target: str) -> tuple[WsKind, bool, set[str], dict[str, frozenset[str] | None]]:
         url = urlsplit(target)
         parts = [p for p in url.path.split("/") if p]
         query = dict(parse_qsl(url.query))
@@ -447,21 +609,19 @@ class SimVenue:
         combined = mode == "stream"
         if head == "market":
             streams = set(query.get("streams", "").split("/")) if combined else set(rest)
-            return "market", combined, {s for s in streams if s}, ""
+            return "market", combined, {s for s in streams if s}, {}
         if head == "private":
-            key = (
-                query.get("listenKey")
-                or (query.get("streams", "") if combined else "")
-                or (rest[0] if rest else "")
-            )
-            return "private", combined, set(), key
-        return "silent", head == "stream" or mode == "stream", set(), ""
+            return "private", combined, set(), SimVenue._private_keys(url.query, combined, rest)
+        return "silent", head == "stream" or mode == "stream", set(), {}
 
     async def _serve_ws(self, ws: ServerConnection) -> None:
-        kind, combined, streams, key = self._classify(ws.request.path if ws.request else "/")
-        conn = _WsConn(ws=ws, kind=kind, combined=combined, streams=streams, listen_key=key)
+        kind, combined, streams, keys = self._classify(ws.request.path if ws.request else "/")
+        conn = _WsConn(
+            ws=ws, kind=kind, combined=combined, streams=streams, keys=keys, opened_ms=self.ex.now()
+        )
         self._ws_conns.add(conn)
         sender = asyncio.create_task(self._ws_sender(conn))
+        keeper = asyncio.create_task(self._ws_keeper(conn))
         try:
             async for message in ws:
                 await self._ws_control(conn, message)
@@ -469,9 +629,47 @@ class SimVenue:
             pass
         finally:
             self._ws_conns.discard(conn)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+            for task in (sender, keeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _ws_keeper(self, conn: _WsConn) -> None:
+        """Binance's connection rules on the sim clock (usdm-2026 §2.2): a ping frame every 3 min,
+        a drop (no close frame) when a ping has had no pong for 10 min, a close at 24 h. The close
+        code and reason Binance uses at 24 h are not documented; the sim sends 1000. A pong counts
+        only when it answers a ping; so that a test's big clock jump between a ping and its pong
+        cannot drop a healthy client, a drop also needs 1 s of real time without the pong."""
+        loop = asyncio.get_running_loop()
+        last_ping_ms = conn.opened_ms
+        waiter: Awaitable[float] | None = None
+        sent_ms, sent_real = 0, 0.0
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(self.ws_keeper_poll_s)
+                now = self.ex.now()
+                if self.ws_max_life_ms is not None and now - conn.opened_ms >= self.ws_max_life_ms:
+                    await conn.ws.close(1000, "connection open for 24 hours")
+                    return
+                timeout = self.ws_pong_timeout_ms
+                if isinstance(waiter, asyncio.Future) and waiter.done():
+                    waiter = None
+                if (
+                    waiter is not None
+                    and timeout is not None
+                    and now - sent_ms >= timeout
+                    and loop.time() - sent_real >= 1.0
+                ):
+                    log.info("ws: no pong for %d ms; dropping the connection", now - sent_ms)
+                    conn.ws.transport.abort()
+                    return
+                every = self.ws_ping_every_ms
+                if every is not None and now - last_ping_ms >= every:
+                    last_ping_ms = now
+                    fut = await conn.ws.ping()
+                    self.pings_sent += 1
+                    if waiter is None:
+                        waiter, sent_ms, sent_real = fut, now, loop.time()
 
     async def _ws_sender(self, conn: _WsConn) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -496,6 +694,9 @@ class SimVenue:
             )
             return
         params = [str(p) for p in msg.get("params", []) if isinstance(p, str)]
+        if conn.kind == "private":
+            self._private_control(conn, method, params, req_id)
+            return
         if method == "SUBSCRIBE":
             if len(conn.streams | set(params)) > MAX_STREAMS_PER_CONNECTION:
                 msg_text = (
@@ -510,6 +711,24 @@ class SimVenue:
             conn.queue.put_nowait(json.dumps({"result": None, "id": req_id}))
         elif method == "LIST_SUBSCRIPTIONS":
             conn.queue.put_nowait(json.dumps({"result": sorted(conn.streams), "id": req_id}))
+        else:
+            conn.queue.put_nowait(
+                json.dumps({"code": 2, "msg": f"Invalid request: unknown method {method}", "id": req_id})
+            )
+
+    def _private_control(self, conn: _WsConn, method: str, params: list[str], req_id: Any) -> None:
+        """``/private``: SUBSCRIBE / UNSUBSCRIBE listenKeys (several per connection, usdm-2026
+        corrections: the official SDK's way), LIST_SUBSCRIPTIONS. A key that is not (or no longer)
+        valid is accepted and stays silent (§3, third-party observation)."""
+        if method == "SUBSCRIBE":
+            conn.keys.update({k: None for k in params if k})
+            conn.queue.put_nowait(json.dumps({"result": None, "id": req_id}))
+        elif method == "UNSUBSCRIBE":
+            for k in params:
+                conn.keys.pop(k, None)
+            conn.queue.put_nowait(json.dumps({"result": None, "id": req_id}))
+        elif method == "LIST_SUBSCRIPTIONS":
+            conn.queue.put_nowait(json.dumps({"result": list(conn.keys), "id": req_id}))
         else:
             conn.queue.put_nowait(
                 json.dumps({"code": 2, "msg": f"Invalid request: unknown method {method}", "id": req_id})
@@ -576,15 +795,19 @@ class SimVenue:
     def _on_user(self, payload: dict[str, Any], only_key: str | None) -> None:
         if "private" in self.silenced:
             return
+        event = payload.get("e")
         for conn in list(self._ws_conns):
             if conn.kind != "private":
                 continue
-            if only_key is not None:
-                if conn.listen_key != only_key:
+            for key, events in list(conn.keys.items()):
+                if only_key is not None:
+                    if key != only_key:
+                        continue
+                elif not self.ex.listen_key_valid(key):
                     continue
-            elif not self.ex.listen_key_valid(conn.listen_key):
-                continue
-            self._push(conn, conn.listen_key, payload)
+                if events is not None and event not in events:
+                    continue
+                self._push(conn, key, payload)
 
     # ----------------------------------------------------------------------------------------
     # WS faults

@@ -167,7 +167,7 @@ def test_ed25519_client_trades_against_the_venue_over_loopback(caplog: pytest.Lo
                     "type": "STOP_MARKET",
                     "triggerPrice": "99000.0",
                     "workingType": "MARK_PRICE",
-                    "closePosition": "true",
+                    "quantity": "0.010",  # closePosition needs a position (-4509); this one is flat
                     "clientAlgoId": "ed-SL-0",
                 }
             )

@@ -267,11 +267,11 @@ def test_user_stream_delivers_order_account_and_algo_events() -> None:
                 sink.items.clear()
                 ex.set_mark("BTCUSDT", Decimal("97000"))
                 await wait_for(
-                    lambda: len(sink.of(AlgoOrderUpdated)) == 2 and len(sink.of(OrderUpdated)) == 2
+                    lambda: len(sink.of(AlgoOrderUpdated)) == 3 and len(sink.of(OrderUpdated)) == 2
                 )
-                trig, fin = sink.of(AlgoOrderUpdated)
+                triggering, trig, fin = sink.of(AlgoOrderUpdated)
                 child_new, child_fill = sink.of(OrderUpdated)
-                assert (trig.status, fin.status) == ("TRIGGERED", "FINISHED")
+                assert (triggering.status, trig.status, fin.status) == ("TRIGGERING", "TRIGGERED", "FINISHED")
                 assert trig.actual_order_id == child_new.order_id == child_fill.order_id > 0
                 assert (child_fill.order_type, child_fill.status, child_fill.close_position) == (
                     "MARKET",

@@ -15,6 +15,7 @@ endpoint is reached only through the implicit API, where the venue answers -4120
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 from collections.abc import AsyncIterator
@@ -177,12 +178,16 @@ def test_ccxt_loads_markets_and_reads_mark_price_ticker_and_3m_klines() -> None:
             assert ticker["baseVolume"] == 6.0
 
             candles = await client.fetch_ohlcv(SYMBOL, "3m")
-            assert candles[:2] == [
+            # limit=500 answers 500 rows, as Binance does: seeded history before the sim started,
+            # then the recorded candles, every 3 minutes without a gap.
+            assert len(candles) == 500
+            assert all(b[0] - a[0] == SLOT for a, b in itertools.pairwise(candles))
+            by_time = {c[0]: c for c in candles}
+            assert [by_time[s0], by_time[s0 + SLOT]] == [
                 [s0, 95000.0, 95600.0, 94700.0, 94700.0, 3.0],
                 [s0 + SLOT, 95200.0, 96100.0, 95200.0, 96100.0, 2.0],
             ]
-            assert candles[2][1:5] == [95000.0, 95000.0, 95000.0, 95000.0]
-            assert len(candles) == 3
+            assert candles[-1][1:5] == [95000.0, 95000.0, 95000.0, 95000.0]
             assert [urlsplit(u).path for u in seen] == [
                 "/fapi/v1/exchangeInfo",
                 "/fapi/v1/premiumIndex",
