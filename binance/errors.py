@@ -5,7 +5,12 @@ action: ``Retryable`` (try the same request again later), ``Rejected`` (the venu
 resend unchanged), ``RateLimited`` (wait ``retry_after_s`` / until ``banned_until_ms``),
 ``AuthFailed`` (stop signed calls, alert), ``UnknownOutcome`` (the request may have reached the venue:
 query by client id before any resend), ``TimestampRejected`` (re-sync the clock, re-sign, retry).
-Code and HTTP-status mappings are data (dicts); ``should_retry`` and ``category`` are pure.
+Two refusals name a state rather than a mistake: ``CloseStopExists`` (-4130, a ``closePosition`` stop
+in that direction is already open: read ``openAlgoOrders``, adopt ours or cancel the foreign one) and
+``AlreadyFlat`` (-4509, and -2022 when the symbol is flat: the position the order needed is gone).
+Code and HTTP-status mappings are data (dicts); ``should_retry`` and ``category`` are pure. The codes
+seen live are in ``binance-real-answers.md`` (March 2026); the rest are from the error-code page
+(``binance-usdm-2026.md`` section 5 and its corrections).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import re
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
-RejectCategory = Literal["retry", "rejected", "rate_limited", "auth", "margin", "filter"]
+RejectCategory = Literal["retry", "rejected", "rate_limited", "auth", "margin", "filter", "flat"]
 
 
 class BinanceError(Exception):
@@ -41,6 +46,19 @@ class InsufficientMargin(Rejected):
 
 class FilterRejected(Rejected):
     """Price/quantity/notional outside the symbol's exchangeInfo filters."""
+
+
+class CloseStopExists(Rejected):
+    """-4130: "An open stop or take profit order with GTE and closePosition in the direction is
+    existing." Only one ``closePosition`` STOP/TAKE_PROFIT per direction may be open (ours, a manual
+    one, or an old one whose cancel has not landed); read ``openAlgoOrders`` for the symbol."""
+
+
+class AlreadyFlat(Rejected):
+    """The position a closing order or ``closePosition`` stop needs is not there: -4509 "TIF GTE can
+    only be used with open positions" (a stop on a flat symbol), -2022 "ReduceOnly Order is
+    rejected" (a reduce-only close of a flat position, or one smaller than the order; with a
+    position still open it means a conflict, so the caller confirms by the position read)."""
 
 
 class AuthFailed(BinanceError):
@@ -109,10 +127,10 @@ CODE_CLASSES: dict[int, type[BinanceError]] = {
     -1121: Rejected,  # BAD_SYMBOL
     -1125: Rejected,  # INVALID_LISTEN_KEY
     -2010: Rejected,  # NEW_ORDER_REJECTED
-    -2011: Rejected,  # CANCEL_REJECTED (unknown order sent)
+    -2011: Rejected,  # CANCEL_REJECTED "Unknown order sent." (live on algo cancels: query its status)
     -2013: Rejected,  # NO_SUCH_ORDER
     -2021: Rejected,  # ORDER_WOULD_IMMEDIATELY_TRIGGER
-    -2022: Rejected,  # REDUCE_ONLY_REJECT
+    -2022: AlreadyFlat,  # REDUCE_ONLY_REJECT: seen live on a flat position (real answers)
     -2024: Rejected,  # POSITION_NOT_SUFFICIENT
     -2025: Rejected,  # MAX_OPEN_ORDER_EXCEEDED
     -4015: Rejected,  # INVALID_CL_ORD_ID_LEN
@@ -128,6 +146,18 @@ CODE_CLASSES: dict[int, type[BinanceError]] = {
     -4131: Rejected,  # MARKET_ORDER_REJECT
     -4142: Rejected,  # STRATEGY_INVALID_TRIGGER_PRICE
     -4161: Rejected,  # ISOLATED_LEVERAGE_REJECT_WITH_POSITION
+    -4130: CloseStopExists,  # closePosition stop already open in that direction (live, not on the page)
+    -4509: AlreadyFlat,  # TIF GTE only with open positions: closePosition stop on a flat symbol (live)
+    -4045: Rejected,  # MAX_STOP_ORDER_EXCEEDED: conditional orders at their cap (200 across symbols)
+    -4067: Rejected,  # POSITION_SIDE_CHANGE_EXISTS_OPEN_ORDERS (dual-side switch refused)
+    -4068: Rejected,  # POSITION_SIDE_CHANGE_EXISTS_QUANTITY (dual-side switch refused)
+    -4183: FilterRejected,  # limit price above the stop multiplier cap
+    -4184: FilterRejected,  # limit price below the stop multiplier floor
+    -4189: Rejected,  # on the error page (2026); meaning unconfirmed here: a refusal, never resent unchanged
+    -4192: Rejected,  # trade forbidden during the account's cooling-off period
+    -4210: FilterRejected,  # stop price above the price multiplier cap
+    -4211: FilterRejected,  # stop price below the price multiplier floor
+    -4531: Rejected,  # position mode shared with coin-margined futures refuses the change (third-party)
     -5021: Rejected,  # FOK_ORDER_REJECT
     -5022: Rejected,  # GTX_ORDER_REJECT
 }
@@ -166,10 +196,13 @@ _CATEGORY: dict[type[BinanceError], RejectCategory] = {
     AuthFailed: "auth",
     InsufficientMargin: "margin",
     FilterRejected: "filter",
+    AlreadyFlat: "flat",
     Rejected: "rejected",
     BinanceError: "rejected",
 }
 
+# 5xx texts that say the request failed (not "unknown"): binance-usdm-2026.md, corrections.
+FAILED_5XX_TEXTS = ("Service Unavailable", "Internal error; unable to process your request")
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,})")
 _MUTATING_METHODS = frozenset({"POST", "PUT", "DELETE"})
 
@@ -225,7 +258,9 @@ def from_response(
         klass = UnknownOutcome if http_status >= 500 else Rejected
     if http_status in (429, 418):
         klass = RateLimited
-    if klass is UnknownOutcome and (method.upper() not in _MUTATING_METHODS or "Service Unavailable" in msg):
+    if klass is UnknownOutcome and (
+        method.upper() not in _MUTATING_METHODS or any(text in msg for text in FAILED_5XX_TEXTS)
+    ):
         klass = Retryable
     if klass is RateLimited:
         banned = banned_until_from_msg(msg)

@@ -35,7 +35,6 @@ from fsm.events import (
     OrderUpdated,
     PositionChanged,
     PositionInfo,
-    PositionModeChanged,
     SymbolInfo,
 )
 
@@ -161,7 +160,21 @@ def side_of(value: Any) -> Side:
 
 
 def position_side_of(value: Any) -> PositionSide:
-    return POSITION_SIDES.get(str(value), "BOTH")
+    """``BOTH`` / ``LONG`` / ``SHORT``; anything else is garbage (ValueError), never read as ``BOTH``:
+    a leg whose side cannot be told must not be taken for ours."""
+    side = POSITION_SIDES.get(str(value))
+    if side is None:
+        raise ValueError(f"not a position side: {value!r}")
+    return side
+
+
+PositionKey = tuple[str, PositionSide]
+
+
+def is_our_leg(position_side: PositionSide) -> bool:
+    """Hedge mode keeps a LONG and a SHORT leg per symbol; we only ever trade SHORT (or BOTH in
+    one-way mode). A LONG leg is never ours: it counts for the entry lock, never as our position."""
+    return position_side != "LONG"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,10 +354,10 @@ def account_update(d: Mapping[str, Any], now_ms: int, *, asset: str = "USDT") ->
 
 
 def account_config_update(d: Mapping[str, Any], now_ms: int) -> list[Event]:
-    """``ACCOUNT_CONFIG_UPDATE``: only a position-mode change (``ai.d``) matters to the core."""
-    ai = d.get("ai")
-    if isinstance(ai, dict) and "d" in ai:
-        return [PositionModeChanged(now_ms=now_ms, mode="HEDGE" if _bool(ai["d"]) else "ONE_WAY")]
+    """``ACCOUNT_CONFIG_UPDATE`` carries only ``ac{s,l}`` (leverage) and ``ai{j}`` (multi-assets
+    mode); Binance sends no position-mode field (binance-usdm-2026.md, corrections), so nothing here
+    reaches the core. A mode change is seen only by re-reading ``GET /fapi/v1/positionSide/dual``
+    (``binance.reconcile.position_mode_event``, after every user-stream reconnect)."""
     return []
 
 
@@ -565,6 +578,78 @@ def positions_from_rest(rows: Any) -> list[PositionInfo]:
                 entry_price=dec(row["entryPrice"]),
                 position_side=position_side_of(row.get("positionSide", "BOTH")),
             )
+        )
+    return out
+
+
+@rest_answer
+def positions_by_key(rows: Any) -> dict[PositionKey, PositionInfo]:
+    """``GET /fapi/v3/positionRisk`` rows keyed by (symbol, position side), flat legs included
+    (amount 0): in hedge mode a symbol has a LONG and a SHORT leg, and one must never overwrite the
+    other. A malformed row is logged and skipped, so one bad row cannot hide the others."""
+    if not isinstance(rows, list):
+        raise ValueError("positionRisk answer is not a list")
+    out: dict[PositionKey, PositionInfo] = {}
+    for row in rows:
+        try:
+            info = PositionInfo(
+                symbol=str(row["symbol"]),
+                amount=dec(row["positionAmt"]),
+                entry_price=dec(row.get("entryPrice", "0")),
+                position_side=position_side_of(row.get("positionSide", "BOTH")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("positionRisk row skipped (%s): %s", exc, _short(json.dumps(row, default=str)))
+            continue
+        out[(info.symbol, info.position_side)] = info
+    return out
+
+
+@rest_answer
+def short_amount(rows: Any, symbol: str) -> Decimal:
+    """Our position on ``symbol`` from positionRisk rows (signed, negative for a short): the
+    SHORT leg in hedge mode or the BOTH leg in one-way mode; a LONG leg never counts."""
+    legs = positions_by_key(rows)
+    total = Decimal(0)
+    for side in ("SHORT", "BOTH"):
+        leg = legs.get((symbol, side))
+        if leg is not None:
+            total += leg.amount
+    return total
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SymbolConfig:
+    """Leverage and margin type of one symbol (``GET /fapi/v1/symbolConfig``)."""
+
+    symbol: str
+    leverage: int
+    margin_type: Literal["ISOLATED", "CROSSED"]
+
+
+MARGIN_TYPES: dict[str, Literal["ISOLATED", "CROSSED"]] = {
+    "ISOLATED": "ISOLATED",
+    "CROSSED": "CROSSED",
+    "CROSS": "CROSSED",  # v2 positionRisk spells it "cross"
+}
+
+
+@rest_answer
+def symbol_configs_from_rest(rows: Any) -> dict[str, SymbolConfig]:
+    """``GET /fapi/v1/symbolConfig`` rows ``{symbol, marginType, isAutoAddMargin, leverage,
+    maxNotionalValue}`` (also the v2 positionRisk fallback of ``BinanceRest.symbol_config``)."""
+    if not isinstance(rows, list):
+        raise ValueError("symbolConfig answer is not a list")
+    out: dict[str, SymbolConfig] = {}
+    for row in rows:
+        margin = MARGIN_TYPES.get(str(row["marginType"]).upper())
+        if margin is None:
+            raise ValueError(f"unknown marginType {row['marginType']!r}")
+        leverage = row["leverage"]
+        if isinstance(leverage, bool) or not str(leverage).isdigit():
+            raise ValueError(f"leverage is not a positive integer: {leverage!r}")
+        out[str(row["symbol"])] = SymbolConfig(
+            symbol=str(row["symbol"]), leverage=int(leverage), margin_type=margin
         )
     return out
 

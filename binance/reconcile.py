@@ -8,23 +8,41 @@ it under the same key as a pushed fill and never twice), then a status-only upda
 ended without a new fill. A triggered algo stop yields its ``AlgoOrderUpdated`` (with ``ai``) and the
 fills of its child order. The events are idempotent for the engine, which books fills by cumulative
 quantity: a push that arrives as well changes nothing.
+
+``gap_read_back`` is the whole read-back after a gap: the position mode (``positionSide/dual``, since
+``ACCOUNT_CONFIG_UPDATE`` never carries it), the missed order events, then the positions of EVERY
+symbol of the account (``positionRisk`` without a symbol) as the ``PositionChanged`` events the stream
+would have pushed, per (symbol, position side) leg, plus a flat leg for each symbol the caller
+believed held that the venue no longer shows. A query that fails or a malformed body (an object
+where a list belongs, a missing field) is logged with its truncated text and skipped: the read-back
+never raises.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from binance import parse
 from binance.errors import BinanceError, Rejected
-from binance.parse import ALGO_STATUS, ORDER_STATUS, dec, int_field, position_side_of, side_of
+from binance.parse import ALGO_STATUS, ORDER_STATUS, PositionSide, dec, int_field, position_side_of, side_of
 from binance.rest import BinanceRest
-from fsm.events import AlgoOrderUpdated, Event, OrderUpdated
+from fsm.events import (
+    AlgoOrderUpdated,
+    Event,
+    OrderUpdated,
+    PositionChanged,
+    PositionMode,
+    PositionModeChanged,
+)
 
 log = logging.getLogger(__name__)
 ZERO = Decimal(0)
+# What a malformed REST body raises while it is read (wrong types, missing keys, bad numbers).
+MALFORMED = (KeyError, ValueError, TypeError, AttributeError, IndexError, InvalidOperation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +70,103 @@ async def missed_updates(rest: BinanceRest, tracked: Sequence[Tracked], now_ms: 
                 events += await _fills(rest, answer, order.filled, order.status, now_ms)
         except Rejected as err:
             log.warning("gap check of %s: %s", order.client_order_id, err)
-        except (BinanceError, KeyError, ValueError) as exc:
+        except BinanceError as exc:
             log.warning("gap check of %s failed: %s", order.client_order_id, exc)
+        except MALFORMED as exc:
+            log.warning("gap check of %s: malformed answer skipped: %s", order.client_order_id, _short(exc))
     return events
+
+
+async def position_mode_event(rest: BinanceRest, now_ms: int) -> PositionModeChanged | None:
+    """``GET /fapi/v1/positionSide/dual`` as a ``PositionModeChanged``; None (logged) when the read
+    failed: a failed read says nothing about the mode, so the core keeps the one it knows."""
+    try:
+        mode = parse.position_mode_from_rest(await rest.position_mode())
+    except BinanceError as exc:
+        log.warning("position mode re-read failed: %s", exc)
+        return None
+    except MALFORMED as exc:
+        log.warning("position mode re-read: malformed answer skipped: %s", _short(exc))
+        return None
+    return PositionModeChanged(now_ms=now_ms, mode=mode)
+
+
+async def account_positions(
+    rest: BinanceRest, believed: Iterable[str], now_ms: int, mode: PositionMode | None = None
+) -> list[PositionChanged]:
+    """Every position leg of the account (``positionRisk`` without a symbol) as ``PositionChanged``
+    events, and a flat leg for each symbol in ``believed`` (held or managed, per the caller) that the
+    venue no longer shows. Per symbol the LONG leg comes first and ours (SHORT, or BOTH in one-way)
+    last, so a consumer that keys positions by symbol alone ends on our leg. Empty (logged) when the
+    read fails or its body is malformed."""
+    try:
+        legs = parse.positions_by_key(await rest.position_risk())
+    except BinanceError as exc:
+        log.warning("position re-read failed: %s", exc)
+        return []
+    except MALFORMED as exc:
+        log.warning("position re-read: malformed answer skipped: %s", _short(exc))
+        return []
+    held = {key: leg for key, leg in legs.items() if leg.amount != 0}
+    if mode is None and any(side != "BOTH" for _, side in legs):
+        mode = "HEDGE"
+    flat_sides: tuple[PositionSide, ...] = ("LONG", "SHORT") if mode == "HEDGE" else ("BOTH",)
+    keys = set(held) | {(symbol, side) for symbol in believed for side in flat_sides}
+    order = {"LONG": 0, "BOTH": 1, "SHORT": 2}
+    events: list[PositionChanged] = []
+    for symbol, side in sorted(keys, key=lambda k: (k[0], order[k[1]])):
+        leg = held.get((symbol, side))
+        events.append(
+            PositionChanged(
+                now_ms=now_ms,
+                symbol=symbol,
+                amount=leg.amount if leg else ZERO,
+                entry_price=leg.entry_price if leg else ZERO,
+                position_side=side,
+            )
+        )
+    return events
+
+
+async def gap_read_back(
+    rest: BinanceRest, tracked: Sequence[Tracked], believed: Iterable[str], now_ms: int
+) -> list[Event]:
+    """Everything a user-stream gap may have hidden, in the order the core should see it: the
+    position mode, the missed order events, then the account's positions (``account_positions``).
+    Never raises for venue trouble or malformed answers (each part is logged and skipped)."""
+    events: list[Event] = []
+    mode_event = await position_mode_event(rest, now_ms)
+    if mode_event is not None:
+        events.append(mode_event)
+    events += await missed_updates(rest, tracked, now_ms)
+    mode = mode_event.mode if mode_event is not None else None
+    events += await account_positions(rest, believed, now_ms, mode)
+    return events
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 async def _algo(rest: BinanceRest, order: Tracked, now_ms: int) -> list[Event]:
     d = await rest.query_algo_order(order.client_order_id)
+    return await algo_events(rest, order.symbol, d, order.filled, now_ms)
+
+
+async def order_events(
+    rest: BinanceRest, answer: Mapping[str, Any], booked: Decimal, known_status: str, now_ms: int
+) -> list[Event]:
+    """The events one ``GET /fapi/v1/order`` answer stands for, given what is already booked (also
+    how an order of unknown outcome is resolved)."""
+    return await _fills(rest, answer, booked, known_status, now_ms)
+
+
+async def algo_events(
+    rest: BinanceRest, symbol: str, d: Mapping[str, Any], booked: Decimal, now_ms: int
+) -> list[Event]:
+    """The events one ``GET /fapi/v1/algoOrder`` answer stands for: nothing while it is NEW, else
+    its ``AlgoOrderUpdated`` and the fills of its child order."""
     status = ALGO_STATUS[str(d["algoStatus"])]
     if status == "NEW":
         return []
@@ -74,8 +182,8 @@ async def _algo(rest: BinanceRest, order: Tracked, now_ms: int) -> list[Event]:
         )
     ]
     if child:
-        answer = await rest.query_order_id(order.symbol, child)
-        events += await _fills(rest, answer, order.filled, "", now_ms)
+        answer = await rest.query_order_id(symbol, child)
+        events += await _fills(rest, answer, booked, "", now_ms)
     return events
 
 
@@ -152,4 +260,12 @@ def _update(
     )
 
 
-__all__ = ["Tracked", "missed_updates"]
+__all__ = [
+    "Tracked",
+    "account_positions",
+    "algo_events",
+    "gap_read_back",
+    "missed_updates",
+    "order_events",
+    "position_mode_event",
+]

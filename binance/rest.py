@@ -1,7 +1,12 @@
 """Async Binance USDⓈ-M REST client (httpx).
 
-Theory of operation: every call goes through ``_call``, which (1) fails fast with ``RateLimited``
-while an IP ban (418) or a 429 back-off is running, (2) signs SIGNED requests with HMAC-SHA256 over
+Theory of operation: every call goes through ``_call``, which (1) paces by the limits as data: it
+fails fast with ``RateLimited`` while an IP ban (418) runs (nothing at all is sent, checked again right
+before sending) or, for a non-urgent request, a 429 back-off (Retry-After, else the start of the next
+minute); it holds a read or a new entry once ``X-MBX-USED-WEIGHT-1M`` or an order counter reaches 80 %
+of its limit (``exchangeInfo.rateLimits``) until the window turns (inline up to ``max_hold_s``, else
+``RateLimited`` with the wait), while cancels, closes and the listenKey only wait at the limit itself
+(``is_urgent``, ``RateState.wait_until``), (2) signs SIGNED requests with HMAC-SHA256 over
 the exact urlencoded query it sends (or Ed25519, base64 then URL-encoded, when the configured secret is
 a PEM Ed25519 private key or a path to one), stamped with local time plus the measured server-time offset,
 (3) sends the request shielded from cancellation (httpx's pool leaks slots when a request is
@@ -9,9 +14,10 @@ cancelled mid-flight), (4) records ``X-MBX-USED-WEIGHT-1M`` and the order counte
 error answer to a typed ``binance.errors`` exception (``raise ... from``). A -1021/-5028 re-syncs the
 clock and retries the same request once with a fresh timestamp and signature.
 
-Orders are idempotent: ``place_order`` / ``place_algo_order`` always carry a client id. When the
-outcome is unknown (timeout, 5xx) or the venue says -4116 (the id exists), the order is looked up by
-that id before anything is sent again; only a definite "does not exist" allows one resend.
+Orders are idempotent: ``place_order`` / ``place_algo_order`` always carry a client id and are sent
+once. An unknown outcome (timeout, 408/-1007, 5xx "unknown", a 200 without a usable body) raises
+``UnknownOutcome``: the caller resolves it by a query once the request can no longer execute, never
+by an immediate resend. A -4116 (the id is open on the venue) is answered by reading that order back.
 
 Key material never reaches a log line, an exception message or a ``repr``.
 """
@@ -26,7 +32,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlencode
@@ -140,15 +146,157 @@ def signed_query(params: Params, secret: str | Signer, timestamp_ms: int, recv_w
     return f"{query}&signature={signer.sign(query)}"
 
 
+# IP request weight per route (binance-usdm-2026.md sections 1.2 and 4, corrections). Orders weigh 0
+# on the IP counter and 1 on each order counter. Routes not listed weigh 1.
+ROUTE_WEIGHTS: dict[tuple[str, str], int] = {
+    ("GET", "/fapi/v1/positionSide/dual"): 30,
+    ("GET", "/fapi/v2/balance"): 5,
+    ("GET", "/fapi/v3/balance"): 5,
+    ("GET", "/fapi/v2/account"): 5,
+    ("GET", "/fapi/v3/account"): 5,
+    ("GET", "/fapi/v2/positionRisk"): 5,
+    ("GET", "/fapi/v3/positionRisk"): 5,
+    ("GET", "/fapi/v1/userTrades"): 5,
+    ("GET", "/fapi/v1/symbolConfig"): 5,
+    ("GET", "/fapi/v1/allAlgoOrders"): 5,
+    ("POST", "/fapi/v1/order"): 0,
+    ("POST", "/fapi/v1/algoOrder"): 0,
+}
+# Routes that weigh more without a symbol: (with symbol, without).
+SYMBOL_WEIGHTS: dict[tuple[str, str], tuple[int, int]] = {
+    ("GET", "/fapi/v1/openOrders"): (1, 40),
+    ("GET", "/fapi/v1/openAlgoOrders"): (1, 40),
+    ("GET", "/fapi/v1/premiumIndex"): (1, 10),
+}
+ORDER_ROUTES = frozenset({("POST", "/fapi/v1/order"), ("POST", "/fapi/v1/algoOrder")})
+CANCEL_ROUTES = frozenset(
+    {
+        ("DELETE", "/fapi/v1/order"),
+        ("DELETE", "/fapi/v1/algoOrder"),
+        ("DELETE", "/fapi/v1/allOpenOrders"),
+        ("DELETE", "/fapi/v1/algoOpenOrders"),
+    }
+)
+# Non-urgent requests stop at this share of a limit; the rest is kept for cancels and closes.
+NON_URGENT_SHARE = 0.8
+MINUTE_MS = 60_000
+TEN_S_MS = 10_000
+
+
+def request_weight(method: str, path: str, params: Params) -> int:
+    """The IP weight one request costs (klines by ``limit``: 1, 2, 5 or 10; default limit 500)."""
+    key = (method, path)
+    if key in SYMBOL_WEIGHTS:
+        with_symbol, without = SYMBOL_WEIGHTS[key]
+        return with_symbol if params.get("symbol") else without
+    if key == ("GET", "/fapi/v1/klines"):
+        limit = int(params.get("limit", 500))
+        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+    return ROUTE_WEIGHTS.get(key, 1)
+
+
+def is_urgent(method: str, path: str, params: Params) -> bool:
+    """Cancels, orders that only reduce a position (reduce-only, close-position, a BUY on the SHORT
+    side or a SELL on the LONG side in hedge mode) and the listenKey (the stream is what keeps us
+    from polling) are never held back for the weight budget of reads and new entries."""
+    if (method, path) in CANCEL_ROUTES or path == "/fapi/v1/listenKey":
+        return True
+    if (method, path) not in ORDER_ROUTES:
+        return False
+    side, position_side = params.get("side"), params.get("positionSide")
+    return (
+        params.get("reduceOnly") == "true"
+        or params.get("closePosition") == "true"
+        or (position_side == "SHORT" and side == "BUY")
+        or (position_side == "LONG" and side == "SELL")
+    )
+
+
+@dataclass(slots=True)
+class RateLimits:
+    """The limits paced against; replaced by ``exchangeInfo.rateLimits`` when it is read."""
+
+    weight_1m: int = 2400
+    orders_10s: int = 300
+    orders_1m: int = 1200
+
+
 @dataclass(slots=True)
 class RateState:
-    """What the venue's headers and errors told us about our limits."""
+    """What the venue's headers and errors told us about our limits. Each counter belongs to the
+    window (venue minute or 10-second slot) it was seen in; a new window starts it at 0."""
 
     used_weight_1m: int = 0
     order_count_10s: int = 0
     order_count_1m: int = 0
     backoff_until_ms: int = 0  # after a 429
     banned_until_ms: int = 0  # after a 418
+    weight_window: int = 0  # venue minute of ``used_weight_1m``
+    orders_10s_window: int = 0
+    orders_1m_window: int = 0
+    paced_waits: int = 0  # how often a request waited for the next window
+    limits: RateLimits = field(default_factory=RateLimits)
+
+    def weight(self, now_ms: int) -> int:
+        return self.used_weight_1m if self.weight_window == now_ms // MINUTE_MS else 0
+
+    def orders(self, now_ms: int) -> tuple[int, int]:
+        ten = self.order_count_10s if self.orders_10s_window == now_ms // TEN_S_MS else 0
+        one = self.order_count_1m if self.orders_1m_window == now_ms // MINUTE_MS else 0
+        return ten, one
+
+    def wait_until(self, now_ms: int, weight: int, urgent: bool, is_order: bool) -> int:
+        """0 when the request may go now, else the venue time of the window it must wait for."""
+        share = 1.0 if urgent else NON_URGENT_SHARE
+        if weight and self.weight(now_ms) + weight > self.limits.weight_1m * share:
+            return (now_ms // MINUTE_MS + 1) * MINUTE_MS
+        if is_order:
+            ten, one = self.orders(now_ms)
+            if one + 1 > self.limits.orders_1m * share:
+                return (now_ms // MINUTE_MS + 1) * MINUTE_MS
+            if ten + 1 > self.limits.orders_10s * share:
+                return (now_ms // TEN_S_MS + 1) * TEN_S_MS
+        return 0
+
+    def note_sent(self, now_ms: int, weight: int, is_order: bool) -> None:
+        """Count a request as it leaves; the response's headers then correct the estimate."""
+        minute = now_ms // MINUTE_MS
+        self.used_weight_1m = self.weight(now_ms) + weight
+        self.weight_window = minute
+        if is_order:
+            ten, one = self.orders(now_ms)
+            self.order_count_10s, self.orders_10s_window = ten + 1, now_ms // TEN_S_MS
+            self.order_count_1m, self.orders_1m_window = one + 1, minute
+
+
+def rate_limits_from_exchange_info(info: Mapping[str, Any]) -> RateLimits | None:
+    """``exchangeInfo.rateLimits`` -> ``RateLimits`` (None when absent or unreadable)."""
+    limits = RateLimits()
+    found = False
+    rows = info.get("rateLimits")
+    if not isinstance(rows, list):
+        return None
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        try:
+            kind, interval = str(row["rateLimitType"]), str(row["interval"])
+            num, limit = int(row.get("intervalNum", 1)), int(row["limit"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if limit <= 0:
+            continue
+        if (kind, interval, num) == ("REQUEST_WEIGHT", "MINUTE", 1):
+            limits.weight_1m, found = limit, True
+        elif (kind, interval, num) == ("ORDERS", "MINUTE", 1):
+            limits.orders_1m, found = limit, True
+        elif (kind, interval, num) == ("ORDERS", "SECOND", 10):
+            limits.orders_10s, found = limit, True
+    return limits if found else None
+
+
+async def _asyncio_sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
 
 
 class BinanceRest:
@@ -164,8 +312,10 @@ class BinanceRest:
         timeout_s: float = 10.0,
         clock_ms: Callable[[], int] = wall_clock_ms,
         exchange_info_ttl_ms: int = 300_000,
-        default_backoff_s: float = 1.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = _asyncio_sleep,
+        pacing: bool = True,
+        max_hold_s: float = 2.0,
     ) -> None:
         self._key = api_key
         self._signer: Signer = make_signer(api_secret)
@@ -179,10 +329,16 @@ class BinanceRest:
         self._sync_lock = asyncio.Lock()
         self._exchange_info: tuple[int, dict[str, Any]] | None = None
         self._exchange_info_ttl_ms = exchange_info_ttl_ms
-        self._default_backoff_ms = int(default_backoff_s * 1000)
         self._inflight: set[asyncio.Task[httpx.Response]] = set()
         self.rate = RateState()
         self.requests_sent = 0
+        self.weight_sent = 0  # IP weight of every request sent (the bench's figure)
+        self._sleep = sleep
+        self.pacing = pacing  # False: never hold a request for the budget (a test that wants a 429)
+        # A non-urgent request is held inline at most this long; a longer wait is handed back to the
+        # caller as ``RateLimited`` with the wait, so a sequential caller is never stuck for a minute
+        # behind a read while a cancel or a close waits its turn.
+        self.max_hold_s = max_hold_s
 
     @property
     def signing_method(self) -> SigningMethod:
@@ -213,28 +369,30 @@ class BinanceRest:
     def time_offset_ms(self) -> int:
         return self._offset_ms
 
-    async def sync_time(self) -> int:
+    async def sync_time(self, *, urgent: bool = False) -> int:
         """Measure ``serverTime - local`` from ``GET /fapi/v1/time`` (midpoint of the round trip)."""
         before = self._clock_ms()
-        data = await self._call("GET", "/fapi/v1/time", {}, signed=False)
+        data = await self._call("GET", "/fapi/v1/time", {}, signed=False, urgent=urgent)
         after = self._clock_ms()
         self._offset_ms = int(data["serverTime"]) - (before + after) // 2
         self._synced = True
         log.info("server time offset %d ms", self._offset_ms)
         return self._offset_ms
 
-    async def _ensure_synced(self) -> None:
+    async def _ensure_synced(self, urgent: bool) -> None:
         if self._synced:
             return
         async with self._sync_lock:
             if not self._synced:
-                await self.sync_time()
+                await self.sync_time(urgent=urgent)
 
     # ----------------------------------------------------------------------------------------
     # transport
     # ----------------------------------------------------------------------------------------
 
-    def _check_limits(self) -> None:
+    def _check_limits(self, urgent: bool = False) -> None:
+        """Fail fast: nothing at all is sent during a 418 ban (binance-real-answers.md: requests
+        sent during a ban earn longer ones); during a 429 back-off only urgent requests go."""
         now = self.server_now_ms()
         if now < self.rate.banned_until_ms:
             raise RateLimited(
@@ -244,13 +402,45 @@ class BinanceRest:
                 retry_after_s=(self.rate.banned_until_ms - now) / 1000,
                 banned_until_ms=self.rate.banned_until_ms,
             )
-        if now < self.rate.backoff_until_ms:
+        if not urgent and now < self.rate.backoff_until_ms:
             raise RateLimited(
                 -1003,
                 f"backing off after 429 until {self.rate.backoff_until_ms} (local fail-fast)",
                 429,
                 retry_after_s=(self.rate.backoff_until_ms - now) / 1000,
             )
+
+    async def _pace(self, weight: int, urgent: bool, is_order: bool) -> None:
+        """Hold a request until its window has room (``RateState.wait_until``): reads and new
+        entries stop at 80 % of the minute's weight or of an order counter; cancels and closes
+        only when the limit itself would be crossed (the venue would refuse them with a 429), and
+        then only until the window turns. A non-urgent request that would wait longer than
+        ``max_hold_s`` is not sent: ``RateLimited`` tells the caller when to try again."""
+        while True:
+            self._check_limits(urgent)
+            now = self.server_now_ms()
+            until = self.rate.wait_until(now, weight, urgent, is_order) if self.pacing else 0
+            if not until:
+                return
+            if not urgent and until - now > self.max_hold_s * 1000:
+                raise RateLimited(
+                    -1003,
+                    f"weight budget: {self.rate.weight(now)} of {self.rate.limits.weight_1m} used, "
+                    f"orders {self.rate.orders(now)}; not sent before {until} (local pacing)",
+                    0,
+                    retry_after_s=(until - now) / 1000,
+                )
+            log.warning(
+                "rate budget: weight %d of %d, orders %s; holding a%s request until %d",
+                self.rate.weight(now),
+                self.rate.limits.weight_1m,
+                self.rate.orders(now),
+                "n urgent" if urgent else " non-urgent",
+                until,
+            )
+            self.rate.paced_waits += 1
+            while (left := until - self.server_now_ms()) > 0:
+                await self._sleep(min(1.0, left / 1000))
 
     async def _send(self, method: str, path: str, query: str, headers: dict[str, str]) -> httpx.Response:
         url = f"{path}?{query}" if query else path
@@ -262,15 +452,19 @@ class BinanceRest:
         return await asyncio.shield(task)
 
     def _record_headers(self, resp: httpx.Response) -> None:
+        """``X-MBX-USED-WEIGHT-1M`` (IP) and ``X-MBX-ORDER-COUNT-10S/1M`` (account), each for the
+        window it was answered in."""
         h = resp.headers
-        for header, attr in (
-            ("x-mbx-used-weight-1m", "used_weight_1m"),
-            ("x-mbx-order-count-10s", "order_count_10s"),
-            ("x-mbx-order-count-1m", "order_count_1m"),
+        now = self.server_now_ms()
+        for header, attr, window_attr, window in (
+            ("x-mbx-used-weight-1m", "used_weight_1m", "weight_window", now // MINUTE_MS),
+            ("x-mbx-order-count-10s", "order_count_10s", "orders_10s_window", now // TEN_S_MS),
+            ("x-mbx-order-count-1m", "order_count_1m", "orders_1m_window", now // MINUTE_MS),
         ):
             value = h.get(header)
             if value is not None and value.isdigit():
                 setattr(self.rate, attr, int(value))
+                setattr(self.rate, window_attr, window)
 
     def _retry_after_s(self, resp: httpx.Response) -> float | None:
         value = resp.headers.get("retry-after")
@@ -289,17 +483,25 @@ class BinanceRest:
         *,
         signed: bool,
         api_key: bool = False,
+        urgent: bool | None = None,
         _resynced: bool = False,
     ) -> Any:
-        self._check_limits()
+        if urgent is None:
+            urgent = is_urgent(method, path, params)
+        weight = request_weight(method, path, params)
+        is_order = (method, path) in ORDER_ROUTES
+        await self._pace(weight, urgent, is_order)
         headers: dict[str, str] = {}
         if signed or api_key:
             headers["X-MBX-APIKEY"] = self._key
         if signed:
-            await self._ensure_synced()
+            await self._ensure_synced(urgent)
             query = signed_query(params, self._signer, self.server_now_ms(), self.recv_window_ms)
         else:
             query = urlencode(list(params.items()))
+        self._check_limits(urgent)  # again: a ban may have begun while this request was signed
+        self.rate.note_sent(self.server_now_ms(), weight, is_order)
+        self.weight_sent += weight
         try:
             resp = await self._send(method, path, query, headers)
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -328,8 +530,10 @@ class BinanceRest:
         self._note_rate_limit(err)
         if isinstance(err, TimestampRejected) and signed and not _resynced:
             log.warning("%s %s: %s; re-syncing time and retrying once", method, path, err.msg)
-            await self.sync_time()
-            return await self._call(method, path, params, signed=signed, api_key=api_key, _resynced=True)
+            await self.sync_time(urgent=urgent)
+            return await self._call(
+                method, path, params, signed=signed, api_key=api_key, urgent=urgent, _resynced=True
+            )
         raise err from None
 
     def _note_rate_limit(self, err: BinanceError) -> None:
@@ -342,13 +546,16 @@ class BinanceRest:
                 wait_s = err.retry_after_s if err.retry_after_s is not None else 120.0
                 until = now + int(wait_s * 1000)
             self.rate.banned_until_ms = max(self.rate.banned_until_ms, until)
-            log.error("IP banned until %d", self.rate.banned_until_ms)
+            log.error("IP banned until %d: nothing is sent before then", self.rate.banned_until_ms)
         elif err.http_status == 429:
-            wait_ms = (
-                int(err.retry_after_s * 1000) if err.retry_after_s is not None else self._default_backoff_ms
-            )
-            self.rate.backoff_until_ms = max(self.rate.backoff_until_ms, now + wait_ms)
-            log.warning("429: backing off %d ms", wait_ms)
+            # Without Retry-After (not documented for USD-M, binance-usdm-2026.md section 4) the
+            # weight counter resets at the start of the next minute: wait for it.
+            if err.retry_after_s is not None:
+                until = now + int(err.retry_after_s * 1000)
+            else:
+                until = (now // MINUTE_MS + 1) * MINUTE_MS
+            self.rate.backoff_until_ms = max(self.rate.backoff_until_ms, until)
+            log.warning("429: backing off until %d (%d ms)", until, until - now)
 
     # ----------------------------------------------------------------------------------------
     # market data (NONE security)
@@ -365,6 +572,8 @@ class BinanceRest:
             return self._exchange_info[1]
         data = await self._call("GET", "/fapi/v1/exchangeInfo", {}, signed=False)
         self._exchange_info = (now, data)
+        if isinstance(data, dict) and (limits := rate_limits_from_exchange_info(data)) is not None:
+            self.rate.limits = limits
         return dict(data)
 
     async def klines(
@@ -383,7 +592,7 @@ class BinanceRest:
             p["endTime"] = end_ms
         if limit is not None:
             p["limit"] = limit
-        return list(await self._call("GET", "/fapi/v1/klines", p, signed=False))
+        return _list(await self._call("GET", "/fapi/v1/klines", p, signed=False), "klines")
 
     async def premium_index(self, symbol: str | None = None) -> Any:
         """One object with ``symbol``, else the list of all symbols."""
@@ -405,18 +614,54 @@ class BinanceRest:
             return await self._call("GET", f"/fapi/v2/{name}", params, signed=True)
 
     async def balance(self) -> list[Any]:
-        return list(await self._v3_or_v2("balance", {}))
+        return _list(await self._v3_or_v2("balance", {}), "balance")
 
     async def account(self) -> dict[str, Any]:
         return dict(await self._v3_or_v2("account", {}))
 
     async def position_risk(self, symbol: str | None = None) -> list[Any]:
-        return list(await self._v3_or_v2("positionRisk", {"symbol": symbol} if symbol else {}))
+        return _list(
+            await self._v3_or_v2("positionRisk", {"symbol": symbol} if symbol else {}), "positionRisk"
+        )
 
     async def position_risk_v2(self, symbol: str | None = None) -> list[Any]:
         """v2 still reports ``leverage`` and ``marginType`` per symbol (v3 does not)."""
         p = {"symbol": symbol} if symbol else {}
-        return list(await self._call("GET", "/fapi/v2/positionRisk", p, signed=True))
+        return _list(await self._call("GET", "/fapi/v2/positionRisk", p, signed=True), "positionRisk")
+
+    async def symbol_config(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """``GET /fapi/v1/symbolConfig`` (weight 5), the current home of leverage and margin type
+        (binance-usdm-2026.md, corrections): rows ``{symbol, marginType ("ISOLATED"/"CROSSED"),
+        isAutoAddMargin, leverage (int), maxNotionalValue}``. A venue without the route (404)
+        is read through v2 ``positionRisk`` instead, its rows given the same shape."""
+        p = {"symbol": symbol} if symbol else {}
+        try:
+            return _list(await self._call("GET", "/fapi/v1/symbolConfig", p, signed=True), "symbolConfig")
+        except Rejected as exc:
+            if exc.http_status != 404:
+                raise
+            log.warning(
+                "/fapi/v1/symbolConfig not found; reading leverage and margin type from v2 positionRisk"
+            )
+        rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for row in await self.position_risk_v2(symbol):
+            if not isinstance(row, dict) or row.get("symbol") in seen:
+                continue  # hedge mode: one row per leg, the same settings
+            seen.add(str(row.get("symbol")))
+            margin = str(row.get("marginType", "")).upper()
+            rows.append(
+                {
+                    "symbol": row.get("symbol"),
+                    "marginType": "CROSSED" if margin == "CROSS" else margin,
+                    "isAutoAddMargin": str(row.get("isAutoAddMargin", "false")).lower(),
+                    "leverage": int(row["leverage"])
+                    if str(row.get("leverage", "")).isdigit()
+                    else row.get("leverage"),
+                    "maxNotionalValue": row.get("maxNotionalValue", ""),
+                }
+            )
+        return rows
 
     async def position_mode(self) -> dict[str, Any]:
         return dict(await self._call("GET", "/fapi/v1/positionSide/dual", {}, signed=True))
@@ -455,20 +700,42 @@ class BinanceRest:
     async def user_trades(self, symbol: str, *, order_id: int | None = None) -> list[Any]:
         """``GET /fapi/v1/userTrades`` (weight 5): the fills of one order, or the symbol's last 7 days."""
         p = {"symbol": symbol, **({"orderId": str(order_id)} if order_id is not None else {})}
-        return list(await self._call("GET", "/fapi/v1/userTrades", p, signed=True))
+        return _list(await self._call("GET", "/fapi/v1/userTrades", p, signed=True), "userTrades")
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> dict[str, Any]:
         p = {"symbol": symbol, "origClientOrderId": client_order_id}
         return dict(await self._call("DELETE", "/fapi/v1/order", p, signed=True))
 
     async def open_orders(self, symbol: str | None = None) -> list[Any]:
-        return list(
-            await self._call("GET", "/fapi/v1/openOrders", {"symbol": symbol} if symbol else {}, signed=True)
-        )
+        p = {"symbol": symbol} if symbol else {}
+        return _list(await self._call("GET", "/fapi/v1/openOrders", p, signed=True), "openOrders")
 
     async def query_algo_order(self, client_algo_id: str) -> dict[str, Any]:
         p = {"clientAlgoId": client_algo_id}
         return dict(await self._call("GET", "/fapi/v1/algoOrder", p, signed=True))
+
+    async def algo_order_status(self, client_algo_id: str) -> str | None:
+        """Whether an algo order is still working, for a cancel the venue refused: the codes for
+        cancelling an algo order that is no longer open are not documented (-2011 was seen live),
+        so "already gone" is decided by its status (binance-usdm-2026.md, corrections).
+
+        Returns the venue's ``algoStatus`` (``NEW`` means still working; ``TRIGGERING``,
+        ``TRIGGERED``, ``FINISHED``, ``CANCELED``, ``REJECTED``, ``EXPIRED`` mean gone), or None when
+        the venue refuses the query with a code (it does not know the id: an old CANCELED/EXPIRED
+        order is forgotten after 3 days). Raises the ``BinanceError`` of a query
+        that failed (retryable, rate limit, auth: ask again later) and ``ValueError`` for a 200
+        without a readable ``algoStatus``."""
+        try:
+            answer = await self.query_algo_order(client_algo_id)
+        except Rejected as exc:
+            if exc.code == 0:  # no venue code (a 404 page, a WAF 403): the query did not happen
+                raise
+            log.info("algo order %s: the venue does not know it (%s)", client_algo_id, exc)
+            return None
+        status = answer.get("algoStatus")
+        if not isinstance(status, str) or not status:
+            raise ValueError(f"algo order {client_algo_id}: no algoStatus in {str(answer)[:200]!r}")
+        return status
 
     async def cancel_algo_order(self, client_algo_id: str) -> dict[str, Any]:
         p = {"clientAlgoId": client_algo_id}
@@ -476,7 +743,7 @@ class BinanceRest:
 
     async def open_algo_orders(self, symbol: str | None = None) -> list[Any]:
         p = {"symbol": symbol} if symbol else {}
-        return list(await self._call("GET", "/fapi/v1/openAlgoOrders", p, signed=True))
+        return _list(await self._call("GET", "/fapi/v1/openAlgoOrders", p, signed=True), "openAlgoOrders")
 
     async def place_order(self, params: Params) -> dict[str, Any]:
         """``POST /fapi/v1/order`` with ``newClientOrderId``; unknown outcomes resolved by query."""
@@ -485,7 +752,6 @@ class BinanceRest:
         return await self._idempotent(
             lambda: self._call("POST", "/fapi/v1/order", params, signed=True),
             lambda: self.query_order(symbol, cid),
-            not_found_code=-2013,
             what=f"order {cid}",
         )
 
@@ -495,7 +761,6 @@ class BinanceRest:
         return await self._idempotent(
             lambda: self._call("POST", "/fapi/v1/algoOrder", params, signed=True),
             lambda: self.query_algo_order(caid),
-            not_found_code=-2013,
             what=f"algo order {caid}",
         )
 
@@ -504,32 +769,19 @@ class BinanceRest:
         post: Callable[[], Awaitable[Any]],
         query: Callable[[], Awaitable[dict[str, Any]]],
         *,
-        not_found_code: int,
         what: str,
     ) -> dict[str, Any]:
+        """One POST. ``UnknownOutcome`` propagates: whether the order exists can only be known by a
+        query made once the request can no longer execute (timestamp + recvWindow), and a client id
+        is unique only among OPEN orders, so an immediate "not found" followed by a resend could
+        place a filled order twice (binance-usdm-2026.md, corrections). The caller schedules that
+        query. A -4116 (the id is open on the venue) is the order itself: it is read back."""
         try:
             return dict(await post())
-        except UnknownOutcome as exc:
-            log.warning("%s: outcome unknown (%s); querying before any resend", what, exc.msg)
-            first: BinanceError = exc
         except Rejected as exc:
             if exc.code != -4116:
                 raise
             log.info("%s: -4116 duplicate id; it exists, querying it", what)
-            return await query()
-        try:
-            return await query()
-        except Rejected as qexc:
-            if qexc.code != not_found_code:
-                raise first from qexc
-        except BinanceError as qexc:
-            raise first from qexc
-        log.info("%s: not found after unknown outcome; sending once more with the same id", what)
-        try:
-            return dict(await post())
-        except Rejected as exc:
-            if exc.code != -4116:
-                raise
             return await query()
 
     # ----------------------------------------------------------------------------------------
@@ -545,6 +797,14 @@ class BinanceRest:
 
     async def close_listen_key(self) -> None:
         await self._call("DELETE", "/fapi/v1/listenKey", {}, signed=False, api_key=True)
+
+
+def _list(answer: Any, what: str) -> list[Any]:
+    """A list answer, or ValueError naming the route and the (truncated) body: ``list()`` of an
+    object would silently turn its keys into rows."""
+    if not isinstance(answer, list):
+        raise ValueError(f"{what} answer is not a list: {str(answer)[:200]!r}")
+    return answer
 
 
 def _is_error_body(body: Any) -> bool:

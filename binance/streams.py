@@ -12,6 +12,12 @@
   second and produces ``MarkPriceTick(source="REST")`` or ``RestPriceFailed``.
 
 One reader task per connection only parses and awaits the callback; the callback should enqueue.
+
+Supervision: each ``run()`` survives an unexpected exception (a callback that raises, a malformed
+answer in a reconciliation, a bug): it is logged with its traceback, reported to the ``on_crash``
+hook (``CrashHook``: name, exception, restart count; the daemon turns it into an alert) and the
+task restarts after an exponential back-off (0.5 s doubling to 30 s, reset after a run that lasted
+a minute). Only ``stop()`` or cancellation ends a ``run()``.
 """
 
 from __future__ import annotations
@@ -93,6 +99,48 @@ class Backoff:
         self.attempt = 0
 
 
+CrashHook = Callable[[str, BaseException, int], Awaitable[None]]
+HEALTHY_RUN_S = 60.0  # a run that lasted this long resets the crash back-off
+STABLE_S = 60.0  # a user-stream connection that lasted this long resets the reconnect back-off
+
+
+async def supervise(
+    name: str,
+    run_once: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+    on_crash: Callable[[], CrashHook | None],
+    backoff: Backoff | None = None,
+) -> None:
+    """Run ``run_once`` until it returns (after ``stop``) or is cancelled; an unexpected exception
+    is logged, reported to the hook (a hook that fails is logged, never fatal) and the run restarts
+    after a back-off that ``stop`` interrupts."""
+    backoff = backoff or Backoff()
+    restarts = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            await run_once()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if stop.is_set():
+                return
+            if time.monotonic() - started >= HEALTHY_RUN_S:
+                backoff.reset()
+            restarts += 1
+            delay = backoff.next()
+            log.exception("%s crashed (restart %d in %.2f s)", name, restarts, delay)
+            hook = on_crash()
+            if hook is not None:
+                try:
+                    await hook(name, exc, restarts)
+                except Exception:
+                    log.exception("%s: crash hook failed", name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+
 def market_streams(symbol: str, kline_interval: str = "3m") -> tuple[str, str]:
     low = symbol.lower()
     return f"{low}@markPrice@1s", f"{low}@kline_{kline_interval}"
@@ -147,9 +195,11 @@ class MarketStream:
         rotate_after_s: float = ROTATE_AFTER_S,
         pacer: ControlPacer | None = None,
         all_marks_above: int = ALL_MARKS_ABOVE,
+        on_crash: CrashHook | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._on_item = on_item
+        self.on_crash = on_crash
         self._clock_ms = clock_ms
         self.kline_interval = kline_interval
         self.backoff = backoff or Backoff()
@@ -220,7 +270,10 @@ class MarketStream:
         await self._on_item(WsStatusChanged(now_ms=self._clock_ms(), connected=connected, reason=reason))
 
     async def run(self) -> None:
-        """Connect, read, reconnect until ``stop()``."""
+        """Connect, read, reconnect until ``stop()``; supervised (restarted after a crash)."""
+        await supervise("market stream", self._run_once, self._stop, lambda: self.on_crash)
+
+    async def _run_once(self) -> None:
         while not self._stop.is_set():
             reason = "closed"
             try:
@@ -276,11 +329,14 @@ class UserStream:
         keepalive_s: float = KEEPALIVE_S,
         backoff: Backoff | None = None,
         rotate_after_s: float = ROTATE_AFTER_S,
+        on_crash: CrashHook | None = None,
     ) -> None:
         self.rest = rest
         self.base_url = base_url.rstrip("/")
         self._on_item = on_item
         self._on_reconcile = on_reconcile
+        self.on_crash = on_crash
+        self._first = True  # the first connection reconciles only if ``reconcile_first``
         self._clock_ms = clock_ms
         self.keepalive_s = keepalive_s
         self.backoff = backoff or Backoff()
@@ -334,8 +390,13 @@ class UserStream:
                 log.warning("listenKey keepalive failed: %s", err)
 
     async def run(self) -> None:
+        """Connect, read, reconcile after every gap, until ``stop()``; supervised: a crash (in the
+        reconciliation or a callback) restarts it, and the next connection reconciles."""
+        await supervise("user stream", self._run_once, self._stop, lambda: self.on_crash)
+
+    async def _run_once(self) -> None:
         keepalive = asyncio.create_task(self._keepalive_loop())
-        first = True
+        connected_at: float | None = None
         try:
             while not self._stop.is_set():
                 reason = "closed"
@@ -344,10 +405,11 @@ class UserStream:
                     async with connect(f"{self.base_url}/ws/{key}", proxy=None, open_timeout=10) as ws:
                         self._ws = ws
                         self.connections += 1
-                        self.backoff.reset()
-                        if not first or self.reconcile_first:
+                        connected_at = time.monotonic()
+                        if not self._first or self.reconcile_first:
+                            self._first = False  # a crash below still leaves a gap to read back
                             await self._on_reconcile()
-                        first = False
+                        self._first = False
                         self.opened.set()
                         reason = await self._read(ws)
                 except BinanceError as err:
@@ -360,6 +422,12 @@ class UserStream:
                     break
                 renew = self._renew.is_set()
                 self._renew.clear()
+                # Each reconnect costs REST weight (listenKey, the gap read-back): the back-off
+                # starts over only after a connection that held, so a storm of short-lived
+                # connections slows down instead of reading back twice a second.
+                if connected_at is not None and time.monotonic() - connected_at >= STABLE_S:
+                    self.backoff.reset()
+                connected_at = None
                 delay = 0.0 if renew or reason == "rotation" else self.backoff.next()
                 log.warning("user stream down (%s); reconnecting in %.2f s", reason, delay)
                 with contextlib.suppress(TimeoutError):
@@ -400,9 +468,11 @@ class PremiumIndexPoller:
         *,
         clock_ms: Callable[[], int] = wall_clock_ms,
         interval_s: float = 1.0,
+        on_crash: CrashHook | None = None,
     ) -> None:
         self.rest = rest
         self._on_event = on_event
+        self.on_crash = on_crash
         self._clock_ms = clock_ms
         self.interval_s = interval_s
         self.symbols: set[str] = set()
@@ -451,6 +521,10 @@ class PremiumIndexPoller:
         self._stop.set()
 
     async def run(self) -> None:
+        """Poll while active, until ``stop()``; supervised (restarted after a crash)."""
+        await supervise("price poller", self._run_once, self._stop, lambda: self.on_crash)
+
+    async def _run_once(self) -> None:
         while not self._stop.is_set():
             if not self.active.is_set():
                 stop_task = asyncio.ensure_future(self._stop.wait())

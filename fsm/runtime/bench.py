@@ -1135,12 +1135,21 @@ def rest_child() -> None:
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
+
+def bench_rest_weight(budget: Budget) -> list[Row]:
+    """REST weight per venue minute of the daemon (``fsm.runtime.bench_weight``)."""
+    from fsm.runtime.bench_weight import bench_section
+
+    return bench_section(quick=budget is QUICK)
+
+
 SECTIONS: tuple[Callable[[Budget], list[Row]], ...] = (
     bench_engine,
     bench_evaluator,
     bench_ingest,
     bench_replay,
     bench_daemon,
+    bench_rest_weight,
 )
 
 

@@ -39,6 +39,11 @@ DAEMON_ROWS = {
     ("daemon at rest, 20 symbols streaming: resident memory", "MB"),  # --quick monitors 20, not 600
     ("daemon at rest, 20 symbols streaming: CPU of one core", "%"),
 }
+WEIGHT_ROWS = {
+    ("REST weight, a position open at rest: share of the 2,400/min IP limit", "%"),
+    ("REST weight, recovery after a restart: share of the 2,400/min IP limit", "%"),
+    ("REST weight, user-stream reconnect storm: share of the 2,400/min IP limit", "%"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +63,7 @@ def test_quick_json_has_every_row_with_numbers_and_a_target(quick_json: dict[str
     names = {(r["group"], r["name"]) for r in rows}
     assert names >= EXPECTED_ROWS
     assert {(r["name"], r["unit"]) for r in rows if r["group"] == "daemon"} == DAEMON_ROWS
+    assert {(r["name"], r["unit"]) for r in rows if r["group"] == "rest weight"} == WEIGHT_ROWS
     for row in rows:
         target = row["target"]
         assert target["op"] in ("<", ">")
@@ -69,7 +75,7 @@ def test_quick_json_has_every_row_with_numbers_and_a_target(quick_json: dict[str
                 assert isinstance(value, float) and math.isfinite(value) and value >= 0
             assert row["met"] in (True, False)
         else:  # only the daemon rows may be missing, and they must say why
-            assert row["group"] == "daemon"
+            assert row["group"] in ("daemon", "rest weight")
             assert row["stats"] == {} and row["met"] is None
             assert row["note"].startswith("not measured (")
 

@@ -46,7 +46,7 @@ CASES: list[tuple[int, type[E.BinanceError], bool, str]] = [
     (-2011, E.Rejected, False, "rejected"),
     (-2013, E.Rejected, False, "rejected"),
     (-2021, E.Rejected, False, "rejected"),
-    (-2022, E.Rejected, False, "rejected"),
+    (-2022, E.AlreadyFlat, False, "flat"),
     (-2024, E.Rejected, False, "rejected"),
     (-2025, E.Rejected, False, "rejected"),
     (-4015, E.Rejected, False, "rejected"),
@@ -64,6 +64,18 @@ CASES: list[tuple[int, type[E.BinanceError], bool, str]] = [
     (-4161, E.Rejected, False, "rejected"),
     (-5021, E.Rejected, False, "rejected"),
     (-5022, E.Rejected, False, "rejected"),
+    (-4130, E.CloseStopExists, False, "rejected"),
+    (-4509, E.AlreadyFlat, False, "flat"),
+    (-4045, E.Rejected, False, "rejected"),
+    (-4067, E.Rejected, False, "rejected"),
+    (-4068, E.Rejected, False, "rejected"),
+    (-4183, E.FilterRejected, False, "filter"),
+    (-4184, E.FilterRejected, False, "filter"),
+    (-4189, E.Rejected, False, "rejected"),
+    (-4192, E.Rejected, False, "rejected"),
+    (-4210, E.FilterRejected, False, "filter"),
+    (-4211, E.FilterRejected, False, "filter"),
+    (-4531, E.Rejected, False, "rejected"),
 ]
 
 

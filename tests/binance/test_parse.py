@@ -18,7 +18,6 @@ from fsm.events import (
     MarkPriceTick,
     OrderUpdated,
     PositionChanged,
-    PositionModeChanged,
     SymbolInfo,
 )
 
@@ -293,13 +292,14 @@ def test_listen_key_expired_string_and_int_e() -> None:
     assert parse.decode_message(d, NOW) == [expected]
 
 
-def test_account_config_update_position_mode() -> None:
-    hedge = {"e": "ACCOUNT_CONFIG_UPDATE", "E": 1, "T": 1, "ai": {"j": False, "d": True}}
+def test_account_config_update_carries_no_position_mode() -> None:
+    """Binance sends only ``ac{s,l}`` and ``ai{j}``: a ``d`` field (which the simulator used to
+    invent) is not read as a position-mode change; the mode is re-read by REST after a reconnect."""
+    invented = {"e": "ACCOUNT_CONFIG_UPDATE", "E": 1, "T": 1, "ai": {"j": False, "d": True}}
+    multi = {"e": "ACCOUNT_CONFIG_UPDATE", "E": 1, "T": 1, "ai": {"j": True}}
     lev = {"e": "ACCOUNT_CONFIG_UPDATE", "E": 1, "T": 1, "ac": {"s": "BTCUSDT", "l": 25}}
-    assert parse.decode_message(hedge, NOW) == [PositionModeChanged(now_ms=NOW, mode="HEDGE")]
-    assert parse.decode_message({**hedge, "ai": {"d": False}}, NOW) == [
-        PositionModeChanged(now_ms=NOW, mode="ONE_WAY")
-    ]
+    assert parse.decode_message(invented, NOW) == []
+    assert parse.decode_message(multi, NOW) == []
     assert parse.decode_message(lev, NOW) == []
 
 

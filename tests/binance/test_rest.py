@@ -414,38 +414,50 @@ def test_418_ban_fails_fast_until_the_ban_ends() -> None:
     run(go())
 
 
-def test_timeout_after_acceptance_is_resolved_by_query_without_duplicate() -> None:
+def test_timeout_after_acceptance_is_unknown_not_queried_not_resent() -> None:
+    """An immediate "not found" proves nothing while the request can still execute, and a client id
+    is unique only among open orders: the client sends once and reports the outcome as unknown."""
+
     async def go() -> None:
         async with venue(timeout_s=0.05) as (ex, v, rest):
             await rest.sync_time()
             v.faults.add(RestFault("POST", "/fapi/v1/order", "hang", after_accept=True, hang_s=0.2))
-            res = await rest.place_order(LIMIT_SELL)
-            assert (res["clientOrderId"], res["status"]) == ("s1-ENTRY1-0", "NEW")
+            with pytest.raises(E.UnknownOutcome):
+                await rest.place_order(LIMIT_SELL)
             assert len(ex.orders) == 1
             assert count(v, "POST", "/fapi/v1/order") == 1
-            assert count(v, "GET", "/fapi/v1/order") == 1
+            assert count(v, "GET", "/fapi/v1/order") == 0
 
     run(go())
 
 
-def test_5xx_before_acceptance_queries_then_sends_once_more() -> None:
+def test_unknown_5xx_before_acceptance_is_unknown_and_never_resent() -> None:
     async def go() -> None:
         async with venue() as (ex, v, rest):
             v.faults.add(RestFault("POST", "/fapi/v1/order", "status", status=503))
-            res = await rest.place_order(LIMIT_SELL)
-            assert res["status"] == "NEW"
-            assert len(ex.orders) == 1
-            assert count(v, "POST", "/fapi/v1/order") == 2
-            assert count(v, "GET", "/fapi/v1/order") == 1
+            with pytest.raises(E.UnknownOutcome) as err:
+                await rest.place_order(LIMIT_SELL)
+            assert err.value.code == -1000
+            assert len(ex.orders) == 0
+            assert count(v, "POST", "/fapi/v1/order") == 1
+            assert count(v, "GET", "/fapi/v1/order") == 0
 
     run(go())
 
 
-def test_5xx_after_acceptance_of_algo_order_resolved_by_query() -> None:
+def test_408_1007_on_algo_order_is_unknown() -> None:
+    """binance-real-answers.md: ``POST /fapi/v1/algoOrder`` 408 / -1007 "execution status unknown"."""
+
     async def go() -> None:
         async with venue() as (ex, v, rest):
             await rest.place_order({**LIMIT_SELL, "price": "95000.0"})
-            v.faults.add(RestFault("POST", "/fapi/v1/algoOrder", "status", status=502, after_accept=True))
+            body = (
+                '{"code":-1007,"msg":"Timeout waiting for response from backend server. '
+                'Send status unknown; execution status unknown."}'
+            )
+            v.faults.add(
+                RestFault("POST", "/fapi/v1/algoOrder", "status", status=408, body=body, after_accept=True)
+            )
             algo = {
                 "algoType": "CONDITIONAL",
                 "symbol": "BTCUSDT",
@@ -456,10 +468,12 @@ def test_5xx_after_acceptance_of_algo_order_resolved_by_query() -> None:
                 "closePosition": "true",
                 "clientAlgoId": "s1-MDD-0",
             }
-            res = await rest.place_algo_order(algo)
-            assert (res["clientAlgoId"], res["algoStatus"]) == ("s1-MDD-0", "NEW")
+            with pytest.raises(E.UnknownOutcome) as err:
+                await rest.place_algo_order(algo)
+            assert (err.value.http_status, err.value.code) == (408, -1007)
             assert len(ex.algos) == 1
             assert count(v, "POST", "/fapi/v1/algoOrder") == 1
+            assert count(v, "GET", "/fapi/v1/algoOrder") == 0
 
     run(go())
 
@@ -472,20 +486,6 @@ def test_duplicate_client_id_4116_means_it_exists() -> None:
             assert second["orderId"] == first["orderId"]
             assert len(ex.orders) == 1
             assert count(v, "GET", "/fapi/v1/order") == 1
-
-    run(go())
-
-
-def test_unknown_outcome_survives_when_query_also_fails() -> None:
-    async def go() -> None:
-        async with venue() as (_ex, v, rest):
-            v.faults.add(RestFault("POST", "/fapi/v1/order", "status", status=500, after_accept=True))
-            v.faults.add(RestFault("GET", "/fapi/v1/order", "html", status=502))
-            with pytest.raises(E.UnknownOutcome) as err:
-                await rest.place_order(LIMIT_SELL)
-            assert err.value.http_status == 500
-            assert E.should_retry(err.value) is True
-            assert count(v, "POST", "/fapi/v1/order") == 1  # never resent blind
 
     run(go())
 
