@@ -14,13 +14,16 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from binance import parse
+from binance import parse, reconcile
 from binance.errors import (
+    AlreadyFlat,
     AuthFailed,
     BinanceError,
+    CloseStopExists,
     RateLimited,
     Rejected,
     TimestampRejected,
+    UnknownOutcome,
     category,
     should_retry,
 )
@@ -32,7 +35,9 @@ from fsm.commands import (
     PlaceAlgoOrder,
     PlaceOrder,
     PrepareOrder,
+    ProbeAuth,
     QueryExchange,
+    ResolveOrder,
 )
 from fsm.events import (
     AlgoOrderAccepted,
@@ -41,8 +46,11 @@ from fsm.events import (
     ExchangeSnapshot,
     OpenOrderInfo,
     OrderAccepted,
+    OrderOutcomeUnknown,
     OrderPrepared,
     OrderRejected,
+    OrderResolved,
+    PositionChanged,
     PositionInfo,
     PositionMode,
     SymbolInfo,
@@ -51,6 +59,7 @@ from fsm.events import (
 )
 
 log = logging.getLogger(__name__)
+ZERO = Decimal(0)
 
 
 async def _nothing() -> list[Any]:
@@ -72,6 +81,11 @@ def _raise_if_failed(result: Any) -> Any:
 
 
 GONE_CODES = frozenset({-2011, -2013})  # unknown order sent / order does not exist
+NOT_FOUND_CODES = frozenset({-2013})  # a query of an id the venue does not know
+# What Binance answers a query of an unknown algo id is undocumented (binance-usdm-2026.md: only
+# -2011 on DELETE was seen live); -2013 is what the classic endpoint says, -2011 is taken as the same.
+ALGO_NOT_FOUND_CODES = frozenset({-2013, -2011})
+RESOLVE_MARGIN_MS = 1_000  # past timestamp + recvWindow: room for the clock offset between us and the venue
 OPEN_ORDERS_BLOCK_CODES = frozenset({-4047})  # margin type cannot change with open orders
 ObservedCategory = Literal["rate_limited", "auth", "timestamp", "other"]
 
@@ -103,6 +117,8 @@ class Executor:
             CancelOrder: self._cancel,
             CancelAlgoOrder: self._cancel_algo,
             QueryExchange: self._query,
+            ResolveOrder: self._resolve,
+            ProbeAuth: self._probe_auth,
         }
 
     def handles(self, cmd: Command) -> bool:
@@ -134,7 +150,7 @@ class Executor:
         # round trip for them instead of three (W24 runs right after the 0.1 % trigger).
         mode_res, risk_res, balance_res = await asyncio.gather(
             self.rest.position_mode(),
-            self.rest.position_risk_v2(cmd.symbol) if cmd.configure_margin else _nothing(),
+            self.rest.symbol_config(cmd.symbol) if cmd.configure_margin else _nothing(),
             self.rest.balance(),
             return_exceptions=True,
         )
@@ -211,21 +227,16 @@ class Executor:
         try:
             res = await self.rest.place_order(parse.order_params(cmd))
             order_id = parse.int_field(res["orderId"])
+        except UnknownOutcome as err:
+            return [self._unknown(cmd.symbol, cmd.client_order_id, False, now_ms, err.msg)]
+        except AlreadyFlat as err:  # a reduce-only close refused: is the position still there?
+            position = await self._position_now(cmd.symbol, now_ms)
+            return [*position, self._rejected(cmd.symbol, cmd.client_order_id, err, now_ms)]
         except BinanceError as err:
             return [self._rejected(cmd.symbol, cmd.client_order_id, err, now_ms)]
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:  # a 200 without a usable body: accepted or not?
             log.error("order %s: unusable answer (%s)", cmd.client_order_id, exc)
-            return [
-                OrderRejected(
-                    now_ms=now_ms,
-                    symbol=cmd.symbol,
-                    client_order_id=cmd.client_order_id,
-                    code=0,
-                    message=f"unusable answer: {exc}",
-                    retryable=True,
-                    category="retry",
-                )
-            ]
+            return [self._unknown(cmd.symbol, cmd.client_order_id, False, now_ms, f"unusable answer: {exc}")]
         return [
             OrderAccepted(
                 now_ms=now_ms, symbol=cmd.symbol, client_order_id=cmd.client_order_id, order_id=order_id
@@ -234,28 +245,135 @@ class Executor:
         ]
 
     async def _place_algo(self, cmd: PlaceAlgoOrder, now_ms: int) -> list[Event]:
+        params = parse.algo_params(cmd)
         try:
-            res = await self.rest.place_algo_order(parse.algo_params(cmd))
+            try:
+                res = await self.rest.place_algo_order(params)
+            except CloseStopExists as err:
+                # -4130: one closePosition stop per direction. Whatever holds the place (an older
+                # stop of ours whose cancel has not landed, or a manual one) is replaced by ours:
+                # R20 hands every exit order of the symbol to us (binance-real-answers.md).
+                log.warning(
+                    "algo order %s: %s; replacing the existing closePosition stop", cmd.client_algo_id, err
+                )
+                await self._cancel_close_stops(cmd.symbol, cmd.side)
+                res = await self.rest.place_algo_order(params)
             algo_id = parse.int_field(res["algoId"])
+        except UnknownOutcome as err:
+            return [self._unknown(cmd.symbol, cmd.client_algo_id, True, now_ms, err.msg)]
+        except AlreadyFlat as err:  # -4509: a closePosition stop on a flat symbol
+            position = await self._position_now(cmd.symbol, now_ms)
+            return [*position, self._rejected(cmd.symbol, cmd.client_algo_id, err, now_ms)]
         except BinanceError as err:
             return [self._rejected(cmd.symbol, cmd.client_algo_id, err, now_ms)]
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             log.error("algo order %s: unusable answer (%s)", cmd.client_algo_id, exc)
-            return [
-                OrderRejected(
-                    now_ms=now_ms,
-                    symbol=cmd.symbol,
-                    client_order_id=cmd.client_algo_id,
-                    code=0,
-                    message=f"unusable answer: {exc}",
-                    retryable=True,
-                    category="retry",
-                )
-            ]
+            return [self._unknown(cmd.symbol, cmd.client_algo_id, True, now_ms, f"unusable answer: {exc}")]
         return [
             AlgoOrderAccepted(
                 now_ms=now_ms, symbol=cmd.symbol, client_algo_id=cmd.client_algo_id, algo_id=algo_id
             ),
+            VenueCallSucceeded(now_ms=now_ms),
+        ]
+
+    async def _cancel_close_stops(self, symbol: str, side: str) -> None:
+        """Cancel the open closePosition stops of ``symbol`` on ``side`` (the -4130 direction)."""
+        for raw in await self.rest.open_algo_orders(symbol):
+            try:
+                order = parse.open_algo_order_from_rest(raw)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning("openAlgoOrders row skipped: %s", exc)
+                continue
+            if order.close_position and order.side == side:
+                try:
+                    await self.rest.cancel_algo_order(order.client_order_id)
+                except Rejected as err:
+                    log.warning("cancel of %s: %s (already gone?)", order.client_order_id, err)
+
+    async def _position_now(self, symbol: str, now_ms: int) -> list[Event]:
+        """The venue's position of ``symbol`` now (our leg), fed before a refusal that says "no
+        position" so that the engine decides on the venue's word; nothing when it cannot be read."""
+        try:
+            rows = await self.rest.position_risk(symbol)
+            legs = parse.positions_by_key(rows)
+        except (BinanceError, KeyError, ValueError, TypeError) as exc:
+            log.warning("position of %s unreadable after a refused close: %s", symbol, exc)
+            return []
+        ours = [p for (s, side), p in legs.items() if s == symbol and side != "LONG"]
+        amount = sum((p.amount for p in ours), ZERO)
+        entry = ours[0].entry_price if ours else ZERO
+        side = ours[0].position_side if ours else "BOTH"
+        return [
+            PositionChanged(
+                now_ms=now_ms, symbol=symbol, amount=amount, entry_price=entry, position_side=side
+            )
+        ]
+
+    def _unknown(self, symbol: str, client_id: str, is_algo: bool, now_ms: int, why: str) -> Event:
+        """The request may have executed: the engine holds the order as UNKNOWN and asks for it once
+        the request can no longer execute (its timestamp + recvWindow has passed)."""
+        log.warning(
+            "order %s %s: outcome unknown (%s); resolved by query, never resent first", symbol, client_id, why
+        )
+        return OrderOutcomeUnknown(
+            now_ms=now_ms,
+            symbol=symbol,
+            client_order_id=client_id,
+            is_algo=is_algo,
+            resolve_after_ms=now_ms + self.rest.recv_window_ms + RESOLVE_MARGIN_MS,
+            reason=why,
+        )
+
+    async def _probe_auth(self, cmd: ProbeAuth, now_ms: int) -> list[Event]:
+        """A signed read (the balance, weight 5) to see whether the API key works again."""
+        try:
+            await self.rest.balance()
+        except BinanceError as err:
+            log.warning("auth probe %d: %s", cmd.attempt, err)
+            return observed(err, now_ms)
+        return [VenueCallSucceeded(now_ms=now_ms, signed=True)]
+
+    async def _resolve(self, cmd: ResolveOrder, now_ms: int) -> list[Event]:
+        """Ask the venue for an order of unknown outcome: its fills and status (as the stream would
+        have pushed them), then ``OrderResolved``."""
+
+        def resolved(outcome: Literal["found", "absent", "failed"], **kw: Any) -> OrderResolved:
+            return OrderResolved(
+                now_ms=now_ms,
+                symbol=cmd.symbol,
+                client_order_id=cmd.client_order_id,
+                is_algo=cmd.is_algo,
+                outcome=outcome,
+                **kw,
+            )
+
+        not_found = ALGO_NOT_FOUND_CODES if cmd.is_algo else NOT_FOUND_CODES
+        try:
+            if cmd.is_algo:
+                answer = await self.rest.query_algo_order(cmd.client_order_id)
+                status = str(answer["algoStatus"])
+                order_id = parse.int_field(answer["algoId"])
+                found = await reconcile.algo_events(self.rest, cmd.symbol, answer, ZERO, now_ms)
+            else:
+                answer = await self.rest.query_order(cmd.symbol, cmd.client_order_id)
+                status = str(answer["status"])
+                order_id = parse.int_field(answer["orderId"])
+                found = await reconcile.order_events(self.rest, answer, ZERO, "UNKNOWN", now_ms)
+        except Rejected as err:
+            if err.code in not_found:
+                return [
+                    resolved("absent", message=f"{err.code} {err.msg}"),
+                    VenueCallSucceeded(now_ms=now_ms),
+                ]
+            return [resolved("failed", message=f"{err.code} {err.msg}"), *observed(err, now_ms)]
+        except BinanceError as err:
+            return [resolved("failed", message=f"{err.code} {err.msg}"), *observed(err, now_ms)]
+        except (KeyError, ValueError, TypeError) as exc:
+            log.warning("resolving %s: unusable answer (%s)", cmd.client_order_id, exc)
+            return [resolved("failed", message=f"unusable answer: {exc}")]
+        return [
+            *found,
+            resolved("found", order_id=order_id, status=status),
             VenueCallSucceeded(now_ms=now_ms),
         ]
 

@@ -80,6 +80,16 @@ class CancelAlgoOrder(Command):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ResolveOrder(Command):
+    """Query one order whose placement outcome is unknown, by its client id (answer: ``OrderResolved``)."""
+
+    symbol: str
+    client_order_id: str
+    is_algo: bool = False
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QueryExchange(Command):
     """Take an exchange snapshot (positions, open orders, open algo orders, position mode)."""
 
@@ -119,6 +129,14 @@ class PersistCursor(Command):
 class PersistCooldown(Command):
     symbol: str
     received_at_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeAuth(Command):
+    """One signed read while the API key is refused (N-25): its success lifts the auth lock, so a
+    transient -2015 never locks trading out until a restart."""
+
+    attempt: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

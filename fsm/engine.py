@@ -70,6 +70,12 @@ LOCKED_MESSAGES = {
     AUTH: "AUTH_LOCKED",
 }
 ORPHAN_LIMIT = 50
+RISK_SEEN_KEEP = 256  # risk message ids remembered past the cursor (late gap reads, D-34)
+RESOLVE_RETRY_FIRST_MS = 1_000  # a failing query of an UNKNOWN order is asked again after 1 s ...
+RESOLVE_RETRY_MAX_MS = 30_000  # ... doubling up to every 30 s, for as long as it takes
+RESOLVE_ALERT_AFTER = 3  # failed queries before a person is told the order's fate is still unknown
+AUTH_PROBE_FIRST_MS = 5_000  # the auth lock asks the venue with a signed read after 5 s ...
+AUTH_PROBE_MAX_MS = 60_000  # ... doubling up to once a minute, until the key works again
 
 
 class Engine:
@@ -79,6 +85,10 @@ class Engine:
         self.strategy = strategy or Strategy()
         self.symbols: dict[str, SymbolModel] = {}
         self.cursors: dict[int, int] = {}
+        # The risk channel's last processed ids (bounded): a risk message read late by a backfill,
+        # after a newer live one moved the cursor past it (a FloodWait held its gap read), is still
+        # acted on once; risk messages only ever reduce risk (N-27).
+        self.risk_seen: tuple[int, ...] = ()
         self.cooldowns: dict[str, int] = {}
         self.marks: dict[str, Decimal] = {}
         self.infos: dict[str, ev.SymbolInfo] = {}  # filters of every symbol we traded (dust checks)
@@ -99,6 +109,11 @@ class Engine:
         self.last_rest_ms: int | None = None
         self.rest_failing = False
         self.ws_reason = ""
+        # Per symbol: when its last WS mark arrived, the venue time of its last REST mark, and since
+        # when it is watched. One silent symbol is stale even while others tick (W22, W23-1).
+        self.mark_ws_ms: dict[str, int] = {}
+        self.mark_rest_ms: dict[str, int] = {}
+        self.watch_since: dict[str, int] = {}
         # Protection counters (N-24) and operator pause.
         self.rate_failures = 0
         self.rate_successes = 0
@@ -106,9 +121,15 @@ class Engine:
         # D-23: strategy settings refused by the settings lock, applied once nothing is active.
         self.pending_settings: dict[str, str] = {}
         self.requery_due_ms = 0
+        self.auth_probe_due_ms = 0
+        self.auth_probes = 0
         self.recovery_snapshot_done = False
+        self.recovery_started_ms = 0
+        self.price_seen_ms = 0  # when the last fresh mark price (any symbol, WS or REST) arrived
         self.recovery_query_due_ms = 0
         self.recovery_hints: dict[str, tuple[int, str]] = {}
+        self.recovery_closing: dict[str, str] = {}  # symbol -> reason of a close decided before the restart
+        self.recovery_held: dict[str, Decimal] = {}  # symbol -> position the last snapshot held
         self.now_ms = 0
         self._out: list[cmd.Command] = []
         self._handler_table = self._handlers()
@@ -156,6 +177,7 @@ class Engine:
             else:
                 handler(event)
                 if not isinstance(event, ev.MarkPriceTick):  # a price never changes what is held
+                    self._settle_deferred_closes()
                     self._recompute_entry_lock()
                     if self.pending_settings:
                         self._apply_pending_settings()
@@ -163,10 +185,44 @@ class Engine:
             # The commands decided before the failure are kept: they match the state already changed.
             log.exception("engine failed on %s", type(event).__name__)
             self._out.append(cmd.Log(kind="anomaly", reason="engine_error", data=(("error", repr(exc)),)))
+            self._contain_failure(event, exc)
         if self._released:
             self._recycle()
         out, self._out = self._out, []
         return out
+
+    def _contain_failure(self, event: ev.Event, exc: Exception) -> None:
+        """A half-applied event must not be traded on: a person is told, and the engine recovers
+        from the exchange as after a restart (N-28): the recovery lock blocks every entry until a
+        fresh snapshot has rebuilt each symbol and a price has answered. Decided closes and the
+        positions held are carried into the rebuild; monitoring is dropped."""
+        try:
+            self._critical(
+                "engine_error",
+                None,
+                f"internal error on {type(event).__name__} ({type(exc).__name__}): entries locked, "
+                "re-reading the exchange to rebuild the state",
+            )
+            closing, held = recovery_facts(self.symbols)
+            self._on_recovery_started(
+                ev.RecoveryStarted(
+                    now_ms=self.now_ms,
+                    managed=tuple(
+                        sorted(
+                            (s, m.message_id, m.state) for s, m in self.symbols.items() if m.state != "IDLE"
+                        )
+                    ),
+                    generations=tuple(
+                        sorted(
+                            (s, leg, g) for s, m in self.symbols.items() for leg, g in m.generations.items()
+                        )
+                    ),
+                    closing=closing,
+                    held=held,
+                )
+            )
+        except Exception:  # never fail while containing a failure: the alert above is what matters
+            log.exception("engine failure containment failed")
 
     def state_of(self, symbol: str) -> str:
         model = self.symbols.get(symbol)
@@ -191,8 +247,13 @@ class Engine:
             if model.close_retry_at_ms:
                 deadlines.append(model.close_retry_at_ms)
             deadlines.extend(o.retry_at_ms for o in model.orders.values() if o.retry_at_ms)
+            deadlines.extend(
+                o.resolve_at_ms for o in model.orders.values() if o.resolve_at_ms and o.status == "UNKNOWN"
+            )
         if self.locks[EXIT_CANCEL_LOCK].state == "CANCEL_FAILED":
             deadlines.append(self.requery_due_ms)
+        if self.locks[AUTH].state == "AUTH_LOCKED" and self.auth_probe_due_ms:
+            deadlines.append(self.auth_probe_due_ms)
         grace = self.strategy.position_sync_grace_seconds * 1000
         deadlines.extend(at + grace for at in self.unconfirmed_fills.values())
         if self.last_ws_ms is not None:
@@ -252,6 +313,8 @@ class Engine:
             ev.OrderAccepted: self._on_accepted,
             ev.AlgoOrderAccepted: self._on_algo_accepted,
             ev.OrderRejected: self._on_rejected,
+            ev.OrderOutcomeUnknown: self._on_outcome_unknown,
+            ev.OrderResolved: self._on_resolved,
             ev.OrderUpdated: self._on_order_update,
             ev.AlgoOrderUpdated: self._on_algo_update,
             ev.CancelResult: self._on_cancel_result,
@@ -355,6 +418,7 @@ class Engine:
             for cid in list(self.closed_fills)[:500]:
                 del self.closed_fills[cid]
         self._emit(cmd.UnsubscribeMarket(symbols=(model.symbol,)))
+        self.watch_since.pop(model.symbol, None)
         self._released.append(model)
         del self.symbols[model.symbol]
 
@@ -382,9 +446,22 @@ class Engine:
             return
         last = self.cursors.get(event.chat_id, 0)
         rerun = event.rerun and event.chat_id == strategy.risk_chat_id  # D-18: past the cursor on purpose
-        if event.message_id <= last and not rerun:  # W00-2, G02
+        late_risk = (
+            event.chat_id == strategy.risk_chat_id
+            and event.message_id <= last
+            and bool(self.risk_seen)
+            and event.message_id > self.risk_seen[0]
+            and event.message_id not in self.risk_seen
+        )
+        if late_risk:
+            self._log(
+                "message_late", None, "risk_gap_read_after_a_newer_message", message_id=event.message_id
+            )
+        elif event.message_id <= last and not rerun:  # W00-2, G02
             self._log("message_dropped", None, "duplicate_or_old", message_id=event.message_id, last=last)
             return
+        if event.chat_id == strategy.risk_chat_id and event.message_id not in self.risk_seen:
+            self.risk_seen = tuple(sorted((*self.risk_seen, event.message_id)))[-RISK_SEEN_KEEP:]
         if event.message_id > last:
             self.cursors[event.chat_id] = event.message_id
             self._emit(cmd.PersistCursor(chat_id=event.chat_id, message_id=event.message_id))
@@ -568,7 +645,8 @@ class Engine:
         stale_ms = self.strategy.stale_mark_price_seconds * 1000
         if event.source == "WS":
             self.last_ws_ms = now
-            if self.price_source == "REST":  # W23
+            self.mark_ws_ms[event.symbol] = now
+            if self.price_source == "REST" and self._ws_silent(now) is None:  # W23
                 self.price_source = "WS"
                 self._emit(cmd.UsePriceSource(source="WS", reason="websocket message received"))
                 self._log("price_source", None, "ws_back", at_ms=now)
@@ -576,7 +654,10 @@ class Engine:
         else:
             self.rest_failing = False
             self.last_rest_ms = max(self.last_rest_ms or 0, event.event_time_ms)
+            self.mark_rest_ms[event.symbol] = max(self.mark_rest_ms.get(event.symbol, 0), event.event_time_ms)
             fresh = now - event.event_time_ms < stale_ms
+        if fresh:
+            self.price_seen_ms = now
         if fresh and self.locks[SAFETY_LOCK].state == "PRICE_STALE":
             self._fire_lock(SAFETY_LOCK, "price_fresh", f"fresh {event.source} mark price")
             self._emit(cmd.Notify(kind="safety_lock_lifted", text="fresh mark price: safety lock lifted"))
@@ -608,24 +689,63 @@ class Engine:
             return
         self._evaluate_triggers(now)
 
+    def _watched_ws_at(self, now: int) -> list[tuple[str, int]]:
+        """(symbol, time of its last WS mark or of the start of its watch) for every watched symbol."""
+        out = []
+        for symbol, model in self.symbols.items():
+            if model.state == "IDLE":
+                continue
+            since = self.watch_since.setdefault(symbol, now)
+            out.append((symbol, max(self.mark_ws_ms.get(symbol, 0), since)))
+        return out
+
+    def _ws_silent(self, now: int) -> str | None:
+        """A watched symbol with no WS mark for the fallback time (its own stream is silent)."""
+        limit = self.strategy.ws_stale_fallback_seconds * 1000
+        return next((s for s, at in self._watched_ws_at(now) if now - at >= limit), None)
+
     def _check_price_source(self, now: int) -> None:
         s = self.strategy
         assert self.last_ws_ms is not None
         ws_age = now - self.last_ws_ms
-        if self.price_source == "WS" and ws_age >= s.ws_stale_fallback_seconds * 1000:  # W22
+        fallback_ms = s.ws_stale_fallback_seconds * 1000
+        stale_ms = s.stale_mark_price_seconds * 1000
+        watched = self._watched_ws_at(now)
+        silent = next((sym for sym, at in watched if now - at >= fallback_ms), None)
+        if self.price_source == "WS" and (ws_age >= fallback_ms or silent is not None):  # W22
             self.price_source = "REST"
             cause = self.ws_reason or "no message"
-            self._emit(
-                cmd.UsePriceSource(source="REST", reason=f"no websocket message for {ws_age} ms ({cause})")
-            )
-            self._log("price_source", None, "rest_fallback", at_ms=now, cause=cause)
-        stale_ms = s.stale_mark_price_seconds * 1000
+            what = f"no websocket message for {ws_age} ms" if ws_age >= fallback_ms else f"{silent} silent"
+            self._emit(cmd.UsePriceSource(source="REST", reason=f"{what} ({cause})"))
+            self._log("price_source", silent, "rest_fallback", at_ms=now, cause=cause)
         rest_stale = self.rest_failing or self.last_rest_ms is None or now - self.last_rest_ms >= stale_ms
-        if ws_age >= stale_ms and rest_stale and self.locks[SAFETY_LOCK].state == "PRICE_OK":  # W23-1
-            self._fire_lock(SAFETY_LOCK, "price_stale", f"no fresh mark price for {ws_age} ms")
-            self._critical("safety_lock", None, "mark price stale: safety lock on, flattening")
-            for model in list(self.symbols.values()):
-                self._stale_reset(model)
+        stale_symbol = next(
+            (
+                sym
+                for sym, at in watched
+                if now - max(at, self.mark_rest_ms.get(sym, 0)) >= stale_ms
+                and (self.rest_failing or now - self.mark_rest_ms.get(sym, 0) >= stale_ms)
+            ),
+            None,
+        )
+        if self.locks[SAFETY_LOCK].state != "PRICE_OK":
+            return
+        if ws_age >= stale_ms and rest_stale:  # W23-1
+            why = f"no fresh mark price for {ws_age} ms"
+        elif stale_symbol is not None:
+            why = f"no fresh mark price of {stale_symbol} for {stale_ms // 1000} s or more"
+        else:
+            return
+        self._fire_lock(SAFETY_LOCK, "price_stale", why)
+        released = [m.symbol for m in self.symbols.values() if m.state == "MONITORING"]
+        closing = [m.symbol for m in self.symbols.values() if m.position() > 0]
+        for model in list(self.symbols.values()):
+            self._stale_reset(model)
+        done = [f"{len(released)} monitoring released"] if released else []
+        done += [f"closing {', '.join(closing)} at market"] if closing else []
+        self._critical(
+            "safety_lock", None, f"safety lock on: {why}; " + ("; ".join(done) or "nothing was held")
+        )
 
     def _stale_reset(self, model: SymbolModel) -> None:
         if model.state == "MONITORING":
@@ -653,6 +773,17 @@ class Engine:
                 if order.retry_at_ms and now >= order.retry_at_ms and order.status == "PENDING":
                     order.retry_at_ms = 0
                     self._retry(model, order)
+                if order.status == "UNKNOWN" and order.resolve_at_ms and now >= order.resolve_at_ms:
+                    order.resolve_at_ms = 0  # one query in flight at a time
+                    order.resolve_attempts += 1
+                    self._emit(
+                        cmd.ResolveOrder(
+                            symbol=model.symbol,
+                            client_order_id=order.cid,
+                            is_algo=order.is_algo,
+                            attempt=order.resolve_attempts,
+                        )
+                    )
             if model.close_retry_at_ms and now >= model.close_retry_at_ms and not model.open_orders("CLOSE"):
                 self._market_close(model, "timed close retry")
             # R20..R22: the venue's position disagrees with our fills for longer than the grace.
@@ -662,7 +793,16 @@ class Engine:
                 and now - model.mismatch_since_ms >= grace
                 and model.symbol in self.symbols
             ):
-                self._sync_position(model)
+                self._position_mismatch(model, now)
+        if (
+            self.locks[AUTH].state == "AUTH_LOCKED"
+            and self.auth_probe_due_ms
+            and now >= self.auth_probe_due_ms
+        ):
+            self.auth_probes += 1
+            wait = min(AUTH_PROBE_MAX_MS, AUTH_PROBE_FIRST_MS * 2**self.auth_probes)
+            self.auth_probe_due_ms = now + wait
+            self._emit(cmd.ProbeAuth(attempt=self.auth_probes))
         if self.locks[EXIT_CANCEL_LOCK].state == "CANCEL_FAILED" and now >= self.requery_due_ms:  # R16
             self.requery_due_ms = now + s.requery_interval_seconds * 1000
             for model in self.symbols.values():
@@ -772,7 +912,7 @@ class Engine:
         if self.paused:
             return "paused"
         for other, amount in self.account_positions.items():
-            if other != symbol and not rules.is_dust(amount, self.infos.get(other)):
+            if other != symbol and not rules.is_dust(amount, self.infos.get(other.partition(":")[0])):
                 return f"entry_lock: position {other}"
         for key, other in self.account_entry_orders.items():
             if other != symbol:
@@ -936,6 +1076,19 @@ class Engine:
             self._fire(model, "exit_started", f"market close: {reason}")
         if model.open_orders("CLOSE"):
             return
+        racing = self._racing_exits(model)
+        if racing:
+            model.close_deferred = True
+            self._log(
+                "close_deferred", model.symbol, "exit_cancel_in_flight", cids=",".join(o.cid for o in racing)
+            )
+            return
+        model.close_deferred = False
+        # An exit whose cancel failed for good may still trade: the close leaves its rest to it.
+        held_back = sum(
+            (o.qty - o.filled for o in model.open_orders(*LIMIT_EXIT_LEGS) if o.status == "CANCELING"), ZERO
+        )
+        qty = rules.exit_quantity(position - held_back, model.info, market=True) if held_back else qty
         market_min = (
             model.info.market_min_qty if model.info.market_min_qty is not None else model.info.min_qty
         )
@@ -963,6 +1116,29 @@ class Engine:
             )
         )
 
+    @staticmethod
+    def _racing_exits(model: SymbolModel) -> list[OrderTrack]:
+        """Limit exits whose cancel is unanswered: they may still trade until it is. (An exit of
+        unknown outcome does not hold a loss-cut back for its recvWindow: the close is reduce-only,
+        so the venue refuses what would exceed the position; D-26.)"""
+        if model.cancel_failed:
+            return []
+        return [
+            o
+            for o in model.open_orders(*LIMIT_EXIT_LEGS)
+            if o.status == "CANCELING" or (o.status == "UNKNOWN" and o.cancel_attempts > 0)
+        ]
+
+    def _settle_deferred_closes(self) -> None:
+        """A deferred close goes out once every racing exit has answered (sized by what they traded)."""
+        for model in list(self.symbols.values()):
+            if model.close_deferred and not self._racing_exits(model) and not model.open_orders("CLOSE"):
+                model.close_deferred = False
+                if model.position() > 0:
+                    self._market_close(model, model.close_reason or "close")
+                else:
+                    self._finish_if_flat(model, dust_ok=True)
+
     def _cancel_all(
         self, model: SymbolModel, *, legs: tuple[str, ...] = (), exclude_legs: tuple[str, ...] = ()
     ) -> None:
@@ -972,10 +1148,12 @@ class Engine:
             self._cancel(model, order)
 
     def _cancel(self, model: SymbolModel, order: OrderTrack) -> None:
+        if order.status == "UNKNOWN":
+            # A cancel cannot settle an order whose request may still execute ("gone" proves nothing
+            # yet): its resolution decides, and cancels it then if it lives (``_on_resolved``).
+            self._log("cancel_deferred", model.symbol, "outcome_unknown", cid=order.cid)
+            return
         order.cancel_attempts += 1
-        if order.status == "PENDING":
-            # Not acknowledged yet: cancel by client id all the same (the executor resolves it).
-            pass
         order.status = "CANCELING"
         if order.is_algo:
             self._emit(
@@ -1033,6 +1211,12 @@ class Engine:
             self._count_rate_failure()
         if event.category == "auth":
             self._enter_auth_lock(f"{event.code} {event.message}")
+        if event.category == "flat" and order.leg not in ENTRY_LEGS:
+            order.status = "REJECTED"
+            if model.venue_position == 0:  # the venue's position, read with the refusal: flat
+                self._log("position_sync", model.symbol, "venue_flat_on_close", cid=order.cid)
+                self._sync_position(model)
+                return
         retryable = event.retryable and order.attempts < self.strategy.entry_attempts
         if order.leg in ENTRY_LEGS and event.retry_after_ms > ENTRY_WAIT_MAX_MS:
             retryable = False  # an entry this late would no longer be at its trigger
@@ -1042,6 +1226,85 @@ class Engine:
             self._stop_rejected(model, order, event, retryable)
         else:
             self._exit_rejected(model, order, event, retryable)
+
+    def _on_outcome_unknown(self, event: ev.OrderOutcomeUnknown) -> None:
+        """The order may or may not exist: it stays open (UNKNOWN) and holds its leg, the entry lock
+        and the symbol, and is queried once its request can no longer execute (never resent first)."""
+        model = self.symbols.get(event.symbol)
+        order = model.orders.get(event.client_order_id) if model else None
+        if model is None or order is None:
+            self._anomaly("unknown_order_outcome", event.symbol, event.client_order_id)
+            return
+        self._log(
+            "order_unknown",
+            model.symbol,
+            event.reason or "outcome_unknown",
+            cid=order.cid,
+            leg=order.leg,
+            resolve_at_ms=event.resolve_after_ms,
+        )
+        if order.status != "PENDING":
+            return  # the user stream already told what became of it
+        order.status = "UNKNOWN"
+        order.resolve_at_ms = max(event.resolve_after_ms, self.now_ms)
+
+    def _on_resolved(self, event: ev.OrderResolved) -> None:
+        model = self.symbols.get(event.symbol)
+        order = model.orders.get(event.client_order_id) if model else None
+        if model is None or order is None:
+            self._anomaly("unknown_order_resolved", event.symbol, event.client_order_id)
+            return
+        self._log("order_resolved", model.symbol, event.outcome, cid=order.cid, status=event.status)
+        if order.cid in model.readback_cids:
+            model.readback_cids = tuple(c for c in model.readback_cids if c != order.cid)
+            if not model.readback_cids and model.mismatch_since_ms:
+                self._sync_position(model)  # the read-back did not explain it: an outside change
+            if order.status != "UNKNOWN":
+                return
+        if event.outcome == "found":
+            self._count_success()
+            order.order_id = order.order_id or event.order_id
+            if order.status == "UNKNOWN":
+                order.status = "NEW"
+            if model.closing and order.leg != "CLOSE" and order.is_open and order.status != "CANCELING":
+                self._cancel(model, order)  # it came to life after the symbol decided to close
+            return
+        if order.status != "UNKNOWN":
+            return  # a pushed update already settled it
+        if event.outcome == "failed":
+            wait = min(RESOLVE_RETRY_MAX_MS, RESOLVE_RETRY_FIRST_MS * 2 ** (order.resolve_attempts - 1))
+            order.resolve_at_ms = self.now_ms + wait
+            if order.resolve_attempts == RESOLVE_ALERT_AFTER:
+                self._critical(
+                    "order_unknown",
+                    model.symbol,
+                    f"{model.symbol}: the outcome of {order.leg} order {order.cid} is still unknown after "
+                    f"{order.resolve_attempts} queries ({event.message}); it holds the symbol until known",
+                )
+            return
+        # Absent, asked after the request could no longer execute: it never existed. The leg is
+        # free again: the same order goes out once more while attempts remain (N-12), or the leg
+        # fails as a rejection would.
+        if model.closing and order.leg != "CLOSE":
+            order.status = "CANCELED"
+            self._finish_if_flat(model)
+            return
+        # An entry is not sent again: by now (recvWindow later) it is no longer at its trigger (as
+        # D-20 gives up an entry the venue asks to delay); an exit or a stop goes out once more.
+        if order.attempts < self.strategy.entry_attempts and order.leg not in ENTRY_LEGS:
+            self._retry(model, order)
+            return
+        self._on_rejected(
+            ev.OrderRejected(
+                now_ms=event.now_ms,
+                symbol=model.symbol,
+                client_order_id=order.cid,
+                code=0,
+                message="absent after an unknown outcome",
+                retryable=False,
+                category="retry",
+            )
+        )
 
     def _resend(self, model: SymbolModel, order: OrderTrack, wait_ms: int) -> None:
         """A retry now, or once the wait the venue asked for is over (the order stays PENDING, so
@@ -1121,13 +1384,15 @@ class Engine:
         if retryable and order.leg == "CLOSE":
             self._resend(model, order, event.retry_after_ms)
             return
-        if event.category == "filter":  # N-20
-            self._exit_filter_failure(model, order.leg, f"filter {event.code}")
-            return
         if order.leg == "CLOSE":
+            # A refused close (filters included: a filter refusal repeats if resent at once) is
+            # tried again within the attempts, then on D-19's growing delay with an alert.
             self._close_again(
                 model, f"close retry after {event.code}", f"market close failed: {event.code} {event.message}"
             )
+            return
+        if event.category == "filter":  # N-20
+            self._exit_filter_failure(model, order.leg, f"filter {event.code}")
             return
         self._market_close(model, f"limit exit rejected ({event.code}): market fallback")  # R12
 
@@ -1302,6 +1567,7 @@ class Engine:
             and model.venue_position == model.position()
         ):
             model.mismatch_since_ms = 0
+            model.mismatch_readback = False
         if was_open and not order.is_open:
             self._finish_if_flat(model)
 
@@ -1392,8 +1658,11 @@ class Engine:
             self._cancel_all(model)
             self._finish_if_flat(model, dust_ok=True)
         elif order.status == "FILLED" and not model.open_orders("CLOSE"):
-            # The exit filled but some position is left (sizes raced): close the rest at market.
-            self._market_close(model, f"{order.leg} filled, remainder")
+            # The exit filled but some position is left (sizes raced, or a close capped by
+            # MARKET_LOT_SIZE.maxQty): close the rest at market, for the same reason.
+            if order.leg == "CLOSE":
+                model.close_attempts = 0  # a close that went through: the next slice starts afresh
+            self._market_close(model, model.close_reason or f"{order.leg} filled, remainder")
 
     def _finish_if_flat(self, model: SymbolModel, *, dust_ok: bool = False) -> None:
         """Reset once a closing symbol has no position (or dust) and no open order left."""
@@ -1486,6 +1755,13 @@ class Engine:
         if model is None or order is None:
             self._log("cancel_result_ignored", event.symbol, "unknown_order", cid=event.client_order_id)
             return
+        if event.gone and not order.is_algo and order.leg in LIMIT_EXIT_LEGS and model.close_deferred:
+            # "Already gone": filled or cancelled, and how much traded is not said. The close waits
+            # for the order's own answer, asked now (a filled TP's push may be late or lost).
+            order.status = "UNKNOWN"
+            order.resolve_at_ms = self.now_ms
+            self._log("exit_gone", model.symbol, "querying_before_close", cid=order.cid)
+            return
         if event.ok or event.gone:
             self._count_success()
             self.account_entry_orders.pop(f"{model.symbol}:{order.order_id}", None)
@@ -1550,22 +1826,45 @@ class Engine:
             self.position_times[event.symbol] = event.venue_time_ms
         self.unconfirmed_fills.pop(event.symbol, None)
         amount = abs(event.amount)
+        key = _position_key(event.symbol, event.position_side)
         if amount == 0:
-            self.account_positions.pop(event.symbol, None)
+            self.account_positions.pop(key, None)
         else:
-            self.account_positions[event.symbol] = amount
+            self.account_positions[key] = amount
+        if event.position_side == "LONG":
+            return  # a hedge-mode LONG leg is never ours (we only short): it only holds the entry lock
         model = self.symbols.get(event.symbol)
         if model is None or model.state in ("IDLE", "MONITORING"):
             return
         model.venue_position = amount
+        model.venue_entry_price = event.entry_price
         if amount == model.position():
             model.mismatch_since_ms = 0
+            model.mismatch_readback = False
         elif not model.mismatch_since_ms:
             model.mismatch_since_ms = event.now_ms  # decided after the grace, when no fill explains it
+
+    def _position_mismatch(self, model: SymbolModel, now: int) -> None:
+        """The venue's position still disagrees after the grace. A lost fill push is the usual
+        cause: our open orders are read back first (their fills come back with trade ids), and
+        only a mismatch that survives one more grace is an outside change (R20..R22)."""
+        reads = [o for o in model.open_orders() if o.status != "UNKNOWN"]
+        if model.mismatch_readback or not reads:
+            self._sync_position(model)
+            return
+        model.mismatch_readback = True
+        model.readback_cids = tuple(o.cid for o in reads)
+        model.mismatch_since_ms = now  # if no answer comes, the next grace decides without them
+        self._log("position_mismatch", model.symbol, "reading_orders_back", venue=model.venue_position)
+        for order in reads:
+            self._emit(
+                cmd.ResolveOrder(symbol=model.symbol, client_order_id=order.cid, is_algo=order.is_algo)
+            )
 
     def _sync_position(self, model: SymbolModel) -> None:
         """R20..R22: the venue's position is the truth; follow it."""
         model.mismatch_since_ms = 0
+        model.mismatch_readback = False
         venue = model.venue_position
         assert venue is not None and model.info is not None
         ours = model.position()
@@ -1578,9 +1877,18 @@ class Engine:
         if diff > 0:
             external.filled = diff
         else:
+            # More on the venue than our fills say: the missing fill is priced so that the average
+            # becomes the venue's entry price (never the model's average, 0 before any fill).
             external.leg = "ENTRY1"
             external.filled = -diff
-            external.avg_price = model.average()
+            entry_cost = sum(
+                (o.avg_price * o.filled for o in model.orders.values() if o.leg in ENTRY_LEGS), ZERO
+            )
+            exit_qty = model.exit_filled_qty()
+            wanted = model.venue_entry_price * (venue + exit_qty) - entry_cost
+            external.avg_price = (
+                wanted / -diff if model.venue_entry_price > 0 and wanted > 0 else model.average()
+            )
         model.orders[key] = external
         if venue == 0 or rules.is_dust(venue, model.info):  # R21, R22
             model.closing = True
@@ -1616,9 +1924,9 @@ class Engine:
     def _recompute_entry_lock(self) -> None:
         """N-21, section 1 rule 1: any position above dust or open entry order, account-wide."""
         reasons: list[str] = []
-        for symbol, amount in self.account_positions.items():
-            if not rules.is_dust(amount, self.infos.get(symbol)):
-                reasons.append(f"position {symbol}")
+        for key, amount in self.account_positions.items():
+            if not rules.is_dust(amount, self.infos.get(key.partition(":")[0])):
+                reasons.append(f"position {key}")
         reasons.extend(f"open entry order {key}" for key in sorted(self.account_entry_orders))
         if self.unconfirmed_fills:
             grace = self.strategy.position_sync_grace_seconds * 1000
@@ -1648,6 +1956,8 @@ class Engine:
         for symbol, received_at in event.cooldowns:
             self.cooldowns[symbol] = max(self.cooldowns.get(symbol, 0), received_at)
         self.recovery_hints = {symbol: (message_id, state) for symbol, message_id, state in event.managed}
+        self.recovery_closing = dict(event.closing)
+        self.recovery_held = dict(event.held)
         self.recovery_generations = {}
         for symbol, leg, generation in event.generations:
             self.recovery_generations.setdefault(symbol, {})[leg] = generation
@@ -1655,6 +1965,7 @@ class Engine:
             if model.state == "MONITORING":
                 self._reset(model, "recovery: monitoring dropped")
         self.recovery_snapshot_done = False
+        self.recovery_started_ms = event.now_ms
         self.recovery_query_due_ms = event.now_ms + 5000
         self._emit(cmd.QueryExchange(purpose="recovery"))
 
@@ -1677,13 +1988,21 @@ class Engine:
         self.position_mode = event.position_mode
         self.wallet_balance = event.wallet_balance
         self.available_balance = event.available_balance
-        self.account_positions = {p.symbol: abs(p.amount) for p in event.positions if p.amount != 0}
+        self.account_positions = {
+            _position_key(p.symbol, p.position_side): abs(p.amount) for p in event.positions if p.amount != 0
+        }
         self.account_entry_orders = {}
         for order in event.open_orders:
             closing = order.reduce_only or order.close_position or order.is_algo
             if not closing and not (order.position_side == "SHORT" and order.side == "BUY"):
                 self.account_entry_orders[f"{order.symbol}:{order.order_id}"] = order.symbol
         infos = {i.symbol: i for i in event.symbols}
+        on_venue = {p.symbol for p in event.positions if p.amount != 0} | {
+            o.symbol for o in event.open_orders
+        }
+        for symbol, model in list(self.symbols.items()):
+            if symbol not in on_venue:  # a rebuild after an internal error: nothing of it is left
+                self._reset(model, "recovery: no position and no order on the exchange")
         for symbol in sorted({p.symbol for p in event.positions} | {o.symbol for o in event.open_orders}):
             self._rebuild_symbol(symbol, event, infos.get(symbol))
         self.recovery_snapshot_done = True
@@ -1693,7 +2012,10 @@ class Engine:
 
     def _rebuild_symbol(self, symbol: str, snap: ev.ExchangeSnapshot, info: ev.SymbolInfo | None) -> None:
         """N-28 steps 5-6: classify a symbol from the exchange and reconcile its exit orders."""
-        position = next((p for p in snap.positions if p.symbol == symbol and p.amount != 0), None)
+        position = next(
+            (p for p in snap.positions if p.symbol == symbol and p.amount != 0 and p.position_side != "LONG"),
+            None,
+        )
         orders = [o for o in snap.open_orders if o.symbol == symbol]
         ours: list[tuple[ev.OpenOrderInfo, rules.ParsedClientId]] = []
         for order in orders:
@@ -1750,12 +2072,16 @@ class Engine:
             )
             # Open entries keep their executed quantity (their next update carries it as cum), and the
             # rest of the position is booked so that the total average is the exchange's entry price.
+            # What open exits already executed is inside the exchange's amount: it is booked on the
+            # entry side too, or the position would count it twice (a part-filled TP at a restart).
             executed = [(t.price, t.filled) for t in model.open_orders(*ENTRY_LEGS)]
             for track in model.open_orders(*ENTRY_LEGS):
                 track.avg_price = track.price
-            rest = amount - sum((qty for _, qty in executed), ZERO)
+            exited = sum((t.filled for t in model.open_orders() if t.leg not in ENTRY_LEGS), ZERO)
+            entered = amount + exited
+            rest = entered - sum((qty for _, qty in executed), ZERO)
             if rest > 0:
-                cost = position.entry_price * amount - sum((p * q for p, q in executed), ZERO)
+                cost = position.entry_price * entered - sum((p * q for p, q in executed), ZERO)
                 base.qty = rest
                 base.status, base.filled, base.avg_price = "FILLED", rest, cost / rest
                 model.orders = {base.cid: base, **model.orders}
@@ -1776,9 +2102,10 @@ class Engine:
         if "ENTRY1" in legs:
             self._fire(model, "restore_entry_order", "first entry part-filled")
             model.tp_armed = "TP" not in legs
-        elif "ENTRY2" in legs or "MDD" in legs or "BE" in legs:
+        elif "ENTRY2" in legs or "MDD" in legs or "BE" in legs or self._scaled_in_unseen(symbol, amount):
             self._fire(model, "restore_phase2", "second entry seen")
             model.be_armed = "BE" not in legs
+            self._cancel_all(model, legs=("TP",))  # PHASE2 has no TP (W42)
             if "ENTRY2" not in legs and "MDD" not in legs:
                 self._place_stop(model, "MDD", rules.mdd_stop_price(average, self.strategy.mdd_pct, tick))
         else:
@@ -1790,12 +2117,32 @@ class Engine:
         self._emit(cmd.SubscribeMarket(symbols=(symbol,)))
         # N-28 step 6: exit orders that no longer fit the position are cancelled (and re-armed).
         for track in model.open_orders("TP", "BE"):
-            if track.qty != rules.exit_quantity(amount, info):
+            if track.qty - track.filled != rules.exit_quantity(amount, info) and track.status != "CANCELING":
                 self._cancel(model, track)
                 if track.leg == "TP":
-                    model.tp_armed = True
+                    model.tp_armed = model.state != "PHASE2"
                 else:
                     model.be_armed = True
+        self._resume_decided_close(model)
+
+    def _scaled_in_unseen(self, symbol: str, amount: Decimal) -> bool:
+        """The exchange holds more than the last snapshot did and no scale-in is open: it filled
+        while no daemon watched (kill -9 during the fill)."""
+        held = self.recovery_held.get(symbol)
+        return held is not None and held > 0 and amount > held
+
+    def _resume_decided_close(self, model: SymbolModel) -> None:
+        """A market close decided before the restart (risk PnL <= 0, the five-second rule, the stale
+        lock, D-19's timed retries) is carried out now: a restart never forgets it."""
+        reason = self.recovery_closing.get(model.symbol)
+        if reason is None or model.position() <= 0:
+            return
+        self._critical(
+            "close_resumed",
+            model.symbol,
+            f"{model.symbol}: close at market decided before the restart ({reason})",
+        )
+        self._market_close(model, f"{reason} (resumed after restart)")
 
     def _rebuild_from_hint(
         self, symbol: str, position: ev.PositionInfo, info: ev.SymbolInfo, hint: tuple[int, str]
@@ -1819,8 +2166,8 @@ class Engine:
         base.status, base.filled, base.avg_price = "FILLED", amount, position.entry_price
         model.orders[base.cid] = base
         tick = self._tick(model)
-        if state == "PHASE2":
-            self._fire(model, "restore_phase2", "stored state PHASE2, no open order")
+        if state == "PHASE2" or self._scaled_in_unseen(symbol, amount):
+            self._fire(model, "restore_phase2", f"stored state {state}, no open order")
             model.be_armed = True
             self._place_stop(
                 model, "MDD", rules.mdd_stop_price(position.entry_price, self.strategy.mdd_pct, tick)
@@ -1832,13 +2179,16 @@ class Engine:
             )
             model.tp_armed = model.add_armed = True
         self._emit(cmd.SubscribeMarket(symbols=(symbol,)))
+        self._resume_decided_close(model)
 
     def _maybe_finish_recovery(self) -> None:
         if self.locks[RECOVERY_LOCK].state != "RECOVERING" or not self.recovery_snapshot_done:
             return
+        if self.price_seen_ms < self.recovery_started_ms or self.price_seen_ms == 0:
+            return  # N-28 step 8: the price source must answer before anything resumes, flat or not
         needs_price = [s for s, m in self.symbols.items() if m.state in HOLDING_STATES and not m.closing]
         if any(s not in self.marks for s in needs_price):
-            return  # N-28 step 8: the price source must answer before trading resumes
+            return  # ... and for every symbol held
         self._fire_lock(RECOVERY_LOCK, "recovered", "exchange reconciled, price source checked")
         self._emit(cmd.ResumeTelegram())
 
@@ -1900,6 +2250,8 @@ class Engine:
     def _enter_auth_lock(self, reason: str) -> None:
         if not self._fire_lock(AUTH, "auth_failed", reason):
             return
+        self.auth_probes = 0
+        self.auth_probe_due_ms = self.now_ms + AUTH_PROBE_FIRST_MS
         self._critical("auth_lock", None, f"API key refused: {reason}")
         for model in list(self.symbols.values()):
             if model.state == "MONITORING":  # no position, no open order: reset (N-25)
@@ -1909,6 +2261,7 @@ class Engine:
         self._count_success()
         if event.signed and self.locks[AUTH].state == "AUTH_LOCKED":
             self._fire_lock(AUTH, "auth_restored", "signed request succeeded")
+            self.auth_probe_due_ms = 0
             self._emit(cmd.Notify(kind="auth_lock", text="API key works again"))
 
     def _on_settings(self, event: ev.SettingsChangeRequested) -> None:
@@ -1974,6 +2327,7 @@ class Engine:
 # Engine attributes that snapshot() carries as they are.
 _PLAIN_FIELDS = (
     "cursors",
+    "risk_seen",
     "cooldowns",
     "marks",
     "infos",
@@ -1990,18 +2344,47 @@ _PLAIN_FIELDS = (
     "last_rest_ms",
     "rest_failing",
     "ws_reason",
+    "mark_ws_ms",
+    "mark_rest_ms",
+    "watch_since",
     "rate_failures",
     "rate_successes",
     "paused",
     "pending_settings",
     "requery_due_ms",
+    "auth_probe_due_ms",
+    "auth_probes",
     "recovery_snapshot_done",
+    "recovery_started_ms",
+    "price_seen_ms",
     "recovery_query_due_ms",
     "recovery_hints",
+    "recovery_closing",
+    "recovery_held",
     "recovery_generations",
     "closed_fills",
     "now_ms",
 )
+
+
+def _position_key(symbol: str, side: str) -> str:
+    """``account_positions`` key: the symbol for our leg (SHORT, or BOTH in one-way mode), and
+    ``SYMBOL:LONG`` for a hedge-mode LONG leg, which is never ours but holds the entry lock (G01)."""
+    return f"{symbol}:LONG" if side == "LONG" else symbol
+
+
+def recovery_facts(
+    models: dict[str, SymbolModel],
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, Decimal], ...]]:
+    """What a restart must not forget from a saved engine's symbols: the market closes it had
+    decided (``RecoveryStarted.closing``) and the positions it held (``RecoveryStarted.held``)."""
+    closing = sorted(
+        (s, m.close_reason or "close")
+        for s, m in models.items()
+        if m.closing and (m.close_attempts > 0 or m.close_retry_at_ms > 0 or m.close_deferred)
+    )
+    held = sorted((s, m.position()) for s, m in models.items() if m.state != "IDLE")
+    return tuple(closing), tuple(held)
 
 
 def _book_fill(order: OrderTrack, event: ev.OrderUpdated) -> Decimal:

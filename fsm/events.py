@@ -234,8 +234,40 @@ class OrderRejected(Event):
     code: int
     message: str
     retryable: bool
-    category: Literal["retry", "rejected", "rate_limited", "auth", "margin", "filter"] = "rejected"
+    # "flat": the venue says the position a closing order needs is not there (-4509, -2022); the
+    # venue's position, read at once, comes just before this event.
+    category: Literal["retry", "rejected", "rate_limited", "auth", "margin", "filter", "flat"] = "rejected"
     retry_after_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderOutcomeUnknown(Event):
+    """An order request whose fate the venue did not tell (a timeout, HTTP 408/-1007, a 5xx "unknown
+    error", a 200 without a usable body). The order may exist: it is never a rejection and never
+    resent blindly. It is resolved by a query made once the request can no longer execute
+    (``resolve_after_ms``: its timestamp + recvWindow, with a margin for clock skew)."""
+
+    symbol: str
+    client_order_id: str
+    is_algo: bool = False
+    resolve_after_ms: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderResolved(Event):
+    """The answer to ``ResolveOrder``. ``found``: the venue knows the order (its fills and status
+    were fed just before as ``OrderUpdated``/``AlgoOrderUpdated``; ``status`` is the venue's);
+    ``absent``: the venue does not know the id, asked after the request could no longer execute, so
+    it never will; ``failed``: the query itself failed (asked again later)."""
+
+    symbol: str
+    client_order_id: str
+    is_algo: bool = False
+    outcome: Literal["found", "absent", "failed"]
+    order_id: int = 0
+    status: str = ""
+    message: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,6 +390,12 @@ class RecoveryStarted(Event):
     # (symbol, leg, last generation) from the same snapshot: a new order never reuses the client id
     # of one that already filled before the restart (the venue would answer -4116).
     generations: tuple[tuple[str, str, int], ...] = ()
+    # (symbol, reason) of every symbol whose market close was decided and not yet done: a restart
+    # must carry the decision out, never forget it (the snapshot keeps it; the exchange cannot).
+    closing: tuple[tuple[str, str], ...] = ()
+    # (symbol, position we held) from the same snapshot: a larger position on the exchange with no
+    # scale-in open means the scale-in filled while no daemon watched (PHASE2, N-17).
+    held: tuple[tuple[str, Decimal], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

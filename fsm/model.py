@@ -15,9 +15,11 @@ from fsm import events
 
 ZERO = Decimal(0)
 
-OPEN_STATUSES = frozenset({"PENDING", "NEW", "PARTIALLY_FILLED", "CANCELING"})
+# UNKNOWN: sent, outcome not told (a timeout): it may be live on the venue, so it counts as open until
+# a query made after the request could no longer execute resolves it.
+OPEN_STATUSES = frozenset({"PENDING", "UNKNOWN", "NEW", "PARTIALLY_FILLED", "CANCELING"})
 TERMINAL_STATUSES = frozenset({"FILLED", "CANCELED", "EXPIRED", "REJECTED"})
-_STATUS_RANK = {"PENDING": 0, "NEW": 1, "CANCELING": 2, "PARTIALLY_FILLED": 2}
+_STATUS_RANK = {"PENDING": 0, "UNKNOWN": 0, "NEW": 1, "CANCELING": 2, "PARTIALLY_FILLED": 2}
 ENTRY_LEGS = frozenset({"ENTRY1", "ENTRY2"})
 LIMIT_EXIT_LEGS = frozenset({"TP", "BE"})
 STOP_LEGS = frozenset({"BE_STOP", "MDD"})
@@ -43,6 +45,8 @@ class OrderTrack:
     realized_pnl: Decimal = ZERO
     commission: Decimal = ZERO
     retry_at_ms: int = 0  # a resend the venue asked us to delay (429 Retry-After); 0 when none
+    resolve_at_ms: int = 0  # UNKNOWN: when its resolving query goes out; 0 while one is in flight
+    resolve_attempts: int = 0
 
     @property
     def is_algo(self) -> bool:
@@ -95,11 +99,17 @@ class SymbolModel:
     close_reason: str = ""
     close_attempts: int = 0
     close_retry_at_ms: int = 0  # after the attempts ran out: when the next timed close goes out
+    # A decided market close waits for the answers to its exit cancels: a limit exit may still trade
+    # until its cancel is answered, and a close sized before that could exceed the position (R11).
+    close_deferred: bool = False
     cancel_failed: bool = False
     # Position as last reported by the venue (ACCOUNT_UPDATE / positionRisk) and since when it
     # disagrees with our fills (R20).
     venue_position: Decimal | None = None
+    venue_entry_price: Decimal = ZERO
     mismatch_since_ms: int = 0
+    mismatch_readback: bool = False  # our open orders were read back for the current mismatch
+    readback_cids: tuple[str, ...] = ()  # ... and these answers are still awaited
     unmanaged: bool = False
 
     def reset_to(self, symbol: str) -> None:

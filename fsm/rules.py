@@ -72,9 +72,14 @@ def size_order(funds: Decimal, price: Decimal, info: SymbolInfo, *, market: bool
 
 
 def exit_quantity(position: Decimal, info: SymbolInfo, *, market: bool = False) -> Decimal:
-    """A closing quantity never above the position (R11): the position floored to the step."""
+    """A closing quantity never above the position (R11): the position floored to the step; a market
+    close never above MARKET_LOT_SIZE.maxQty either (a larger position closes in several orders)."""
     step = info.market_step_size if market and info.market_step_size else info.step_size
-    return floor_to_step(position, step)
+    qty = floor_to_step(position, step)
+    cap = info.market_max_qty if market else None
+    if cap is not None and cap > 0 and qty > cap:
+        qty = floor_to_step(cap, step)
+    return qty
 
 
 def is_dust(position: Decimal, info: SymbolInfo | None) -> bool:

@@ -13,7 +13,9 @@ a. at most one symbol is beyond MONITORING at a time (a flat EXITING symbol that
 b. no first entry is decided or placed while a global lock is on (lock states read before the event);
 c. no buy (exit) order is larger than the engine's position for the symbol when it is emitted;
 e. snapshot/restore mid-sequence continues with exactly the same commands, and round-trips exactly;
-f. ``handle`` never raises and never reports an ``engine_error``.
+f. ``handle`` never raises and never reports an ``engine_error``;
+g. a symbol never resets while an order of ours for it is open on the venue (issue #11: nothing of
+   ours is left live when the engine says flat).
 
 d. is exhaustive instead: every (state, trigger) pair of every table, on the real machines.
 
@@ -38,7 +40,7 @@ from transitions.core import MachineError
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
-from fsm.engine import Engine
+from fsm.engine import Engine, recovery_facts
 from fsm.model import LockModel, SymbolModel
 from fsm.runtime.scenario import T0_MS, Runner, render
 from fsm.strategy import Strategy
@@ -155,7 +157,7 @@ class Harness:
     position_mode: str = "ONE_WAY"
     runner: Runner = field(init=False)
     rendered: list[str] = field(default_factory=list)
-    problems: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in "abcf"})
+    problems: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in "abcfg"})
     parked: list[cmd.Command] = field(default_factory=list)
     hold: int = 0
     entry_id: int = 1000
@@ -247,6 +249,23 @@ class Harness:
         for buy, position in engine.buys:
             if buy.quantity > position:
                 self.problems["c"].append(f"{where}: {render(buy)} above the position {position}")
+        venue = self.runner.venue
+        for command in commands:
+            if (
+                isinstance(command, cmd.Transitioned)
+                and command.machine == "symbol"
+                and command.dest == "IDLE"
+            ):
+                live = sorted(
+                    cid
+                    for cid, o in venue.orders.items()
+                    if o.symbol == command.symbol
+                    and o.leg != "MANUAL"
+                    and o.status in ("NEW", "PARTIALLY_FILLED")
+                    and rules.parse_client_order_id(cid) is not None
+                )
+                if live and command.source != "MONITORING":
+                    self.problems["g"].append(f"{where}: {command.symbol} reset with {live} live")
 
     # -- actions -----------------------------------------------------------------------------------
 
@@ -277,12 +296,29 @@ class Harness:
             self.runner.engine = ProbeEngine(old.strategy, recovering=True)
             self.parked = []
             self.hold = 0
+            closing, held = recovery_facts(old.symbols)
             self.feed(
                 [
                     ev.RecoveryStarted(
                         now_ms=self.clock_ms,
                         cursors=tuple(sorted(old.cursors.items())),
                         cooldowns=tuple(sorted(old.cooldowns.items())),
+                        managed=tuple(
+                            sorted(
+                                (s, m.message_id, m.state)
+                                for s, m in old.symbols.items()
+                                if m.state != "IDLE"
+                            )
+                        ),
+                        generations=tuple(
+                            sorted(
+                                (s, leg, g)
+                                for s, m in old.symbols.items()
+                                for leg, g in m.generations.items()
+                            )
+                        ),
+                        closing=closing,
+                        held=held,
                     )
                 ]
             )
@@ -452,6 +488,10 @@ class Harness:
             }
         if kind == "no_answer":
             return {"no_answer": {"leg": REJECT_LEGS[a % len(REJECT_LEGS)]}}
+        if kind == "unknown":  # an answer lost (408 / -1007): the venue took the order or not
+            return {"unknown": {"leg": REJECT_LEGS[a % len(REJECT_LEGS)], "accepted": b % 3 != 0}}
+        if kind == "resolve_fail":
+            return {"resolve_fail": {"times": 1 + b % 3}}
         if kind == "venue_error":
             category = ("rate_limited", "auth", "timestamp", "other")[a % 4]
             code = {"rate_limited": -1003, "auth": -2015, "timestamp": -1021, "other": -1000}[category]
@@ -494,6 +534,8 @@ WEIGHTED_KINDS = (
     ("cancel_fail", 1),
     ("prepare_fail", 1),
     ("no_answer", 1),
+    ("unknown", 2),
+    ("resolve_fail", 1),
     ("venue_error", 1),
     ("venue_ok", 1),
     ("ws", 1),
@@ -563,6 +605,19 @@ OVERLAP_WHILE_CANCELLING = _example(
     ("leading", 2, 0, 1),  # ETHUSDT monitoring
     ("mark", 1, 0, 1),  # ETHUSDT enters while BTCUSDT is still EXITING (flat)
     ("release", 0, 0, 1),  # the cancel answer: BTCUSDT back to IDLE
+)
+
+# Issue #11 item 2: the TP's answer is lost (the venue took it), then a loss-cut flattens the position;
+# the symbol must not reset while that TP may be live on the venue (property g).
+TP_UNKNOWN_THEN_LOSS_CUT = _example(
+    ("leading", 1, 0, 1),  # BTCUSDT monitoring
+    ("advance", 0, 0, 1),  # entry placed
+    ("advance", 0, 1, 1),  # entry filled: PHASE1
+    ("unknown", 3, 1, 0),  # the next TP's answer is lost; the venue holds it
+    ("mark", 0, 1, 1),  # TP threshold: TP limit sent (outcome unknown)
+    ("mark", 0, 5, 1),  # above the average: PnL < 0
+    ("risk", 0, 0, 1),  # loss-cut: market close, flat at once
+    ("tick", 0, 0, 2),
 )
 
 # Minimised failures of property b (engine bugs, see the test's docstring): a lock turns on, or another
@@ -635,6 +690,16 @@ def test_exit_quantity_never_exceeds_the_position(run: dict[str, Any]) -> None:
     assert not harness.problems["c"], _explain(harness, "c")
 
 
+@pytest.mark.spec("R15", "R21")
+@PROPERTY_SETTINGS
+@example(run=HAPPY_PATH)
+@example(run=TP_UNKNOWN_THEN_LOSS_CUT)
+@given(run=RUNS)
+def test_never_a_reset_with_an_order_of_ours_live_on_the_venue(run: dict[str, Any]) -> None:
+    harness = _run(run)
+    assert not harness.problems["g"], _explain(harness, "g")
+
+
 @PROPERTY_SETTINGS
 @example(run=HAPPY_PATH)
 @given(run=RUNS)
@@ -651,6 +716,15 @@ def test_happy_path_example_reaches_every_phase() -> None:
     assert dests == ["MONITORING", "ENTRY_ORDER", "PHASE1", "PHASE2", "EXITING", "IDLE"]
     assert harness.engine.active_symbols() == {}
     assert harness.engine.lock_state(ENTRY_LOCK) == "GLOBAL_IDLE"
+    assert all(not found for found in harness.problems.values())
+
+
+def test_tp_unknown_example_really_loss_cuts_with_the_tp_in_doubt() -> None:
+    harness = _run(TP_UNKNOWN_THEN_LOSS_CUT)
+    lines = harness.rendered
+    assert any(line.startswith("Log(kind=order_unknown symbol=BTCUSDT") for line in lines)
+    assert any("leg=CLOSE" in line and line.startswith("PlaceOrder(") for line in lines)
+    assert any(line.startswith("Log(kind=cancel_deferred symbol=BTCUSDT") for line in lines)
     assert all(not found for found in harness.problems.values())
 
 

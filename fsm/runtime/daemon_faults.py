@@ -35,7 +35,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -242,9 +242,11 @@ SCENARIOS: tuple[Scenario, ...] = (
             _MONITOR,
             _TRIGGER,
             *_FILL,
-            _at("PHASE1", 2, _mark("4062.00"), "mark 4062 (scale-in trigger)"),
-            _after(cmd.PlaceOrder, "ENTRY2", 2, _mark("4066.00"), "mark 4066 (scale-in fills)"),
-            _after(cmd.PlaceOrder, "ENTRY2", 4, _mark("4066.00"), "mark 4066 again"),
+            # Above the scale-in level with room to spare: an entry that crosses fills at the book
+            # (3536 after a delayed resend), so the level moves up with it.
+            _at("PHASE1", 2, _mark("4072.00"), "mark 4072 (scale-in trigger)"),
+            _after(cmd.PlaceOrder, "ENTRY2", 2, _mark("4072.00"), "mark 4072 (scale-in fills)"),
+            _after(cmd.PlaceOrder, "ENTRY2", 4, _mark("4072.00"), "mark 4072 again"),
             _at("PHASE2", 2, _mark("3900.00"), "mark 3900 (breakeven limit)"),
             _after(cmd.PlaceOrder, "BE", 2, _mark("3700.00"), "mark 3700 (breakeven fills)"),
             _after(cmd.PlaceOrder, "BE", 5, _mark("3700.00"), "mark 3700 again"),
@@ -409,12 +411,14 @@ def _one(trigger: Trigger, action: Action, label: str) -> tuple[Step, ...]:
     return (Step(trigger=trigger, action=action, label=label),)
 
 
+# binance-usdm-2026.md (corrections): this 5xx text means the request failed (not "unknown").
+SERVICE_UNAVAILABLE = '{"code":-1001,"msg":"Service Unavailable."}'
 TIMESTAMP_BODY = '{"code":-1021,"msg":"Timestamp for this request is outside of the recvWindow."}'
 FAULTS: tuple[DaemonFault, ...] = (
     DaemonFault(
         name="5xx",
-        title="503 on the entry order's POST",
-        steps=_one(ENTRY, _rest_fault("status", status=503), "503"),
+        title='503 "Service Unavailable." on the entry order\'s POST (failed: sent again at once)',
+        steps=_one(ENTRY, _rest_fault("status", status=503, body=SERVICE_UNAVAILABLE), "503"),
         flat_ok="W35 (entry reset after its attempts)",
         flat_evidence=("ETHUSDT ENTRY_ORDER->IDLE",),
     ),
@@ -890,6 +894,17 @@ async def _drive(ctx: CellContext, scenario: Scenario, task: asyncio.Task[int], 
         now = clock.now_ms()
         last = max(ctx.fired.values(), default=origin)
         pending = any(i not in ctx.fired for i in required)
+        # An order of unknown outcome is queried only once its request can no longer execute
+        # (recvWindow, widened on a compressed clock): the story is not over before that.
+        resolving = [
+            o.resolve_at_ms or now
+            for m in daemon.engine.symbols.values()
+            for o in m.orders.values()
+            if o.status == "UNKNOWN"
+        ]
+        if resolving:
+            last = max(last, *resolving)
+            cap = max(cap, max(resolving) + SETTLE_MS)
         if now >= cap or (now >= origin + scenario.end_ms and not pending and now >= last + SETTLE_MS):
             break
         await asyncio.sleep(POLL_S)
@@ -985,7 +1000,7 @@ class ScriptedSource:
     def stop(self) -> None:
         self._queue.put_nowait(None)
 
-    async def run(self, deliver: Callable[[Any], Any], cursors: dict[int, int]) -> None:
+    async def run(self, deliver: Callable[[Any], Any], cursors: Mapping[int, int]) -> None:
         while (item := await self._queue.get()) is not None:
             if item.message_id > cursors.get(item.chat_id, 0):
                 await deliver(item.to_raw(self.origin_ms))

@@ -23,7 +23,7 @@ import yaml
 
 from fsm import commands as cmd
 from fsm import events as ev
-from fsm.engine import Engine
+from fsm.engine import Engine, recovery_facts
 from fsm.strategy import Strategy
 from telegram_ingest.grammar import parse_message
 
@@ -48,6 +48,19 @@ ORDER_TYPES: dict[type[cmd.Command], str] = {
     cmd.CancelAlgoOrder: "cancel_algo",
     cmd.PrepareOrder: "prepare",
 }
+
+
+# Step keys that script the venue's next answers (each a ``Rule``; ``reject_next`` is a "reject").
+RULE_KEYS = (
+    "reject_next",
+    "prepare_fail",
+    "cancel_fail",
+    "no_answer",
+    "unknown",
+    "resolve_fail",
+    "cancel_race",
+    "auth_probe_fail",
+)
 
 
 class ScenarioError(ValueError):
@@ -85,7 +98,7 @@ class VenueOrder:
 class Rule:
     """A scripted answer for the next matching command(s)."""
 
-    kind: str  # reject | prepare_fail | cancel_fail | no_answer
+    kind: str  # reject | prepare_fail | cancel_fail | no_answer | unknown | resolve_fail
     leg: str | None
     times: int
     params: dict[str, Any]
@@ -201,6 +214,7 @@ def _symbol_info(symbol: str, spec: dict[str, Any]) -> ev.SymbolInfo:
         max_qty=_dec(spec.get("max_qty", "0")),
         market_step_size=_dec(spec["market_step"]) if "market_step" in spec else None,
         market_min_qty=_dec(spec["market_min_qty"]) if "market_min_qty" in spec else None,
+        market_max_qty=_dec(spec["market_max_qty"]) if "market_max_qty" in spec else None,
         min_notional=_dec(spec.get("min_notional", "5")),
     )
 
@@ -328,12 +342,16 @@ class Runner:
             spec = step["message"]
             chat = {"entry": s.entry_chat_id, "risk": s.risk_chat_id}.get(str(spec.get("chat")))
             yield self._message(int(chat if chat is not None else spec["chat"]), spec, str(spec["text"]))
-        for key in ("reject_next", "prepare_fail", "cancel_fail", "no_answer"):
+        for key in RULE_KEYS:
             if key in step:
                 spec = dict(step[key])
                 kind = {"reject_next": "reject"}.get(key, key)
                 leg = spec.pop("leg", None)
                 self.venue.rules.append(Rule(kind, leg, int(spec.pop("times", 1)), spec))
+        if "venue_position" in step:  # the venue's position changes and nobody is told (a lost push)
+            for symbol, amount in step["venue_position"].items():
+                prev = self.venue.positions.get(symbol, (Decimal(0), Decimal(0)))
+                self.venue.positions[symbol] = (_dec(amount), prev[1] if _dec(amount) else Decimal(0))
         if "balance" in step:
             self.venue.wallet = _dec(step["balance"].get("wallet", self.venue.wallet))
             self.venue.available = _dec(step["balance"].get("available", self.venue.available))
@@ -384,6 +402,7 @@ class Runner:
         """A crash and restart: the engine is rebuilt from nothing but what storage keeps (N-28)."""
         old = self.engine
         self.engine = Engine(self.strategy, recovering=True)
+        closing, held = recovery_facts(old.symbols)
         # What the store keeps: cursors, cooldowns, and the last snapshot's managed symbols.
         yield ev.RecoveryStarted(
             now_ms=self.now_ms,
@@ -395,6 +414,8 @@ class Runner:
             generations=tuple(
                 sorted((s, leg, g) for s, m in old.symbols.items() for leg, g in m.generations.items())
             ),
+            closing=closing,
+            held=held,
         )
 
     def _manual_order(self, spec: dict[str, Any]) -> ev.Event:
@@ -458,6 +479,8 @@ class Runner:
         order.cost += qty * price
         order.status = "FILLED" if order.filled >= order.qty else "PARTIALLY_FILLED"
         self.venue.apply_fill(order, qty, price)
+        if spec.get("unseen"):  # the daemon is down (killed): nobody hears the pushes
+            return
         update = self._update(order, order.status, qty, price)
         # The venue reports the order's average price: keep it exact over several fills.
         yield update
@@ -548,10 +571,30 @@ class Runner:
             cid = command.client_order_id if isinstance(command, cmd.PlaceOrder) else command.client_algo_id
             if venue.take_rule("no_answer", command.leg):
                 return []
+            unknown = venue.take_rule("unknown", command.leg)
+            if unknown is not None:
+                # The answer is lost (a timeout, a 408): the venue holds the order only if it took it.
+                answer = ev.OrderOutcomeUnknown(
+                    now_ms=now,
+                    symbol=command.symbol,
+                    client_order_id=cid,
+                    is_algo=isinstance(command, cmd.PlaceAlgoOrder),
+                    resolve_after_ms=now + int(unknown.params.get("resolve_after_ms", 6000)),
+                    reason="timeout",
+                )
+                if not unknown.params.get("accepted", True):
+                    return [answer]
+                taken = [e for e in self._accept(command, cid) if not isinstance(e, ev.OrderAccepted)]
+                return [answer, *taken]
             rule = venue.take_rule("reject", command.leg)
             if rule:
                 code = int(rule.params.get("code", -1001))
+                # Like the executor: a "no position" refusal comes with the venue's position, read then.
+                position = (
+                    [self._position_event(command.symbol)] if rule.params.get("category") == "flat" else []
+                )
                 return [
+                    *position,
                     ev.OrderRejected(
                         now_ms=now,
                         symbol=command.symbol,
@@ -561,98 +604,172 @@ class Runner:
                         retryable=bool(rule.params.get("retryable", False)),
                         category=rule.params.get("category", "rejected"),
                         retry_after_ms=int(float(rule.params.get("retry_after_s", 0)) * 1000),
-                    )
+                    ),
                 ]
-            if cid in venue.orders:  # same client id again: the venue knows it (-4116)
-                existing = venue.orders[cid]
+            return self._accept(command, cid)
+        if isinstance(command, cmd.ResolveOrder):
+            return self._resolve(command)
+        if isinstance(command, cmd.ProbeAuth):
+            if venue.take_rule("auth_probe_fail", None):
                 return [
-                    ev.OrderAccepted(
-                        now_ms=now, symbol=command.symbol, client_order_id=cid, order_id=existing.order_id
-                    )
+                    ev.VenueErrorObserved(now_ms=now, category="auth", code=-2015, message="still refused")
                 ]
-            if isinstance(command, cmd.PlaceAlgoOrder):
-                order = VenueOrder(
+            return [ev.VenueCallSucceeded(now_ms=now, signed=True)]
+        if isinstance(command, (cmd.CancelOrder, cmd.CancelAlgoOrder)):
+            return self._cancel_answer(command)
+        if isinstance(command, cmd.QueryExchange):
+            return [self._snapshot(command.purpose)]
+        return []
+
+    def _resolve(self, command: cmd.ResolveOrder) -> list[ev.Event]:
+        """``GET /fapi/v1/order`` (or ``algoOrder``) by client id after an unknown outcome."""
+        now, venue = self.now_ms, self.venue
+        known = venue.orders.get(command.client_order_id)
+        leg = known.leg if known else None
+        if venue.take_rule("resolve_fail", leg):
+            return [
+                ev.OrderResolved(
+                    now_ms=now,
                     symbol=command.symbol,
-                    cid=cid,
-                    leg=command.leg,
-                    side=command.side,
-                    kind="STOP_MARKET",
-                    price=command.trigger_price,
-                    qty=Decimal(0),
-                    order_id=venue.new_id(),
-                    close_position=True,
-                    algo=True,
+                    client_order_id=command.client_order_id,
+                    is_algo=command.is_algo,
+                    outcome="failed",
+                    message="-1001 internal error",
                 )
-                venue.orders[cid] = order
-                return [
-                    ev.AlgoOrderAccepted(
-                        now_ms=now, symbol=command.symbol, client_algo_id=cid, algo_id=order.order_id
-                    )
-                ]
+            ]
+        if known is None:
+            return [
+                ev.OrderResolved(
+                    now_ms=now,
+                    symbol=command.symbol,
+                    client_order_id=command.client_order_id,
+                    is_algo=command.is_algo,
+                    outcome="absent",
+                    message="-2013 Order does not exist.",
+                )
+            ]
+        # Like the executor: the order's fills as the stream would have pushed them, then its status.
+        fills = [self._update(known, known.status, Decimal(0), Decimal(0))] if known.filled > 0 else []
+        return [
+            *fills,
+            ev.OrderResolved(
+                now_ms=now,
+                symbol=command.symbol,
+                client_order_id=command.client_order_id,
+                is_algo=command.is_algo,
+                outcome="found",
+                order_id=known.order_id,
+                status=known.status,
+            ),
+        ]
+
+    def _accept(self, command: cmd.PlaceOrder | cmd.PlaceAlgoOrder, cid: str) -> list[ev.Event]:
+        """The venue takes the order (or, for a client id it already holds open, answers with it)."""
+        now, venue = self.now_ms, self.venue
+        if cid in venue.orders:  # same client id again: the venue knows it (-4116)
+            existing = venue.orders[cid]
+            return [
+                ev.OrderAccepted(
+                    now_ms=now, symbol=command.symbol, client_order_id=cid, order_id=existing.order_id
+                )
+            ]
+        if isinstance(command, cmd.PlaceAlgoOrder):
             order = VenueOrder(
                 symbol=command.symbol,
                 cid=cid,
                 leg=command.leg,
                 side=command.side,
-                kind=command.order_type,
-                price=command.price or Decimal(0),
-                qty=command.quantity,
+                kind="STOP_MARKET",
+                price=command.trigger_price,
+                qty=Decimal(0),
                 order_id=venue.new_id(),
-                reduce_only=bool(command.reduce_only),
+                close_position=True,
+                algo=True,
             )
             venue.orders[cid] = order
-            out: list[ev.Event] = [
-                ev.OrderAccepted(
-                    now_ms=now, symbol=command.symbol, client_order_id=cid, order_id=order.order_id
+            return [
+                ev.AlgoOrderAccepted(
+                    now_ms=now, symbol=command.symbol, client_algo_id=cid, algo_id=order.order_id
                 )
             ]
-            if command.order_type == "MARKET" and not self.doc.get("manual_market_fills"):
-                out.extend(
-                    self._fill({"cid": cid, "price": str(venue.marks.get(command.symbol, order.price))})
-                )
-            return out
-        if isinstance(command, (cmd.CancelOrder, cmd.CancelAlgoOrder)):
-            cid = command.client_order_id if isinstance(command, cmd.CancelOrder) else command.client_algo_id
-            is_algo = isinstance(command, cmd.CancelAlgoOrder)
-            target = venue.orders.get(cid)
-            leg = target.leg if target else None
-            rule = venue.take_rule("cancel_fail", leg)
-            if rule:
-                return [
-                    ev.CancelResult(
-                        now_ms=now,
-                        symbol=command.symbol,
-                        client_order_id=cid,
-                        ok=False,
-                        code=int(rule.params.get("code", -1001)),
-                        message=str(rule.params.get("message", "internal error")),
-                        is_algo=is_algo,
-                    )
-                ]
-            if target is None or target.status in ("FILLED", "CANCELED", "EXPIRED", "FINISHED"):
-                return [
-                    ev.CancelResult(
-                        now_ms=now,
-                        symbol=command.symbol,
-                        client_order_id=cid,
-                        ok=False,
-                        gone=True,
-                        code=-2011,
-                        is_algo=is_algo,
-                    )
-                ]
-            target.status = "CANCELED"
-            answers: list[ev.Event] = [
+        order = VenueOrder(
+            symbol=command.symbol,
+            cid=cid,
+            leg=command.leg,
+            side=command.side,
+            kind=command.order_type,
+            price=command.price or Decimal(0),
+            qty=command.quantity,
+            order_id=venue.new_id(),
+            reduce_only=bool(command.reduce_only),
+        )
+        venue.orders[cid] = order
+        out: list[ev.Event] = [
+            ev.OrderAccepted(now_ms=now, symbol=command.symbol, client_order_id=cid, order_id=order.order_id)
+        ]
+        if command.order_type == "MARKET" and not self.doc.get("manual_market_fills"):
+            out.extend(self._fill({"cid": cid, "price": str(venue.marks.get(command.symbol, order.price))}))
+        return out
+
+    def _cancel_answer(self, command: cmd.CancelOrder | cmd.CancelAlgoOrder) -> list[ev.Event]:
+        now, venue = self.now_ms, self.venue
+        cid = command.client_order_id if isinstance(command, cmd.CancelOrder) else command.client_algo_id
+        is_algo = isinstance(command, cmd.CancelAlgoOrder)
+        target = venue.orders.get(cid)
+        leg = target.leg if target else None
+        rule = venue.take_rule("cancel_fail", leg)
+        if rule:
+            return [
                 ev.CancelResult(
-                    now_ms=now, symbol=command.symbol, client_order_id=cid, ok=True, is_algo=is_algo
+                    now_ms=now,
+                    symbol=command.symbol,
+                    client_order_id=cid,
+                    ok=False,
+                    code=int(rule.params.get("code", -1001)),
+                    message=str(rule.params.get("message", "internal error")),
+                    is_algo=is_algo,
                 )
             ]
-            if not is_algo:  # like Binance, the user stream reports the cancel too
-                answers.append(self._update(target, "CANCELED", Decimal(0), Decimal(0)))
-            return answers
-        if isinstance(command, cmd.QueryExchange):
-            return [self._snapshot(command.purpose)]
-        return []
+        if target is None or target.status in ("FILLED", "CANCELED", "EXPIRED", "FINISHED"):
+            return [
+                ev.CancelResult(
+                    now_ms=now,
+                    symbol=command.symbol,
+                    client_order_id=cid,
+                    ok=False,
+                    gone=True,
+                    code=-2011,
+                    is_algo=is_algo,
+                )
+            ]
+        race = venue.take_rule("cancel_race", leg)
+        if race is not None and not is_algo:
+            # The order trades once more just before the cancel lands: the DELETE answer's
+            # executedQty says so, the pushes of the trade come after the answer.
+            qty, price = _dec(race.params["qty"]), target.price
+            target.filled += qty
+            target.cost += qty * price
+            venue.apply_fill(target, qty, price)
+            target.status = "CANCELED"
+            return [
+                ev.CancelResult(
+                    now_ms=now,
+                    symbol=command.symbol,
+                    client_order_id=cid,
+                    ok=True,
+                    executed_qty=target.filled,
+                ),
+                self._update(target, "PARTIALLY_FILLED", qty, price),
+                self._update(target, "CANCELED", Decimal(0), Decimal(0)),
+                self._position_event(target.symbol),
+            ]
+        target.status = "CANCELED"
+        answers: list[ev.Event] = [
+            ev.CancelResult(now_ms=now, symbol=command.symbol, client_order_id=cid, ok=True, is_algo=is_algo)
+        ]
+        if not is_algo:  # like Binance, the user stream reports the cancel too
+            answers.append(self._update(target, "CANCELED", Decimal(0), Decimal(0)))
+        return answers
 
     def _snapshot(self, purpose: str) -> ev.ExchangeSnapshot:
         venue = self.venue

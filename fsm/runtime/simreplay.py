@@ -61,6 +61,7 @@ from fsm.runtime.scenario import (
     ENTRY_TEMPLATE,
     ORDER_TYPES,
     RISK_TEMPLATE,
+    RULE_KEYS,
     T0_MS,
     Rule,
     Runner,
@@ -80,10 +81,21 @@ KLINE_COUNT = 200  # the daemon reads the last 200 closed 3m candles at receipt 
 BIG = Decimal("1000000000")
 ORDER_PATH = "/fapi/v1/order"
 ALGO_PATH = "/fapi/v1/algoOrder"
+UNKNOWN_1007 = (  # binance-real-answers.md: POST /fapi/v1/algoOrder, HTTP 408
+    "Timeout waiting for response from backend server. Send status unknown; execution status unknown."
+)
 # Scenarios that stay on the double: they script a venue state or answer Binance cannot produce.
 DOUBLE_ONLY: dict[str, str] = {
     "G01": "a resting reduce-only BUY with no position to reduce: Binance refuses it (-2022)",
     "R22": "a position of 0.0004 with a 0.001 lot step: no trade on Binance can leave it",
+    # The simulated venue pushes every order it takes on the user stream, so these stay silent only on
+    # the double; tests/runtime/test_unknown_outcome.py drops the push through the real daemon.
+    "U02-entry-found": "the user stream stays silent about an order the venue took",
+    "U04-query-fails": "the user stream stays silent about an order the venue took",
+    "U05-tp-unknown-then-loss-cut": "the user stream stays silent about an order the venue took",
+    "R11-close-after-cancel-race": "a trade scripted inside the cancel's own round trip",
+    "R20-lost-fill-push": "one push lost while the others arrive (the sim drops all or none)",
+    "R21-close-refused-venue-flat": "a position gone from the venue with no push at all",
 }
 
 
@@ -221,13 +233,16 @@ class SimRunner(Runner):
             info.step_size,
             info.min_qty,
             max_qty,
-            max_qty,
+            info.market_max_qty or max_qty,
             info.min_notional,
             info.tick_size,  # minPrice: a multiple of the tick, as on Binance
             BIG,
             info.status,
             market_step=info.market_step_size,
             market_min_qty=info.market_min_qty if "market_min_qty" in spec else None,
+            # Listed when the scenario's history begins: klines answer exactly the declared candles,
+            # as Binance answers nothing before a symbol's onboard date.
+            onboard_ms=self.clock.now_ms(),
         )
 
     def _first_mark(self, symbol: str) -> Decimal:
@@ -363,7 +378,7 @@ class SimRunner(Runner):
                     int(chat if chat is not None else spec["chat"]), spec, str(spec["text"])
                 )
             )
-        for key in ("reject_next", "prepare_fail", "cancel_fail", "no_answer"):
+        for key in RULE_KEYS:
             if key in step:
                 spec = dict(step[key])
                 kind = {"reject_next": "reject"}.get(key, key)
@@ -492,6 +507,8 @@ class SimRunner(Runner):
         except SimError as err:
             raise ScenarioError(f"the venue cannot fill {order.client_id}: {err.msg}") from err
         events = self._venue_action(f"fills {order.client_id} {qty} @ {price}")
+        if spec.get("unseen"):  # the daemon is down (killed): nobody hears the pushes
+            return []
         if not spec.get("position_event", True):
             events = [e for e in events if not isinstance(e, ev.PositionChanged)]
         return events
@@ -581,10 +598,12 @@ class SimRunner(Runner):
         elif category == "timestamp" and code >= 0:
             code = -1021
         out: list[ev.Event] = []
+        # A 1 s Retry-After: without one the client backs off to the next venue minute (issue #12).
+        wait = 1 if category == "rate_limited" else None
         for _ in range(int(spec.get("times", 1))):
             count = 2 if category == "timestamp" else 1  # the client re-syncs and retries once
             with self._faults(
-                [_error_fault("GET", "/fapi/v3/balance", code, str(spec.get("message", "")), count)]
+                [_error_fault("GET", "/fapi/v3/balance", code, str(spec.get("message", "")), count, wait)]
             ):
                 try:
                     await self._client().balance()
@@ -633,6 +652,11 @@ class SimRunner(Runner):
             path = ORDER_PATH if isinstance(command, cmd.PlaceOrder) else ALGO_PATH
             if venue.take_rule("no_answer", command.leg):
                 return [RestFault("POST", path, "hang", after_accept=True, hang_s=0.0)]
+            unknown = venue.take_rule("unknown", command.leg)
+            if unknown:  # the answer is lost: 408 / -1007, with or without the order taken
+                body = json.dumps({"code": -1007, "msg": UNKNOWN_1007}, separators=(",", ":"))
+                accepted = bool(unknown.params.get("accepted", True))
+                return [RestFault("POST", path, "status", status=408, body=body, after_accept=accepted)]
             rule = venue.take_rule("reject", command.leg)
             if rule:
                 code = int(rule.params.get("code", -1001))
@@ -647,6 +671,13 @@ class SimRunner(Runner):
                 path = ORDER_PATH if isinstance(command, cmd.CancelOrder) else ALGO_PATH
                 message = str(rule.params.get("message", "Internal error; unable to process your request."))
                 return [_error_fault("DELETE", path, int(rule.params.get("code", -1001)), message)]
+        if isinstance(command, cmd.ProbeAuth) and venue.take_rule("auth_probe_fail", None):
+            message = "Invalid API-key, IP, or permissions for action."
+            return [_error_fault("GET", "/fapi/v3/balance", -2015, message)]
+        if isinstance(command, cmd.ResolveOrder):
+            if venue.take_rule("resolve_fail", self.legs.get(command.client_order_id)):
+                path = ALGO_PATH if command.is_algo else ORDER_PATH
+                return [_error_fault("GET", path, -1001, "Internal error; unable to process your request.")]
         if isinstance(command, cmd.PrepareOrder):
             rule = venue.take_rule("prepare_fail", command.leg)
             if rule:
@@ -883,9 +914,10 @@ VENUE_KEYS = frozenset({"position_mode", "wallet", "available", "symbols", "klin
 STEP_KEYS = frozenset(
     {
         "at", "label", "expect", "ws", "ws_reason", "restart", "settings", "pause", "exchange_info",
-        "leading", "risk", "entry_signal", "message", "reject_next", "prepare_fail", "cancel_fail",
-        "no_answer", "balance", "manual_order", "fill", "venue_cancel", "algo_trigger", "position",
-        "venue_error", "venue_ok", "rest_fail", "rest_mark", "mark", "tick",
+        "leading", "risk", "entry_signal", "message", "balance", "manual_order", "fill", "venue_cancel",
+        "algo_trigger", "position", "venue_position", "venue_error", "venue_ok", "rest_fail", "rest_mark",
+        "mark", "tick",
+        *RULE_KEYS,
     }
 )  # fmt: skip
 EXPECT_KEYS = frozenset(

@@ -93,9 +93,11 @@ def test_the_fault_free_run_tells_its_story(scenario: str) -> None:
 def test_the_reference_orders_at_the_venue() -> None:
     assert _reference("W56").venue_orders == (
         "sf1001-E11-ETHUSDT LIMIT SELL 3535x1.414: FILLED (1.414)",
-        "sf1001-E21-ETHUSDT LIMIT SELL 4065.25x1.036: FILLED (1.036)",
-        "sf1001-BE1-ETHUSDT LIMIT BUY 3759.22x2.45: FILLED (2.45)",
-        "sf1001-MD1-ETHUSDT STOP_MARKET BUY @4323.1: CANCELED",
+        # The scale-in crosses the mark (4072) and fills there, at the book: avg 3761.57 (1.414 x 3535
+        # + 1.032 x 4072) / 2.446, MDD 4325.8.
+        "sf1001-E21-ETHUSDT LIMIT SELL 4065.25x1.032: FILLED (1.032)",
+        "sf1001-BE1-ETHUSDT LIMIT BUY 3761.57x2.446: FILLED (2.446)",
+        "sf1001-MD1-ETHUSDT STOP_MARKET BUY @4325.8: CANCELED",
     )
     assert _reference("W57").venue_orders == (
         "sf1001-E11-ETHUSDT LIMIT SELL 3535x1.414: CANCELED (0.700)",

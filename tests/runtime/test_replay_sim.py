@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from binance.errors import AuthFailed
+from binance.errors import AuthFailed, UnknownOutcome
 from binance.rest import BinanceRest
 from binance.sim.clock import SimClock
 from binance.sim.exchange import SimExchange
@@ -56,8 +56,8 @@ def test_double_only_scenarios_exist_and_really_differ_on_the_sim() -> None:
 
 
 def test_most_of_the_catalog_runs_on_the_sim() -> None:
-    assert len(SCENARIOS) == 105
-    assert len(SCENARIOS) - len(DOUBLE_ONLY) == 103
+    assert len(SCENARIOS) == 121
+    assert len(SCENARIOS) - len(DOUBLE_ONLY) == 113
 
 
 def test_a_scripted_rejection_is_a_real_venue_answer() -> None:
@@ -82,7 +82,7 @@ R12 A rejected limit exit falls back to a market close at once  PASS
         entry_lock GLOBAL_IDLE->GLOBAL_LOCKED
         PrepareOrder(symbol=BTCUSDT leg=ENTRY1 configure_margin=True leverage=1 margin_type=ISOLATED)
           => ready ONE_WAY wallet 1000 available 1000  [GET v1/time 200, GET v1/positionSide/dual 200, \
-GET v2/positionRisk 200, GET v3/balance 200, POST v1/leverage 200, POST v1/marginType 200]
+GET v1/symbolConfig 200, GET v3/balance 200, POST v1/leverage 200, POST v1/marginType 200]
         PlaceOrder(symbol=BTCUSDT client_order_id=sf1001-E11-BTCUSDT leg=ENTRY1 side=SELL order_type=LIMIT \
 quantity=4.950 price=101.0 time_in_force=GTC)
           => accepted #8389765001  [POST v1/order 200]
@@ -90,14 +90,14 @@ quantity=4.950 price=101.0 time_in_force=GTC)
         venue: fills sf1001-E11-BTCUSDT 4.95 @ 101 -> sf1001-E11-BTCUSDT FILLED 4.95@101.0; \
 position BTCUSDT -4.95
         BTCUSDT ENTRY_ORDER->PHASE1
-  ✓ t=     3.0s  reject_next leg=TP code=-2022 message=ReduceOnly Order is rejected. category=rejected; \
-mark BTCUSDT=96.0
+  ✓ t=     3.0s  reject_next leg=TP code=-2022 message=ReduceOnly Order is rejected. category=flat; \
+mark BTCUSDT=96.0 -- -2022 with the position still there (read at once): a refusal, so R12's market fallback
         BTCUSDT PHASE1->EXITING
         BTCUSDT EXITING->IDLE
         entry_lock GLOBAL_LOCKED->GLOBAL_IDLE
         PlaceOrder(symbol=BTCUSDT client_order_id=sf1001-TP1-BTCUSDT leg=TP side=BUY order_type=LIMIT \
 quantity=4.950 price=96.0 time_in_force=GTC reduce_only=True)
-          => rejected -2022 ReduceOnly Order is rejected.  [POST v1/order 400]
+          => rejected -2022 ReduceOnly Order is rejected.  [POST v1/order 400, GET v3/positionRisk 200]
         PlaceOrder(symbol=BTCUSDT client_order_id=sf1001-CL1-BTCUSDT leg=CLOSE side=BUY order_type=MARKET \
 quantity=4.950 reduce_only=True)
           => accepted #8389765002; filled 4.95 @ 96.0  [POST v1/order 200]
@@ -242,7 +242,10 @@ def test_in_process_requests_are_signed_and_checked() -> None:
     assert asyncio.run(scenario()) == (Decimal("250"), -1022)
 
 
-def test_an_unanswered_order_times_out_at_once_and_is_found_by_query() -> None:
+def test_an_unanswered_order_times_out_at_once_and_is_unknown_never_resent() -> None:
+    """In process a hung request times out at once: the order is UNKNOWN (D-26), sent once, and the
+    query the engine schedules after recvWindow finds it."""
+
     async def scenario() -> tuple[int, list[tuple[str, str, int]]]:
         clock = SimClock()
         secret = secrets.token_hex(16)
@@ -266,7 +269,9 @@ def test_an_unanswered_order_times_out_at_once_and_is_found_by_query() -> None:
             "newClientOrderId": "t-hang-1",
         }
         try:
-            answer = await rest.place_order(params)
+            with pytest.raises(UnknownOutcome):
+                await rest.place_order(params)
+            answer = await rest.query_order("BTCUSDT", "t-hang-1")
         finally:
             await rest.aclose()
         return int(answer["orderId"]), [(r.method, r.path, r.status) for r in transport.log[1:]]
