@@ -26,7 +26,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest --spec-report var/spec-report.json
+	$(BIN)/pytest --spec-report=var/spec-report.json
 
 # Regenerate requirements.lock (needs network to the package index and `uv`).
 lock:

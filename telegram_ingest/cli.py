@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from dataclasses import fields
 from decimal import Decimal
 from typing import Any, TextIO
 
 from fsm.events import EntrySignal, LeadingMarket, ParsedMessage, RiskSignal, Unrecognised
+from fsm.runtime.config import ConfigError, env_file_for, load_cli_config, load_secrets
 from telegram_ingest.grammar import parse_message
 from telegram_ingest.listener import SessionLocked, login
 
-DEFAULT_SESSION = "var/telegram.session"
 _KINDS: dict[type, str] = {
     LeadingMarket: "leading",
     RiskSignal: "risk",
@@ -39,11 +38,16 @@ def register(subparsers: Any) -> None:
         "login",
         help="log the Telegram user account in once (interactive)",
         description="Interactive one-time Telegram login. Reads TELEGRAM_API_ID, TELEGRAM_API_HASH and "
-        "TELEGRAM_PHONE from the environment and asks for the login code (and 2FA password).",
+        "TELEGRAM_PHONE from the environment or the .env beside the config file, asks for the login "
+        "code (and 2FA password) and writes the session where the config's telegram.session_path says.",
     )
     log_in.add_argument(
-        "--session", default=DEFAULT_SESSION, help=f"session file (default {DEFAULT_SESSION})"
+        "--config",
+        default=None,
+        help="configuration file (default: config.yaml in the working directory; without one, the "
+        "built-in defaults and the working directory)",
     )
+    log_in.add_argument("--session", default=None, help="session file (default: telegram.session_path)")
     log_in.set_defaults(func=run_login)
 
 
@@ -71,23 +75,33 @@ def run_parse(args: argparse.Namespace, *, stdin: TextIO | None = None, stdout: 
 
 def run_login(args: argparse.Namespace, *, stderr: TextIO | None = None) -> int:
     err = stderr or sys.stderr
-    names = ("TELEGRAM_API_ID", "TELEGRAM_API_HASH", "TELEGRAM_PHONE")
-    missing = [name for name in names if not os.environ.get(name)]
+    try:
+        config, config_path = load_cli_config(getattr(args, "config", None), optional=True)
+        env_file = env_file_for(config_path)
+        secrets_ = load_secrets(env_file)
+    except ConfigError as exc:
+        err.write(f"login: {exc}\n")
+        return 2
+    api_hash = secrets_.telegram_api_hash.get_secret_value()
+    phone = secrets_.telegram_phone.get_secret_value()
+    missing = [
+        name
+        for name, value in (
+            ("TELEGRAM_API_ID", secrets_.telegram_api_id),
+            ("TELEGRAM_API_HASH", api_hash),
+            ("TELEGRAM_PHONE", phone),
+        )
+        if not value
+    ]
     if missing:
         err.write(
-            f"login needs {', '.join(missing)} in the environment "
+            f"login needs {', '.join(missing)} in the environment or {env_file} "
             "(api id and hash from https://my.telegram.org, phone in international format)\n"
         )
         return 2
+    session = args.session or config.telegram.session_path
     try:
-        api_id = int(os.environ["TELEGRAM_API_ID"])
-    except ValueError:
-        err.write("TELEGRAM_API_ID must be the numeric api id from https://my.telegram.org\n")
-        return 2
-    try:
-        who = asyncio.run(
-            login(api_id, os.environ["TELEGRAM_API_HASH"], args.session, os.environ["TELEGRAM_PHONE"])
-        )
+        who = asyncio.run(login(secrets_.telegram_api_id, api_hash, session, phone))
     except SessionLocked as exc:
         err.write(f"{exc}\n")
         return 1
@@ -98,6 +112,7 @@ def run_login(args: argparse.Namespace, *, stderr: TextIO | None = None) -> int:
         err.write(f"login failed: {type(exc).__name__}: {exc}\n")
         return 1
     print(who)
+    print(f"session saved in {session}")
     return 0
 
 

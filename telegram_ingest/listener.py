@@ -11,6 +11,13 @@ over 100 messages (N-27), so the listener reads the history itself with
 delivered first and the engine sees ids in order). The cursor comes from the engine's store; the
 listener never decides what is too old or already processed, it only forwards.
 
+FloodWait: the delivery lock is held for one read pass, never for a FloodWait sleep, so a live
+message is delivered at once while a backfill waits; a live message that arrives during a FloodWait
+is delivered without first reading its gap (the engine's cursor then drops the older gap messages).
+A lost connection is reconnected with a capped exponential back-off; ``on_state`` hears "up" and
+"reconnecting". A session Telegram no longer accepts (revoked, expired) raises ``SessionUnusable``
+out of ``run``: retrying cannot help, the operator must log in again.
+
 The daemon never logs in interactively: ``ensure_authorised`` connects and checks, ``login`` is the
 one-time interactive command.
 """
@@ -22,6 +29,7 @@ import fcntl
 import getpass
 import logging
 import os
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -31,7 +39,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from telethon import TelegramClient, events
-from telethon.errors import FloodWaitError, RPCError
+from telethon.errors import AuthKeyError, FloodWaitError, RPCError, UnauthorizedError
 
 from telegram_ingest.adapter import RawMessage, raw_from_telethon
 
@@ -46,6 +54,31 @@ class NotAuthorised(RuntimeError):
 
 class SessionLocked(RuntimeError):
     """Another process holds the session file (Telethon sessions must never be shared)."""
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+# Telegram refuses the session itself (revoked, expired, deactivated, used from two places):
+# reconnecting cannot help, only ``shortfsm login``.
+SessionUnusable = (UnauthorizedError, AuthKeyError)
+
+
+def login_remedy(session: str | os.PathLike[str]) -> str:
+    return f"run `shortfsm login --session {session}`"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """Reconnect delays: ``initial_s`` doubling up to ``cap_s`` (1, 2, 4, ... 60 s)."""
+
+    initial_s: float = 1.0
+    cap_s: float = 60.0
+
+    def delay(self, failures: int) -> float:
+        """The wait before the attempt that follows ``failures`` failed ones (0 -> ``initial_s``)."""
+        return float(min(self.cap_s, self.initial_s * 2 ** min(max(failures, 0), 32)))
 
 
 class CursorStore(Protocol):
@@ -89,6 +122,7 @@ class ListenerConfig:
     watchdog_interval_s: float = 5.0  # how often ``run`` checks the connection
     dedupe_size: int = 4096  # (chat_id, message_id) keys remembered against double delivery
     max_flood_waits: int = 5  # FloodWait retries within one channel backfill before giving up
+    reconnect_backoff: Backoff = Backoff()  # between failed reconnects of the watchdog
 
 
 @dataclass(slots=True)
@@ -124,6 +158,7 @@ class TelegramListener:
         config: ListenerConfig | None = None,
         clock: Callable[[], int] = wall_clock_ms,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_state: Callable[[str, str], None] | None = None,
     ) -> None:
         if not chat_ids or not all(isinstance(c, int) and not isinstance(c, bool) for c in chat_ids):
             raise ValueError(f"chat_ids must be marked integer ids (-100...), got {chat_ids!r}")
@@ -143,6 +178,10 @@ class TelegramListener:
         self._last_activity_ms = clock()
         self._last_backfill_ms = clock()
         self._was_connected = True
+        self._on_state = on_state
+        self._reconnect_failures = 0
+        self._next_reconnect_ms = 0
+        self._flood_until_ms = 0  # a backfill is sleeping on FloodWait until then
 
     @property
     def chat_ids(self) -> tuple[int, ...]:
@@ -178,18 +217,34 @@ class TelegramListener:
             return
         async with self._lock:
             high = self._high.get(raw.chat_id)
-            if (
+            gap = (
                 high is not None
                 and raw.message_id > high + 1
                 and (raw.chat_id, raw.message_id) not in self._seen
-            ):
+            )
+            if gap and self._clock() < self._flood_until_ms:
+                logger.warning(
+                    "chat %s: live message %s after %s delivered at once; its gap is not read during "
+                    "a FloodWait",
+                    raw.chat_id,
+                    raw.message_id,
+                    high,
+                )
+            elif gap:
                 logger.info(
                     "chat %s: live message %s after %s, reading the gap first",
                     raw.chat_id,
                     raw.message_id,
                     high,
                 )
-                await self._backfill_chat(raw.chat_id, max_id=raw.message_id)
+                _, _, flood_s = await self._read_pass(raw.chat_id, 0, max_id=raw.message_id)
+                if flood_s is not None:
+                    logger.warning(
+                        "chat %s gap read: FloodWait of %d s; live message %s delivered without it",
+                        raw.chat_id,
+                        flood_s,
+                        raw.message_id,
+                    )
             await self._forward(raw)
 
     async def handle_edited(self, event: Any) -> None:
@@ -229,7 +284,7 @@ class TelegramListener:
                 break
             try:
                 await self.check()
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, *SessionUnusable):
                 raise
             except Exception:  # one bad step must not end the watchdog
                 logger.exception("telegram watchdog step failed; continuing")
@@ -239,11 +294,16 @@ class TelegramListener:
         now = self._clock()
         connected = self._client.is_connected()
         if not connected:
-            self._was_connected = False
-            await self._reconnect("the client is disconnected")
+            if self._was_connected:
+                self._was_connected = False
+                self._state("reconnecting", "the connection to Telegram was lost")
+            if now >= self._next_reconnect_ms:
+                await self._reconnect("the client is disconnected")
             return
         if not self._was_connected:
             self._was_connected = True
+            self._reconnect_failures = 0
+            self._state("up", "Telegram's own reconnect")
             logger.info("telegram connection is back; backfilling")
             await self.backfill(reason="reconnected")
             return
@@ -255,12 +315,12 @@ class TelegramListener:
             await self.backfill(reason="periodic")
 
     async def backfill(self, *, reason: str = "periodic") -> int:
-        """Read every channel's history after its cursor, in order; returns messages delivered."""
-        async with self._lock:
-            delivered = 0
-            for chat in self._chats:
-                delivered += await self._backfill_chat(chat)
-            self._last_backfill_ms = self._clock()
+        """Read every channel's history after its cursor, in order; returns messages delivered.
+        The delivery lock is held per read pass: FloodWait sleeps happen outside it."""
+        delivered = 0
+        for chat in self._chats:
+            delivered += await self._backfill_chat(chat)
+        self._last_backfill_ms = self._clock()
         if delivered:
             logger.info("backfill (%s) delivered %d missed message(s)", reason, delivered)
         else:
@@ -272,21 +332,33 @@ class TelegramListener:
     def _touch(self) -> None:
         self._last_activity_ms = self._clock()
 
+    def _state(self, state: str, detail: str) -> None:
+        if self._on_state is not None:
+            self._on_state(state, detail)
+
     async def _reconnect(self, cause: str) -> None:
         logger.warning("telegram watchdog: reconnecting (%s)", cause)
+        self._state("reconnecting", cause)
         try:
             if self._client.is_connected():
                 await self._client.disconnect()
             await self._client.connect()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, *SessionUnusable):
             raise
         except Exception as exc:  # the watchdog must outlive any connection failure
+            delay = self._config.reconnect_backoff.delay(self._reconnect_failures)
+            self._reconnect_failures += 1
+            self._next_reconnect_ms = self._clock() + int(delay * 1000)
+            self._was_connected = False
             logger.error(
-                "telegram reconnect failed: %s: %s; retrying at the next check", type(exc).__name__, exc
+                "telegram reconnect failed: %s: %s; next attempt in %.0f s", type(exc).__name__, exc, delay
             )
             return
         self._was_connected = self._client.is_connected()
+        self._reconnect_failures = 0
+        self._next_reconnect_ms = 0
         self._last_activity_ms = self._clock()
+        self._state("up", "reconnected")
         await self.backfill(reason="reconnect")
 
     async def _floor(self, chat: int) -> int:
@@ -303,46 +375,61 @@ class TelegramListener:
         logger.info("chat %s has no saved cursor: starting after its newest message %s", chat, latest)
         return latest
 
-    async def _backfill_chat(self, chat: int, *, max_id: int = 0) -> int:
+    async def _backfill_chat(self, chat: int) -> int:
+        """One channel's history after its cursor. Each read pass holds the delivery lock; a
+        FloodWait sleep does not, so live messages are delivered while it waits."""
         delivered = 0
         floods = 0
-        min_id: int | None = None
+        resume = 0  # the last id an earlier pass read
         while True:
-            try:
-                if min_id is None:
-                    min_id = await self._floor(chat)
-                history = self._client.iter_messages(chat, min_id=min_id, max_id=max_id, reverse=True)
-                async for message in history:
-                    raw = raw_from_telethon(message, self._clock())
-                    if raw is not None and raw.chat_id == chat and await self._forward(raw):
-                        delivered += 1
-                    message_id = getattr(message, "id", None)
-                    if isinstance(message_id, int) and message_id > min_id:
-                        min_id = message_id
-                break
-            except FloodWaitError as exc:
-                floods += 1
-                if floods > self._config.max_flood_waits:
-                    logger.error("chat %s backfill: FloodWait %d times, giving up for now", chat, floods)
-                    break
-                logger.warning("chat %s backfill: FloodWait of %d s, waiting", chat, exc.seconds)
-                await self._sleep(exc.seconds)
-            except (ValueError, TypeError) as exc:
-                logger.error(
-                    "chat %s history unreadable (%s): is the account a member? "
-                    "`shortfsm login` refreshes the session's channel cache",
-                    chat,
-                    exc,
-                )
-                break
-            except (TimeoutError, RPCError, OSError, ConnectionError) as exc:
-                logger.warning(
-                    "chat %s backfill failed (%s: %s); next backfill retries", chat, type(exc).__name__, exc
-                )
-                break
-        if min_id is not None:
+            async with self._lock:
+                count, resume, flood_s = await self._read_pass(chat, resume)
+            delivered += count
+            if flood_s is None:
+                return delivered
+            floods += 1
+            if floods > self._config.max_flood_waits:
+                logger.error("chat %s backfill: FloodWait %d times, giving up for now", chat, floods)
+                return delivered
+            logger.warning("chat %s backfill: FloodWait of %d s, waiting", chat, flood_s)
+            await self._sleep(flood_s)
+
+    async def _read_pass(self, chat: int, resume: int, *, max_id: int = 0) -> tuple[int, int, int | None]:
+        """One history read after ``max(resume, cursor)`` (the caller holds the lock): messages
+        delivered, the last id read, and the FloodWait seconds that interrupted it (or None)."""
+        delivered = 0
+        flood_s: int | None = None
+        try:
+            min_id = max(resume, await self._floor(chat))
+            resume = min_id
             self._high[chat] = max(self._high.get(chat, 0), min_id)
-        return delivered
+            history = self._client.iter_messages(chat, min_id=min_id, max_id=max_id, reverse=True)
+            async for message in history:
+                raw = raw_from_telethon(message, self._clock())
+                if raw is not None and raw.chat_id == chat and await self._forward(raw):
+                    delivered += 1
+                message_id = getattr(message, "id", None)
+                if isinstance(message_id, int) and message_id > resume:
+                    resume = message_id
+        except FloodWaitError as exc:
+            flood_s = int(exc.seconds)
+            self._flood_until_ms = max(self._flood_until_ms, self._clock() + flood_s * 1000)
+        except SessionUnusable:
+            raise
+        except (ValueError, TypeError) as exc:
+            logger.error(
+                "chat %s history unreadable (%s): is the account a member? "
+                "`shortfsm login` refreshes the session's channel cache",
+                chat,
+                exc,
+            )
+        except (TimeoutError, RPCError, OSError, ConnectionError) as exc:
+            logger.warning(
+                "chat %s backfill failed (%s: %s); next backfill retries", chat, type(exc).__name__, exc
+            )
+        if chat in self._high:
+            self._high[chat] = max(self._high[chat], resume)
+        return delivered, resume, flood_s
 
     async def _forward(self, raw: RawMessage) -> bool:
         key = (raw.chat_id, raw.message_id)
@@ -408,9 +495,12 @@ def open_session_path(path: str | os.PathLike[str]) -> SessionLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         os.close(fd)
+        pid = _lock_holder(lock_path)
+        holder = f"pid {pid}, " if pid is not None else ""
         raise SessionLocked(
-            f"Telegram session {session} is in use by another process (lock {lock_path} is held); "
-            "stop that process first: one session file must never be opened by two processes"
+            f"Telegram session {session} is in use by another process ({holder}lock {lock_path} is held); "
+            "stop that process first: one session file must never be opened by two processes",
+            pid=pid,
         ) from exc
     try:
         os.ftruncate(fd, 0)
@@ -425,12 +515,59 @@ def open_session_path(path: str | os.PathLike[str]) -> SessionLock:
     return SessionLock(session, lock_path, fd)
 
 
-async def ensure_authorised(client: Any) -> None:
+def _lock_holder(lock_path: Path) -> int | None:
+    """The pid the holder wrote into the lock file (None when unreadable or not a live pid)."""
+    try:
+        text = lock_path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def session_file(path: str | os.PathLike[str]) -> Path:
+    """The file Telethon uses for ``path`` (it appends ``.session`` to a name without it)."""
+    session = Path(path)
+    return (
+        session if session.name.endswith(SESSION_SUFFIX) else session.with_name(session.name + SESSION_SUFFIX)
+    )
+
+
+def session_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why the session file certainly cannot be logged in, read offline (None: it may be; only
+    Telegram can say). A Telethon session holds an auth key once it has logged in."""
+    session = session_file(path)
+    if not session.exists():
+        return f"Telegram session {session} does not exist: {login_remedy(session)}"
+    try:
+        size = session.stat().st_size
+    except OSError as exc:
+        return f"Telegram session {session} is unreadable ({exc.strerror}): {login_remedy(session)}"
+    if size == 0:
+        return f"Telegram session {session} is not logged in (empty file): {login_remedy(session)}"
+    try:
+        conn = sqlite3.connect(f"{session.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+        try:
+            keys = [row[0] for row in conn.execute("SELECT auth_key FROM sessions")]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            return f"Telegram session {session} is in use by another program (database locked)"
+        return f"Telegram session {session} is not a Telethon session ({exc}): {login_remedy(session)}"
+    except sqlite3.DatabaseError as exc:
+        return f"Telegram session {session} is not a Telethon session ({exc}): {login_remedy(session)}"
+    if not any(isinstance(key, bytes) and key for key in keys):
+        return f"Telegram session {session} is not logged in (no auth key): {login_remedy(session)}"
+    return None
+
+
+async def ensure_authorised(client: Any, session: str | os.PathLike[str] | None = None) -> None:
     """Connect and check the session is logged in; never prompts (the daemon runs headless)."""
     await client.connect()
     if not await client.is_user_authorized():
         await client.disconnect()
-        raise NotAuthorised("the Telegram session is not logged in: run `shortfsm login` first")
+        remedy = login_remedy(session) if session is not None else "run `shortfsm login`"
+        raise NotAuthorised(f"the Telegram session is not logged in: {remedy} first")
 
 
 async def login(

@@ -33,6 +33,7 @@ from rich.text import Text
 
 from fsm import commands as cmd
 from fsm.engine import Engine
+from fsm.runtime.liveness import liveness
 from fsm.runtime.view import board_view
 
 log = logging.getLogger("shortfsm.runtime.board")
@@ -63,7 +64,7 @@ CONDITIONS: tuple[tuple[str, str, str, str], ...] = (
         "EXIT CANCEL FAILED: an exit order could not be cancelled; new orders blocked, re-querying",
     ),
     ("auth", "AUTH_LOCKED", "critical", "AUTH LOCK: the API key was refused; no new entries"),
-    ("safety_lock", "PRICE_STALE", "critical", "SAFETY LOCK: no fresh mark price; positions closed"),
+    ("safety_lock", "PRICE_STALE", "critical", "SAFETY LOCK: no fresh mark price; no new entries"),
     ("rate_limit", "PROTECT", "warning", "RATE-LIMIT MODE: monitoring goes on, no new entries"),
     ("recovery_lock", "RECOVERING", "warning", "RECOVERING: reconciling with the exchange"),
 )
@@ -238,15 +239,18 @@ def _header(view: dict[str, Any]) -> Panel:
     now = _int(view.get("now_ms"))
     paused = view.get("paused") is True
     run = Text("PAUSED", style="bold yellow") if paused else Text("running", style="green")
+    daemon = view.get("daemon")  # set by ``shortfsm status`` when no daemon is alive on the database
+    if daemon in ("stopped", "hung"):
+        run = Text(str(daemon).upper(), style="bold red")
     grid.add_row("time", Text.assemble(_clock(now, date=True), "   ", run))
     grid.add_row("price", _price_source(_dict(view.get("price_source"))))
     balance = _dict(view.get("balance"))
     grid.add_row(
         "balance",
         Text.assemble(
-            (_s(balance.get("wallet")), "bold"),
+            (_s(balance.get("wallet"), "unknown"), "bold"),
             " wallet · ",
-            (_s(balance.get("available")), "bold"),
+            (_s(balance.get("available"), "unknown"), "bold"),
             " available USDT · mode ",
             (_s(view.get("position_mode")), "bold"),
         ),
@@ -301,6 +305,9 @@ def _alerts_panel(view: dict[str, Any], alerts: list[dict[str, Any]], notice: st
     conditions: list[tuple[str, str]] = []
     for lock, state, severity, text in CONDITIONS:
         if locks.get(lock) == state:
+            if lock == "safety_lock":  # say what it did: there may be nothing to close
+                held = _dict(view.get("position"))
+                text += f", closing {held.get('symbol')} at market" if held else ", no position to close"
             conditions.append((severity, text))
     if view.get("paused") is True:
         conditions.append(("warning", "PAUSED by the operator: no new signals"))
@@ -573,9 +580,12 @@ def watch(
             started = time.monotonic()
             state = load_board_state(db_path)
             problem = state.problem or freshness.observe(state.view, started)
-            live.update(
-                render_board(state.view, state.transitions, state.alerts, problem=problem), refresh=True
-            )
+            view = state.view
+            alive = liveness(db_path)
+            if view is not None and alive.state in ("stopped", "hung"):
+                view = {**view, "daemon": alive.state}  # never "running" for a dead daemon
+                problem = problem or alive.text
+            live.update(render_board(view, state.transitions, state.alerts, problem=problem), refresh=True)
             if stop is not None and stop():
                 return
             if refresh_s > 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import importlib.metadata
 import json
 import logging
 import sys
@@ -61,9 +62,14 @@ def _select(args: argparse.Namespace) -> list[dict[str, Any]]:
             chosen.extend(_load_file(path))
             continue
         # A spec ID runs every scenario that proves it; otherwise a scenario id runs that one.
-        proving = [doc for doc in scenarios.values() if target in doc.get("spec", [])]
-        if not proving and target in scenarios:
-            proving = [scenarios[target]]
+        # Both are matched without regard to case (`replay w55` is W55).
+        wanted = target.casefold()
+        proving = [
+            doc for doc in scenarios.values() if wanted in {str(s).casefold() for s in doc.get("spec", [])}
+        ]
+        by_id = {str(key).casefold(): doc for key, doc in scenarios.items()}
+        if not proving and wanted in by_id:
+            proving = [by_id[wanted]]
         if not proving:
             known = set(scenarios) | {str(s) for doc in scenarios.values() for s in doc.get("spec", [])}
             close = difflib.get_close_matches(target, sorted(known), n=5, cutoff=0.5)
@@ -160,12 +166,27 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed package's version ("unknown" when run from a tree that was never installed)."""
+    try:
+        return importlib.metadata.version("shortfsm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shortfsm", description="Short-only Binance USD-M futures daemon")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging to stderr")
+    parser.add_argument("--version", action="version", version=f"shortfsm {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    replay = sub.add_parser("replay", help="replay spec scenarios through the engine on a simulated clock")
+    replay = sub.add_parser(
+        "replay",
+        help="replay spec scenarios through the engine on a simulated clock",
+        description="Replay catalog scenarios (by scenario id or spec ID, any case) or scenario files "
+        "through the engine and the real client against binance/sim, printing each step's trace. "
+        "Exit 0 when every scenario passes, 1 otherwise.",
+    )
     replay.add_argument("targets", nargs="*", help="scenario ids, spec IDs (W55, R15-...) or scenario files")
     replay.add_argument("--all", action="store_true", help="every scenario of the catalog")
     replay.add_argument("--json", action="store_true", help="machine-readable output")
@@ -177,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(func=cmd_replay)
 
-    diagram = sub.add_parser("diagram", help="write the state diagrams (mermaid) into specs/diagrams.md")
+    diagram = sub.add_parser(
+        "diagram",
+        help="write the state diagrams (mermaid) into specs/diagrams.md",
+        description="Generate the mermaid state diagrams from the transition tables into "
+        "specs/diagrams.md; --check only says whether the committed file is current (exit 1 if not).",
+    )
     diagram.add_argument("--check", action="store_true", help="only check that the committed file is current")
     diagram.set_defaults(func=cmd_diagram)
 
@@ -194,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
+    # Every subcommand's --help describes it: one registered without a description shows its help line.
+    for action in sub._choices_actions:
+        command = sub.choices[action.dest]
+        if command.description is None and action.help:
+            command.description = action.help[0].upper() + action.help[1:] + "."
     return parser
 
 

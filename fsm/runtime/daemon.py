@@ -21,7 +21,12 @@ out) are handled again, marked ``rerun`` (specs/DECISIONS.md D-18).
 
 Stopping (SIGTERM/SIGINT or ``request_stop``): intake stops, the event being handled finishes with
 its requests, outcomes already received are applied (no new venue command is sent), a snapshot is
-saved, and orders on the exchange stay where they are.
+saved, and orders on the exchange stay where they are (they do not protect a PHASE1 position: by
+R13 it has no exchange-side stop; see the README).
+
+One daemon per database: ``run_daemon`` holds ``<database>.lock`` (``fcntl.flock``) for the
+process's life. Operator commands (``pause``, ``resume``, ``flatten``) arrive as request rows with
+an id; the status step applies them and writes an acknowledgement (``fsm.runtime.liveness``).
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import secrets
 import signal
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -45,7 +51,7 @@ from binance import parse
 from binance.errors import BinanceError
 from binance.executor import Executor
 from binance.parse import KlineUpdate, ListenKeyExpired
-from binance.reconcile import Tracked, missed_updates
+from binance.reconcile import Tracked, gap_read_back, missed_updates
 from binance.rest import BinanceRest
 from binance.sim.exchange import SimExchange
 from binance.sim.server import SimVenue
@@ -53,7 +59,7 @@ from binance.streams import KEEPALIVE_S, MarketStream, PremiumIndexPoller, UserS
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
-from fsm.engine import Engine, decode_strategy
+from fsm.engine import Engine, decode_strategy, recovery_facts
 from fsm.model import decode
 from fsm.runtime import heartbeat
 from fsm.runtime.alerts import Alert, Alerts
@@ -67,8 +73,17 @@ from fsm.runtime.config import (
     settings_changes,
     strategy_changes,
 )
-from fsm.runtime.feeds import MessageSource, PricePath, ReplaySource, TelegramSource
+from fsm.runtime.feeds import (
+    LiveCursors,
+    MessageSource,
+    PricePath,
+    ReplaySource,
+    TelegramSource,
+    TelegramUnavailable,
+    describe_error,
+)
 from fsm.runtime.keys import can_withdraw, spot_api_url
+from fsm.runtime.liveness import HEARTBEAT_KEY, DaemonRunning, DatabaseLock, sd_notify, watchdog_interval_s
 from fsm.runtime.logs import DecisionLog
 from fsm.runtime.store import CONTROL_KEY, Store
 from telegram_ingest.adapter import RawMessage
@@ -77,6 +92,7 @@ from telegram_ingest.grammar import parse_message
 log = logging.getLogger(__name__)
 
 KLINE_COUNT = 200
+CURSOR_WAIT_S = 0.5  # wall seconds a message's cursor write may hold up its decision (N-05)
 USER_STREAM_WAIT_MS = 5000  # how long recovery waits for the user stream before reading the venue
 KLINE_MS = 180_000
 NOT_JOURNALED = (ev.Tick, ev.MarkPriceTick)  # market data at 1 Hz: the venue keeps it, not us
@@ -138,6 +154,21 @@ def managed_symbols(snapshot: dict[str, Any] | None) -> tuple[tuple[str, int, st
         return ()
 
 
+def saved_intents(
+    snapshot: dict[str, Any] | None,
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, Decimal], ...]]:
+    """The market closes a saved snapshot had decided and the positions it held (issue #11: a
+    restart carries a decided close out and sees a scale-in that filled while nothing ran)."""
+    if not snapshot:
+        return (), ()
+    try:
+        models = {symbol: decode(raw) for symbol, raw in snapshot["symbols"].items()}
+        return recovery_facts(models)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.warning("saved snapshot unreadable: %r", exc)
+        return (), ()
+
+
 def corrected_hints(
     managed: tuple[tuple[str, int, str], ...], orders: list[tuple[str, str, bool]]
 ) -> tuple[tuple[str, int, str], ...]:
@@ -170,6 +201,9 @@ def merged_generations(
         key = (symbol, parsed.leg)
         merged[key] = max(merged.get(key, 0), parsed.generation)
     return tuple(sorted((symbol, leg, gen) for (symbol, leg), gen in merged.items()))
+
+
+DEMO_MARKER = "meta.demo"
 
 
 class StartupRefused(RuntimeError):
@@ -338,6 +372,12 @@ class Daemon:
         strategy = config.to_strategy()
         self.chats = (strategy.entry_chat_id, strategy.risk_chat_id)
         self.heartbeat_symbol = config.binance.price_heartbeat_symbol.upper()
+        self.urls = {
+            "rest": endpoints.rest_url,
+            "market_ws": endpoints.market_ws_url,
+            "private_ws": endpoints.private_ws_url,
+        }
+        self.started_ms = int(time.time() * 1000)  # wall time, for the operator
         self.engine = Engine(strategy, recovering=True)
         self.queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._front: deque[ev.Event] = deque()
@@ -362,6 +402,7 @@ class Daemon:
         self.poller = PremiumIndexPoller(
             self.rest, self.enqueue, clock_ms=clock.now_ms, interval_s=clock.wall_s(1000)
         )
+        self.market.on_crash = self.user.on_crash = self.poller.on_crash = self._stream_crashed
         self.streams = {"market": "down", "user": "down", "telegram": "down"}
         self.last_event: dict[str, Any] | None = None
         self.handled = 0
@@ -375,7 +416,11 @@ class Daemon:
         self._snapshot_dirty = True
         self._infos: dict[str, ev.SymbolInfo] = {}
         self._infos_at_ms = -math.inf
-        self._control_seen: dict[str, Any] = {}
+        self._pending_acks: list[tuple[dict[str, Any], bool]] = []  # (request, paused wanted)
+        self._notified_ready = False
+        self._pause_queued: bool | None = None  # the PauseRequested on its way to the engine
+        self._watchdog_s = watchdog_interval_s()
+        self._watchdog_at = 0.0
         self.stopped_reason = ""
         self.config_watch: ConfigWatch | None = None  # set by ``watch_config``
         self._restart_settings: tuple[tuple[str, str], ...] = ()  # D-23: config.yaml vs the snapshot
@@ -399,11 +444,13 @@ class Daemon:
         """Run until ``request_stop``; returns the process exit code."""
         recovery = await self._recovery_inputs()
         control = await self._read_control()
-        self._control_seen = dict(control)
+        await self._discard_stale_requests()
         now = self.clock.now_ms()
         # Queued first: every push of the user stream opened next comes after it.
         self.enqueue_nowait(replace(recovery, now_ms=now))
         if control.get("paused"):
+            self._explain_pause(control, now)
+            self._pause_queued = True
             self.enqueue_nowait(ev.PauseRequested(now_ms=now, paused=True))
         if self._restart_settings:
             self.enqueue_nowait(ev.SettingsChangeRequested(now_ms=now, changes=self._restart_settings))
@@ -443,6 +490,8 @@ class Daemon:
         await self.alerts.stop()
         await self.rest.aclose()
         self.decision_log.close()
+        if self._notified_ready:
+            sd_notify("STOPPING=1")
         log.info("stopped (%s) after %d events", self.stopped_reason, self.handled)
         return self.exit_code
 
@@ -490,7 +539,10 @@ class Daemon:
         managed = managed_symbols(saved)
         if managed:
             self._keep_running_strategy(saved, managed)
+        closing, held = saved_intents(saved)
         return ev.RecoveryStarted(
+            closing=closing,
+            held=held,
             now_ms=0,
             cursors=tuple(sorted(cursors.items())),
             cooldowns=tuple(sorted(cooldowns.items())),
@@ -597,36 +649,36 @@ class Daemon:
         self.enqueue_nowait(item)
 
     async def _reconcile(self) -> None:
-        """After a user-stream gap: what it missed about our open orders (fills with their trade ids,
-        ends, triggered stops), then the positions of the symbols we manage (R20..R22)."""
+        """After a user-stream gap: the position mode, what the stream missed about our open orders
+        (fills with their trade ids, ends, triggered stops), then every position of the account, so
+        that manual positions opened or closed meanwhile reach the entry lock (G01, R20..R22)."""
         tracked = [
             Tracked(symbol, o.cid, o.is_algo, o.filled, o.status)
             for symbol, model in self.engine.symbols.items()
             for o in model.orders.values()
-            if o.is_open and o.status != "PENDING"  # a PENDING order's answer is still on its way
+            # PENDING: its answer is on its way; UNKNOWN: the engine resolves it itself (D-26).
+            if o.is_open and o.status not in ("PENDING", "UNKNOWN")
         ]
+        believed = set(self.engine.active_symbols()) | {
+            key.partition(":")[0] for key in self.engine.account_positions
+        }
         log.warning("user stream reconnected: re-reading %d open order(s) and the positions", len(tracked))
-        now = self.clock.now_ms()
-        missed = await missed_updates(self.rest, tracked, now)
-        for event in missed:
-            log.warning("user stream gap: %s", _describe_missed(event))
+        for event in await gap_read_back(self.rest, tracked, believed, self.clock.now_ms()):
+            if isinstance(event, (ev.OrderUpdated, ev.AlgoOrderUpdated)):
+                log.warning("user stream gap: %s", _describe_missed(event))
             self.enqueue_nowait(event)
-        try:
-            rows = parse.positions_from_rest(await self.rest.position_risk())
-        except (BinanceError, KeyError, ValueError) as exc:
-            log.warning("position re-read failed: %s", exc)
-            return
-        amounts = {p.symbol: p for p in rows}
-        for symbol in self.engine.active_symbols():
-            p = amounts.get(symbol)
-            self.enqueue_nowait(
-                ev.PositionChanged(
-                    now_ms=now,
-                    symbol=symbol,
-                    amount=p.amount if p else Decimal(0),
-                    entry_price=p.entry_price if p else Decimal(0),
-                )
+
+    async def _stream_crashed(self, name: str, exc: BaseException, restarts: int) -> None:
+        """A long-lived task died of an unexpected error and is being restarted (never silently)."""
+        self.errors += 1
+        self.alerts.submit(
+            Alert(
+                now_ms=self.clock.now_ms(),
+                kind="task_crashed",
+                text=f"{name} failed ({type(exc).__name__}: {exc}); restarted ({restarts} so far)",
+                severity="critical",
             )
+        )
 
     async def _deliver_raw(self, raw: RawMessage) -> None:
         """A message from the source: stored, parsed, enriched, queued (never raises)."""
@@ -733,6 +785,7 @@ class Daemon:
             self.observer(event, commands)
         self.last_event = {"type": type(event).__name__, "now_ms": event.now_ms}
         if not commands:
+            await self._after_recovery_snapshot(event)
             if execute:
                 self._carried(seq, rerun)
             return
@@ -751,12 +804,18 @@ class Daemon:
             self.observer(event, commands)
         for c in commands:
             await self._carry_out(c, execute=execute)
+        await self._after_recovery_snapshot(event)
+        if execute:
+            self._carried(seq, rerun)
+
+    async def _after_recovery_snapshot(self, event: ev.Event) -> None:
+        """After the recovery snapshot (whether or not it decided anything: a flat venue waits for
+        its price with no command at all), watch the rebuilt symbols and book what happened to our
+        orders while no daemon ran."""
         if isinstance(event, ev.ExchangeSnapshot) and event.purpose == "recovery":
             await self._watch_recovered_symbols()
             if event.complete:
                 self._tasks.append(asyncio.create_task(self._book_history(event), name="recovery-history"))
-        if execute:
-            self._carried(seq, rerun)
 
     async def _carry_out(self, c: cmd.Command, *, execute: bool) -> None:
         if self.executor.handles(c):
@@ -793,30 +852,58 @@ class Daemon:
             return
         if self._source_task is not None and not self._source_task.done():
             return
-        self.streams["telegram"] = "replay" if self.source.kind == "replay" else "up"
-        cursors = dict(self.engine.cursors)
+        if isinstance(self.source, TelegramSource):
+            self.source.on_state = self._source_state
+            self.source.on_alert = self._source_alert
+            self.streams["telegram"] = self.source.state
+        else:
+            self.streams["telegram"] = "replay" if self.source.kind == "replay" else "up"
+        # The engine's cursors as they are at each read, never a copy from the start (issue #13).
+        cursors = LiveCursors(lambda: self.engine.cursors)
         self._source_task = asyncio.create_task(self._run_source(cursors), name="message-source")
 
-    async def _run_source(self, cursors: dict[int, int]) -> None:
+    async def _run_source(self, cursors: Mapping[int, int]) -> None:
+        """The source runs until the daemon stops; a Telegram source that fails or returns anyway
+        is started again (after a capped back-off), never left stopped behind a live daemon."""
         assert self.source is not None
+        restarts = 0
         try:
-            await self.source.run(self._deliver_raw, cursors)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.errors += 1
-            log.exception("message source failed")
-            self.alerts.submit(
-                Alert(
-                    now_ms=self.clock.now_ms(),
-                    kind="telegram",
-                    text=f"message source stopped: {type(exc).__name__}: {exc}",
-                    severity="critical",
+            while not self._stopping.is_set():
+                if restarts and not isinstance(self.source, TelegramSource):
+                    self.streams["telegram"] = "up"  # a TelegramSource reports its own state
+                try:
+                    await self.source.run(self._deliver_raw, cursors)
+                    if self.source.kind != "telegram" or self._stopping.is_set():
+                        return
+                    problem = "it returned"
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.errors += 1
+                    log.exception("message source failed")
+                    problem = describe_error(exc)
+                    if self.source.kind != "telegram":
+                        self._source_alert("critical", f"message source stopped: {problem}")
+                        return
+                delay_ms = min(60_000, 1000 * 2 ** min(restarts, 6))
+                restarts += 1
+                self.streams["telegram"] = "reconnecting"
+                self._source_alert(
+                    "critical", f"telegram source failed ({problem}); restarting it in {delay_ms // 1000} s"
                 )
-            )
+                await self.clock.sleep_until(self.clock.now_ms() + delay_ms, self._stopping)
         finally:
             if self.source.kind == "telegram" or not self.source.finished:
                 self.streams["telegram"] = "down"
+
+    def _source_state(self, state: str, detail: str) -> None:
+        """The Telegram source's connection state, shown on the board ("up", "reconnecting", "down")."""
+        if self.streams.get("telegram") != state:
+            log.info("telegram %s (%s)", state, detail)
+        self.streams["telegram"] = state
+
+    def _source_alert(self, severity: str, text: str) -> None:
+        self.alerts.submit(Alert(now_ms=self.clock.now_ms(), kind="telegram", text=text, severity=severity))
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -860,27 +947,50 @@ class Daemon:
                     self._snapshot_dirty = False
                     self.store.save_snapshot(now, self.engine.snapshot())
                 await self._poll_control(now)
+                self._notify_systemd()
                 if self.stop_when is not None and self.stop_when(self):
                     self.request_stop("finished")
             except Exception:
                 self.errors += 1
                 log.exception("status step failed")
 
+    def _notify_systemd(self) -> None:
+        """Type=notify: READY=1 once the loop runs, then WATCHDOG=1 from this same loop, so a hung
+        loop stops the pings and systemd restarts the service (WatchdogSec)."""
+        if not self._notified_ready:
+            self._notified_ready = True
+            sd_notify(f"READY=1\nSTATUS=running on {self.store.path}\nMAINPID={os.getpid()}")
+        if self._watchdog_s is not None:
+            mono = time.monotonic()
+            if mono - self._watchdog_at >= self._watchdog_s:
+                self._watchdog_at = mono
+                sd_notify("WATCHDOG=1")
+
     def _write_status(self, now: int) -> None:
-        extras = {"profile": self.profile, "streams": dict(self.streams), "last_event": self.last_event}
+        extras = {
+            "profile": self.profile,
+            "streams": dict(self.streams),
+            "last_event": self.last_event,
+            "urls": dict(self.urls),
+            "pid": os.getpid(),
+            "started_ms": self.started_ms,
+        }
+        beat = heartbeat.heartbeat_payload(
+            self.engine,
+            now_ms=now,
+            streams=self.streams,
+            database_ok=self.db_health.ok,
+            last_event=self.last_event,
+            profile=self.profile,
+            urls=self.urls,
+            started_ms=self.started_ms,
+            database=str(self.store.path),
+        )
         if not self.store.closed:
             self.store.set_status("board", board_view(self.engine, now, extras), now)
+            self.store.set_status(HEARTBEAT_KEY, beat, now)
         if self.heartbeat_path is not None:
-            heartbeat.write_atomic(
-                self.heartbeat_path,
-                heartbeat.heartbeat_payload(
-                    self.engine,
-                    now_ms=now,
-                    streams=self.streams,
-                    database_ok=self.db_health.ok,
-                    last_event=self.last_event,
-                ),
-            )
+            heartbeat.write_atomic(self.heartbeat_path, beat)
 
     async def _read_control(self) -> dict[str, Any]:
         import json
@@ -894,26 +1004,95 @@ class Daemon:
         return value if isinstance(value, dict) else {}
 
     async def _poll_control(self, now: int) -> None:
+        """Operator requests (``pause``, ``resume``, ``flatten``) in the order written, each
+        acknowledged once applied; and the paused flag kept as the control row says."""
+        for request in await self.store.control_requests():
+            await self._apply_request(request, now)
         control = await self._read_control()
         paused = bool(control.get("paused", False))
-        if paused != self.engine.paused:
+        if paused == self.engine.paused:
+            self._pause_queued = None
+        elif paused != self._pause_queued:
+            self._pause_queued = paused
             self.enqueue_nowait(ev.PauseRequested(now_ms=now, paused=paused))
-        flatten = control.get("flatten")
-        if flatten and flatten != self._control_seen.get("flatten"):
-            self._control_seen["flatten"] = flatten
-            log.warning("operator flatten request %s", flatten)
-            await self._flatten(now)
+        still: list[tuple[dict[str, Any], bool]] = []
+        for request, wanted in self._pending_acks:
+            if self.engine.paused == wanted:
+                state = "paused: no new entries" if wanted else "resumed: new entries allowed"
+                await self.store.finish_control(request, {"result": "ok", "lines": [state]})
+                log.info("operator %s %s applied (%s)", request.get("command"), request.get("id"), state)
+            else:
+                still.append((request, wanted))
+        self._pending_acks = still
 
-    async def _flatten(self, now: int) -> None:
-        try:
-            done = await flatten_account(self.rest, now)
-        except (BinanceError, KeyError, ValueError) as exc:
-            log.error("flatten failed: %s", exc)
-            self.alerts.submit(
-                Alert(now_ms=now, kind="flatten", severity="critical", text=f"flatten failed: {exc}")
+    async def _apply_request(self, request: dict[str, Any], now: int) -> None:
+        command, rid = request.get("command"), request.get("id")
+        log.warning("operator %s request %s", command, rid)
+        if command in ("pause", "resume"):
+            wanted = command == "pause"
+            await self.store.set_control(
+                {"paused": wanted, "by": command, "id": rid, "since_ms": int(time.time() * 1000)}, now
             )
-            return
-        self.alerts.submit(Alert(now_ms=now, kind="flatten", text="; ".join(done) or "nothing to flatten"))
+            await self.store.drop_control_request(request)
+            self._pending_acks.append((request, wanted))
+        elif command == "flatten":
+            # Entries stop first, so nothing opens again behind the flatten.
+            await self.store.set_control(
+                {"paused": True, "by": "flatten", "id": rid, "since_ms": int(time.time() * 1000)}, now
+            )
+            if not self.engine.paused and self._pause_queued is not True:
+                self._pause_queued = True
+                self.enqueue_nowait(ev.PauseRequested(now_ms=now, paused=True))
+            lines, failures = await self._flatten(now)
+            await self.store.finish_control(
+                request, {"result": "failed" if failures else "ok", "lines": lines, "failures": failures}
+            )
+        else:
+            await self.store.finish_control(
+                request, {"result": "refused", "lines": [f"unknown command {command!r}"], "failures": 1}
+            )
+
+    async def _discard_stale_requests(self) -> None:
+        """Requests found at start were written while no daemon ran (or before a crash): their
+        command already said it was not acknowledged, so they are never applied late."""
+        for request in await self.store.control_requests():
+            text = (
+                f"operator {request.get('command')} {request.get('id')} written while no daemon ran "
+                "on this database: discarded, nothing done"
+            )
+            log.warning(text)
+            await self.store.finish_control(request, {"result": "discarded", "lines": [text], "failures": 1})
+
+    def _explain_pause(self, control: dict[str, Any], now: int) -> None:
+        since = control.get("since_ms")
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since / 1000)) if since else "an earlier run"
+        )
+        by = control.get("by") or "pause"
+        text = (
+            f"entries stay paused: operator `{by}` {control.get('id') or ''} at {when} "
+            "(`shortfsm resume` allows entries)"
+        ).replace("  ", " ")
+        log.warning(text)
+        self.alerts.submit(Alert(now_ms=now, kind="control", severity="info", text=text))
+
+    async def _flatten(self, now: int) -> tuple[list[str], int]:
+        """Every order cancelled and every position closed; each line says what was done or failed."""
+        try:
+            lines, failures = await flatten_account(self.rest, now)
+        except (BinanceError, KeyError, ValueError) as exc:
+            lines, failures = [f"FAILED flatten: {exc}"], 1
+        lines = lines or ["nothing to cancel or close"]
+        log.log(logging.ERROR if failures else logging.WARNING, "flatten: %s", "; ".join(lines))
+        self.alerts.submit(
+            Alert(
+                now_ms=now,
+                kind="flatten",
+                severity="critical" if failures else "info",
+                text="; ".join(lines) or "nothing to flatten",
+            )
+        )
+        return lines, failures
 
     # -- config reload (mtime poll in the status loop, SIGHUP) -----------------------------------
 
@@ -970,16 +1149,28 @@ class Daemon:
     # -- database health (full disk, I/O errors) -----------------------------------------------
 
     async def _save_cursor(self, chat_id: int, message_id: int, now: int) -> None:
-        """N-05's cursor write; when the database refuses it the message is still acted on (the
-        engine has already moved) and the cursor is written again once writes work."""
-        try:
-            await self.store.save_cursor(chat_id, message_id, now)
-        except (sqlite3.Error, OSError) as exc:
+        """N-05's cursor write, awaited at most ``CURSOR_WAIT_S``: a database that is locked by
+        another process, full or failing never holds up the message's decision (the engine has
+        already moved); a locked write stays queued and lands once the lock is gone, a failed one
+        is written again once writes work."""
+        future = self.store.save_cursor(chat_id, message_id, now)
+        done, _ = await asyncio.wait({future}, timeout=CURSOR_WAIT_S)
+        if not done:
+            log.warning(
+                "cursor %s/%s not on disk after %.1f s (database busy): the message is acted on now",
+                chat_id,
+                message_id,
+                CURSOR_WAIT_S,
+            )
+            return
+        exc = future.exception()
+        if exc is not None:
             log.error("cursor %s/%s not saved: %s", chat_id, message_id, exc)
 
     async def _check_database(self, now: int) -> None:
-        """One alert when database writes start failing, one when they work again; then the
-        state kept in memory (cursors, cooldowns, engine snapshot) is written again."""
+        """One alert naming the cause when database writes start failing (locked by another
+        process, disk full, I/O error), one when they work again; writes refused by a lock are
+        written then, and the state kept in memory (cursors, cooldowns, engine snapshot) again."""
         health = self.db_health
         if self.store.closed:
             return
@@ -987,27 +1178,32 @@ class Daemon:
         health.seen_errors = self.store.errors
         if new_errors > 0:
             health.failed_writes += new_errors
-            if health.failing_since_ms is None:
-                health.failing_since_ms = now
+            kind, text = self.store.last_problem or ("io", "unknown error")
+            if health.failing_since_ms is None or health.cause != kind:
+                health.failing_since_ms = health.failing_since_ms or now
+                health.cause = kind
                 self.alerts.submit(
                     Alert(
                         now_ms=now,
                         kind="database",
                         severity="critical",
-                        text="database writes fail (disk full or I/O error, see the log): trading "
-                        "continues from memory; free disk space",
+                        text=database_problem_text(kind, text, self.store.path),
                     )
                 )
             return
         if health.failing_since_ms is None:
+            return
+        written = await self.store.retry_writes()
+        if self.store.queued:
+            health.seen_errors = self.store.errors
             return
         try:
             await self.store.set_status("meta.database_ok", str(now), now)
         except (sqlite3.Error, OSError):
             health.seen_errors = self.store.errors  # the probe itself is not a lost write
             return
-        since, lost = health.failing_since_ms, health.failed_writes
-        health.failing_since_ms, health.failed_writes = None, 0
+        since, lost = health.failing_since_ms, max(0, health.failed_writes - written)
+        health.failing_since_ms, health.failed_writes, health.cause = None, 0, None
         for chat_id, message_id in sorted(self.engine.cursors.items()):
             await self._save_cursor(chat_id, message_id, now)
         self.store.record_commands(
@@ -1018,15 +1214,34 @@ class Daemon:
             ],
         )
         self.store.save_snapshot(now, self.engine.snapshot())
+        queued = f"{written} queued writes were written, " if written else ""
         self.alerts.submit(
             Alert(
                 now_ms=now,
                 kind="database",
                 severity="warning",
-                text=f"database writes work again after {(now - since) / 1000:.0f} s; {lost} writes were "
-                "lost; cursors, cooldowns and the engine snapshot are written again",
+                text=f"database writes work again after {(now - since) / 1000:.0f} s; {queued}{lost} writes "
+                "were lost; cursors, cooldowns and the engine snapshot are written again",
             )
         )
+
+
+def database_problem_text(kind: str, error: str, path: Path) -> str:
+    """The critical alert for a database that stopped taking writes, by cause."""
+    if kind == "locked":
+        return (
+            f"database {path} is locked by another process ({error}): decisions continue from memory, "
+            "writes are queued and retried; find the process holding it (fuser)"
+        )
+    if kind == "full":
+        return (
+            f"database writes fail: the disk is full ({error}): trading continues from memory; free disk "
+            "space"
+        )
+    return (
+        f"database writes fail: I/O error on {path} ({error}): trading continues from memory; check the "
+        "disk and the file"
+    )
 
 
 _STOP = ev.Event(now_ms=0)
@@ -1056,6 +1271,7 @@ class DatabaseHealth:
     seen_errors: int = 0
     failing_since_ms: int | None = None
     failed_writes: int = 0
+    cause: str | None = None  # ``store.problem_kind`` of the failure
 
     @property
     def ok(self) -> bool:
@@ -1084,17 +1300,26 @@ def board_view(engine: Engine, now_ms: int, extras: dict[str, Any]) -> dict[str,
 # ---------------------------------------------------------------------------------------------
 
 
-async def flatten_account(rest: BinanceRest, now_ms: int) -> list[str]:
-    """Cancel every open order and algo order, then close every position at market."""
+async def flatten_account(rest: BinanceRest, now_ms: int) -> tuple[list[str], int]:
+    """Cancel every open order and algo order, then close every position at market. One line per
+    order, done or ``FAILED`` with the venue's answer (none is suppressed); returns (lines, failures).
+    Reading the venue failing raises ``BinanceError``."""
     done: list[str] = []
+    failures = 0
     for order in await rest.open_orders():
-        with contextlib.suppress(BinanceError):
+        try:
             await rest.cancel_order(str(order["symbol"]), str(order["clientOrderId"]))
             done.append(f"cancelled {order['clientOrderId']}")
+        except BinanceError as exc:
+            failures += 1
+            done.append(f"FAILED cancel {order['clientOrderId']} ({order['symbol']}): {exc}")
     for algo in await rest.open_algo_orders():
-        with contextlib.suppress(BinanceError):
+        try:
             await rest.cancel_algo_order(str(algo["clientAlgoId"]))
             done.append(f"cancelled {algo['clientAlgoId']}")
+        except BinanceError as exc:
+            failures += 1
+            done.append(f"FAILED cancel {algo['clientAlgoId']} ({algo.get('symbol')}): {exc}")
     hedge = parse.position_mode_from_rest(await rest.position_mode()) == "HEDGE"
     for position in parse.positions_from_rest(await rest.position_risk()):
         side = "BUY" if position.amount < 0 else "SELL"
@@ -1110,9 +1335,32 @@ async def flatten_account(rest: BinanceRest, now_ms: int) -> list[str]:
             params["positionSide"] = "SHORT" if position.amount < 0 else "LONG"
         else:
             params["reduceOnly"] = "true"
-        await rest.place_order(params)
-        done.append(f"closed {position.symbol} {position.amount}")
-    return done
+        try:
+            await rest.place_order(params)
+            done.append(f"closed {position.symbol} {position.amount}")
+        except BinanceError as exc:
+            failures += 1
+            done.append(f"FAILED close {position.symbol} {position.amount}: {exc}")
+    return done, failures
+
+
+async def account_exposure(rest: BinanceRest) -> list[str]:
+    """What ``flatten_account`` would act on, one line each (read-only)."""
+    lines = [
+        f"cancel {o['clientOrderId']} ({o['symbol']} {o['side']} {o['type']} {o.get('origQty', '')} @ "
+        f"{o.get('price', '')})"
+        for o in await rest.open_orders()
+    ]
+    lines += [
+        f"cancel {a['clientAlgoId']} ({a.get('symbol')} {a.get('side')} "
+        f"{a.get('orderType') or a.get('type')} trigger {a.get('triggerPrice')})"
+        for a in await rest.open_algo_orders()
+    ]
+    lines += [
+        f"close {p.symbol} {p.amount} at market"
+        for p in parse.positions_from_rest(await rest.position_risk())
+    ]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1121,11 +1369,19 @@ async def flatten_account(rest: BinanceRest, now_ms: int) -> list[str]:
 
 
 def check_profile(config: AppConfig, profile: str, secrets_: Secrets) -> None:
-    """Refuse what must not run; raises ``StartupRefused`` with the reason."""
-    if profile == "mainnet" and not config.binance.allow_mainnet:
+    """Refuse what must not run; raises ``StartupRefused`` with the reason. The mainnet guard looks
+    at the URLs the profile will really use, not at its name."""
+    binance = config.for_profile(profile).binance
+    if profile == "mainnet" and not binance.allow_mainnet:
         raise StartupRefused(
             "refusing to start on mainnet: real money. Set binance.allow_mainnet: true in the config "
             "file if you mean it (and run `shortfsm check` first)."
+        )
+    if profile != "mainnet" and binance.mainnet_urls():
+        raise StartupRefused(
+            f"refusing to start: the {profile} profile points at Binance mainnet "
+            f"({', '.join(binance.mainnet_urls())}), real money; fix binance.rest_url / market_ws_url / "
+            "private_ws_url in the config file, or use --profile mainnet with binance.allow_mainnet: true"
         )
     if profile in ("demo", "mainnet"):
         missing = [
@@ -1158,6 +1414,7 @@ class RunOptions:
     balance: Decimal = Decimal("10000")
     config_path: str | None = None  # watched for reloads (mtime poll, SIGHUP)
     feed_origin_ms: int | None = None  # sim: the epoch ms the feed's at_ms count from (default: start)
+    demo: bool = False  # ``shortfsm demo``: its database keeps the demo marker (``run`` removes it)
 
 
 async def refuse_withdrawing_key(config: AppConfig, profile: str, endpoints: Endpoints) -> None:
@@ -1193,9 +1450,17 @@ async def run_daemon(config: AppConfig, secrets_: Secrets, options: RunOptions) 
     """Build everything for ``options.profile`` and run until stopped; returns the exit code."""
     profile = options.profile
     check_profile(config, profile, secrets_)
+    database = options.database or config.storage.database
     async with contextlib.AsyncExitStack() as stack:
-        store = await open_store(options.database or config.storage.database)
+        try:
+            lock = DatabaseLock.acquire(database)
+        except DaemonRunning as exc:
+            raise StartupRefused(str(exc)) from None
+        stack.callback(lock.release)
+        store = await open_store(database)
         stack.push_async_callback(store.close)
+        if not options.demo:
+            await store.drop_status(DEMO_MARKER)  # adopted by `run`: the demo never recreates it
         clock = RunClock(speed=options.speed if profile == "sim" else 1.0)
         source: MessageSource
         if profile == "sim" and config.binance.rest_url:
@@ -1233,7 +1498,13 @@ async def run_daemon(config: AppConfig, secrets_: Secrets, options: RunOptions) 
                 chat_ids=(config.telegram.entry_chat_id, config.telegram.risk_chat_id),
                 backfill_interval_s=config.telegram.backfill_interval_seconds,
                 quiet_reconnect_s=config.telegram.quiet_reconnect_seconds,
+                clock=clock,
             )
+            try:  # before the daemon exists: nothing can trade on a session that cannot listen
+                await source.open()
+            except TelegramUnavailable as exc:
+                raise StartupRefused(str(exc)) from None
+            stack.push_async_callback(source.close)
         secret_values = [
             endpoints.api_key,
             endpoints.api_secret,

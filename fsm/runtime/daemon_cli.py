@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import secrets
 import sqlite3
 import stat
 import sys
@@ -22,14 +23,31 @@ from binance.errors import AuthFailed, BinanceError
 from binance.rest import BinanceRest
 from fsm import commands as cmd
 from fsm import events as ev
-from fsm.runtime.config import AppConfig, ConfigError, Secrets, load_config
-from fsm.runtime.daemon import Daemon, RunOptions, StartupRefused, check_profile, flatten_account, run_daemon
+from fsm.runtime.config import (
+    AppConfig,
+    ConfigError,
+    ConfigMissing,
+    Secrets,
+    env_file_for,
+    load_cli_config,
+    load_secrets,
+)
+from fsm.runtime.daemon import (
+    DEMO_MARKER,
+    Daemon,
+    RunOptions,
+    StartupRefused,
+    account_exposure,
+    check_profile,
+    flatten_account,
+    run_daemon,
+)
 from fsm.runtime.feeds import DEMO_FEED, REPO_ROOT, PricePath, demo_path
 from fsm.runtime.keys import can_withdraw, spot_api_url
-from fsm.runtime.store import Store, StoreError, write_control
+from fsm.runtime.liveness import Liveness, liveness, lock_held, utc
+from fsm.runtime.store import Store, StoreError, read_control_ack, request_control
 
 log = logging.getLogger(__name__)
-DEMO_MARKER = "meta.demo"
 DEMO_DEFAULT_SPEED = 2.0
 TELEGRAM_CHECK_S = 30.0
 # ``(session path, api id, api hash) -> client``; None: telethon.TelegramClient (tests set a double).
@@ -37,9 +55,15 @@ telegram_client_factory: Callable[[str, int, str], Any] | None = None
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = subparsers.add_parser("run", help="run the daemon (headless, JSON decision log)")
+    profile_help = "override binance.profile (the file's URL overrides then do not apply)"
+    run = subparsers.add_parser(
+        "run",
+        help="run the daemon (headless, JSON decision log)",
+        description="Run the trading daemon in the foreground until SIGTERM/SIGINT (SIGHUP re-reads the "
+        "config file). Prints the profile and venue URLs it uses; refuses mainnet unless allowed.",
+    )
     _common(run)
-    run.add_argument("--profile", choices=("sim", "demo", "mainnet"), help="override binance.profile")
+    run.add_argument("--profile", choices=("sim", "demo", "mainnet"), help=profile_help)
     run.add_argument("--speed", type=float, default=1.0, help="sim profile only: compress time N x")
     run.add_argument(
         "--feed-origin-ms",
@@ -49,40 +73,125 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run.set_defaults(func=cmd_run)
 
-    demo = subparsers.add_parser("demo", help="the whole story on the simulated venue, in about a minute")
+    demo = subparsers.add_parser(
+        "demo",
+        help="the whole story on the simulated venue, in about a minute",
+        description="Replay the bundled feed against the simulated venue on loopback and print the "
+        "story and its PnL. Needs no keys; without config.yaml it uses the built-in defaults.",
+    )
     _common(demo)
     demo.add_argument("--speed", type=float, default=DEMO_DEFAULT_SPEED, help="compress time N x")
     demo.add_argument("--db", help="database to (re)create (default: storage.database)")
     demo.add_argument("--no-board", action="store_true", help="print transitions instead of the board")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, config_optional=True)
 
-    check = subparsers.add_parser("check", help="preflight: config, keys, position mode, clock, permissions")
+    check = subparsers.add_parser(
+        "check",
+        help="preflight: config, keys, position mode, clock, permissions",
+        description="Check everything `run` needs without trading: the config and its effective profile "
+        "and URLs, file permissions, the database, keys, clock skew, position mode, balance, the "
+        "withdrawal permission and both Telegram channels. Exit 0 when nothing failed, 1 otherwise.",
+    )
     _common(check)
-    check.add_argument("--profile", choices=("sim", "demo", "mainnet"))
+    check.add_argument("--profile", choices=("sim", "demo", "mainnet"), help=profile_help)
     check.set_defaults(func=cmd_check)
 
-    for name, helptext in (("pause", "no new entries (exits keep working)"), ("resume", "allow entries")):
-        p = subparsers.add_parser(name, help=helptext)
+    for name, helptext, text in (
+        (
+            "pause",
+            "no new entries (exits keep working)",
+            "Ask the running daemon to take no new entries; open positions keep their exits.",
+        ),
+        ("resume", "allow entries", "Ask the running daemon to take new entries again."),
+    ):
+        p = subparsers.add_parser(name, help=helptext, description=text)
         _common(p)
+        _wait(p)
         p.set_defaults(func=cmd_pause if name == "pause" else cmd_resume)
 
-    flatten = subparsers.add_parser("flatten", help="cancel every order and close every position at market")
+    flatten = subparsers.add_parser(
+        "flatten",
+        help="cancel every order and close every position at market",
+        description="Cancel every open order and close every position at market, then keep entries "
+        "paused until `shortfsm resume`. Asks for confirmation unless --yes.",
+    )
     _common(flatten)
-    flatten.add_argument("--profile", choices=("sim", "demo", "mainnet"))
+    flatten.add_argument("--profile", choices=("sim", "demo", "mainnet"), help=profile_help)
     flatten.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    flatten.add_argument(
+        "--direct",
+        action="store_true",
+        help="with no daemon running: cancel and close on the profile's venue from this command",
+    )
+    _wait(flatten)
     flatten.set_defaults(func=cmd_flatten)
 
 
+def _wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=CONTROL_WAIT_S,
+        metavar="SECONDS",
+        help=f"how long to wait for the daemon's acknowledgement (default {CONTROL_WAIT_S:g})",
+    )
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="config.yaml", help="configuration file (default: config.yaml)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="configuration file (default: config.yaml in the working directory); relative paths "
+        "in it and the .env beside it are read from its folder",
+    )
 
 
 def _load(args: argparse.Namespace) -> AppConfig | None:
+    """The config file, validated, with its paths resolved; None (after one clear message) when it
+    cannot be used (``load_cli_config``: ``demo`` alone runs without a config.yaml)."""
     try:
-        return load_config(args.config)
+        config, path = load_cli_config(args.config, optional=getattr(args, "config_optional", False))
+    except ConfigMissing as exc:
+        print(f"shortfsm: {exc}", file=sys.stderr)
+        return None
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return None
+    args.config = str(path)
+    return config
+
+
+def _secrets(args: argparse.Namespace) -> Secrets | None:
+    """Credentials from the environment and the ``.env`` beside the config file; None (after one
+    line that never shows a value) when that file cannot be read or a variable is invalid."""
+    try:
+        return load_secrets(env_file_for(args.config))
+    except ConfigError as exc:
+        print(f"shortfsm: {exc}", file=sys.stderr)
+        return None
+
+
+def _venue_text(config: AppConfig) -> str:
+    """The effective profile and where it trades, as ``check`` and ``run`` print it."""
+    binance = config.binance
+    rest, market, private = binance.urls()
+    if binance.profile == "sim" and not rest:
+        return "profile sim: the simulated venue inside the daemon (loopback)"
+    return f"profile {binance.profile}: REST {rest}, market WS {market or '-'}, private WS {private or '-'}"
+
+
+def _warnings(config: AppConfig, config_path: Path, secrets_: Secrets) -> list[str]:
+    """What ``check`` and ``run`` warn about without refusing: readable secrets, alerts that cannot arrive."""
+    session = Path(config.telegram.session_path)
+    if not session.name.endswith(".session"):
+        session = session.with_name(session.name + ".session")
+    warnings = loose_permissions([env_file_for(config_path), config_path, session])
+    if config.alerts.discord and not secrets_.discord_webhook_url.get_secret_value():
+        warnings.append(
+            "alerts.discord is true but DISCORD_WEBHOOK_URL is not set (environment or "
+            f"{env_file_for(config_path)}): alerts reach only the board and the decision log"
+        )
+    return warnings
 
 
 def _feed_path(config: AppConfig) -> Path:
@@ -105,10 +214,12 @@ def _price_path(feed: Path) -> PricePath | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args)
-    if config is None:
+    loaded = _load(args)
+    secrets_ = _secrets(args) if loaded is not None else None
+    if loaded is None or secrets_ is None:
         return 2
-    profile = args.profile or config.binance.profile
+    config = loaded.for_profile(args.profile)
+    profile = config.binance.profile
     feed = _feed_path(config)
     options = RunOptions(
         profile=profile,
@@ -119,8 +230,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         feed_origin_ms=args.feed_origin_ms,
     )
     _daemon_logging()
+    log.info("shortfsm run: %s", _venue_text(config))
+    for warning in _warnings(config, Path(args.config), secrets_):
+        log.warning("%s", warning)
     try:
-        return asyncio.run(run_daemon(config, Secrets(), options))
+        return asyncio.run(run_daemon(config, secrets_, options))
     except StartupRefused as exc:
         print(f"shortfsm: {exc}", file=sys.stderr)
         return 2
@@ -247,6 +361,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     db_path = Path(args.db or config.storage.database)
+    if lock_held(db_path) or liveness(db_path).alive:
+        print(
+            f"shortfsm demo: a daemon is running on {db_path}: the demo never touches it; pass --db to "
+            "choose another file",
+            file=sys.stderr,
+        )
+        return 2
     try:
         prepare_demo_db(db_path)
     except StoreError as exc:
@@ -269,12 +390,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
         database=str(db_path),
         stop_when=demo_finished(path),
         observer=show,
+        demo=True,
     )
     console.print(f"shortfsm demo: simulated venue on loopback, bundled feed, {args.speed:g}x time")
-    code = asyncio.run(_demo(config, db_path, options, board, console))
+    try:
+        code = asyncio.run(_demo(demo_config(config, db_path), db_path, options, board, console))
+    except StartupRefused as exc:  # a daemon took the database in the meantime
+        print(f"shortfsm demo: {exc}", file=sys.stderr)
+        return 2
     summary = demo_summary(db_path)
     console.print(summary_text(summary, time.monotonic() - started, db_path), markup=False)
     return code
+
+
+def demo_config(config: AppConfig, db_path: Path) -> AppConfig:
+    """The demo writes its own files beside its database: the decision log in ``<db>-log/`` and the
+    heartbeat in ``<db>-heartbeat.json``, never the production log or heartbeat."""
+    storage = config.storage.model_copy(
+        update={
+            "database": str(db_path),
+            "log_dir": f"{db_path}-log",
+            "heartbeat_path": f"{db_path}-heartbeat.json",
+        }
+    )
+    return config.model_copy(update={"storage": storage})
 
 
 def _board_module() -> Any:
@@ -288,9 +427,10 @@ def _board_module() -> Any:
 
 
 async def _demo(config: AppConfig, db_path: Path, options: RunOptions, board: Any, console: Console) -> int:
-    store = await Store.open(db_path)
-    await store.set_status(DEMO_MARKER, "1", 0)
-    await store.close()
+    if not db_path.exists():  # made here: marked as the demo's own (``run`` removes the mark)
+        store = await Store.open(db_path)
+        await store.set_status(DEMO_MARKER, "1", 0)
+        await store.close()
     daemon = asyncio.create_task(run_daemon(config, Secrets(_env_file=None), options))  # type: ignore[call-arg]
     if board is None:
         return await daemon
@@ -324,11 +464,12 @@ def loose_permissions(paths: list[Path]) -> list[str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args)
-    if config is None:
+    loaded = _load(args)
+    secrets_ = _secrets(args) if loaded is not None else None
+    if loaded is None or secrets_ is None:
         return 2
-    profile = args.profile or config.binance.profile
-    ok = asyncio.run(preflight(config, Secrets(), profile, config_path=Path(args.config)))
+    config = loaded.for_profile(args.profile)
+    ok = asyncio.run(preflight(config, secrets_, config.binance.profile, config_path=Path(args.config)))
     return 0 if ok else 1
 
 
@@ -336,18 +477,21 @@ async def preflight(config: AppConfig, secrets_: Secrets, profile: str, *, confi
     """``shortfsm check``: one line per check (``OK``, ``WARN``, ``SKIP`` or ``FAIL``); False when
     any check failed. Against the venue: clock skew, the API key, position mode, balance and the
     withdrawal permission."""
+    config = config.for_profile(profile)
     print(f"OK    config {config_path}: valid (profile {profile})")
-    for warning in loose_permissions([Path(".env"), config_path, Path(config.telegram.session_path)]):
+    if profile != "sim" or config.binance.rest_url:
+        print(f"OK    {_venue_text(config)}")
+    for warning in _warnings(config, config_path, secrets_):
         print(f"WARN  {warning}")
     ok = _check_database(Path(config.storage.database))
-    if profile == "sim":
-        print("OK    sim profile: the simulated venue runs inside the daemon and needs no keys")
-        return ok
     try:
         check_profile(config, profile, secrets_)
     except StartupRefused as exc:
         print(f"FAIL  {exc}")
         return False
+    if profile == "sim":
+        print("OK    sim profile: the simulated venue runs inside the daemon and needs no keys")
+        return ok
     print("OK    keys: present")
     venue_ok = await _check_venue(config, secrets_, profile)
     telegram_ok = await _check_telegram(config, secrets_)
@@ -506,50 +650,134 @@ POSITION_MODE_NOTE = {
 # ---------------------------------------------------------------------------------------------
 
 
-def _control(args: argparse.Namespace, label: str, what: str, **values: Any) -> int:
+CONTROL_WAIT_S = 10.0  # how long pause/resume/flatten wait for the daemon's acknowledgement
+EXIT_NO_DAEMON = 3  # pause/resume/flatten: no daemon is running on the database
+
+
+def _control(args: argparse.Namespace, command: str) -> int:
+    """``pause`` / ``resume``: sent to the daemon running on the database, and acknowledged; never
+    written anywhere when none runs (and no database is ever created)."""
     config = _load(args)
     if config is None:
         return 2
+    db = Path(config.storage.database)
+    live = liveness(db)
+    if not live.alive:
+        print(f"shortfsm: {live.text}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    return _send(db, command, args.wait, live)
+
+
+def _send(db: Path, command: str, wait_s: float, live: Liveness) -> int:
+    """Write one request and wait (bounded) for its acknowledgement; 0 only when it was applied."""
+    request_id = f"{command}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
     try:
-        write_control(config.storage.database, int(time.time() * 1000), **values)
+        request_control(db, request_id, command, int(time.time() * 1000))
     except StoreError as exc:
         print(f"shortfsm: database: {exc}", file=sys.stderr)
         return 2
-    print(f"{label} written to {config.storage.database}: {what}")
-    return 0
+    print(f"{command} {request_id} sent to daemon pid {live.pid} on {db}", flush=True)
+    deadline = time.monotonic() + wait_s
+    while (ack := read_control_ack(db, request_id)) is None:
+        if time.monotonic() >= deadline:
+            print(
+                f"shortfsm: {command} {request_id} not acknowledged within {wait_s:g} s by daemon pid "
+                f"{live.pid}: check `shortfsm status` (the daemon may still apply it)",
+                file=sys.stderr,
+            )
+            return 1
+        now = liveness(db)
+        if not now.alive:
+            print(
+                f"shortfsm: {command} {request_id} not applied: {now.text} (a daemon started later "
+                "discards it)",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.05)
+    for line in ack.get("lines") or []:
+        print(f"  {line}")
+    applied = ack.get("applied_ms")
+    when = utc(applied) if isinstance(applied, int) else "an unknown time"
+    failures = ack.get("failures") or 0
+    if ack.get("result") == "ok":
+        print(f"{command} {request_id} applied at {when}")
+        return 0
+    print(
+        f"shortfsm: {command} {request_id} {ack.get('result')} at {when}: {failures} failure(s)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    return _control(
-        args, "pause", "the running daemon takes no new entries within 1 s; exits keep working", paused=True
-    )
+    return _control(args, "pause")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    return _control(args, "resume", "the running daemon takes new entries again within 1 s", paused=False)
+    return _control(args, "resume")
 
 
 def cmd_flatten(args: argparse.Namespace) -> int:
-    config = _load(args)
-    if config is None:
+    """With a daemon running on the database: it flattens (after the list of what it knows and a
+    confirmation). Without one: ``--direct`` flattens on the profile's venue from here, every order
+    and every failure reported."""
+    loaded = _load(args)
+    if loaded is None:
         return 2
-    profile = args.profile or config.binance.profile
-    if not args.yes and not _confirmed(
-        f"Cancel every order and close every position on {profile} at market? [y/N] "
-    ):
-        print("nothing done")
-        return 1
-    if profile == "sim":
-        # The simulated venue lives inside the running daemon: it carries the request out.
-        return _control(
-            args,
-            "flatten",
-            "the running daemon cancels every order and closes every position within 1 s; "
-            "entries stay paused until `shortfsm resume`",
-            paused=True,
-            flatten=int(time.time() * 1000),
+    config = loaded.for_profile(args.profile)
+    profile = config.binance.profile
+    db = Path(config.storage.database)
+    live = liveness(db)
+    if live.alive:
+        beat = live.heartbeat or {}
+        running = beat.get("profile")
+        if args.profile and isinstance(running, str) and running != profile:
+            print(
+                f"shortfsm: the daemon on {db} (pid {live.pid}) trades the {running} profile, not "
+                f"{profile}: nothing done",
+                file=sys.stderr,
+            )
+            return 2
+        urls: dict[str, Any] = beat["urls"] if isinstance(beat.get("urls"), dict) else {}
+        where = urls.get("rest") or "its venue"
+        exposure: dict[str, Any] = beat["exposure"] if isinstance(beat.get("exposure"), dict) else {}
+        orders, positions = list(exposure.get("orders") or []), list(exposure.get("positions") or [])
+        print(f"daemon pid {live.pid} on {db} ({running}, {where}) will cancel every open order and close")
+        print("every position on the account at market, then keep entries paused. It holds:")
+        for order in orders:
+            print(f"  cancel {order}")
+        for position in positions:
+            print(f"  close {position} at market")
+        if not orders and not positions:
+            print("  no order or position of its own (anything else on the account is flattened too)")
+        if not args.yes and not _confirmed("Flatten now? [y/N] "):
+            print("nothing done")
+            return 1
+        return _send(db, "flatten", args.wait, live)
+    if not args.direct:
+        print(f"shortfsm: {live.text}", file=sys.stderr)
+        print(
+            f"shortfsm: `shortfsm flatten --direct` cancels and closes on the {profile} venue from here",
+            file=sys.stderr,
         )
-    secrets_ = Secrets()
+        return EXIT_NO_DAEMON
+    return _flatten_direct(args, config, db)
+
+
+def _flatten_direct(args: argparse.Namespace, config: AppConfig, db: Path) -> int:
+    profile = config.binance.profile
+    rest_url = config.binance.urls()[0]
+    if not rest_url:
+        print(
+            "shortfsm: the sim profile's venue lives inside the daemon: with no daemon running there is "
+            "nothing to flatten",
+            file=sys.stderr,
+        )
+        return 2
+    secrets_ = _secrets(args)
+    if secrets_ is None:
+        return 2
     missing = [
         name
         for name, value in (
@@ -568,24 +796,44 @@ def cmd_flatten(args: argparse.Namespace) -> int:
         print("shortfsm: mainnet is not allowed by the config (binance.allow_mainnet)", file=sys.stderr)
         return 2
     try:
-        done = asyncio.run(_flatten_rest(config, secrets_))
+        plan = asyncio.run(_flatten_rest(config, secrets_, dry_run=True))[0]
     except BinanceError as exc:
-        print(f"FAIL  flatten: {exc}")
+        print(f"FAIL  flatten: {rest_url}: {exc}")
         return 1
-    print("\n".join(done) or "nothing to flatten")
-    # A daemon running on this database must not open a new position right away.
-    return _control(args, "pause", "entries stay paused until `shortfsm resume`", paused=True)
+    print(f"no daemon is running on {db}; on the {profile} venue {rest_url}:")
+    for line in plan:
+        print(f"  {line}")
+    if not plan:
+        print("  nothing to cancel or close")
+        return 0
+    if not args.yes and not _confirmed(f"Cancel and close all of the above on {profile} at market? [y/N] "):
+        print("nothing done")
+        return 1
+    try:
+        done, failures = asyncio.run(_flatten_rest(config, secrets_))
+    except BinanceError as exc:
+        print(f"FAIL  flatten: {rest_url}: {exc}")
+        return 1
+    for line in done:
+        print(line)
+    if failures:
+        print(f"shortfsm: flatten: {failures} failure(s); the account is NOT flat", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _confirmed(question: str) -> bool:
     try:
         answer = input(question)
     except EOFError:
+        print()
         return False
     return answer.strip().lower() in ("y", "yes")
 
 
-async def _flatten_rest(config: AppConfig, secrets_: Secrets) -> list[str]:
+async def _flatten_rest(
+    config: AppConfig, secrets_: Secrets, *, dry_run: bool = False
+) -> tuple[list[str], int]:
     rest_url, _, _ = config.binance.urls()
     async with BinanceRest(
         api_key=secrets_.binance_api_key.get_secret_value(),
@@ -593,4 +841,7 @@ async def _flatten_rest(config: AppConfig, secrets_: Secrets) -> list[str]:
         base_url=rest_url,
         recv_window_ms=config.binance.recv_window_ms,
     ) as rest:
+        await rest.sync_time()
+        if dry_run:
+            return await account_exposure(rest), 0
         return await flatten_account(rest, int(time.time() * 1000))

@@ -13,16 +13,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from binance.sim.exchange import FillPolicy, SimExchange, SimSymbol
 from telegram_ingest.adapter import RawMessage
 from telegram_ingest.replay import FeedItem, load_feed
+
+if TYPE_CHECKING:  # Telethon costs ~50 MB resident: imported only by the Telegram profiles
+    from telegram_ingest.listener import Backoff, SessionLock, TelegramListener
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,7 @@ class Clock(Protocol):
 class MessageSource(Protocol):
     kind: str  # "replay" | "telegram": shown on the board
 
-    async def run(self, deliver: Deliver, cursors: dict[int, int]) -> None: ...
+    async def run(self, deliver: Deliver, cursors: Mapping[int, int]) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -79,7 +84,7 @@ class ReplaySource:
     def stop(self) -> None:
         self._stop.set()
 
-    async def run(self, deliver: Deliver, cursors: dict[int, int]) -> None:
+    async def run(self, deliver: Deliver, cursors: Mapping[int, int]) -> None:
         for item in self.items:
             if self._stop.is_set():
                 return
@@ -96,8 +101,51 @@ class ReplaySource:
         self._finished = True
 
 
+class TelegramUnavailable(RuntimeError):
+    """The Telegram session cannot be used at start (missing, not logged in, held by another
+    process): ``run`` must not start. The message is one line with the remedy."""
+
+
+ClientFactory = Callable[[str, int, str], Any]  # (session path, api id, api hash) -> client
+StateCallback = Callable[[str, str], None]  # (state, detail): "up" | "reconnecting" | "down"
+AlertCallback = Callable[[str, str], None]  # (severity, text)
+# The client every ``TelegramSource`` without its own factory uses; None: telethon.TelegramClient.
+telegram_client_factory: ClientFactory | None = None
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` on one line (the type alone when the message is empty)."""
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class LiveCursors(Mapping[int, int]):
+    """The engine's cursors as they are NOW (a backfill must never read from a stale copy)."""
+
+    def __init__(self, read: Callable[[], Mapping[int, int]]) -> None:
+        self._read = read
+
+    def __getitem__(self, chat_id: int) -> int:
+        return self._read()[chat_id]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(dict(self._read()))
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+
 class TelegramSource:
-    """The real channels through ``telegram_ingest.listener`` (demo and mainnet profiles)."""
+    """The real channels through ``telegram_ingest.listener`` (demo and mainnet profiles).
+
+    ``open`` (before the daemon starts) refuses a missing, never logged-in or locked session
+    with ``TelegramUnavailable``; a Telegram that cannot be reached at start is only a warning.
+    ``run`` then supervises the listener forever: whatever ends it (a connection error, an
+    exception from Telethon, the listener returning) is followed by a reconnect after a capped
+    back-off. ``on_state`` hears each change of state; ``on_alert`` gets a critical alert once
+    Telegram has been down for ``down_alert_s`` (at once when the session itself is refused)
+    and a second one when it is back.
+    """
 
     kind = "telegram"
 
@@ -110,54 +158,267 @@ class TelegramSource:
         chat_ids: Sequence[int],
         backfill_interval_s: float,
         quiet_reconnect_s: float,
+        clock: Clock,
+        client_factory: ClientFactory | None = None,
+        backoff: Backoff | None = None,
+        down_alert_s: float = 60.0,
+        start_timeout_s: float = 30.0,
+        watchdog_interval_s: float = 5.0,
+        dedupe_size: int = 4096,
     ) -> None:
-        self.session_path = session_path
+        from telegram_ingest.listener import Backoff, session_file
+
+        self.session_path = session_file(session_path)
         self.api_id = api_id
         self.api_hash = api_hash
         self.chat_ids = tuple(chat_ids)
         self.backfill_interval_s = backfill_interval_s
         self.quiet_reconnect_s = quiet_reconnect_s
-        self._listener: Any = None
+        self.clock = clock
+        self.backoff = backoff or Backoff()
+        self.down_alert_s = down_alert_s
+        self.start_timeout_s = start_timeout_s
+        self.watchdog_interval_s = watchdog_interval_s
+        self.dedupe_size = dedupe_size
+        self.on_state: StateCallback | None = None
+        self.on_alert: AlertCallback | None = None
+        self.state = "down"
+        self.detail = "not started"
+        self.attempts = 0  # connection attempts made by ``run``
+        self._factory = client_factory
+        self._lock: SessionLock | None = None
+        self._client: Any = None
+        self._listener: TelegramListener | None = None
+        self._stop = asyncio.Event()
+        self._down_since_ms: int | None = None
+        self._alerted = False
+        self._alarm: asyncio.Task[None] | None = None
 
     @property
     def finished(self) -> bool:
         return False
 
     def stop(self) -> None:
+        self._stop.set()
         if self._listener is not None:
             self._listener.stop()
 
-    async def run(self, deliver: Deliver, cursors: dict[int, int]) -> None:
-        from telethon import TelegramClient
+    # -- start ---------------------------------------------------------------------------------
 
+    async def open(self) -> None:
+        """Lock the session and check it is logged in, before anything can trade."""
+        from telegram_ingest.listener import (
+            NotAuthorised,
+            SessionLocked,
+            SessionUnusable,
+            ensure_authorised,
+            login_remedy,
+            open_session_path,
+            session_problem,
+        )
+
+        session = self.session_path
+        problem = session_problem(session)
+        if problem is not None and not session.exists():
+            raise TelegramUnavailable(problem)
+        try:
+            self._lock = open_session_path(session)
+        except SessionLocked as exc:
+            holder = f"process {exc.pid}" if exc.pid is not None else "another process"
+            raise TelegramUnavailable(
+                f"Telegram session {session} is held by {holder}: stop it first (a session must never be "
+                "used by two processes at once)"
+            ) from None
+        try:
+            if problem is not None:
+                raise TelegramUnavailable(problem)
+            try:
+                self._client = self._new_client()
+            except sqlite3.OperationalError as exc:
+                raise TelegramUnavailable(
+                    f"Telegram session {session} is in use by another program ({exc})"
+                ) from None
+            try:
+                async with asyncio.timeout(self.start_timeout_s):
+                    await ensure_authorised(self._client, session)
+            except NotAuthorised as exc:
+                raise TelegramUnavailable(str(exc)) from None
+            except SessionUnusable as exc:
+                raise TelegramUnavailable(
+                    f"Telegram refused session {session} ({type(exc).__name__}): {login_remedy(session)}"
+                ) from None
+            except TimeoutError:
+                log.warning(
+                    "Telegram did not answer within %.0f s: starting anyway, reconnecting until it does "
+                    "(no signal is seen until then)",
+                    self.start_timeout_s,
+                )
+            except Exception as exc:  # unreachable is not refused: ``run`` reconnects and alerts
+                log.warning(
+                    "Telegram unreachable at start (%s: %s): starting anyway, reconnecting until it is "
+                    "(no signal is seen until then)",
+                    type(exc).__name__,
+                    exc,
+                )
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Disconnect and release the session lock (idempotent)."""
+        self.stop()
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm = None
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _new_client(self) -> Any:
+        factory = self._factory or telegram_client_factory
+        if factory is None:
+            from telethon import TelegramClient
+
+            # FloodWait always reaches the listener, which never sleeps on it holding the delivery lock.
+            return TelegramClient(str(self.session_path), self.api_id, self.api_hash, flood_sleep_threshold=0)
+        return factory(str(self.session_path), self.api_id, self.api_hash)
+
+    # -- supervised run ------------------------------------------------------------------------
+
+    async def run(self, deliver: Deliver, cursors: Mapping[int, int]) -> None:
         from telegram_ingest.listener import (
             ListenerConfig,
+            NotAuthorised,
+            SessionUnusable,
             TelegramListener,
-            ensure_authorised,
-            open_session_path,
+            login_remedy,
         )
+
+        if self._client is None and self._lock is None:
+            await self.open()
 
         class _Cursors:
             def get(self, chat_id: int) -> int:
                 return cursors.get(chat_id, 0)
 
-        with open_session_path(self.session_path) as session:
-            client = TelegramClient(str(session.path), self.api_id, self.api_hash)
-            await ensure_authorised(client)
-            try:
-                self._listener = TelegramListener(
-                    client,
-                    chat_ids=self.chat_ids,
-                    cursors=_Cursors(),
-                    on_raw=deliver,
-                    config=ListenerConfig(
-                        backfill_interval_s=self.backfill_interval_s,
-                        quiet_reconnect_s=self.quiet_reconnect_s,
-                    ),
+        self._listener = TelegramListener(
+            self._client,
+            chat_ids=self.chat_ids,
+            cursors=_Cursors(),
+            on_raw=deliver,
+            config=ListenerConfig(
+                backfill_interval_s=self.backfill_interval_s,
+                quiet_reconnect_s=self.quiet_reconnect_s,
+                watchdog_interval_s=self.watchdog_interval_s,
+                dedupe_size=self.dedupe_size,
+                reconnect_backoff=self.backoff,
+            ),
+            clock=self.clock.now_ms,
+            sleep=self._sleep,
+            on_state=self._report,
+        )
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                self.attempts += 1
+                up_since: int | None = None
+                urgent = False
+                try:
+                    await self._client.connect()
+                    if not await self._client.is_user_authorized():
+                        raise NotAuthorised(
+                            f"the Telegram session is not logged in: {login_remedy(self.session_path)}"
+                        )
+                    if self._stop.is_set():
+                        break
+                    up_since = self.clock.now_ms()
+                    self._report("up", "connected")
+                    await self._listener.run()
+                    reason = "the listener stopped"
+                except asyncio.CancelledError:
+                    raise
+                except (NotAuthorised, *SessionUnusable) as exc:
+                    urgent = True
+                    remedy = login_remedy(self.session_path)
+                    reason = (
+                        str(exc)
+                        if isinstance(exc, NotAuthorised)
+                        else (f"Telegram refused the session ({type(exc).__name__}): {remedy}")
+                    )
+                except Exception as exc:  # supervised: nothing ends the source but ``stop``
+                    reason = describe_error(exc)
+                if self._stop.is_set():
+                    break
+                if up_since is not None and self.clock.now_ms() - up_since >= self.backoff.cap_s * 1000:
+                    failures = 0
+                delay = self.backoff.delay(failures)
+                failures += 1
+                log.warning("telegram: %s; reconnecting in %.0f s", reason, delay)
+                self._report("down" if urgent else "reconnecting", reason, urgent=urgent)
+                with contextlib.suppress(Exception):
+                    await self._client.disconnect()
+                await self._sleep(delay)
+        finally:
+            self._report("down", "stopped")
+            if self._alarm is not None:
+                self._alarm.cancel()
+                self._alarm = None
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep on the run's clock; ``stop`` wakes it."""
+        await self.clock.sleep_until(self.clock.now_ms() + int(seconds * 1000), self._stop)
+
+    def _report(self, state: str, detail: str, *, urgent: bool = False) -> None:
+        """A change of state: board, and the down / back alerts."""
+        changed = state != self.state
+        self.state, self.detail = state, detail
+        now = self.clock.now_ms()
+        if changed and self.on_state is not None:
+            self.on_state(state, detail)
+        if detail == "stopped":
+            return
+        if state == "up":
+            if self._alarm is not None:
+                self._alarm.cancel()
+                self._alarm = None
+            if self._alerted and self._down_since_ms is not None:
+                self._alert(
+                    "info",
+                    f"Telegram is back after {(now - self._down_since_ms) / 1000:.0f} s down; "
+                    "the messages missed meanwhile are read from the channels' history",
                 )
-                await self._listener.run()
-            finally:
-                await client.disconnect()
+            self._down_since_ms = None
+            self._alerted = False
+            return
+        if self._down_since_ms is None:
+            self._down_since_ms = now
+        if urgent and not self._alerted:
+            self._alerted = True
+            self._alert("critical", f"Telegram session refused: {detail}; no signal is seen until then")
+        elif not self._alerted and self._alarm is None:
+            self._alarm = asyncio.create_task(self._alarm_after(self._down_since_ms), name="telegram-alarm")
+
+    async def _alarm_after(self, since_ms: int) -> None:
+        await self.clock.sleep_until(since_ms + int(self.down_alert_s * 1000), self._stop)
+        self._alarm = None
+        if self._stop.is_set() or self.state == "up" or self._alerted:
+            return
+        self._alerted = True
+        self._alert(
+            "critical",
+            f"Telegram down for {self.down_alert_s:.0f} s ({self.detail}): no signal "
+            "or risk message is seen until it is back; reconnecting",
+        )
+
+    def _alert(self, severity: str, text: str) -> None:
+        if self.on_alert is not None:
+            self.on_alert(severity, text)
+        else:
+            log.warning("telegram alert (%s): %s", severity, text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """The heartbeat file (``var/heartbeat.json``): rewritten atomically every second by the daemon.
 
-Content (``notes/RUNTIME.md``): ``now_ms``, ``pid``, ``price_source``, ``price_age_ms``, ``streams``,
-``locks``, ``database`` ("ok" or "error") and ``last_event``. A watchdog (systemd, a cron job)
-reads ``now_ms`` to tell a live daemon from a hung one.
+Content (``notes/RUNTIME.md``): ``now_ms`` (the run's clock, compressed in sim), ``wall_ms`` (the
+system clock when written), ``pid``, ``started_ms`` (wall), ``profile``, ``urls`` (the venue's REST
+and WebSocket URLs), ``price_source``, ``price_age_ms``, ``streams`` (state of each connection),
+``locks``, ``database`` (its path; ``database_ok``) and ``last_event``. The same payload is the
+``heartbeat`` status row of the database, which ``shortfsm status`` reads (``fsm.runtime.liveness``):
+alive when ``pid`` runs and ``wall_ms`` is fresh.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +32,44 @@ def heartbeat_payload(
     database_ok: bool,
     last_event: dict[str, Any] | None,
     pid: int | None = None,
+    profile: str | None = None,
+    urls: dict[str, str] | None = None,
+    started_ms: int | None = None,
+    database: str | None = None,
 ) -> dict[str, Any]:
     last = engine.last_ws_ms if engine.price_source == "WS" else engine.last_rest_ms
     return {
         "now_ms": now_ms,
+        "wall_ms": int(time.time() * 1000),
         "pid": os.getpid() if pid is None else pid,
+        "started_ms": started_ms,
+        "profile": profile,
+        "urls": dict(urls or {}),
         "price_source": engine.price_source,
         "price_age_ms": None if last is None else max(0, now_ms - last),
         "streams": dict(streams),
         "locks": {name: model.state for name, model in engine.locks.items()},
         "database": "ok" if database_ok else "error",
+        "database_path": database,
         "last_event": last_event,
+        "exposure": exposure(engine),
     }
+
+
+def exposure(engine: Engine) -> dict[str, list[str]]:
+    """The engine's open orders and positions, one line each (what ``flatten`` lists first)."""
+    orders = [
+        f"{o.cid} ({symbol} {o.side} {o.kind} {o.qty}"
+        + (f" trigger {o.price})" if o.is_algo else f" @ {o.price})" if o.price > 0 else ")")
+        for symbol, model in sorted(engine.symbols.items())
+        for o in model.open_orders()
+    ]
+    positions = [
+        f"{symbol} -{model.position()}"
+        for symbol, model in sorted(engine.symbols.items())
+        if model.position() > 0
+    ]
+    return {"orders": orders, "positions": positions}
 
 
 def write_atomic(path: str | Path, payload: dict[str, Any]) -> bool:

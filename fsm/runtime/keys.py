@@ -19,10 +19,13 @@ MAINNET_SPOT_URL = "https://api.binance.com"
 
 def spot_api_url(config: AppConfig, profile: str) -> str | None:
     """Where ``apiRestrictions`` lives: the configured REST URL when it is overridden (a proxy or
-    the simulated venue), the spot API on mainnet, otherwise nowhere."""
-    if config.binance.rest_url:
-        return config.binance.rest_url
-    return MAINNET_SPOT_URL if profile == "mainnet" else None
+    the simulated venue), the spot API on mainnet, otherwise nowhere. ``profile`` is resolved as
+    every command resolves it (``AppConfig.for_profile``), so a flag never borrows another
+    profile's URL."""
+    binance = config.for_profile(profile).binance
+    if binance.rest_url:
+        return binance.rest_url
+    return MAINNET_SPOT_URL if binance.profile == "mainnet" else None
 
 
 async def can_withdraw(

@@ -25,6 +25,8 @@ import dataclasses
 import json
 import logging
 import sqlite3
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -39,6 +41,19 @@ from fsm import events as ev
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SNAPSHOTS_KEPT = 20
+LOCK_WAIT_MS = 250  # the longest one statement waits for another process's write lock
+RETRY_LIMIT = 100_000  # writes kept for retry while the database is locked; older ones are dropped
+
+
+def problem_kind(exc: BaseException) -> str:
+    """Why a statement failed: ``locked`` (another process holds the write lock), ``full`` (no space
+    left) or ``io`` (anything else: I/O error, read-only file, corruption)."""
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return "locked"
+    if "full" in text:
+        return "full"
+    return "io"
 
 
 class StoreError(RuntimeError):
@@ -183,7 +198,7 @@ def connect(path: str | Path) -> Database:
         conn = sqlite3.connect(str(target), check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
         db = Database(conn)
         migrate(db)
     except sqlite3.DatabaseError as exc:
@@ -210,6 +225,10 @@ class Store:
         self.closed = False
         self.journal_seq = 0  # seq of the last row ``journal`` was asked to write
         self.covered_seq: int | None = None  # what the next snapshot covers; None: the whole journal
+        self.last_problem: tuple[str, str] | None = None  # (``problem_kind``, message) of the last failure
+        self.dropped = 0  # queued writes given up (the queue overflowed, or they failed for another cause)
+        self._retry: deque[Callable[[Database], Any]] = deque()  # writes refused by a lock (DB thread only)
+        self._fail_fast = False  # locked: statements do not wait at all until the queue is written
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
@@ -230,16 +249,31 @@ class Store:
     def healthy(self) -> bool:
         return not self.closed and self.errors == 0
 
-    def submit(self, fn: Callable[[Database], T]) -> asyncio.Future[T]:
-        """Queue ``fn(db)`` on the DB thread; the returned future may be awaited or dropped."""
+    def submit(self, fn: Callable[[Database], T], *, retry: bool = True) -> asyncio.Future[T]:
+        """Queue ``fn(db)`` on the DB thread; the returned future may be awaited or dropped. A write
+        refused because another process holds the lock waits at most ``LOCK_WAIT_MS`` (then none at
+        all until the lock is gone) and is queued for ``retry_writes`` (``retry``: writes only)."""
         loop = asyncio.get_running_loop()
 
         def guarded(db: Database) -> T:
             try:
                 return fn(db)
-            except sqlite3.Error:
+            except sqlite3.Error as exc:
                 self.errors += 1
-                log.exception("database write failed")
+                kind = problem_kind(exc)
+                self.last_problem = (kind, str(exc))
+                if kind != "locked":
+                    log.exception("database write failed")
+                    raise
+                if not self._fail_fast:
+                    self._fail_fast = True
+                    db.conn.execute("PRAGMA busy_timeout=0")
+                if retry:
+                    if len(self._retry) >= RETRY_LIMIT:
+                        self._retry.popleft()
+                        self.dropped += 1
+                    self._retry.append(fn)
+                log.warning("database locked by another process (%s): write queued for retry", exc)
                 raise
 
         future = loop.run_in_executor(self._pool, guarded, self.db)
@@ -247,7 +281,38 @@ class Store:
         return future
 
     async def call(self, fn: Callable[[Database], T]) -> T:
-        return await self.submit(fn)
+        return await self.submit(fn, retry=False)
+
+    @property
+    def queued(self) -> int:
+        """Writes waiting for the database's lock."""
+        return len(self._retry)
+
+    async def retry_writes(self) -> int:
+        """Write the queued writes in order until the lock refuses again; returns how many were
+        written. Once the queue is empty statements wait for the lock again (``LOCK_WAIT_MS``)."""
+
+        def run(db: Database) -> int:
+            written = 0
+            while self._retry:
+                try:
+                    self._retry[0](db)
+                except sqlite3.Error as exc:
+                    self.last_problem = (problem_kind(exc), str(exc))
+                    if problem_kind(exc) == "locked":
+                        return written
+                    self._retry.popleft()
+                    self.dropped += 1
+                    log.error("queued database write failed, given up: %s", exc)
+                    continue
+                self._retry.popleft()
+                written += 1
+            if self._fail_fast:
+                db.conn.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
+                self._fail_fast = False
+            return written
+
+        return await self.call(run)
 
     async def close(self) -> None:
         """Drain pending writes, checkpoint and close the connection."""
@@ -282,8 +347,9 @@ class Store:
 
         return self.submit(write)
 
-    async def save_cursor(self, chat_id: int, message_id: int, now_ms: int) -> None:
-        """N-05: awaited by the daemon before any other command of the message is carried out."""
+    def save_cursor(self, chat_id: int, message_id: int, now_ms: int) -> asyncio.Future[None]:
+        """N-05: awaited by the daemon before any other command of the message is carried out (for at
+        most ``CURSOR_WAIT_S`` there: a locked database never holds up a decision)."""
 
         def write(db: Database) -> None:
             db.execute(
@@ -293,7 +359,7 @@ class Store:
                 [chat_id, message_id, now_ms],
             )
 
-        await self.submit(write)
+        return self.submit(write)
 
     def record_message(
         self, *, chat_id: int, message_id: int, date_ms: int, received_ms: int, text: str, parsed: Any
@@ -377,6 +443,63 @@ class Store:
             )
 
         return self.submit(write)
+
+    def drop_status(self, key: str) -> asyncio.Future[None]:
+        def write(db: Database) -> None:
+            db.execute("DELETE FROM status WHERE key = ?", [key])
+
+        return self.submit(write)
+
+    # -- operator requests (written by the CLI, applied and acknowledged by the daemon) -----------
+
+    async def control_requests(self) -> list[dict[str, Any]]:
+        """Pending requests, oldest first; an unreadable row is dropped (logged)."""
+
+        def read(db: Database) -> list[dict[str, Any]]:
+            rows = db.execute(
+                "SELECT key, value FROM status WHERE key LIKE ? ORDER BY updated_ms, key",
+                [f"{CONTROL_REQUEST}%"],
+            ).fetchall()
+            found = []
+            for key, value in rows:
+                try:
+                    request = json.loads(value)
+                    if not isinstance(request, dict) or not isinstance(request.get("id"), str):
+                        raise ValueError("not a request")
+                except ValueError:
+                    log.warning("control request %s unreadable, dropped: %r", key, value)
+                    db.execute("DELETE FROM status WHERE key = ?", [key])
+                    continue
+                found.append(request)
+            return found
+
+        return await self.call(read)
+
+    async def set_control(self, control: dict[str, Any], now_ms: int) -> None:
+        await self.set_status(CONTROL_KEY, json.dumps(control), now_ms)
+
+    async def drop_control_request(self, request: dict[str, Any]) -> None:
+        await self.drop_status(CONTROL_REQUEST + str(request["id"]))
+
+    async def finish_control(self, request: dict[str, Any], outcome: dict[str, Any]) -> None:
+        """The request is gone and its acknowledgement written (id, applied at, what was done)."""
+        rid = request["id"]
+        ack = {"id": rid, "command": request.get("command"), "applied_ms": int(time.time() * 1000), **outcome}
+
+        def write(db: Database) -> None:
+            with db.conn:
+                db.execute("DELETE FROM status WHERE key = ?", [CONTROL_REQUEST + rid])
+                db.execute(
+                    "INSERT OR REPLACE INTO status(key, value, updated_ms) VALUES (?, ?, ?)",
+                    [CONTROL_ACK + rid, json.dumps(ack), ack["applied_ms"]],
+                )
+                # Acknowledgements nobody collected (the command gave up) are kept for a day.
+                db.execute(
+                    "DELETE FROM status WHERE key LIKE ? AND updated_ms < ?",
+                    [f"{CONTROL_ACK}%", ack["applied_ms"] - 86_400_000],
+                )
+
+        await self.call(write)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -674,6 +797,44 @@ def _write_outcome(db: Database, event: ev.Event) -> None:
 # ---------------------------------------------------------------------------------------------
 
 CONTROL_KEY = "control"
+CONTROL_REQUEST = "control.request."
+CONTROL_ACK = "control.ack."
+
+
+def request_control(path: str | Path, request_id: str, command: str, now_ms: int) -> None:
+    """The CLI's side: one request row for the running daemon. The database must exist (it is
+    opened read-write, never created or migrated); raises ``StoreError`` when it cannot be written."""
+    target = Path(path)
+    value = json.dumps({"id": request_id, "command": command, "requested_ms": now_ms})
+    try:
+        conn = sqlite3.connect(f"{target.resolve().as_uri()}?mode=rw", uri=True, timeout=5.0)
+        try:
+            with conn:
+                conn.execute(
+                    "INSERT INTO status(key, value, updated_ms) VALUES (?, ?, ?)",
+                    [CONTROL_REQUEST + request_id, value, now_ms],
+                )
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{target}: the request could not be written ({exc})") from exc
+
+
+def read_control_ack(path: str | Path, request_id: str) -> dict[str, Any] | None:
+    """The daemon's acknowledgement of ``request_id`` (None until written); read-only."""
+    target = Path(path)
+    try:
+        conn = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+        try:
+            row = conn.execute(
+                "SELECT value FROM status WHERE key = ?", [CONTROL_ACK + request_id]
+            ).fetchone()
+        finally:
+            conn.close()
+        value = json.loads(row[0]) if row else None
+    except (sqlite3.Error, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def write_control(path: str | Path, now_ms: int, **values: Any) -> dict[str, Any]:

@@ -34,7 +34,11 @@ ROI_STEP = Decimal("0.01")
 EXTRA_PLACES = 4
 # The position panel shows the symbol that matters most when, exceptionally, several hold state.
 _PHASE_RANK = {"PHASE2": 0, "PHASE1": 1, "ENTRY_ORDER": 2, "EXITING": 3}
-_STREAM_VALUES = {"market": ("up", "down"), "user": ("up", "down"), "telegram": ("up", "down", "replay")}
+_STREAM_VALUES = {
+    "market": ("up", "down"),
+    "user": ("up", "down"),
+    "telegram": ("up", "down", "reconnecting", "replay"),
+}
 PROFILES = ("sim", "demo", "mainnet")
 
 
@@ -63,7 +67,7 @@ def board_view(engine: Engine, now_ms: int, extras: dict[str, Any] | None = None
         "paused": bool(engine.paused),
         "locks": {name: model.state for name, model in engine.locks.items()},
         "price_source": price_source,
-        "balance": {"wallet": _plain(engine.wallet_balance), "available": _plain(engine.available_balance)},
+        "balance": _balance(engine),
         "position_mode": engine.position_mode,
         "monitoring": monitoring,
         "position": _position(engine, holding[0], buffer_pct) if holding else None,
@@ -75,6 +79,15 @@ def board_view(engine: Engine, now_ms: int, extras: dict[str, Any] | None = None
 # ---------------------------------------------------------------------------------------------
 # Parts
 # ---------------------------------------------------------------------------------------------
+
+
+def _balance(engine: Engine) -> dict[str, Any]:
+    """Null (shown as unknown) until the venue has told the balance: a recovery that could not read
+    the venue leaves the engine's zeros, which are not a balance."""
+    recovering = engine.locks["recovery_lock"].state != "READY" if "recovery_lock" in engine.locks else False
+    if recovering and engine.wallet_balance == 0 and engine.available_balance == 0:
+        return {"wallet": None, "available": None}
+    return {"wallet": _plain(engine.wallet_balance), "available": _plain(engine.available_balance)}
 
 
 def _monitoring_row(engine: Engine, model: SymbolModel, buffer_pct: Decimal) -> dict[str, Any] | None:

@@ -112,7 +112,13 @@ def test_demo_with_fake_secrets_writes_none_of_them(
     (tmp_path / "var" / "stdout.txt").write_text(out.out + out.err, encoding="utf-8")
 
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    for expected in ("var/demo.db", "var/heartbeat.json", "var/log/shortfsm.jsonl", "var/process.log"):
+    # The demo keeps its own log and heartbeat beside its database, never the production ones.
+    for expected in (
+        "var/demo.db",
+        "var/demo.db-heartbeat.json",
+        "var/demo.db-log/shortfsm.jsonl",
+        "var/process.log",
+    ):
         assert expected in written
     db = sqlite3.connect(tmp_path / "var" / "demo.db")
     assert db.execute("SELECT count(*) FROM journal").fetchone()[0] > 0

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 from board_kit import EXPECTED, make_db, scenario_state
@@ -158,6 +161,9 @@ def test_watch_redraws_until_stopped_and_leaves_the_last_board(tmp_path: Path) -
         },
     )
     db = make_db(tmp_path / "shortfsm.db", view=view, transitions=transitions, alerts=alerts)
+    with sqlite3.connect(db) as conn:  # a live daemon's heartbeat (this process, fresh)
+        beat = {"pid": os.getpid(), "wall_ms": int(time.time() * 1000)}
+        conn.execute("INSERT INTO status VALUES ('heartbeat', ?, 1)", [json.dumps(beat)])
     calls: list[int] = []
 
     def stop() -> bool:

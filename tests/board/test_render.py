@@ -87,7 +87,7 @@ def test_every_line_fits_80_columns() -> None:
     [
         ("W51", 2, "● AUTH LOCK: the API key was refused; no new entries"),
         ("W50", 3, "● RATE-LIMIT MODE: monitoring goes on, no new entries"),
-        ("W23-1-monitoring", 6, "● SAFETY LOCK: no fresh mark price; positions closed"),
+        ("W23-1-monitoring", 6, "● SAFETY LOCK: no fresh mark price; no new entries, no position to close"),
     ],
 )
 def test_lock_conditions_are_alerts(scenario_id: str, steps: int, line: str) -> None:

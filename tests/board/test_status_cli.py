@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -41,16 +46,47 @@ def test_status_prints_one_snapshot_of_a_running_daemon(
     }
     view, transitions, alerts = scenario_state("W55", 4, extras)
     (plain_terminal / "var").mkdir()
-    make_db(plain_terminal / "var" / "shortfsm.db", view=view, transitions=transitions, alerts=alerts)
+    db = plain_terminal / "var" / "shortfsm.db"
+    make_db(db, view=view, transitions=transitions, alerts=alerts)
+    now = int(time.time() * 1000)
+    with sqlite3.connect(db) as conn:  # the daemon's heartbeat: this process, fresh
+        beat = {"pid": os.getpid(), "wall_ms": now, "started_ms": now - 60_000}
+        conn.execute("INSERT INTO status VALUES ('heartbeat', ?, ?)", [json.dumps(beat), now])
     assert status() == 0
-    assert capsys.readouterr().out == (EXPECTED / "position_phase1.txt").read_text(encoding="utf-8")
+    board, last, _ = capsys.readouterr().out.rsplit("\n", 2)
+    assert board + "\n" == (EXPECTED / "position_phase1.txt").read_text(encoding="utf-8")
+    assert re.fullmatch(
+        rf"daemon running on var/shortfsm.db: pid {os.getpid()}, started \d{{4}}-\d\d-\d\d "
+        r"\d\d:\d\d:\d\d UTC, last heartbeat \d+\.\d s ago",
+        last,
+    )
+
+
+def test_status_of_a_database_whose_daemon_is_gone_says_stopped_and_exits_1(
+    plain_terminal: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extras = {"profile": "sim", "streams": {"market": "up", "user": "up", "telegram": "replay"}}
+    view, transitions, alerts = scenario_state("W55", 4, extras)
+    db = plain_terminal / "shortfsm.db"
+    make_db(db, view=view, transitions=transitions, alerts=alerts)
+    with sqlite3.connect(db) as conn:  # pid 0 never runs
+        beat = {"pid": 0, "wall_ms": 1_767_225_600_000, "started_ms": 1_767_225_000_000}
+        conn.execute("INSERT INTO status VALUES ('heartbeat', ?, ?)", [json.dumps(beat), 1])
+    assert status("--db", str(db)) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == (
+        f"no daemon is running on {db}: stopped since 2026-01-01 00:00:00 UTC (last heartbeat of pid 0)"
+    )
+    assert "STOPPED" in out and "running" not in out.splitlines()[2]
 
 
 def test_status_on_a_missing_database_prints_no_daemon(
     plain_terminal: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert status("--db", "var/shortfsm.db") == 0
-    assert capsys.readouterr().out == (EXPECTED / "empty.txt").read_text(encoding="utf-8")
+    assert status("--db", "var/shortfsm.db") == 3
+    assert capsys.readouterr().out == (EXPECTED / "empty.txt").read_text(encoding="utf-8") + (
+        "no daemon is running on var/shortfsm.db: there is no database at var/shortfsm.db\n"
+    )
     assert list(plain_terminal.iterdir()) == []
 
 

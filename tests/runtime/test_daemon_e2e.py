@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -169,8 +170,29 @@ def test_heartbeat_file_content(tmp_path: Path) -> None:
 
     data = kit.run(scenario())
     assert sorted(data) == sorted(
-        ["now_ms", "pid", "price_source", "price_age_ms", "streams", "locks", "database", "last_event"]
+        [
+            "now_ms",
+            "wall_ms",
+            "pid",
+            "started_ms",
+            "profile",
+            "urls",
+            "price_source",
+            "price_age_ms",
+            "streams",
+            "locks",
+            "database",
+            "database_path",
+            "last_event",
+            "exposure",
+        ]
     )
+    assert (data["pid"], data["profile"], data["database_path"]) == (
+        os.getpid(),
+        "sim",
+        str(tmp_path / "db.sqlite"),
+    )
+    assert data["exposure"] == {"orders": [], "positions": []}
     assert data["price_source"] == "WS"
     assert data["database"] == "ok"
     assert data["streams"] == {"market": "up", "user": "up", "telegram": "replay"}

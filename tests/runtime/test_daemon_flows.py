@@ -269,12 +269,16 @@ def test_stale_price_with_a_position_locks_and_closes_at_market(tmp_path: Path) 
             assert venue.exchange.positions[("ETHUSDT", "BOTH")].amount == 0
 
     kit.run(scenario())
-    assert kit.rows(tmp_path, "SELECT severity, text FROM alerts WHERE kind = 'safety_lock' ORDER BY id")[
-        0
-    ] == (
-        "critical",
-        "mark price stale: safety lock on, flattening",
-    )
+    severity, text = kit.rows(
+        tmp_path, "SELECT severity, text FROM alerts WHERE kind = 'safety_lock' ORDER BY id"
+    )[0]
+    assert severity == "critical"
+    # The alert says what the lock did: here it closes the one position held.
+    assert re.fullmatch(
+        r"safety lock on: no fresh mark price (for \d+ ms|of ETHUSDT for 15 s or more); "
+        r"closing ETHUSDT at market",
+        text,
+    ), text
     assert ("price_source", "rest_fallback") in kit.rows(tmp_path, "SELECT kind, reason FROM decisions")
 
 
@@ -585,7 +589,14 @@ def test_corrupt_database_is_refused_with_a_clear_message_and_left_alone(
         "to start fresh (cursors and cooldowns in it would be lost)\n"
     )
     assert db.read_bytes() == garbage
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "db.sqlite", "feed.jsonl"]
+    # Only the one-daemon lock beside it (fsm.runtime.liveness), empty once released.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.yaml",
+        "db.sqlite",
+        "db.sqlite.lock",
+        "feed.jsonl",
+    ]
+    assert (tmp_path / "db.sqlite.lock").read_bytes() == b""
 
 
 def test_missing_database_starts_fresh_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -655,8 +666,8 @@ def test_full_disk_is_alerted_and_trading_continues_from_memory(tmp_path: Path) 
             assert [(a.severity, a.text) for a in critical] == [
                 (
                     "critical",
-                    "database writes fail (disk full or I/O error, see the log): trading continues from "
-                    "memory; free disk space",
+                    "database writes fail: the disk is full (database or disk is full): trading continues "
+                    "from memory; free disk space",
                 )
             ]
             assert run.store.errors > 0

@@ -18,7 +18,8 @@ def test_demo_tells_the_whole_story(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # var/ (logs, heartbeat) goes to the temporary directory
     db = tmp_path / "demo.db"
-    args = argparse.Namespace(config=str(tmp_path / "none.yaml"), speed=25.0, db=str(db), no_board=True)
+    # No config.yaml in the working directory: the demo runs on the built-in defaults.
+    args = argparse.Namespace(config=None, config_optional=True, speed=25.0, db=str(db), no_board=True)
     assert daemon_cli.cmd_demo(args) == 0
     out = capsys.readouterr().out
     for line in (

@@ -3,10 +3,11 @@ and ``flatten`` against a running daemon (sim profile) or straight through REST 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import os
 import re
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -121,16 +122,17 @@ def test_check_passes_on_a_healthy_venue(operator_env: Path, capsys: pytest.Capt
         venue.add_route("GET", "/sapi/v1/account/apiRestrictions", {"enableWithdrawals": False})
         config = kit.write_config(operator_env, venue.config_text())
         assert _check(config) == 0
-        url = venue.venue.rest_url
+        url, ws = venue.venue.rest_url, venue.venue.ws_url
     lines = _lines(capsys)
-    assert lines[:3] == [
+    assert lines[:4] == [
         f"OK    config {config}: valid (profile demo)",
+        f"OK    profile demo: REST {url}, market WS {ws}/market, private WS {ws}/private",
         f"OK    database {operator_env / 'db.sqlite'} does not exist yet: "
         "`run` creates it (nothing to restore)",
         "OK    keys: present",
     ]
-    assert re.fullmatch(rf"OK    clock skew vs {url}/fapi/v1/time: -?\d+ ms", lines[3])
-    assert lines[4:] == [
+    assert re.fullmatch(rf"OK    clock skew vs {url}/fapi/v1/time: -?\d+ ms", lines[4])
+    assert lines[5:] == [
         "OK    position mode: ONE_WAY (N-15: orders without positionSide, exits reduceOnly)",
         "OK    USDT balance: wallet 10000.00000000, available 10000.00000000",
         "OK    the API key cannot withdraw",
@@ -229,11 +231,12 @@ def test_check_warns_on_files_readable_by_others(
         config.chmod(0o640)
         session.chmod(0o604)
         assert _check(config) == 0  # a warning, not a failure
+    session = operator_env / "tg.session"
     warnings = [line for line in _lines(capsys) if line.startswith("WARN")]
     assert warnings == [
-        "WARN  .env is readable by group/others (0o644): chmod 600 .env",
+        f"WARN  {env} is readable by group/others (0o644): chmod 600 {env}",
         f"WARN  {config} is readable by group/others (0o640): chmod 600 {config}",
-        "WARN  tg.session is readable by group/others (0o604): chmod 600 tg.session",
+        f"WARN  {session} is readable by group/others (0o604): chmod 600 {session}",
     ]
 
 
@@ -269,7 +272,7 @@ def test_check_warns_on_files_readable_by_others(
         (
             HEALTHY,
             False,
-            ["FAIL  Telegram session var/telegram.session is not logged in: run `shortfsm login`"],
+            ["FAIL  Telegram session {session} is not logged in: run `shortfsm login`"],
         ),
     ],
     ids=["channel-not-in-session", "channel-private", "history-refused", "not-logged-in"],
@@ -287,11 +290,12 @@ def test_check_fails_when_a_channel_cannot_be_read(
         venue.add_route("GET", "/sapi/v1/account/apiRestrictions", {"enableWithdrawals": False})
         config = kit.write_config(operator_env, venue.config_text())
         assert _check(config) == 1
+    session = operator_env / "var" / "telegram.session"
     lines = _lines(capsys)
-    assert lines[-len(expected) :] == expected
+    assert lines[-len(expected) :] == [line.replace("{session}", str(session)) for line in expected]
     assert lines[-len(expected) - 1] == "OK    the API key cannot withdraw"  # the venue checks all ran
     (client,) = made
-    assert client.opened == ("var/telegram.session", 12345, "test-hash")  # relative to the cwd
+    assert client.opened == (str(session), 12345, "test-hash")  # relative to the config file's folder
     assert client.calls[0] == "connect" and client.calls[-1] == "disconnect"
 
 
@@ -303,7 +307,8 @@ def test_check_without_a_session_says_to_log_in(
         config = kit.write_config(operator_env, venue.config_text())
         assert _check(config) == 1
     assert _lines(capsys)[-1] == (
-        "FAIL  Telegram session var/telegram.session does not exist: run `shortfsm login` first"
+        f"FAIL  Telegram session {operator_env / 'var' / 'telegram.session'} does not exist: "
+        "run `shortfsm login` first"
     )
     assert not (operator_env / "var" / "telegram.session").exists()  # check never creates it
 
@@ -375,14 +380,15 @@ def test_pause_holds_the_entry_at_its_trigger_and_resume_releases_it(
         async with kit.Venue(path) as venue:
             run = await venue.start_daemon(tmp_path, feed)
             await kit.wait_until(lambda: run.seen.has("ETHUSDT IDLE->MONITORING"))
-            assert main(["pause", "--config", str(config)]) == 0
-            await kit.wait_until(lambda: run.daemon.engine.paused)
+            await kit.wait_until(lambda: bool(kit.board(tmp_path)))  # its heartbeat is written
+            assert await asyncio.to_thread(main, ["pause", "--config", str(config)]) == 0
+            assert run.daemon.engine.paused  # acknowledged once applied
             await kit.wait_until(lambda: kit.board(tmp_path).get("paused") is True)
             assert not venue.at(12)  # the pause is in force before the trigger price arrives
             await kit.wait_until(lambda: venue.at(16))
             assert venue.exchange.orders == {}
             assert run.daemon.engine.state_of("ETHUSDT") == "MONITORING"
-            assert main(["resume", "--config", str(config)]) == 0
+            assert await asyncio.to_thread(main, ["resume", "--config", str(config)]) == 0
             await kit.wait_until(lambda: run.seen.accepted("sf1001-E11-ETHUSDT"))
             assert await run.stop() == 0
             assert kit.venue_orders(venue.exchange) == [
@@ -399,12 +405,22 @@ def test_pause_holds_the_entry_at_its_trigger_and_resume_releases_it(
             ]
             assert kit.logs(run.seen, "pause") == [(None, "paused", {}), (None, "resumed", {})]
 
-    kit.run(scenario())
-    assert _lines(capsys) == [
-        f"pause written to {tmp_path / 'db.sqlite'}: the running daemon takes no new entries within 1 s; "
-        "exits keep working",
-        f"resume written to {tmp_path / 'db.sqlite'}: the running daemon takes new entries again within 1 s",
-    ]
+    kit.run(scenario(), timeout=30)
+    lines = _lines(capsys)
+    db = tmp_path / "db.sqlite"
+    assert len(lines) == 6
+    for command, state, (sent, done, applied) in (
+        ("pause", "paused: no new entries", lines[:3]),
+        ("resume", "resumed: new entries allowed", lines[3:]),
+    ):
+        request = re.fullmatch(
+            rf"{command} ({command}-\d+-[0-9a-f]{{6}}) sent to daemon pid {os.getpid()} on {db}", sent
+        )
+        assert request is not None, sent
+        assert done == f"  {state}"
+        assert re.fullmatch(
+            rf"{command} {request[1]} applied at \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC", applied
+        )
     assert kit.rows(tmp_path, "SELECT reason FROM decisions WHERE kind = 'pause' ORDER BY id") == [
         ("paused",),
         ("resumed",),
@@ -433,8 +449,9 @@ def test_exits_keep_working_while_paused(tmp_path: Path) -> None:
         async with kit.Venue(path) as venue:
             run = await venue.start_daemon(tmp_path, feed)
             await kit.wait_until(lambda: run.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
-            assert main(["pause", "--config", str(config)]) == 0
-            await kit.wait_until(lambda: run.daemon.engine.paused)
+            await kit.wait_until(lambda: bool(kit.board(tmp_path)))  # its heartbeat is written
+            assert await asyncio.to_thread(main, ["pause", "--config", str(config)]) == 0
+            assert run.daemon.engine.paused
             assert not venue.at(14)
             await kit.wait_until(lambda: run.seen.has("ETHUSDT EXITING->IDLE"))
             assert run.daemon.engine.paused
@@ -463,10 +480,10 @@ def test_exits_keep_working_while_paused(tmp_path: Path) -> None:
             ]
             assert venue.exchange.positions[("ETHUSDT", "BOTH")].amount == 0
 
-    kit.run(scenario())
-    assert json.loads(kit.rows(tmp_path, "SELECT value FROM status WHERE key = 'control'")[0][0]) == {
-        "paused": True
-    }
+    kit.run(scenario(), timeout=30)
+    control = json.loads(kit.rows(tmp_path, "SELECT value FROM status WHERE key = 'control'")[0][0])
+    assert (control["paused"], control["by"]) == (True, "pause")
+    assert re.fullmatch(r"pause-\d+-[0-9a-f]{6}", control["id"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,6 +506,12 @@ PHASE2_PATH = kit.PricePath(
 )
 
 
+def _heartbeat(tmp: Path) -> dict[str, Any]:
+    """The daemon's heartbeat row (``{}`` before the first one)."""
+    found = kit.rows(tmp, "SELECT value FROM status WHERE key = 'heartbeat'")
+    return json.loads(found[0][0]) if found else {"exposure": {"orders": []}}
+
+
 def test_flatten_cancels_every_order_and_closes_the_position(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -505,7 +528,8 @@ def test_flatten_cancels_every_order_and_closes_the_position(
             assert [a.client_algo_id for a in venue.exchange.algos.values() if a.status == "NEW"] == [
                 "sf1001-MD1-ETHUSDT"
             ]
-            assert main(["flatten", "--yes", "--config", str(config)]) == 0
+            await kit.wait_until(lambda: len(_heartbeat(tmp_path)["exposure"]["orders"]) == 2)
+            assert await asyncio.to_thread(main, ["flatten", "--yes", "--config", str(config)]) == 0
             await kit.wait_until(lambda: run.seen.has("ETHUSDT EXITING->IDLE"))
             await kit.wait_until(lambda: run.daemon.engine.lock_state("entry_lock") == "GLOBAL_IDLE")
             assert run.daemon.engine.paused
@@ -560,11 +584,31 @@ def test_flatten_cancels_every_order_and_closes_the_position(
             assert venue.exchange.positions[("ETHUSDT", "BOTH")].amount == 0
             assert ("DELETE", "/fapi/v1/algoOrder") in venue.harness.venue.requests
 
-    kit.run(scenario())
-    assert _lines(capsys) == [
-        f"flatten written to {tmp_path / 'db.sqlite'}: the running daemon cancels every order and closes "
-        "every position within 1 s; entries stay paused until `shortfsm resume`"
+    kit.run(scenario(), timeout=30)
+    db = tmp_path / "db.sqlite"
+    lines = _lines(capsys)
+    assert re.fullmatch(
+        rf"daemon pid {os.getpid()} on {db} \(sim, http://127\.0\.0\.1:\d+\) will cancel every open order "
+        "and close",
+        lines[0],
+    )
+    assert lines[1:5] == [
+        "every position on the account at market, then keep entries paused. It holds:",
+        "  cancel sf1001-MD1-ETHUSDT (ETHUSDT BUY STOP_MARKET 2.450 trigger 4323.10)",
+        "  cancel sf1001-BE1-ETHUSDT (ETHUSDT BUY LIMIT 2.450 @ 3759.22)",
+        "  close ETHUSDT -2.450 at market",
     ]
+    sent = re.fullmatch(
+        rf"flatten (flatten-\d+-[0-9a-f]{{6}}) sent to daemon pid {os.getpid()} on {db}", lines[5]
+    )
+    assert sent is not None
+    assert lines[6:9] == [
+        "  cancelled sf1001-BE1-ETHUSDT",
+        "  cancelled sf1001-MD1-ETHUSDT",
+        "  closed ETHUSDT -2.450",
+    ]
+    assert re.fullmatch(rf"flatten {sent[1]} applied at \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC", lines[9])
+    assert len(lines) == 10
     (text,) = kit.rows(tmp_path, "SELECT text FROM alerts WHERE kind = 'flatten'")[0]
     assert re.fullmatch(
         r"cancelled sf1001-BE1-ETHUSDT; cancelled sf1001-MD1-ETHUSDT; closed ETHUSDT -2\.450", text
@@ -574,15 +618,16 @@ def test_flatten_cancels_every_order_and_closes_the_position(
 def test_flatten_without_confirmation_does_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With no daemon (and no database) nothing is asked, written or created."""
     config = kit.write_config(tmp_path)
-    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
-    assert main(["flatten", "--config", str(config)]) == 1
-    out = capsys.readouterr().out
-    assert out == "Cancel every order and close every position on sim at market? [y/N] nothing done\n"
-    assert not (tmp_path / "db.sqlite").exists()  # no control row was written anywhere
-    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no terminal at all: the same refusal
-    assert main(["flatten", "--config", str(config)]) == 1
-    assert capsys.readouterr().out.endswith("nothing done\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    assert main(["flatten", "--config", str(config)]) == 3
+    db = tmp_path / "db.sqlite"
+    assert capsys.readouterr().err == (
+        f"shortfsm: no daemon is running on {db}: there is no database at {db}\n"
+        "shortfsm: `shortfsm flatten --direct` cancels and closes on the sim venue from here\n"
+    )
+    assert not db.exists()  # no control row was written anywhere
 
 
 def test_flatten_over_rest_on_a_venue_profile(
@@ -625,18 +670,28 @@ def test_flatten_over_rest_on_a_venue_profile(
             }
         )
         config = kit.write_config(operator_env, venue.config_text())
+        monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+        assert main(["flatten", "--direct", "--config", str(config)]) == 1  # listed, refused
+        assert capsys.readouterr().out.splitlines()[-1].endswith("[y/N] nothing done")
+        assert [o[5] for o in kit.venue_orders(ex)] == ["FILLED", "NEW"]
         monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))
-        assert main(["flatten", "--config", str(config)]) == 0
+        assert main(["flatten", "--direct", "--config", str(config)]) == 0
         orders = kit.venue_orders(ex)
         algos = kit.venue_algos(ex)
         position = ex.positions[("ETHUSDT", "BOTH")].amount
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "Cancel every order and close every position on demo at market? [y/N] cancelled tp1"
-    assert out[1:3] == ["cancelled stop1", "closed ETHUSDT -0.500"]
-    assert (
-        out[3]
-        == f"pause written to {operator_env / 'db.sqlite'}: entries stay paused until `shortfsm resume`"
-    )
+    db = operator_env / "db.sqlite"
+    assert out[0] == f"no daemon is running on {db}; on the demo venue {venue.venue.rest_url}:"
+    assert out[1:4] == [
+        "  cancel tp1 (ETHUSDT BUY LIMIT 0.500 @ 3300.00)",
+        "  cancel stop1 (ETHUSDT BUY STOP_MARKET trigger 4000.00)",
+        "  close ETHUSDT -0.500 at market",
+    ]
+    assert out[4:] == [
+        "Cancel and close all of the above on demo at market? [y/N] cancelled tp1",
+        "cancelled stop1",
+        "closed ETHUSDT -0.500",
+    ]
     assert [(o[0], o[5]) for o in orders[:2]] == [("e1", "FILLED"), ("tp1", "CANCELED")]
     assert orders[2][1:] == (
         "BUY",
@@ -649,9 +704,7 @@ def test_flatten_over_rest_on_a_venue_profile(
     )
     assert algos == [("stop1", "BUY", "STOP_MARKET", Decimal("4000.00"), "CANCELED", True)]
     assert position == 0
-    with sqlite3.connect(operator_env / "db.sqlite") as conn:
-        control = conn.execute("SELECT value FROM status WHERE key = 'control'").fetchone()[0]
-    assert json.loads(control) == {"paused": True}
+    assert not db.exists()  # nothing to apply at a later start
 
 
 def test_flatten_refused_without_keys(
@@ -659,7 +712,7 @@ def test_flatten_refused_without_keys(
 ) -> None:
     monkeypatch.delenv("BINANCE_API_SECRET")
     config = kit.write_config(operator_env, "binance:\n  profile: demo\n")
-    assert main(["flatten", "--yes", "--config", str(config)]) == 2
+    assert main(["flatten", "--yes", "--direct", "--config", str(config)]) == 2
     assert capsys.readouterr().err == (
         "shortfsm: flatten on demo needs BINANCE_API_SECRET in the environment or .env\n"
     )
@@ -670,7 +723,10 @@ def test_pause_on_an_unusable_database_fails_clearly(
 ) -> None:
     config = kit.write_config(tmp_path)
     (tmp_path / "db.sqlite").write_bytes(b"garbage" * 200)
-    assert main(["pause", "--config", str(config)]) == 2
+    assert main(["pause", "--config", str(config)]) == 3
     err = capsys.readouterr().err
-    assert err.startswith(f"shortfsm: database: {tmp_path / 'db.sqlite'}: not a usable shortfsm database")
+    assert (
+        err
+        == f"shortfsm: no daemon is running on {tmp_path / 'db.sqlite'}: it has never written a heartbeat\n"
+    )
     assert (tmp_path / "db.sqlite").read_bytes() == b"garbage" * 200

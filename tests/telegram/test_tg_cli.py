@@ -91,7 +91,7 @@ def test_subcommands_set_func() -> None:
     assert args.func is cli.run_parse
     args = parser().parse_args(["login", "--session", "var/a.session"])
     assert (args.func, args.session) == (cli.run_login, "var/a.session")
-    assert parser().parse_args(["login"]).session == "var/telegram.session"
+    assert parser().parse_args(["login"]).session is None  # the config's telegram.session_path
 
 
 def test_login_without_environment_explains_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

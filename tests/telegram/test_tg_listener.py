@@ -409,10 +409,10 @@ def test_disconnected_client_is_reconnected_and_backfilled() -> None:
     asyncio.run(scenario())
 
 
-def test_failed_reconnect_is_retried_at_the_next_check() -> None:
+def test_failed_reconnect_is_retried_at_the_next_check_after_its_back_off() -> None:
     async def scenario() -> None:
         client = FakeTelegram({ENTRY: [1], RISK: [1]})
-        listener, sink, _, _ = make(client, Cursors(entry=1, risk=1))
+        listener, sink, _, clock = make(client, Cursors(entry=1, risk=1))
         await listener.start()
         client.connected = False
         client.connect_error = OSError("network unreachable")
@@ -420,6 +420,10 @@ def test_failed_reconnect_is_retried_at_the_next_check() -> None:
         await listener.check()
         assert client.connects == 1 and sink.raws == []
         client.connect_error = None
+        clock.now_ms += 999
+        await listener.check()  # the first back-off is 1 s
+        assert client.connects == 1
+        clock.now_ms += 1
         await listener.check()
         assert client.connects == 2 and sink.ids(ENTRY) == [2]
 
