@@ -35,7 +35,7 @@ from fsm.commands import (
     PlaceAlgoOrder,
     PlaceOrder,
     PrepareOrder,
-    ProbeAuth,
+    ProbeVenue,
     QueryExchange,
     ResolveOrder,
 )
@@ -85,6 +85,7 @@ NOT_FOUND_CODES = frozenset({-2013})  # a query of an id the venue does not know
 # What Binance answers a query of an unknown algo id is undocumented (binance-usdm-2026.md: only
 # -2011 on DELETE was seen live); -2013 is what the classic endpoint says, -2011 is taken as the same.
 ALGO_NOT_FOUND_CODES = frozenset({-2013, -2011})
+CLOSE_STOP_CANCEL_ATTEMPTS = 3  # -4130: tries to remove the stop that holds the place
 RESOLVE_MARGIN_MS = 1_000  # past timestamp + recvWindow: room for the clock offset between us and the venue
 OPEN_ORDERS_BLOCK_CODES = frozenset({-4047})  # margin type cannot change with open orders
 ObservedCategory = Literal["rate_limited", "auth", "timestamp", "other"]
@@ -118,7 +119,7 @@ class Executor:
             CancelAlgoOrder: self._cancel_algo,
             QueryExchange: self._query,
             ResolveOrder: self._resolve,
-            ProbeAuth: self._probe_auth,
+            ProbeVenue: self._probe,
         }
 
     def handles(self, cmd: Command) -> bool:
@@ -276,6 +277,23 @@ class Executor:
             VenueCallSucceeded(now_ms=now_ms),
         ]
 
+    async def _still_open(self, symbol: str, client_id: str, is_algo: bool) -> bool:
+        """A cancel answered "unknown order" (-2011/-2013) is trusted only once the order's own
+        status says it ended: the codes are not documented for algo orders and a cancel can race the
+        order's acceptance (binance-usdm-2026.md, corrections). Unreadable: taken as still open, so
+        the cancel is tried again rather than an order left live."""
+        try:
+            if is_algo:
+                status = await self.rest.algo_order_status(client_id)
+                return status == "NEW"
+            answer = await self.rest.query_order(symbol, client_id)
+            return str(answer.get("status")) in ("NEW", "PARTIALLY_FILLED")
+        except Rejected as err:
+            return err.code not in GONE_CODES  # the venue does not know it at all: gone
+        except (BinanceError, KeyError, ValueError, TypeError) as exc:
+            log.warning("cancel of %s: status unreadable after 'unknown order' (%s)", client_id, exc)
+            return True
+
     async def _cancel_close_stops(self, symbol: str, side: str) -> None:
         """Cancel the open closePosition stops of ``symbol`` on ``side`` (the -4130 direction)."""
         for raw in await self.rest.open_algo_orders(symbol):
@@ -285,10 +303,17 @@ class Executor:
                 log.warning("openAlgoOrders row skipped: %s", exc)
                 continue
             if order.close_position and order.side == side:
-                try:
-                    await self.rest.cancel_algo_order(order.client_order_id)
-                except Rejected as err:
-                    log.warning("cancel of %s: %s (already gone?)", order.client_order_id, err)
+                for _ in range(CLOSE_STOP_CANCEL_ATTEMPTS):
+                    try:
+                        await self.rest.cancel_algo_order(order.client_order_id)
+                        break
+                    except Rejected as err:
+                        # "Unknown order" is believed only once the stop's own status says it ended.
+                        if err.code not in GONE_CODES or not await self._still_open(
+                            symbol, order.client_order_id, True
+                        ):
+                            log.warning("cancel of %s: %s", order.client_order_id, err)
+                            break
 
     async def _position_now(self, symbol: str, now_ms: int) -> list[Event]:
         """The venue's position of ``symbol`` now (our leg), fed before a refusal that says "no
@@ -324,12 +349,12 @@ class Executor:
             reason=why,
         )
 
-    async def _probe_auth(self, cmd: ProbeAuth, now_ms: int) -> list[Event]:
-        """A signed read (the balance, weight 5) to see whether the API key works again."""
+    async def _probe(self, cmd: ProbeVenue, now_ms: int) -> list[Event]:
+        """A signed read (the balance, weight 5): does the key work again, does the venue answer?"""
         try:
             await self.rest.balance()
         except BinanceError as err:
-            log.warning("auth probe %d: %s", cmd.attempt, err)
+            log.warning("%s probe %d: %s", cmd.purpose, cmd.attempt, err)
             return observed(err, now_ms)
         return [VenueCallSucceeded(now_ms=now_ms, signed=True)]
 
@@ -417,7 +442,7 @@ class Executor:
         try:
             answer = await call()
         except BinanceError as err:
-            gone = err.code in GONE_CODES
+            gone = err.code in GONE_CODES and not await self._still_open(symbol, client_id, is_algo)
             result = CancelResult(
                 now_ms=now_ms,
                 symbol=symbol,

@@ -132,10 +132,12 @@ class PersistCooldown(Command):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ProbeAuth(Command):
-    """One signed read while the API key is refused (N-25): its success lifts the auth lock, so a
-    transient -2015 never locks trading out until a restart."""
+class ProbeVenue(Command):
+    """One signed read while a protection mode holds: the API key refused (N-25, ``auth``) or
+    rate-limit protection (N-24, ``rate_limit``). Its success counts like any signed success, so a
+    transient -2015 or a passing weight peak never locks trading out until a restart."""
 
+    purpose: Literal["auth", "rate_limit"]
     attempt: int = 1
 
 

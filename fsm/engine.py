@@ -70,10 +70,13 @@ LOCKED_MESSAGES = {
     AUTH: "AUTH_LOCKED",
 }
 ORPHAN_LIMIT = 50
+RATE_LIMIT_CODES = frozenset({-1003, -1015})  # TOO_MANY_REQUESTS / bans, TOO_MANY_ORDERS
 RISK_SEEN_KEEP = 256  # risk message ids remembered past the cursor (late gap reads, D-34)
 RESOLVE_RETRY_FIRST_MS = 1_000  # a failing query of an UNKNOWN order is asked again after 1 s ...
 RESOLVE_RETRY_MAX_MS = 30_000  # ... doubling up to every 30 s, for as long as it takes
 RESOLVE_ALERT_AFTER = 3  # failed queries before a person is told the order's fate is still unknown
+STOP_RETRY_MS = 1_000  # a stop refused as "no position" while one is held: asked again after 1 s
+RATE_PROBE_MS = 5_000  # one signed read every 5 s while rate-limit protection holds (D-43)
 AUTH_PROBE_FIRST_MS = 5_000  # the auth lock asks the venue with a signed read after 5 s ...
 AUTH_PROBE_MAX_MS = 60_000  # ... doubling up to once a minute, until the key works again
 
@@ -123,6 +126,7 @@ class Engine:
         self.requery_due_ms = 0
         self.auth_probe_due_ms = 0
         self.auth_probes = 0
+        self.rate_probe_due_ms = 0
         self.recovery_snapshot_done = False
         self.recovery_started_ms = 0
         self.price_seen_ms = 0  # when the last fresh mark price (any symbol, WS or REST) arrived
@@ -254,6 +258,8 @@ class Engine:
             deadlines.append(self.requery_due_ms)
         if self.locks[AUTH].state == "AUTH_LOCKED" and self.auth_probe_due_ms:
             deadlines.append(self.auth_probe_due_ms)
+        if self.locks[RATE_LIMIT].state == "PROTECT":
+            deadlines.append(self.rate_probe_due_ms)
         grace = self.strategy.position_sync_grace_seconds * 1000
         deadlines.extend(at + grace for at in self.unconfirmed_fills.values())
         if self.last_ws_ms is not None:
@@ -802,7 +808,11 @@ class Engine:
             self.auth_probes += 1
             wait = min(AUTH_PROBE_MAX_MS, AUTH_PROBE_FIRST_MS * 2**self.auth_probes)
             self.auth_probe_due_ms = now + wait
-            self._emit(cmd.ProbeAuth(attempt=self.auth_probes))
+            self._emit(cmd.ProbeVenue(purpose="auth", attempt=self.auth_probes))
+        if self.locks[RATE_LIMIT].state == "PROTECT" and now >= self.rate_probe_due_ms:
+            # N-24 lifts after consecutive successes; while flat nothing else is asked (D-43).
+            self.rate_probe_due_ms = now + RATE_PROBE_MS
+            self._emit(cmd.ProbeVenue(purpose="rate_limit"))
         if self.locks[EXIT_CANCEL_LOCK].state == "CANCEL_FAILED" and now >= self.requery_due_ms:  # R16
             self.requery_due_ms = now + s.requery_interval_seconds * 1000
             for model in self.symbols.values():
@@ -854,7 +864,10 @@ class Engine:
                     self._emit(cmd.PrepareOrder(symbol=model.symbol, leg="ENTRY2", configure_margin=False))
             if state == "PHASE2" and model.be_armed:
                 pbe = rules.round_to_tick(model.average(), self._tick(model))
-                if mark >= rules.breakeven_threshold(pbe, b) and not model.open_orders("BE"):  # W43, N-17
+                # W43, N-17: mark >= Tbe places it. A mark already below Tbe has passed through the
+                # band before this evaluation (W19: a trigger met at the first look goes at once):
+                # it goes too, or PHASE2 would hold no exit at all (D-40).
+                if not model.open_orders("BE"):
                     model.be_armed = False
                     self._cancel_all(model, legs=("ENTRY2",))
                     self._place_limit_exit(model, "BE", pbe)
@@ -943,6 +956,11 @@ class Engine:
         if blocked is not None:  # a lock came on while the setup call was in flight
             self._log("order_blocked", model.symbol, f"locked:{blocked}")
             self._reset(model, f"lock during pre-order setup: {blocked}")
+            return
+        if not event.ok and event.error_code in RATE_LIMIT_CODES:
+            # Held back by the rate limits, nothing sent: wait for the trigger again (D-10, D-43).
+            self._log("order_blocked", model.symbol, "rate_limited_entry_held", code=event.error_code)
+            self._fire(model, "entry_held", f"pre-order setup held by the rate limits ({event.error_code})")
             return
         if not event.ok or event.position_mode is None:  # W24 failure, W26
             self._log("order_blocked", model.symbol, event.reason or "prepare_failed", code=event.error_code)
@@ -1216,6 +1234,10 @@ class Engine:
             if model.venue_position == 0:  # the venue's position, read with the refusal: flat
                 self._log("position_sync", model.symbol, "venue_flat_on_close", cid=order.cid)
                 self._sync_position(model)
+                return
+            if order.is_algo and model.position() > 0 and order.attempts < self.strategy.entry_attempts:
+                # -4509 while the position is there (the venue's view lagged): the stop goes again.
+                self._resend(model, order, STOP_RETRY_MS)
                 return
         retryable = event.retryable and order.attempts < self.strategy.entry_attempts
         if order.leg in ENTRY_LEGS and event.retry_after_ms > ENTRY_WAIT_MAX_MS:
@@ -2320,8 +2342,14 @@ class Engine:
         )
 
     def _on_pause(self, event: ev.PauseRequested) -> None:
+        """A pause stops new entries and releases what only monitors (no order, no position): a
+        signal seen before the pause never enters after ``resume``; new signals do (D-40)."""
         self.paused = event.paused
         self._log("pause", None, "paused" if event.paused else "resumed")
+        if event.paused:
+            for model in list(self.symbols.values()):
+                if model.state == "MONITORING":
+                    self._reset(model, "paused: monitoring released")
 
 
 # Engine attributes that snapshot() carries as they are.
@@ -2354,6 +2382,7 @@ _PLAIN_FIELDS = (
     "requery_due_ms",
     "auth_probe_due_ms",
     "auth_probes",
+    "rate_probe_due_ms",
     "recovery_snapshot_done",
     "recovery_started_ms",
     "price_seen_ms",

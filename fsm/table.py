@@ -29,6 +29,9 @@ SYMBOL_TRANSITIONS: Final[list[Row]] = [
     {"trigger": "start_monitoring", "source": ["IDLE"], "dest": "MONITORING"},
     # W17-2/W19: the 0.1% entry trigger fired (and won the W18 tie-break).
     {"trigger": "entry_triggered", "source": ["MONITORING"], "dest": "ENTRY_ORDER"},
+    # D-10, D-43: an entry whose setup or order the rate limits held back (nothing reached the book)
+    # goes back to waiting for its trigger instead of dropping the signal.
+    {"trigger": "entry_held", "source": ["ENTRY_ORDER"], "dest": "MONITORING"},
     # W39: the first entry is completely filled.
     {"trigger": "entry_filled", "source": ["ENTRY_ORDER"], "dest": "PHASE1"},
     # W43: any fill of the second entry (partial included) is PHASE2; later fills stay there.

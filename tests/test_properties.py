@@ -885,5 +885,5 @@ def test_global_table_pair(name: str, state: str, trigger: str) -> None:
 
 
 def test_pair_lists_are_complete() -> None:
-    assert len(SYMBOL_PAIRS) == len(SYMBOL_STATES) * len(ALL_TRIGGERS) == 6 * 22
-    assert len(LOCK_PAIRS) == sum(len(states) for states, _, _ in GLOBAL_MACHINES.values()) * 22
+    assert len(SYMBOL_PAIRS) == len(SYMBOL_STATES) * len(ALL_TRIGGERS) == 6 * 23
+    assert len(LOCK_PAIRS) == sum(len(states) for states, _, _ in GLOBAL_MACHINES.values()) * 23

@@ -43,7 +43,8 @@ PART_FILLED: list[dict[str, Any]] = [
     {"at": 3, "mark": {BTC: "116.1"}},
     {"at": 4, "fill": {"leg": "ENTRY2", "qty": "4.000"}},
     {"at": 5, "risk": {"id": 2001, "symbol": "ETHUSDT"}},
-    {"at": 6, "mark": {BTC: "107"}},  # below the breakeven trigger (average 107.79...)
+    # No evaluation in PHASE2 yet: the first one places the breakeven limit and cancels the rest of
+    # the second entry (W43, D-40), so the snapshot is taken just before it.
 ]
 # The same, then the second entry completes (MDD stop placed) and the breakeven limit goes out
 # (average 110.61..., trigger 110.7...).
@@ -140,7 +141,7 @@ def test_mid_phase2_snapshot_holds_the_whole_picture() -> None:
     assert restored.cooldowns == {BTC: T0_MS}
     strategy = Strategy()
     assert restored.cursors == {strategy.entry_chat_id: 1001, strategy.risk_chat_id: 2001}
-    assert restored.marks == {BTC: D("107")}
+    assert restored.marks == {BTC: D("116.1")}
     assert restored.lock_state("entry_lock") == "GLOBAL_LOCKED"
     assert restored.next_deadline_ms() == engine.next_deadline_ms()
     assert clone(engine).snapshot() == snapshot

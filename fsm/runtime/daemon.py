@@ -96,6 +96,7 @@ CURSOR_WAIT_S = 0.5  # wall seconds a message's cursor write may hold up its dec
 USER_STREAM_WAIT_MS = 5000  # how long recovery waits for the user stream before reading the venue
 KLINE_MS = 180_000
 NOT_JOURNALED = (ev.Tick, ev.MarkPriceTick)  # market data at 1 Hz: the venue keeps it, not us
+ORDER_WATCH_MS = 15_000  # venue time between two read-backs of our open orders (_watch_orders)
 OUTCOME_EVENTS = (
     ev.OrderAccepted,
     ev.AlgoOrderAccepted,
@@ -466,6 +467,7 @@ class Daemon:
             asyncio.create_task(self.poller.run(), name="premium-poller"),
             asyncio.create_task(self._ticker(), name="ticker"),
             asyncio.create_task(self._status_loop(), name="status"),
+            asyncio.create_task(self._watch_orders(), name="order-watch"),
         ]
         await self._stopping.wait()
         # 1) intake stops
@@ -667,6 +669,31 @@ class Daemon:
             if isinstance(event, (ev.OrderUpdated, ev.AlgoOrderUpdated)):
                 log.warning("user stream gap: %s", _describe_missed(event))
             self.enqueue_nowait(event)
+
+    async def _watch_orders(self) -> None:
+        """Our open orders are read back every ``ORDER_WATCH_MS`` whatever the user stream says: a
+        stream that stays connected and pushes nothing (no drop, so no gap read-back) must not
+        hide a fill for long. Weight 1 per open order: a few a minute at most."""
+        while not self._stopping.is_set():
+            await self.clock.sleep_until(self.clock.now_ms() + ORDER_WATCH_MS, self._stopping)
+            if self._stopping.is_set() or self.engine.lock_state("recovery_lock") == "RECOVERING":
+                continue
+            tracked = [
+                Tracked(symbol, o.cid, o.is_algo, o.filled, o.status)
+                for symbol, model in self.engine.symbols.items()
+                for o in model.orders.values()
+                if o.is_open and o.status not in ("PENDING", "UNKNOWN")
+            ]
+            if not tracked:
+                continue
+            try:
+                missed = await missed_updates(self.rest, tracked, self.clock.now_ms())
+            except Exception:  # never let the watch die: the next round asks again
+                log.exception("order watch failed")
+                continue
+            for event in missed:
+                log.warning("order watch: the user stream did not say: %s", _describe_missed(event))
+                self.enqueue_nowait(event)
 
     async def _stream_crashed(self, name: str, exc: BaseException, restarts: int) -> None:
         """A long-lived task died of an unexpected error and is being restarted (never silently)."""
@@ -1459,6 +1486,10 @@ async def run_daemon(config: AppConfig, secrets_: Secrets, options: RunOptions) 
         stack.callback(lock.release)
         store = await open_store(database)
         stack.push_async_callback(store.close)
+        try:
+            lock.hold_database_file()  # created just now when it did not exist
+        except DaemonRunning as exc:
+            raise StartupRefused(str(exc)) from None
         if not options.demo:
             await store.drop_status(DEMO_MARKER)  # adopted by `run`: the demo never recreates it
         clock = RunClock(speed=options.speed if profile == "sim" else 1.0)

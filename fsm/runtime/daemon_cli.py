@@ -241,6 +241,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"shortfsm: database: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path of the config that cannot be used: one line, never a traceback
+        where = exc.filename if exc.filename is not None else ""
+        print(f"shortfsm: cannot use {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 def _daemon_logging() -> None:

@@ -43,7 +43,9 @@ class DaemonRunning(RuntimeError):
 
 
 def lock_path(database: str | Path) -> Path:
-    return Path(f"{database}.lock")
+    """The lock file beside the database's real path: a symlink or a relative path to the same
+    file must meet the same lock (two daemons on one database through a link)."""
+    return Path(f"{Path(database).resolve()}.lock")
 
 
 def _holder_pid(path: Path) -> int | None:
@@ -57,18 +59,22 @@ def _holder_pid(path: Path) -> int | None:
 class DatabaseLock:
     """The exclusive lock of one database, held until ``release`` (or the process ends)."""
 
-    def __init__(self, database: str | Path, fd: int) -> None:
+    def __init__(self, database: str | Path, fd: int, db_fd: int | None = None) -> None:
         self.database = Path(database)
         self.path = lock_path(database)
         self._fd: int | None = fd
+        self._db_fd = db_fd
 
     @classmethod
     def acquire(cls, database: str | Path, *, attempts: int = 5) -> DatabaseLock:
         """Take the lock or raise ``DaemonRunning`` naming the holder's pid. A few quick retries: a
         ``status`` probing the lock holds it shared for microseconds."""
         path = lock_path(database)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # named after the database the operator wrote, not our lock file
+            raise OSError(exc.errno, exc.strerror, str(database)) from None
         for attempt in range(attempts):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,12 +84,40 @@ class DatabaseLock:
                     os.close(fd)
                     raise DaemonRunning(Path(database), _holder_pid(path)) from None
                 time.sleep(0.05)
+        lock = cls(database, fd)
+        try:
+            lock.hold_database_file()
+        except DaemonRunning:
+            os.close(fd)
+            raise
         record = json.dumps({"pid": os.getpid(), "started_ms": int(time.time() * 1000)})
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode(), 0)
-        return cls(database, fd)
+        return lock
+
+    def hold_database_file(self) -> None:
+        """Lock the database file itself as well, once it exists (call again after creating it):
+        another path to the same file (a hard link) meets this lock where the lock file beside it
+        cannot. flock and SQLite's fcntl locks are independent on Linux: SQLite is not disturbed."""
+        if self._db_fd is not None or not self.database.exists():
+            return
+        try:
+            db_fd = os.open(self.database, os.O_RDWR)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.database)) from None
+        try:
+            fcntl.flock(db_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(db_fd)
+            beat = read_heartbeat(self.database) or {}
+            pid = beat.get("pid")
+            raise DaemonRunning(self.database, pid if isinstance(pid, int) else None) from None
+        self._db_fd = db_fd
 
     def release(self) -> None:
+        if self._db_fd is not None:
+            os.close(self._db_fd)
+            self._db_fd = None
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)

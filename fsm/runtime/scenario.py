@@ -609,7 +609,7 @@ class Runner:
             return self._accept(command, cid)
         if isinstance(command, cmd.ResolveOrder):
             return self._resolve(command)
-        if isinstance(command, cmd.ProbeAuth):
+        if isinstance(command, cmd.ProbeVenue):
             if venue.take_rule("auth_probe_fail", None):
                 return [
                     ev.VenueErrorObserved(now_ms=now, category="auth", code=-2015, message="still refused")

@@ -671,7 +671,7 @@ class SimRunner(Runner):
                 path = ORDER_PATH if isinstance(command, cmd.CancelOrder) else ALGO_PATH
                 message = str(rule.params.get("message", "Internal error; unable to process your request."))
                 return [_error_fault("DELETE", path, int(rule.params.get("code", -1001)), message)]
-        if isinstance(command, cmd.ProbeAuth) and venue.take_rule("auth_probe_fail", None):
+        if isinstance(command, cmd.ProbeVenue) and venue.take_rule("auth_probe_fail", None):
             message = "Invalid API-key, IP, or permissions for action."
             return [_error_fault("GET", "/fapi/v3/balance", -2015, message)]
         if isinstance(command, cmd.ResolveOrder):

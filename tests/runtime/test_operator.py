@@ -365,11 +365,12 @@ def test_check_fails_on_a_corrupt_database_without_touching_it(
 ETH = kit.LEADING.format(ticker="ETH")
 
 
-def test_pause_holds_the_entry_at_its_trigger_and_resume_releases_it(
+def test_pause_releases_monitoring_and_resume_never_enters_on_the_old_signal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Paused: the mark crosses the 0.1% trigger (3531.465 for the 3535.00 target) and no order goes
-    out; the board says paused. Resumed: the held trigger fires on the next evaluation."""
+    """Paused: the monitored signal is released (D-41) and the mark crossing its 0.1% trigger
+    (3531.465 for the 3535.00 target) sends nothing; the board says paused. Resumed: the old signal
+    stays released, so still nothing goes out (only new signals enter)."""
     feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
     config = kit.write_config(tmp_path)
     path = kit.PricePath(
@@ -387,22 +388,12 @@ def test_pause_holds_the_entry_at_its_trigger_and_resume_releases_it(
             assert not venue.at(12)  # the pause is in force before the trigger price arrives
             await kit.wait_until(lambda: venue.at(16))
             assert venue.exchange.orders == {}
-            assert run.daemon.engine.state_of("ETHUSDT") == "MONITORING"
+            assert run.daemon.engine.state_of("ETHUSDT") == "IDLE"
+            assert run.seen.has("ETHUSDT MONITORING->IDLE")
             assert await asyncio.to_thread(main, ["resume", "--config", str(config)]) == 0
-            await kit.wait_until(lambda: run.seen.accepted("sf1001-E11-ETHUSDT"))
+            await kit.wait_until(lambda: venue.at(20))
             assert await run.stop() == 0
-            assert kit.venue_orders(venue.exchange) == [
-                (
-                    "sf1001-E11-ETHUSDT",
-                    "SELL",
-                    "LIMIT",
-                    Decimal("3535.00"),
-                    Decimal("1.414"),
-                    "NEW",
-                    False,
-                    Decimal(0),
-                )
-            ]
+            assert venue.exchange.orders == {}  # the signal from before the pause never enters
             assert kit.logs(run.seen, "pause") == [(None, "paused", {}), (None, "resumed", {})]
 
     kit.run(scenario(), timeout=30)
