@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -623,45 +623,26 @@ class Runner:
 
     def _resolve(self, command: cmd.ResolveOrder) -> list[ev.Event]:
         """``GET /fapi/v1/order`` (or ``algoOrder``) by client id after an unknown outcome."""
-        now, venue = self.now_ms, self.venue
+        venue = self.venue
         known = venue.orders.get(command.client_order_id)
-        leg = known.leg if known else None
-        if venue.take_rule("resolve_fail", leg):
-            return [
-                ev.OrderResolved(
-                    now_ms=now,
-                    symbol=command.symbol,
-                    client_order_id=command.client_order_id,
-                    is_algo=command.is_algo,
-                    outcome="failed",
-                    message="-1001 internal error",
-                )
-            ]
-        if known is None:
-            return [
-                ev.OrderResolved(
-                    now_ms=now,
-                    symbol=command.symbol,
-                    client_order_id=command.client_order_id,
-                    is_algo=command.is_algo,
-                    outcome="absent",
-                    message="-2013 Order does not exist.",
-                )
-            ]
-        # Like the executor: the order's fills as the stream would have pushed them, then its status.
-        fills = [self._update(known, known.status, Decimal(0), Decimal(0))] if known.filled > 0 else []
-        return [
-            *fills,
-            ev.OrderResolved(
-                now_ms=now,
+
+        def resolved(outcome: Literal["found", "absent", "failed"], **kw: Any) -> ev.OrderResolved:
+            return ev.OrderResolved(
+                now_ms=self.now_ms,
                 symbol=command.symbol,
                 client_order_id=command.client_order_id,
                 is_algo=command.is_algo,
-                outcome="found",
-                order_id=known.order_id,
-                status=known.status,
-            ),
-        ]
+                outcome=outcome,
+                **kw,
+            )
+
+        if venue.take_rule("resolve_fail", known.leg if known else None):
+            return [resolved("failed", message="-1001 internal error")]
+        if known is None:
+            return [resolved("absent", message="-2013 Order does not exist.")]
+        # Like the executor: the order's fills as the stream would have pushed them, then its status.
+        fills = [self._update(known, known.status, Decimal(0), Decimal(0))] if known.filled > 0 else []
+        return [*fills, resolved("found", order_id=known.order_id, status=known.status)]
 
     def _accept(self, command: cmd.PlaceOrder | cmd.PlaceAlgoOrder, cid: str) -> list[ev.Event]:
         """The venue takes the order (or, for a client id it already holds open, answers with it)."""

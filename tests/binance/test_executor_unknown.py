@@ -7,10 +7,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 from binance_simkit import run, venue
+from test_executor import ENTRY, NOW, STOP
 
 from binance.executor import RESOLVE_MARGIN_MS, Executor
 from binance.sim.server import RestFault
-from fsm.commands import PlaceAlgoOrder, PlaceOrder, ResolveOrder
+from fsm.commands import ResolveOrder
 from fsm.events import (
     OrderOutcomeUnknown,
     OrderResolved,
@@ -18,25 +19,6 @@ from fsm.events import (
     VenueCallSucceeded,
 )
 
-NOW = 1_767_225_600_000
-ENTRY = PlaceOrder(
-    symbol="BTCUSDT",
-    client_order_id="s1-ENTRY1-0",
-    leg="ENTRY1",
-    side="SELL",
-    order_type="LIMIT",
-    quantity=Decimal("0.010"),
-    price=Decimal("96000.0"),
-    time_in_force="GTC",
-)
-STOP = PlaceAlgoOrder(
-    symbol="BTCUSDT",
-    client_algo_id="s1-MDD-0",
-    leg="MDD",
-    side="BUY",
-    order_type="STOP_MARKET",
-    trigger_price=Decimal("99000.0"),
-)
 TIMEOUT_1007 = (
     '{"code":-1007,"msg":"Timeout waiting for response from backend server. '
     'Send status unknown; execution status unknown."}'
