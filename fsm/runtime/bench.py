@@ -105,6 +105,18 @@ class Row:
         }
 
 
+def leading_text(symbol: str) -> str:
+    """A leading-market message for ``symbol`` that passes every filter (the benches' one signal)."""
+    return LEADING_TEMPLATE.format(
+        ticker=symbol.removesuffix("USDT").lower(),
+        funding="-0.0250",
+        change="+12.34",
+        direction="상승",
+        rank=11,
+        category="AI",
+    )
+
+
 def _number(value: float) -> str:
     if value >= 1000:
         return f"{value:,.0f}"
@@ -553,9 +565,7 @@ def bench_ingest(budget: Budget) -> list[Row]:
             note=f"frame {kb:.0f} KiB",
         )
     )
-    text = LEADING_TEMPLATE.format(
-        ticker="btc", funding="-0.0250", change="+12.34", direction="상승", rank=11, category="AI"
-    )
+    text = leading_text("BTCUSDT")
     if parse_message(text).__class__ is not ev.LeadingMarket:
         raise RuntimeError("bench fixture: the leading message did not parse")
     rows.append(
@@ -861,14 +871,7 @@ async def tick_to_order(cycles: int) -> list[Row]:
             (t + 5_000, s, Decimal("96.00")),
             (t + 6_000, s, Decimal("95.90")),
         ]
-        text = LEADING_TEMPLATE.format(
-            ticker=s.removesuffix("USDT").lower(),
-            funding="-0.0250",
-            change="+12.34",
-            direction="상승",
-            rank=11,
-            category="AI",
-        )
+        text = leading_text(s)
         items.append(FeedItem(at_ms=t, chat_id=ENTRY_CHAT, message_id=100 + i, text=text))
     path = PricePath(base=dict.fromkeys(symbols, base), points=tuple(points), extra_symbols=extra)
     harness = SimHarness(clock, path=path)

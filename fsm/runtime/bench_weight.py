@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from binance.rest import RateLimits
-from fsm.runtime.bench import ENTRY_CHAT, Row, Target, run_row
+from fsm.runtime.bench import ENTRY_CHAT, Row, Target, leading_text, run_row
 
 WEIGHT_LIMIT = RateLimits().weight_1m  # 2,400 per minute per IP
 WEIGHT_SPEED = 10.0  # venue clock 10x: a venue minute lasts 6 s
@@ -54,7 +54,6 @@ async def rest_weight(minutes_at_rest: int) -> list[Row]:
     from fsm.runtime.daemon import Daemon, RunClock, SimHarness
     from fsm.runtime.feeds import PricePath, ReplaySource
     from fsm.runtime.logs import DecisionLog
-    from fsm.runtime.scenario import LEADING_TEMPLATE
     from fsm.runtime.store import Store
     from telegram_ingest.replay import FeedItem
 
@@ -83,14 +82,7 @@ async def rest_weight(minutes_at_rest: int) -> list[Row]:
         (t + 3_000, symbol, Decimal("101.00")),
         (t + 8_000, symbol, Decimal("100.50")),
     )
-    text = LEADING_TEMPLATE.format(
-        ticker=symbol.removesuffix("USDT").lower(),
-        funding="-0.0250",
-        change="+12.34",
-        direction="상승",
-        rank=11,
-        category="AI",
-    )
+    text = leading_text(symbol)
     items = [FeedItem(at_ms=t, chat_id=ENTRY_CHAT, message_id=100, text=text)]
     path = PricePath(base={symbol: base}, points=points, extra_symbols=extra)
     harness = SimHarness(clock, path=path)
