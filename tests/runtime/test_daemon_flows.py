@@ -136,7 +136,9 @@ def test_w57_risk_during_a_partial_fill_cancels_the_rest_and_closes_at_market(tm
     )
     path = kit.PricePath(
         base={"ETHUSDT": D("3500.00")},
-        points=kit.points([(3, "ETHUSDT", "3532.00"), (5, "ETHUSDT", "3536.00"), (7, "ETHUSDT", "3545.00")]),
+        # 3535.00 at 5 s, the entry's own price: an entry that reaches the venue late (a loaded machine)
+        # crosses and fills at the book, which is then the same price.
+        points=kit.points([(3, "ETHUSDT", "3532.00"), (5, "ETHUSDT", "3535.00"), (7, "ETHUSDT", "3545.00")]),
         fill_policies={"sf1001-E11-ETHUSDT": (D("0.500"),)},  # 0.500 of 1.414 fills, the rest never
     )
 
