@@ -34,6 +34,7 @@ from fsm.model import (
     ENTRY_LEGS,
     LIMIT_EXIT_LEGS,
     STOP_LEGS,
+    TERMINAL_STATUSES,
     LockModel,
     OrderTrack,
     SymbolModel,
@@ -776,7 +777,7 @@ class Engine:
                     self._log("five_second_rule", model.symbol, "partial_exit_stalled", cid=order.cid)
                     self._market_close(model, "five_second_rule")
             for order in list(model.orders.values()):
-                if order.retry_at_ms and now >= order.retry_at_ms and order.status == "PENDING":
+                if order.retry_at_ms and now >= order.retry_at_ms and order.status == "PENDING_NEW":
                     order.retry_at_ms = 0
                     self._retry(model, order)
                 if order.status == "UNKNOWN" and order.resolve_at_ms and now >= order.resolve_at_ms:
@@ -1104,7 +1105,8 @@ class Engine:
         model.close_deferred = False
         # An exit whose cancel failed for good may still trade: the close leaves its rest to it.
         held_back = sum(
-            (o.qty - o.filled for o in model.open_orders(*LIMIT_EXIT_LEGS) if o.status == "CANCELING"), ZERO
+            (o.qty - o.filled for o in model.open_orders(*LIMIT_EXIT_LEGS) if o.status == "PENDING_CANCEL"),
+            ZERO,
         )
         qty = rules.exit_quantity(position - held_back, model.info, market=True) if held_back else qty
         market_min = (
@@ -1144,7 +1146,7 @@ class Engine:
         return [
             o
             for o in model.open_orders(*LIMIT_EXIT_LEGS)
-            if o.status == "CANCELING" or (o.status == "UNKNOWN" and o.cancel_attempts > 0)
+            if o.status == "PENDING_CANCEL" or (o.status == "UNKNOWN" and o.cancel_attempts > 0)
         ]
 
     def _settle_deferred_closes(self) -> None:
@@ -1161,7 +1163,7 @@ class Engine:
         self, model: SymbolModel, *, legs: tuple[str, ...] = (), exclude_legs: tuple[str, ...] = ()
     ) -> None:
         for order in model.open_orders(*legs):
-            if order.leg in exclude_legs or order.status == "CANCELING":
+            if order.leg in exclude_legs or order.status == "PENDING_CANCEL":
                 continue
             self._cancel(model, order)
 
@@ -1172,7 +1174,7 @@ class Engine:
             self._log("cancel_deferred", model.symbol, "outcome_unknown", cid=order.cid)
             return
         order.cancel_attempts += 1
-        order.status = "CANCELING"
+        order.apply("cancel_sent")
         if order.is_algo:
             self._emit(
                 cmd.CancelAlgoOrder(
@@ -1190,7 +1192,7 @@ class Engine:
         if order is None:
             return
         order.order_id = event.order_id
-        order.advance_status("NEW")
+        order.report("NEW")
 
     def _on_algo_accepted(self, event: ev.AlgoOrderAccepted) -> None:
         self._count_success()
@@ -1198,7 +1200,7 @@ class Engine:
         if order is None:
             return
         order.order_id = event.algo_id
-        order.advance_status("NEW")
+        order.report("NEW")
 
     def _order(self, symbol: str, cid: str) -> OrderTrack | None:
         model = self.symbols.get(symbol)
@@ -1230,13 +1232,14 @@ class Engine:
         if event.category == "auth":
             self._enter_auth_lock(f"{event.code} {event.message}")
         if event.category == "flat" and order.leg not in ENTRY_LEGS:
-            order.status = "REJECTED"
             if model.venue_position == 0:  # the venue's position, read with the refusal: flat
+                order.apply("refused")
                 self._log("position_sync", model.symbol, "venue_flat_on_close", cid=order.cid)
                 self._sync_position(model)
                 return
             if order.is_algo and model.position() > 0 and order.attempts < self.strategy.entry_attempts:
                 # -4509 while the position is there (the venue's view lagged): the stop goes again.
+                order.apply("refused")
                 self._resend(model, order, STOP_RETRY_MS)
                 return
         retryable = event.retryable and order.attempts < self.strategy.entry_attempts
@@ -1265,9 +1268,9 @@ class Engine:
             leg=order.leg,
             resolve_at_ms=event.resolve_after_ms,
         )
-        if order.status != "PENDING":
+        if order.status != "PENDING_NEW":
             return  # the user stream already told what became of it
-        order.status = "UNKNOWN"
+        order.apply("answer_lost")
         order.resolve_at_ms = max(event.resolve_after_ms, self.now_ms)
 
     def _on_resolved(self, event: ev.OrderResolved) -> None:
@@ -1287,8 +1290,8 @@ class Engine:
             self._count_success()
             order.order_id = order.order_id or event.order_id
             if order.status == "UNKNOWN":
-                order.status = "NEW"
-            if model.closing and order.leg != "CLOSE" and order.is_open and order.status != "CANCELING":
+                order.apply("found")
+            if model.closing and order.leg != "CLOSE" and order.is_open and order.status != "PENDING_CANCEL":
                 self._cancel(model, order)  # it came to life after the symbol decided to close
             return
         if order.status != "UNKNOWN":
@@ -1308,7 +1311,7 @@ class Engine:
         # free again: the same order goes out once more while attempts remain (N-12), or the leg
         # fails as a rejection would.
         if model.closing and order.leg != "CLOSE":
-            order.status = "CANCELED"
+            order.apply("absent_while_closing")
             self._finish_if_flat(model)
             return
         # An entry is not sent again: by now (recvWindow later) it is no longer at its trigger (as
@@ -1334,7 +1337,7 @@ class Engine:
         if wait_ms <= 0:
             self._retry(model, order)
             return
-        order.status = "PENDING"
+        order.apply("resend")
         order.retry_at_ms = self.now_ms + wait_ms
         self._log(
             "retry_delayed", model.symbol, "venue_asked_to_wait", cid=order.cid, at_ms=order.retry_at_ms
@@ -1343,7 +1346,7 @@ class Engine:
     def _retry(self, model: SymbolModel, order: OrderTrack) -> None:
         """Resend the very same order (same client id: N-12, W33) after a retryable failure."""
         order.attempts += 1
-        order.status = "PENDING"
+        order.apply("resend")
         reduce_only, position_side = self._side_params()
         if order.is_algo:
             self._emit(
@@ -1379,7 +1382,7 @@ class Engine:
     def _entry_rejected(
         self, model: SymbolModel, order: OrderTrack, event: ev.OrderRejected, retryable: bool
     ) -> None:
-        order.status = "REJECTED"
+        order.apply("refused")
         if event.category == "margin" or event.code == -2019:  # W35-1
             if order.leg == "ENTRY1":
                 self._reset(model, "first entry: insufficient margin")
@@ -1402,7 +1405,7 @@ class Engine:
     def _exit_rejected(
         self, model: SymbolModel, order: OrderTrack, event: ev.OrderRejected, retryable: bool
     ) -> None:
-        order.status = "REJECTED"
+        order.apply("refused")
         if retryable and order.leg == "CLOSE":
             self._resend(model, order, event.retry_after_ms)
             return
@@ -1450,7 +1453,7 @@ class Engine:
     def _stop_rejected(
         self, model: SymbolModel, order: OrderTrack, event: ev.OrderRejected, retryable: bool
     ) -> None:
-        order.status = "REJECTED"
+        order.apply("refused")
         if retryable:
             self._resend(model, order, event.retry_after_ms)
             return
@@ -1514,15 +1517,15 @@ class Engine:
             order.order_id = event.order_id
         if event.cum_qty == order.filled and event.avg_price > 0 and event.cum_qty > 0:
             order.avg_price = event.avg_price  # the exact average of a fill first booked from a cancel answer
-        delta = _book_fill(order, event)
+        delta = order.book(event)
         if delta < 0 or (delta == 0 and event.last_qty > 0):
             self._log(
                 "fill_ignored", model.symbol, "duplicate_or_reordered", cid=order.cid, cum=event.cum_qty
             )
         was_open = order.is_open
-        order.advance_status(event.status)
+        order.report(event.status)
         if order.status == "CANCELED" and order.filled >= order.qty:
-            order.status = "FILLED"
+            order.apply("traded_in_full")
         self._after_order_change(model, order, delta if delta > 0 else ZERO, was_open)
 
     def _adopt_late_fill(self, event: ev.OrderUpdated) -> None:
@@ -1571,9 +1574,9 @@ class Engine:
 
     def _apply_child_fill(self, model: SymbolModel, stop: OrderTrack, event: ev.OrderUpdated) -> None:
         """A triggered stop's market child filled: its quantity closes the position."""
-        delta = _book_fill(stop, event)
-        if event.status == "FILLED":
-            stop.status = "FILLED"
+        delta = stop.book(event)
+        if event.status == "FILLED" and stop.status != "FILLED":
+            stop.apply("stop_filled")
         self._after_order_change(model, stop, delta if delta > 0 else ZERO, True)
 
     def _after_order_change(
@@ -1739,7 +1742,11 @@ class Engine:
         model = self.symbols.get(event.symbol)
         order = model.orders.get(event.client_algo_id) if model else None
         if model is None or order is None:
-            self._log("foreign_algo_order", event.symbol, event.status, cid=event.client_algo_id)
+            # One of our ids no longer tracked (a stop cancelled or replaced before the symbol reset)
+            # is ours, late; only an id we never make is foreign.
+            ours = rules.parse_client_order_id(event.client_algo_id)
+            kind = "late_algo_update" if ours else "foreign_algo_order"
+            self._log(kind, event.symbol, event.status, cid=event.client_algo_id)
             return
         if event.algo_id and not order.order_id:
             order.order_id = event.algo_id
@@ -1756,12 +1763,12 @@ class Engine:
             for update in orphans:
                 self._apply_child_fill(model, order, update)
             self._cancel_all(model, exclude_legs=(order.leg,))  # R15: the stop closes everything
-            if event.status == "FINISHED" and order.status != "FILLED":
-                order.status = "FILLED" if model.position() <= 0 else order.status
+            if event.status == "FINISHED" and order.status != "FILLED" and model.position() <= 0:
+                order.apply("stop_filled")
             self._finish_if_flat(model, dust_ok=True)
         elif event.status in ("CANCELED", "EXPIRED", "REJECTED"):
             was_open = order.is_open
-            order.advance_status("CANCELED" if event.status != "REJECTED" else "REJECTED")
+            order.report("CANCELED" if event.status != "REJECTED" else "REJECTED")
             if event.status == "REJECTED":
                 self._critical(
                     "stop_rejected", model.symbol, f"{order.leg} stop rejected by the venue: {event.reason}"
@@ -1769,7 +1776,7 @@ class Engine:
             if was_open:
                 self._finish_if_flat(model)
         else:
-            order.advance_status("NEW")
+            order.report("NEW")
 
     def _on_cancel_result(self, event: ev.CancelResult) -> None:
         model = self.symbols.get(event.symbol)
@@ -1780,7 +1787,7 @@ class Engine:
         if event.gone and not order.is_algo and order.leg in LIMIT_EXIT_LEGS and model.close_deferred:
             # "Already gone": filled or cancelled, and how much traded is not said. The close waits
             # for the order's own answer, asked now (a filled TP's push may be late or lost).
-            order.status = "UNKNOWN"
+            order.apply("gone_unexplained")
             order.resolve_at_ms = self.now_ms
             self._log("exit_gone", model.symbol, "querying_before_close", cid=order.cid)
             return
@@ -1798,7 +1805,9 @@ class Engine:
                 order.last_fill_ms = event.now_ms
             was_open = order.is_open
             if was_open:
-                order.status = "FILLED" if order.filled >= order.qty and order.filled > 0 else "CANCELED"
+                order.apply(
+                    "cancel_too_late" if order.filled >= order.qty and order.filled > 0 else "cancel_done"
+                )
             if model.cancel_failed and not model.open_orders():
                 model.cancel_failed = False  # R16: the re-cancel went through
             self._after_order_change(model, order, delta, was_open)
@@ -1817,6 +1826,11 @@ class Engine:
         )
         if event.code in (-1003, 429, 418):
             self._count_rate_failure()
+        if order.status in TERMINAL_STATUSES:
+            # The order's own report (a fill, a venue cancel) came before this refusal: nothing
+            # is left to cancel; a re-cancel would only fail again into the R15 lock.
+            self._log("cancel_failure_moot", model.symbol, order.status, cid=order.cid)
+            return
         if order.cancel_attempts < self.strategy.cancel_attempts:
             self._cancel(model, order)
             return
@@ -1894,8 +1908,9 @@ class Engine:
         # Book the difference as an external fill so that our position equals the venue's.
         diff = ours - venue
         key = f"ext-{model.next_generation('CLOSE')}"
-        external = OrderTrack(cid=key, leg="CLOSE", side="BUY", kind="EXTERNAL", price=ZERO, qty=abs(diff))
-        external.status = "FILLED"
+        external = OrderTrack(
+            cid=key, leg="CLOSE", side="BUY", kind="EXTERNAL", price=ZERO, qty=abs(diff), status="FILLED"
+        )
         if diff > 0:
             external.filled = diff
         else:
@@ -2139,7 +2154,10 @@ class Engine:
         self._emit(cmd.SubscribeMarket(symbols=(symbol,)))
         # N-28 step 6: exit orders that no longer fit the position are cancelled (and re-armed).
         for track in model.open_orders("TP", "BE"):
-            if track.qty - track.filled != rules.exit_quantity(amount, info) and track.status != "CANCELING":
+            if (
+                track.qty - track.filled != rules.exit_quantity(amount, info)
+                and track.status != "PENDING_CANCEL"
+            ):
                 self._cancel(model, track)
                 if track.leg == "TP":
                     model.tp_armed = model.state != "PHASE2"
@@ -2229,10 +2247,10 @@ class Engine:
             ]
             for order in model.orders.values():
                 if order.cid not in open_ids and order.is_open:
-                    order.status = "CANCELED"
+                    order.apply("not_listed")
             if remaining:
                 for order in remaining:
-                    order.status = "NEW"
+                    order.apply("listed_open")
                     order.cancel_attempts = 0
                     self._cancel(model, order)
                 continue
@@ -2414,19 +2432,6 @@ def recovery_facts(
     )
     held = sorted((s, m.position()) for s, m in models.items() if m.state != "IDLE")
     return tuple(closing), tuple(held)
-
-
-def _book_fill(order: OrderTrack, event: ev.OrderUpdated) -> Decimal:
-    """Book an update's fill on ``order`` by its cumulative quantity (idempotent: a duplicate or an
-    older update books nothing); returns the quantity newly filled."""
-    delta = event.cum_qty - order.filled
-    if delta > 0:
-        order.filled = event.cum_qty
-        order.avg_price = event.avg_price if event.avg_price > 0 else event.last_price
-        order.last_fill_ms = event.now_ms
-        order.realized_pnl += event.realized_pnl
-        order.commission += event.commission
-    return delta
 
 
 def _price_text(value: Decimal) -> str:

@@ -12,59 +12,15 @@ from decimal import Decimal
 from typing import Any
 
 from fsm import events
+from fsm.orders import OPEN_STATUSES, TERMINAL_STATUSES, OrderTrack
+
+__all__ = ["OPEN_STATUSES", "TERMINAL_STATUSES", "LockModel", "OrderTrack", "SymbolModel", "decode", "encode"]
 
 ZERO = Decimal(0)
 
-# UNKNOWN: sent, outcome not told (a timeout): it may be live on the venue, so it counts as open until
-# a query made after the request could no longer execute resolves it.
-OPEN_STATUSES = frozenset({"PENDING", "UNKNOWN", "NEW", "PARTIALLY_FILLED", "CANCELING"})
-TERMINAL_STATUSES = frozenset({"FILLED", "CANCELED", "EXPIRED", "REJECTED"})
-_STATUS_RANK = {"PENDING": 0, "UNKNOWN": 0, "NEW": 1, "CANCELING": 2, "PARTIALLY_FILLED": 2}
 ENTRY_LEGS = frozenset({"ENTRY1", "ENTRY2"})
 LIMIT_EXIT_LEGS = frozenset({"TP", "BE"})
 STOP_LEGS = frozenset({"BE_STOP", "MDD"})
-
-
-@dataclass(eq=False, kw_only=True)
-class OrderTrack:
-    """One order of ours, from the command that created it to its terminal status."""
-
-    cid: str
-    leg: str
-    side: str
-    kind: str  # LIMIT, MARKET or STOP_MARKET (algo)
-    price: Decimal
-    qty: Decimal
-    status: str = "PENDING"
-    order_id: int = 0
-    filled: Decimal = ZERO
-    avg_price: Decimal = ZERO
-    attempts: int = 1
-    cancel_attempts: int = 0
-    last_fill_ms: int = 0
-    realized_pnl: Decimal = ZERO
-    commission: Decimal = ZERO
-    retry_at_ms: int = 0  # a resend the venue asked us to delay (429 Retry-After); 0 when none
-    resolve_at_ms: int = 0  # UNKNOWN: when its resolving query goes out; 0 while one is in flight
-    resolve_attempts: int = 0
-
-    @property
-    def is_algo(self) -> bool:
-        return self.kind == "STOP_MARKET"
-
-    @property
-    def is_open(self) -> bool:
-        return self.status in OPEN_STATUSES
-
-    def advance_status(self, status: str) -> bool:
-        """Move forward only: a late NEW after FILLED (reordered events) changes nothing."""
-        if self.status in TERMINAL_STATUSES:
-            return False
-        if status in TERMINAL_STATUSES or _STATUS_RANK.get(status, 0) >= _STATUS_RANK.get(self.status, 0):
-            changed = status != self.status
-            self.status = status
-            return changed
-        return False
 
 
 @dataclass(eq=False, kw_only=True)

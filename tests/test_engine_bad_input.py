@@ -176,7 +176,7 @@ UNKNOWN_SYMBOL_CASES: list[tuple[str, Any, list[cmd.Command]]] = [
         ),
         [
             cmd.Log(
-                kind="foreign_algo_order",
+                kind="late_algo_update",
                 symbol="XRPUSDT",
                 reason="TRIGGERED",
                 data=(("cid", "sf7-MD1-XRPUSDT"),),
@@ -461,7 +461,7 @@ def test_algo_update_for_an_unknown_algo_id_is_ignored(status: str) -> None:
         )
     )
     assert out == [
-        cmd.Log(kind="foreign_algo_order", symbol=BTC, reason=status, data=(("cid", "sf1001-MD4-BTCUSDT"),))
+        cmd.Log(kind="late_algo_update", symbol=BTC, reason=status, data=(("cid", "sf1001-MD4-BTCUSDT"),))
     ]
     assert engine.snapshot() == before
     assert engine.state_of(BTC) == "PHASE1"
@@ -681,3 +681,19 @@ def test_a_fill_whose_position_update_never_comes_holds_the_lock_only_for_the_gr
     # A duplicate of the same fill does not lock again.
     engine.handle(_manual_market_fill(runner))
     assert _locks(engine)["entry_lock"] == "GLOBAL_IDLE"
+
+
+@pytest.mark.parametrize(
+    ("cid", "kind"),
+    [("sf1001-MD1-BTCUSDT", "late_algo_update"), ("manual-stop-1", "foreign_algo_order")],
+)
+def test_an_untracked_algo_update_is_named_ours_or_foreign_by_its_id(cid: str, kind: str) -> None:
+    """#13 problem 13: the decision log called our own MDD stop a ``foreign_algo_order``."""
+    runner = _phase1()
+    engine = runner.engine
+    out = engine.handle(
+        ev.AlgoOrderUpdated(
+            now_ms=_now(engine), symbol="ETHUSDT", client_algo_id=cid, algo_id=9, status="CANCELED"
+        )
+    )
+    assert out == [cmd.Log(kind=kind, symbol="ETHUSDT", reason="CANCELED", data=(("cid", cid),))]

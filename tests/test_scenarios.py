@@ -1,15 +1,38 @@
 """Every scenario file under specs/scenarios is a spec test: its `spec` list names the IDs it proves.
 
-Each scenario is run twice; the two command logs must be identical (replay determinism).
+Each scenario's command log and final snapshot must equal its golden master (``tests/golden_kit``).
+It is then run again with the engine replaced, before the middle step, by ``Engine.restore`` of the
+golden snapshot an earlier engine wrote there: the run must continue to the same log and final state
+(replay determinism, and snapshots that survive an upgrade of the daemon).
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import golden_kit
 import pytest
 
-from fsm.runtime.scenario import load_scenarios, run_scenario
+from fsm import events as ev
+from fsm.runtime.scenario import Runner, load_scenarios
 
 SCENARIOS = load_scenarios()
+
+
+class _Capturing(Runner):
+    """Records the engine's snapshot just before step ``at`` is fed."""
+
+    def __init__(self, doc: dict[str, Any], at: int) -> None:
+        super().__init__(doc)
+        self.at = at
+        self.captured: dict[str, Any] | None = None
+
+    def step_events(self, step: dict[str, Any]) -> Iterable[ev.Event]:
+        if self.captured is None and step is self.doc["steps"][self.at]:
+            self.captured = golden_kit.plain(self.engine.snapshot())
+        return super().step_events(step)
 
 
 @pytest.mark.parametrize(
@@ -21,10 +44,21 @@ SCENARIOS = load_scenarios()
 )
 def test_scenario(scenario_id: str) -> None:
     doc = SCENARIOS[scenario_id]
-    result = run_scenario(doc)
+    middle = len(doc["steps"]) // 2
+    runner = _Capturing(copy.deepcopy(doc), middle)
+    result = runner.run()
     assert result.passed, "\n".join(result.failures)
-    again = run_scenario(doc)
-    assert again.log == result.log, "the same scenario must replay to the same command log"
+    golden_kit.check(
+        "double", scenario_id, {"log": result.log, "final": result.final, "middle": [middle, runner.captured]}
+    )
+    golden = golden_kit.load("double", scenario_id)
+    again = Runner(copy.deepcopy(doc))
+    again.restore_at = (golden["middle"][0], golden["middle"][1])
+    resumed = again.run()
+    assert resumed.log == golden["log"], (
+        "restored from the golden snapshot, the run must continue identically"
+    )
+    assert golden_kit.plain(resumed.final) == golden["final"]
 
 
 def test_every_scenario_names_spec_ids() -> None:

@@ -659,7 +659,7 @@ class Daemon:
             for symbol, model in self.engine.symbols.items()
             for o in model.orders.values()
             # PENDING: its answer is on its way; UNKNOWN: the engine resolves it itself (D-26).
-            if o.is_open and o.status not in ("PENDING", "UNKNOWN")
+            if o.is_open and o.status not in ("PENDING_NEW", "UNKNOWN")
         ]
         believed = set(self.engine.active_symbols()) | {
             key.partition(":")[0] for key in self.engine.account_positions
@@ -682,7 +682,7 @@ class Daemon:
                 Tracked(symbol, o.cid, o.is_algo, o.filled, o.status)
                 for symbol, model in self.engine.symbols.items()
                 for o in model.orders.values()
-                if o.is_open and o.status not in ("PENDING", "UNKNOWN")
+                if o.is_open and o.status not in ("PENDING_NEW", "UNKNOWN")
             ]
             if not tracked:
                 continue

@@ -161,6 +161,7 @@ class ScenarioResult:
     spec: list[str]
     steps: list[StepResult]
     log: list[str]  # every command of the run, rendered: the replay-determinism fingerprint
+    final: dict[str, Any] = field(default_factory=dict)  # the engine's snapshot() after the last step
 
     @property
     def passed(self) -> bool:
@@ -272,6 +273,9 @@ class Runner:
         for symbol, spec in (venue_spec.get("klines") or {}).items():
             self.venue.klines[symbol] = _klines(spec)
         self.engine = Engine(self.strategy, recovering=bool(doc.get("start_recovering", False)))
+        # (step index, snapshot): before that step the engine is replaced by Engine.restore(snapshot),
+        # as a daemon upgraded between two events would do (the golden master's compatibility check).
+        self.restore_at: tuple[int, dict[str, Any]] | None = None
         self.ws_alive = True
         self.log: list[str] = []
         self.now_ms = T0_MS
@@ -814,6 +818,8 @@ class Runner:
         results: list[StepResult] = []
         for index, step in enumerate(steps):
             self.now_ms = T0_MS + int(float(step.get("at", 0)) * 1000)
+            if self.restore_at is not None and self.restore_at[0] == index:
+                self.engine = Engine.restore(self.restore_at[1])
             summary = _describe(step) or f"step {index}"
             label = f"{summary} -- {step['label']}" if step.get("label") else summary
             try:
@@ -829,7 +835,12 @@ class Runner:
             results.append(StepResult(self.now_ms, label, trace, failures))
         spec = [str(s) for s in self.doc.get("spec") or []]
         return ScenarioResult(
-            str(self.doc.get("id", "?")), str(self.doc.get("title", "")), spec, results, self.log
+            str(self.doc.get("id", "?")),
+            str(self.doc.get("title", "")),
+            spec,
+            results,
+            self.log,
+            self.engine.snapshot(),
         )
 
     # -- expectations ----------------------------------------------------------------------------

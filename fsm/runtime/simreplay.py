@@ -767,7 +767,12 @@ class SimRunner(Runner):
             results.append(StepResult(self.now_ms, label, self._trace(commands), failures))
         spec = [str(s) for s in self.doc.get("spec") or []]
         return ScenarioResult(
-            str(self.doc.get("id", "?")), str(self.doc.get("title", "")), spec, results, self.log
+            str(self.doc.get("id", "?")),
+            str(self.doc.get("title", "")),
+            spec,
+            results,
+            self.log,
+            self.engine.snapshot(),
         )
 
     def _trace(self, commands: list[cmd.Command]) -> list[str]:

@@ -704,7 +704,7 @@ def _write_command(db: Database, now_ms: int, c: cmd.Command) -> None:
                 "type": c.order_type,
                 "price": _dec(c.price),
                 "quantity": _dec(c.quantity),
-                "status": "PENDING",
+                "status": "PENDING_NEW",
                 "attempts": c.attempt,
                 "params": dumps(c),
             },
@@ -720,7 +720,7 @@ def _write_command(db: Database, now_ms: int, c: cmd.Command) -> None:
                 "side": c.side,
                 "type": c.order_type,
                 "trigger_price": _dec(c.trigger_price),
-                "status": "PENDING",
+                "status": "PENDING_NEW",
                 "attempts": c.attempt,
                 "params": dumps(c),
             },
@@ -728,7 +728,7 @@ def _write_command(db: Database, now_ms: int, c: cmd.Command) -> None:
     elif isinstance(c, (cmd.CancelOrder, cmd.CancelAlgoOrder)):
         cid = c.client_order_id if isinstance(c, cmd.CancelOrder) else c.client_algo_id
         if db.execute("SELECT 1 FROM orders WHERE client_order_id = ?", [cid]).fetchone():
-            _upsert_order(db, cid, now_ms, {"status": "CANCELING"})
+            _upsert_order(db, cid, now_ms, {"status": "PENDING_CANCEL"})
 
 
 def _write_outcome(db: Database, event: ev.Event) -> None:

@@ -292,7 +292,7 @@ def test_exit_cancel_failed_shows_the_lock_and_the_leftover_stop() -> None:
             "price": "101.0",
             "quantity": "4.950",
             "filled": "0",
-            "status": "CANCELING",
+            "status": "PENDING_CANCEL",
         }
     ]
     assert position["next_triggers"] == {"tp": None, "add": None, "breakeven": "101.0", "mdd": None}

@@ -9,6 +9,7 @@ from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 
+import golden_kit
 import pytest
 
 from binance.errors import AuthFailed, UnknownOutcome
@@ -34,6 +35,9 @@ SCENARIOS = load_scenarios()
 def test_catalog_scenario_passes_on_the_simulated_venue(scenario_id: str) -> None:
     run = replay(SCENARIOS[scenario_id])
     assert run.result.passed, "\n".join(run.result.failures)
+    golden_kit.check(
+        "sim", scenario_id, {"venue": run.venue, "log": run.result.log, "final": run.result.final}
+    )
     if scenario_id in DOUBLE_ONLY:
         assert (run.venue, run.reason) == ("double", DOUBLE_ONLY[scenario_id])
         return
