@@ -46,9 +46,13 @@ from fsm.table import (
     ACTIVE_STATES,
     AUTH,
     ENTRY_LOCK,
+    ENTRY_LOCK_OTHERS,
     EXIT_CANCEL_LOCK,
+    GATES,
     GLOBAL_MACHINES,
     HOLDING_STATES,
+    LOCKED_STATE,
+    PAUSED,
     RATE_LIMIT,
     RECOVERY_LOCK,
     SAFETY_LOCK,
@@ -63,13 +67,6 @@ _POOL_SIZE = 64  # released symbol models kept for reuse
 CLOSE_RETRY_FIRST_MS = 5_000  # timed market closes once the attempts ran out (D-19) ...
 CLOSE_RETRY_MAX_MS = 60_000  # ... doubling up to once a minute
 ENTRY_WAIT_MAX_MS = 5_000  # an entry the venue asks to delay longer than this is given up (W35)
-LOCKED_MESSAGES = {
-    ENTRY_LOCK: "GLOBAL_LOCKED",
-    SAFETY_LOCK: "PRICE_STALE",
-    RECOVERY_LOCK: "RECOVERING",
-    EXIT_CANCEL_LOCK: "CANCEL_FAILED",
-    AUTH: "AUTH_LOCKED",
-}
 ORPHAN_LIMIT = 50
 RATE_LIMIT_CODES = frozenset({-1003, -1015})  # TOO_MANY_REQUESTS / bans, TOO_MANY_ORDERS
 RISK_SEEN_KEEP = 256  # risk message ids remembered past the cursor (late gap reads, D-34)
@@ -402,13 +399,21 @@ class Engine:
         )
         return True
 
-    def _blocking_lock(self) -> str | None:
-        """The first global lock that forbids new signals (N-05 step 2), or None."""
-        for name, locked_state in LOCKED_MESSAGES.items():
-            if self.locks[name].state == locked_state:
-                return name
-        if self.paused:
-            return "paused"
+    def blocked(self, action: str, symbol: str = "") -> str | None:
+        """Query: which gate of ``action`` (a key of ``GATES``) holds now, or None."""
+        return self._gate(action, symbol)
+
+    def _gate(self, action: str, symbol: str = "") -> str | None:
+        """The first gate of ``action`` (``GATES``) that holds now, named; None when it may go."""
+        for gate in GATES[action]:
+            if gate == PAUSED:
+                held: str | None = PAUSED if self.paused else None
+            elif gate == ENTRY_LOCK_OTHERS:
+                held = self._entry_lock_by_others(symbol)
+            else:
+                held = gate if self.locks[gate].state == LOCKED_STATE[gate] else None
+            if held is not None:
+                return held
         return None
 
     def _reset(self, model: SymbolModel, reason: str) -> None:
@@ -496,7 +501,7 @@ class Engine:
         if rules.signal_too_old(event.telegram_date_ms, now, strategy.max_signal_age_seconds):  # N-27
             self._log("leading_dropped", None, "signal_too_old", age_ms=now - event.telegram_date_ms)
             return
-        lock = self._blocking_lock()
+        lock = self._gate("leading_message")
         if lock is not None:  # W01, N-05 step 2: no cooldown recorded
             self._log("leading_dropped", None, f"locked:{lock}")
             return
@@ -820,25 +825,6 @@ class Engine:
                 if model.cancel_failed:
                     self._emit(cmd.QueryExchange(purpose="requery", symbol=model.symbol))
 
-    def _entries_allowed(self) -> str | None:
-        """Why no first entry may be placed now (None: allowed)."""
-        blocking = self._blocking_lock()
-        if blocking is not None:
-            return blocking
-        if self.locks[RATE_LIMIT].state == "PROTECT":  # N-24: monitoring continues, no entries
-            return RATE_LIMIT
-        return None
-
-    def _add_blocked(self) -> str | None:
-        """Why no second entry may be placed now: every lock but the entry lock, which our own
-        position holds on by design."""
-        for name in (SAFETY_LOCK, RECOVERY_LOCK, EXIT_CANCEL_LOCK, AUTH):
-            if self.locks[name].state == LOCKED_MESSAGES[name]:
-                return name
-        if self.locks[RATE_LIMIT].state == "PROTECT":
-            return RATE_LIMIT
-        return "paused" if self.paused else None
-
     def _evaluate_triggers(self, now: int) -> None:
         b = self.strategy.trigger_buffer_pct
         candidates: list[SymbolModel] = []
@@ -856,7 +842,12 @@ class Engine:
                 if mark <= rules.take_profit_threshold(ptp, b) and not model.open_orders("TP"):  # W40
                     self._place_tp(model)
                     model.tp_armed = False
-            if state == "PHASE1" and model.add_armed and not model.preparing and self._add_blocked() is None:
+            if (
+                state == "PHASE1"
+                and model.add_armed
+                and not model.preparing
+                and self._gate("second_entry") is None
+            ):
                 if mark >= rules.entry_threshold(model.add_price, b) and not model.open_orders(
                     "ENTRY2"
                 ):  # W41
@@ -874,8 +865,7 @@ class Engine:
                     self._place_limit_exit(model, "BE", pbe)
         if not candidates:
             return
-        blocked = self._entries_allowed()
-        if blocked is not None:
+        if self._gate("entry_trigger") is not None:
             return
         # W18, N-10: the latest receipt wins, then the larger message id; the rest are reset.
         winner = max(candidates, key=lambda m: (m.received_at_ms, m.message_id))
@@ -915,16 +905,9 @@ class Engine:
         else:
             self._prepared_entry2(model, event)
 
-    def _entry_blocked_for(self, symbol: str) -> str | None:
-        """Why ``symbol``'s first entry may not go out now: every lock, the entry lock counted only
-        for reasons other than this symbol itself (it holds the lock from its own trigger on)."""
-        for name in (SAFETY_LOCK, RECOVERY_LOCK, EXIT_CANCEL_LOCK, AUTH):
-            if self.locks[name].state == LOCKED_MESSAGES[name]:
-                return name
-        if self.locks[RATE_LIMIT].state == "PROTECT":
-            return RATE_LIMIT
-        if self.paused:
-            return "paused"
+    def _entry_lock_by_others(self, symbol: str) -> str | None:
+        """The entry lock, counted only for reasons other than ``symbol`` itself (it holds the lock
+        from its own trigger on): another position, an open entry order, another symbol's entry."""
         for other, amount in self.account_positions.items():
             if other != symbol and not rules.is_dust(amount, self.infos.get(other.partition(":")[0])):
                 return f"entry_lock: position {other}"
@@ -953,7 +936,7 @@ class Engine:
         if model.state != "ENTRY_ORDER" or model.closing:
             self._anomaly("prepare_result_late", model.symbol, model.state)
             return
-        blocked = self._entry_blocked_for(model.symbol)
+        blocked = self._gate("first_entry_order", model.symbol)
         if blocked is not None:  # a lock came on while the setup call was in flight
             self._log("order_blocked", model.symbol, f"locked:{blocked}")
             self._reset(model, f"lock during pre-order setup: {blocked}")
@@ -986,7 +969,7 @@ class Engine:
         if not event.ok or event.position_mode is None:
             self._log("second_entry_skipped", model.symbol, event.reason or "prepare_failed")
             return
-        blocked = self._add_blocked()
+        blocked = self._gate("second_entry")
         if blocked is not None:
             self._log("second_entry_skipped", model.symbol, f"locked:{blocked}")
             return

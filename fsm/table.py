@@ -115,6 +115,33 @@ GLOBAL_MACHINES: Final[dict[str, tuple[list[str], str, list[Row]]]] = {
 }
 
 
+# What each global machine's "locked" state is.
+LOCKED_STATE: Final[dict[str, str]] = {
+    ENTRY_LOCK: "GLOBAL_LOCKED",
+    SAFETY_LOCK: "PRICE_STALE",
+    RECOVERY_LOCK: "RECOVERING",
+    EXIT_CANCEL_LOCK: "CANCEL_FAILED",
+    RATE_LIMIT: "PROTECT",
+    AUTH: "AUTH_LOCKED",
+}
+PAUSED: Final = "paused"  # the operator's pause (N-26): a gate, held in the engine's settings
+ENTRY_LOCK_OTHERS: Final = "entry_lock_others"  # the entry lock, counting every symbol but this one
+
+# Which locks gate which action, in the order the first one holding is named (one table).
+GATES: Final[dict[str, tuple[str, ...]]] = {
+    # N-05 step 2, W01: a leading message is dropped while one holds (no cooldown recorded).
+    "leading_message": (ENTRY_LOCK, SAFETY_LOCK, RECOVERY_LOCK, EXIT_CANCEL_LOCK, AUTH, PAUSED),
+    # W17-2, N-24: a monitored symbol's entry trigger fires only when none holds (monitoring goes on).
+    "entry_trigger": (ENTRY_LOCK, SAFETY_LOCK, RECOVERY_LOCK, EXIT_CANCEL_LOCK, AUTH, PAUSED, RATE_LIMIT),
+    # W24: the first entry's order after its setup; the symbol's own commitment holds the entry lock.
+    "first_entry_order": (
+        SAFETY_LOCK, RECOVERY_LOCK, EXIT_CANCEL_LOCK, AUTH, RATE_LIMIT, PAUSED, ENTRY_LOCK_OTHERS,
+    ),
+    # W41, G04: the scale-in; our own position holds the entry lock by design, so it does not count.
+    "second_entry": (SAFETY_LOCK, RECOVERY_LOCK, EXIT_CANCEL_LOCK, AUTH, RATE_LIMIT, PAUSED),
+}  # fmt: skip
+
+
 def symbol_triggers() -> list[str]:
     return sorted({row["trigger"] for row in SYMBOL_TRANSITIONS})
 

@@ -61,9 +61,9 @@ def test_an_exception_inside_handle_locks_entries_and_rebuilds_from_the_exchange
     del engine._handler_table[ev.MarkPriceTick]
     engine._handler_table = engine._handlers()
     now = at(runner, 5)
-    assert engine._entries_allowed() == "entry_lock"  # our own position holds it; and below it:
+    assert engine.blocked("entry_trigger") == "entry_lock"  # our own position holds it; and below it:
     engine.locks["entry_lock"].state = "GLOBAL_IDLE"
-    assert engine._entries_allowed() == "recovery_lock"
+    assert engine.blocked("entry_trigger") == "recovery_lock"
     engine.locks["entry_lock"].state = "GLOBAL_LOCKED"
     commands = runner.feed(
         [ev.MarkPriceTick(now_ms=now, symbol="BTCUSDT", price=Decimal("100"), event_time_ms=now)]
