@@ -30,12 +30,13 @@ import functools
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 from cryptography.hazmat.primitives import serialization
@@ -52,6 +53,28 @@ DEFAULT_BASE_URL = "https://fapi.binance.com"
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
+
+
+def host_of(url: str) -> str:
+    """``host`` or ``host:port`` of a URL, for messages: never its path or query (a signature, a
+    listenKey, a webhook token)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "?"
+    if not host:
+        return "?"
+    return f"{host}:{port}" if port else host
+
+
+_URL = re.compile(r"\b(?:https?|wss?)://[^\s'\"<>]+")
+
+
+def hosts_only(text: str) -> str:
+    """``text`` with every URL in it cut down to its host (exception texts may carry the request's)."""
+    return _URL.sub(lambda m: host_of(m.group(0)), text)
 
 
 def sign(payload: str, secret: str) -> str:
@@ -295,6 +318,9 @@ def rate_limits_from_exchange_info(info: Mapping[str, Any]) -> RateLimits | None
     return limits if found else None
 
 
+LIMIT_END_TOLERANCE_MS = 1_000  # how early a retry timed by the caller's clock may come (D-48)
+
+
 async def _asyncio_sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
@@ -316,10 +342,12 @@ class BinanceRest:
         sleep: Callable[[float], Awaitable[None]] = _asyncio_sleep,
         pacing: bool = True,
         max_hold_s: float = 2.0,
+        wall_s: Callable[[int], float] | None = None,
     ) -> None:
         self._key = api_key
         self._signer: Signer = make_signer(api_secret)
         self.base_url = base_url.rstrip("/")
+        self.host = host_of(self.base_url)
         self.recv_window_ms = recv_window_ms
         self._clock_ms = clock_ms
         # ``transport``: e.g. ``binance.sim.inproc.InProcessTransport`` (the sim venue without sockets).
@@ -339,6 +367,8 @@ class BinanceRest:
         # caller as ``RateLimited`` with the wait, so a sequential caller is never stuck for a minute
         # behind a read while a cancel or a close waits its turn.
         self.max_hold_s = max_hold_s
+        # Venue milliseconds as wall seconds to sleep (a compressed clock in tests and the demo).
+        self._wall_s: Callable[[int], float] = wall_s or (lambda ms: ms / 1000)
 
     @property
     def signing_method(self) -> SigningMethod:
@@ -390,6 +420,15 @@ class BinanceRest:
     # transport
     # ----------------------------------------------------------------------------------------
 
+    def _limit_left_ms(self, urgent: bool) -> int:
+        """How long the ban (any request) or the 429 back-off (non-urgent ones) still holds, in ms."""
+        now = self.server_now_ms()
+        if now < self.rate.banned_until_ms:
+            return self.rate.banned_until_ms - now
+        if not urgent and now < self.rate.backoff_until_ms:
+            return self.rate.backoff_until_ms - now
+        return 0
+
     def _check_limits(self, urgent: bool = False) -> None:
         """Fail fast: nothing at all is sent during a 418 ban (binance-real-answers.md: requests
         sent during a ban earn longer ones); during a 429 back-off only urgent requests go."""
@@ -416,7 +455,18 @@ class BinanceRest:
         only when the limit itself would be crossed (the venue would refuse them with a 429), and
         then only until the window turns. A non-urgent request that would wait longer than
         ``max_hold_s`` is not sent: ``RateLimited`` tells the caller when to try again."""
+        waited = False
         while True:
+            held = self._limit_left_ms(urgent)
+            if not waited and 0 < held <= min(self.max_hold_s * 1000, LIMIT_END_TOLERANCE_MS):
+                # The end of a ban or 429 back-off is near: a caller that waited the venue's wait by
+                # its own clock is a little early by ours. It is held to the end, nothing sent before:
+                # failing fast would spend one of the order's attempts on a request that never left
+                # (D-20, D-48). Earlier than that, it fails fast with the wait.
+                self.rate.paced_waits += 1
+                waited = True  # once: a clock that did not move meanwhile fails fast below
+                await self._sleep(self._wall_s(held) + 0.001)
+                continue
             self._check_limits(urgent)
             now = self.server_now_ms()
             until = self.rate.wait_until(now, weight, urgent, is_order) if self.pacing else 0
@@ -505,15 +555,17 @@ class BinanceRest:
         try:
             resp = await self._send(method, path, query, headers)
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise Retryable(0, f"not sent: {type(exc).__name__}", 0) from exc
+            raise Retryable(0, f"{self.host} unreachable: not sent: {type(exc).__name__}", 0) from exc
         except httpx.TimeoutException as exc:
             klass = UnknownOutcome if method != "GET" else Retryable
-            raise klass(0, f"timeout: {type(exc).__name__}", 0) from exc
+            raise klass(0, f"{self.host}: timeout: {type(exc).__name__}", 0) from exc
         except httpx.ConnectError as exc:
-            raise Retryable(0, f"connect failed: {exc}", 0) from exc
+            raise Retryable(0, f"{self.host} unreachable: connect failed: {hosts_only(str(exc))}", 0) from exc
         except httpx.TransportError as exc:
             klass = UnknownOutcome if method != "GET" else Retryable
-            raise klass(0, f"transport: {type(exc).__name__}: {exc}", 0) from exc
+            raise klass(
+                0, f"{self.host}: transport: {type(exc).__name__}: {hosts_only(str(exc))}", 0
+            ) from exc
         self._record_headers(resp)
         try:
             body: Any = resp.json()

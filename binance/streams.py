@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from binance import parse
 from binance.errors import BinanceError, Rejected
 from binance.parse import Decoded, ListenKeyExpired
-from binance.rest import BinanceRest, wall_clock_ms
+from binance.rest import BinanceRest, host_of, hosts_only, wall_clock_ms
 from fsm.commands import UsePriceSource
 from fsm.events import Event, RestPriceFailed, WsStatusChanged
 
@@ -141,6 +141,16 @@ async def supervise(
                 await asyncio.wait_for(stop.wait(), delay)
 
 
+def _problem(exc: BaseException) -> str:
+    """A connection failure for messages: its type and text, any URL in it cut to the host."""
+    return hosts_only(f"{type(exc).__name__}: {exc}")
+
+
+def _down_text(host: str, reason: str) -> str:
+    """``fstream.binance.com unreachable: OSError: ...`` or ``fstream.binance.com down (closed: ...)``."""
+    return f"{host} {reason}" if reason.startswith("unreachable") else f"{host} down ({reason})"
+
+
 def market_streams(symbol: str, kline_interval: str = "3m") -> tuple[str, str]:
     low = symbol.lower()
     return f"{low}@markPrice@1s", f"{low}@kline_{kline_interval}"
@@ -198,6 +208,8 @@ class MarketStream:
         on_crash: CrashHook | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.host = host_of(self.base_url)
+        self.problem = ""  # why the last connection ended (host named), "" while none failed
         self._on_item = on_item
         self.on_crash = on_crash
         self._clock_ms = clock_ms
@@ -280,6 +292,7 @@ class MarketStream:
                 streams = self.wanted()
                 async with connect(self.url(), proxy=None, open_timeout=10, max_size=2**22) as ws:
                     self._ws = ws
+                    self.problem = ""
                     self.streams = streams
                     self.connections += 1
                     self.backoff.reset()
@@ -287,15 +300,16 @@ class MarketStream:
                     await self._status(True, "connected")
                     reason = await self._read(ws)
             except _CONNECT_ERRORS as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = f"unreachable: {_problem(exc)}" if self._ws is None else _problem(exc)
             finally:
                 self._ws = None
                 self.streams = set()
             if self._stop.is_set():
                 break
+            self.problem = _down_text(self.host, reason)
             await self._status(False, reason)
             delay = 0.0 if reason == "rotation" else self.backoff.next()
-            log.warning("market stream down (%s); reconnecting in %.2f s", reason, delay)
+            log.warning("market stream %s; reconnecting in %.2f s", self.problem, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
 
@@ -333,6 +347,8 @@ class UserStream:
     ) -> None:
         self.rest = rest
         self.base_url = base_url.rstrip("/")
+        self.host = host_of(self.base_url)
+        self.problem = ""  # why the last connection ended (host named), "" while none failed
         self._on_item = on_item
         self._on_reconcile = on_reconcile
         self.on_crash = on_crash
@@ -404,6 +420,7 @@ class UserStream:
                     key = self.listen_key or await self._new_key()
                     async with connect(f"{self.base_url}/ws/{key}", proxy=None, open_timeout=10) as ws:
                         self._ws = ws
+                        self.problem = ""
                         self.connections += 1
                         connected_at = time.monotonic()
                         if not self._first or self.reconcile_first:
@@ -413,9 +430,14 @@ class UserStream:
                         self.opened.set()
                         reason = await self._read(ws)
                 except BinanceError as err:
-                    reason = f"listenKey: {err}"
+                    where, text = getattr(self.rest, "host", ""), hosts_only(str(err))
+                    reason = (
+                        f"listenKey from {where}: {text}"
+                        if where and where not in text
+                        else f"listenKey: {text}"
+                    )
                 except _CONNECT_ERRORS as exc:
-                    reason = f"{type(exc).__name__}: {exc}"
+                    reason = f"unreachable: {_problem(exc)}" if self._ws is None else _problem(exc)
                 finally:
                     self._ws = None
                 if self._stop.is_set():
@@ -429,7 +451,8 @@ class UserStream:
                     self.backoff.reset()
                 connected_at = None
                 delay = 0.0 if renew or reason == "rotation" else self.backoff.next()
-                log.warning("user stream down (%s); reconnecting in %.2f s", reason, delay)
+                self.problem = _down_text(self.host, reason)
+                log.warning("user stream %s; reconnecting in %.2f s", self.problem, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         finally:

@@ -114,17 +114,15 @@ class LockModel:
 # Exact JSON-able encoding: Decimal keeps its digits, dataclasses keep their type.
 # ---------------------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (
-        OrderTrack,
-        SymbolModel,
-        LockModel,
-        events.SymbolInfo,
-        events.OrderUpdated,
-        events.Candle,
-    )
-}
+_REGISTRY: dict[str, type[Any]] = {cls.__name__: cls for cls in (OrderTrack, SymbolModel, LockModel)}
+# Every event and every value an event carries (the journal's exact codec, ``fsm.journal``).
+_REGISTRY.update(
+    {
+        name: cls
+        for name, cls in vars(events).items()
+        if isinstance(cls, type) and dataclasses.is_dataclass(cls)
+    }
+)
 
 
 def encode(value: Any) -> Any:

@@ -63,8 +63,9 @@ ORDER_STEPS: Final[tuple[OrderStep, ...]] = (
               "the same client id again after a retryable refusal, or after a query proved it absent"),
     OrderStep("answer_lost", frozenset({"PENDING_NEW"}), "UNKNOWN",
               "timeout, 408/-1007, 5xx 'unknown', 200 without a usable body (D-26)"),
-    OrderStep("refused", frozenset({"PENDING_NEW", "UNKNOWN"}), "REJECTED",
-              "the venue refused the request (or a query proved an unknown one absent, attempts spent)"),
+    OrderStep("refused", frozenset({"PENDING_NEW", "UNKNOWN", "PENDING_CANCEL"}), "REJECTED",
+              "the venue refused the request (or a query proved an unknown one absent, attempts spent);"
+              " from PENDING_CANCEL when our cancel went out while the request was still unanswered"),
     OrderStep("found", frozenset({"UNKNOWN"}), "NEW", "a query after the request's recvWindow found it"),
     OrderStep("absent_while_closing", frozenset({"UNKNOWN"}), "CANCELED",
               "proved absent while the symbol closes: nothing to cancel, nothing to resend"),

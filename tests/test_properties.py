@@ -41,8 +41,9 @@ from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
 from fsm.engine import Engine, recovery_facts
+from fsm.journal import render
 from fsm.model import LockModel, SymbolModel
-from fsm.runtime.scenario import T0_MS, Runner, render
+from fsm.runtime.scenario import T0_MS, Runner
 from fsm.strategy import Strategy
 from fsm.table import (
     ENTRY_LOCK,

@@ -4,6 +4,11 @@ Alerts never block trading: ``submit`` only records the alert and puts it on a b
 (``alerts.queue_limit``); when the queue is full the alert is dropped with a log line. One worker
 task posts them with httpx, retrying with exponential back-off, and gives up (log line, the row is
 marked undelivered) after ``alerts.max_attempts``. The webhook URL is a secret: never logged.
+
+A channel that fails says so where the operator looks anyway: the first alert it drops records a
+``alert_channel`` warning row (the board's alerts panel, ``shortfsm status``), and ``channel_state``
+("off", "ok", "failing") goes into the heartbeat; the first delivery after that records that it
+works again and how many alerts were lost.
 """
 
 from __future__ import annotations
@@ -68,6 +73,28 @@ class Alerts:
         self.dropped = 0
         self.failed = 0
         self.recent: list[Alert] = []
+        self.on_submit: Callable[[Alert], None] | None = None  # the decision log
+        self.failing_since_ms: int | None = None
+        self.failing_reason = ""
+        self.lost_while_failing = 0
+
+    @property
+    def channel_state(self) -> str:
+        if not self.enabled:
+            return "off"
+        return "ok" if self.failing_since_ms is None else "failing"
+
+    def channel_status(self) -> dict[str, object]:
+        """For the heartbeat and the board: the channel, its state, and counts (never the URL)."""
+        return {
+            "channel": "discord" if self.enabled else None,
+            "state": self.channel_state,
+            "failing_since_ms": self.failing_since_ms,
+            "problem": self.failing_reason or None,
+            "sent": self.sent,
+            "failed": self.failed,
+            "dropped": self.dropped,
+        }
 
     @property
     def enabled(self) -> bool:
@@ -109,16 +136,8 @@ class Alerts:
             alert.kind,
             alert.text,
         )
-        self.recent = [*self.recent[-19:], alert]
-        stored: asyncio.Future[int] | None = None
-        if self.store is not None and not self.store.closed:
-            stored = self.store.record_alert(
-                now_ms=alert.now_ms,
-                kind=alert.kind,
-                severity=alert.severity,
-                symbol=alert.symbol,
-                text=alert.text,
-            )
+        self._log_it(alert)
+        stored = self._record(alert)
         if not self.enabled:
             return True
         try:
@@ -128,6 +147,52 @@ class Alerts:
             log.warning("alert queue full (%d): dropped %s alert", self.queue.maxsize, alert.kind)
             return False
         return True
+
+    def _record(self, alert: Alert) -> asyncio.Future[int] | None:
+        if self.store is None or self.store.closed:
+            return None
+        return self.store.record_alert(
+            now_ms=alert.now_ms,
+            kind=alert.kind,
+            severity=alert.severity,
+            symbol=alert.symbol,
+            text=alert.text,
+        )
+
+    def _channel_failed(self, alert: Alert, reason: str) -> None:
+        """The first alert lost: one warning row on the board (stored only, never posted)."""
+        self.lost_while_failing += 1
+        if self.failing_since_ms is not None:
+            return
+        self.failing_since_ms = alert.now_ms
+        self.failing_reason = reason
+        text = (
+            f"alert channel discord failing ({reason}): alerts reach only the board and the log "
+            "until it works again; check DISCORD_WEBHOOK_URL and the network"
+        )
+        log.warning("%s", text)
+        self._note(Alert(now_ms=alert.now_ms, kind="alert_channel", text=text, severity="warning"))
+
+    def _channel_works(self, alert: Alert) -> None:
+        if self.failing_since_ms is None:
+            return
+        text = f"alert channel discord works again; {self.lost_while_failing} alert(s) were not delivered"
+        self.failing_since_ms, self.failing_reason, self.lost_while_failing = None, "", 0
+        log.info("%s", text)
+        self._note(Alert(now_ms=alert.now_ms, kind="alert_channel", text=text, severity="info"))
+
+    def _note(self, alert: Alert) -> None:
+        """About the channel itself: stored and logged, never posted to the channel that fails."""
+        self._log_it(alert)
+        self._record(alert)
+
+    def _log_it(self, alert: Alert) -> None:
+        self.recent = [*self.recent[-19:], alert]
+        if self.on_submit is not None:
+            try:
+                self.on_submit(alert)
+            except Exception:  # a log that fails never stops an alert
+                log.exception("alert %s: decision log failed", alert.kind)
 
     async def _run(self) -> None:
         while True:
@@ -149,6 +214,7 @@ class Alerts:
                 status = await self._post({"content": content[:1900]})
                 if 200 <= status < 300:
                     self.sent += 1
+                    self._channel_works(alert)
                     return True
                 reason = f"HTTP {status}"
             except (httpx.HTTPError, OSError) as exc:
@@ -158,7 +224,8 @@ class Alerts:
                 await self._sleep(delay)
                 delay = min(delay * 2, 30.0)
         self.failed += 1
-        log.warning("alert %s dropped after %d attempts", alert.kind, self.max_attempts)
+        log.warning("alert %s dropped after %d attempts (%s)", alert.kind, self.max_attempts, reason)
+        self._channel_failed(alert, reason)
         return False
 
     async def _post(self, body: dict[str, str]) -> int:

@@ -136,7 +136,8 @@ def print_daemon_matrix(matrix: daemon_faults.DaemonMatrixResult) -> None:
             if not found:
                 cells.append("-")
             else:
-                cells.append("[green]pass[/]" if found[0].passed else "[red]FAIL[/]")
+                known = "*" if (scenario, fault) in daemon_faults.FINDINGS else ""
+                cells.append("[green]pass[/]" if found[0].passed else f"[red]FAIL{known}[/]")
         table.add_row(fault, *cells)
     console = Console(highlight=False)
     console.print(table)
@@ -148,6 +149,8 @@ def print_daemon_matrix(matrix: daemon_faults.DaemonMatrixResult) -> None:
                 console.print(f"    {violation}", markup=False)
     passed = sum(c.passed for c in matrix.cells)
     console.print(f"{passed}/{len(matrix.cells)} daemon cells passed")
+    if any(not c.passed and (c.scenario, c.fault) in daemon_faults.FINDINGS for c in matrix.cells):
+        console.print("[dim]* a known daemon bug, pinned in tests/bench/test_fault_matrix_findings.py[/]")
 
 
 def print_crash(result: faults.CrashMatrixResult) -> None:

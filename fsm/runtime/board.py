@@ -5,7 +5,14 @@ and appends transitions and alerts to their tables (RUNTIME.md). The board opens
 ``mode=ro`` and never writes; every failure to read (no file, a locked or foreign file, an older
 schema, no status row yet) becomes a "no daemon" panel with the reason, never an exception.
 
-``render_board`` is pure: the same inputs give the same text, which is what the tests compare.
+One frame is one read: the view, the transitions, the alerts and the book (realised PnL, the last
+trades and skipped signals, ``fsm.runtime.ledger``) come from one read transaction, and rows the
+daemon recorded after the view it last wrote are left for the next frame, so a frame never shows a
+state beside a transition that already left it.
+
+``render_board`` is pure: the same inputs give the same text, which is what the tests compare. It fits
+the terminal: when the full board is taller than the console, a compact board of one line per item
+keeps every section and gives the transitions the lines that are left (80x24 shows them).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from rich.text import Text
 
 from fsm import commands as cmd
 from fsm.engine import Engine
+from fsm.runtime import ledger
 from fsm.runtime.liveness import liveness
 from fsm.runtime.view import board_view
 
@@ -42,6 +50,9 @@ DEFAULT_DB = Path("var/shortfsm.db")
 SVG_PATH = Path(__file__).resolve().parents[2] / "specs" / "img" / "board.svg"
 TRANSITION_ROWS = 8
 ALERT_ROWS = 5
+TRADE_ROWS = 5  # the book's last trades (status --json shows as many)
+SKIPPED_ROWS = 10  # the book's last skipped signals (the board shows the first five)
+COMPACT_MIN_TRANSITIONS = 3
 NOT_UPDATING_AFTER_S = 5.0
 ORDER_ID_MIN_WIDTH = 90
 DASH = "—"
@@ -96,8 +107,10 @@ def read_board_state(
     return state.view, state.transitions, state.alerts
 
 
-def load_board_state(db_path: str | Path, *, timeout_s: float = 0.25) -> BoardState:
-    """Like ``read_board_state`` with the reason when there is no view."""
+def load_board_state(db_path: str | Path, *, timeout_s: float = 0.25, live: bool = True) -> BoardState:
+    """Like ``read_board_state`` with the reason when there is no view. ``live`` False (no daemon
+    alive): its last rows are shown even if they came after its last view, which no daemon will
+    rewrite."""
     path = Path(db_path)
     if not path.is_file():
         return BoardState(view=None, problem=f"no database at {db_path}")
@@ -108,7 +121,7 @@ def load_board_state(db_path: str | Path, *, timeout_s: float = 0.25) -> BoardSt
         return BoardState(view=None, problem=f"cannot open {db_path}: {exc}")
     try:
         conn.execute("PRAGMA query_only = 1")
-        return _read(conn, str(db_path))
+        return _read(conn, str(db_path), live)
     except sqlite3.Error as exc:  # not a database, locked, corrupt
         log.warning("board: cannot read %s: %s", path, exc)
         return BoardState(view=None, problem=_explain(exc, str(db_path)))
@@ -116,20 +129,42 @@ def load_board_state(db_path: str | Path, *, timeout_s: float = 0.25) -> BoardSt
         conn.close()
 
 
-def _read(conn: sqlite3.Connection, name: str) -> BoardState:
+def _read(conn: sqlite3.Connection, name: str, live: bool) -> BoardState:
+    conn.execute("BEGIN")  # one snapshot of the database for the whole frame (WAL readers never block)
+    try:
+        return _read_frame(conn, name, live)
+    finally:
+        conn.rollback()
+
+
+def _read_frame(conn: sqlite3.Connection, name: str, live: bool) -> BoardState:
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    row = (
+        conn.execute("SELECT value FROM status WHERE key = 'board'").fetchone()
+        if "status" in tables
+        else None
+    )
+    view: Any = None
+    if row is not None:
+        try:
+            view = json.loads(row[0])
+        except (TypeError, ValueError) as exc:
+            log.warning("board: unreadable status JSON: %s", exc)
+    # Rows recorded after the view the daemon last wrote belong to the next frame.
+    until = view.get("now_ms") if isinstance(view, dict) and live else None
+    upto = f"WHERE now_ms <= {until} " if isinstance(until, int) and not isinstance(until, bool) else ""
     transitions = _rows(
         conn,
         tables,
         "transitions",
         "SELECT now_ms, machine, symbol, source, dest, trigger, reason FROM transitions "
-        f"ORDER BY id DESC LIMIT {TRANSITION_ROWS}",
+        f"{upto}ORDER BY id DESC LIMIT {TRANSITION_ROWS}",
     )
     alerts = _rows(
         conn,
         tables,
         "alerts",
-        f"SELECT now_ms, kind, severity, symbol, text FROM alerts ORDER BY id DESC LIMIT {ALERT_ROWS}",
+        f"SELECT now_ms, kind, severity, symbol, text FROM alerts {upto}ORDER BY id DESC LIMIT {ALERT_ROWS}",
     )
     if "status" not in tables:
         version = _schema_version(conn, tables)
@@ -141,7 +176,6 @@ def _read(conn: sqlite3.Connection, name: str) -> BoardState:
                 "an older shortfsm; start the daemon once to migrate it"
             )
         return BoardState(view=None, transitions=transitions, alerts=alerts, problem=problem)
-    row = conn.execute("SELECT value FROM status WHERE key = 'board'").fetchone()
     if row is None:
         return BoardState(
             view=None,
@@ -149,16 +183,31 @@ def _read(conn: sqlite3.Connection, name: str) -> BoardState:
             alerts=alerts,
             problem="no board status yet: the daemon is starting or has never run on this database",
         )
-    try:
-        view = json.loads(row[0])
-    except (TypeError, ValueError) as exc:
-        log.warning("board: unreadable status JSON: %s", exc)
-        view = None
     if not isinstance(view, dict):
         return BoardState(
             view=None, transitions=transitions, alerts=alerts, problem="the board status is unreadable"
         )
-    return BoardState(view=view, transitions=transitions, alerts=alerts)
+    frame = until if isinstance(until, int) and not isinstance(until, bool) else None
+    stamp = view.get("now_ms")  # "today" is the daemon's day (its clock runs fast in the demo)
+    now = stamp if isinstance(stamp, int) and not isinstance(stamp, bool) else int(time.time() * 1000)
+    try:
+        book = read_book(conn, now, until=frame)
+    except sqlite3.OperationalError as exc:  # an older layout of the ledger's tables: no book
+        log.warning("board: cannot read the book: %s", exc)
+        return BoardState(view=view, transitions=transitions, alerts=alerts)
+    return BoardState(view={**view, "book": book}, transitions=transitions, alerts=alerts)
+
+
+def read_book(conn: sqlite3.Connection, now_ms: int, *, until: int | None = None) -> dict[str, Any]:
+    """Realised PnL (today is the UTC day of ``now_ms``), the last trades and the last skipped
+    signals, newest first, as JSON-ready values; rows recorded after ``until`` (ms) are left out."""
+    book = ledger.read_ledger(conn, until_ms=until)
+    recent = sorted(book.trades, key=lambda t: (t.closed_ms or t.opened_ms, t.opened_ms), reverse=True)
+    return {
+        **book.totals(now_ms).as_dict(),
+        "trades": [t.as_dict() for t in recent[:TRADE_ROWS]],
+        "skipped": ledger.skipped_signals(conn, SKIPPED_ROWS, until_ms=until),
+    }
 
 
 def _rows(conn: sqlite3.Connection, tables: set[str], table: str, query: str) -> list[dict[str, Any]]:
@@ -203,9 +252,11 @@ def render_board(
     alerts: list[dict[str, Any]],
     *,
     problem: str | None = None,
+    height: int | None = None,
 ) -> RenderableType:
     """The whole board; ``view`` None gives the "no daemon" panel. ``problem`` explains it (or, with
-    a view, is shown as a warning). Tolerates any shape of input."""
+    a view, is shown as a warning). Tolerates any shape of input. The board fits ``height`` lines
+    (default: the console's height; the compact board when the full one is taller)."""
     transitions = [t for t in transitions if isinstance(t, dict)] if isinstance(transitions, list) else []
     alerts = [a for a in alerts if isinstance(a, dict)] if isinstance(alerts, list) else []
     if not isinstance(view, dict):
@@ -215,13 +266,273 @@ def render_board(
         if transitions:
             parts.append(_transitions_panel(transitions))
         return Group(*parts)
-    return Group(
+    panels: list[RenderableType] = [
         _header(view),
         _alerts_panel(view, alerts, problem),
         _monitoring_panel(view),
         _position_panel(view),
-        _transitions_panel(transitions),
+    ]
+    book = _book_panel(view)
+    if book is not None:
+        panels.append(book)
+    panels.append(_transitions_panel(transitions))
+    return _Fitted(Group(*panels), view, transitions, alerts, problem, height)
+
+
+class _Fitted:
+    """The full board when it fits the height, else the compact board (one line per item)."""
+
+    def __init__(
+        self,
+        full: Group,
+        view: dict[str, Any],
+        transitions: list[dict[str, Any]],
+        alerts: list[dict[str, Any]],
+        problem: str | None,
+        height: int | None,
+    ) -> None:
+        self.full = full
+        self.parts = (view, transitions, alerts, problem)
+        self.height = height
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        limit = self.height if self.height is not None else options.max_height
+        if limit is None or len(console.render_lines(self.full, options, pad=False)) <= limit:
+            yield self.full
+            return
+        view, transitions, alerts, problem = self.parts
+        yield _compact(view, transitions, alerts, problem, max(limit, 1))
+
+
+def _line(*parts: str | tuple[str, str] | Text) -> Text:
+    text = Text.assemble(*parts)
+    text.no_wrap = True
+    text.overflow = "ellipsis"
+    return text
+
+
+def _compact(
+    view: dict[str, Any],
+    transitions: list[dict[str, Any]],
+    alerts: list[dict[str, Any]],
+    problem: str | None,
+    limit: int,
+) -> Group:
+    """Every section of the board in as few lines as it takes; the transitions get what is left."""
+    paused = view.get("paused") is True
+    run = Text("PAUSED", style="bold yellow") if paused else Text("running", style="green")
+    if view.get("daemon") in ("stopped", "hung"):
+        run = Text(str(view.get("daemon")).upper(), style="bold red")
+    balance = _dict(view.get("balance"))
+    last = _dict(view.get("last_event"))
+    header = [
+        _line(
+            (f"shortfsm · {_s(view.get('profile')).upper()}", "bold blue"),
+            "  ",
+            _clock(_int(view.get("now_ms")), date=True),
+            "  ",
+            run,
+            "  price ",
+            _price_source(_dict(view.get("price_source"))),
+        ),
+        _line(
+            ("balance ", "dim"),
+            (_s(balance.get("wallet"), "unknown"), "bold"),
+            " wallet · ",
+            (_s(balance.get("available"), "unknown"), "bold"),
+            f" available USDT · mode {_s(view.get('position_mode'))}",
+        ),
+        _line(
+            ("streams ", "dim"),
+            _streams(_dict(view.get("streams"))),
+            ("  last event ", "dim"),
+            f"{_s(last.get('type'))} {_clock(_int(last.get('now_ms')))}" if last else DASH,
+        ),
+        _line(("locks ", "dim"), _abnormal_locks(_dict(view.get("locks")))),
+    ]
+    conditions = [
+        _line(("● ", SEVERITY_STYLE[sev]), (text, SEVERITY_STYLE[sev]))
+        for sev, text in _conditions(view, problem)
+    ]
+    recent = [
+        _line(
+            (f"{_clock(_int(a.get('now_ms')))} ", "dim"),
+            (_s(a.get("severity")).upper(), SEVERITY_STYLE.get(_s(a.get("severity")), "")),
+            " ",
+            (_s(a.get("kind")), "bold"),
+            f"  {_s(a.get('text'))}",
+        )
+        for a in alerts[:ALERT_ROWS]
+    ]
+    book = _dict(view.get("book"))
+    money = [_line(("PnL ", "dim"), _pnl_text(book))] if book else []
+    cooldowns = [_line(("cooldowns ", "dim"), _cooldowns_text(view))] if _dicts(view.get("cooldowns")) else []
+    position = _dict(view.get("position"))
+    held: list[Text] = []
+    orders: list[Text] = []
+    if position:
+        triggers = _dict(position.get("next_triggers"))
+        held = [
+            _line(
+                (f"{_s(position.get('symbol'))} {_s(position.get('phase'))}", "bold magenta"),
+                f"  avg {_s(position.get('average'))} · qty {_s(position.get('quantity'))}"
+                f" · mark {_s(position.get('mark'))} · ROI ",
+                _roi(position.get("roi_pct")),
+            ),
+            _line(
+                "  next: "
+                + " · ".join(f"{leg} {_s(triggers.get(leg))}" for leg in ("tp", "add", "breakeven", "mdd"))
+            ),
+        ]
+        countdown = _countdown_text(position.get("countdown"))
+        if countdown is not None:
+            held.append(_line("  ", countdown))
+        orders = [
+            _line(
+                f"  {_s(o.get('leg'))} {_s(o.get('type'))} {_s(o.get('side'))} {_s(o.get('price'))} × "
+                f"{_s(o.get('quantity'))} filled {_s(o.get('filled'))} {_s(o.get('status'))}"
+            )
+            for o in _dicts(position.get("orders"))
+        ]
+    else:
+        held = [_line(("flat: no position", "dim"))]
+    monitoring = [
+        _line(
+            ("watch ", "dim"),
+            (_s(r.get("symbol")), "bold"),
+            f" {_s(r.get('stage'))} planned {_s(r.get('planned_price'))} mark {_s(r.get('mark'))}",
+            " to trigger ",
+            _distance(r.get("distance_pct")),
+        )
+        for r in _dicts(view.get("monitoring"))
+    ]
+    trades = [
+        _line(("trade ", "dim"), *_trade_cells(t))
+        for t in _dicts(book.get("trades"))[:COMPACT_MIN_TRANSITIONS]
+    ]
+    skipped = [
+        _line(("skip  ", "dim"), *_skipped_cells(k))
+        for k in _dicts(book.get("skipped"))[:COMPACT_MIN_TRANSITIONS]
+    ]
+    sections = [header, conditions, recent, money, cooldowns, held, orders, monitoring, trades, skipped]
+    # What gives way first when the height is short: (section, lines it keeps at this pass).
+    for section, floor in (
+        (skipped, 1),
+        (trades, 1),
+        (recent, 1),
+        (monitoring, 1),
+        (orders, 1),
+        (skipped, 0),
+        (trades, 0),
+        (recent, 0),
+        (cooldowns, 0),
+        (monitoring, 0),
+        (orders, 0),
+    ):
+        while len(section) > floor and sum(map(len, sections)) + 1 + COMPACT_MIN_TRANSITIONS > limit:
+            section.pop()
+    rows = max(COMPACT_MIN_TRANSITIONS, limit - sum(map(len, sections)) - 1)
+    changes = [
+        _line(
+            (f"{_clock(_int(t.get('now_ms')))} ", "dim"),
+            (_transition_who(t), "bold"),
+            f" {_s(t.get('source'))}→{_s(t.get('dest'))} ",
+            (_s(t.get("reason"), default=""), "dim"),
+        )
+        for t in transitions[: min(rows, TRANSITION_ROWS)]
+    ]
+    title = _line(("Last transitions", "bold"), ("" if changes else "  none recorded", "dim"))
+    return Group(*(line for section in sections for line in section), title, *changes)
+
+
+def _abnormal_locks(locks: dict[str, Any]) -> Text:
+    text = Text()
+    for name, label, normal in LOCKS:
+        state = _s(locks.get(name))
+        if state != normal:
+            if text:
+                text.append(" · ")
+            text.append(f"{label} ")
+            text.append(state, style=_LOCK_STYLE.get(name, "bold red"))
+    return text if text else Text("all normal", style="green")
+
+
+def _transition_who(row: dict[str, Any]) -> str:
+    symbol = row.get("symbol")
+    return symbol if isinstance(symbol, str) and symbol else _s(row.get("machine"))
+
+
+def _signed(value: Any) -> Text:
+    number = _dec(value)
+    if number is None:
+        return Text(DASH)
+    sign = "+" if number > 0 else ""
+    return Text(f"{sign}{value}", style="green" if number > 0 else "red" if number < 0 else "")
+
+
+def _pnl_text(book: dict[str, Any]) -> Text:
+    today = _dict(book.get("today"))
+    total = _dict(book.get("total"))
+    return Text.assemble(
+        "today ",
+        _signed(today.get("realized_pnl")),
+        " · total ",
+        _signed(total.get("realized_pnl")),
+        f" · fees {_s(total.get('fees'))} · net ",
+        _signed(total.get("net")),
+        " USDT",
     )
+
+
+def _duration(ms: Any) -> str:
+    seconds = max(0, _int(ms)) // 1000
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _cooldowns_text(view: dict[str, Any]) -> Text:
+    rows = _dicts(view.get("cooldowns"))
+    if not rows:
+        return Text("none", style="dim")
+    return Text(" · ".join(f"{_s(r.get('symbol'))} {_duration(r.get('remaining_ms'))}" for r in rows))
+
+
+def _countdown_text(value: Any) -> Text | None:
+    countdown = _dict(value)
+    if not countdown:
+        return None
+    left = _int(countdown.get("remaining_ms")) / 1000
+    return Text(
+        f"5 s rule: {_s(countdown.get('leg'))} part-filled {_s(countdown.get('filled'))} of "
+        f"{_s(countdown.get('quantity'))}, the rest closes at market in {left:.1f} s",
+        style="bold yellow",
+    )
+
+
+def _iso_clock(value: Any) -> str:
+    """``HH:MM:SS`` of a ledger ISO time (``2026-12-04T05:26:53Z``)."""
+    text = _s(value)
+    return text[11:19] if len(text) >= 19 else text
+
+
+def _trade_cells(trade: dict[str, Any]) -> list[str | tuple[str, str] | Text]:
+    closed = trade.get("closed")
+    when = _iso_clock(closed) if closed else "open"
+    return [
+        (f"{when} ", "dim"),
+        (_s(trade.get("symbol")), "bold"),
+        " ",
+        _signed(trade.get("net")),
+        f" {_s(trade.get('close_reason'), 'open')}",
+    ]
+
+
+def _skipped_cells(row: dict[str, Any]) -> list[str | tuple[str, str] | Text]:
+    return [
+        (f"{_clock(_int(row.get('now_ms')))} ", "dim"),
+        (_s(row.get("symbol"), "?"), "bold"),
+        f" {_s(row.get('kind'))}: {_s(row.get('reason'))}",
+    ]
 
 
 def _no_daemon(problem: str | None) -> Panel:
@@ -300,7 +611,8 @@ def _locks(locks: dict[str, Any]) -> Table:
     return grid
 
 
-def _alerts_panel(view: dict[str, Any], alerts: list[dict[str, Any]], notice: str | None) -> Panel:
+def _conditions(view: dict[str, Any], notice: str | None) -> list[tuple[str, str]]:
+    """(severity, text) of the standing conditions: locks away from normal, pause, a stale price."""
     locks = _dict(view.get("locks"))
     conditions: list[tuple[str, str]] = []
     for lock, state, severity, text in CONDITIONS:
@@ -316,6 +628,11 @@ def _alerts_panel(view: dict[str, Any], alerts: list[dict[str, Any]], notice: st
         conditions.append(("warning", "PRICE STALE: the mark price is old"))
     if notice:
         conditions.append(("warning", notice))
+    return conditions
+
+
+def _alerts_panel(view: dict[str, Any], alerts: list[dict[str, Any]], notice: str | None) -> Panel:
+    conditions = _conditions(view, notice)
     worst = ""
     parts: list[RenderableType] = []
     if conditions:
@@ -411,10 +728,72 @@ def _position_panel(view: dict[str, Any]) -> Panel:
         _pair("mdd", _s(triggers.get("mdd"))),
     )
     parts: list[RenderableType] = [stats]
+    countdown = _countdown_text(position.get("countdown"))
+    if countdown is not None:
+        parts.append(countdown)
     orders = _dicts(position.get("orders"))
     parts.append(_Orders(orders) if orders else Text("no working order", style="dim"))
     title = f"Position {_s(position.get('symbol'))} · {_s(position.get('phase'))}"
     return Panel(Group(*parts), title=title, title_align="left", border_style="magenta")
+
+
+def _book_panel(view: dict[str, Any]) -> Panel | None:
+    """Realised PnL, cooldowns, the last trades and the last skipped signals (the view's ``book``
+    is read from the database with the frame)."""
+    book = view.get("book")
+    if not isinstance(book, dict):
+        return None
+    today = _dict(book.get("today"))
+    total = _dict(book.get("total"))
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column()
+    for label, figures in ((f"today {_s(book.get('day'))}", today), ("total", total)):
+        grid.add_row(
+            label,
+            Text.assemble(
+                "realised ",
+                _signed(figures.get("realized_pnl")),
+                f" · fees {_s(figures.get('fees'))} · net ",
+                _signed(figures.get("net")),
+                " USDT",
+            ),
+        )
+    grid.add_row("cooldowns", _cooldowns_text(view))
+    parts: list[RenderableType] = [grid]
+    trades = _dicts(book.get("trades"))
+    if trades:
+        table = _table()
+        table.add_column("Closed", style="dim", no_wrap=True)
+        table.add_column("Symbol", style="bold", no_wrap=True)
+        table.add_column("Legs", no_wrap=True)
+        table.add_column("Net", justify="right", no_wrap=True)
+        table.add_column("Why", overflow="fold", ratio=1)
+        for trade in trades:
+            closed = trade.get("closed")
+            legs = trade.get("legs")
+            table.add_row(
+                _iso_clock(closed) if closed else "open",
+                _s(trade.get("symbol")),
+                ",".join(str(leg) for leg in legs) if isinstance(legs, list) else DASH,
+                _signed(trade.get("net")),
+                _s(trade.get("close_reason"), "open"),
+            )
+        parts.append(table)
+    skipped = _dicts(book.get("skipped"))[:ALERT_ROWS]
+    if skipped:
+        table = _table()
+        table.add_column("Skipped", style="dim", no_wrap=True)
+        table.add_column("Symbol", style="bold", no_wrap=True)
+        table.add_column("Why", overflow="fold", ratio=1)
+        for row in skipped:
+            table.add_row(
+                _clock(_int(row.get("now_ms"))),
+                _s(row.get("symbol"), "?"),
+                f"{_s(row.get('kind'))}: {_s(row.get('reason'))}",
+            )
+        parts.append(table)
+    return Panel(Group(*parts), title="Book", title_align="left")
 
 
 class _Orders:
@@ -578,10 +957,10 @@ def watch(
     with Live(console=console, auto_refresh=False) as live:
         while True:
             started = time.monotonic()
-            state = load_board_state(db_path)
+            alive = liveness(db_path)
+            state = load_board_state(db_path, live=alive.state not in ("stopped", "hung"))
             problem = state.problem or freshness.observe(state.view, started)
             view = state.view
-            alive = liveness(db_path)
             if view is not None and alive.state in ("stopped", "hung"):
                 view = {**view, "daemon": alive.state}  # never "running" for a dead daemon
                 problem = problem or alive.text
@@ -657,7 +1036,7 @@ def export_board_svg(path: str | Path = SVG_PATH) -> str:
     """Write the README picture of the board (100 columns) to ``path``; return the SVG text."""
     view, transitions, alerts = demo_board()
     console = Console(
-        record=True, width=100, file=io.StringIO(), color_system="truecolor", legacy_windows=False
+        record=True, width=100, height=200, file=io.StringIO(), color_system="truecolor", legacy_windows=False
     )
     console.print(render_board(view, transitions, alerts))
     svg = console.export_svg(title="shortfsm status")

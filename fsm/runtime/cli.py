@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +131,11 @@ def _as_json(run: Replay) -> dict[str, Any]:
 def cmd_replay(args: argparse.Namespace) -> int:
     from fsm.runtime.simreplay import replay
 
+    if args.journal is not None:
+        if args.targets or args.all:
+            print("--journal replays a database's journal: name no scenario with it", file=sys.stderr)
+            return 2
+        return cmd_replay_journal(Path(args.journal), as_json=args.json)
     docs = _select(args)
     if not docs:
         print("nothing to replay: name scenario ids, spec IDs or files, or use --all", file=sys.stderr)
@@ -151,6 +157,42 @@ def cmd_replay(args: argparse.Namespace) -> int:
             for run in kept:
                 console.print(f"  {run.result.scenario_id}: {run.reason}", soft_wrap=True)
     return 0 if all(run.result.passed for run in runs) else 1
+
+
+def cmd_replay_journal(path: Path, *, as_json: bool) -> int:
+    """Exit 0: every run re-made identically; 1: a difference; 2: nothing replayable."""
+    from fsm.runtime.journal_replay import JournalError, replay_journal
+
+    try:
+        result = replay_journal(path)
+    except JournalError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 2
+    if not result.runs:
+        print(f"replay: {path} holds no journaled run to replay", file=sys.stderr)
+        return 2
+    if as_json:
+        payload: dict[str, Any] = {"identical": result.identical, "skipped_rows": result.skipped_rows}
+        payload["runs"] = [run.as_json() for run in result.runs]
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+        return 0 if result.identical else 1
+    for run in result.runs:
+        when = datetime.fromtimestamp(run.started_ms / 1000, tz=UTC).isoformat(timespec="seconds")
+        head = f"run from journal seq {run.start_seq} ({when}"
+        head += ")" if run.run_start else ", its start pruned: from a later checkpoint)"
+        if run.divergence is None:
+            print(
+                f"{head}: {run.events} events re-fed, {run.commands} commands and "
+                f"{run.checkpoints} checkpoint(s) re-made identically"
+            )
+            continue
+        d = run.divergence
+        print(f"{head}: DIFFERS at journal seq {d.seq} ({d.what}) after {run.events} identical events")
+        print(f"  recorded: {d.recorded or '<nothing>'}")
+        print(f"  replayed: {d.replayed or '<nothing>'}")
+    if result.skipped_rows:
+        print(f"{result.skipped_rows} journal row(s) before the first checkpoint were not replayed")
+    return 0 if result.identical else 1
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
@@ -191,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--all", action="store_true", help="every scenario of the catalog")
     replay.add_argument("--json", action="store_true", help="machine-readable output")
     replay.add_argument(
+        "--journal",
+        metavar="DB",
+        help="re-feed a daemon's journal (its database) to the engine and check every answer is re-made",
+    )
+    replay.add_argument(
         "--venue",
         choices=("sim", "double"),
         default="sim",
@@ -213,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "binance.sim.cli",
         "fsm.runtime.daemon_cli",
         "fsm.runtime.board_cli",
+        "fsm.runtime.trades_cli",
         "fsm.runtime.bench_cli",
     ):
         try:

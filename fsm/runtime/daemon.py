@@ -52,7 +52,7 @@ from binance.errors import BinanceError
 from binance.executor import Executor
 from binance.parse import KlineUpdate, ListenKeyExpired
 from binance.reconcile import Tracked, gap_read_back, missed_updates
-from binance.rest import BinanceRest
+from binance.rest import BinanceRest, host_of
 from binance.sim.exchange import SimExchange
 from binance.sim.server import SimVenue
 from binance.streams import KEEPALIVE_S, MarketStream, PremiumIndexPoller, UserStream
@@ -60,7 +60,8 @@ from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
 from fsm.engine import Engine, decode_strategy, recovery_facts
-from fsm.model import decode
+from fsm.journal import render_all
+from fsm.model import OrderTrack, SymbolModel, decode
 from fsm.runtime import heartbeat
 from fsm.runtime.alerts import Alert, Alerts
 from fsm.runtime.config import (
@@ -95,8 +96,11 @@ KLINE_COUNT = 200
 CURSOR_WAIT_S = 0.5  # wall seconds a message's cursor write may hold up its decision (N-05)
 USER_STREAM_WAIT_MS = 5000  # how long recovery waits for the user stream before reading the venue
 KLINE_MS = 180_000
-NOT_JOURNALED = (ev.Tick, ev.MarkPriceTick)  # market data at 1 Hz: the venue keeps it, not us
+QUIET_EVENTS = (ev.Tick, ev.MarkPriceTick, ev.VenueCallSucceeded)  # never the board's "last event"
+CHECKPOINT_EVERY_MS = 3_600_000  # the engine's snapshot in the journal: where a replay can start
+JOURNAL_KEEP_MS = 7 * 86_400_000  # journal rows kept (a replay needs a checkpoint at or before)
 ORDER_WATCH_MS = 15_000  # venue time between two read-backs of our open orders (_watch_orders)
+OUTAGE_ALERT_MS = 10_000  # a Binance stream down this long (venue time) is alerted, naming its host
 OUTCOME_EVENTS = (
     ev.OrderAccepted,
     ev.AlgoOrderAccepted,
@@ -367,6 +371,7 @@ class Daemon:
         self.source = source
         self.decision_log = decision_log or DecisionLog(None)
         self.alerts = alerts or Alerts(store=store)
+        self.alerts.on_submit = self._log_alert
         self.heartbeat_path = Path(heartbeat_path) if heartbeat_path else None
         self.stop_when = stop_when
         self.observer = observer
@@ -389,6 +394,7 @@ class Daemon:
             recv_window_ms=endpoints.recv_window_ms,
             clock_ms=clock.now_ms,
             timeout_s=10.0,
+            wall_s=clock.wall_s,
         )
         self.executor = Executor(self.rest)
         self.market = MarketStream(endpoints.market_ws_url, self._on_stream_item, clock_ms=clock.now_ms)
@@ -405,6 +411,12 @@ class Daemon:
         )
         self.market.on_crash = self.user.on_crash = self.poller.on_crash = self._stream_crashed
         self.streams = {"market": "down", "user": "down", "telegram": "down"}
+        # Binance connections for the operator: host (never a URL), since when down, and why.
+        self.connections: dict[str, dict[str, Any]] = {
+            "market": {"host": host_of(endpoints.market_ws_url), "down_since_ms": None, "problem": None},
+            "user": {"host": host_of(endpoints.private_ws_url), "down_since_ms": None, "problem": None},
+        }
+        self._outage_alerted: set[str] = set()
         self.last_event: dict[str, Any] | None = None
         self.handled = 0
         self.errors = 0
@@ -415,6 +427,7 @@ class Daemon:
         self._source_task: asyncio.Task[None] | None = None
         self._mark_phase_ms = 0
         self._snapshot_dirty = True
+        self._checkpoint_due_ms = 0  # 0: this run's first checkpoint (run_start) is still to write
         self._infos: dict[str, ev.SymbolInfo] = {}
         self._infos_at_ms = -math.inf
         self._pending_acks: list[tuple[dict[str, Any], bool]] = []  # (request, paused wanted)
@@ -800,17 +813,25 @@ class Daemon:
         rerun = isinstance(event, ev.MessageReceived) and event.rerun
         if rerun and not execute:
             return  # stopping: the snapshot keeps not covering it, the next start re-runs it (D-18)
-        seq: int | None = None
-        if not isinstance(event, NOT_JOURNALED):
-            store.journal(event)
-            seq = store.journal_seq
         if isinstance(event, OUTCOME_EVENTS):
             store.record_outcome(event)
+        if event.now_ms >= self._checkpoint_due_ms:  # replay starts at a checkpoint (#11 step 7)
+            first = not self._checkpoint_due_ms
+            store.checkpoint(event.now_ms, self.engine.snapshot(), run_start=first, keep_ms=JOURNAL_KEEP_MS)
+            self._checkpoint_due_ms = event.now_ms + CHECKPOINT_EVERY_MS
+        booked = self._order_before(event)
+        held = dict(self.engine.symbols) if not isinstance(event, ev.MarkPriceTick) else {}
         commands = self.engine.handle(event)
+        # Every input is journaled with what the engine answered, in the order handled, before any
+        # command is carried out: `shortfsm replay --journal` re-makes the same answers from it.
+        store.journal(event, render_all(commands))
+        seq: int | None = store.journal_seq
         self.handled += 1
+        self._log_fill_and_close(event, commands, booked, held)
         if self.observer is not None and not commands:
             self.observer(event, commands)
-        self.last_event = {"type": type(event).__name__, "now_ms": event.now_ms}
+        if not isinstance(event, QUIET_EVENTS):
+            self.last_event = {"type": type(event).__name__, "now_ms": event.now_ms}
         if not commands:
             await self._after_recovery_snapshot(event)
             if execute:
@@ -834,6 +855,39 @@ class Daemon:
         await self._after_recovery_snapshot(event)
         if execute:
             self._carried(seq, rerun)
+
+    def _order_before(self, event: ev.Event) -> tuple[OrderTrack, Decimal] | None:
+        """Our order an update may fill, with what the engine had booked on it before."""
+        if not isinstance(event, ev.OrderUpdated) or event.cum_qty <= 0:
+            return None
+        model = self.engine.symbols.get(event.symbol)
+        order = model.orders.get(event.client_order_id) if model is not None else None
+        return (order, order.filled) if order is not None else None
+
+    def _log_fill_and_close(
+        self,
+        event: ev.Event,
+        commands: list[cmd.Command],
+        booked: tuple[OrderTrack, Decimal] | None,
+        held: dict[str, SymbolModel],
+    ) -> None:
+        """Decision log: the fill the engine booked (a duplicate or late update books nothing) and,
+        when a position of ours is flat again, its realised PnL and fees over all its orders."""
+        if booked is not None and isinstance(event, ev.OrderUpdated):
+            order, before = booked
+            if order.filled > before:
+                self.decision_log.fill(event.now_ms, event, order.filled - before, leg=order.leg)
+        for c in commands:
+            if isinstance(c, cmd.Notify) and c.kind == "position_closed" and c.symbol in held:
+                model = held[c.symbol]
+                self.decision_log.position_closed(
+                    event.now_ms,
+                    c.symbol,
+                    reason=model.close_reason or "closed",
+                    message_id=model.message_id,
+                    realised=sum((o.realized_pnl for o in model.orders.values()), Decimal(0)),
+                    fees=sum((o.commission for o in model.orders.values()), Decimal(0)),
+                )
 
     async def _after_recovery_snapshot(self, event: ev.Event) -> None:
         """After the recovery snapshot (whether or not it decided anything: a flat venue waits for
@@ -967,6 +1021,7 @@ class Daemon:
             now = self.clock.now_ms()
             try:
                 self.streams["user"] = "up" if self.user.connected else "down"
+                self._check_connections(now)
                 await self._check_database(now)
                 self._reload_config(now)
                 self._write_status(now)
@@ -980,6 +1035,38 @@ class Daemon:
             except Exception:
                 self.errors += 1
                 log.exception("status step failed")
+
+    def _log_alert(self, alert: Alert) -> None:
+        self.decision_log.alert(alert.now_ms, alert.kind, alert.severity, alert.text, alert.symbol)
+
+    def _check_connections(self, now: int) -> None:
+        """A Binance stream down for ``OUTAGE_ALERT_MS`` is alerted once, naming its host and why;
+        its return is alerted too. The state (host, since, problem) goes to the heartbeat."""
+        for name, stream in (("market", self.market), ("user", self.user)):
+            entry = self.connections[name]
+            up = self.streams.get(name) == "up"
+            if up:
+                since = entry["down_since_ms"]
+                entry["down_since_ms"], entry["problem"] = None, None
+                if name in self._outage_alerted and since is not None:
+                    self._outage_alerted.discard(name)
+                    text = f"Binance {name} stream {entry['host']} is back after {(now - since) / 1000:.0f} s"
+                    log.warning("%s", text)
+                    self.alerts.submit(Alert(now_ms=now, kind="binance_connection", text=text))
+                continue
+            if entry["down_since_ms"] is None:
+                entry["down_since_ms"] = now
+            entry["problem"] = stream.problem or f"{entry['host']} not connected yet"
+            if name not in self._outage_alerted and now - entry["down_since_ms"] >= OUTAGE_ALERT_MS:
+                self._outage_alerted.add(name)
+                text = (
+                    f"Binance {name} stream down for {(now - entry['down_since_ms']) / 1000:.0f} s: "
+                    f"{entry['problem']}; reconnecting"
+                )
+                log.warning("%s", text)
+                self.alerts.submit(
+                    Alert(now_ms=now, kind="binance_connection", text=text, severity="warning")
+                )
 
     def _notify_systemd(self) -> None:
         """Type=notify: READY=1 once the loop runs, then WATCHDOG=1 from this same loop, so a hung
@@ -1001,6 +1088,8 @@ class Daemon:
             "urls": dict(self.urls),
             "pid": os.getpid(),
             "started_ms": self.started_ms,
+            "connections": {name: dict(entry) for name, entry in self.connections.items()},
+            "alerts": self.alerts.channel_status(),
         }
         beat = heartbeat.heartbeat_payload(
             self.engine,
@@ -1013,6 +1102,8 @@ class Daemon:
             started_ms=self.started_ms,
             database=str(self.store.path),
         )
+        beat["connections"] = extras["connections"]
+        beat["alerts"] = extras["alerts"]
         if not self.store.closed:
             self.store.set_status("board", board_view(self.engine, now, extras), now)
             self.store.set_status(HEARTBEAT_KEY, beat, now)
@@ -1048,6 +1139,7 @@ class Daemon:
                 state = "paused: no new entries" if wanted else "resumed: new entries allowed"
                 await self.store.finish_control(request, {"result": "ok", "lines": [state]})
                 log.info("operator %s %s applied (%s)", request.get("command"), request.get("id"), state)
+                self._log_operator(now, request, "ok", [state])
             else:
                 still.append((request, wanted))
         self._pending_acks = still
@@ -1071,13 +1163,18 @@ class Daemon:
                 self._pause_queued = True
                 self.enqueue_nowait(ev.PauseRequested(now_ms=now, paused=True))
             lines, failures = await self._flatten(now)
-            await self.store.finish_control(
-                request, {"result": "failed" if failures else "ok", "lines": lines, "failures": failures}
-            )
+            result = "failed" if failures else "ok"
+            await self.store.finish_control(request, {"result": result, "lines": lines, "failures": failures})
+            self._log_operator(self.clock.now_ms(), request, result, lines)
         else:
-            await self.store.finish_control(
-                request, {"result": "refused", "lines": [f"unknown command {command!r}"], "failures": 1}
-            )
+            lines = [f"unknown command {command!r}"]
+            await self.store.finish_control(request, {"result": "refused", "lines": lines, "failures": 1})
+            self._log_operator(now, request, "refused", lines)
+
+    def _log_operator(self, now: int, request: dict[str, Any], result: str, lines: list[str]) -> None:
+        self.decision_log.operator(
+            now, str(request.get("command")), str(request.get("id")), result, [str(line) for line in lines]
+        )
 
     async def _discard_stale_requests(self) -> None:
         """Requests found at start were written while no daemon ran (or before a crash): their
@@ -1089,6 +1186,7 @@ class Daemon:
             )
             log.warning(text)
             await self.store.finish_control(request, {"result": "discarded", "lines": [text], "failures": 1})
+            self._log_operator(self.clock.now_ms(), request, "discarded", [text])
 
     def _explain_pause(self, control: dict[str, Any], now: int) -> None:
         since = control.get("since_ms")
@@ -1141,8 +1239,10 @@ class Daemon:
         watch = self.config_watch
         if watch is None or not watch.due():
             return
+        where = str(watch.path)
         if not watch.path.exists():
             log.error("config reload: %s is missing; the running configuration is kept", watch.path)
+            self.decision_log.config_reload(now, where, "refused", reason="the file is missing")
             return
         try:
             new = load_config(watch.path)
@@ -1151,6 +1251,7 @@ class Daemon:
             log.error(
                 "config reload: %s is invalid; the running configuration is kept: %s", watch.path, problem
             )
+            self.decision_log.config_reload(now, where, "refused", reason=f"invalid: {problem}")
             self.alerts.submit(
                 Alert(
                     now_ms=now,
@@ -1163,15 +1264,21 @@ class Daemon:
         restart = restart_changes(self.config, new)
         for key in restart:
             log.warning("config reload: %s changed; restart shortfsm for it to take effect", key)
+        if restart:
+            self.decision_log.config_reload(now, where, "restart_needed", keys=list(restart))
         changes = settings_changes(self.engine.strategy, new)
         if changes:
             log.info("config reload: asking the engine for %s", ", ".join(f"{k}={v}" for k, v in changes))
+            # The engine's settings_applied / settings_refused line follows with its decision.
+            self.decision_log.config_reload(now, where, "requested", changes=dict(changes))
             self.enqueue_nowait(ev.SettingsChangeRequested(now_ms=now, changes=changes))
         elif self.engine.pending_settings:
             log.info("config reload: back to the running settings; the pending change is dropped")
+            self.decision_log.config_reload(now, where, "requested", changes={})
             self.enqueue_nowait(ev.SettingsChangeRequested(now_ms=now, changes=()))
         elif not restart:
             log.info("config reload: %s has no change", watch.path)
+            self.decision_log.config_reload(now, where, "unchanged")
 
     # -- database health (full disk, I/O errors) -----------------------------------------------
 

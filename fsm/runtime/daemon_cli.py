@@ -11,7 +11,6 @@ import stat
 import sys
 import time
 from collections.abc import Callable
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -298,28 +297,28 @@ def demo_finished(path: PricePath, grace_ms: int = 3_000, cap_ms: int = 60_000) 
 
 
 def demo_summary(db_path: Path) -> dict[str, Any]:
-    """Trades (positions closed), realised PnL, fees and the net, from the demo's database."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    """Trades (positions closed), realised PnL, fees and the net, from the demo's database (the
+    ledger's figures: ``shortfsm trades`` and ``status`` show the same)."""
+    from fsm.runtime.ledger import money, open_readonly, read_ledger
+
+    conn = open_readonly(db_path)
     try:
-        trades = conn.execute(
-            "SELECT symbol, reason FROM transitions WHERE machine = 'symbol' AND source = 'EXITING' "
-            "AND dest = 'IDLE' ORDER BY id"
-        ).fetchall()
-        fills = conn.execute("SELECT realized_pnl, commission FROM fills").fetchall()
+        book = read_ledger(conn)
         filtered = conn.execute(
             "SELECT symbol, reason FROM decisions WHERE kind IN ('leading_rejected', 'symbol_mapping') "
             "AND reason NOT IN ('ok') ORDER BY id"
         ).fetchall()
     finally:
         conn.close()
-    realised = sum((Decimal(r[0] or "0") for r in fills), Decimal(0))
-    fees = sum((Decimal(r[1] or "0") for r in fills), Decimal(0))
+    total = book.totals(0)
     return {
-        "trades": [{"symbol": s, "reason": r} for s, r in trades],
+        "trades": [
+            {"symbol": t.symbol, "reason": t.close_reason} for t in book.trades if t.closed_ms is not None
+        ],
         "filtered": [{"symbol": s, "reason": r} for s, r in filtered],
-        "realised_pnl": str(realised.quantize(Decimal("0.0001"))),
-        "fees": str(fees.quantize(Decimal("0.0001"))),
-        "net": str((realised - fees).quantize(Decimal("0.0001"))),
+        "realised_pnl": money(total.realized_pnl),
+        "fees": money(total.fees),
+        "net": money(total.net),
     }
 
 
@@ -536,8 +535,11 @@ async def _check_venue(config: AppConfig, secrets_: Secrets, profile: str) -> bo
             before = int(time.time() * 1000)
             server = await rest.server_time()
             after = int(time.time() * 1000)
-        except BinanceError as exc:
-            print(f"FAIL  venue {rest_url} unreachable: {exc}")
+        except BinanceError as exc:  # a connection failure names the host: "<host> unreachable: ..."
+            print(
+                f"FAIL  venue {rest_url}: {exc.msg}"
+                + (f" (HTTP {exc.http_status})" if exc.http_status else "")
+            )
             return False
         skew = server - (before + after) // 2
         if abs(skew) <= MAX_CLOCK_SKEW_MS:

@@ -5,11 +5,16 @@ Theory of operation
 Each cell runs one scenario (a Telegram feed plus a ``PricePath`` of the simulated venue) through a
 real ``Daemon`` on loopback against ``SimHarness`` on a compressed clock, with one fault the venue
 can inject (``binance.sim``: ``RestFaults``, ``drop_ws``/``silence_ws``, ``UserFaults``, held and
-released user events, a frozen ``premiumIndex``, listenKey expiry). A fault fires at a meaningful
-moment, chosen by a trigger watched from the daemon's observer: when a command goes out (e.g. the
-entry's ``PlaceOrder``: the fault is queued before the request leaves), when a symbol enters a state
-(plus a delay in venue time), or at a venue time. Scenario actions (the stale-lock scenario freezing
-the prices) use the same triggers.
+released user events, a frozen ``premiumIndex``, listenKey expiry) or the real venue's answers
+(binance-real-answers.md: 408 -1007 after acceptance, -4130 and -4509 provoked by a closePosition stop
+or a close from the app, the algo lifecycle variants, 429s then the rate-limit model's growing 418
+ban). A fault fires at a meaningful moment, chosen by a trigger watched from the daemon's observer:
+when a command goes out (e.g. the entry's ``PlaceOrder``: the fault is queued before the request
+leaves), when a symbol enters a state or the engine saw a mark (plus a delay in venue time), or at a
+venue time. A fault step is ``optional`` when some scenarios lack its moment (no stop to trigger in
+W55). Scenario actions (the stale-lock scenario freezing the prices) use the same triggers. Every
+error answer of the venue and every order / algo update it emits are recorded: a test can prove
+that a fault really bit.
 
 After the run, the invariants are checked on what the VENUE saw and ended with, and on the daemon's
 decisions (every handled event with its commands, and the locks just before it):
@@ -19,7 +24,10 @@ decisions (every handled event with its commands, and the locks just before it):
   one order per client id and at most one entry order per (signal, leg);
 - no PlaceOrder / PlaceAlgoOrder is emitted twice except as the identical order with ``attempt + 1``;
 - no entry is committed or placed while a lock forbids it (``faults.check_lock_gates``);
-- no closing order asks for more than the venue's position when it reaches the venue;
+- no closing order asks for more than the venue's position when it reaches the venue (unless the
+  position shrank under an order sized on the engine's latest position news and the venue refused it);
+- nothing reaches the venue during a 418 ban once its first 418 was answered (requests in flight get
+  ``BAN_GRACE_MS``);
 - no exit order stays open on a flat position (sampled during the run: longer than a grace period,
   and at the end), no order of ours stays open for a symbol the engine holds IDLE at the end;
 - the engine and the daemon never failed internally;
@@ -33,6 +41,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,9 +49,10 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from binance.sim.exchange import FillPolicy
-from binance.sim.server import RestFault
+from binance.sim.exchange import AlgoLifecycle, FillPolicy
+from binance.sim.server import RateLimitModel, RestFault
 from binance.streams import Backoff
 from fsm import commands as cmd
 from fsm import events as ev
@@ -65,6 +75,7 @@ SETTLE_MS = 8_000  # after the last fault action: the position sync and re-query
 MAX_EXTRA_MS = 40_000
 ORPHAN_GRACE_MS = 4_000
 POLL_S = 0.004
+BAN_GRACE_MS = 1_000  # requests already in flight when a ban's first 418 went out (25 ms of wall time)
 ORDER_ROUTES = (("POST", "/fapi/v1/order"), ("POST", "/fapi/v1/algoOrder"))
 NOT_PARAMS = frozenset({"timestamp", "signature", "recvWindow"})
 ENTRY_LEGS = frozenset({"ENTRY1", "ENTRY2"})
@@ -114,6 +125,7 @@ class Step:
     trigger: Trigger
     action: Action
     label: str
+    optional: bool = False  # a fault step whose moment a scenario may not have (e.g. no stop placed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,7 +149,8 @@ class DaemonFault:
     steps: tuple[Step, ...]
     flat_ok: str | None = None
     # Flat instead of the reference final state is accepted only with one of these in the run's
-    # transitions or venue orders (substrings): proof that the specified reaction happened.
+    # transitions or venue orders (regular expressions searched): proof that the specified reaction
+    # happened.
     flat_evidence: tuple[str, ...] = ()
 
 
@@ -211,11 +224,13 @@ _FLAT = ("ETHUSDT EXITING->IDLE", "entry_lock GLOBAL_LOCKED->GLOBAL_IDLE")
 # story instead of breaking it; the fills that matter are re-applied a few seconds later.
 _MONITOR = Step(trigger=Trigger(at_ms=1_000), action=_post(_leading()), label="leading message")
 _TRIGGER = _at("MONITORING", 1.5, _mark("3532.00"), "mark 3532 (entry trigger)")
+# The fill marks are the entry's own price: an entry that reaches the venue late (a loaded machine)
+# crosses and fills at the book, which is then the same price, so the exits' prices do not move.
 _FILL = (
-    _at("ENTRY_ORDER", 2, _mark("3536.00"), "mark 3536 (entry fills)"),
-    _at("ENTRY_ORDER", 4, _mark("3536.00"), "mark 3536 again"),
+    _at("ENTRY_ORDER", 2, _mark("3535.00"), "mark 3535 (entry fills)"),
+    _at("ENTRY_ORDER", 4, _mark("3535.00"), "mark 3535 again"),
 )
-_PARTIAL_FILL = _at("ENTRY_ORDER", 2, _mark("3536.00"), "mark 3536 (0.700 of the entry fills)")
+_PARTIAL_FILL = _at("ENTRY_ORDER", 2, _mark("3535.00"), "mark 3535 (0.700 of the entry fills)")
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         name="W55",
@@ -242,8 +257,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             _MONITOR,
             _TRIGGER,
             *_FILL,
-            # Above the scale-in level with room to spare: an entry that crosses fills at the book
-            # (3536 after a delayed resend), so the level moves up with it.
+            # Above the scale-in level with room to spare: a scale-in that crosses fills at the book.
             _at("PHASE1", 2, _mark("4072.00"), "mark 4072 (scale-in trigger)"),
             _after(cmd.PlaceOrder, "ENTRY2", 2, _mark("4072.00"), "mark 4072 (scale-in fills)"),
             _after(cmd.PlaceOrder, "ENTRY2", 4, _mark("4072.00"), "mark 4072 again"),
@@ -325,6 +339,8 @@ SCENARIOS: tuple[Scenario, ...] = (
 ENTRY = Trigger(command=cmd.PlaceOrder, legs=frozenset({"ENTRY1"}))
 FIRST_EXIT = Trigger(command=cmd.Command, legs=faults.EXIT_LEGS)
 IN_POSITION = replace(ENTRY, delay_ms=5_000)  # the entry (or its first part) has filled
+FILLED = Trigger(mark_seen="3535.00", delay_ms=500)  # every scenario's entry (or its first part) filled
+FIRST_STOP = Trigger(command=cmd.PlaceAlgoOrder, delay_ms=1_000)  # the MDD / breakeven stop is working
 
 
 def _order_path(command: cmd.Command | None) -> str:
@@ -411,9 +427,94 @@ def _one(trigger: Trigger, action: Action, label: str) -> tuple[Step, ...]:
     return (Step(trigger=trigger, action=action, label=label),)
 
 
+FOREIGN_STOP = "web_keptStop4130"  # a closePosition stop placed from the app, not ours
+MANUAL_CLOSE = "web_manualClose4509"
+STOP_FINISHED = r"^sf\S+ STOP_MARKET BUY @\S+: FINISHED$"  # a stop of ours triggered and ended
+
+
+def _foreign_close_stop(ctx: CellContext, _: cmd.Command | None) -> None:
+    """A closePosition STOP_MARKET BUY of someone else (the app) on the short, far above the mark: the
+    place our MDD / breakeven stop needs is taken (-4130, binance-real-answers.md: any origin)."""
+    exchange = ctx.harness.exchange
+    exchange.new_algo_order(
+        {
+            "symbol": SYMBOL,
+            "algoType": "CONDITIONAL",
+            "type": "STOP_MARKET",
+            "side": "BUY",
+            "closePosition": "true",
+            "triggerPrice": "7000.00",
+            "workingType": "MARK_PRICE",
+            "clientAlgoId": FOREIGN_STOP,
+        }
+    )
+
+
+def _close_outside(ctx: CellContext, _: cmd.Command | None) -> None:
+    """The whole short closed at market from the app just before our exit order reaches the venue:
+    a closePosition stop is then refused -4509, a reduce-only order -2022 (binance-real-answers.md)."""
+    exchange = ctx.harness.exchange
+    position = exchange.positions.get((SYMBOL, "BOTH"))
+    if position is None or position.amount == 0:
+        raise RuntimeError("no position to close")
+    exchange.new_order(
+        {
+            "symbol": SYMBOL,
+            "side": "BUY",
+            "type": "MARKET",
+            "quantity": str(abs(position.amount)),
+            "reduceOnly": "true",
+            "newClientOrderId": MANUAL_CLOSE,
+        }
+    )
+
+
+def _algo_lifecycle(mode: AlgoLifecycle) -> Action:
+    def act(ctx: CellContext, _: cmd.Command | None) -> None:
+        ctx.harness.exchange.algo_lifecycle = mode
+
+    return act
+
+
+def _cross_stop(ctx: CellContext, command: cmd.Command | None) -> None:
+    """The mark moves 1 % past the stop's trigger: the venue triggers it (on the mark, R11-1)."""
+    if not isinstance(command, cmd.PlaceAlgoOrder):
+        raise RuntimeError(f"no stop to cross: {command!r}")
+    price = (command.trigger_price * Decimal("1.01")).quantize(Decimal("0.01"))
+    ctx.harness.exchange.set_mark(SYMBOL, price)
+
+
+def _ban_after_429s(count: int, ban_ms: int) -> Action:
+    """``count`` 429s (Retry-After 1 s), then the rate-limit model bans the next request for
+    ``ban_ms``; every request during the ban makes the next ban twice as long (``RateLimitModel``)."""
+
+    def act(ctx: CellContext, _: cmd.Command | None) -> None:
+        ctx.harness.venue.faults.rate_limited = count
+        ctx.ban_next_ms = ban_ms
+
+    return act
+
+
+def _drop_user_stream(ctx: CellContext, _: cmd.Command | None) -> None:
+    if ctx.harness.venue.drop_ws("private") == 0:
+        raise RuntimeError("no user stream to drop")
+
+
+def _stop_lifecycle(mode: AlgoLifecycle, what: str) -> tuple[Step, ...]:
+    return (
+        Step(trigger=Trigger(at_ms=0), action=_algo_lifecycle(mode), label=what),
+        Step(trigger=FIRST_STOP, action=_cross_stop, label="mark past the stop", optional=True),
+    )
+
+
 # binance-usdm-2026.md (corrections): this 5xx text means the request failed (not "unknown").
 SERVICE_UNAVAILABLE = '{"code":-1001,"msg":"Service Unavailable."}'
 TIMESTAMP_BODY = '{"code":-1021,"msg":"Timestamp for this request is outside of the recvWindow."}'
+# binance-real-answers.md: HTTP 408, the outcome is unknown (the order may or may not exist).
+BACKEND_TIMEOUT = (
+    '{"code":-1007,"msg":"Timeout waiting for response from backend server. '
+    'Send status unknown; execution status unknown."}'
+)
 FAULTS: tuple[DaemonFault, ...] = (
     DaemonFault(
         name="5xx",
@@ -503,7 +604,71 @@ FAULTS: tuple[DaemonFault, ...] = (
         title="listenKey expired 1 s after the entry order went out (order working)",
         steps=_one(replace(ENTRY, delay_ms=1_000), _expire_listen_keys, "expire"),
     ),
+    DaemonFault(
+        name="408-after",
+        title="entry POST accepted, answered 408 -1007 (outcome unknown: queried, never resent at once)",
+        steps=_one(
+            ENTRY,
+            _rest_fault("status", status=408, body=BACKEND_TIMEOUT, after_accept=True),
+            "408 -1007 after acceptance",
+        ),
+    ),
+    DaemonFault(
+        name="-4130",
+        title="a closePosition stop from the app sits on the short from the first fill on: our MDD / "
+        "breakeven stop is refused -4130 (R20: ours replaces it)",
+        steps=_one(FILLED, _foreign_close_stop, "foreign closePosition stop"),
+    ),
+    DaemonFault(
+        name="-4509",
+        title="the short closed from the app as our first exit goes out: a stop answers -4509, a "
+        "reduce-only order -2022 (already flat)",
+        steps=_one(FIRST_EXIT, _close_outside, "closed outside"),
+        flat_ok="R21 (position 0: orders cancelled, state reset)",
+        flat_evidence=(MANUAL_CLOSE,),
+    ),
+    DaemonFault(
+        name="algo-fill-first",
+        title="the venue reports a stop's fills before its TRIGGERED; the mark crosses the first stop",
+        steps=_stop_lifecycle("fill_before_triggered", "fills before TRIGGERED"),
+        flat_ok="R15 (the stop closed the position: the other exits cancelled)",
+        flat_evidence=(STOP_FINISHED,),
+    ),
+    DaemonFault(
+        name="algo-no-triggered",
+        title="the venue never reports TRIGGERED; the mark crosses the first stop",
+        steps=_stop_lifecycle("no_triggered", "no TRIGGERED"),
+        flat_ok="R15 (the stop closed the position: the other exits cancelled)",
+        flat_evidence=(STOP_FINISHED,),
+    ),
+    DaemonFault(
+        name="ban-growing",
+        # 1 s, then 3 s: D-20 waits both out and sends the entry with the same id. In risk-profit the
+        # mark leaves the entry price 3 s after the trigger and the risk message comes during the
+        # wait: nothing filled, so R02 cancels the entry (tests/bench/test_fault_matrix_findings.py).
+        title="a 429 on the entry, then a 3 s 418 ban that doubles if anything is sent during it",
+        steps=_one(ENTRY, _ban_after_429s(1, 3_000), "429, then 418"),
+        flat_ok="R02 (a risk message on an entry with nothing filled cancels it)",
+        flat_evidence=("ETHUSDT ENTRY_ORDER->IDLE",),
+    ),
+    DaemonFault(
+        name="ban-exit",
+        title="a 429 on the first exit, then a 3 s 418 ban that doubles if anything is sent during it",
+        steps=_one(FIRST_EXIT, _ban_after_429s(1, 3_000), "429, then 418"),
+        flat_ok="R12 (a rejected limit exit closes at market)",
+        flat_evidence=("-CL1-ETHUSDT MARKET",),
+    ),
+    DaemonFault(
+        name="user-reconnect",
+        title="the user stream (only) dropped as the first exit order goes out (its fills land in the gap)",
+        steps=_one(FIRST_EXIT, _drop_user_stream, "user stream dropped"),
+    ),
 )
+
+
+# Cells that fail because the daemon is wrong (tests/bench/test_fault_matrix_findings.py pins each as a
+# strict xfail until the fix; the matrix test leaves them out meanwhile).
+FINDINGS: frozenset[tuple[str, str]] = frozenset()
 
 
 # =============================================================================================
@@ -520,6 +685,9 @@ class VenueRequest:
     params: tuple[tuple[str, str], ...]
     position: Decimal  # absolute venue position of the symbol just before it
     error: int | None  # the venue's error code, None when taken
+    # The absolute position of the last PositionChanged of the symbol the engine had handled when the
+    # request arrived (None: none yet): what the engine knew.
+    engine_position: Decimal | None = None
 
 
 @dataclass
@@ -541,6 +709,10 @@ class CellContext:
     paused: bool = False
     silenced: int = 0  # scenario and fault may both silence the market stream: counted
     frozen: int = 0
+    answers: list[str] = field(default_factory=list)  # "+ms METHOD path status code" of each error answer
+    user_events: list[str] = field(default_factory=list)  # "ALGO|ORDER cid status" as the venue emitted them
+    ban_informed: dict[int, int] = field(default_factory=dict)  # ban end -> venue time of its first 418
+    ban_next_ms: int = 0  # the ban-growing fault: the next request after the queued 429s is banned this long
 
     def silence_market(self, silent: bool) -> None:
         self.silenced += 1 if silent else -1
@@ -642,11 +814,78 @@ class CellContext:
                 error = int(getattr(exc, "code", 0))
                 raise
             finally:
+                known = next(
+                    (
+                        abs(d.event.amount)
+                        for d in reversed(self.decisions)
+                        if isinstance(d.event, ev.PositionChanged) and d.event.symbol == symbol
+                    ),
+                    None,
+                )
                 self.requests.append(
-                    VenueRequest(path=path, cid=cid, params=kept, position=amount, error=error)
+                    VenueRequest(
+                        path=path, cid=cid, params=kept, position=amount, error=error, engine_position=known
+                    )
                 )
 
         return recorded
+
+    def tap_answers(self) -> None:
+        """Record every error answer of the venue (proof that a fault really bit) and check that
+        nothing is sent during a 418 ban once its first 418 was answered (binance-real-answers.md:
+        requests sent during a ban earn longer ones). Requests already in flight when the first 418
+        went out get ``BAN_GRACE_MS``."""
+        venue = self.harness.venue
+        original = venue._dispatch
+
+        async def dispatch(
+            method: str, target: str, headers: dict[str, str], body: str
+        ) -> tuple[int, dict[str, str], bytes, str] | None:
+            rl = venue.rate_limits
+            now = venue.ex.now()
+            path = urlsplit(target).path
+            until = max(rl.banned_until_ms if rl.enabled else 0, venue.faults.banned_until_ms)
+            if now < until:
+                first = self.ban_informed.setdefault(until, now)
+                if now - first > BAN_GRACE_MS:
+                    self.violations.append(
+                        f"request during a 418 ban: {method} {path} {now - first} ms after the ban's "
+                        f"first 418 (banned for {until - now} ms more)"
+                    )
+            tipping = False
+            if self.ban_next_ms and venue.faults.rate_limited == 0 and now >= until:
+                # The model's own path to a ban: this request is over the limit once too often.
+                rl.enabled, rl.first_ban_ms, rl.weight_limit = True, self.ban_next_ms, -1
+                rl.answers_429 = {now // 60_000: rl.ban_after_429s}
+                self.ban_next_ms, tipping = 0, True
+            answer = await original(method, target, headers, body)
+            if tipping:
+                rl.weight_limit = RateLimitModel().weight_limit
+            status = answer[0] if answer is not None else 0
+            if status == 418 and now >= until:
+                self.ban_informed.setdefault(max(rl.banned_until_ms, venue.faults.banned_until_ms), now)
+            if answer is None or status >= 400:
+                code: Any = "-"
+                if answer is not None:
+                    with contextlib.suppress(ValueError, AttributeError):  # an HTML page, a list
+                        code = json.loads(answer[2]).get("code", "-")
+                at = now - self.origin
+                self.answers.append(f"+{at} {method} {path} {status or 'no answer'} {code}")
+            return answer
+
+        venue._dispatch = dispatch  # type: ignore[method-assign]
+
+    def tap_user_events(self) -> None:
+        """Record the order and algo updates the venue emits, in order (``ALGO cid status``)."""
+
+        def record(payload: dict[str, Any], _key: str | None) -> None:
+            event = payload.get("e")
+            if event == "ALGO_UPDATE":
+                self.user_events.append(f"ALGO {payload['o']['caid']} {payload['o']['X']}")
+            elif event == "ORDER_TRADE_UPDATE":
+                self.user_events.append(f"ORDER {payload['o']['c']} {payload['o']['X']}")
+
+        self.harness.exchange.user_listeners.append(record)
 
     def sample_orphans(self) -> None:
         """An exit order open on a flat position for longer than the grace is a violation."""
@@ -708,9 +947,10 @@ def check_venue_orders(exchange: Any) -> list[str]:
     problems: list[str] = []
     counts: dict[str, int] = {}
     created: list[tuple[str, str, str]] = []
-    for cid, symbol in [(o.client_id, o.symbol) for o in exchange.orders.values()] + [
-        (a.client_algo_id, a.symbol) for a in exchange.algos.values()
-    ]:
+    # A triggered algo order's child carries the algo's client id: one order, not a duplicate.
+    children = {a.actual_order_id for a in exchange.algos.values() if a.actual_order_id}
+    orders = [(o.client_id, o.symbol) for o in exchange.orders.values() if o.order_id not in children]
+    for cid, symbol in orders + [(a.client_algo_id, a.symbol) for a in exchange.algos.values()]:
         counts[cid] = counts.get(cid, 0) + 1
         parsed = rules.parse_client_order_id(cid)
         if parsed is not None:
@@ -721,14 +961,21 @@ def check_venue_orders(exchange: Any) -> list[str]:
 
 
 def check_venue_exits(requests: Sequence[VenueRequest]) -> list[str]:
-    """A closing order (reduce-only, or a BUY while short) never asks for more than the position."""
+    """A closing order (reduce-only, or a BUY while short) never asks for more than the position.
+    Except a race no client can avoid: the position shrank under an order the engine sized on its
+    latest position news (a stop triggered, a close from the app) and the venue refused it (-2022,
+    nothing executed)."""
     problems: list[str] = []
     for request in requests:
         params = dict(request.params)
         if request.path != "/fapi/v1/order" or "quantity" not in params:
             continue
         closing = params.get("reduceOnly") == "true" or params.get("side") == "BUY"
-        if closing and Decimal(params["quantity"]) > request.position:
+        qty = Decimal(params["quantity"])
+        raced = (
+            request.error == -2022 and request.engine_position is not None and qty <= request.engine_position
+        )
+        if closing and qty > request.position and not raced:
             problems.append(
                 f"exit above position: {request.cid} qty {params['quantity']} > venue position "
                 f"{request.position}"
@@ -789,6 +1036,10 @@ class CellRun:
     transitions: tuple[str, ...] = ()
     venue_orders: tuple[str, ...] = ()
     order_posts: int = 0  # order POSTs the venue received, including those a fault answered
+    answers: tuple[str, ...] = ()  # the venue's error answers, "+ms METHOD path status code"
+    user_events: tuple[str, ...] = ()  # the order / algo updates the venue emitted, in order
+    rest_routes: tuple[str, ...] = ()  # every REST request the venue received, "METHOD path"
+    bans: int = 0  # 418 bans the venue's rate-limit model imposed (more than one: the ban grew)
 
     @property
     def passed(self) -> bool:
@@ -809,6 +1060,8 @@ class CellRun:
             "wall_s": round(self.wall_s, 3),
             "transitions": list(self.transitions),
             "venue_orders": list(self.venue_orders),
+            "answers": list(self.answers),
+            "bans": self.bans,
         }
 
 
@@ -835,6 +1088,8 @@ async def run_cell(
     steps = (*scenario.steps, *(fault.steps if fault else ()))
     ctx = CellContext(harness=harness, clock=clock, origin=0, steps=steps, source=source)
     ctx.tap_order_routes()
+    ctx.tap_answers()
+    ctx.tap_user_events()
     holder: list[Daemon] = []
     inner: Callable[..., None] | None = None
 
@@ -886,7 +1141,8 @@ async def run_cell(
 async def _drive(ctx: CellContext, scenario: Scenario, task: asyncio.Task[int], daemon: Daemon) -> int:
     """Fire the due steps and watch for orphans until the story is over; then stop the daemon."""
     clock, origin = ctx.clock, ctx.origin
-    required = range(len(scenario.steps), len(ctx.steps))  # a fault's steps must all fire
+    # A fault's steps must all fire (but the optional ones).
+    required = [i for i in range(len(scenario.steps), len(ctx.steps)) if not ctx.steps[i].optional]
     cap = origin + scenario.end_ms + MAX_EXTRA_MS
     while not task.done():
         ctx.fire_due()
@@ -935,7 +1191,11 @@ def _judge(
     violations += check_venue_orders(exchange)
     violations += check_venue_exits(ctx.requests)
     violations += check_end(daemon.engine, exchange)
-    never = [ctx.steps[i].label for i in range(len(scenario.steps), len(ctx.steps)) if i not in ctx.fired]
+    never = [
+        ctx.steps[i].label
+        for i in range(len(scenario.steps), len(ctx.steps))
+        if i not in ctx.fired and not ctx.steps[i].optional
+    ]
     if never:
         violations.append(f"fault never fired: {never}")
     final = final_state(daemon.engine, exchange)
@@ -954,7 +1214,7 @@ def _judge(
             reference.final,
             final,
             flat_ok=fault.flat_ok if fault else None,
-            safety_engaged=any(e in line for e in evidence for line in (*transitions, *orders)),
+            safety_engaged=any(re.search(e, line) for e in evidence for line in (*transitions, *orders)),
             flat_needs_safety_lock=True,
         )
         violations += wrong
@@ -977,6 +1237,10 @@ def _judge(
         transitions=transitions,
         venue_orders=orders,
         order_posts=sum(1 for r in ctx.harness.venue.requests if r in ORDER_ROUTES),
+        answers=tuple(ctx.answers),
+        user_events=tuple(ctx.user_events),
+        rest_routes=tuple(f"{method} {path}" for method, path in ctx.harness.venue.requests),
+        bans=ctx.harness.venue.rate_limits.bans,
     )
 
 

@@ -1,9 +1,13 @@
 """The decision log: one JSON line per decision (W51-1..3), rotated daily, kept 7 days.
 
-Each line has ``ts_ms``, ``kind`` and the fields of what was decided: the engine's ``Log`` records
-(input, decision, reason, data), ``Transitioned`` (machine, symbol, source, dest, trigger, reason)
-and order outcomes (the order's parameters, the venue's error code and message, the attempt
-number). Known secret values are scrubbed from every line before it is written.
+Each line starts with ``ts`` (ISO-8601 UTC, milliseconds, ``Z``), ``ts_ms`` (the same instant in
+epoch milliseconds) and ``kind``, then the fields of what was decided: the engine's ``Log`` records
+(input, decision, reason, data), ``transition`` (machine, symbol, source->dest, trigger, reason),
+``order`` outcomes (the order's parameters, the venue's error code and message, the attempt
+number), ``fill`` (symbol, cid, qty, price, realised PnL, fee), ``position_closed`` (realised PnL,
+fees, net), ``alert`` (every operator alert), ``operator`` (pause/resume/flatten: command id, result,
+lines) and ``config_reload`` (requested, refused with the reason, restart needed, unchanged).
+Known secret values are scrubbed from every line before it is written.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,18 @@ from fsm.runtime.store import to_jsonable
 
 LOGGER_NAME = "shortfsm.decisions"
 LOG_FILE = "shortfsm.jsonl"
+
+
+def iso_utc(ms: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC: ``2026-03-01T12:00:00.250Z``."""
+    text = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def plain(value: Decimal) -> str:
+    """A Decimal as positional text without trailing zeros (``0E-8`` is ``0``)."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 class SecretScrubber(logging.Filter):
@@ -76,7 +94,78 @@ class DecisionLog:
         if self.handler is None:
             return
         self.lines += 1
+        if isinstance(record.get("ts_ms"), int):
+            record = {"ts": iso_utc(record["ts_ms"]), **record}
         self.logger.info("%s", json.dumps(to_jsonable(record), ensure_ascii=False, separators=(",", ":")))
+
+    def fill(self, now_ms: int, event: ev.OrderUpdated, qty: Decimal, *, leg: str | None = None) -> None:
+        """A fill booked on one of our orders: ``qty`` is what the engine newly booked."""
+        self.write(
+            {
+                "ts_ms": now_ms,
+                "kind": "fill",
+                "symbol": event.symbol,
+                "cid": event.client_order_id,
+                "leg": leg,
+                "side": event.side,
+                "qty": plain(qty),
+                "price": plain(event.last_price if event.last_qty > 0 else event.avg_price),
+                "realised_pnl": plain(event.realized_pnl),
+                "fee": plain(event.commission),
+                "trade_id": event.trade_id or None,
+                "status": event.status,
+            }
+        )
+
+    def position_closed(
+        self, now_ms: int, symbol: str, *, reason: str, message_id: int, realised: Decimal, fees: Decimal
+    ) -> None:
+        """A position of ours is flat again: its realised PnL and fees over all its orders."""
+        self.write(
+            {
+                "ts_ms": now_ms,
+                "kind": "position_closed",
+                "symbol": symbol,
+                "message_id": message_id,
+                "reason": reason,
+                "realised_pnl": plain(realised),
+                "fees": plain(fees),
+                "net": plain(realised - fees),
+            }
+        )
+
+    def alert(self, now_ms: int, kind: str, severity: str, text: str, symbol: str | None) -> None:
+        self.write(
+            {
+                "ts_ms": now_ms,
+                "kind": "alert",
+                "alert": kind,
+                "severity": severity,
+                "symbol": symbol,
+                "text": text,
+            }
+        )
+
+    def operator(
+        self, now_ms: int, command: str, request_id: str, result: str, lines: Sequence[str] = ()
+    ) -> None:
+        """An operator command (pause, resume, flatten) and what came of it."""
+        self.write(
+            {
+                "ts_ms": now_ms,
+                "kind": "operator",
+                "command": command,
+                "id": request_id,
+                "result": result,
+                "lines": list(lines),
+            }
+        )
+
+    def config_reload(self, now_ms: int, path: str, result: str, **fields: Any) -> None:
+        """A config reload: ``requested`` (strategy changes sent to the engine, whose
+        ``settings_applied``/``settings_refused`` follows), ``refused`` (with ``reason``),
+        ``restart_needed`` (``keys``) or ``unchanged``."""
+        self.write({"ts_ms": now_ms, "kind": "config_reload", "file": path, "result": result, **fields})
 
     def decisions(self, now_ms: int, event: ev.Event, commands: Iterable[cmd.Command]) -> None:
         """Log/Transitioned commands of one handled event, with the input that caused them."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +24,7 @@ import yaml
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm.engine import Engine, recovery_facts
+from fsm.journal import render
 from fsm.strategy import Strategy
 from telegram_ingest.grammar import parse_message
 
@@ -175,20 +176,6 @@ class ScenarioResult:
 # ---------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------
-
-
-def render(command: cmd.Command) -> str:
-    """One command as a compact, stable line."""
-    name = type(command).__name__
-    parts = []
-    for f in fields(command):
-        value = getattr(command, f.name)
-        if value is None or value == () or (f.name == "attempt" and value == 1):
-            continue
-        if f.name == "data":
-            value = ",".join(f"{k}={v}" for k, v in value)
-        parts.append(f"{f.name}={value}")
-    return f"{name}(" + " ".join(parts) + ")"
 
 
 def transition_line(c: cmd.Transitioned) -> str:

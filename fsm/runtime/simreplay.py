@@ -57,6 +57,7 @@ from binance.sim.server import RestFault, SimVenue
 from binance.streams import PremiumIndexPoller
 from fsm import commands as cmd
 from fsm import events as ev
+from fsm.journal import render
 from fsm.runtime.scenario import (
     ENTRY_TEMPLATE,
     ORDER_TYPES,
@@ -69,7 +70,6 @@ from fsm.runtime.scenario import (
     ScenarioResult,
     StepResult,
     _describe,
-    render,
     transition_line,
 )
 from telegram_ingest.grammar import parse_message

@@ -37,6 +37,7 @@ from sqlite_utils import Database
 
 from fsm import commands as cmd
 from fsm import events as ev
+from fsm.journal import ENGINE_ROW, EXACT_MARK, decode_event, encode_event, encode_snapshot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -166,7 +167,17 @@ def _m3_snapshot_coverage(db: Database) -> None:
     db.execute("UPDATE snapshots SET journal_seq = (SELECT COALESCE(MAX(seq), 0) FROM journal)")
 
 
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (_m1_initial, _m2_indexes, _m3_snapshot_coverage)
+def _m4_journal_out(db: Database) -> None:
+    # What the engine answered to each journaled event (``fsm.journal.render_all``): replay compares.
+    db.execute("ALTER TABLE journal ADD COLUMN out TEXT")
+
+
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (
+    _m1_initial,
+    _m2_indexes,
+    _m3_snapshot_coverage,
+    _m4_journal_out,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -332,18 +343,40 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def journal(self, event: ev.Event) -> asyncio.Future[None]:
-        """Append one engine input (encoded on the DB thread) as row ``journal_seq`` (numbered here,
-        so that the seq of the event in hand is known at once)."""
+    def journal(self, event: ev.Event, out: str) -> asyncio.Future[None]:
+        """Append one engine input (exact codec, encoded on the DB thread) and ``out``, the engine's
+        answer rendered (``fsm.journal.render_all``), as row ``journal_seq`` (numbered here, so that
+        the seq of the event in hand is known at once)."""
         name = type(event).__name__
         self.journal_seq += 1
         seq = self.journal_seq
 
         def write(db: Database) -> None:
             db.execute(
-                "INSERT INTO journal(seq, now_ms, type, payload) VALUES (?, ?, ?, ?)",
-                [seq, event.now_ms, name, dumps(event)],
+                "INSERT INTO journal(seq, now_ms, type, payload, out) VALUES (?, ?, ?, ?, ?)",
+                [seq, event.now_ms, name, encode_event(event), out],
             )
+
+        return self.submit(write)
+
+    def checkpoint(
+        self, now_ms: int, snapshot: dict[str, Any], *, run_start: bool, keep_ms: int
+    ) -> asyncio.Future[None]:
+        """A journal row holding the engine's state before the next event: a replay starts here.
+        Rows older than ``keep_ms`` before the last checkpoint older than that are deleted (a replay
+        still starts at a checkpoint); ``keep_ms`` <= 0 keeps everything."""
+        self.journal_seq += 1
+        seq = self.journal_seq
+        payload = encode_snapshot({"run_start": run_start, "engine": snapshot})
+
+        def write(db: Database) -> None:
+            with db.conn:
+                db.execute(
+                    "INSERT INTO journal(seq, now_ms, type, payload, out) VALUES (?, ?, ?, ?, NULL)",
+                    [seq, now_ms, ENGINE_ROW, payload],
+                )
+                if keep_ms > 0:
+                    _prune_journal(db, now_ms - keep_ms)
 
         return self.submit(write)
 
@@ -624,7 +657,16 @@ def _info_from_json(data: Any) -> ev.SymbolInfo | None:
 def risk_message_from_journal(payload: str) -> ev.MessageReceived | None:
     """A journaled ``MessageReceived`` whose text parsed as a risk signal; None for anything else
     (another kind of message, or a row that does not decode: logged)."""
-    try:
+    if payload.startswith(EXACT_MARK):
+        try:
+            event = decode_event(payload)
+        except ValueError as exc:
+            log.warning("journal row not decodable as a message, not re-run: %s", exc)
+            return None
+        if isinstance(event, ev.MessageReceived) and isinstance(event.parsed, ev.RiskSignal):
+            return dataclasses.replace(event, rerun=False)
+        return None
+    try:  # a row written before the exact codec
         data = json.loads(payload)
         parsed = data["parsed"]
         if not isinstance(parsed, dict) or parsed.get("type") != "RiskSignal":
@@ -641,6 +683,15 @@ def risk_message_from_journal(payload: str) -> ev.MessageReceived | None:
     except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
         log.warning("journal row not decodable as a message, not re-run: %r", exc)
         return None
+
+
+def _prune_journal(db: Database, cutoff_ms: int) -> None:
+    """Delete the rows before the last checkpoint written at or before ``cutoff_ms``."""
+    row = db.execute(
+        "SELECT MAX(seq) FROM journal WHERE type = ? AND now_ms <= ?", [ENGINE_ROW, cutoff_ms]
+    ).fetchone()
+    if row and row[0]:
+        db.execute("DELETE FROM journal WHERE seq < ?", [row[0]])
 
 
 def _swallow(future: asyncio.Future[Any]) -> None:

@@ -13,11 +13,18 @@ of the planned price, in % of the mark (zero or negative: reached).
 ``next_triggers`` of the position are the mark prices at which the next thing happens on each leg:
 the price of the working order when it rests on the venue (TP/BE limits, ENTRY2, MDD and breakeven
 stops), otherwise the 0.1% trigger at which the engine will place it, or null when that leg is not
-armed in the current state.
+armed in the current state. ``symbols`` lists every symbol that is not IDLE with its own triggers
+(``entry`` while MONITORING) and its ``countdown``: the five-second rule (N-19) running on a limit
+exit that is part-filled (its deadline and the time left), else null.
+
+``cooldowns`` are the W02 cooldowns still running (time left at ``now_ms``) and ``settings`` the
+strategy the engine decides with now (a reload shows once the engine applied it; a change it holds
+back waits in ``pending``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -25,6 +32,7 @@ from typing import Any
 from fsm import rules
 from fsm.engine import Engine
 from fsm.model import SymbolModel
+from fsm.strategy import Strategy
 from fsm.table import SAFETY_LOCK
 
 log = logging.getLogger("shortfsm.runtime.view")
@@ -70,9 +78,16 @@ def board_view(engine: Engine, now_ms: int, extras: dict[str, Any] | None = None
         "balance": _balance(engine),
         "position_mode": engine.position_mode,
         "monitoring": monitoring,
-        "position": _position(engine, holding[0], buffer_pct) if holding else None,
+        "position": _position(engine, holding[0], buffer_pct, now_ms) if holding else None,
         "streams": _streams(extras.get("streams"), price_source),
         "last_event": _last_event(extras.get("last_event")),
+        "symbols": [
+            _symbol_row(engine, model, buffer_pct, now_ms)
+            for _, model in sorted(engine.symbols.items())
+            if model.state != "IDLE"
+        ],
+        "cooldowns": _cooldowns(engine, now_ms),
+        "settings": _settings(engine),
     }
 
 
@@ -122,7 +137,7 @@ def _waits_for_add(model: SymbolModel) -> bool:
     return model.add_armed or model.preparing == "ENTRY2" or bool(model.open_orders("ENTRY2"))
 
 
-def _position(engine: Engine, model: SymbolModel, buffer_pct: Decimal) -> dict[str, Any]:
+def _position(engine: Engine, model: SymbolModel, buffer_pct: Decimal, now_ms: int) -> dict[str, Any]:
     tick = _tick(model)
     quantity = model.position()
     average = model.average()
@@ -153,7 +168,78 @@ def _position(engine: Engine, model: SymbolModel, buffer_pct: Decimal) -> dict[s
         "roi_pct": roi,
         "orders": orders,
         "next_triggers": _next_triggers(engine, model, buffer_pct, tick),
+        "countdown": _countdown(engine, model, now_ms),
     }
+
+
+def _symbol_row(engine: Engine, model: SymbolModel, buffer_pct: Decimal, now_ms: int) -> dict[str, Any]:
+    tick = _tick(model)
+    triggers = _next_triggers(engine, model, buffer_pct, tick)
+    entry = None
+    if model.state == "MONITORING" and model.target > 0:
+        trigger = (
+            model.entry_trigger
+            if model.entry_trigger > 0
+            else rules.entry_threshold(model.target, buffer_pct)
+        )
+        entry = _price(trigger, tick)
+    return {
+        "symbol": model.symbol,
+        "state": model.state,
+        "next_triggers": {"entry": entry, **triggers},
+        "countdown": _countdown(engine, model, now_ms),
+    }
+
+
+def _countdown(engine: Engine, model: SymbolModel, now_ms: int) -> dict[str, Any] | None:
+    """N-19: the earliest deadline of a part-filled TP/BE limit (the engine closes at market then)."""
+    timeout = engine.strategy.partial_fill_timeout_seconds * 1000
+    running = [o for o in model.open_orders("TP", "BE") if o.status == "PARTIALLY_FILLED" and o.last_fill_ms]
+    if not running:
+        return None
+    order = min(running, key=lambda o: o.last_fill_ms)
+    deadline = order.last_fill_ms + timeout
+    return {
+        "leg": order.leg,
+        "client_order_id": order.cid,
+        "filled": _plain(order.filled),
+        "quantity": _plain(order.qty),
+        "deadline_ms": deadline,
+        "remaining_ms": max(0, deadline - now_ms),
+    }
+
+
+def _cooldowns(engine: Engine, now_ms: int) -> list[dict[str, Any]]:
+    length = engine.strategy.cooldown_minutes * 60_000
+    rows = [
+        {
+            "symbol": symbol,
+            "received_at_ms": at,
+            "until_ms": at + length,
+            "remaining_ms": at + length - now_ms,
+        }
+        for symbol, at in engine.cooldowns.items()
+        if at + length > now_ms
+    ]
+    return sorted(rows, key=lambda r: (r["until_ms"], r["symbol"]))
+
+
+def _settings(engine: Engine) -> dict[str, Any]:
+    pending = dict(engine.pending_settings) if isinstance(engine.pending_settings, dict) else {}
+    return {"source": "daemon", "values": strategy_values(engine.strategy), "pending": pending}
+
+
+def strategy_values(strategy: Strategy) -> dict[str, Any]:
+    """Every strategy setting as a JSON value (Decimals as text, word lists as lists)."""
+    return {f.name: _setting(getattr(strategy, f.name)) for f in dataclasses.fields(strategy)}
+
+
+def _setting(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return _plain(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def _next_triggers(engine: Engine, model: SymbolModel, buffer_pct: Decimal, tick: Decimal) -> dict[str, Any]:

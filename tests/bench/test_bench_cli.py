@@ -12,8 +12,8 @@ import pytest
 
 from binance.parse import decode_frame
 from fsm import events as ev
-from fsm.runtime import bench
-from fsm.runtime.bench_cli import print_rows
+from fsm.runtime import bench, daemon_faults, faults
+from fsm.runtime.bench_cli import print_daemon_matrix, print_rows
 from fsm.runtime.cli import main
 
 EXPECTED_ROWS = {
@@ -165,3 +165,44 @@ def test_bench_fixtures_build_the_states_they_claim() -> None:
     assert working.place is not None and working.place.price == Decimal("101.0")
     working.engine.handle(bench.full_fill(working))
     assert working.engine.state_of(working.symbol) == "PHASE1"
+
+
+def test_the_daemon_fault_table_has_a_row_per_fault(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bench --faults`` prints one row per fault of ``daemon_faults.FAULTS`` (the real venue's answers
+    included) and lists them all in its JSON."""
+    monkeypatch.setenv("COLUMNS", "250")
+    names = tuple(f.name for f in daemon_faults.FAULTS)
+    assert {"408-after", "-4130", "-4509", "algo-fill-first", "algo-no-triggered"} <= set(names)
+    assert {"ban-growing", "ban-exit", "user-reconnect"} <= set(names)
+    final = faults.FinalState(states=(), locks=(), positions=(), open_orders=())
+    cells = tuple(
+        daemon_faults.CellRun(
+            scenario=s.name,
+            fault=fault,
+            violations=() if fault != "-4509" else ("boom",),
+            outcome="same",
+            final=final,
+            fired=(),
+            venue_requests=0,
+            events=0,
+            wall_s=0.0,
+        )
+        for s in daemon_faults.SCENARIOS
+        for fault in ("none", *names)
+    )
+    matrix = daemon_faults.DaemonMatrixResult(
+        scenarios=tuple(s.name for s in daemon_faults.SCENARIOS), faults=("none", *names), cells=cells
+    )
+    print_daemon_matrix(matrix)
+    out = capsys.readouterr().out
+    table = [[part.strip() for part in line.split("│")[1:-1]] for line in out.splitlines() if "│" in line]
+    assert [row[0] for row in table] == ["none", *names]
+    scenarios = [s.name for s in daemon_faults.SCENARIOS]
+    assert next(row for row in table if row[0] == "-4509")[1:] == [
+        "FAIL*" if (s, "-4509") in daemon_faults.FINDINGS else "FAIL" for s in scenarios
+    ]
+    assert ("known daemon bug" in out) == any((s, "-4509") in daemon_faults.FINDINGS for s in scenarios)
+    assert matrix.as_json()["faults"] == ["none", *names]
+    assert [c["fault"] for c in matrix.as_json()["cells"] if not c["passed"]] == ["-4509"] * len(scenarios)

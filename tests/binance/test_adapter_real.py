@@ -223,16 +223,20 @@ def test_429_without_retry_after_backs_off_to_the_start_of_the_next_minute() -> 
                 await rest.premium_index("BTCUSDT")
             assert (first.value.http_status, first.value.retry_after_s) == (429, None)
             assert rest.rate.backoff_until_ms == T0 + MINUTE
-            venue.clock.now = T0 + 59_999
+            venue.clock.now = T0 + 58_999
             sent = len(venue.seen)
             with pytest.raises(E.RateLimited) as fast:
                 await rest.premium_index("BTCUSDT")
-            assert fast.value.retry_after_s == 0.001
+            assert fast.value.retry_after_s == 1.001
             assert len(venue.seen) == sent  # failed fast: nothing sent
             await rest.cancel_order("BTCUSDT", "sf1-TP1-BTCUSDT")  # a cancel is not held back
             assert venue.paths()[-1] == ("DELETE", "/fapi/v1/order")
-            venue.clock.now = T0 + MINUTE
+            # Within 1 s of the end (D-48): held to the end of the back-off, then sent.
+            venue.clock.now = T0 + 59_999
             venue.routes[("GET", "/fapi/v1/premiumIndex")] = (200, {"symbol": "BTCUSDT"}, {})
+            assert await rest.premium_index("BTCUSDT") == {"symbol": "BTCUSDT"}
+            assert venue.clock.now >= T0 + MINUTE
+            venue.clock.now = T0 + MINUTE
             assert await rest.premium_index("BTCUSDT") == {"symbol": "BTCUSDT"}
 
     run(go())
@@ -281,16 +285,18 @@ def test_418_ban_stops_every_request_signed_or_not_until_its_end() -> None:
                 lambda: rest.place_order(ENTRY),
                 lambda: rest.sync_time(urgent=True),
             ]
-            for at in (T0 + 5_001, until - 1):
+            for at in (T0 + 5_001, until - 1_001):
                 venue.clock.now = at
                 for call in calls:
                     with pytest.raises(E.RateLimited) as fast:
                         await call()
                     assert fast.value.http_status == 418 and fast.value.banned_until_ms == until
             assert len(venue.seen) == sent  # not one request during the ban
-            venue.clock.now = until
             venue.routes[("POST", "/fapi/v1/order")] = ORDER_ACK
+            venue.clock.now = until - 1  # within 1 s of its end (D-48): held, sent once it is over
             assert (await rest.place_order(CLOSE))["orderId"] == 7
+            assert venue.clock.now >= until and len(venue.seen) == sent + 1
+            venue.clock.now = until
             assert await rest.server_time() == until
 
     run(go())

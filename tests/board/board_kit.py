@@ -20,6 +20,14 @@ EXPECTED = Path(__file__).resolve().parent / "expected"
 REGENERATE = os.environ.get("SHORTFSM_REGEN_BOARD") == "1"  # rewrite the expected files after a review
 
 Rows = list[dict[str, Any]]
+# The book the board reads beside the view from a database with no fill and no decision yet.
+EMPTY_BOOK = {
+    "day": "2026-01-01",
+    "today": {"realized_pnl": "0.0000", "fees": "0.0000", "net": "0.0000"},
+    "total": {"realized_pnl": "0.0000", "fees": "0.0000", "net": "0.0000"},
+    "trades": [],
+    "skipped": [],
+}
 State = tuple[dict[str, Any] | None, Rows, Rows]
 
 # The tables of RUNTIME.md, as the store creates them.
@@ -97,9 +105,11 @@ def make_db(
     return path
 
 
-def text_of(renderable: RenderableType, width: int = 80) -> str:
-    """The plain text a terminal of ``width`` columns would show."""
-    console = Console(record=True, width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+def text_of(renderable: RenderableType, width: int = 80, height: int = 200) -> str:
+    """The plain text a terminal of ``width`` columns and ``height`` lines would show."""
+    console = Console(
+        record=True, width=width, height=height, file=io.StringIO(), color_system=None, legacy_windows=False
+    )
     console.print(renderable)
     return console.export_text()
 

@@ -54,7 +54,7 @@ def test_status_prints_one_snapshot_of_a_running_daemon(
         conn.execute("INSERT INTO status VALUES ('heartbeat', ?, ?)", [json.dumps(beat), now])
     assert status() == 0
     board, last, _ = capsys.readouterr().out.rsplit("\n", 2)
-    assert board + "\n" == (EXPECTED / "position_phase1.txt").read_text(encoding="utf-8")
+    assert board + "\n" == (EXPECTED / "status_phase1.txt").read_text(encoding="utf-8")
     assert re.fullmatch(
         rf"daemon running on var/shortfsm.db: pid {os.getpid()}, started \d{{4}}-\d\d-\d\d "
         r"\d\d:\d\d:\d\d UTC, last heartbeat \d+\.\d s ago",
@@ -107,4 +107,10 @@ def test_status_watch_ends_quietly_on_ctrl_c(
 
 def test_status_is_a_shortfsm_subcommand() -> None:
     args = cli.build_parser().parse_args(["status"])
-    assert (args.db, args.watch, args.func) == ("var/shortfsm.db", False, board_cli.cmd_status)
+    assert (args.db, args.config, args.watch, args.json, args.func) == (
+        None,
+        None,
+        False,
+        False,
+        board_cli.cmd_status,
+    )

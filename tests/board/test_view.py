@@ -23,6 +23,9 @@ VIEW_KEYS = {
     "position",
     "streams",
     "last_event",
+    "symbols",
+    "cooldowns",
+    "settings",
 }
 MONITORING_KEYS = {
     "symbol",
@@ -44,6 +47,7 @@ POSITION_KEYS = {
     "roi_pct",
     "orders",
     "next_triggers",
+    "countdown",
 }
 ORDER_KEYS = {"client_order_id", "leg", "side", "type", "price", "quantity", "filled", "status"}
 CLEAR_LOCKS = {
@@ -192,6 +196,7 @@ def test_entry_order_shows_the_working_first_entry_and_no_roi_before_a_fill() ->
             }
         ],
         "next_triggers": {"tp": None, "add": None, "breakeven": None, "mdd": None},
+        "countdown": None,
     }
     assert view["locks"]["entry_lock"] == "GLOBAL_LOCKED"
     assert view["balance"] == {"wallet": "1000", "available": "1000"}
@@ -211,6 +216,7 @@ def test_phase1_shows_average_roi_and_the_tp_and_add_triggers() -> None:
         "orders": [],
         # TP 101 x 0.95 = 95.95 -> 96.0, placed when mark <= 96.0 x 1.001; the add when mark >= 116.2 x 0.999
         "next_triggers": {"tp": "96.096", "add": "116.0838", "breakeven": None, "mdd": None},
+        "countdown": None,
     }
 
 
@@ -274,6 +280,7 @@ def test_phase2_with_the_breakeven_limit_working() -> None:
             },
         ],
         "next_triggers": {"tp": None, "add": None, "breakeven": "107.2", "mdd": "123.3"},
+        "countdown": None,
     }
     assert view["balance"] == {"wallet": "1000", "available": "400"}
 
@@ -376,4 +383,55 @@ def test_a_fresh_engine_gives_an_empty_board() -> None:
         "position": None,
         "streams": {"market": "up", "user": "down", "telegram": "down"},
         "last_event": None,
+        "symbols": [],
+        "cooldowns": [],
+        "settings": view["settings"],
     }
+    assert view["settings"]["source"] == "daemon"
+    assert view["settings"]["pending"] == {}
+    assert view["settings"]["values"]["tp_pct"] == "5"
+    assert view["settings"]["values"]["partial_fill_timeout_seconds"] == 5
+
+
+# -- what a trader needs to see (issue #13 item 10) ------------------------------------------------
+
+
+@pytest.mark.spec("R19")
+def test_a_part_filled_exit_shows_the_five_second_countdown() -> None:
+    engine, now = scenario_engine("R19", 6)  # the TP part-filled twice, the last fill at t=12 s
+    view = board_view(engine, now + 1_800)
+    countdown = {
+        "leg": "TP",
+        "client_order_id": "sf1001-TP1-BTCUSDT",
+        "filled": "3.000",
+        "quantity": "4.950",
+        "deadline_ms": now + 5_000,
+        "remaining_ms": 3_200,
+    }
+    assert view["position"]["countdown"] == countdown
+    assert view["symbols"] == [
+        {
+            "symbol": "BTCUSDT",
+            "state": "EXITING",
+            "next_triggers": {"entry": None, "tp": "96.0", "add": None, "breakeven": None, "mdd": None},
+            "countdown": countdown,
+        }
+    ]
+    assert board_view(engine, now + 9_000)["position"]["countdown"]["remaining_ms"] == 0
+
+
+def test_monitoring_symbols_show_their_entry_trigger_and_the_cooldown_left() -> None:
+    engine, now = scenario_engine("W45", 1)
+    view = board_view(engine, now + 60_000)
+    assert view["symbols"] == [
+        {
+            "symbol": "BTCUSDT",
+            "state": "MONITORING",
+            "next_triggers": {"entry": "100.899", "tp": None, "add": None, "breakeven": None, "mdd": None},
+            "countdown": None,
+        }
+    ]
+    assert view["cooldowns"] == [
+        {"symbol": "BTCUSDT", "received_at_ms": now, "until_ms": now + 600_000, "remaining_ms": 540_000}
+    ]
+    assert board_view(engine, now + 600_000)["cooldowns"] == []  # ten minutes on: over

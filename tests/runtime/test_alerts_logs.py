@@ -82,7 +82,7 @@ def test_gives_up_after_max_attempts(tmp_path: Path) -> None:
         alerts.submit(_alert(1))
         await asyncio.wait_for(alerts.queue.join(), 2)
         await alerts.stop()
-        rows = await store.rows("SELECT delivered FROM alerts")
+        rows = await store.rows("SELECT delivered FROM alerts WHERE kind = 'k1'")  # not alert_channel
         await store.close()
         return alerts.failed, rows
 
@@ -121,6 +121,7 @@ def test_decision_log_lines_and_secret_scrubbing(tmp_path: Path) -> None:
     log.close()
     lines = [json.loads(x) for x in (tmp_path / "shortfsm.jsonl").read_text().splitlines()]
     assert lines[0] == {
+        "ts": "1970-01-01T00:00:00.001Z",
         "ts_ms": 1,
         "kind": "leading_rejected",
         "input": "Tick",

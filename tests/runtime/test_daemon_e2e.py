@@ -185,6 +185,8 @@ def test_heartbeat_file_content(tmp_path: Path) -> None:
             "database_path",
             "last_event",
             "exposure",
+            "connections",
+            "alerts",
         ]
     )
     assert (data["pid"], data["profile"], data["database_path"]) == (

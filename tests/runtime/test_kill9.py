@@ -567,14 +567,14 @@ def test_snapshots_record_the_journal_seq_they_cover_and_risk_messages_after_it_
     async def scenario() -> None:
         store = await Store.open(tmp_path / "j.db")
         assert await store.snapshot_coverage() == 0  # no snapshot: nothing is covered
-        store.journal(ev.Tick(now_ms=1))
-        store.journal(_risk(5001))
+        store.journal(ev.Tick(now_ms=1), "")
+        store.journal(_risk(5001), "")
         assert store.journal_seq == 2
         store.covered_seq = 1  # the risk message's commands are not all carried out
         await store.save_snapshot(10, {"n": 1})
-        store.journal(_risk(5002))
-        store.journal(_risk(5001))  # a duplicate delivery: the first journaling counts
-        store.journal(_risk(5003))  # above the stored cursor: the backfill's job, not a re-run
+        store.journal(_risk(5002), "")
+        store.journal(_risk(5001), "")  # a duplicate delivery: the first journaling counts
+        store.journal(_risk(5003), "")  # above the stored cursor: the backfill's job, not a re-run
         assert await store.snapshot_coverage() == 1
         again = await store.risk_messages_after(1, kit.RISK_CHAT, 5002)
         assert [(m.message_id, m.rerun) for m in again] == [(5001, False), (5002, False)]

@@ -397,6 +397,7 @@ SUBCOMMANDS = [
     "resume",
     "flatten",
     "status",
+    "trades",
     "bench",
 ]
 
