@@ -22,7 +22,15 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import (
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
 from typing import Any
 
 from transitions import Machine
@@ -62,6 +70,10 @@ from fsm.table import (
 )
 
 log = logging.getLogger("shortfsm.engine")
+# Python's default context, fixed: every Decimal operation of the engine happens in it.
+DECIMAL_CONTEXT = Context(
+    prec=28, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow]
+)
 ZERO = Decimal(0)
 _POOL_SIZE = 64  # released symbol models kept for reuse
 CLOSE_RETRY_FIRST_MS = 5_000  # timed market closes once the attempts ran out (D-19) ...
@@ -169,7 +181,13 @@ class Engine:
     # =========================================================================================
 
     def handle(self, event: ev.Event) -> list[cmd.Command]:
-        """Apply one event; return the commands it decided. Never raises."""
+        """Apply one event; return the commands it decided. Never raises. The arithmetic runs in
+        the engine's own decimal context: a host process (a library) that changed the thread's
+        rounding or precision must not change a decision or a figure (replay exactness)."""
+        with localcontext(DECIMAL_CONTEXT):
+            return self._handle(event)
+
+    def _handle(self, event: ev.Event) -> list[cmd.Command]:
         self._out = []
         try:
             self.now_ms = max(self.now_ms, event.now_ms)

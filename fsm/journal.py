@@ -33,7 +33,7 @@ def decode_event(payload: str) -> ev.Event:
         raise ValueError("journal row written before the exact codec (shortfsm < 0.4)")
     try:
         value = decode(json.loads(payload))
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ArithmeticError) as exc:
         raise ValueError(f"journal row does not decode: {exc!r}") from exc
     if not isinstance(value, ev.Event):
         raise ValueError(f"journal row holds a {type(value).__name__}, not an event")

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from decimal import ROUND_UP, Context, localcontext
 from typing import Any
 
 import golden_kit
 import pytest
 
+from fsm import commands as cmd
 from fsm import events as ev
+from fsm.engine import Engine
+from fsm.runtime import scenario as scenario_module
 from fsm.runtime.scenario import Runner, load_scenarios
 
 SCENARIOS = load_scenarios()
@@ -66,3 +70,26 @@ def test_every_scenario_names_spec_ids() -> None:
     for sid, doc in SCENARIOS.items():
         assert doc.get("spec"), f"{sid} proves no spec ID"
         assert doc.get("steps"), f"{sid} has no steps"
+
+
+class _HostileHost(Engine):
+    """The engine as a host process would call it after a library changed the thread's context."""
+
+    def handle(self, event: ev.Event) -> list[cmd.Command]:
+        with localcontext(Context(prec=6, rounding=ROUND_UP)):
+            return super().handle(event)
+
+
+@pytest.mark.parametrize("scenario_id", ["W55", "W56", "W57", "R19", "restart-decided-close"])
+def test_a_host_that_changed_the_decimal_context_changes_nothing(
+    scenario_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library in the same process (the ccxt client of the third-party tests sets ROUND_HALF_UP)
+    may change the thread's decimal context; the engine computes in its own (D-47: replay exactness)."""
+    monkeypatch.setattr(scenario_module, "Engine", _HostileHost)
+    runner = Runner(copy.deepcopy(SCENARIOS[scenario_id]))
+    assert isinstance(runner.engine, _HostileHost)
+    result = runner.run()
+    golden = golden_kit.load("double", scenario_id)
+    assert result.log == golden["log"]
+    assert golden_kit.plain(result.final) == golden["final"]

@@ -192,7 +192,7 @@ def _read_frame(conn: sqlite3.Connection, name: str, live: bool) -> BoardState:
     now = stamp if isinstance(stamp, int) and not isinstance(stamp, bool) else int(time.time() * 1000)
     try:
         book = read_book(conn, now, until=frame)
-    except sqlite3.OperationalError as exc:  # an older layout of the ledger's tables: no book
+    except (sqlite3.OperationalError, ledger.LedgerError) as exc:  # an older layout, a garbled row: no book
         log.warning("board: cannot read the book: %s", exc)
         return BoardState(view=view, transitions=transitions, alerts=alerts)
     return BoardState(view={**view, "book": book}, transitions=transitions, alerts=alerts)

@@ -190,7 +190,7 @@ def _book_without_view(db: Path) -> dict[str, Any] | None:
         return None
     try:
         return read_book(conn, int(time.time() * 1000))
-    except sqlite3.Error:
+    except (sqlite3.Error, ledger.LedgerError):
         return None
     finally:
         conn.close()

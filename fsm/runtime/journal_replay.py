@@ -103,15 +103,21 @@ def _replay_rows(rows: Any) -> JournalReplay:
     run: RunReplay | None = None
     for seq, now_ms, kind, payload, out in rows:
         if kind == ENGINE_ROW:
-            checkpoint = json.loads(payload)
-            if run is None or checkpoint["run_start"] or run.divergence is not None:
-                run = RunReplay(start_seq=seq, started_ms=now_ms, run_start=bool(checkpoint["run_start"]))
-                result.runs.append(run)
-                engine = Engine.restore(checkpoint["engine"])
-            else:
-                assert engine is not None
-                run.checkpoints += 1
-                _compare_checkpoint(run, seq, engine, checkpoint["engine"])
+            try:
+                checkpoint = json.loads(payload)
+                run_start, state = bool(checkpoint["run_start"]), checkpoint["engine"]
+                if run is None or run_start or run.divergence is not None or engine is None:
+                    run = RunReplay(start_seq=seq, started_ms=now_ms, run_start=run_start)
+                    result.runs.append(run)
+                    engine = None
+                    engine = Engine.restore(state)
+                else:
+                    run.checkpoints += 1
+                    _compare_checkpoint(run, seq, engine, state)
+            except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
+                # The engine's state cannot be read back: nothing after it can be checked (exit 2).
+                detail = str(exc) or type(exc).__name__
+                raise JournalError(f"journal seq {seq}: the checkpoint cannot be read ({detail})") from exc
             run.end_seq = seq
             continue
         if run is None or engine is None:

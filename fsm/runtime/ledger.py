@@ -65,6 +65,7 @@ class Fill:
     now_ms: int
     leg: str  # ENTRY1, ENTRY2, TP, BE, BE_STOP, MDD, CLOSE or EXTERNAL
     side: str  # SELL (entry) or BUY (exit)
+    position_side: str = "BOTH"  # LONG: a hedge-mode long leg, never ours (its own trade)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,12 +180,14 @@ def build_trades(fills: Iterable[Fill], closings: Sequence[tuple[int, str, str]]
     trades: dict[tuple[Any, ...], _Open] = {}
     open_on: dict[str, tuple[Any, ...]] = {}
     for fill in fills:
-        parsed = rules.parse_client_order_id(fill.client_order_id)
+        long_leg = fill.position_side == "LONG"
+        parsed = None if long_leg else rules.parse_client_order_id(fill.client_order_id)
+        book = f"{fill.symbol}:LONG" if long_leg else fill.symbol  # a long leg is its own position
         key: tuple[Any, ...]
         if parsed is not None:
             key = (parsed.message_id, fill.symbol)
         else:
-            key = open_on.get(fill.symbol) or (None, fill.symbol, fill.now_ms, fill.client_order_id)
+            key = open_on.get(book) or (None, book, fill.now_ms, fill.client_order_id)
         trade = trades.get(key)
         if trade is None:
             trade = trades[key] = _Open(
@@ -194,7 +197,7 @@ def build_trades(fills: Iterable[Fill], closings: Sequence[tuple[int, str, str]]
             )
         if fill.leg not in trade.legs:
             trade.legs.append(fill.leg)
-        if fill.side == ENTRY_SIDE:
+        if (fill.side == ENTRY_SIDE) != long_leg:  # a long leg opens with a BUY
             trade.entry_qty += fill.qty
             trade.entry_cost += fill.qty * fill.price
         else:
@@ -205,11 +208,11 @@ def build_trades(fills: Iterable[Fill], closings: Sequence[tuple[int, str, str]]
         trade.places = max(trade.places, _places(fill.price))
         if trade.exit_qty >= trade.entry_qty:  # flat (an exit with no entry of ours: nothing stays open)
             trade.closed_ms = fill.now_ms
-            if open_on.get(fill.symbol) == key:
-                del open_on[fill.symbol]
+            if open_on.get(book) == key:
+                del open_on[book]
         else:
             trade.closed_ms = None
-            open_on[fill.symbol] = key
+            open_on[book] = key
     reasons = _close_reasons(list(trades.values()), closings)
     return [
         Trade(
@@ -301,11 +304,12 @@ def read_ledger(conn: sqlite3.Connection, *, until_ms: int | None = None) -> Led
         for cid, leg, side in conn.execute("SELECT client_order_id, leg, side FROM orders"):
             sides[str(cid)] = (str(leg or ""), str(side or ""))
     fills: list[Fill] = []
+    has_side = "position_side" in {row[1] for row in conn.execute("PRAGMA table_info(fills)")}
     rows = conn.execute(
-        f"SELECT client_order_id, symbol, qty, price, realized_pnl, commission, now_ms FROM fills{upto} "
-        "ORDER BY now_ms, rowid"
+        "SELECT client_order_id, symbol, qty, price, realized_pnl, commission, now_ms, "
+        f"{'position_side' if has_side else 'NULL'} FROM fills{upto} ORDER BY now_ms, rowid"
     )
-    for cid, symbol, qty, price, pnl, commission, now_ms in rows:
+    for cid, symbol, qty, price, pnl, commission, now_ms, position_side in rows:
         cid = str(cid or "")
         leg, side = sides.get(cid, ("", ""))
         parsed = rules.parse_client_order_id(cid)
@@ -321,15 +325,16 @@ def read_ledger(conn: sqlite3.Connection, *, until_ms: int | None = None) -> Led
                 price=_dec(price),
                 realized_pnl=_dec(pnl),
                 commission=_dec(commission),
-                now_ms=int(now_ms or 0),
+                now_ms=_time_of(now_ms, cid),
                 leg=leg,
                 side=side,
+                position_side=str(position_side or "BOTH"),
             )
         )
     closings: list[tuple[int, str, str]] = []
     if "transitions" in tables:
         closings = [
-            (int(at or 0), str(symbol or ""), str(reason or ""))
+            (_time_of(at, "a transition"), str(symbol or ""), str(reason or ""))
             for at, symbol, reason in conn.execute(
                 "SELECT now_ms, symbol, reason FROM transitions WHERE machine = 'symbol' "
                 f"AND source = 'EXITING' AND dest = 'IDLE'{upto.replace(' WHERE', ' AND')} ORDER BY id"
@@ -425,6 +430,16 @@ def _average(value: Decimal | None, places: int) -> str | None:
 def _places(value: Decimal) -> int:
     exponent = value.as_tuple().exponent  # the text as the venue wrote it: "20.200" has 3
     return max(-exponent, 0) if isinstance(exponent, int) else 0
+
+
+def _time_of(value: Any, cid: str) -> int:
+    """A row's epoch-ms time; a garbled one is one clear line (``LedgerError``), never a traceback."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError) as exc:
+        raise LedgerError(
+            f"the fill of {cid or 'an unnamed order'} has no readable time ({value!r})"
+        ) from exc
 
 
 def _dec(value: Any) -> Decimal:

@@ -172,11 +172,24 @@ def _m4_journal_out(db: Database) -> None:
     db.execute("ALTER TABLE journal ADD COLUMN out TEXT")
 
 
+def _m5_order_status_names(db: Database) -> None:
+    # The order table's names (fsm/orders.py, D-44): rows written before the rename.
+    db.execute("UPDATE orders SET status = 'PENDING_NEW' WHERE status = 'PENDING'")
+    db.execute("UPDATE orders SET status = 'PENDING_CANCEL' WHERE status = 'CANCELING'")
+
+
+def _m6_fill_position_side(db: Database) -> None:
+    # Hedge mode: a LONG leg's fill is never part of our short (the ledger keeps it apart).
+    db.execute("ALTER TABLE fills ADD COLUMN position_side TEXT")
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     _m1_initial,
     _m2_indexes,
     _m3_snapshot_coverage,
     _m4_journal_out,
+    _m5_order_status_names,
+    _m6_fill_position_side,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -610,7 +623,7 @@ class Store:
                 "SELECT o.symbol, o.client_order_id, o.type, o.status, "
                 "(SELECT group_concat(f.qty, ' ') FROM fills f WHERE f.client_order_id = o.client_order_id) "
                 "FROM orders o WHERE o.symbol IS NOT NULL AND o.leg IS NOT 'EXTERNAL' AND o.status IN "
-                "('PENDING', 'NEW', 'PARTIALLY_FILLED', 'CANCELING', 'TRIGGERING', 'TRIGGERED')"
+                "('PENDING_NEW', 'NEW', 'PARTIALLY_FILLED', 'PENDING_CANCEL', 'TRIGGERING', 'TRIGGERED')"
             ).fetchall()
             return [
                 (
@@ -782,12 +795,41 @@ def _write_command(db: Database, now_ms: int, c: cmd.Command) -> None:
             _upsert_order(db, cid, now_ms, {"status": "PENDING_CANCEL"})
 
 
+_ROW_ENDED = frozenset({"FILLED", "CANCELED", "EXPIRED", "REJECTED", "FINISHED"})
+_ROW_RANK = {
+    "PENDING_NEW": 0,
+    "NEW": 1,
+    "PENDING_CANCEL": 2,
+    "PARTIALLY_FILLED": 2,
+    "TRIGGERING": 2,
+    "TRIGGERED": 3,
+}
+
+
+def _venue_word(db: Database, cid: str, status: str) -> dict[str, Any]:
+    """``{"status": status}`` when the venue's word moves the row forward, else nothing: a push or an
+    answer that arrives late (a NEW after the fill, reordered user events) never reopens an ended
+    order (the row follows the order table's rule, fsm/orders.py). A fill that raced a cancel
+    may still turn an ended row FILLED."""
+    row = db.execute("SELECT status FROM orders WHERE client_order_id = ?", [cid]).fetchone()
+    old = row[0] if row else None
+    if old is None or (old not in _ROW_ENDED and old not in _ROW_RANK):
+        return {"status": status}
+    if old in _ROW_ENDED:
+        return {"status": status} if status == "FILLED" and old != "FILLED" else {}
+    if status in _ROW_ENDED or _ROW_RANK.get(status, 0) >= _ROW_RANK[old]:
+        return {"status": status}
+    return {}
+
+
 def _write_outcome(db: Database, event: ev.Event) -> None:
     now = event.now_ms
     if isinstance(event, ev.OrderAccepted):
-        _upsert_order(db, event.client_order_id, now, {"status": "NEW", "order_id": event.order_id})
+        accepted = {**_venue_word(db, event.client_order_id, "NEW"), "order_id": event.order_id}
+        _upsert_order(db, event.client_order_id, now, accepted)
     elif isinstance(event, ev.AlgoOrderAccepted):
-        _upsert_order(db, event.client_algo_id, now, {"status": "NEW", "order_id": event.algo_id})
+        accepted = {**_venue_word(db, event.client_algo_id, "NEW"), "order_id": event.algo_id}
+        _upsert_order(db, event.client_algo_id, now, accepted)
     elif isinstance(event, ev.OrderRejected):
         _upsert_order(
             db,
@@ -805,7 +847,10 @@ def _write_outcome(db: Database, event: ev.Event) -> None:
         else:
             _upsert_order(db, event.client_order_id, now, {"error_code": event.code, "error": event.message})
     elif isinstance(event, ev.OrderUpdated):
-        values: dict[str, Any] = {"status": event.status, "order_id": event.order_id}
+        values: dict[str, Any] = {
+            **_venue_word(db, event.client_order_id, event.status),
+            "order_id": event.order_id,
+        }
         known = db.execute(
             "SELECT 1 FROM orders WHERE client_order_id = ?", [event.client_order_id]
         ).fetchone()
@@ -827,7 +872,7 @@ def _write_outcome(db: Database, event: ev.Event) -> None:
             )
             db.execute(
                 "INSERT OR IGNORE INTO fills(trade_key, client_order_id, symbol, qty, price, realized_pnl, "
-                "commission, now_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "commission, now_ms, position_side) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     key,
                     event.client_order_id,
@@ -837,10 +882,12 @@ def _write_outcome(db: Database, event: ev.Event) -> None:
                     str(event.realized_pnl),
                     str(event.commission),
                     now,
+                    event.position_side,
                 ],
             )
     elif isinstance(event, ev.AlgoOrderUpdated):
-        _upsert_order(db, event.client_algo_id, now, {"status": event.status, "order_id": event.algo_id})
+        moved = _venue_word(db, event.client_algo_id, event.status)
+        _upsert_order(db, event.client_algo_id, now, {**moved, "order_id": event.algo_id})
 
 
 # ---------------------------------------------------------------------------------------------

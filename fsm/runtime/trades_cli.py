@@ -97,6 +97,9 @@ def cmd_trades(args: argparse.Namespace) -> int:
     except sqlite3.Error as exc:
         print(f"shortfsm trades: cannot read {db}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
+    except ledger.LedgerError as exc:
+        print(f"shortfsm trades: {db}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
     finally:
         conn.close()
     trades = [t for t in book.trades if since_ms is None or t.closed_ms is None or t.closed_ms >= since_ms]

@@ -15,10 +15,11 @@ endpoint is reached only through the implicit API, where the venue answers -4120
 from __future__ import annotations
 
 import asyncio
+import decimal
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -39,6 +40,17 @@ from binance.sim.server import SimVenue
 
 SYMBOL = "BTC/USDT:USDT"
 SLOT = 180_000
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_decimal_context() -> Iterator[None]:
+    """ccxt sets the thread's decimal rounding to ROUND_HALF_UP; the tests after these must not run
+    in it (the engine is immune to it: tests/test_scenarios.py, but the venue double is not)."""
+    saved = decimal.getcontext().copy()
+    yield
+    decimal.setcontext(saved)
+
+
 FAPI_VERSIONS = {
     "fapiPublic": "v1",
     "fapiPrivate": "v1",
