@@ -1144,6 +1144,7 @@ async def _drive(ctx: CellContext, scenario: Scenario, task: asyncio.Task[int], 
     # A fault's steps must all fire (but the optional ones).
     required = [i for i in range(len(scenario.steps), len(ctx.steps)) if not ctx.steps[i].optional]
     cap = origin + scenario.end_ms + MAX_EXTRA_MS
+    hard_cap = cap + 2 * MAX_EXTRA_MS  # a close refused for ever must not hold the cell for ever
     while not task.done():
         ctx.fire_due()
         ctx.sample_orphans()
@@ -1158,9 +1159,16 @@ async def _drive(ctx: CellContext, scenario: Scenario, task: asyncio.Task[int], 
             for o in m.orders.values()
             if o.status == "UNKNOWN"
         ]
+        # A decided close waiting for its timed retry (D-19, a ban's end) is not over either.
+        resolving += [
+            at
+            for m in daemon.engine.symbols.values()
+            for at in (m.close_retry_at_ms, *(o.retry_at_ms for o in m.orders.values() if o.is_open))
+            if at
+        ]
         if resolving:
             last = max(last, *resolving)
-            cap = max(cap, max(resolving) + SETTLE_MS)
+            cap = min(max(cap, max(resolving) + SETTLE_MS), hard_cap)
         if now >= cap or (now >= origin + scenario.end_ms and not pending and now >= last + SETTLE_MS):
             break
         await asyncio.sleep(POLL_S)
