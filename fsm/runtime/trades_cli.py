@@ -94,11 +94,8 @@ def cmd_trades(args: argparse.Namespace) -> int:
         return EXIT_UNREADABLE
     try:
         book = ledger.read_ledger(conn)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, ledger.LedgerError) as exc:  # a foreign file or a garbled row: one line
         print(f"shortfsm trades: cannot read {db}: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    except ledger.LedgerError as exc:
-        print(f"shortfsm trades: {db}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
     finally:
         conn.close()
