@@ -452,6 +452,7 @@ class Executor:
                 code=err.code,
                 message=err.msg,
                 is_algo=is_algo,
+                retry_after_ms=_wait_ms(err),
             )
             return [result, *observed(err, now_ms)]
         executed: Decimal | None = None

@@ -253,7 +253,8 @@ class RateState:
     order_count_10s: int = 0
     order_count_1m: int = 0
     backoff_until_ms: int = 0  # after a 429
-    banned_until_ms: int = 0  # after a 418
+    banned_until_ms: int = 0  # after a 418 (with ``BAN_END_MARGIN_MS``)
+    probe_due: bool = False  # a 429 or 418 was met: the next request goes alone (``BinanceRest._call``)
     weight_window: int = 0  # venue minute of ``used_weight_1m``
     orders_10s_window: int = 0
     orders_1m_window: int = 0
@@ -319,6 +320,10 @@ def rate_limits_from_exchange_info(info: Mapping[str, Any]) -> RateLimits | None
 
 
 LIMIT_END_TOLERANCE_MS = 1_000  # how early a retry timed by the caller's clock may come (D-48)
+# A ban is kept this much past the venue's "banned until": our estimate of the venue's clock is off
+# by up to a round trip, and a request that lands a moment inside the ban earns the next, longer one
+# (binance-real-answers.md; D-52).
+BAN_END_MARGIN_MS = 1_000
 
 
 async def _asyncio_sleep(seconds: float) -> None:
@@ -360,6 +365,10 @@ class BinanceRest:
         self._inflight: set[asyncio.Task[httpx.Response]] = set()
         self.rate = RateState()
         self.requests_sent = 0
+        # After a 429 or a 418 the first request out is a probe, alone in flight: the others wait for
+        # its answer, so a ban's end never meets a burst (each request inside a ban earns a longer one).
+        self._probe: asyncio.Future[None] | None = None
+        self._probe_after = 0  # requests numbered up to this were sent before the last limit
         self.weight_sent = 0  # IP weight of every request sent (the bench's figure)
         self._sleep = sleep
         self.pacing = pacing  # False: never hold a request for the budget (a test that wants a 429)
@@ -458,7 +467,9 @@ class BinanceRest:
         waited = False
         while True:
             held = self._limit_left_ms(urgent)
-            if not waited and 0 < held <= min(self.max_hold_s * 1000, LIMIT_END_TOLERANCE_MS):
+            banned = self.server_now_ms() < self.rate.banned_until_ms
+            tolerance = LIMIT_END_TOLERANCE_MS + (BAN_END_MARGIN_MS if banned else 0)
+            if not waited and 0 < held <= min(self.max_hold_s * 1000, tolerance):
                 # The end of a ban or 429 back-off is near: a caller that waited the venue's wait by
                 # its own clock is a little early by ours. It is held to the end, nothing sent before:
                 # failing fast would spend one of the order's attempts on a request that never left
@@ -549,23 +560,23 @@ class BinanceRest:
             query = signed_query(params, self._signer, self.server_now_ms(), self.recv_window_ms)
         else:
             query = urlencode(list(params.items()))
+        while self.rate.probe_due and self._probe is not None:
+            await asyncio.shield(self._probe)  # its answer decides whether this one may go
         self._check_limits(urgent)  # again: a ban may have begun while this request was signed
+        probe: asyncio.Future[None] | None = None
+        if self.rate.probe_due:
+            probe = self._probe = asyncio.get_running_loop().create_future()
         self.rate.note_sent(self.server_now_ms(), weight, is_order)
         self.weight_sent += weight
+        number = self.requests_sent + 1  # ``_send`` counts it
         try:
-            resp = await self._send(method, path, query, headers)
-        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise Retryable(0, f"{self.host} unreachable: not sent: {type(exc).__name__}", 0) from exc
-        except httpx.TimeoutException as exc:
-            klass = UnknownOutcome if method != "GET" else Retryable
-            raise klass(0, f"{self.host}: timeout: {type(exc).__name__}", 0) from exc
-        except httpx.ConnectError as exc:
-            raise Retryable(0, f"{self.host} unreachable: connect failed: {hosts_only(str(exc))}", 0) from exc
-        except httpx.TransportError as exc:
-            klass = UnknownOutcome if method != "GET" else Retryable
-            raise klass(
-                0, f"{self.host}: transport: {type(exc).__name__}: {hosts_only(str(exc))}", 0
-            ) from exc
+            resp = await self._transport(method, path, query, headers)
+        finally:
+            if probe is not None:  # the waiters run only once this answer is noted (no await below)
+                self._probe = None
+                probe.set_result(None)
+        if resp.status_code not in (418, 429) and number > self._probe_after:
+            self.rate.probe_due = False  # an answer sent after the limit, not a limit: it is over
         self._record_headers(resp)
         try:
             body: Any = resp.json()
@@ -588,16 +599,36 @@ class BinanceRest:
             )
         raise err from None
 
+    async def _transport(self, method: str, path: str, query: str, headers: dict[str, str]) -> httpx.Response:
+        """One request on the wire; transport failures become the client's errors (a GET that
+        failed is retryable, an order whose answer was lost has an unknown outcome)."""
+        try:
+            return await self._send(method, path, query, headers)
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise Retryable(0, f"{self.host} unreachable: not sent: {type(exc).__name__}", 0) from exc
+        except httpx.TimeoutException as exc:
+            klass = UnknownOutcome if method != "GET" else Retryable
+            raise klass(0, f"{self.host}: timeout: {type(exc).__name__}", 0) from exc
+        except httpx.ConnectError as exc:
+            raise Retryable(0, f"{self.host} unreachable: connect failed: {hosts_only(str(exc))}", 0) from exc
+        except httpx.TransportError as exc:
+            klass = UnknownOutcome if method != "GET" else Retryable
+            raise klass(
+                0, f"{self.host}: transport: {type(exc).__name__}: {hosts_only(str(exc))}", 0
+            ) from exc
+
     def _note_rate_limit(self, err: BinanceError) -> None:
         if not isinstance(err, RateLimited):
             return
         now = self.server_now_ms()
+        self.rate.probe_due = True
+        self._probe_after = self.requests_sent
         if err.http_status == 418 or err.banned_until_ms:
             until = err.banned_until_ms
             if until is None:
                 wait_s = err.retry_after_s if err.retry_after_s is not None else 120.0
                 until = now + int(wait_s * 1000)
-            self.rate.banned_until_ms = max(self.rate.banned_until_ms, until)
+            self.rate.banned_until_ms = max(self.rate.banned_until_ms, until + BAN_END_MARGIN_MS)
             log.error("IP banned until %d: nothing is sent before then", self.rate.banned_until_ms)
         elif err.http_status == 429:
             # Without Retry-After (not documented for USD-M, binance-usdm-2026.md section 4) the

@@ -266,7 +266,7 @@ class Engine:
                 deadlines.append(model.mismatch_since_ms + self.strategy.position_sync_grace_seconds * 1000)
             if model.close_retry_at_ms:
                 deadlines.append(model.close_retry_at_ms)
-            deadlines.extend(o.retry_at_ms for o in model.orders.values() if o.retry_at_ms)
+            deadlines.extend(o.retry_at_ms for o in model.orders.values() if o.retry_at_ms and o.is_open)
             deadlines.extend(
                 o.resolve_at_ms for o in model.orders.values() if o.resolve_at_ms and o.status == "UNKNOWN"
             )
@@ -729,6 +729,31 @@ class Engine:
             out.append((symbol, max(self.mark_ws_ms.get(symbol, 0), since)))
         return out
 
+    def _silent_and_stale(self, now: int, fallback_ms: int, stale_ms: int) -> tuple[str | None, str | None]:
+        """In one pass over the watched symbols (``_watched_ws_at``'s order): the first with no WS
+        mark for ``fallback_ms`` (W22) and the first with no fresh mark from either source for
+        ``stale_ms`` (W23-1; with REST failing, its REST marks do not count)."""
+        silent: str | None = None
+        stale: str | None = None
+        ws_ms, rest_ms, since_ms = self.mark_ws_ms, self.mark_rest_ms, self.watch_since
+        fresh_ms = min(fallback_ms, stale_ms)
+        for symbol, model in self.symbols.items():
+            if model.state == "IDLE":
+                continue
+            since = since_ms.setdefault(symbol, now)
+            at = max(ws_ms.get(symbol, 0), since)
+            if now - at < fresh_ms:
+                continue  # fresh: neither silent nor stale
+            if silent is None and now - at >= fallback_ms:
+                silent = symbol
+            if stale is None and now - at >= stale_ms:
+                rest_at = rest_ms.get(symbol, 0)
+                if now - max(at, rest_at) >= stale_ms and (self.rest_failing or now - rest_at >= stale_ms):
+                    stale = symbol
+            if stale is not None and silent is not None:
+                break
+        return silent, stale
+
     def _ws_silent(self, now: int) -> str | None:
         """A watched symbol with no WS mark for the fallback time (its own stream is silent)."""
         limit = self.strategy.ws_stale_fallback_seconds * 1000
@@ -740,8 +765,7 @@ class Engine:
         ws_age = now - self.last_ws_ms
         fallback_ms = s.ws_stale_fallback_seconds * 1000
         stale_ms = s.stale_mark_price_seconds * 1000
-        watched = self._watched_ws_at(now)
-        silent = next((sym for sym, at in watched if now - at >= fallback_ms), None)
+        silent, stale_symbol = self._silent_and_stale(now, fallback_ms, stale_ms)
         if self.price_source == "WS" and (ws_age >= fallback_ms or silent is not None):  # W22
             self.price_source = "REST"
             cause = self.ws_reason or "no message"
@@ -749,15 +773,6 @@ class Engine:
             self._emit(cmd.UsePriceSource(source="REST", reason=f"{what} ({cause})"))
             self._log("price_source", silent, "rest_fallback", at_ms=now, cause=cause)
         rest_stale = self.rest_failing or self.last_rest_ms is None or now - self.last_rest_ms >= stale_ms
-        stale_symbol = next(
-            (
-                sym
-                for sym, at in watched
-                if now - max(at, self.mark_rest_ms.get(sym, 0)) >= stale_ms
-                and (self.rest_failing or now - self.mark_rest_ms.get(sym, 0) >= stale_ms)
-            ),
-            None,
-        )
         if self.locks[SAFETY_LOCK].state != "PRICE_OK":
             return
         if ws_age >= stale_ms and rest_stale:  # W23-1
@@ -792,6 +807,8 @@ class Engine:
         s = self.strategy
         timeout = s.partial_fill_timeout_seconds * 1000
         for model in list(self.symbols.values()):
+            if not model.orders and not model.close_retry_at_ms and not model.mismatch_since_ms:
+                continue  # nothing below can be due (a monitored symbol: most of them)
             # N-19, R19, R25: an exit order stuck part-filled for 5 s: cancel the rest, close at market.
             for order in model.open_orders(*LIMIT_EXIT_LEGS):
                 if order.status == "PARTIALLY_FILLED" and now - order.last_fill_ms >= timeout:
@@ -803,6 +820,9 @@ class Engine:
                 if order.retry_at_ms and now >= order.retry_at_ms and order.status == "PENDING_NEW":
                     order.retry_at_ms = 0
                     self._retry(model, order)
+                if order.retry_at_ms and now >= order.retry_at_ms and order.status == "PENDING_CANCEL":
+                    order.retry_at_ms = 0
+                    self._cancel(model, order)
                 if order.status == "UNKNOWN" and order.resolve_at_ms and now >= order.resolve_at_ms:
                     order.resolve_at_ms = 0  # one query in flight at a time
                     order.resolve_attempts += 1
@@ -1832,6 +1852,13 @@ class Engine:
             # is left to cancel; a re-cancel would only fail again into the R15 lock.
             self._log("cancel_failure_moot", model.symbol, order.status, cid=order.cid)
             return
+        if event.retry_after_ms > 0 and order.status == "PENDING_CANCEL":
+            # Refused by the rate limits (W50), not by the venue's book: not one of R15's attempts.
+            # It goes again once the wait is over (sent sooner, it would only lengthen a ban).
+            order.cancel_attempts -= 1
+            order.retry_at_ms = self.now_ms + event.retry_after_ms
+            self._log("cancel_delayed", model.symbol, "rate_limited", cid=order.cid, at_ms=order.retry_at_ms)
+            return
         if order.cancel_attempts < self.strategy.cancel_attempts:
             self._cancel(model, order)
             return
@@ -1974,6 +2001,8 @@ class Engine:
                 else:
                     reasons.append(f"fill on {symbol} awaiting its position update")
         for symbol, model in self.symbols.items():
+            if model.state not in HOLDING_STATES:
+                continue  # the test ``_holds_entry_lock`` starts with, without the call (600 a second)
             held = self._holds_entry_lock(model)
             if held:
                 reasons.append(f"{symbol} {held}")

@@ -329,6 +329,7 @@ class CancelResult(Event):
     message: str = ""
     is_algo: bool = False
     executed_qty: Decimal | None = None  # the cancel answer's executedQty: a fill may have raced it
+    retry_after_ms: int = 0  # refused by the rate limits: the wait before it may go again
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

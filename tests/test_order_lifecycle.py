@@ -136,3 +136,51 @@ def test_a_failed_cancel_answered_after_the_order_filled_is_not_retried() -> Non
     assert cmd.Log(kind="cancel_failure_moot", symbol=BTC, reason="FILLED", data=(("cid", ENTRY_CID),)) in out
     assert engine.symbols[BTC].orders[ENTRY_CID].status == "FILLED"
     assert engine.lock_state("exit_cancel_lock") != "CANCEL_FAILED"
+
+
+@pytest.mark.spec("W50", "R15")
+def test_a_cancel_refused_by_the_rate_limits_waits_and_spends_no_r15_attempt() -> None:
+    """Attack on the fault matrix (risk-profit x ban-exit): during a 418 ban every cancel fails fast
+    in the client, nothing sent. The engine re-cancelled at once three times and raised R15's "could
+    not cancel" lock and critical alert for an order the venue was never asked about. Now a cancel the
+    rate limits refused goes again once their wait is over, the same order, and R15 counts only
+    refusals from the venue."""
+    runner = _entry_order()
+    engine = runner.engine
+    engine.handle(_risk_message(runner, 5001))  # R01: cancel the entry
+    order = engine.symbols[BTC].orders[ENTRY_CID]
+    for _ in range(4):  # more bans than R15 has attempts
+        now = _now(engine)
+        out = engine.handle(
+            ev.CancelResult(
+                now_ms=now, symbol=BTC, client_order_id=ENTRY_CID, ok=False, code=-1003,
+                message="IP banned until 1767225721000 (local fail-fast)", retry_after_ms=4_000,
+            )
+        )  # fmt: skip
+        assert not [c for c in out if isinstance(c, (cmd.CancelOrder, cmd.Notify))]
+        assert cmd.Log(
+            kind="cancel_delayed", symbol=BTC, reason="rate_limited",
+            data=(("cid", ENTRY_CID), ("at_ms", str(now + 4_000))),
+        ) in out  # fmt: skip
+        assert (order.status, order.cancel_attempts, order.retry_at_ms) == ("PENDING_CANCEL", 0, now + 4_000)
+        assert not [c for c in engine.handle(ev.Tick(now_ms=now + 3_999)) if isinstance(c, cmd.CancelOrder)]
+        out = engine.handle(ev.Tick(now_ms=now + 4_000))
+        assert [c for c in out if isinstance(c, cmd.CancelOrder)] == [
+            cmd.CancelOrder(symbol=BTC, client_order_id=ENTRY_CID, attempt=1)
+        ]
+        assert (order.cancel_attempts, order.retry_at_ms) == (1, 0)
+    assert engine.lock_state("exit_cancel_lock") == "CLEAR"
+    # A refusal from the venue itself still counts: the re-cancel goes at once as attempt 2 (R15).
+    out = engine.handle(
+        ev.CancelResult(
+            now_ms=_now(engine),
+            symbol=BTC,
+            client_order_id=ENTRY_CID,
+            ok=False,
+            code=-1001,
+            message="Internal error",
+        )
+    )
+    assert [c for c in out if isinstance(c, cmd.CancelOrder)] == [
+        cmd.CancelOrder(symbol=BTC, client_order_id=ENTRY_CID, attempt=2)
+    ]

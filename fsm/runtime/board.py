@@ -400,7 +400,8 @@ def _compact(
         _line(
             ("watch ", "dim"),
             (_s(r.get("symbol")), "bold"),
-            f" {_s(r.get('stage'))} planned {_s(r.get('planned_price'))} mark {_s(r.get('mark'))}",
+            f" {_s(r.get('stage'))} order at {_s(r.get('planned_price'))}"
+            f" trigger {_s(r.get('trigger_price'))} mark {_s(r.get('mark'))}",
             " to trigger ",
             _distance(r.get("distance_pct")),
         )
@@ -683,7 +684,8 @@ def _monitoring_panel(view: dict[str, Any]) -> Panel:
     table.add_column("Symbol", style="bold", no_wrap=True)
     table.add_column("Mode", no_wrap=True)
     table.add_column("Stage", no_wrap=True)
-    table.add_column("Planned", justify="right", no_wrap=True)
+    table.add_column("Order at", justify="right", no_wrap=True)
+    table.add_column("Trigger", justify="right", no_wrap=True)
     table.add_column("Mark", justify="right", no_wrap=True)
     table.add_column("To trigger", justify="right", no_wrap=True)
     for row in rows:
@@ -692,6 +694,7 @@ def _monitoring_panel(view: dict[str, Any]) -> Panel:
             _s(row.get("mode")),
             _s(row.get("stage")),
             _s(row.get("planned_price")),
+            _s(row.get("trigger_price")),
             _s(row.get("mark")),
             _distance(row.get("distance_pct")),
         )

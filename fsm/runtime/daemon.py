@@ -100,6 +100,7 @@ QUIET_EVENTS = (ev.Tick, ev.MarkPriceTick, ev.VenueCallSucceeded)  # never the b
 CHECKPOINT_EVERY_MS = 3_600_000  # the engine's snapshot in the journal: where a replay can start
 JOURNAL_KEEP_MS = 7 * 86_400_000  # journal rows kept (a replay needs a checkpoint at or before)
 ORDER_WATCH_MS = 15_000  # venue time between two read-backs of our open orders (_watch_orders)
+BALANCE_READ_DELAY_MS = 500  # after an ACCOUNT_UPDATE: its fill's other pushes come first (_read_balance)
 OUTAGE_ALERT_MS = 10_000  # a Binance stream down this long (venue time) is alerted, naming its host
 OUTCOME_EVENTS = (
     ev.OrderAccepted,
@@ -424,6 +425,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._balance_read: asyncio.Task[None] | None = None
         self._source_task: asyncio.Task[None] | None = None
         self._mark_phase_ms = 0
         self._snapshot_dirty = True
@@ -493,11 +495,10 @@ class Daemon:
         self.queue.put_nowait(_STOP)
         with contextlib.suppress(asyncio.CancelledError):
             await consumer
-        for task in [*self._tasks, *([self._source_task] if self._source_task else [])]:
+        extra = [t for t in (self._source_task, self._balance_read) if t is not None]
+        for task in [*self._tasks, *extra]:
             task.cancel()
-        await asyncio.gather(
-            *self._tasks, *([self._source_task] if self._source_task else []), return_exceptions=True
-        )
+        await asyncio.gather(*self._tasks, *extra, return_exceptions=True)
         # 3) persist
         now = self.clock.now_ms()
         self.store.save_snapshot(now, self.engine.snapshot())
@@ -661,7 +662,31 @@ class Daemon:
             self.streams["market"] = "up" if item.connected else "down"
         elif isinstance(item, ev.MarkPriceTick) and item.symbol == self.heartbeat_symbol:
             self._mark_phase_ms = item.event_time_ms % 1000
+        elif isinstance(item, ev.BalanceChanged) and item.available_balance is None:
+            self._read_balance_soon()
         self.enqueue_nowait(item)
+
+    def _read_balance_soon(self) -> None:
+        """ACCOUNT_UPDATE tells the wallet balance, not the available one, which a fill changes:
+        read both once the push's burst is over (weight 5), one read at a time (issue #13)."""
+        if self._balance_read is not None and not self._balance_read.done():
+            return
+        self._balance_read = asyncio.create_task(self._read_balance(), name="balance-read")
+
+    async def _read_balance(self) -> None:
+        await self.clock.sleep_until(self.clock.now_ms() + BALANCE_READ_DELAY_MS, self._stopping)
+        if self._stopping.is_set():
+            return
+        try:
+            wallet, available = parse.balance_from_rest(await self.rest.balance())
+        except (BinanceError, ValueError, KeyError) as exc:
+            log.info(
+                "available balance not read after an account update (%s): the board shows the last one", exc
+            )
+            return
+        self.enqueue_nowait(
+            ev.BalanceChanged(now_ms=self.clock.now_ms(), wallet_balance=wallet, available_balance=available)
+        )
 
     async def _reconcile(self) -> None:
         """After a user-stream gap: the position mode, what the stream missed about our open orders
@@ -1337,7 +1362,6 @@ class Daemon:
             health.seen_errors = self.store.errors  # the probe itself is not a lost write
             return
         since, lost = health.failing_since_ms, max(0, health.failed_writes - written)
-        health.failing_since_ms, health.failed_writes, health.cause = None, 0, None
         for chat_id, message_id in sorted(self.engine.cursors.items()):
             await self._save_cursor(chat_id, message_id, now)
         self.store.record_commands(
@@ -1358,6 +1382,8 @@ class Daemon:
                 "were lost; cursors, cooldowns and the engine snapshot are written again",
             )
         )
+        # Healthy only once the alert is out: a stop in between must not swallow it.
+        health.failing_since_ms, health.failed_writes, health.cause = None, 0, None
 
 
 def database_problem_text(kind: str, error: str, path: Path) -> str:

@@ -668,7 +668,7 @@ FAULTS: tuple[DaemonFault, ...] = (
 
 # Cells that fail because the daemon is wrong (tests/bench/test_fault_matrix_findings.py pins each as a
 # strict xfail until the fix; the matrix test leaves them out meanwhile).
-FINDINGS: frozenset[tuple[str, str]] = frozenset({("stale-lock", "ban-exit")})
+FINDINGS: frozenset[tuple[str, str]] = frozenset()
 
 
 # =============================================================================================

@@ -7,8 +7,10 @@ rounded to the tick's decimals plus four; ``distance_pct`` to 0.001 and ``roi_pc
 
 The monitoring list (W45, W47) holds every symbol waiting for an entry: ``1st`` while MONITORING
 (planned price = the target), ``2nd`` while PHASE1 waits for the scale-in (planned price = the
-second-entry price); ``distance_pct`` is how far the mark must still rise to reach the 0.1% trigger
-of the planned price, in % of the mark (zero or negative: reached).
+second-entry price). The planned price is where the limit order sells; ``trigger_price`` is the mark
+at which it is placed (0.1% below), the same number as the position's ``next_triggers.add``;
+``distance_pct`` is how far the mark must still rise to reach it, in % of the mark (zero or
+negative: reached).
 
 ``next_triggers`` of the position are the mark prices at which the next thing happens on each leg:
 the price of the working order when it rests on the venue (TP/BE limits, ENTRY2, MDD and breakeven
@@ -114,15 +116,21 @@ def _monitoring_row(engine: Engine, model: SymbolModel, buffer_pct: Decimal) -> 
         return None
     tick = _tick(model)
     mark = engine.marks.get(model.symbol)
+    # The first entry's trigger was fixed at receipt (W17-2); the add's follows its price (W41).
+    trigger = (
+        model.entry_trigger
+        if stage == "1st" and model.entry_trigger > 0
+        else rules.entry_threshold(planned, buffer_pct)
+    )
     distance: str | None = None
     if mark is not None and mark > 0:
-        trigger = rules.entry_threshold(planned, buffer_pct)
         distance = _quantized((trigger - mark) / mark * rules.HUNDRED, DISTANCE_STEP)
     return {
         "symbol": model.symbol,
         "mode": model.mode or engine.strategy.mode,  # a symbol rebuilt by recovery has no signal mode
         "stage": stage,
         "planned_price": _price(planned, tick),
+        "trigger_price": _price(trigger, tick),
         "mark": _price(mark, tick) if mark is not None else None,
         "distance_pct": distance,
         "received_at_ms": model.received_at_ms,

@@ -32,6 +32,7 @@ MONITORING_KEYS = {
     "mode",
     "stage",
     "planned_price",
+    "trigger_price",
     "mark",
     "distance_pct",
     "received_at_ms",
@@ -77,6 +78,7 @@ def test_a_monitored_symbol_is_listed_with_mode_stage_and_planned_price() -> Non
             "mode": "aggressive",
             "stage": "1st",
             "planned_price": "101.0",
+            "trigger_price": "100.899",
             "mark": None,
             "distance_pct": None,
             "received_at_ms": T0_MS,
@@ -96,6 +98,7 @@ def test_the_distance_to_the_trigger_is_measured_from_the_mark() -> None:
             "mode": "aggressive",
             "stage": "1st",
             "planned_price": "101.0",
+            "trigger_price": "100.899",
             "mark": "100.8",
             "distance_pct": "0.098",
             "received_at_ms": T0_MS,
@@ -150,13 +153,16 @@ def test_first_entry_filled_moves_the_list_to_the_second_stage_with_the_scale_in
             "symbol": "BTCUSDT",
             "mode": "aggressive",
             "stage": "2nd",
-            "planned_price": "116.2",
+            "planned_price": "116.2",  # where the add's limit sells
+            "trigger_price": "116.0838",  # the mark that places it: 116.2 x 0.999
             "mark": "100.9",
             "distance_pct": "15.048",  # (116.2 x 0.999 - 100.9) / 100.9
             "received_at_ms": T0_MS,
             "message_id": 1001,
         }
     ]
+    # One number for one thing (issue #13): the position's next add is the same mark trigger.
+    assert view["position"]["next_triggers"]["add"] == view["monitoring"][0]["trigger_price"]
 
 
 @pytest.mark.spec("W47")

@@ -197,7 +197,8 @@ def test_pause_stops_a_monitored_signal_and_resume_never_enters_on_it(tmp_path: 
     config = kit.write_config(tmp_path)
     path = kit.PricePath(
         base={"ETHUSDT": Decimal("3500.00")},
-        points=kit.points([(12, "ETHUSDT", "3532.00"), (14, "ETHUSDT", "3536.00")]),
+        # The trigger comes 40 venue seconds (10 s of wall time) in: the pause is acknowledged well before.
+        points=kit.points([(40, "ETHUSDT", "3532.00"), (42, "ETHUSDT", "3536.00")]),
     )
 
     def cli(command: str) -> subprocess.CompletedProcess[str]:
@@ -212,12 +213,13 @@ def test_pause_stops_a_monitored_signal_and_resume_never_enters_on_it(tmp_path: 
         )
 
     async def scenario() -> None:
-        async with kit.Venue(path, speed=1.0) as venue:
+        async with kit.Venue(path, speed=4.0) as venue:
             run = await venue.start_daemon(tmp_path, feed)
             await kit.wait_until(lambda: run.daemon.engine.state_of("ETHUSDT") == "MONITORING", timeout=10)
             paused = await asyncio.to_thread(cli, "pause")
             assert paused.returncode == 0, paused.stderr
-            await kit.wait_until(lambda: venue.at(16), timeout=20)
+            assert not venue.at(40), "the pause came after the trigger: the test proves nothing"
+            await kit.wait_until(lambda: venue.at(44), timeout=20)
             resumed = await asyncio.to_thread(cli, "resume")
             assert resumed.returncode == 0, resumed.stderr
             resumed_at = venue.clock.now_ms()
