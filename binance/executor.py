@@ -66,6 +66,9 @@ async def _nothing() -> list[Any]:
     return []
 
 
+MIN_RATE_WAIT_MS = 1_000  # a rate-limit refusal with no known end waits at least this long
+
+
 def _wait_ms(err: BinanceError) -> int:
     """How long the venue asked us to wait before sending again (429 Retry-After, 418 ban)."""
     if isinstance(err, RateLimited) and err.retry_after_s:
@@ -436,6 +439,14 @@ class Executor:
             now_ms,
         )
 
+    def _cancel_wait_ms(self, err: BinanceError) -> int:
+        """A cancel refused by the rate limits waits for their end as this client knows it: the
+        venue's Retry-After, else the ban's end from its message, else the 429 back-off to the next
+        minute (at least 1 s): never 0, which would make it one of R15's refusals (D-52)."""
+        if not isinstance(err, RateLimited):
+            return 0
+        return max(_wait_ms(err), self.rest.limit_left_ms(), MIN_RATE_WAIT_MS)
+
     async def _cancel_common(
         self, symbol: str, client_id: str, call: Callable[[], Awaitable[object]], is_algo: bool, now_ms: int
     ) -> list[Event]:
@@ -452,7 +463,7 @@ class Executor:
                 code=err.code,
                 message=err.msg,
                 is_algo=is_algo,
-                retry_after_ms=_wait_ms(err),
+                retry_after_ms=self._cancel_wait_ms(err),
             )
             return [result, *observed(err, now_ms)]
         executed: Decimal | None = None

@@ -410,9 +410,10 @@ class BinanceRest:
 
     async def sync_time(self, *, urgent: bool = False) -> int:
         """Measure ``serverTime - local`` from ``GET /fapi/v1/time`` (midpoint of the round trip)."""
-        before = self._clock_ms()
-        data = await self._call("GET", "/fapi/v1/time", {}, signed=False, urgent=urgent)
+        sent: list[int] = []  # when the request left: a wait for a probe is not round-trip time
+        data = await self._call("GET", "/fapi/v1/time", {}, signed=False, urgent=urgent, _sent_at=sent)
         after = self._clock_ms()
+        before = sent[-1] if sent else after
         self._offset_ms = int(data["serverTime"]) - (before + after) // 2
         self._synced = True
         log.info("server time offset %d ms", self._offset_ms)
@@ -428,6 +429,11 @@ class BinanceRest:
     # ----------------------------------------------------------------------------------------
     # transport
     # ----------------------------------------------------------------------------------------
+
+    def limit_left_ms(self) -> int:
+        """How long until this client sends anything again after a 418 ban or a 429 back-off (0: now)."""
+        now = self.server_now_ms()
+        return max(0, self.rate.banned_until_ms - now, self.rate.backoff_until_ms - now)
 
     def _limit_left_ms(self, urgent: bool) -> int:
         """How long the ban (any request) or the 429 back-off (non-urgent ones) still holds, in ms."""
@@ -503,11 +509,22 @@ class BinanceRest:
             while (left := until - self.server_now_ms()) > 0:
                 await self._sleep(min(1.0, left / 1000))
 
-    async def _send(self, method: str, path: str, query: str, headers: dict[str, str]) -> httpx.Response:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        *,
+        probe: asyncio.Future[None] | None = None,
+        number: int = 0,
+    ) -> httpx.Response:
         url = f"{path}?{query}" if query else path
         task = asyncio.ensure_future(self._client.request(method, url, headers=headers))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+        # The answer (not the caller, who may be cancelled meanwhile) ends the probe and the limit.
+        task.add_done_callback(lambda done: self._answered(done, probe, number))
         self.requests_sent += 1
         # Shielded: a cancelled caller must not cancel the request itself (httpcore#1093).
         return await asyncio.shield(task)
@@ -546,6 +563,7 @@ class BinanceRest:
         api_key: bool = False,
         urgent: bool | None = None,
         _resynced: bool = False,
+        _sent_at: list[int] | None = None,
     ) -> Any:
         if urgent is None:
             urgent = is_urgent(method, path, params)
@@ -569,14 +587,9 @@ class BinanceRest:
         self.rate.note_sent(self.server_now_ms(), weight, is_order)
         self.weight_sent += weight
         number = self.requests_sent + 1  # ``_send`` counts it
-        try:
-            resp = await self._transport(method, path, query, headers)
-        finally:
-            if probe is not None:  # the waiters run only once this answer is noted (no await below)
-                self._probe = None
-                probe.set_result(None)
-        if resp.status_code not in (418, 429) and number > self._probe_after:
-            self.rate.probe_due = False  # an answer sent after the limit, not a limit: it is over
+        if _sent_at is not None:
+            _sent_at.append(self._clock_ms())
+        resp = await self._transport(method, path, query, headers, probe=probe, number=number)
         self._record_headers(resp)
         try:
             body: Any = resp.json()
@@ -590,7 +603,8 @@ class BinanceRest:
         if resp.status_code < 400 and body is None:
             klass = UnknownOutcome if method != "GET" else Retryable
             err = klass(0, f"unreadable body: {resp.text[:200]!r}", resp.status_code)
-        self._note_rate_limit(err)
+        if resp.status_code not in (418, 429):  # those were noted as the answer landed (``_answered``)
+            self._note_rate_limit(err)
         if isinstance(err, TimestampRejected) and signed and not _resynced:
             log.warning("%s %s: %s; re-syncing time and retrying once", method, path, err.msg)
             await self.sync_time(urgent=urgent)
@@ -599,11 +613,20 @@ class BinanceRest:
             )
         raise err from None
 
-    async def _transport(self, method: str, path: str, query: str, headers: dict[str, str]) -> httpx.Response:
+    async def _transport(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        *,
+        probe: asyncio.Future[None] | None = None,
+        number: int = 0,
+    ) -> httpx.Response:
         """One request on the wire; transport failures become the client's errors (a GET that
         failed is retryable, an order whose answer was lost has an unknown outcome)."""
         try:
-            return await self._send(method, path, query, headers)
+            return await self._send(method, path, query, headers, probe=probe, number=number)
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise Retryable(0, f"{self.host} unreachable: not sent: {type(exc).__name__}", 0) from exc
         except httpx.TimeoutException as exc:
@@ -616,6 +639,30 @@ class BinanceRest:
             raise klass(
                 0, f"{self.host}: transport: {type(exc).__name__}: {hosts_only(str(exc))}", 0
             ) from exc
+
+    def _answered(
+        self, task: asyncio.Task[httpx.Response], probe: asyncio.Future[None] | None, number: int
+    ) -> None:
+        """A request's answer, as it lands: a 429/418 is noted at once (before any waiter of the
+        probe runs), any other answer to a request sent after the last limit ends it."""
+        resp = None if task.cancelled() or task.exception() is not None else task.result()
+        if resp is not None and resp.status_code in (418, 429):
+            try:
+                body: Any = resp.json()
+            except ValueError:
+                body = None
+            self._note_rate_limit(
+                errors.from_response(
+                    resp.status_code, body, method="GET", retry_after_s=self._retry_after_s(resp)
+                )
+            )
+        elif resp is not None and number > self._probe_after:
+            self.rate.probe_due = False  # an answer sent after the limit, not a limit: it is over
+        if probe is not None:
+            if self._probe is probe:
+                self._probe = None
+            if not probe.done():
+                probe.set_result(None)
 
     def _note_rate_limit(self, err: BinanceError) -> None:
         if not isinstance(err, RateLimited):

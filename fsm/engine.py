@@ -267,6 +267,7 @@ class Engine:
             if model.close_retry_at_ms:
                 deadlines.append(model.close_retry_at_ms)
             deadlines.extend(o.retry_at_ms for o in model.orders.values() if o.retry_at_ms and o.is_open)
+            deadlines.extend(o.cancel_at_ms for o in model.orders.values() if o.cancel_at_ms and o.is_open)
             deadlines.extend(
                 o.resolve_at_ms for o in model.orders.values() if o.resolve_at_ms and o.status == "UNKNOWN"
             )
@@ -820,8 +821,9 @@ class Engine:
                 if order.retry_at_ms and now >= order.retry_at_ms and order.status == "PENDING_NEW":
                     order.retry_at_ms = 0
                     self._retry(model, order)
-                if order.retry_at_ms and now >= order.retry_at_ms and order.status == "PENDING_CANCEL":
-                    order.retry_at_ms = 0
+                if order.cancel_at_ms and now >= order.cancel_at_ms and order.is_open:
+                    # A cancel the rate limits held back (a fill report may have moved it meanwhile).
+                    order.cancel_at_ms = 0
                     self._cancel(model, order)
                 if order.status == "UNKNOWN" and order.resolve_at_ms and now >= order.resolve_at_ms:
                     order.resolve_at_ms = 0  # one query in flight at a time
@@ -1195,6 +1197,7 @@ class Engine:
             self._log("cancel_deferred", model.symbol, "outcome_unknown", cid=order.cid)
             return
         order.cancel_attempts += 1
+        order.cancel_at_ms = 0  # a held-back cancel timed for it: this one supersedes it
         order.apply("cancel_sent")
         if order.is_algo:
             self._emit(
@@ -1852,12 +1855,12 @@ class Engine:
             # is left to cancel; a re-cancel would only fail again into the R15 lock.
             self._log("cancel_failure_moot", model.symbol, order.status, cid=order.cid)
             return
-        if event.retry_after_ms > 0 and order.status == "PENDING_CANCEL":
+        if event.retry_after_ms > 0 and order.status != "UNKNOWN":
             # Refused by the rate limits (W50), not by the venue's book: not one of R15's attempts.
             # It goes again once the wait is over (sent sooner, it would only lengthen a ban).
             order.cancel_attempts -= 1
-            order.retry_at_ms = self.now_ms + event.retry_after_ms
-            self._log("cancel_delayed", model.symbol, "rate_limited", cid=order.cid, at_ms=order.retry_at_ms)
+            order.cancel_at_ms = self.now_ms + event.retry_after_ms
+            self._log("cancel_delayed", model.symbol, "rate_limited", cid=order.cid, at_ms=order.cancel_at_ms)
             return
         if order.cancel_attempts < self.strategy.cancel_attempts:
             self._cancel(model, order)

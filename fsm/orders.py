@@ -119,7 +119,8 @@ class OrderTrack:
     last_fill_ms: int = 0
     realized_pnl: Decimal = ZERO
     commission: Decimal = ZERO
-    retry_at_ms: int = 0  # a resend or re-cancel the rate limits delayed (429/418); 0 when none
+    retry_at_ms: int = 0  # a resend the venue asked us to delay (429 Retry-After); 0 when none
+    cancel_at_ms: int = 0  # a cancel the rate limits held back goes again then (D-52); 0 when none
     resolve_at_ms: int = 0  # UNKNOWN: when its resolving query goes out; 0 while one is in flight
     resolve_attempts: int = 0
 

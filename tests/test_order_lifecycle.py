@@ -162,13 +162,13 @@ def test_a_cancel_refused_by_the_rate_limits_waits_and_spends_no_r15_attempt() -
             kind="cancel_delayed", symbol=BTC, reason="rate_limited",
             data=(("cid", ENTRY_CID), ("at_ms", str(now + 4_000))),
         ) in out  # fmt: skip
-        assert (order.status, order.cancel_attempts, order.retry_at_ms) == ("PENDING_CANCEL", 0, now + 4_000)
+        assert (order.status, order.cancel_attempts, order.cancel_at_ms) == ("PENDING_CANCEL", 0, now + 4_000)
         assert not [c for c in engine.handle(ev.Tick(now_ms=now + 3_999)) if isinstance(c, cmd.CancelOrder)]
         out = engine.handle(ev.Tick(now_ms=now + 4_000))
         assert [c for c in out if isinstance(c, cmd.CancelOrder)] == [
             cmd.CancelOrder(symbol=BTC, client_order_id=ENTRY_CID, attempt=1)
         ]
-        assert (order.cancel_attempts, order.retry_at_ms) == (1, 0)
+        assert (order.cancel_attempts, order.cancel_at_ms) == (1, 0)
     assert engine.lock_state("exit_cancel_lock") == "CLEAR"
     # A refusal from the venue itself still counts: the re-cancel goes at once as attempt 2 (R15).
     out = engine.handle(

@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fsm.runtime.daemon_cli",
         "fsm.runtime.board_cli",
         "fsm.runtime.trades_cli",
+        "fsm.runtime.report_cli",
         "fsm.runtime.bench_cli",
     ):
         try:

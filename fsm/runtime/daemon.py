@@ -426,6 +426,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._balance_read: asyncio.Task[None] | None = None
+        self._balance_updates = 0  # ACCOUNT_UPDATE balance pushes seen (a read started before one is stale)
         self._source_task: asyncio.Task[None] | None = None
         self._mark_phase_ms = 0
         self._snapshot_dirty = True
@@ -669,24 +670,32 @@ class Daemon:
     def _read_balance_soon(self) -> None:
         """ACCOUNT_UPDATE tells the wallet balance, not the available one, which a fill changes:
         read both once the push's burst is over (weight 5), one read at a time (issue #13)."""
+        self._balance_updates += 1
         if self._balance_read is not None and not self._balance_read.done():
-            return
+            return  # the read in flight sees this update counted and reads again if it came late
         self._balance_read = asyncio.create_task(self._read_balance(), name="balance-read")
 
     async def _read_balance(self) -> None:
-        await self.clock.sleep_until(self.clock.now_ms() + BALANCE_READ_DELAY_MS, self._stopping)
-        if self._stopping.is_set():
-            return
-        try:
-            wallet, available = parse.balance_from_rest(await self.rest.balance())
-        except (BinanceError, ValueError, KeyError) as exc:
-            log.info(
-                "available balance not read after an account update (%s): the board shows the last one", exc
+        while not self._stopping.is_set():
+            await self.clock.sleep_until(self.clock.now_ms() + BALANCE_READ_DELAY_MS, self._stopping)
+            if self._stopping.is_set():
+                return
+            seen = self._balance_updates
+            try:
+                wallet, available = parse.balance_from_rest(await self.rest.balance())
+            except (BinanceError, ValueError, KeyError) as exc:
+                log.info(
+                    "available balance not read after an account update (%s): the board keeps the last", exc
+                )
+                return
+            if self._balance_updates != seen:
+                continue  # a newer push came while it was read: this answer may predate it
+            self.enqueue_nowait(
+                ev.BalanceChanged(
+                    now_ms=self.clock.now_ms(), wallet_balance=wallet, available_balance=available
+                )
             )
             return
-        self.enqueue_nowait(
-            ev.BalanceChanged(now_ms=self.clock.now_ms(), wallet_balance=wallet, available_balance=available)
-        )
 
     async def _reconcile(self) -> None:
         """After a user-stream gap: the position mode, what the stream missed about our open orders

@@ -779,6 +779,27 @@ class CellContext:
             elif index in self.armed and now >= self.armed[index][0]:
                 self._fire(index, step, self.armed[index][1], now)
 
+    def armed_times(self) -> list[int]:
+        """When each step not fired yet will fire, for those whose moment has come (a state entered,
+        a mark seen, a command sent) or is a fixed time: the story is not over before them."""
+        out: list[int] = []
+        for index, step in enumerate(self.steps):
+            if index in self.fired:
+                continue
+            trigger = step.trigger
+            if trigger.at_ms is not None:
+                out.append(self.origin + trigger.at_ms)
+            elif trigger.mark_seen is not None or trigger.symbol_state is not None:
+                if trigger.mark_seen is not None:
+                    since = self.marks_seen.get(Decimal(trigger.mark_seen))
+                else:
+                    since = self.entered.get(str(trigger.symbol_state))
+                if since is not None:
+                    out.append(since + trigger.delay_ms)
+            elif index in self.armed:
+                out.append(self.armed[index][0])
+        return out
+
     def _fire(self, index: int, step: Step, command: cmd.Command | None, now: int) -> None:
         self.fired[index] = now
         try:
@@ -1166,6 +1187,8 @@ async def _drive(ctx: CellContext, scenario: Scenario, task: asyncio.Task[int], 
             for at in (m.close_retry_at_ms, *(o.retry_at_ms for o in m.orders.values() if o.is_open))
             if at
         ]
+        # A step whose moment came on a slow machine (a state entered late) fires before the end.
+        resolving += ctx.armed_times()
         if resolving:
             last = max(last, *resolving)
             cap = min(max(cap, max(resolving) + SETTLE_MS), hard_cap)

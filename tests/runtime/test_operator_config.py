@@ -386,6 +386,7 @@ def test_telegram_operator_chat_is_refused_unless_null(tmp_path: Path) -> None:
 
 SUBCOMMANDS = [
     "replay",
+    "report",
     "diagram",
     "parse",
     "login",
