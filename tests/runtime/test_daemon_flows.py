@@ -17,6 +17,7 @@ import runtime_kit as kit
 from binance.sim.server import RestFault
 from fsm import commands as cmd
 from fsm import events as ev
+from fsm import rules
 from fsm.runtime.cli import main
 from fsm.runtime.config import Secrets
 from fsm.runtime.daemon import RunOptions, run_daemon
@@ -683,6 +684,11 @@ def test_full_disk_is_alerted_and_trading_continues_from_memory(tmp_path: Path) 
             await kit.wait_until(lambda: database_field() == "ok")
             await kit.wait_until(lambda: run.seen.has("ETHUSDT EXITING->IDLE"))
             assert await run.stop() == 0
+            # The entry fills at 3535.00, or at the book's 3536.00 when a slow machine sent it after
+            # the price moved on (a crossing limit fills at the book): the TP is 5 % under the fill.
+            entry = next(o for o in venue.exchange.orders.values() if o.client_id == "sf1001-E11-ETHUSDT")
+            assert entry.avg_price in (D("3535.00"), D("3536.00"))
+            tp = rules.take_profit_price(entry.avg_price, D(5), D("0.01"))
             assert kit.venue_orders(venue.exchange) == [
                 (
                     "sf1001-E11-ETHUSDT",
@@ -694,7 +700,7 @@ def test_full_disk_is_alerted_and_trading_continues_from_memory(tmp_path: Path) 
                     False,
                     D("1.414"),
                 ),
-                ("sf1001-TP1-ETHUSDT", "BUY", "LIMIT", D("3358.25"), D("1.414"), "FILLED", True, D("1.414")),
+                ("sf1001-TP1-ETHUSDT", "BUY", "LIMIT", tp, D("1.414"), "FILLED", True, D("1.414")),
             ]
 
     kit.run(scenario())
