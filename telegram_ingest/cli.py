@@ -13,7 +13,6 @@ from typing import Any, TextIO
 from fsm.events import EntrySignal, LeadingMarket, ParsedMessage, RiskSignal, Unrecognised
 from fsm.runtime.config import ConfigError, env_file_for, load_cli_config, load_secrets
 from telegram_ingest.grammar import parse_message
-from telegram_ingest.listener import SessionLocked, login
 
 _KINDS: dict[type, str] = {
     LeadingMarket: "leading",
@@ -74,6 +73,9 @@ def run_parse(args: argparse.Namespace, *, stdin: TextIO | None = None, stdout: 
 
 
 def run_login(args: argparse.Namespace, *, stderr: TextIO | None = None) -> int:
+    # Telethon only for the command that needs it: every other command starts 0.4 s sooner.
+    from telegram_ingest.listener import SessionLocked, login
+
     err = stderr or sys.stderr
     try:
         config, config_path = load_cli_config(getattr(args, "config", None), optional=True)
