@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -20,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fsm.runtime import ledger, metrics
-from fsm.runtime.board_cli import EXIT_BAD_CONFIG, add_source_arguments, resolve_source
+from fsm.runtime.board_cli import EXIT_BAD_CONFIG, add_source_arguments
 from fsm.runtime.liveness import EXIT_NO_DATABASE
-from fsm.runtime.trades_cli import EXIT_UNREADABLE
+from fsm.runtime.trades_cli import EXIT_UNREADABLE, read_book
 
 FIGURE = Decimal("0.0001")  # percentages and ratios in JSON
 SHOWN = Decimal("0.01")  # percentages and ratios in the table
@@ -72,32 +71,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    since_ms: int | None = None
-    if args.since is not None:
-        try:
-            since_ms = ledger.parse_day(args.since)
-        except ValueError:
-            print(f"{PROG}: --since wants a day as YYYY-MM-DD, not {args.since!r}", file=sys.stderr)
-            return EXIT_BAD_CONFIG
-    source = resolve_source(args)
-    if source is None:
-        return EXIT_BAD_CONFIG
-    db, _ = source
-    try:
-        conn = ledger.open_readonly(db)
-    except ledger.NoDatabase as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_NO_DATABASE
-    except ledger.LedgerError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    try:
-        book = ledger.read_ledger(conn)
-    except (sqlite3.Error, ledger.LedgerError) as exc:  # a foreign file or a garbled row: one line
-        print(f"{PROG}: cannot read {db}: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    finally:
-        conn.close()
+    read = read_book(args, PROG)
+    if isinstance(read, int):
+        return read
+    book, since_ms = read
     result = metrics.compute(book.trades, capital, since_ms=since_ms)
     empty = _empty_line(book.trades, result, args.since)
     if args.json:

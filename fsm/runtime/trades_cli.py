@@ -72,13 +72,15 @@ def _positive(text: str) -> int:
     return value
 
 
-def cmd_trades(args: argparse.Namespace) -> int:
+def read_book(args: argparse.Namespace, prog: str) -> tuple[ledger.Ledger, int | None] | int:
+    """The ledger of the database ``--config``/``--db`` name and the ``--since`` day in ms, or the
+    exit code after one line on stderr (bad day or config, no database, unreadable database)."""
     since_ms: int | None = None
     if args.since is not None:
         try:
             since_ms = ledger.parse_day(args.since)
         except ValueError:
-            print(f"shortfsm trades: --since wants a day as YYYY-MM-DD, not {args.since!r}", file=sys.stderr)
+            print(f"{prog}: --since wants a day as YYYY-MM-DD, not {args.since!r}", file=sys.stderr)
             return EXIT_BAD_CONFIG
     source = resolve_source(args)
     if source is None:
@@ -87,18 +89,26 @@ def cmd_trades(args: argparse.Namespace) -> int:
     try:
         conn = ledger.open_readonly(db)
     except ledger.NoDatabase as exc:
-        print(f"shortfsm trades: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_NO_DATABASE
     except ledger.LedgerError as exc:
-        print(f"shortfsm trades: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
     try:
         book = ledger.read_ledger(conn)
     except (sqlite3.Error, ledger.LedgerError) as exc:  # a foreign file or a garbled row: one line
-        print(f"shortfsm trades: cannot read {db}: {exc}", file=sys.stderr)
+        print(f"{prog}: cannot read {db}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
     finally:
         conn.close()
+    return book, since_ms
+
+
+def cmd_trades(args: argparse.Namespace) -> int:
+    read = read_book(args, "shortfsm trades")
+    if isinstance(read, int):
+        return read
+    book, since_ms = read
     trades = [t for t in book.trades if since_ms is None or t.closed_ms is None or t.closed_ms >= since_ms]
     if args.limit is not None:
         trades = sorted(trades, key=lambda t: (t.opened_ms, t.closed_ms or 0))[-args.limit :]
