@@ -14,6 +14,8 @@ from typing import Literal
 Side = Literal["BUY", "SELL"]
 # Which rung of the ladder an order is: entries, exits, protective stops.
 Leg = Literal["ENTRY1", "ENTRY2", "TP", "BE", "CLOSE", "BE_STOP", "MDD"]
+OrderType = Literal["LIMIT", "MARKET"]
+PositionSide = Literal["SHORT"]  # hedge mode only; one-way orders carry none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,12 +42,12 @@ class PlaceOrder(Command):
     client_order_id: str
     leg: Leg
     side: Side
-    order_type: Literal["LIMIT", "MARKET"]
+    order_type: OrderType
     quantity: Decimal
     price: Decimal | None = None
     time_in_force: Literal["GTC"] | None = None
     reduce_only: bool | None = None
-    position_side: Literal["SHORT"] | None = None
+    position_side: PositionSide | None = None
     attempt: int = 1
 
 
@@ -61,7 +63,7 @@ class PlaceAlgoOrder(Command):
     trigger_price: Decimal
     working_type: Literal["MARK_PRICE"] = "MARK_PRICE"
     close_position: bool = True
-    position_side: Literal["SHORT"] | None = None
+    position_side: PositionSide | None = None
     attempt: int = 1
 
 

@@ -49,6 +49,7 @@ from fsm.model import (
     decode,
     encode,
 )
+from fsm.orders import order_kind
 from fsm.strategy import Strategy
 from fsm.table import (
     ACTIVE_STATES,
@@ -163,6 +164,10 @@ class Engine:
         )
         self.locks: dict[str, LockModel] = {}
         self._lock_machines: dict[str, Machine] = {}
+        self._build_lock_machines(recovering)
+
+    def _build_lock_machines(self, recovering: bool) -> None:
+        """One ``transitions`` machine per global lock (fsm/table.py's GLOBAL_MACHINES)."""
         for name, (states, initial, rows) in GLOBAL_MACHINES.items():
             if name == RECOVERY_LOCK and not recovering:
                 initial = "READY"
@@ -563,17 +568,23 @@ class Engine:
             self._log("leading_rejected", symbol, reason)
             return
         target = self._target(parsed, event, info)
-        if target is None:
-            return
+        if target is not None:
+            self._start_monitoring(symbol, event, info, target)
+
+    def _start_monitoring(
+        self, symbol: str, event: ev.MessageReceived, info: ev.SymbolInfo, target: Decimal
+    ) -> None:
+        """W15/W16/W17: watch the symbol's mark for the entry trigger."""
+        strategy = self.strategy
         model = self._model(symbol)
         model.info = info
         self.infos[symbol] = info
         model.message_id = event.message_id
-        model.received_at_ms = now
+        model.received_at_ms = event.now_ms
         model.mode = strategy.mode
         model.target = target
         model.entry_trigger = rules.entry_threshold(target, strategy.trigger_buffer_pct)
-        self._fire(model, "start_monitoring", f"{strategy.mode} target {target}")  # W15/W16/W17
+        self._fire(model, "start_monitoring", f"{strategy.mode} target {target}")
         self._emit(cmd.SubscribeMarket(symbols=(symbol,)))
 
     def _filter_reason(self, parsed: ev.LeadingMarket) -> str:
@@ -928,7 +939,7 @@ class Engine:
     def _tick(self, model: SymbolModel) -> Decimal:
         return model.info.tick_size if model.info else Decimal("0")
 
-    def _side_params(self) -> tuple[bool | None, str | None]:
+    def _side_params(self) -> tuple[bool | None, cmd.PositionSide | None]:
         """(reduceOnly for limit exits, positionSide) per position mode (N-15, W27/W28, R09/R10)."""
         if self.position_mode == "HEDGE":
             return None, "SHORT"
@@ -1028,7 +1039,7 @@ class Engine:
             return
         self._place_entry(model, "ENTRY2", model.add_price, sized.quantity)
 
-    def _place_entry(self, model: SymbolModel, leg: str, price: Decimal, qty: Decimal) -> None:
+    def _place_entry(self, model: SymbolModel, leg: cmd.Leg, price: Decimal, qty: Decimal) -> None:
         gen = model.next_generation(leg)
         cid = rules.client_order_id(model.symbol, model.message_id, leg, gen)
         _, position_side = self._side_params()
@@ -1037,18 +1048,18 @@ class Engine:
             cmd.PlaceOrder(  # W33: always a GTC limit, never reduce-only
                 symbol=model.symbol,
                 client_order_id=cid,
-                leg=leg,  # type: ignore[arg-type]
+                leg=leg,
                 side="SELL",
                 order_type="LIMIT",
                 quantity=qty,
                 price=price,
                 time_in_force="GTC",
                 reduce_only=None,
-                position_side=position_side,  # type: ignore[arg-type]
+                position_side=position_side,
             )
         )
 
-    def _place_limit_exit(self, model: SymbolModel, leg: str, price: Decimal) -> None:
+    def _place_limit_exit(self, model: SymbolModel, leg: cmd.Leg, price: Decimal) -> None:
         assert model.info is not None
         qty = rules.exit_quantity(model.position(), model.info)  # R11
         if qty <= 0 or qty < model.info.min_qty:
@@ -1068,14 +1079,14 @@ class Engine:
             cmd.PlaceOrder(
                 symbol=model.symbol,
                 client_order_id=cid,
-                leg=leg,  # type: ignore[arg-type]
+                leg=leg,
                 side="BUY",
                 order_type="LIMIT",
                 quantity=qty,
                 price=price,
                 time_in_force="GTC",
                 reduce_only=reduce_only,
-                position_side=position_side,  # type: ignore[arg-type]
+                position_side=position_side,
             )
         )
 
@@ -1083,7 +1094,7 @@ class Engine:
         price = rules.take_profit_price(model.average(), self.strategy.tp_pct, self._tick(model))
         self._place_limit_exit(model, "TP", price)
 
-    def _place_stop(self, model: SymbolModel, leg: str, trigger_price: Decimal) -> None:
+    def _place_stop(self, model: SymbolModel, leg: cmd.Leg, trigger_price: Decimal) -> None:
         """A STOP_MARKET through the Algo Order API only (N-14, R09..R11-1)."""
         gen = model.next_generation(leg)
         cid = rules.client_order_id(model.symbol, model.message_id, leg, gen)
@@ -1095,13 +1106,13 @@ class Engine:
             cmd.PlaceAlgoOrder(
                 symbol=model.symbol,
                 client_algo_id=cid,
-                leg=leg,  # type: ignore[arg-type]
+                leg=leg,
                 side="BUY",
                 order_type="STOP_MARKET",
                 trigger_price=trigger_price,
                 working_type="MARK_PRICE",
                 close_position=True,
-                position_side=position_side,  # type: ignore[arg-type]
+                position_side=position_side,
             )
         )
 
@@ -1155,7 +1166,7 @@ class Engine:
                 order_type="MARKET",
                 quantity=qty,
                 reduce_only=reduce_only,
-                position_side=position_side,  # type: ignore[arg-type]
+                position_side=position_side,
             )
         )
 
@@ -1377,11 +1388,11 @@ class Engine:
                 cmd.PlaceAlgoOrder(
                     symbol=model.symbol,
                     client_algo_id=order.cid,
-                    leg=order.leg,  # type: ignore[arg-type]
+                    leg=order.leg,
                     side="BUY",
                     order_type="STOP_MARKET",
                     trigger_price=order.price,
-                    position_side=position_side,  # type: ignore[arg-type]
+                    position_side=position_side,
                     attempt=order.attempts,
                 )
             )
@@ -1391,14 +1402,14 @@ class Engine:
             cmd.PlaceOrder(
                 symbol=model.symbol,
                 client_order_id=order.cid,
-                leg=order.leg,  # type: ignore[arg-type]
-                side=order.side,  # type: ignore[arg-type]
-                order_type=order.kind,  # type: ignore[arg-type]
+                leg=order.leg,
+                side=order.side,
+                order_type="LIMIT" if order.kind == "LIMIT" else "MARKET",  # never EXTERNAL: not ours to send
                 quantity=order.qty,
                 price=order.price if order.kind == "LIMIT" else None,
                 time_in_force="GTC" if order.kind == "LIMIT" else None,
                 reduce_only=None if is_entry else reduce_only,
-                position_side=position_side,  # type: ignore[arg-type]
+                position_side=position_side,
                 attempt=order.attempts,
             )
         )
@@ -1577,7 +1588,7 @@ class Engine:
             cid=event.client_order_id,
             leg=parsed.leg,
             side=event.side,
-            kind=event.order_type,
+            kind=order_kind(event.order_type),
             price=event.price,
             qty=event.orig_qty,
             status=event.status if event.status != "NEW" else "CANCELED",
@@ -1675,7 +1686,7 @@ class Engine:
             )
         )
 
-    def _replace_exit_if_stale(self, model: SymbolModel, leg: str) -> None:
+    def _replace_exit_if_stale(self, model: SymbolModel, leg: cmd.Leg) -> None:
         """W37, W43: when the average or the size changed, cancel the working limit exit and re-place it."""
         working = model.open_orders(leg)
         if not working:
@@ -1816,30 +1827,38 @@ class Engine:
             self._log("exit_gone", model.symbol, "querying_before_close", cid=order.cid)
             return
         if event.ok or event.gone:
-            self._count_success()
-            self.account_entry_orders.pop(f"{model.symbol}:{order.order_id}", None)
-            if order.order_id:
-                self.closed_order_keys[f"{model.symbol}:{order.order_id}"] = event.now_ms
-            delta = ZERO
-            if event.executed_qty is not None and event.executed_qty > order.filled and not order.is_algo:
-                # A fill raced the cancel: book it at the order's price until the user stream says more.
-                delta = event.executed_qty - order.filled
-                order.avg_price = (order.avg_price * order.filled + order.price * delta) / event.executed_qty
-                order.filled = event.executed_qty
-                order.last_fill_ms = event.now_ms
-            was_open = order.is_open
-            if was_open:
-                order.apply(
-                    "cancel_too_late" if order.filled >= order.qty and order.filled > 0 else "cancel_done"
-                )
-            if model.cancel_failed and not model.open_orders():
-                model.cancel_failed = False  # R16: the re-cancel went through
-            self._after_order_change(model, order, delta, was_open)
-            if self.locks[EXIT_CANCEL_LOCK].state == "CANCEL_FAILED" and not any(
-                m.cancel_failed for m in self.symbols.values()
-            ):
-                self._fire_lock(EXIT_CANCEL_LOCK, "cancel_clean", "leftover exit orders cancelled")
+            self._cancel_done(model, order, event)
             return
+        self._cancel_refused(model, order, event)
+
+    def _cancel_done(self, model: SymbolModel, order: OrderTrack, event: ev.CancelResult) -> None:
+        """The cancel went through, or the order was already gone."""
+        self._count_success()
+        self.account_entry_orders.pop(f"{model.symbol}:{order.order_id}", None)
+        if order.order_id:
+            self.closed_order_keys[f"{model.symbol}:{order.order_id}"] = event.now_ms
+        delta = ZERO
+        if event.executed_qty is not None and event.executed_qty > order.filled and not order.is_algo:
+            # A fill raced the cancel: book it at the order's price until the user stream says more.
+            delta = event.executed_qty - order.filled
+            order.avg_price = (order.avg_price * order.filled + order.price * delta) / event.executed_qty
+            order.filled = event.executed_qty
+            order.last_fill_ms = event.now_ms
+        was_open = order.is_open
+        if was_open:
+            order.apply(
+                "cancel_too_late" if order.filled >= order.qty and order.filled > 0 else "cancel_done"
+            )
+        if model.cancel_failed and not model.open_orders():
+            model.cancel_failed = False  # R16: the re-cancel went through
+        self._after_order_change(model, order, delta, was_open)
+        if self.locks[EXIT_CANCEL_LOCK].state == "CANCEL_FAILED" and not any(
+            m.cancel_failed for m in self.symbols.values()
+        ):
+            self._fire_lock(EXIT_CANCEL_LOCK, "cancel_clean", "leftover exit orders cancelled")
+
+    def _cancel_refused(self, model: SymbolModel, order: OrderTrack, event: ev.CancelResult) -> None:
+        """W51-3, R15: a refused cancel is retried, delayed by the rate limits, or locks exits."""
         self._log(  # W51-3
             "cancel_failed",
             model.symbol,
@@ -2021,6 +2040,13 @@ class Engine:
     def _on_recovery_started(self, event: ev.RecoveryStarted) -> None:
         """N-28 steps 1-3: locked, Telegram paused; cursors and cooldowns back; ask for a snapshot."""
         self._fire_lock(RECOVERY_LOCK, "restart", "process start")
+        if event.running_settings:
+            try:
+                self.strategy = self.strategy.with_changes(dict(event.running_settings))
+                keys = ",".join(name for name, _ in event.running_settings)
+                self._log("settings_resumed", None, "last_run_trading", keys=keys)
+            except ValueError as exc:  # a damaged snapshot: the configured values run
+                self._log("settings_refused", None, "invalid", error=str(exc))
         for chat_id, message_id in event.cursors:
             self.cursors[chat_id] = max(self.cursors.get(chat_id, 0), message_id)
         for symbol, received_at in event.cooldowns:
@@ -2111,11 +2137,28 @@ class Engine:
         model = self._model(symbol)
         model.info = info
         self.infos[symbol] = info
+        self._adopt_open_orders(model, ours)
+        amount = abs(position.amount) if position else ZERO
+        if position is not None and amount > 0:
+            self._book_recovered_position(model, position.entry_price, amount)
+        legs = {t.leg for t in model.open_orders()}
+        if amount == 0:
+            self._restore_without_position(model, legs)
+            return
+        self._restore_holding(model, legs, amount)
+        self._emit(cmd.SubscribeMarket(symbols=(symbol,)))
+        self._refit_exits(model, amount, info)
+        self._resume_decided_close(model)
+
+    def _adopt_open_orders(
+        self, model: SymbolModel, ours: list[tuple[ev.OpenOrderInfo, rules.ParsedClientId]]
+    ) -> None:
+        """Recovery: our open orders on the venue become the symbol's order table again."""
         model.message_id = max(p.message_id for _, p in ours)
         for order, parsed in ours:
             gen = max(model.generations.get(parsed.leg, 0), parsed.generation)
             model.generations[parsed.leg] = gen
-            kind = "STOP_MARKET" if order.is_algo else order.order_type
+            kind = "STOP_MARKET" if order.is_algo else order_kind(order.order_type)
             track = OrderTrack(
                 cid=order.client_order_id,
                 leg=parsed.leg,
@@ -2128,51 +2171,56 @@ class Engine:
                 filled=order.executed_qty,
             )
             model.orders[track.cid] = track
-        amount = abs(position.amount) if position else ZERO
-        if amount > 0:
-            # The exchange's entry price is the truth for the average: book the position as one fill.
-            assert position is not None
-            base = OrderTrack(
-                cid=f"recovered-{symbol}",
-                leg="ENTRY1",
-                side="SELL",
-                kind="EXTERNAL",
-                price=position.entry_price,
-                qty=amount,
-            )
-            # Open entries keep their executed quantity (their next update carries it as cum), and the
-            # rest of the position is booked so that the total average is the exchange's entry price.
-            # What open exits already executed is inside the exchange's amount: it is booked on the
-            # entry side too, or the position would count it twice (a part-filled TP at a restart).
-            executed = [(t.price, t.filled) for t in model.open_orders(*ENTRY_LEGS)]
-            for track in model.open_orders(*ENTRY_LEGS):
-                track.avg_price = track.price
-            exited = sum((t.filled for t in model.open_orders() if t.leg not in ENTRY_LEGS), ZERO)
-            entered = amount + exited
-            rest = entered - sum((qty for _, qty in executed), ZERO)
-            if rest > 0:
-                cost = position.entry_price * entered - sum((p * q for p, q in executed), ZERO)
-                base.qty = rest
-                base.status, base.filled, base.avg_price = "FILLED", rest, cost / rest
-                model.orders = {base.cid: base, **model.orders}
-        legs = {t.leg for t in model.open_orders()}
-        if amount == 0:
-            if "ENTRY1" in legs:
-                self._fire(model, "restore_entry_order", "open first entry, no position")
-                self._cancel_all(model, exclude_legs=("ENTRY1",))
-                self._emit(cmd.SubscribeMarket(symbols=(symbol,)))  # recovery waits for its price
-            else:
-                model.closing = True
-                model.close_reason = "recovery: orders without position"
-                self._fire(model, "restore_exiting", "exit orders left without a position")
-                self._cancel_all(model)
-            return
+
+    def _book_recovered_position(self, model: SymbolModel, entry_price: Decimal, amount: Decimal) -> None:
+        """The exchange's entry price is the truth for the average: book the position as one fill.
+
+        Open entries keep their executed quantity (their next update carries it as cum), and the
+        rest of the position is booked so that the total average is the exchange's entry price.
+        What open exits already executed is inside the exchange's amount: it is booked on the entry
+        side too, or the position would count it twice (a part-filled TP at a restart)."""
+        base = OrderTrack(
+            cid=f"recovered-{model.symbol}",
+            leg="ENTRY1",
+            side="SELL",
+            kind="EXTERNAL",
+            price=entry_price,
+            qty=amount,
+        )
+        executed = [(t.price, t.filled) for t in model.open_orders(*ENTRY_LEGS)]
+        for track in model.open_orders(*ENTRY_LEGS):
+            track.avg_price = track.price
+        exited = sum((t.filled for t in model.open_orders() if t.leg not in ENTRY_LEGS), ZERO)
+        entered = amount + exited
+        rest = entered - sum((qty for _, qty in executed), ZERO)
+        if rest > 0:
+            cost = entry_price * entered - sum((p * q for p, q in executed), ZERO)
+            base.qty = rest
+            base.status, base.filled, base.avg_price = "FILLED", rest, cost / rest
+            model.orders = {base.cid: base, **model.orders}
+
+    def _restore_without_position(self, model: SymbolModel, legs: set[cmd.Leg]) -> None:
+        """Recovery, no position: an open first entry keeps waiting; anything else is cancelled."""
+        if "ENTRY1" in legs:
+            self._fire(model, "restore_entry_order", "open first entry, no position")
+            self._cancel_all(model, exclude_legs=("ENTRY1",))
+            self._emit(cmd.SubscribeMarket(symbols=(model.symbol,)))  # recovery waits for its price
+        else:
+            model.closing = True
+            model.close_reason = "recovery: orders without position"
+            self._fire(model, "restore_exiting", "exit orders left without a position")
+            self._cancel_all(model)
+
+    def _restore_holding(self, model: SymbolModel, legs: set[cmd.Leg], amount: Decimal) -> None:
+        """Recovery with a position: the phase the orders (and the last snapshot) prove, re-armed."""
         average = model.average()
         tick = self._tick(model)
         if "ENTRY1" in legs:
             self._fire(model, "restore_entry_order", "first entry part-filled")
             model.tp_armed = "TP" not in legs
-        elif "ENTRY2" in legs or "MDD" in legs or "BE" in legs or self._scaled_in_unseen(symbol, amount):
+        elif (
+            "ENTRY2" in legs or "MDD" in legs or "BE" in legs or self._scaled_in_unseen(model.symbol, amount)
+        ):
             self._fire(model, "restore_phase2", "second entry seen")
             model.be_armed = "BE" not in legs
             self._cancel_all(model, legs=("TP",))  # PHASE2 has no TP (W42)
@@ -2184,8 +2232,9 @@ class Engine:
             model.risk_protected = "BE_STOP" in legs
             model.add_armed = not model.risk_protected
             model.tp_armed = "TP" not in legs and not model.risk_protected
-        self._emit(cmd.SubscribeMarket(symbols=(symbol,)))
-        # N-28 step 6: exit orders that no longer fit the position are cancelled (and re-armed).
+
+    def _refit_exits(self, model: SymbolModel, amount: Decimal, info: ev.SymbolInfo) -> None:
+        """N-28 step 6: exit orders that no longer fit the position are cancelled (and re-armed)."""
         for track in model.open_orders("TP", "BE"):
             if (
                 track.qty - track.filled != rules.exit_quantity(amount, info)
@@ -2196,7 +2245,6 @@ class Engine:
                     model.tp_armed = model.state != "PHASE2"
                 else:
                     model.be_armed = True
-        self._resume_decided_close(model)
 
     def _scaled_in_unseen(self, symbol: str, amount: Decimal) -> bool:
         """The exchange holds more than the last snapshot did and no scale-in is open: it filled

@@ -397,6 +397,9 @@ class RecoveryStarted(Event):
     # (symbol, position we held) from the same snapshot: a larger position on the exchange with no
     # scale-in open means the scale-in filled while no daemon watched (PHASE2, N-17).
     held: tuple[tuple[str, Decimal], ...] = ()
+    # G06 across a restart (D-23): the settings the last run traded with, as (name, text) changes to
+    # the configured strategy; they run until no symbol is active (config.yaml's own wait as pending).
+    running_settings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@ from decimal import Decimal
 from typing import Final, Literal, get_args
 
 from fsm import events
+from fsm.commands import Leg, Side
 
 ZERO = Decimal(0)
 
@@ -96,6 +97,21 @@ REPORT_RANK: Final[dict[str, int]] = {
 }
 
 
+# LIMIT, MARKET, STOP_MARKET (algo); EXTERNAL for a fill booked from the venue's position.
+OrderKind = Literal["LIMIT", "MARKET", "STOP_MARKET", "EXTERNAL"]
+_VENUE_KINDS: Final[dict[str, OrderKind]] = {
+    "LIMIT": "LIMIT",
+    "MARKET": "MARKET",
+    "STOP_MARKET": "STOP_MARKET",
+}
+
+
+def order_kind(venue_type: str) -> OrderKind:
+    """Our kind for an order type the venue reports; a type we never send (an order adopted from
+    the venue with our client id but placed by hand) is booked as EXTERNAL: never resent."""
+    return _VENUE_KINDS.get(venue_type, "EXTERNAL")
+
+
 class IllegalOrderStep(RuntimeError):
     """The engine tried a step its order table does not allow from the order's status."""
 
@@ -105,9 +121,9 @@ class OrderTrack:
     """One order of ours, from the command that created it to its terminal status."""
 
     cid: str
-    leg: str
-    side: str
-    kind: str  # LIMIT, MARKET or STOP_MARKET (algo); EXTERNAL for a fill booked from the venue's position
+    leg: Leg
+    side: Side
+    kind: OrderKind
     price: Decimal
     qty: Decimal
     status: str = "PENDING_NEW"

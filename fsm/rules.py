@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
+from fsm.commands import Leg
 from fsm.events import Candle, SymbolInfo
 
 HUNDRED = Decimal(100)
@@ -236,7 +237,7 @@ def signal_too_old(telegram_date_ms: int, received_at_ms: int, max_age_seconds: 
 # Client order ids (N-13)
 # --------------------------------------------------------------------------------------------
 
-LEG_CODES: dict[str, str] = {
+LEG_CODES: dict[Leg, str] = {
     "ENTRY1": "E1",
     "ENTRY2": "E2",
     "TP": "TP",
@@ -250,7 +251,7 @@ _CID_RE = re.compile(r"^sf(\d+)-([A-Z0-9]{2})(\d+)-([A-Z0-9]+)$")
 _CID_ALLOWED = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 
 
-def client_order_id(symbol: str, message_id: int, leg: str, generation: int) -> str:
+def client_order_id(symbol: str, message_id: int, leg: Leg, generation: int) -> str:
     """Deterministic id of (symbol, signal message id, leg, generation), within Binance's pattern.
 
     Readable form ``sf<msg>-<leg><gen>-<symbol>``; when that would exceed 36 characters the symbol
@@ -267,7 +268,7 @@ def client_order_id(symbol: str, message_id: int, leg: str, generation: int) -> 
 @dataclass(frozen=True, slots=True)
 class ParsedClientId:
     message_id: int
-    leg: str
+    leg: Leg
     generation: int
     symbol_part: str
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import Any, Literal
 
 Mode = Literal["aggressive", "conservative"]
 
@@ -56,7 +56,7 @@ class Strategy:
     def with_changes(self, changes: dict[str, str]) -> Strategy:
         """A copy with ``changes`` applied; values arrive as text and are converted to each field's type."""
         current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        converted: dict[str, object] = {}
+        converted: dict[str, Any] = {}  # each value is of its field's type, checked per branch below
         for key, raw in changes.items():
             if key not in current:
                 raise ValueError(f"unknown setting {key!r}")
@@ -76,4 +76,4 @@ class Strategy:
                     converted[key] = raw
             except (ValueError, InvalidOperation) as exc:
                 raise ValueError(f"setting {key!r}: {exc}") from exc
-        return dataclasses.replace(self, **converted)  # type: ignore[arg-type]
+        return dataclasses.replace(self, **converted)

@@ -49,3 +49,71 @@ def test_the_check_would_catch_a_violation(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("import asyncio\nfrom binance.rest import Client\n", encoding="utf-8")
     assert _imports(sample) & FORBIDDEN == {"asyncio", "binance"}
+
+
+# The shell reads the engine through its queries and changes it only through ``handle`` (issue #11
+# step 4): every change is an event, so the journal replays it.
+SHELL = [
+    *sorted((FSM / "runtime").rglob("*.py")),
+    *sorted((FSM.parent / "binance").rglob("*.py")),
+    *sorted((FSM.parent / "telegram_ingest").rglob("*.py")),
+]
+_MUTATORS = {"update", "pop", "popitem", "clear", "append", "extend", "insert", "setdefault", "add", "remove"}
+
+
+def _through_engine(node: ast.expr) -> bool:
+    """Whether an attribute/subscript chain passes through something named ``engine``."""
+    while isinstance(node, ast.Attribute | ast.Subscript):
+        if isinstance(node, ast.Attribute) and node.attr == "engine":
+            return True
+        node = node.value
+    return isinstance(node, ast.Name) and node.id == "engine"
+
+
+def _engine_writes(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: list[str] = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = list(node.targets)
+        for target in targets:
+            if isinstance(target, ast.Attribute | ast.Subscript) and _through_engine(target.value):
+                found.append(f"{path.name}:{node.lineno} writes {ast.unparse(target)}")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            func = node.func
+            private = func.attr.startswith("_") and not func.attr.startswith("__")
+            if _through_engine(func.value) and (private or func.attr in _MUTATORS):
+                found.append(f"{path.name}:{node.lineno} calls {ast.unparse(func)}")
+    return found
+
+
+def test_the_shell_never_writes_engine_state() -> None:
+    assert len(SHELL) > 30
+    found = [line for path in SHELL for line in _engine_writes(path)]
+    assert found == []
+
+
+def test_the_write_check_would_catch_each_kind(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "self.engine.strategy = s\n"
+        "engine.cursors[1] = 2\n"
+        "run.engine.paused += 1\n"
+        "self.engine.cursors.update(x)\n"
+        "engine._reset(m, 'x')\n"
+        "y = self.engine.strategy\n"
+        "self.engine.handle(e)\n",
+        encoding="utf-8",
+    )
+    assert [line.split(" ", 1)[0] for line in _engine_writes(sample)] == [
+        "sample.py:1",
+        "sample.py:2",
+        "sample.py:3",
+        "sample.py:4",
+        "sample.py:5",
+    ]

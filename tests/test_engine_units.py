@@ -125,3 +125,17 @@ def test_a_position_update_delivered_out_of_order_is_ignored() -> None:
     position("-0.100", 0)
     assert engine.account_positions == {"BTCUSDT": Decimal("0.100")}
     assert Engine.restore(engine.snapshot()).position_times == {"BTCUSDT": 4_000}
+
+
+def test_a_restart_resumes_the_settings_the_last_run_traded_with_through_its_event_d23() -> None:
+    """D-23 / G06 across a restart: the running settings arrive inside RecoveryStarted (journaled,
+    replayable), never written into the engine from outside; a damaged value keeps the configured one."""
+    engine = Engine(recovering=True)
+    configured = engine.strategy
+    engine.handle(ev.RecoveryStarted(now_ms=1, running_settings=(("mdd_pct", "20"), ("tp_pct", "4"))))
+    assert (engine.strategy.mdd_pct, engine.strategy.tp_pct) == (Decimal("20"), Decimal("4"))
+    assert engine.strategy.second_entry_pct == configured.second_entry_pct
+
+    damaged = Engine(recovering=True)
+    damaged.handle(ev.RecoveryStarted(now_ms=1, running_settings=(("tp_pct", "four"),)))
+    assert damaged.strategy == configured

@@ -895,6 +895,25 @@ async def tick_to_order(cycles: int) -> list[Row]:
                 )
             )
             store = await Store.open(config.storage.database)
+            prepared_at: dict[str, int] = {}
+
+            class TimedEngine(Engine):
+                """The daemon's engine, noting when it decided each first entry and TP."""
+
+                def handle(self, event: ev.Event) -> list[cmd.Command]:
+                    start = time.perf_counter_ns()
+                    out = super().handle(event)
+                    for c in out:
+                        tick = isinstance(event, ev.Tick)
+                        if isinstance(c, cmd.PrepareOrder) and c.leg == "ENTRY1" and tick:
+                            prepared_at[c.symbol] = start
+                        elif isinstance(c, cmd.PlaceOrder) and c.attempt == 1:
+                            if c.leg == "ENTRY1" and c.symbol in prepared_at:
+                                decided.append(("entry", c.client_order_id, prepared_at.pop(c.symbol)))
+                            elif c.leg == "TP" and tick:
+                                decided.append(("tp", c.client_order_id, start))
+                    return out
+
             daemon = Daemon(
                 config=config,
                 profile="sim",
@@ -903,24 +922,8 @@ async def tick_to_order(cycles: int) -> list[Row]:
                 endpoints=harness.endpoints(),
                 source=ReplaySource(items, origin_ms=origin, clock=clock),
                 decision_log=DecisionLog(None),
+                engine=TimedEngine(config.to_strategy(), recovering=True),
             )
-            original = daemon.engine.handle
-            prepared_at: dict[str, int] = {}
-
-            def timed(event: ev.Event) -> list[cmd.Command]:
-                start = time.perf_counter_ns()
-                out = original(event)
-                for c in out:
-                    if isinstance(c, cmd.PrepareOrder) and c.leg == "ENTRY1" and isinstance(event, ev.Tick):
-                        prepared_at[c.symbol] = start
-                    elif isinstance(c, cmd.PlaceOrder) and c.attempt == 1:
-                        if c.leg == "ENTRY1" and c.symbol in prepared_at:
-                            decided.append(("entry", c.client_order_id, prepared_at.pop(c.symbol)))
-                        elif c.leg == "TP" and isinstance(event, ev.Tick):
-                            decided.append(("tp", c.client_order_id, start))
-                return out
-
-            daemon.engine.handle = timed  # type: ignore[method-assign]
             task = asyncio.create_task(daemon.run())
             wall_s = (3_000 + cycles * TTO_PERIOD_MS) / 1000 / TTO_SPEED + 30
             deadline = time.monotonic() + wall_s

@@ -364,6 +364,7 @@ class Daemon:
         heartbeat_path: str | Path | None = None,
         stop_when: Callable[[Daemon], bool] | None = None,
         observer: Observer | None = None,
+        engine: Engine | None = None,
     ) -> None:
         self.config = config
         self.profile = profile
@@ -385,7 +386,7 @@ class Daemon:
             "private_ws": endpoints.private_ws_url,
         }
         self.started_ms = int(time.time() * 1000)  # wall time, for the operator
-        self.engine = Engine(strategy, recovering=True)
+        self.engine = engine or Engine(strategy, recovering=True)  # a given one: the bench's timed engine
         self.queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._front: deque[ev.Event] = deque()
         self.rest = BinanceRest(
@@ -441,6 +442,7 @@ class Daemon:
         self.stopped_reason = ""
         self.config_watch: ConfigWatch | None = None  # set by ``watch_config``
         self._restart_settings: tuple[tuple[str, str], ...] = ()  # D-23: config.yaml vs the snapshot
+        self._running_settings: tuple[tuple[str, str], ...] = ()  # D-23: the snapshot vs config.yaml
         # D-18: the risk messages recovery re-runs, and the journal seq snapshots may claim to cover.
         self._reruns: list[ev.MessageReceived] = []
         self._reruns_pending = 0
@@ -565,6 +567,7 @@ class Daemon:
             cooldowns=tuple(sorted(cooldowns.items())),
             managed=corrected_hints(managed, orders),
             generations=merged_generations(saved_generations(saved), managed, orders),
+            running_settings=self._running_settings,
         )
 
     def _keep_running_strategy(
@@ -585,7 +588,7 @@ class Daemon:
         changes = strategy_changes(running, wanted)
         if not changes:
             return
-        self.engine.strategy = running
+        self._running_settings = strategy_changes(wanted, running)
         self._restart_settings = changes
         log.warning(
             "config.yaml changes %s while the last run was trading %s: the running values are kept "

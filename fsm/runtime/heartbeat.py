@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fsm.engine import Engine
+from fsm.reader import EngineReader
 
 log = logging.getLogger(__name__)
 
 
 def heartbeat_payload(
-    engine: Engine,
+    engine: EngineReader,
     *,
     now_ms: int,
     streams: dict[str, str],
@@ -56,7 +56,7 @@ def heartbeat_payload(
     }
 
 
-def exposure(engine: Engine) -> dict[str, list[str]]:
+def exposure(engine: EngineReader) -> dict[str, list[str]]:
     """The engine's open orders and positions, one line each (what ``flatten`` lists first)."""
     orders = [
         f"{o.cid} ({symbol} {o.side} {o.kind} {o.qty}"

@@ -26,6 +26,8 @@ from fsm.runtime.board_cli import EXIT_BAD_CONFIG, add_source_arguments, resolve
 from fsm.runtime.liveness import EXIT_NO_DATABASE
 
 EXIT_UNREADABLE = 1
+# The ledger stores legs as plain text.
+_LEG_CODES: dict[str, str] = {str(leg): code for leg, code in rules.LEG_CODES.items()}
 CSV_FIELDS = (
     "message_id",
     "symbol",
@@ -166,7 +168,7 @@ def _table(rows: list[dict[str, Any]], width: int) -> Table:
         )
         cells.append(str(row["symbol"]))
         if wide:
-            cells.append("+".join(rules.LEG_CODES.get(str(leg), "EXT") for leg in row["legs"]))
+            cells.append("+".join(_LEG_CODES.get(str(leg), "EXT") for leg in row["legs"]))
         cells += [str(row["entry_avg"] or "—"), str(row["exit_avg"] or "—")]
         if wide:
             cells += [str(row["quantity"]), str(row["realized_pnl"]), str(row["fees"])]

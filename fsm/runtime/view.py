@@ -32,8 +32,8 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from fsm import rules
-from fsm.engine import Engine
 from fsm.model import SymbolModel
+from fsm.reader import EngineReader
 from fsm.strategy import Strategy
 from fsm.table import SAFETY_LOCK
 
@@ -52,7 +52,7 @@ _STREAM_VALUES = {
 PROFILES = ("sim", "demo", "mainnet")
 
 
-def board_view(engine: Engine, now_ms: int, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+def board_view(engine: EngineReader, now_ms: int, extras: dict[str, Any] | None = None) -> dict[str, Any]:
     """The BoardView dict of RUNTIME.md for ``engine`` at ``now_ms``.
 
     ``extras`` comes from the daemon: ``profile``, ``streams`` and ``last_event``; anything missing
@@ -98,7 +98,7 @@ def board_view(engine: Engine, now_ms: int, extras: dict[str, Any] | None = None
 # ---------------------------------------------------------------------------------------------
 
 
-def _balance(engine: Engine) -> dict[str, Any]:
+def _balance(engine: EngineReader) -> dict[str, Any]:
     """Null (shown as unknown) until the venue has told the balance: a recovery that could not read
     the venue leaves the engine's zeros, which are not a balance."""
     recovering = engine.locks["recovery_lock"].state != "READY" if "recovery_lock" in engine.locks else False
@@ -107,7 +107,7 @@ def _balance(engine: Engine) -> dict[str, Any]:
     return {"wallet": _plain(engine.wallet_balance), "available": _plain(engine.available_balance)}
 
 
-def _monitoring_row(engine: Engine, model: SymbolModel, buffer_pct: Decimal) -> dict[str, Any] | None:
+def _monitoring_row(engine: EngineReader, model: SymbolModel, buffer_pct: Decimal) -> dict[str, Any] | None:
     if model.state == "MONITORING":
         stage, planned = "1st", model.target
     elif model.state == "PHASE1" and _waits_for_add(model):
@@ -145,7 +145,7 @@ def _waits_for_add(model: SymbolModel) -> bool:
     return model.add_armed or model.preparing == "ENTRY2" or bool(model.open_orders("ENTRY2"))
 
 
-def _position(engine: Engine, model: SymbolModel, buffer_pct: Decimal, now_ms: int) -> dict[str, Any]:
+def _position(engine: EngineReader, model: SymbolModel, buffer_pct: Decimal, now_ms: int) -> dict[str, Any]:
     tick = _tick(model)
     quantity = model.position()
     average = model.average()
@@ -180,7 +180,7 @@ def _position(engine: Engine, model: SymbolModel, buffer_pct: Decimal, now_ms: i
     }
 
 
-def _symbol_row(engine: Engine, model: SymbolModel, buffer_pct: Decimal, now_ms: int) -> dict[str, Any]:
+def _symbol_row(engine: EngineReader, model: SymbolModel, buffer_pct: Decimal, now_ms: int) -> dict[str, Any]:
     tick = _tick(model)
     triggers = _next_triggers(engine, model, buffer_pct, tick)
     entry = None
@@ -199,7 +199,7 @@ def _symbol_row(engine: Engine, model: SymbolModel, buffer_pct: Decimal, now_ms:
     }
 
 
-def _countdown(engine: Engine, model: SymbolModel, now_ms: int) -> dict[str, Any] | None:
+def _countdown(engine: EngineReader, model: SymbolModel, now_ms: int) -> dict[str, Any] | None:
     """N-19: the earliest deadline of a part-filled TP/BE limit (the engine closes at market then)."""
     timeout = engine.strategy.partial_fill_timeout_seconds * 1000
     running = [o for o in model.open_orders("TP", "BE") if o.status == "PARTIALLY_FILLED" and o.last_fill_ms]
@@ -217,7 +217,7 @@ def _countdown(engine: Engine, model: SymbolModel, now_ms: int) -> dict[str, Any
     }
 
 
-def _cooldowns(engine: Engine, now_ms: int) -> list[dict[str, Any]]:
+def _cooldowns(engine: EngineReader, now_ms: int) -> list[dict[str, Any]]:
     length = engine.strategy.cooldown_minutes * 60_000
     rows = [
         {
@@ -232,7 +232,7 @@ def _cooldowns(engine: Engine, now_ms: int) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["until_ms"], r["symbol"]))
 
 
-def _settings(engine: Engine) -> dict[str, Any]:
+def _settings(engine: EngineReader) -> dict[str, Any]:
     pending = dict(engine.pending_settings) if isinstance(engine.pending_settings, dict) else {}
     return {"source": "daemon", "values": strategy_values(engine.strategy), "pending": pending}
 
@@ -250,7 +250,9 @@ def _setting(value: Any) -> Any:
     return value
 
 
-def _next_triggers(engine: Engine, model: SymbolModel, buffer_pct: Decimal, tick: Decimal) -> dict[str, Any]:
+def _next_triggers(
+    engine: EngineReader, model: SymbolModel, buffer_pct: Decimal, tick: Decimal
+) -> dict[str, Any]:
     strategy = engine.strategy
     state = model.state
     average = model.average()
@@ -276,7 +278,7 @@ def _next_triggers(engine: Engine, model: SymbolModel, buffer_pct: Decimal, tick
     return {"tp": tp, "add": add, "breakeven": breakeven, "mdd": working("MDD")}
 
 
-def _price_source(engine: Engine, now_ms: int) -> dict[str, Any]:
+def _price_source(engine: EngineReader, now_ms: int) -> dict[str, Any]:
     source = engine.price_source
     last = engine.last_ws_ms if source == "WS" else engine.last_rest_ms
     age = max(0, now_ms - last) if last is not None else None
