@@ -39,7 +39,7 @@ def test_an_exception_inside_handle_locks_entries_and_rebuilds_from_the_exchange
     engine = runner.engine
     assert engine.state_of("BTCUSDT") == "PHASE1"
 
-    def broken(event: ev.MarkPriceTick) -> None:
+    def broken(_core: object, event: ev.MarkPriceTick) -> None:
         engine.symbols["BTCUSDT"].add_armed = False  # half applied ...
         raise KeyError("boom")  # ... then the handler fails
 

@@ -112,11 +112,11 @@ class ProbeEngine(Engine):
         super().__init__(strategy, recovering=recovering)
         self.buys: list[tuple[cmd.PlaceOrder, Decimal]] = []
 
-    def _emit(self, command: cmd.Command) -> None:
+    def emit(self, command: cmd.Command) -> None:
         if isinstance(command, cmd.PlaceOrder) and command.side == "BUY":
             model = self.symbols.get(command.symbol)
             self.buys.append((command, model.position() if model else ZERO))
-        super()._emit(command)
+        super().emit(command)
 
 
 def _committed(model: SymbolModel) -> bool:
@@ -832,7 +832,7 @@ def test_symbol_table_pair(state: str, trigger: str) -> None:
     engine.symbols["BTCUSDT"] = model
     before = engine.snapshot()
     engine._out = []
-    fired = engine._fire(model, trigger, "probe")
+    fired = engine.fire(model, trigger, "probe")
     out = engine._out
     if dest is None:
         assert fired is False
@@ -868,7 +868,7 @@ def test_global_table_pair(name: str, state: str, trigger: str) -> None:
     engine.locks[name].state = state
     before = engine.snapshot()
     engine._out = []
-    fired = engine._fire_lock(name, trigger, "probe")
+    fired = engine.fire_lock(name, trigger, "probe")
     if dest is None:
         assert fired is False
         assert engine._out == []

@@ -1,0 +1,140 @@
+"""Prices (W17..W23-1, N-09, N-22): marks, the WS/REST source and staleness per watched symbol.
+
+Functions of the engine's state (``fsm.core.Core``); ``fsm.engine`` routes events to them.
+"""
+
+from __future__ import annotations
+
+from fsm import commands as cmd
+from fsm import events as ev
+from fsm import lifecycle, order_flow, recovery
+from fsm.core import Core
+from fsm.model import SymbolModel
+from fsm.table import RECOVERY_LOCK, SAFETY_LOCK
+
+
+def on_mark(core: Core, event: ev.MarkPriceTick) -> None:
+    now = event.now_ms
+    core.marks[event.symbol] = event.price
+    stale_ms = core.strategy.stale_mark_price_seconds * 1000
+    if event.source == "WS":
+        core.last_ws_ms = now
+        core.mark_ws_ms[event.symbol] = now
+        if core.price_source == "REST" and ws_silent(core, now) is None:  # W23
+            core.price_source = "WS"
+            core.emit(cmd.UsePriceSource(source="WS", reason="websocket message received"))
+            core.log("price_source", None, "ws_back", at_ms=now)
+        fresh = True
+    else:
+        core.rest_failing = False
+        core.last_rest_ms = max(core.last_rest_ms or 0, event.event_time_ms)
+        core.mark_rest_ms[event.symbol] = max(core.mark_rest_ms.get(event.symbol, 0), event.event_time_ms)
+        fresh = now - event.event_time_ms < stale_ms
+    if fresh:
+        core.price_seen_ms = now
+    if fresh and core.locks[SAFETY_LOCK].state == "PRICE_STALE":
+        core.fire_lock(SAFETY_LOCK, "price_fresh", f"fresh {event.source} mark price")
+        core.emit(cmd.Notify(kind="safety_lock_lifted", text="fresh mark price: safety lock lifted"))
+    if core.locks[RECOVERY_LOCK].state == "RECOVERING":
+        recovery.maybe_finish_recovery(core)
+
+
+def on_rest_failed(core: Core, event: ev.RestPriceFailed) -> None:
+    core.rest_failing = True
+    core.log("price_source", None, "rest_failed", cause=event.reason)
+
+
+def on_ws_status(core: Core, event: ev.WsStatusChanged) -> None:
+    core.ws_reason = event.reason
+    core.log(
+        "price_source", None, "ws_connected" if event.connected else "ws_disconnected", cause=event.reason
+    )
+    if event.connected and core.last_ws_ms is None:
+        core.last_ws_ms = event.now_ms
+
+
+def watched_ws_at(core: Core, now: int) -> list[tuple[str, int]]:
+    """(symbol, time of its last WS mark or of the start of its watch) for every watched symbol."""
+    out = []
+    for symbol, model in core.symbols.items():
+        if model.state == "IDLE":
+            continue
+        since = core.watch_since.setdefault(symbol, now)
+        out.append((symbol, max(core.mark_ws_ms.get(symbol, 0), since)))
+    return out
+
+
+def silent_and_stale(core: Core, now: int, fallback_ms: int, stale_ms: int) -> tuple[str | None, str | None]:
+    """In one pass over the watched symbols (``_watched_ws_at``'s order): the first with no WS
+    mark for ``fallback_ms`` (W22) and the first with no fresh mark from either source for
+    ``stale_ms`` (W23-1; with REST failing, its REST marks do not count)."""
+    silent: str | None = None
+    stale: str | None = None
+    ws_ms, rest_ms, since_ms = core.mark_ws_ms, core.mark_rest_ms, core.watch_since
+    fresh_ms = min(fallback_ms, stale_ms)
+    for symbol, model in core.symbols.items():
+        if model.state == "IDLE":
+            continue
+        since = since_ms.setdefault(symbol, now)
+        at = max(ws_ms.get(symbol, 0), since)
+        if now - at < fresh_ms:
+            continue  # fresh: neither silent nor stale
+        if silent is None and now - at >= fallback_ms:
+            silent = symbol
+        if stale is None and now - at >= stale_ms:
+            rest_at = rest_ms.get(symbol, 0)
+            if now - max(at, rest_at) >= stale_ms and (core.rest_failing or now - rest_at >= stale_ms):
+                stale = symbol
+        if stale is not None and silent is not None:
+            break
+    return silent, stale
+
+
+def ws_silent(core: Core, now: int) -> str | None:
+    """A watched symbol with no WS mark for the fallback time (its own stream is silent)."""
+    limit = core.strategy.ws_stale_fallback_seconds * 1000
+    return next((s for s, at in watched_ws_at(core, now) if now - at >= limit), None)
+
+
+def check_price_source(core: Core, now: int) -> None:
+    s = core.strategy
+    assert core.last_ws_ms is not None
+    ws_age = now - core.last_ws_ms
+    fallback_ms = s.ws_stale_fallback_seconds * 1000
+    stale_ms = s.stale_mark_price_seconds * 1000
+    silent, stale_symbol = silent_and_stale(core, now, fallback_ms, stale_ms)
+    if core.price_source == "WS" and (ws_age >= fallback_ms or silent is not None):  # W22
+        core.price_source = "REST"
+        cause = core.ws_reason or "no message"
+        what = f"no websocket message for {ws_age} ms" if ws_age >= fallback_ms else f"{silent} silent"
+        core.emit(cmd.UsePriceSource(source="REST", reason=f"{what} ({cause})"))
+        core.log("price_source", silent, "rest_fallback", at_ms=now, cause=cause)
+    rest_stale = core.rest_failing or core.last_rest_ms is None or now - core.last_rest_ms >= stale_ms
+    if core.locks[SAFETY_LOCK].state != "PRICE_OK":
+        return
+    if ws_age >= stale_ms and rest_stale:  # W23-1
+        why = f"no fresh mark price for {ws_age} ms"
+    elif stale_symbol is not None:
+        why = f"no fresh mark price of {stale_symbol} for {stale_ms // 1000} s or more"
+    else:
+        return
+    core.fire_lock(SAFETY_LOCK, "price_stale", why)
+    released = [m.symbol for m in core.symbols.values() if m.state == "MONITORING"]
+    closing = [m.symbol for m in core.symbols.values() if m.position() > 0]
+    for model in list(core.symbols.values()):
+        stale_reset(core, model)
+    done = [f"{len(released)} monitoring released"] if released else []
+    done += [f"closing {', '.join(closing)} at market"] if closing else []
+    core.critical("safety_lock", None, f"safety lock on: {why}; " + ("; ".join(done) or "nothing was held"))
+
+
+def stale_reset(core: Core, model: SymbolModel) -> None:
+    if model.state == "MONITORING":
+        core.reset(model, "safety lock: monitoring released")
+    elif model.position() > 0:
+        lifecycle.market_close(core, model, "safety_lock")
+    elif model.state == "ENTRY_ORDER":
+        model.closing = True
+        model.close_reason = "safety_lock"
+        order_flow.cancel_all(core, model)
+        lifecycle.finish_if_flat(core, model)
