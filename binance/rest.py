@@ -191,6 +191,10 @@ SYMBOL_WEIGHTS: dict[tuple[str, str], tuple[int, int]] = {
     ("GET", "/fapi/v1/openAlgoOrders"): (1, 40),
     ("GET", "/fapi/v1/premiumIndex"): (1, 10),
 }
+# Weighed by ``limit`` like klines. markPriceKlines: the table of Binance's COIN-M page, assumed the
+# same on USD-M (its USD-M page gives none). fundingRate weighs 1 here; its own limit (500 per 5 min
+# per IP, shared with fundingInfo) is paced by binance.history.rest_history.
+KLINE_ROUTES = frozenset({("GET", "/fapi/v1/klines"), ("GET", "/fapi/v1/markPriceKlines")})
 ORDER_ROUTES = frozenset({("POST", "/fapi/v1/order"), ("POST", "/fapi/v1/algoOrder")})
 CANCEL_ROUTES = frozenset(
     {
@@ -212,7 +216,7 @@ def request_weight(method: str, path: str, params: Params) -> int:
     if key in SYMBOL_WEIGHTS:
         with_symbol, without = SYMBOL_WEIGHTS[key]
         return with_symbol if params.get("symbol") else without
-    if key == ("GET", "/fapi/v1/klines"):
+    if key in KLINE_ROUTES:
         limit = int(params.get("limit", 500))
         return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
     return ROUTE_WEIGHTS.get(key, 1)

@@ -5,8 +5,10 @@ One JSON object per line::
     {"at_ms": 1500, "chat_id": -1002171239233, "message_id": 7, "text": "...", "date_ms": 1767225601500}
 
 ``at_ms`` is the offset from the start of the run; ``date_ms`` (Telegram's date) is optional and
-defaults to ``start + at_ms``; ``edited`` (optional, default false) marks an edit. Blank lines and
-lines starting with ``#`` are skipped; malformed lines are logged with their line number and skipped.
+defaults to ``start + at_ms``; ``edited`` (optional, default false) marks an edit. ``edit_date_ms``
+(optional) is when Telegram says the message was last edited (``shortfsm export`` writes it for a
+history message whose text is its edited one). Blank lines and lines starting with ``#`` are
+skipped; malformed lines are logged with their line number and skipped.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class FeedItem:
     text: str
     date_ms: int | None = None
     edited: bool = False
+    edit_date_ms: int | None = None  # when the text was last edited (informational: not replayed)
 
     def to_raw(self, start_ms: int) -> RawMessage:
         """The message as the listener would have delivered it, for a run that began at ``start_ms``."""
@@ -82,6 +85,9 @@ def _item(payload: Any) -> FeedItem:
     edited = payload.get("edited", False)
     if not isinstance(edited, bool):
         raise ValueError("'edited' must be a boolean when present")
+    edit_date_ms = payload.get("edit_date_ms")
+    if edit_date_ms is not None and not _is_int(edit_date_ms):
+        raise ValueError("'edit_date_ms' must be an integer when present")
     return FeedItem(
         at_ms=payload["at_ms"],
         chat_id=payload["chat_id"],
@@ -89,11 +95,13 @@ def _item(payload: Any) -> FeedItem:
         text=text,
         date_ms=date_ms,
         edited=edited,
+        edit_date_ms=edit_date_ms,
     )
 
 
-def feed_line(raw: RawMessage, start_ms: int) -> str:
-    """The feed line that replays ``raw`` at the same offset from ``start_ms``."""
+def feed_line(raw: RawMessage, start_ms: int, *, edit_date_ms: int | None = None) -> str:
+    """The feed line that replays ``raw`` at the same offset from ``start_ms`` (with
+    ``edit_date_ms`` when given)."""
     payload: dict[str, Any] = {
         "at_ms": max(0, raw.received_at_ms - start_ms),
         "chat_id": raw.chat_id,
@@ -103,6 +111,8 @@ def feed_line(raw: RawMessage, start_ms: int) -> str:
     }
     if raw.edited:
         payload["edited"] = True
+    if edit_date_ms is not None:
+        payload["edit_date_ms"] = edit_date_ms
     try:
         line = json.dumps(payload, ensure_ascii=False)
         line.encode("utf-8")

@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fsm.runtime.bench_cli",
         "telegram_ingest.export",
         "binance.history.cli",
+        "fsm.runtime.backtest_cli",
     ):
         try:
             importlib.import_module(module).register(sub)

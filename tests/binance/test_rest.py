@@ -12,7 +12,7 @@ from binance_simkit import KEY, SECRET, run, venue, wait_for
 
 from binance import errors as E
 from binance import parse
-from binance.rest import BAN_END_MARGIN_MS, BinanceRest, sign, signed_query
+from binance.rest import BAN_END_MARGIN_MS, BinanceRest, request_weight, sign, signed_query
 from binance.sim.server import RestFault
 
 LIMIT_SELL = {
@@ -532,3 +532,11 @@ def test_listen_key_create_keepalive_delete() -> None:
             assert err.value.code == -1125
 
     run(go())
+
+
+def test_mark_price_klines_weigh_by_limit_like_klines() -> None:
+    """The history cache pages markPriceKlines by 1,500: 10 weight each, as klines, not 1."""
+    for limit, weight in (("99", 1), ("499", 2), ("1000", 5), ("1500", 10)):
+        assert request_weight("GET", "/fapi/v1/markPriceKlines", {"limit": limit}) == weight
+    assert request_weight("GET", "/fapi/v1/markPriceKlines", {}) == 5  # default limit 500
+    assert request_weight("GET", "/fapi/v1/fundingRate", {"limit": "1000"}) == 1

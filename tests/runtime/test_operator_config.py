@@ -387,6 +387,8 @@ def test_telegram_operator_chat_is_refused_unless_null(tmp_path: Path) -> None:
 SUBCOMMANDS = [
     "replay",
     "report",
+    "export",
+    "data",
     "diagram",
     "parse",
     "login",

@@ -1,0 +1,495 @@
+"""``MarketCache``: historical 1m klines, 1m mark-price klines and funding settlements, on disk.
+
+Theory of operation: a window ``[start_ms, end_ms)`` is cut into UTC days, clipped at "now" (only
+closed candles are stored). Days the manifest already knows (``complete``, or ``partial`` far enough)
+are skipped: a covered window sends nothing. The rest is fetched month by month:
+
+1. a complete past month: the monthly archive zip (one file holds the whole month);
+2. otherwise, or when the monthly zip is missing (404): the daily zip of each finished day
+   (klines and markPriceKlines only - fundingRate has monthly files only);
+3. a day still missing (404), and today: REST, in contiguous runs, paced by weight.
+
+A zip is stored only when its sha256 equals its ``.CHECKSUM``; a second mismatch leaves the days
+``failed`` (tried again next run) and reported. A source that cannot be reached is marked down for
+the run; its days fall through to the next source. After fetching, the stored rows of the window are
+scanned for gaps (missing minutes; for funding, more than ``FUNDING_MAX_SPACING_MS`` without a
+settlement), each reported with exact UTC times and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from binance.errors import BinanceError
+from binance.history.archive import (
+    DATASETS,
+    DAY_MS,
+    DEFAULT_ARCHIVE_URL,
+    FUNDING,
+    MINUTE_MS,
+    BadData,
+    ChecksumMismatch,
+    Downloader,
+    NotInArchive,
+    Parsed,
+    Unreachable,
+    archive_path,
+    day_of,
+    month_of,
+    parse_archive_file,
+)
+from binance.history.rest_history import Banned, HistoryRest, RestHistory
+from binance.history.store import DayState, Store, months_between
+from binance.rest import DEFAULT_BASE_URL, wall_clock_ms
+
+log = logging.getLogger(__name__)
+
+# Binance funding intervals are 8 h at most (4 h and 1 h exist); a longer spacing is a gap.
+FUNDING_MAX_SPACING_MS = 8 * 3_600_000 + MINUTE_MS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gap:
+    """Times with no data: ``start_ms`` inclusive, ``end_ms`` exclusive."""
+
+    start_ms: int
+    end_ms: int
+    reason: str
+
+    def describe(self) -> str:
+        span = _span(self.end_ms - self.start_ms)
+        return f"{iso(self.start_ms)} .. {iso(self.end_ms)} ({span}): {self.reason}"
+
+
+@dataclass(slots=True, kw_only=True)
+class CoverageReport:
+    """What one ``ensure`` found and did for one symbol and dataset."""
+
+    symbol: str
+    dataset: str
+    start_ms: int
+    end_ms: int  # clipped to now (closed candles only)
+    archive_files: int = 0
+    rest_rows: int = 0
+    rows: int = 0  # rows stored inside the window after this run
+    requests: int = 0  # HTTP requests this ensure sent (archive + REST)
+    gaps: list[Gap] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # one line each: checksum, unreachable, REST errors
+
+    @property
+    def complete(self) -> bool:
+        return not self.gaps
+
+
+ProgressKind = Literal["plan", "stored", "checked", "done"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """``stored``: a file or a REST run was stored (``message`` says which); ``plan``, ``checked``
+    and ``done`` move the day count of one ``ensure``."""
+
+    kind: ProgressKind
+    symbol: str
+    dataset: str
+    done_days: int
+    total_days: int
+    message: str
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _span(ms: int) -> str:
+    minutes = ms // MINUTE_MS
+    if minutes < 120:
+        return f"{minutes} min"
+    if ms % DAY_MS == 0:
+        return f"{ms // DAY_MS} d"
+    return f"{ms / 3_600_000:.1f} h"
+
+
+class MarketCache:
+    """Historical market data under ``root`` (see the module docstring).
+
+    ``ensure`` fetches what is missing, ``read`` returns columns. ``rest`` is the REST base URL or a
+    ready ``HistoryRest`` (not closed here). ``clock_ms`` is "now" (closed candles end before it)."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        archive_url: str = DEFAULT_ARCHIVE_URL,
+        rest: str | HistoryRest = DEFAULT_BASE_URL,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        progress: Callable[[ProgressEvent], None] | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.root = Path(root)
+        self.archive_url = archive_url.rstrip("/")
+        self._rest_arg = rest
+        self._clock_ms = clock_ms
+        self.progress = progress
+        self.timeout_s = timeout_s
+        self.store = Store(self.root)
+        self._archive: Downloader | None = None
+        self._archive_client: httpx.AsyncClient | None = None
+        self._rest: RestHistory | None = None
+        self._own_rest: HistoryRest | None = None
+        # "archive" / "rest" -> why that source is skipped until ``aclose`` ends the session.
+        self.down: dict[str, str] = {}
+
+    # -- public API ------------------------------------------------------------------------
+
+    def ensure(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> CoverageReport:
+        """Blocking ``aensure`` (not from inside a running event loop)."""
+
+        async def one() -> CoverageReport:
+            try:
+                return await self.aensure(symbol, dataset, start_ms, end_ms)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(one())
+
+    def read(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> dict[str, list[Any]]:
+        """Stored columns for ``start_ms <= time < end_ms``, sorted by time, no duplicates:
+        ``open_time, open, high, low, close`` (1m klines / markPriceKlines) or
+        ``funding_time, funding_rate, mark_price`` (fundingRate; ``mark_price`` is None for rows
+        from the archive, whose funding files carry no mark price). Prices are float64 holding
+        Binance's decimals exactly (``binance.history.store.exact`` gives the Decimal)."""
+        _check_dataset(dataset)
+        return self.store.read(symbol.upper(), dataset, start_ms, end_ms)
+
+    def known_gaps(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> list[Gap]:
+        """The gaps the manifest holds for the window (as the last ``ensure`` scanning it found them);
+        no request, no data read."""
+        _check_dataset(dataset)
+        rows = self.store.gaps(symbol.upper(), dataset, start_ms, end_ms)
+        return [Gap(start_ms=max(a, start_ms), end_ms=min(b, end_ms), reason=r) for a, b, r in rows]
+
+    async def aclose(self) -> None:
+        """End the session: close the HTTP clients; a source marked down is tried again next time."""
+        self.down.clear()
+        if self._archive_client is not None:
+            await self._archive_client.aclose()
+            self._archive_client = self._archive = None
+        if self._own_rest is not None:
+            await self._own_rest.aclose()
+            self._own_rest = None
+        self._rest = None
+
+    def close(self) -> None:
+        """Close the manifest (call ``aclose`` first when ``aensure`` was used)."""
+        self.store.close()
+
+    def __enter__(self) -> MarketCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def aensure(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> CoverageReport:
+        """Fetch what ``[start_ms, end_ms)`` lacks; report coverage and gaps. Raises nothing for
+        network trouble: it becomes ``problems`` and ``gaps``."""
+        _check_dataset(dataset)
+        symbol = symbol.upper()
+        now = self._clock_ms()
+        stop = min(end_ms, now // MINUTE_MS * MINUTE_MS)
+        report = CoverageReport(symbol=symbol, dataset=dataset, start_ms=start_ms, end_ms=max(stop, start_ms))
+        if stop <= start_ms:
+            return report
+        sent_before = self._requests()
+        states = self.store.days(symbol, dataset)
+        days = list(range(start_ms // DAY_MS * DAY_MS, stop, DAY_MS))
+        pending = [d for d in days if not _done(states.get(day_of(d)), d, stop)]
+        done = len(days) - len(pending)
+        self._emit("plan", symbol, dataset, done, len(days), f"{len(pending)} of {len(days)} days to fetch")
+        rest_days: list[int] = []
+        for month in months_between(pending[0], pending[-1] + DAY_MS) if pending else []:
+            in_month = [d for d in pending if month_of(d) == month]
+            month_start = in_month[0] - (int(day_of(in_month[0])[8:]) - 1) * DAY_MS
+            month_end = _next_month(month_start)
+            left = in_month
+            if month_end <= now:
+                left = await self._from_archive(report, month, month_start, month_end, in_month, now)
+            for d in left:
+                if dataset != FUNDING and d + DAY_MS <= now:
+                    if not await self._from_archive(report, day_of(d), d, d + DAY_MS, [d], now):
+                        continue
+                rest_days.append(d)
+            done += len(in_month)
+            self._emit(
+                "checked", symbol, dataset, done - len(rest_days), len(days), f"{month} archive checked"
+            )
+        if rest_days:
+            await self._from_rest(report, rest_days, stop, now)
+        self._emit("done", symbol, dataset, len(days), len(days), "done")
+        self._scan(report, start_ms, stop)
+        report.requests = self._requests() - sent_before
+        return report
+
+    # -- sources ---------------------------------------------------------------------------
+
+    async def _from_archive(
+        self, report: CoverageReport, period: str, lo: int, hi: int, wanted: list[int], now: int
+    ) -> list[int]:
+        """Days of ``wanted`` still missing after trying the archive file for ``period``."""
+        symbol, dataset = report.symbol, report.dataset
+        if "archive" in self.down:
+            return wanted
+        path = archive_path(dataset, symbol, period)
+        try:
+            payload = await self._downloader().fetch(path)
+            parsed = parse_archive_file(dataset, payload, path)
+        except NotInArchive:
+            log.info("%s: not in the archive", path)
+            return wanted
+        except (ChecksumMismatch, BadData) as exc:
+            report.problems.append(str(exc))
+            self.store.mark(symbol, dataset, [_state(d, "failed", "archive", 0, 0, str(exc)) for d in wanted])
+            return []
+        except Unreachable as exc:
+            self.down["archive"] = f"archive unreachable: {exc}"
+            report.problems.append(self.down["archive"])
+            return wanted
+        self.store.write(symbol, dataset, parsed)
+        report.archive_files += 1
+        self._emit(
+            "stored", symbol, dataset, 0, 0, f"archive {path.rsplit('/', 1)[-1]}: {len(parsed.times)} rows"
+        )
+        counts = _per_day(parsed.times)
+        finished = [d for d in range(lo, hi, DAY_MS) if d + DAY_MS <= now]
+        self.store.mark(
+            symbol,
+            dataset,
+            [_state(d, "complete", "archive", counts.get(d, 0), d + DAY_MS) for d in finished],
+        )
+        return [d for d in wanted if d not in set(finished)]
+
+    async def _from_rest(self, report: CoverageReport, days: list[int], stop: int, now: int) -> None:
+        symbol, dataset = report.symbol, report.dataset
+        for run_start, run_end in _runs(days):
+            hi = min(run_end, stop)
+            run = [d for d in days if run_start <= d < run_end]
+            if "rest" in self.down:
+                note = self.down["rest"]
+                self.store.mark(symbol, dataset, [_state(d, "failed", "rest", 0, 0, note) for d in run])
+                continue
+            rest = self._rest_history()
+            try:
+                if dataset == FUNDING:
+                    parsed = await rest.funding(symbol, run_start, hi)
+                else:
+                    parsed = await rest.klines(dataset, symbol, run_start, hi)
+            except (Banned, Unreachable) as exc:
+                self._rest_down(report, str(exc), symbol, dataset, run)
+                continue
+            except BinanceError as exc:
+                if "unreachable" in exc.msg:
+                    self._rest_down(report, f"REST {exc.msg}", symbol, dataset, run)
+                    continue
+                note = f"REST {dataset} {symbol} {day_of(run_start)}..{day_of(run_end - DAY_MS)}: {exc.msg}"
+                report.problems.append(note)
+                self.store.mark(symbol, dataset, [_state(d, "failed", "rest", 0, 0, note) for d in run])
+                continue
+            except BadData as exc:
+                report.problems.append(str(exc))
+                self.store.mark(symbol, dataset, [_state(d, "failed", "rest", 0, 0, str(exc)) for d in run])
+                continue
+            self.store.write(symbol, dataset, parsed)
+            report.rest_rows += len(parsed.times)
+            self._emit(
+                "stored",
+                symbol,
+                dataset,
+                0,
+                0,
+                f"REST {iso(run_start)[:16]}..{iso(hi)[:16]}: {len(parsed.times)} rows",
+            )
+            counts = _per_day(parsed.times)
+            states = []
+            for d in run:
+                if d + DAY_MS <= now:
+                    states.append(_state(d, "complete", "rest", counts.get(d, 0), d + DAY_MS))
+                else:
+                    states.append(_state(d, "partial", "rest", counts.get(d, 0), hi))
+            self.store.mark(symbol, dataset, states)
+
+    def _rest_down(self, report: CoverageReport, why: str, symbol: str, dataset: str, run: list[int]) -> None:
+        self.down["rest"] = why
+        report.problems.append(why)
+        self.store.mark(symbol, dataset, [_state(d, "failed", "rest", 0, 0, why) for d in run])
+
+    # -- gaps ------------------------------------------------------------------------------
+
+    def _scan(self, report: CoverageReport, start_ms: int, stop: int) -> None:
+        symbol, dataset = report.symbol, report.dataset
+        cols = self.store.read(symbol, dataset, start_ms, stop)
+        states = self.store.days(symbol, dataset)
+        if dataset == FUNDING:
+            times = cols["funding_time"]
+            report.rows = len(times)
+            report.gaps = funding_gaps(times, start_ms, stop, states)
+        else:
+            times = cols["open_time"]
+            report.rows = len(times)
+            report.gaps = minute_gaps(times, start_ms, stop, states)
+        self.store.replace_gaps(
+            symbol, dataset, start_ms, stop, [(g.start_ms, g.end_ms, g.reason) for g in report.gaps]
+        )
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _downloader(self) -> Downloader:
+        if self._archive is None:
+            self._archive_client = httpx.AsyncClient(
+                base_url=self.archive_url, timeout=self.timeout_s, follow_redirects=True
+            )
+            self._archive = Downloader(self._archive_client, self.root / ".downloads")
+        return self._archive
+
+    def _rest_history(self) -> RestHistory:
+        if self._rest is None:
+            rest = self._rest_arg
+            if isinstance(rest, str):
+                rest = self._own_rest = HistoryRest(
+                    api_key="",
+                    api_secret="",
+                    base_url=rest,
+                    clock_ms=self._clock_ms,
+                    timeout_s=self.timeout_s,
+                )
+            self._rest = RestHistory(rest)
+        return self._rest
+
+    def _requests(self) -> int:
+        return (self._archive.requests if self._archive else 0) + (self._rest.requests if self._rest else 0)
+
+    def _emit(
+        self, kind: ProgressKind, symbol: str, dataset: str, done: int, total: int, message: str
+    ) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(kind, symbol, dataset, done, total, message))
+
+
+# ---------------------------------------------------------------------------------------------
+# pure helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; one of {', '.join(DATASETS)}")
+
+
+def _done(state: DayState | None, day: int, stop: int) -> bool:
+    if state is None:
+        return False
+    if state.status == "complete":
+        return True
+    return state.status == "partial" and state.covered_until_ms >= min(day + DAY_MS, stop)
+
+
+def _state(day: int, status: str, source: str, rows: int, covered: int, note: str = "") -> DayState:
+    return DayState(day_of(day), status, source, rows, covered, note)
+
+
+def _per_day(times: Iterable[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for t in times:
+        d = t // DAY_MS * DAY_MS
+        out[d] = out.get(d, 0) + 1
+    return out
+
+
+def _runs(days: list[int]) -> list[tuple[int, int]]:
+    """Contiguous ``[start, end)`` runs of whole days."""
+    runs: list[tuple[int, int]] = []
+    for d in sorted(days):
+        if runs and runs[-1][1] == d:
+            runs[-1] = (runs[-1][0], d + DAY_MS)
+        else:
+            runs.append((d, d + DAY_MS))
+    return runs
+
+
+def _next_month(month_start: int) -> int:
+    dt = datetime.fromtimestamp(month_start / 1000, UTC)
+    nxt = dt.replace(year=dt.year + 1, month=1) if dt.month == 12 else dt.replace(month=dt.month + 1)
+    return int(nxt.timestamp() * 1000)
+
+
+def _why(states: dict[str, DayState], t: int) -> str:
+    state = states.get(day_of(t))
+    if state is None:
+        return "not fetched"
+    if state.status == "failed":
+        return state.note or "fetch failed"
+    if state.rows == 0:
+        return f"no data at the source ({state.source})"
+    return f"missing minutes in the {state.source} data"
+
+
+def minute_gaps(times: list[int], start_ms: int, stop: int, states: dict[str, DayState]) -> list[Gap]:
+    """Runs of missing 1m open times in ``[start_ms, stop)`` (``times`` sorted), split where the
+    reason changes (a day that failed, a day the source had nothing for, minutes missing inside)."""
+    first = -(-start_ms // MINUTE_MS) * MINUTE_MS
+    gaps: list[Gap] = []
+    expected = first
+    for t in [*times, stop]:
+        if t > expected:
+            _add_gap(gaps, expected, min(t, stop), states)
+        expected = max(expected, t + MINUTE_MS)
+    return gaps
+
+
+def _add_gap(gaps: list[Gap], lo: int, hi: int, states: dict[str, DayState]) -> None:
+    t = lo
+    while t < hi:
+        day_end = min(hi, (t // DAY_MS + 1) * DAY_MS)
+        reason = _why(states, t)
+        if gaps and gaps[-1].end_ms == t and gaps[-1].reason == reason:
+            gaps[-1] = Gap(start_ms=gaps[-1].start_ms, end_ms=day_end, reason=reason)
+        else:
+            gaps.append(Gap(start_ms=t, end_ms=day_end, reason=reason))
+        t = day_end
+
+
+def funding_gaps(times: list[int], start_ms: int, stop: int, states: dict[str, DayState]) -> list[Gap]:
+    """Stretches longer than ``FUNDING_MAX_SPACING_MS`` without a settlement, and failed days."""
+    gaps: list[Gap] = []
+    failed = sorted(
+        day for day, s in states.items() if s.status == "failed" and start_ms <= _day_ms(day) + DAY_MS
+    )
+    for day in failed:
+        d = _day_ms(day)
+        if d < stop:
+            gaps.append(Gap(start_ms=max(d, start_ms), end_ms=min(d + DAY_MS, stop), reason=states[day].note))
+    edges = [start_ms, *times, stop]
+    for a, b in itertools.pairwise(edges):
+        if b - a > FUNDING_MAX_SPACING_MS and not any(g.start_ms <= a and b <= g.end_ms for g in gaps):
+            gaps.append(Gap(start_ms=a, end_ms=b, reason=f"no funding settlement for {_span(b - a)}"))
+    return sorted(gaps, key=lambda g: g.start_ms)
+
+
+def _day_ms(day: str) -> int:
+    return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def parse_day(text: str) -> int:
+    """``YYYY-MM-DD`` (UTC) as epoch ms; ValueError when it is not a date."""
+    return _day_ms(datetime.strptime(text, "%Y-%m-%d").strftime("%Y-%m-%d"))
+
+
+__all__ = ["DATASETS", "CoverageReport", "Gap", "MarketCache", "Parsed", "ProgressEvent", "parse_day"]

@@ -1,0 +1,281 @@
+"""``shortfsm data``: fill the historical market data cache and say what is still missing.
+
+Exit 0 when every window is complete, 1 when gaps remain (each listed with its UTC times and why) or
+the sources cannot be reached (one line), 2 for bad arguments. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK = 0
+EXIT_GAPS = 1
+EXIT_BAD_ARGS = 2
+DEFAULT_CACHE = Path("var/market")
+DATASET_NAMES = ("klines", "markPriceKlines", "fundingRate")
+MAX_GAP_LINES = 40
+DAY_MS = 86_400_000
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``data`` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "data",
+        help="download and cache historical klines, mark-price klines and funding rates",
+        description="Fill the market data cache (Parquet under --cache, coverage in manifest.sqlite) "
+        "for the given symbols and UTC days: Binance's public archive (monthly zips for past months, "
+        "daily zips otherwise, sha256-checked, resumed when cut) and REST for what the archive lacks "
+        "(recent days, missing files), paced by request weight. A window already covered sends no "
+        "request. Prints per symbol and dataset the archive files, REST rows and gaps. Exit 0 when "
+        f"complete, {EXIT_GAPS} when gaps remain (listed) or the network is down, {EXIT_BAD_ARGS} for "
+        "bad arguments.",
+    )
+    p.add_argument("--symbol", action="append", default=[], help="USD-M symbol, e.g. BTCUSDT (repeatable)")
+    p.add_argument("--since", help="first UTC day, YYYY-MM-DD")
+    p.add_argument("--until", help="last UTC day, YYYY-MM-DD, inclusive (default: today)")
+    p.add_argument(
+        "--datasets",
+        default=",".join(DATASET_NAMES),
+        help=f"comma-separated, from {','.join(DATASET_NAMES)} (default: all)",
+    )
+    p.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help=f"cache directory (default {DEFAULT_CACHE})"
+    )
+    p.add_argument("--archive-url", default="https://data.binance.vision", help="public archive base URL")
+    p.add_argument("--rest-url", default="https://fapi.binance.com", help="USD-M REST base URL")
+    p.add_argument(
+        "--feed",
+        type=Path,
+        help="JSONL message feed: the symbols and dates of its leading-market messages give the windows",
+    )
+    p.add_argument(
+        "--horizon-days",
+        type=int,
+        default=7,
+        help="with --feed: days after each message's day to cover (default 7)",
+    )
+    p.set_defaults(func=run_cli)
+
+
+class BadArgs(Exception):
+    """An argument that cannot be used: one line, exit 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    symbol: str
+    start_ms: int
+    end_ms: int
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        windows, datasets, skipped = _windows(args)
+    except BadArgs as exc:
+        err.print(f"shortfsm data: {exc}", markup=False)
+        return EXIT_BAD_ARGS
+    if skipped:
+        err.print(f"{skipped} feed message(s) without date_ms skipped", markup=False)
+    try:
+        return asyncio.run(_run(args, windows, datasets, err))
+    except KeyboardInterrupt:
+        err.print("interrupted; a cut download resumes on the next run", markup=False)
+        return EXIT_GAPS
+    except Exception as exc:  # never a traceback: one line naming what failed
+        log.debug("shortfsm data failed", exc_info=True)
+        err.print(f"shortfsm data: {type(exc).__name__}: {exc}", markup=False)
+        return EXIT_GAPS
+
+
+def _windows(args: argparse.Namespace) -> tuple[list[Window], list[str], int]:
+    from binance.history.cache import parse_day
+
+    datasets = [d.strip() for d in str(args.datasets).split(",") if d.strip()]
+    unknown = [d for d in datasets if d not in DATASET_NAMES]
+    if unknown or not datasets:
+        raise BadArgs(
+            f"unknown dataset(s) {','.join(unknown) or '(none)'}; choose from {','.join(DATASET_NAMES)}"
+        )
+    if args.horizon_days < 0:
+        raise BadArgs("--horizon-days must not be negative")
+    symbols = []
+    for raw in args.symbol:
+        sym = raw.strip().upper()
+        if not sym.isalnum():
+            raise BadArgs(f"not a symbol: {raw!r}")
+        symbols.append(sym)
+    since = until = None
+    try:
+        if args.since:
+            since = parse_day(args.since)
+        if args.until:
+            until = parse_day(args.until)
+    except ValueError:
+        raise BadArgs(f"dates are YYYY-MM-DD: got {args.since!r} / {args.until!r}") from None
+    windows: list[Window] = []
+    skipped = 0
+    if args.feed is not None:
+        feed_windows, skipped = _feed_windows(args.feed, args.horizon_days)
+        if since is not None:
+            feed_windows = [w for w in feed_windows if w.end_ms > since]
+        windows.extend(feed_windows)
+    if symbols:
+        if since is None:
+            raise BadArgs("--since is required with --symbol")
+        end = (until + DAY_MS) if until is not None else _tomorrow_ms()
+        if end <= since:
+            raise BadArgs(f"--until {args.until} is before --since {args.since}")
+        windows.extend(Window(s, since, end) for s in symbols)
+    if not symbols and args.feed is None:
+        raise BadArgs("give --symbol SYMBOL --since YYYY-MM-DD, or --feed FILE")
+    return _merge(windows), datasets, skipped
+
+
+def _tomorrow_ms() -> int:
+    from binance.rest import wall_clock_ms
+
+    return (wall_clock_ms() // DAY_MS + 1) * DAY_MS
+
+
+def _feed_windows(path: Path, horizon_days: int) -> tuple[list[Window], int]:
+    from fsm.events import LeadingMarket
+    from telegram_ingest.grammar import parse_message
+    from telegram_ingest.replay import load_feed
+
+    if not path.is_file():
+        raise BadArgs(f"no feed file {path}")
+    try:
+        items = load_feed(path)
+    except OSError as exc:
+        raise BadArgs(f"cannot read feed {path}: {exc.strerror}") from None
+    windows = []
+    skipped = 0
+    for item in items:
+        parsed = parse_message(item.text)
+        if not isinstance(parsed, LeadingMarket):
+            continue
+        if item.date_ms is None:  # only an offset from the run's start: no calendar date
+            skipped += 1
+            continue
+        day = item.date_ms // DAY_MS * DAY_MS
+        windows.append(Window(parsed.symbol, day, day + (horizon_days + 1) * DAY_MS))
+    if not windows and not skipped:
+        raise BadArgs(f"no leading-market message in {path}")
+    return windows, skipped
+
+
+def _merge(windows: list[Window]) -> list[Window]:
+    """Overlapping or touching windows of one symbol joined."""
+    out: list[Window] = []
+    for w in sorted(windows, key=lambda w: (w.symbol, w.start_ms)):
+        if out and out[-1].symbol == w.symbol and w.start_ms <= out[-1].end_ms:
+            last = out[-1]
+            out[-1] = Window(w.symbol, last.start_ms, max(last.end_ms, w.end_ms))
+        else:
+            out.append(w)
+    return out
+
+
+async def _run(args: argparse.Namespace, windows: list[Window], datasets: list[str], err: Console) -> int:
+    from binance.history.cache import CoverageReport, MarketCache, ProgressEvent
+
+    out = Console(highlight=False, soft_wrap=True)
+    if not out.is_terminal:
+        out = Console(highlight=False, soft_wrap=True, width=140)  # a pipe or file: no narrow 80 columns
+    progress, finish = _progress(err, len(windows) * len(datasets))
+    cache = MarketCache(args.cache, archive_url=args.archive_url, rest=args.rest_url, progress=progress)
+    reports: list[CoverageReport] = []
+    try:
+        for w in windows:
+            for dataset in datasets:
+                reports.append(await cache.aensure(w.symbol, dataset, w.start_ms, w.end_ms))
+                progress(ProgressEvent("done", w.symbol, dataset, -1, -1, "finished"))
+        down = dict(cache.down)
+    finally:
+        finish()
+        await cache.aclose()
+        cache.close()
+    fetched = sum(r.archive_files + r.rest_rows for r in reports)
+    if {"archive", "rest"} <= down.keys() and not fetched and any(r.gaps for r in reports):
+        err.print(f"network down: {down['archive']}; {down['rest']}. Nothing fetched.", markup=False)
+        return EXIT_GAPS
+    _summary(out, reports)
+    problems = list(dict.fromkeys(p for r in reports for p in r.problems))
+    for line in problems:
+        err.print(f"problem: {line}", markup=False)
+    gaps = [(r, g) for r in reports for g in r.gaps]
+    for r, g in gaps[:MAX_GAP_LINES]:
+        out.print(f"gap {r.symbol} {r.dataset} {g.describe()}", markup=False)
+    if len(gaps) > MAX_GAP_LINES:
+        out.print(f"... and {len(gaps) - MAX_GAP_LINES} more gaps", markup=False)
+    return EXIT_GAPS if gaps else EXIT_OK
+
+
+def _summary(out: Console, reports: list[Any]) -> None:
+    from binance.history.cache import iso
+
+    table = Table(box=box.SIMPLE_HEAD, title="market data cache")
+    for name, justify in (
+        ("symbol", "left"),
+        ("dataset", "left"),
+        ("from", "left"),
+        ("to", "left"),
+        ("archive files", "right"),
+        ("REST rows", "right"),
+        ("rows", "right"),
+        ("gaps", "right"),
+        ("requests", "right"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in reports:
+        table.add_row(
+            r.symbol,
+            r.dataset,
+            iso(r.start_ms)[:16],
+            iso(r.end_ms)[:16],
+            str(r.archive_files),
+            str(r.rest_rows),
+            str(r.rows),
+            str(len(r.gaps)),
+            str(r.requests),
+        )
+    out.print(table)
+
+
+def _progress(err: Console, total: int) -> tuple[Callable[[Any], None], Callable[[], None]]:
+    """A rich progress bar on a terminal, plain lines otherwise."""
+    if not err.is_terminal:
+
+        def plain(event: Any) -> None:
+            if event.kind == "stored":  # one line per file or REST run stored; the rest is noise in a log
+                print(f"{event.symbol} {event.dataset}: {event.message}", file=sys.stderr, flush=True)
+
+        return plain, lambda: None
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err)
+    task = bar.add_task("market data", total=total)
+    bar.start()
+
+    def rich_event(event: Any) -> None:
+        if event.total_days < 0:
+            bar.advance(task)
+        else:
+            bar.update(task, description=f"{event.symbol} {event.dataset}: {event.message}")
+
+    return rich_event, bar.stop

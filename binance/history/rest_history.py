@@ -1,0 +1,184 @@
+"""History over REST: ``/fapi/v1/klines``, ``/fapi/v1/markPriceKlines`` and ``/fapi/v1/fundingRate``.
+
+Reuses ``binance.rest.BinanceRest`` (its ``_call`` paces by ``X-MBX-USED-WEIGHT-1M`` at 80 % of the
+minute's 2400, fails fast during a 418 ban, honours 429 back-offs). Limits as data, from
+binance-usdm-2026.md §4 and the official pages:
+
+- klines: ``limit`` max 1500, weight by limit (1 / 2 / 5 / 10 above 1000);
+- markPriceKlines: same rows and limit, the same weight table (the official page lists it;
+  ``binance.rest.ROUTE_WEIGHTS`` has no row for it yet, so the client's estimate before sending
+  is 1 and the response header corrects it - reported to the lead);
+- fundingRate: ``limit`` max 1000, "shares 500/5min/IP with GET /fapi/v1/fundingInfo" (official
+  page): paced here by ``FUNDING_BUDGET`` on top of the weight pacing.
+
+A request the client refuses for the budget (``RateLimited`` with ``retry_after_s``) is waited out
+and sent again; a 418 ban stops REST for the run (nothing is sent into a ban).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from binance.errors import BinanceError, RateLimited, Retryable
+from binance.history.archive import (
+    FUNDING,
+    INTERVAL,
+    MINUTE_MS,
+    BadData,
+    Parsed,
+    decimals_of,
+    parse_kline_rows,
+    price_of,
+)
+from binance.rest import BinanceRest
+
+log = logging.getLogger(__name__)
+
+KLINE_LIMIT = 1500
+FUNDING_LIMIT = 1000
+FUNDING_BUDGET = (400, 300.0)  # requests per seconds: 80 % of the shared 500 / 5 min
+MAX_WAITS = 20  # budget waits per request before the day is reported instead
+
+
+class Banned(Exception):
+    """The venue banned this IP (418): no REST request is sent for the rest of the run."""
+
+
+class HistoryRest(BinanceRest):
+    """``BinanceRest`` plus the two history routes it lacks; public GETs, no key needed."""
+
+    async def mark_price_klines(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> list[Any]:
+        p: dict[str, str | int] = {
+            "symbol": symbol,
+            "interval": interval,
+            "startTime": start_ms,
+            "endTime": end_ms,
+            "limit": KLINE_LIMIT,
+        }
+        return _rows(await self._call("GET", "/fapi/v1/markPriceKlines", p, signed=False))
+
+    async def funding_rate(self, symbol: str, start_ms: int, end_ms: int) -> list[Any]:
+        p: dict[str, str | int] = {
+            "symbol": symbol,
+            "startTime": start_ms,
+            "endTime": end_ms,
+            "limit": FUNDING_LIMIT,
+        }
+        return _rows(await self._call("GET", "/fapi/v1/fundingRate", p, signed=False))
+
+
+def _rows(answer: Any) -> list[Any]:
+    if not isinstance(answer, list):
+        raise BadData(f"expected a JSON array, got {type(answer).__name__}")
+    return answer
+
+
+async def _sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+class RestHistory:
+    """Pages of closed candles / settlements for one window, paced; counts what it sent."""
+
+    def __init__(
+        self,
+        rest: HistoryRest,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = _sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rest = rest
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._funding_sent: deque[float] = deque()
+
+    @property
+    def requests(self) -> int:
+        """Requests that left (a request held back by the local budget is not one)."""
+        return self.rest.requests_sent
+
+    async def klines(self, dataset: str, symbol: str, start_ms: int, end_ms: int) -> Parsed:
+        """Closed 1m candles with ``start_ms <= open_time`` and ``open_time + 1m <= end_ms``."""
+        rows: list[list[str]] = []
+        cursor = start_ms
+        while cursor + MINUTE_MS <= end_ms:
+            last = end_ms - MINUTE_MS  # endTime bounds the open time of the last candle wanted
+            page = await self._paced(self._kline_page, dataset, symbol, cursor, last)
+            got = [r for r in page if isinstance(r, list) and len(r) >= 5]
+            rows.extend(
+                [str(c) for c in r[:5]]
+                for r in got
+                if cursor <= int(r[0]) and int(r[0]) + MINUTE_MS <= end_ms
+            )
+            if len(page) < KLINE_LIMIT or not got:
+                break
+            cursor = int(got[-1][0]) + MINUTE_MS
+        return parse_kline_rows(rows, f"REST {dataset} {symbol}")
+
+    async def _kline_page(self, dataset: str, symbol: str, start: int, end: int) -> list[Any]:
+        if dataset == "klines":
+            return await self.rest.klines(symbol, INTERVAL, start_ms=start, end_ms=end, limit=KLINE_LIMIT)
+        return await self.rest.mark_price_klines(symbol, INTERVAL, start, end)
+
+    async def funding(self, symbol: str, start_ms: int, end_ms: int) -> Parsed:
+        """Settlements with ``start_ms <= fundingTime < end_ms``; ``markPrice`` may be empty on old
+        rows (then None)."""
+        times: list[int] = []
+        rates: list[float | None] = []
+        marks: list[float | None] = []
+        decimals = {"funding_rate": 0, "mark_price": 0}
+        cursor = start_ms
+        while cursor < end_ms:
+            await self._funding_budget()
+            page = await self._paced(self.rest.funding_rate, symbol, cursor, end_ms - 1)
+            for n, row in enumerate(page, start=1):
+                where = f"REST {FUNDING} {symbol} row {n}"
+                try:
+                    t = int(row["fundingTime"])
+                    rate, mark = str(row["fundingRate"]), str(row.get("markPrice") or "")
+                except (KeyError, TypeError, ValueError):
+                    raise BadData(f"{where}: unreadable {str(row)[:120]}") from None
+                if not cursor <= t < end_ms:
+                    continue
+                times.append(t)
+                rates.append(price_of(rate, where))
+                marks.append(price_of(mark, where) if mark else None)
+                decimals["funding_rate"] = max(decimals["funding_rate"], decimals_of(rate))
+                decimals["mark_price"] = max(decimals["mark_price"], decimals_of(mark))
+            if len(page) < FUNDING_LIMIT or not times:
+                break
+            cursor = times[-1] + 1
+        return Parsed(times, {"funding_rate": rates, "mark_price": marks}, decimals)
+
+    async def _funding_budget(self) -> None:
+        count, window = FUNDING_BUDGET
+        now = self._monotonic()
+        while self._funding_sent and now - self._funding_sent[0] >= window:
+            self._funding_sent.popleft()
+        if len(self._funding_sent) >= count:
+            await self._sleep(window - (now - self._funding_sent[0]))
+        self._funding_sent.append(self._monotonic())
+
+    async def _paced(self, call: Callable[..., Awaitable[list[Any]]], *args: Any) -> list[Any]:
+        """One request; budget refusals waited out, transport failures retried twice."""
+        failures = 0
+        for _ in range(MAX_WAITS):
+            try:
+                return await call(*args)
+            except RateLimited as exc:
+                if exc.http_status == 418 or exc.banned_until_ms:
+                    raise Banned(f"REST: IP banned until {exc.banned_until_ms}: {exc.msg}") from None
+                wait = exc.retry_after_s if exc.retry_after_s is not None else 1.0
+                log.info("REST budget: waiting %.1f s", wait)
+                await self._sleep(wait)
+            except Retryable as exc:
+                failures += 1
+                if failures > 2 or "unreachable" in exc.msg:
+                    raise
+                await self._sleep(0.2 * failures)
+        raise BinanceError(0, f"REST: still over the budget after {MAX_WAITS} waits", 0)

@@ -1,0 +1,260 @@
+"""The columnar store and its coverage manifest.
+
+Rows live in Parquet, one file per symbol, dataset and UTC month:
+``<root>/{dataset}/{SYMBOL}/{YYYY-MM}.parquet`` with ``open_time, open, high, low, close`` (1m klines
+and markPriceKlines) or ``funding_time, funding_rate, mark_price`` (fundingRate), sorted, one row per
+time. Prices are float64: every Binance decimal string with at most 15 significant digits (all USD-M
+prices and rates, <= 8 decimals) survives the round trip exactly (``archive.faithful`` checks each
+one), and ``exact(x)`` gives the Decimal back. The most decimals seen per column are kept in the
+file's metadata (``decimals``). A month file is rewritten whole: written to ``.tmp`` then renamed,
+so a reader never meets half a file.
+
+``manifest.sqlite`` (sqlite-utils) records the gaps found by the last scan of each window (``gaps``:
+start, end, reason) and per UTC day what is known: ``complete`` (fetched; its
+missing minutes are known gaps, not fetched again), ``partial`` (the current day, up to
+``covered_until_ms``) or ``failed`` (a checksum mismatch or an unreachable source; tried again next
+time), with the source and a note. ``ensure`` consults it, so a window already covered sends nothing.
+pyarrow is imported inside the functions: the CLI starts without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from binance.history.archive import FUNDING, Parsed, month_of
+
+MINUTE_KEY_MS = 60_000
+# Funding settlements are deduplicated by their nearest minute: archive calc_time values such as
+# ...000001 have been seen next to REST fundingTime ...000000 for the same settlement (unsure how
+# often; the first one stored wins).
+FUNDING_KEY_ROUND_MS = 30_000
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "klines": ("open_time", "open", "high", "low", "close"),
+    "markPriceKlines": ("open_time", "open", "high", "low", "close"),
+    FUNDING: ("funding_time", "funding_rate", "mark_price"),
+}
+
+
+def exact(x: float) -> Decimal:
+    """The decimal Binance sent for a stored float64 (the shortest repr is that decimal)."""
+    return Decimal(repr(x))
+
+
+def _key(dataset: str, t: int) -> int:
+    return (t + FUNDING_KEY_ROUND_MS) // MINUTE_KEY_MS if dataset == FUNDING else t
+
+
+@dataclass(slots=True)
+class DayState:
+    day: str
+    status: str  # complete | partial | failed
+    source: str  # archive | rest | none
+    rows: int
+    covered_until_ms: int
+    note: str
+
+
+class Store:
+    """Parquet month files plus the SQLite manifest under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(root / "manifest.sqlite")
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.table("days").create(
+            {
+                "symbol": str,
+                "dataset": str,
+                "day": str,
+                "status": str,
+                "source": str,
+                "rows": int,
+                "covered_until_ms": int,
+                "note": str,
+            },
+            pk=("symbol", "dataset", "day"),
+            if_not_exists=True,
+        )
+        self.db.table("gaps").create(
+            {"symbol": str, "dataset": str, "start_ms": int, "end_ms": int, "reason": str},
+            pk=("symbol", "dataset", "start_ms"),
+            if_not_exists=True,
+        )
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- manifest --------------------------------------------------------------------------
+
+    def days(self, symbol: str, dataset: str) -> dict[str, DayState]:
+        rows = self.db.query(
+            "select day, status, source, rows, covered_until_ms, note from days"
+            " where symbol = ? and dataset = ?",
+            [symbol, dataset],
+        )
+        return {r["day"]: DayState(**r) for r in rows}
+
+    def mark(self, symbol: str, dataset: str, states: list[DayState]) -> None:
+        if not states:
+            return
+        self.db.table("days").upsert_all(
+            [{"symbol": symbol, "dataset": dataset, **_as_dict(s)} for s in states],
+            pk=("symbol", "dataset", "day"),
+        )
+
+    def replace_gaps(
+        self, symbol: str, dataset: str, lo: int, hi: int, gaps: list[tuple[int, int, str]]
+    ) -> None:
+        """The known gaps of ``[lo, hi)`` are now ``gaps``; older ones reaching outside keep their
+        outside part."""
+        where = "symbol = ? and dataset = ? and start_ms < ? and end_ms > ?"
+        old = list(
+            self.db.query(
+                f"select start_ms, end_ms, reason from gaps where {where}", [symbol, dataset, hi, lo]
+            )
+        )
+        keep = [(o["start_ms"], lo, o["reason"]) for o in old if o["start_ms"] < lo]
+        keep += [(hi, o["end_ms"], o["reason"]) for o in old if o["end_ms"] > hi]
+        with self.db.conn:
+            self.db.execute(f"delete from gaps where {where}", [symbol, dataset, hi, lo])
+            rows = [
+                {"symbol": symbol, "dataset": dataset, "start_ms": a, "end_ms": b, "reason": r}
+                for a, b, r in [*keep, *gaps]
+            ]
+            if rows:
+                self.db.table("gaps").upsert_all(rows, pk=("symbol", "dataset", "start_ms"))
+
+    def gaps(self, symbol: str, dataset: str, lo: int, hi: int) -> list[tuple[int, int, str]]:
+        """Known gaps overlapping ``[lo, hi)`` as last scanned, oldest first."""
+        rows = self.db.query(
+            "select start_ms, end_ms, reason from gaps where symbol = ? and dataset = ? and start_ms < ?"
+            " and end_ms > ? order by start_ms",
+            [symbol, dataset, hi, lo],
+        )
+        return [(r["start_ms"], r["end_ms"], r["reason"]) for r in rows]
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def path(self, symbol: str, dataset: str, month: str) -> Path:
+        return self.root / dataset / symbol / f"{month}.parquet"
+
+    def write(self, symbol: str, dataset: str, parsed: Parsed) -> int:
+        """Merge rows into their month files (existing rows win on an equal time); returns how many
+        rows were new."""
+        by_month: dict[str, list[int]] = {}
+        for i, t in enumerate(parsed.times):
+            by_month.setdefault(month_of(t), []).append(i)
+        names = COLUMNS[dataset]
+        added = 0
+        for month, idx in sorted(by_month.items()):
+            old = self._read_month(symbol, dataset, month)
+            merged: dict[int, tuple[Any, ...]] = {}
+            decimals = dict(old[1]) if old else {}
+            if old:
+                for row in zip(*(old[0][n] for n in names), strict=True):
+                    merged[_key(dataset, row[0])] = row
+            before = len(merged)
+            value_names = names[1:]
+            for i in idx:
+                merged.setdefault(
+                    _key(dataset, parsed.times[i]),
+                    (parsed.times[i], *(parsed.columns[n][i] for n in value_names)),
+                )
+            added += len(merged) - before
+            for n, d in parsed.decimals.items():
+                decimals[n] = max(decimals.get(n, 0), d)
+            rows = sorted(merged.values())
+            self._write_month(symbol, dataset, month, rows, decimals)
+        return added
+
+    def _write_month(
+        self, symbol: str, dataset: str, month: str, rows: list[tuple[Any, ...]], decimals: dict[str, int]
+    ) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        names = COLUMNS[dataset]
+        cols = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+        fields = [pa.field(names[0], pa.int64(), nullable=False)]
+        fields += [pa.field(n, pa.float64()) for n in names[1:]]
+        schema = pa.schema(fields, metadata={"decimals": json.dumps(decimals, sort_keys=True)})
+        table = pa.table([pa.array(c, type=f.type) for c, f in zip(cols, fields, strict=True)], schema=schema)
+        path = self.path(symbol, dataset, month)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+
+    def _read_month(
+        self, symbol: str, dataset: str, month: str
+    ) -> tuple[dict[str, list[Any]], dict[str, int]] | None:
+        import pyarrow.parquet as pq
+
+        path = self.path(symbol, dataset, month)
+        if not path.exists():
+            return None
+        table = pq.read_table(path)
+        meta = table.schema.metadata or {}
+        decimals = json.loads(meta.get(b"decimals", b"{}"))
+        return {n: table.column(n).to_pylist() for n in COLUMNS[dataset]}, decimals
+
+    def read(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> dict[str, list[Any]]:
+        """Columns for ``start_ms <= time < end_ms``, sorted, one row per time."""
+        names = COLUMNS[dataset]
+        out: dict[str, list[Any]] = {n: [] for n in names}
+        for month in months_between(start_ms, end_ms):
+            got = self._read_month(symbol, dataset, month)
+            if got is None:
+                continue
+            cols = got[0]
+            times = cols[names[0]]
+            lo = _bisect(times, start_ms)
+            hi = _bisect(times, end_ms)
+            for n in names:
+                out[n].extend(cols[n][lo:hi])
+        return out
+
+    def decimals(self, symbol: str, dataset: str, month: str) -> dict[str, int]:
+        got = self._read_month(symbol, dataset, month)
+        return got[1] if got else {}
+
+
+def _bisect(times: list[int], t: int) -> int:
+    import bisect
+
+    return bisect.bisect_left(times, t)
+
+
+def _as_dict(s: DayState) -> dict[str, Any]:
+    return {
+        "day": s.day,
+        "status": s.status,
+        "source": s.source,
+        "rows": s.rows,
+        "covered_until_ms": s.covered_until_ms,
+        "note": s.note,
+    }
+
+
+def months_between(start_ms: int, end_ms: int) -> list[str]:
+    """``YYYY-MM`` of every UTC month that ``[start_ms, end_ms)`` touches."""
+    if end_ms <= start_ms:
+        return []
+    first, last = month_of(start_ms), month_of(end_ms - 1)
+    y, m = int(first[:4]), int(first[5:])
+    out = []
+    while f"{y:04d}-{m:02d}" <= last:
+        out.append(f"{y:04d}-{m:02d}")
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return out
