@@ -66,12 +66,12 @@ def recompute_entry_lock(core: Core) -> None:
                 del core.unconfirmed_fills[symbol]
             else:
                 reasons.append(f"fill on {symbol} awaiting its position update")
-    for symbol, model in core.symbols.items():
+    for model in core.busy_models():
         if model.state not in HOLDING_STATES:
-            continue  # the test ``_holds_entry_lock`` starts with, without the call (600 a second)
+            continue  # the test ``holds_entry_lock`` starts with, without the call
         held = holds_entry_lock(core, model)
         if held:
-            reasons.append(f"{symbol} {held}")
+            reasons.append(f"{model.symbol} {held}")
     lock = core.locks[ENTRY_LOCK]
     if reasons and lock.state == "GLOBAL_IDLE":
         core.fire_lock(ENTRY_LOCK, "lock", reasons[0])

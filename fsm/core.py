@@ -8,6 +8,7 @@ is the facade that routes events to them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 
 from transitions import Machine
@@ -97,6 +98,16 @@ class Core:
         self.recovery_held: dict[str, Decimal] = {}  # symbol -> position the last snapshot held
         self.now_ms = 0
         self._out: list[cmd.Command] = []
+        # Indexes derived from the state above (rebuilt by ``reindex``, never snapshotted), so the
+        # 1-second evaluation costs what changed, not what is monitored (issue #11 step 9):
+        self.seq_of: dict[str, int] = {}  # symbol -> creation order (``symbols``' iteration order)
+        self._next_seq = 0
+        self.busy: dict[str, SymbolModel] = {}  # beyond MONITORING, or monitoring with orders
+        self.entry_ready: set[str] = set()  # MONITORING symbols whose mark is at their trigger
+        # Watched symbols by when their WS price was last fresh (max of the last WS mark and the
+        # start of the watch), oldest first: now is monotonic, so each update goes to the end.
+        self.ws_fresh: dict[str, int] = {}
+        self.unwatched: list[str] = []  # symbols created since the watch list was last brought up to date
         self.closed_fills: dict[str, Decimal] = {}  # cid -> quantity booked, for orders of reset symbols
         self.recovery_generations: dict[str, dict[str, int]] = {}
         # Released models stay attached to the symbol machine and are reused: ``add_model`` costs
@@ -166,6 +177,9 @@ class Core:
                 model = SymbolModel(symbol=symbol)
                 self._symbol_machine.add_model(model, initial="IDLE")
             self.symbols[symbol] = model
+            self.seq_of[symbol] = self._next_seq
+            self._next_seq += 1
+            self.unwatched.append(symbol)
             if self.locks[RECOVERY_LOCK].state == "RECOVERING":
                 model.generations.update(self.recovery_generations.get(symbol, {}))
         return model
@@ -179,6 +193,7 @@ class Core:
         getattr(model, trigger)()
         if model.state != dest:  # a trigger shadowed by a model attribute would silently do nothing
             raise RuntimeError(f"{trigger} left {model.symbol} in {model.state}, not {dest}")
+        self.track(model)
         self.emit(
             cmd.Transitioned(
                 machine="symbol",
@@ -223,6 +238,63 @@ class Core:
         self.watch_since.pop(model.symbol, None)
         self._released.append(model)
         del self.symbols[model.symbol]
+        self.busy.pop(model.symbol, None)
+        self.entry_ready.discard(model.symbol)
+        self.ws_fresh.pop(model.symbol, None)
+        self.seq_of.pop(model.symbol, None)
+
+    def attach(self, model: SymbolModel) -> None:
+        """Put a model built elsewhere (a test, a what-if) under the machine in its own state."""
+        self._symbol_machine.add_model(model, initial=model.state)
+        self.symbols[model.symbol] = model
+        self.seq_of[model.symbol] = self._next_seq
+        self._next_seq += 1
+        self.unwatched.append(model.symbol)
+        self.track(model)
+
+    def track(self, model: SymbolModel) -> None:
+        """Keep ``busy`` and ``entry_ready`` in step with the model's state (after each transition)."""
+        symbol = model.symbol
+        if model.state == "MONITORING":
+            mark = self.marks.get(symbol)
+            if mark is not None and mark >= model.entry_trigger:
+                self.entry_ready.add(symbol)
+            else:
+                self.entry_ready.discard(symbol)
+            if model.orders:  # back from ENTRY_ORDER (D-43): its refused entry still has timers
+                self.busy[symbol] = model
+            else:
+                self.busy.pop(symbol, None)
+        elif model.state == "IDLE":
+            self.busy.pop(symbol, None)
+            self.entry_ready.discard(symbol)
+        else:
+            self.busy[symbol] = model
+            self.entry_ready.discard(symbol)
+
+    def busy_models(self) -> list[SymbolModel]:
+        """The models the evaluation and the timers look at, in ``symbols``' order."""
+        if len(self.busy) < 2:
+            return list(self.busy.values())
+        return sorted(self.busy.values(), key=lambda m: self.seq_of[m.symbol])
+
+    def by_seq(self, symbols: Iterable[str]) -> list[str]:
+        return sorted(symbols, key=self.seq_of.__getitem__)
+
+    def reindex(self) -> None:
+        """Rebuild the derived indexes from the state (after a restore)."""
+        self.seq_of = {symbol: i for i, symbol in enumerate(self.symbols)}
+        self._next_seq = len(self.symbols)
+        self.busy, self.entry_ready = {}, set()
+        for model in self.symbols.values():
+            self.track(model)
+        watched = [
+            (max(self.mark_ws_ms.get(s, 0), since), self.seq_of[s], s)
+            for s, since in self.watch_since.items()
+            if s in self.symbols
+        ]
+        self.ws_fresh = {s: at for at, _, s in sorted(watched)}
+        self.unwatched = [s for s in self.symbols if s not in self.ws_fresh]
 
     def _recycle(self) -> None:
         for model in self._released:

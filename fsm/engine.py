@@ -183,6 +183,7 @@ class Engine(Core):
         for name in _PLAIN_FIELDS:
             if name in data:  # a snapshot from before a field existed keeps the field's default
                 setattr(self, name, decode(data[name]))
+        self.reindex()
 
     def _handlers(self) -> dict[type, Callable[[Core, Any], None]]:
         return {

@@ -42,9 +42,9 @@ def on_tick(core: Core, event: ev.Tick) -> None:
 def check_timers(core: Core, now: int) -> None:
     s = core.strategy
     timeout = s.partial_fill_timeout_seconds * 1000
-    for model in list(core.symbols.values()):
+    for model in core.busy_models():
         if not model.orders and not model.close_retry_at_ms and not model.mismatch_since_ms:
-            continue  # nothing below can be due (a monitored symbol: most of them)
+            continue  # nothing below can be due
         # N-19, R19, R25: an exit order stuck part-filled for 5 s: cancel the rest, close at market.
         for order in model.open_orders(*LIMIT_EXIT_LEGS):
             if order.status == "PARTIALLY_FILLED" and now - order.last_fill_ms >= timeout:
@@ -99,15 +99,15 @@ def check_timers(core: Core, now: int) -> None:
 
 def evaluate_triggers(core: Core, now: int) -> None:
     b = core.strategy.trigger_buffer_pct
-    candidates: list[SymbolModel] = []
-    for model in list(core.symbols.values()):
+    # W17-2, W19, W34: a monitored symbol whose mark is at T1 = P1 x 0.999 (fixed at receipt) is
+    # kept in ``entry_ready`` by each mark; the rest of the evaluation is the busy symbols'.
+    candidates = [m for m in (core.symbols[s] for s in core.by_seq(core.entry_ready)) if not m.closing]
+    for model in core.busy_models():
         mark = core.marks.get(model.symbol)
         if mark is None or model.closing:
             continue
         state = model.state
         if state == "MONITORING":
-            if mark >= model.entry_trigger:  # W17-2, W19, W34 (T1 = P1 x 0.999, fixed at receipt)
-                candidates.append(model)
             continue
         elif state in ("ENTRY_ORDER", "PHASE1") and model.tp_armed and model.position() > 0:
             ptp = rules.take_profit_price(model.average(), core.strategy.tp_pct, core.tick_size(model))
@@ -290,7 +290,7 @@ def racing_exits(model: SymbolModel) -> list[OrderTrack]:
 
 def settle_deferred_closes(core: Core) -> None:
     """A deferred close goes out once every racing exit has answered (sized by what they traded)."""
-    for model in list(core.symbols.values()):
+    for model in core.busy_models():
         if model.close_deferred and not racing_exits(model) and not model.open_orders("CLOSE"):
             model.close_deferred = False
             if model.position() > 0:

@@ -15,11 +15,22 @@ from fsm.table import RECOVERY_LOCK, SAFETY_LOCK
 
 def on_mark(core: Core, event: ev.MarkPriceTick) -> None:
     now = event.now_ms
-    core.marks[event.symbol] = event.price
+    symbol = event.symbol
+    core.marks[symbol] = event.price
+    model = core.symbols.get(symbol)
+    if model is not None and model.state == "MONITORING":
+        if event.price >= model.entry_trigger:
+            core.entry_ready.add(symbol)
+        else:
+            core.entry_ready.discard(symbol)
     stale_ms = core.strategy.stale_mark_price_seconds * 1000
     if event.source == "WS":
         core.last_ws_ms = now
-        core.mark_ws_ms[event.symbol] = now
+        core.mark_ws_ms[symbol] = now
+        fresh_at = core.ws_fresh
+        if symbol in fresh_at:  # to the end: the freshest
+            del fresh_at[symbol]
+            fresh_at[symbol] = now
         if core.price_source == "REST" and ws_silent(core, now) is None:  # W23
             core.price_source = "WS"
             core.emit(cmd.UsePriceSource(source="WS", reason="websocket message received"))
@@ -53,47 +64,47 @@ def on_ws_status(core: Core, event: ev.WsStatusChanged) -> None:
         core.last_ws_ms = event.now_ms
 
 
-def watched_ws_at(core: Core, now: int) -> list[tuple[str, int]]:
-    """(symbol, time of its last WS mark or of the start of its watch) for every watched symbol."""
-    out = []
-    for symbol, model in core.symbols.items():
+def watch_new_symbols(core: Core, now: int) -> None:
+    """Symbols created since the last look join the watch (their watch starts now)."""
+    waiting = []
+    for symbol in core.unwatched:
+        model = core.symbols.get(symbol)
+        if model is None or symbol in core.ws_fresh:
+            continue
         if model.state == "IDLE":
+            waiting.append(symbol)  # not watched while idle; looked at again next time
             continue
         since = core.watch_since.setdefault(symbol, now)
-        out.append((symbol, max(core.mark_ws_ms.get(symbol, 0), since)))
-    return out
+        core.ws_fresh[symbol] = max(core.mark_ws_ms.get(symbol, 0), since)
+    core.unwatched = waiting
 
 
 def silent_and_stale(core: Core, now: int, fallback_ms: int, stale_ms: int) -> tuple[str | None, str | None]:
-    """In one pass over the watched symbols (``_watched_ws_at``'s order): the first with no WS
-    mark for ``fallback_ms`` (W22) and the first with no fresh mark from either source for
-    ``stale_ms`` (W23-1; with REST failing, its REST marks do not count)."""
-    silent: str | None = None
-    stale: str | None = None
-    ws_ms, rest_ms, since_ms = core.mark_ws_ms, core.mark_rest_ms, core.watch_since
+    """The first watched symbol (in ``symbols``' order) with no WS mark for ``fallback_ms`` (W22),
+    and the first with no fresh mark from either source for ``stale_ms`` (W23-1). Only the oldest
+    entries of ``ws_fresh`` can be either, so the look stops at the first fresh one."""
+    watch_new_symbols(core, now)
+    silent: list[str] = []
+    stale: list[str] = []
+    rest_ms = core.mark_rest_ms
     fresh_ms = min(fallback_ms, stale_ms)
-    for symbol, model in core.symbols.items():
-        if model.state == "IDLE":
-            continue
-        since = since_ms.setdefault(symbol, now)
-        at = max(ws_ms.get(symbol, 0), since)
+    for symbol, at in core.ws_fresh.items():
         if now - at < fresh_ms:
-            continue  # fresh: neither silent nor stale
-        if silent is None and now - at >= fallback_ms:
-            silent = symbol
-        if stale is None and now - at >= stale_ms:
-            rest_at = rest_ms.get(symbol, 0)
-            if now - max(at, rest_at) >= stale_ms and (core.rest_failing or now - rest_at >= stale_ms):
-                stale = symbol
-        if stale is not None and silent is not None:
-            break
-    return silent, stale
+            break  # this one and every later one are fresh
+        if now - at >= fallback_ms:
+            silent.append(symbol)
+        if now - at >= stale_ms and now - max(at, rest_ms.get(symbol, 0)) >= stale_ms:
+            stale.append(symbol)
+    return (
+        core.by_seq(silent)[0] if silent else None,
+        core.by_seq(stale)[0] if stale else None,
+    )
 
 
 def ws_silent(core: Core, now: int) -> str | None:
     """A watched symbol with no WS mark for the fallback time (its own stream is silent)."""
     limit = core.strategy.ws_stale_fallback_seconds * 1000
-    return next((s for s, at in watched_ws_at(core, now) if now - at >= limit), None)
+    return silent_and_stale(core, now, limit, limit)[0]
 
 
 def check_price_source(core: Core, now: int) -> None:

@@ -21,9 +21,8 @@ INFO = ev.SymbolInfo(
 
 def _engine_holding_without_mark() -> Engine:
     engine = Engine()
-    model = SymbolModel(symbol="BTCUSDT", info=INFO, message_id=1001)
-    engine._symbol_machine.add_model(model, initial="PHASE1")
-    engine.symbols["BTCUSDT"] = model
+    model = SymbolModel(symbol="BTCUSDT", info=INFO, message_id=1001, state="PHASE1")
+    engine.attach(model)
     fill = OrderTrack(
         cid="sf1001-E11-BTCUSDT",
         leg="ENTRY1",

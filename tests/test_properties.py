@@ -119,6 +119,50 @@ class ProbeEngine(Engine):
         super().emit(command)
 
 
+def index_problems(engine: Engine) -> list[str]:
+    """Property i: the evaluation's indexes (``fsm.core``: busy, entry_ready, ws_fresh) say what a
+    look at every symbol would say, so a Tick that reads only them misses nothing."""
+    found: list[str] = []
+    symbols = engine.symbols
+    if list(engine.seq_of) != list(symbols) and sorted(engine.seq_of) != sorted(symbols):
+        found.append(f"seq_of {sorted(engine.seq_of)} != symbols {sorted(symbols)}")
+    elif sorted(symbols, key=engine.seq_of.__getitem__) != list(symbols):
+        found.append("seq_of does not follow the symbols' order")
+    busy = {
+        s
+        for s, m in symbols.items()
+        if m.state not in ("IDLE", "MONITORING") or (m.state == "MONITORING" and m.orders)
+    }
+    if set(engine.busy) != busy:
+        found.append(f"busy {sorted(engine.busy)} != {sorted(busy)}")
+    ready = {
+        s
+        for s, m in symbols.items()
+        if m.state == "MONITORING" and s in engine.marks and engine.marks[s] >= m.entry_trigger
+    }
+    if engine.entry_ready != ready:
+        found.append(f"entry_ready {sorted(engine.entry_ready)} != {sorted(ready)}")
+    last = None
+    for s, at in engine.ws_fresh.items():
+        model = symbols.get(s)
+        if model is None or model.state == "IDLE" or s not in engine.watch_since:
+            found.append(f"ws_fresh holds {s}, not watched")
+            continue
+        if at != max(engine.mark_ws_ms.get(s, 0), engine.watch_since[s]):
+            found.append(f"ws_fresh[{s}] = {at}, not its last fresh WS time")
+        if last is not None and at < last:
+            found.append(f"ws_fresh out of order at {s}")
+        last = at
+    for s, m in symbols.items():
+        if (
+            m.state != "IDLE"
+            and s not in engine.ws_fresh
+            and (s not in engine.unwatched or s in engine.watch_since)
+        ):
+            found.append(f"{s} is watched by nobody")
+    return found
+
+
 def _committed(model: SymbolModel) -> bool:
     """Beyond MONITORING in the sense of section 1 rule 1: ENTRY_ORDER, PHASE1 or PHASE2, or EXITING
     while a position above dust or an entry order is still there. A flat EXITING symbol whose leftover
@@ -158,7 +202,7 @@ class Harness:
     position_mode: str = "ONE_WAY"
     runner: Runner = field(init=False)
     rendered: list[str] = field(default_factory=list)
-    problems: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in "abcfg"})
+    problems: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in "abcfgi"})
     parked: list[cmd.Command] = field(default_factory=list)
     hold: int = 0
     entry_id: int = 1000
@@ -250,6 +294,7 @@ class Harness:
         for buy, position in engine.buys:
             if buy.quantity > position:
                 self.problems["c"].append(f"{where}: {render(buy)} above the position {position}")
+        self.problems["i"].extend(f"{where}: {p}" for p in index_problems(engine))
         venue = self.runner.venue
         for command in commands:
             if (
@@ -701,6 +746,16 @@ def test_never_a_reset_with_an_order_of_ours_live_on_the_venue(run: dict[str, An
     assert not harness.problems["g"], _explain(harness, "g")
 
 
+@pytest.mark.spec("W17-2", "W22", "W23-1")
+@PROPERTY_SETTINGS
+@example(run=HAPPY_PATH)
+@example(run=OVERLAP_WHILE_CANCELLING)
+@given(run=RUNS)
+def test_the_evaluation_indexes_agree_with_every_symbol(run: dict[str, Any]) -> None:
+    harness = _run(run)
+    assert not harness.problems["i"], _explain(harness, "i")
+
+
 @PROPERTY_SETTINGS
 @example(run=HAPPY_PATH)
 @given(run=RUNS)
@@ -827,9 +882,8 @@ def test_symbol_table_pair(state: str, trigger: str) -> None:
     _check_bare_machine(machine, bare, state, trigger, dest)
     # The engine fires it through the same table on its own machine.
     engine = Engine()
-    model = SymbolModel(symbol="BTCUSDT", message_id=1001)
-    engine._symbol_machine.add_model(model, initial=state)
-    engine.symbols["BTCUSDT"] = model
+    model = SymbolModel(symbol="BTCUSDT", message_id=1001, state=state)
+    engine.attach(model)
     before = engine.snapshot()
     engine._out = []
     fired = engine.fire(model, trigger, "probe")
