@@ -117,8 +117,10 @@ class Engine(Core):
         except Exception:  # never fail while containing a failure: the alert above is what matters
             log.exception("engine failure containment failed")
 
-    def next_deadline_ms(self) -> int | None:
-        """The earliest time at which a Tick would decide something that no other event brings."""
+    def next_deadline_ms(self, *, price_watchdogs: bool = True) -> int | None:
+        """The earliest time at which a Tick would decide something that no other event brings.
+        ``price_watchdogs=False`` leaves out the WS fallback and stale-price times: a replay of
+        recorded prices (the backtest) announces every price itself."""
         deadlines: list[int] = []
         timeout = self.strategy.partial_fill_timeout_seconds * 1000
         for model in self.symbols.values():
@@ -142,7 +144,7 @@ class Engine(Core):
             deadlines.append(self.rate_probe_due_ms)
         grace = self.strategy.position_sync_grace_seconds * 1000
         deadlines.extend(at + grace for at in self.unconfirmed_fills.values())
-        if self.last_ws_ms is not None:
+        if price_watchdogs and self.last_ws_ms is not None:
             if self.price_source == "WS":
                 deadlines.append(self.last_ws_ms + self.strategy.ws_stale_fallback_seconds * 1000)
             if self.locks[SAFETY_LOCK].state == "PRICE_OK":

@@ -59,14 +59,15 @@ def load_feed(path: str | os.PathLike[str]) -> list[FeedItem]:
             if not stripped or stripped.startswith("#"):
                 continue
             try:
-                items.append(_item(json.loads(stripped)))
+                items.append(parse_item(json.loads(stripped)))
             except (json.JSONDecodeError, ValueError) as exc:
                 logger.warning("%s:%d: skipped malformed feed line: %s", path, number, exc)
     items.sort(key=lambda item: item.at_ms)  # stable: equal offsets keep their file order
     return items
 
 
-def _item(payload: Any) -> FeedItem:
+def parse_item(payload: Any) -> FeedItem:
+    """One feed line's JSON object as a ``FeedItem``; ``ValueError`` says what is wrong with it."""
     if not isinstance(payload, dict):
         raise ValueError("not a JSON object")
     for name in ("at_ms", "chat_id", "message_id"):

@@ -378,6 +378,9 @@ class SimExchange:
         self.leverage: dict[str, int] = {}
         self.margin_type: dict[str, str] = {}
         self.default_leverage = default_leverage
+        # The account's commission rates (``commissionRate``; a backtest may set others).
+        self.maker_fee = MAKER_FEE
+        self.taker_fee = TAKER_FEE
         for sym, mark in symbols if symbols is not None else default_symbols():
             self.add_symbol(sym, mark)
         self.orders: dict[int, SimOrder] = {}
@@ -817,8 +820,8 @@ class SimExchange:
         name = self._symbol(params).symbol
         return {
             "symbol": name,
-            "makerCommissionRate": _fmt(MAKER_FEE, 4),
-            "takerCommissionRate": _fmt(TAKER_FEE, 4),
+            "makerCommissionRate": _fmt(self.maker_fee),
+            "takerCommissionRate": _fmt(self.taker_fee),
         }
 
     def symbol_config(self, params: dict[str, str]) -> list[Json]:
@@ -1670,6 +1673,10 @@ class SimExchange:
         if qty > 0:
             self._fill(o, qty, o.price if price is None else price, maker=maker)
 
+    def fill_price(self, o: SimOrder, price: Decimal, *, maker: bool) -> Decimal:
+        """The price a fill trades at: the book's here; a backtest moves taker fills by its slippage."""
+        return price
+
     def _fill(self, o: SimOrder, qty: Decimal, price: Decimal, *, maker: bool) -> None:
         if o.reduce_only or o.close_position:
             pos = self.positions.get((o.symbol, o.position_side))
@@ -1679,8 +1686,9 @@ class SimExchange:
                 o.update_ms = self.now()
                 self._emit(self._otu(o, "EXPIRED"))
                 return
+        price = self.fill_price(o, price, maker=maker)
         now = self.now()
-        fee = (qty * price * (MAKER_FEE if maker else TAKER_FEE)).quantize(Decimal("0.00000001"))
+        fee = (qty * price * (self.maker_fee if maker else self.taker_fee)).quantize(Decimal("0.00000001"))
         rp = self._apply_position(o.symbol, o.position_side, o.side, qty, price)
         self.wallet += rp - fee
         o.executed += qty

@@ -389,6 +389,7 @@ SUBCOMMANDS = [
     "report",
     "export",
     "data",
+    "backtest",
     "diagram",
     "parse",
     "login",

@@ -1,0 +1,964 @@
+"""``shortfsm backtest``: a message feed and cached market data through the real engine and venue.
+
+Theory of operation
+-------------------
+The run is ``fsm.runtime.simreplay`` pointed at history: the engine's venue commands go through the
+real ``binance.executor.Executor`` and ``binance.rest.BinanceRest`` over ``InProcessTransport`` into a
+``binance.sim`` exchange, on one ``SimClock``; what the exchange pushes on the user stream is decoded
+by ``binance.parse`` and fed back to the engine after the command's own answer. Every engine input is
+written to a SQLite database with the same ``fsm.runtime.store.Store`` calls the daemon makes
+(messages, outcomes, commands, journal, snapshots), so ``shortfsm trades`` / ``report`` read it
+unchanged.
+
+Clock. Nothing happens per quiet second. While no symbol is watched (every engine symbol IDLE, no
+venue position) the clock jumps straight to the next feed message or the engine's next deadline.
+While a symbol is watched the run walks its minutes: each 1m candle becomes a path of four vertices
+at fixed offsets (open at :00, first extreme at :20, second extreme at :40, close at :59), linear in
+between. In the default (compressed) mode the path is cut only at its vertices and where it crosses
+a level that can decide something: the engine's own thresholds (entry trigger, take-profit
+placement, second-entry placement, all on the mark) and the venue's resting orders (LIMIT prices on
+the traded price, stop triggers on their working price). The level is applied exactly, at the time
+the line reaches it. ``dense=True`` instead applies a point every second along the same lines.
+
+Prices. The mark path comes from the cached 1m ``markPriceKlines`` (``klines`` when a minute has no
+mark candle, counted in ``notes``); the traded (last) path from the 1m ``klines`` (the mark when a
+minute has none). Each point is ``SimExchange.set_mark(symbol, mark, last=last)``: LIMIT orders fill
+when the traded price reaches them, STOP_MARKET with ``workingType=MARK_PRICE`` triggers on the mark,
+exactly as the sim models Binance. The engine sees the point as a WS ``MarkPriceTick`` followed by
+the venue's pushes and one ``Tick`` (its 1-second evaluation). Before any input at a later time the
+watched symbols' marks are re-announced at their current value (the live stream pushes every
+second); with nothing watched, the heartbeat symbol's mark is. The engine's price-staleness
+deadlines are therefore never decision points here.
+
+Path rule (a short position). ``pessimistic``: open, high, low, close (the adverse extreme first);
+``optimistic``: open, low, high, close. A minute is *ambiguous* for a symbol holding a position when,
+at the minute's start, one of its levels lies above the open within the minute's high and another
+below it within the minute's low: the order of high and low then decides. A trade is counted as
+ambiguous when it went through at least one such minute.
+
+Fills and fees. A resting LIMIT fills at its price as a maker, a crossing one at the traded price as
+a taker (the sim's book: one level at the last price). MARKET orders and triggered stops fill at the
+traded price moved by ``slippage_bps`` against us (BUY up, SELL down, to the tick). Fees are the
+sim's commissionRate (maker 0.02 %, taker 0.05 %) unless overridden. Funding is not applied (the sim
+models no funding payments and the ledger has no place for them).
+
+No look-ahead: a decision at time t depends only on inputs before or at t; the run with
+``until_ms=T`` handles exactly the inputs of the full run that come before T.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from binance import parse
+from binance.executor import Executor
+from binance.history import MarketCache, exact
+from binance.rest import BinanceRest
+from binance.sim.clock import SimClock
+from binance.sim.exchange import (
+    MAKER_FEE,
+    TAKER_FEE,
+    SimExchange,
+    SimOrder,
+    default_symbols,
+)
+from binance.sim.inproc import InProcessTransport
+from binance.sim.server import SimVenue
+from fsm import commands as cmd
+from fsm import events as ev
+from fsm import rules
+from fsm.engine import Engine
+from fsm.journal import render, render_all
+from fsm.runtime import ledger
+from fsm.runtime.store import Store
+from fsm.strategy import Strategy
+from telegram_ingest.grammar import parse_message
+from telegram_ingest.replay import FeedItem, parse_item
+
+Json = dict[str, Any]
+PathRule = Literal["pessimistic", "optimistic"]
+MINUTE_MS = 60_000
+KLINE_MS = 180_000  # the engine's targets read 3m candles (N-08)
+KLINE_COUNT = 200  # the daemon reads the last 200 closed 3m candles at receipt
+HISTORY_MS = (KLINE_COUNT + 1) * KLINE_MS
+VERTEX_OFFSETS_MS = (0, 20_000, 40_000, 59_000)  # open, first extreme, second extreme, close
+CHECKPOINT_EVERY_MS = 3_600_000  # as the daemon: a journal checkpoint an hour
+OUTCOME_EVENTS = (  # as fsm.runtime.daemon.OUTCOME_EVENTS: the events whose outcome the store books
+    ev.OrderAccepted,
+    ev.AlgoOrderAccepted,
+    ev.OrderRejected,
+    ev.CancelResult,
+    ev.OrderUpdated,
+    ev.AlgoOrderUpdated,
+)
+BACKTEST_MARKER = "meta.backtest"  # status row naming the run: only such a database is ever replaced
+PLACES = Decimal("0.00000001")  # interpolated prices: 8 decimals, as Binance writes marks
+BPS = Decimal("10000")
+
+
+class BacktestError(Exception):
+    """The run cannot start; ``exit_code`` 2 (bad argument or setting) or 3 (feed or cache missing)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fees:
+    maker: Decimal = MAKER_FEE
+    taker: Decimal = TAKER_FEE
+
+
+@dataclass(kw_only=True)
+class BacktestResult:
+    """What one run did (the trades are the database's ledger, read back as ``shortfsm trades`` does)."""
+
+    path: str
+    dense: bool
+    db_path: Path
+    trades: list[ledger.Trade] = field(default_factory=list)
+    ambiguous_trades: int = 0
+    ambiguous_minutes: int = 0
+    events: int = 0
+    wall_s: float = 0.0
+    messages: int = 0
+    bad_lines: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    missing: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # symbol -> minute ranges
+    notes: list[str] = field(default_factory=list)
+    decisions: list[tuple[int, str]] = field(default_factory=list)  # (now_ms, rendered command)
+    open_at_end: list[str] = field(default_factory=list)
+    ambiguous_keys: set[tuple[str, int]] = field(default_factory=set)  # (symbol, signal message id)
+    funding: Decimal = Decimal(0)  # received (+) / paid (-) at the settlements held; not in the database
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def data_problems(self) -> bool:
+        return bool(self.bad_lines or self.missing or self.skipped)
+
+    @property
+    def net(self) -> Decimal:
+        return sum((t.net for t in self.trades), Decimal(0))
+
+    def as_json(self) -> Json:
+        return {
+            "path": self.path,
+            "dense": self.dense,
+            "db": str(self.db_path),
+            "trades": [t.as_dict() for t in self.trades],
+            "closed_trades": sum(t.closed_ms is not None for t in self.trades),
+            "net": ledger.money(self.net),
+            "funding": ledger.money(self.funding),
+            "net_with_funding": ledger.money(self.net + self.funding),
+            "ambiguous_trades": self.ambiguous_trades,
+            "ambiguous_minutes": self.ambiguous_minutes,
+            "events": self.events,
+            "wall_s": round(self.wall_s, 3),
+            "events_per_s": round(self.events_per_s, 1),
+            "messages": self.messages,
+            "bad_feed_lines": self.bad_lines,
+            "skipped_signals": self.skipped,
+            "missing_data": {
+                s: [{"from": ledger.iso_utc(a), "to": ledger.iso_utc(b), "minutes": (b - a) // MINUTE_MS}
+                    for a, b in ranges]
+                for s, ranges in self.missing.items()
+            },
+            "notes": self.notes,
+            "open_at_end": self.open_at_end,
+        }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeedMessage:
+    at_ms: int  # absolute receipt time on the run's clock
+    item: FeedItem
+
+
+def load_feed(path: Path, since_ms: int) -> tuple[list[FeedMessage], list[str]]:
+    """The feed's messages on the run's clock (``date_ms``, else ``since + at_ms``) and one line per
+    line that does not parse. Raises ``BacktestError`` (exit 3) when the file cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise BacktestError(f"feed {path} cannot be read: {exc.strerror or exc}", 3) from None
+    messages: list[FeedMessage] = []
+    bad: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            item = parse_item(json.loads(stripped))
+        except (json.JSONDecodeError, ValueError) as exc:
+            bad.append(f"{path}:{number}: skipped, does not parse: {exc}")
+            continue
+        at = item.date_ms if item.date_ms is not None else since_ms + item.at_ms
+        messages.append(FeedMessage(at, item))
+    messages.sort(key=lambda m: m.at_ms)  # stable: equal times keep the file's order
+    return messages, bad
+
+
+Bar = tuple[Decimal, Decimal, Decimal, Decimal]  # open, high, low, close
+
+
+@dataclass(slots=True)
+class MinuteData:
+    """One symbol's cached 1m candles for the run: marks and traded prices, by minute."""
+
+    marks: dict[int, Bar]
+    lasts: dict[int, Bar]
+
+    def bars(self, minute: int) -> tuple[Bar, Bar, str] | None:
+        """(mark bar, traded bar, note) of a minute; None when neither dataset has it."""
+        mark, last = self.marks.get(minute), self.lasts.get(minute)
+        if mark is None and last is None:
+            return None
+        if mark is None:
+            assert last is not None
+            return last, last, "klines for the mark"
+        if last is None:
+            return mark, mark, "mark for the traded price"
+        return mark, last, ""
+
+    def close_before(self, t_ms: int) -> Decimal | None:
+        """The last mark known at ``t_ms``: the close of the last minute closed by then."""
+        minute = t_ms // MINUTE_MS * MINUTE_MS - MINUTE_MS
+        for source in (self.marks, self.lasts):
+            bar = source.get(minute)
+            if bar is not None:
+                return bar[3]
+        return None
+
+    def candles_3m(self, received_ms: int) -> tuple[ev.Candle, ...]:
+        """The last 200 3m candles closed before ``received_ms``, built from the 1m traded prices
+        (a 3m slot with a missing minute is left out)."""
+        end = received_ms // KLINE_MS * KLINE_MS  # slots opening before this have closed
+        out: list[ev.Candle] = []
+        for start in range(end - KLINE_COUNT * KLINE_MS, end, KLINE_MS):
+            parts = [self.lasts.get(start + i * MINUTE_MS) for i in range(3)]
+            if any(p is None for p in parts):
+                continue
+            bars = [p for p in parts if p is not None]
+            out.append(
+                ev.Candle(
+                    open_time_ms=start,
+                    close_time_ms=start + KLINE_MS - 1,
+                    open=bars[0][0],
+                    high=max(b[1] for b in bars),
+                    low=min(b[2] for b in bars),
+                    close=bars[-1][3],
+                )
+            )
+        return tuple(out)
+
+    last_minute: int = -1  # the last minute either dataset holds (set by ``load``)
+
+    @classmethod
+    def load(cls, marks: dict[int, Bar], lasts: dict[int, Bar]) -> MinuteData:
+        return cls(marks, lasts, max([*marks, *lasts], default=-1))
+
+
+def _bars(columns: dict[str, list[Any]]) -> dict[int, Bar]:
+    return {
+        int(t): (exact(o), exact(h), exact(lo), exact(c))
+        for t, o, h, lo, c in zip(
+            columns["open_time"],
+            columns["open"],
+            columns["high"],
+            columns["low"],
+            columns["close"],
+            strict=True,
+        )
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The venue
+# ---------------------------------------------------------------------------------------------
+
+
+class BacktestExchange(SimExchange):
+    """``SimExchange`` with this run's fees and its slippage on taker MARKET fills (market orders and
+    triggered stops' children)."""
+
+    def __init__(self, *, fees: Fees, slippage_bps: Decimal, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fees = fees
+        self.maker_fee, self.taker_fee = fees.maker, fees.taker
+        self.slippage = slippage_bps / BPS
+
+    def fill_price(self, o: SimOrder, price: Decimal, *, maker: bool) -> Decimal:
+        if maker or o.type != "MARKET" or not self.slippage:
+            return price
+        tick = self.symbols[o.symbol].tick
+        if o.side == "BUY":
+            moved = price * (1 + self.slippage)
+            return (moved / tick).to_integral_value(rounding=ROUND_CEILING) * tick
+        moved = price * (1 - self.slippage)
+        return (moved / tick).to_integral_value(rounding=ROUND_FLOOR) * tick
+
+    def levels(self, symbol: str) -> tuple[list[Decimal], list[Decimal]]:
+        """(mark levels, traded-price levels) at which the venue would act on ``symbol``: the
+        triggers of its waiting stops (on the mark, or on the contract price) and the prices of its
+        open LIMIT orders."""
+        marks: list[Decimal] = []
+        lasts: list[Decimal] = []
+        for algo in self.algos.values():
+            if algo.symbol == symbol and algo.status == "NEW":
+                (marks if algo.working_type == "MARK_PRICE" else lasts).append(algo.trigger)
+        for order in self.orders.values():
+            if (
+                order.symbol == symbol
+                and order.type == "LIMIT"
+                and order.status in ("NEW", "PARTIALLY_FILLED")
+            ):
+                lasts.append(order.price)
+        return marks, lasts
+
+
+# ---------------------------------------------------------------------------------------------
+# Price paths
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """A mark and a traded price at one time of the path."""
+
+    at_ms: int
+    mark: Decimal
+    last: Decimal
+
+
+def vertices(minute: int, mark: Bar, last: Bar, rule: PathRule) -> list[Point]:
+    """The minute's four vertices under ``rule`` (see the module docstring)."""
+
+    def order(bar: Bar) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+        o, h, lo, c = bar
+        return (o, h, lo, c) if rule == "pessimistic" else (o, lo, h, c)
+
+    return [
+        Point(minute + off, m, t)
+        for off, m, t in zip(VERTEX_OFFSETS_MS, order(mark), order(last), strict=True)
+    ]
+
+
+def _between(a: Point, b: Point, at_ms: int) -> Point:
+    """The point of segment a-b at ``at_ms`` (linear, 8 decimals)."""
+    if b.at_ms == a.at_ms:
+        return b
+    f = Decimal(at_ms - a.at_ms) / Decimal(b.at_ms - a.at_ms)
+    return Point(
+        at_ms,
+        (a.mark + (b.mark - a.mark) * f).quantize(PLACES),
+        (a.last + (b.last - a.last) * f).quantize(PLACES),
+    )
+
+
+def dense_points(points: list[Point]) -> list[Point]:
+    """A point every second along the vertices' lines."""
+    out: list[Point] = []
+    start = points[0].at_ms
+    for second in range(60):
+        t = start + second * 1000
+        seg = next((i for i in range(len(points) - 1) if points[i].at_ms <= t <= points[i + 1].at_ms), None)
+        out.append(_between(points[seg], points[seg + 1], t) if seg is not None else points[-1])
+    return out
+
+
+def first_crossing(
+    a: Point, b: Point, mark_levels: Iterable[Decimal], last_levels: Iterable[Decimal]
+) -> Point | None:
+    """The earliest point strictly inside segment a-b where the mark or the traded price reaches a
+    level (the level then exact), or None."""
+    best: tuple[Decimal, Point] | None = None
+    for attr, levels in (("mark", mark_levels), ("last", last_levels)):
+        lo, hi = getattr(a, attr), getattr(b, attr)
+        if lo == hi:
+            continue
+        for level in levels:
+            if not (min(lo, hi) < level < max(lo, hi)) or level == lo:
+                continue
+            f = (level - lo) / (hi - lo)
+            if f <= 0 or f >= 1:
+                continue
+            if best is not None and f >= best[0]:
+                continue
+            at = a.at_ms + int(f * (b.at_ms - a.at_ms))
+            # The other price at the same fraction of the segment (not at the truncated ms): with
+            # equal mark and traded series a level is exact on both.
+            if attr == "mark":
+                p = Point(at, level, (a.last + (b.last - a.last) * f).quantize(PLACES))
+            else:
+                p = Point(at, (a.mark + (b.mark - a.mark) * f).quantize(PLACES), level)
+            best = (f, p)
+    return best[1] if best else None
+
+
+@dataclass(slots=True)
+class Walk:
+    """Where one symbol stands on its path through the current minute."""
+
+    points: list[Point]  # what is left, the next first
+    current: Point | None  # the last applied point (compressed mode: the segment's start)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+class Backtest:
+    """One run's engine, venue, client, clock and cached data; ``run`` drives it (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        strategy: Strategy,
+        messages: list[FeedMessage],
+        cache: MarketCache,
+        since_ms: int,
+        until_ms: int | None,
+        capital: Decimal,
+        rule: PathRule,
+        dense: bool,
+        slippage_bps: Decimal,
+        fees: Fees,
+        store: Store,
+        result: BacktestResult,
+        heartbeat_symbol: str,
+    ) -> None:
+        self.strategy = strategy
+        self.messages = [
+            m for m in messages if m.at_ms >= since_ms and (until_ms is None or m.at_ms < until_ms)
+        ]
+        if len(self.messages) < len(messages):
+            outside = len(messages) - len(self.messages)
+            result.notes.append(f"{outside} feed message(s) outside the run's window, not replayed")
+        self.cache = cache
+        self.since_ms = since_ms
+        self.until_ms = until_ms
+        self.rule = rule
+        self.dense = dense
+        self.store = store
+        self.result = result
+        self.heartbeat = heartbeat_symbol
+        self.clock = SimClock(since_ms)
+        self.api_key = f"backtest-{secrets.token_hex(4)}"
+        secret = secrets.token_hex(16)  # a throwaway credential for the in-process venue
+        self.exchange = BacktestExchange(
+            fees=fees,
+            slippage_bps=slippage_bps,
+            clock=self.clock,
+            api_keys={self.api_key: secret},
+            balance=capital,
+            symbols=default_symbols(),
+        )
+        self.exchange.answer_as_binance()
+        self.exchange.user_listeners.append(lambda payload, key: self.pending.append(payload))
+        self.transport = InProcessTransport(SimVenue(self.exchange))
+        self.rest = BinanceRest(
+            api_key=self.api_key,
+            api_secret=secret,
+            base_url="http://sim.invalid",
+            clock_ms=self.clock.now_ms,
+            transport=self.transport,
+        )
+        self.executor = Executor(self.rest)
+        self.engine = Engine(strategy)
+        self.pending: list[Json] = []
+        self.data: dict[str, MinuteData | None] = {}
+        self.refreshed_ms = -1
+        self.ticked_ms = -1
+        self.checkpoint_due_ms = 0
+        self.ambiguous: set[tuple[str, int]] = set()
+        self.missing_minutes: dict[str, list[int]] = {}
+        self.note_counts: dict[str, int] = {}
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def market(self, symbol: str) -> MinuteData | None:
+        if symbol not in self.data:
+            lo = self.since_ms - HISTORY_MS
+            hi = (self.until_ms if self.until_ms is not None else self._feed_end()) + 1
+            marks = _bars(self.cache.read(symbol, "markPriceKlines", lo, hi))
+            lasts = _bars(self.cache.read(symbol, "klines", lo, hi))
+            self.data[symbol] = MinuteData.load(marks, lasts) if marks or lasts else None
+        return self.data[symbol]
+
+    def _feed_end(self) -> int:
+        last = self.messages[-1].at_ms if self.messages else self.since_ms
+        return last + 30 * 86_400_000  # no --until: at most 30 days after the last message
+
+    # -- the engine loop ---------------------------------------------------------------------------
+
+    async def feed(self, events: list[ev.Event]) -> None:
+        """Feed events and the venue's answers until nothing is left (as the daemon, in order)."""
+        queue = list(events)
+        while queue:
+            event = queue.pop(0)
+            answers = await self.handle(event)
+            queue[0:0] = answers
+
+    async def handle(self, event: ev.Event) -> list[ev.Event]:
+        store = self.store
+        if isinstance(event, OUTCOME_EVENTS):
+            store.record_outcome(event)
+        if event.now_ms >= self.checkpoint_due_ms:
+            first = not self.checkpoint_due_ms
+            store.checkpoint(event.now_ms, self.engine.snapshot(), run_start=first, keep_ms=0)
+            self.checkpoint_due_ms = event.now_ms + CHECKPOINT_EVERY_MS
+        commands = self.engine.handle(event)
+        store.journal(event, render_all(commands))
+        self.result.events += 1
+        if not commands:
+            return []
+        now = event.now_ms
+        for c in commands:
+            if isinstance(c, cmd.PersistCursor):
+                store.save_cursor(c.chat_id, c.message_id, now)
+        store.record_commands(now, commands)
+        if any(isinstance(c, cmd.Transitioned) for c in commands):
+            store.save_snapshot(now, self.engine.snapshot())
+        answers: list[ev.Event] = []
+        for c in commands:
+            if not isinstance(c, cmd.Log):
+                self.result.decisions.append((now, render(c)))
+            if self.executor.handles(c):
+                answers.extend(await self.executor.execute(c, now))
+                answers.extend(self.drain())
+        return answers
+
+    def drain(self) -> list[ev.Event]:
+        payloads, self.pending = self.pending, []
+        now = self.clock.now_ms()
+        out: list[ev.Event] = []
+        for payload in payloads:
+            out.extend(e for e in parse.decode_message(payload, now) if isinstance(e, ev.Event))
+        return out
+
+    def move_to(self, at_ms: int) -> None:
+        self.clock.set(max(at_ms, self.clock.now_ms()))
+        self.exchange.pump()
+
+    async def refresh(self, at_ms: int, *, skip: str | None = None) -> None:
+        """Re-announce the current marks at ``at_ms`` (the stream pushes every second)."""
+        if at_ms <= self.refreshed_ms:
+            return
+        self.refreshed_ms = at_ms
+        watched = [s for s in self.watched() if s != skip]
+        if not watched and skip is None:  # the heartbeat stream (its mark never decides anything)
+            watched = [self.heartbeat if self.heartbeat in self.exchange.marks else min(self.exchange.marks)]
+        events: list[ev.Event] = [
+            ev.MarkPriceTick(now_ms=at_ms, symbol=s, price=self.exchange.marks[s], event_time_ms=at_ms)
+            for s in watched
+            if s in self.exchange.marks
+        ]
+        await self.feed(events)
+
+    def watched(self) -> list[str]:
+        """Symbols whose prices can decide something: not IDLE in the engine, or held on the venue."""
+        held = {s for (s, _), p in self.exchange.positions.items() if p.amount != 0}
+        busy = {s for s, m in self.engine.symbols.items() if m.state != "IDLE"}
+        return sorted((held | busy) & set(self.exchange.symbols))
+
+    def deadline(self) -> int | None:
+        """The engine's next deadline, its price-staleness watchdogs left out (see the docstring);
+        a deadline a Tick at that time did not clear comes back a second later, never in a loop."""
+        due = self.engine.next_deadline_ms(price_watchdogs=False)
+        if due is not None and due <= self.ticked_ms:
+            due = self.ticked_ms + 1000
+        return due
+
+    # -- inputs --------------------------------------------------------------------------------------
+
+    async def message(self, m: FeedMessage) -> None:
+        at = m.at_ms
+        self.move_to(at)
+        item = m.item
+        await self.refresh(at)
+        parsed = parse_message(item.text)
+        self.result.messages += 1
+        date_ms = item.date_ms if item.date_ms is not None else at
+        self.store.record_message(
+            chat_id=item.chat_id, message_id=item.message_id, date_ms=date_ms, received_ms=at, text=item.text,
+            parsed=parsed,
+        )  # fmt: skip
+        if item.edited:
+            return
+        symbol = getattr(parsed, "symbol", None)
+        info: ev.SymbolInfo | None = None
+        klines: tuple[ev.Candle, ...] | None = None
+        if isinstance(symbol, str):
+            infos = parse.symbol_infos(await self.rest.exchange_info())
+            info = infos.get(symbol)
+            when = ledger.iso_utc(at)
+            if info is None:
+                self.result.skipped.append(f"{when} message {item.message_id}: {symbol} unknown to the venue")
+            else:
+                data = self.market(symbol)
+                mark = data.close_before(at) if data is not None else None
+                if isinstance(parsed, ev.LeadingMarket):
+                    klines = data.candles_3m(at) if data is not None else ()
+                if mark is None or (isinstance(parsed, ev.LeadingMarket) and not klines):
+                    self.result.skipped.append(
+                        f"{when} message {item.message_id}: no cached market data for {symbol} at that time"
+                    )
+                    klines = None
+                elif symbol not in self.watched():  # a watched symbol's mark is on its path already
+                    self.clock.set(at)
+                    self.exchange.set_mark(symbol, mark)
+                    await self.feed(
+                        [
+                            ev.MarkPriceTick(now_ms=at, symbol=symbol, price=mark, event_time_ms=at),
+                            *self.drain(),
+                        ]
+                    )
+        await self.feed(
+            [
+                ev.MessageReceived(
+                    now_ms=at,
+                    chat_id=item.chat_id,
+                    message_id=item.message_id,
+                    telegram_date_ms=date_ms,
+                    parsed=parsed,
+                    exchange_info_ok=True,
+                    symbol_info=info,
+                    klines=klines,
+                )
+            ]
+        )
+        await self.feed([ev.Tick(now_ms=at)])
+
+    async def tick(self, at_ms: int) -> None:
+        self.move_to(at_ms)
+        self.ticked_ms = at_ms
+        await self.refresh(at_ms)
+        await self.feed([*self.drain(), ev.Tick(now_ms=at_ms)])
+
+    async def point(self, symbol: str, p: Point) -> None:
+        self.move_to(p.at_ms)
+        await self.refresh(p.at_ms, skip=symbol)
+        self.exchange.set_mark(symbol, p.mark, last=p.last)
+        mark = ev.MarkPriceTick(now_ms=p.at_ms, symbol=symbol, price=p.mark, event_time_ms=p.at_ms)
+        await self.feed([mark, *self.drain(), ev.Tick(now_ms=p.at_ms)])
+
+    # -- levels and paths ------------------------------------------------------------------------------
+
+    def levels(self, symbol: str) -> tuple[list[Decimal], list[Decimal]]:
+        """(mark levels, traded-price levels) that can decide something for ``symbol`` now."""
+        marks, lasts = self.exchange.levels(symbol)
+        model = self.engine.symbols.get(symbol)
+        if model is None:
+            return marks, lasts
+        b = self.strategy.trigger_buffer_pct
+        if model.state == "MONITORING":
+            marks.append(model.entry_trigger)
+        if model.state in ("ENTRY_ORDER", "PHASE1") and model.tp_armed and model.position() > 0:
+            tick = self.engine.tick_size(model)
+            marks.append(
+                rules.take_profit_threshold(
+                    rules.take_profit_price(model.average(), self.strategy.tp_pct, tick), b
+                )
+            )
+        if model.state == "PHASE1" and model.add_armed:
+            marks.append(rules.entry_threshold(model.add_price, b))
+        return marks, lasts
+
+    def start_walk(self, symbol: str, minute: int, start_ms: int) -> Walk | None:
+        data = self.market(symbol)
+        bars = data.bars(minute) if data is not None else None
+        if bars is None:
+            self.missing_minutes.setdefault(symbol, []).append(minute)
+            return None
+        mark, last, note = bars
+        if note:
+            self.note_counts[note] = self.note_counts.get(note, 0) + 1
+        points = vertices(minute, mark, last, self.rule)
+        self.check_ambiguous(symbol, mark, last)
+        if self.dense:
+            points = dense_points(points)
+        points = [p for p in points if p.at_ms >= start_ms]
+        return Walk(points, None) if points else None
+
+    def check_ambiguous(self, symbol: str, mark: Bar, last: Bar) -> None:
+        model = self.engine.symbols.get(symbol)
+        if model is None or model.position() <= 0:
+            return
+        mark_levels, last_levels = self.levels(symbol)
+        above = any(mark[0] < x <= mark[1] for x in mark_levels) or any(
+            last[0] < x <= last[1] for x in last_levels
+        )
+        below = any(mark[2] <= x < mark[0] for x in mark_levels) or any(
+            last[2] <= x < last[0] for x in last_levels
+        )
+        if above and below:
+            self.result.ambiguous_minutes += 1
+            self.ambiguous.add((symbol, model.message_id))
+
+    def next_point(self, symbol: str, walk: Walk) -> Point | None:
+        if not walk.points:
+            return None
+        target = walk.points[0]
+        if self.dense or walk.current is None:
+            return target
+        marks, lasts = self.levels(symbol)
+        return first_crossing(walk.current, target, marks, lasts) or target
+
+    # -- driving -----------------------------------------------------------------------------------------
+
+    def stop_ms(self) -> int:
+        return self.until_ms if self.until_ms is not None else self._feed_end()
+
+    async def run(self) -> None:
+        stop = self.stop_ms()
+        index = 0
+        now = self.since_ms
+        while True:
+            watched = self.watched()
+            next_msg = self.messages[index].at_ms if index < len(self.messages) else None
+            if watched and self.data_ended(watched, now):
+                self.result.notes.append(f"market data ends at {ledger.iso_utc(now)}: run stopped")
+                break
+            if not watched:
+                deadline = self.deadline()
+                due = [t for t in (next_msg, deadline) if t is not None]
+                if not due or min(due) >= stop:
+                    break
+                now = max(min(due), now)
+                if next_msg is not None and next_msg <= now:
+                    await self.message(self.messages[index])
+                    index += 1
+                else:
+                    await self.tick(now)
+                continue
+            # A watched minute: every symbol's path, messages and deadlines in time order.
+            minute = now // MINUTE_MS * MINUTE_MS
+            end = min(minute + MINUTE_MS, stop)
+            index = await self.run_minute(minute, now, end, index)
+            if end >= stop:
+                break
+            now = end
+
+    def data_ended(self, watched: list[str], now: int) -> bool:
+        if self.until_ms is not None:
+            return False
+        return all(
+            (d := self.market(s)) is None or d.last_minute < now // MINUTE_MS * MINUTE_MS for s in watched
+        )
+
+    async def run_minute(self, minute: int, start: int, end: int, index: int) -> int:
+        walks: dict[str, Walk | None] = {}
+        now = start
+        while True:
+            watched = self.watched()
+            for s in watched:
+                if s not in walks:
+                    walks[s] = self.start_walk(s, minute, now)
+            candidates: list[tuple[int, int, str, Point | None]] = []
+            if index < len(self.messages) and self.messages[index].at_ms < end:
+                candidates.append((self.messages[index].at_ms, 0, "", None))
+            deadline = self.deadline()
+            if deadline is not None and deadline < end:
+                candidates.append((max(deadline, now), 1, "", None))
+            for s, walk in sorted(walks.items()):
+                if walk is None or s not in watched:  # a symbol let go mid-minute is not walked on
+                    continue
+                p = self.next_point(s, walk)
+                if p is not None and p.at_ms < end:
+                    candidates.append((p.at_ms, 2, s, p))
+            if not candidates:
+                return index
+            at, kind, symbol, p = min(candidates, key=lambda c: (c[0], c[1], c[2]))
+            now = max(now, at)
+            if kind == 0:
+                await self.message(self.messages[index])
+                index += 1
+            elif kind == 1:
+                await self.tick(now)
+            else:
+                assert p is not None
+                walk = walks[symbol]
+                assert walk is not None
+                if walk.points and p == walk.points[0]:
+                    walk.points.pop(0)
+                walk.current = p
+                await self.point(symbol, p)
+
+    def settle_funding(self) -> None:
+        """Funding at every cached settlement while a position was held (short: a positive rate is
+        received): size on the venue just before the settlement x the settlement's mark (the last
+        mark closed by then when the row has none) x rate. Reported beside the ledger, not in it."""
+        held: dict[str, list[tuple[int, Decimal]]] = {}  # symbol -> (time, signed size after the fill)
+        sizes: dict[str, Decimal] = {}
+        for t in self.exchange.trades:
+            qty = Decimal(t["qty"]) * (1 if t["buyer"] else -1)
+            sizes[t["symbol"]] = sizes.get(t["symbol"], Decimal(0)) + qty
+            held.setdefault(t["symbol"], []).append((int(t["time"]), sizes[t["symbol"]]))
+        end = self.clock.now_ms()
+        for symbol, steps in sorted(held.items()):
+            rows = self.cache.read(symbol, "fundingRate", steps[0][0], end + 1)
+            if not rows["funding_time"] and end - steps[0][0] >= 8 * 3_600_000:
+                self.result.notes.append(f"no cached funding for {symbol}: its funding is not counted")
+            data = self.market(symbol)
+            for at, rate, mark in zip(
+                rows["funding_time"], rows["funding_rate"], rows["mark_price"], strict=True
+            ):
+                size = next((sz for t, sz in reversed(steps) if t < at), Decimal(0))
+                if size == 0:
+                    continue
+                price = (
+                    exact(mark) if mark is not None else (data.close_before(at) if data is not None else None)
+                )
+                if price is None:
+                    self.result.notes.append(
+                        f"{symbol} funding at {ledger.iso_utc(at)}: no mark, not counted"
+                    )
+                    continue
+                self.result.funding -= (size * price * exact(rate)).quantize(PLACES)
+
+    async def finish(self) -> None:
+        await self.rest.aclose()
+        for symbol, minutes in sorted(self.missing_minutes.items()):
+            self.result.missing[symbol] = _ranges(sorted(set(minutes)))
+        for note, count in sorted(self.note_counts.items()):
+            self.result.notes.append(f"{count} minute(s) used {note}")
+        self.result.open_at_end = [
+            f"{s} {m.state} position {m.position()}"
+            for s, m in sorted(self.engine.symbols.items())
+            if m.state != "IDLE"
+        ]
+
+
+def _ranges(minutes: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for m in minutes:
+        if out and out[-1][1] == m:
+            out[-1] = (out[-1][0], m + MINUTE_MS)
+        else:
+            out.append((m, m + MINUTE_MS))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def run_backtest(
+    feed_path: str | Path,
+    cache_root: str | Path,
+    *,
+    since_ms: int,
+    until_ms: int | None = None,
+    strategy: Strategy | None = None,
+    capital: Decimal = Decimal("1000"),
+    path: PathRule = "pessimistic",
+    dense: bool = False,
+    slippage_bps: Decimal = Decimal(0),
+    fees: Fees | None = None,
+    db_path: str | Path = "var/backtest.db",
+    heartbeat_symbol: str = "BTCUSDT",
+) -> BacktestResult:
+    """One run (see the module docstring). The database at ``db_path`` is replaced. Raises
+    ``BacktestError`` for a missing feed or cache (exit 3) or a bad argument (exit 2)."""
+    feed = Path(feed_path)
+    root = Path(cache_root)
+    if not feed.is_file():
+        raise BacktestError(f"no feed file {feed}", 3)
+    if not (root / "manifest.sqlite").is_file():
+        raise BacktestError(f"no market data cache at {root} (run `shortfsm data` first)", 3)
+    if capital <= 0:
+        raise BacktestError("--capital must be positive", 2)
+    if slippage_bps < 0:
+        raise BacktestError("--slippage-bps must not be negative", 2)
+    if until_ms is not None and until_ms <= since_ms:
+        raise BacktestError("--until must be after --since", 2)
+    messages, bad = load_feed(feed, since_ms)
+    db = Path(db_path)
+    if db.exists() and not _is_backtest_db(db):
+        raise BacktestError(f"{db} exists and is not a backtest database: refusing to replace it", 2)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    result = BacktestResult(path=path, dense=dense, db_path=db, bad_lines=bad)
+    started = time.perf_counter()
+    cache = MarketCache(root)
+    try:
+        asyncio.run(
+            _run(
+                strategy=strategy or Strategy(),
+                messages=messages,
+                cache=cache,
+                since_ms=since_ms,
+                until_ms=until_ms,
+                capital=capital,
+                rule=path,
+                dense=dense,
+                slippage_bps=slippage_bps,
+                fees=fees or Fees(),
+                db=db,
+                result=result,
+                heartbeat_symbol=heartbeat_symbol,
+            )
+        )
+    finally:
+        cache.close()
+    result.wall_s = time.perf_counter() - started
+    conn = ledger.open_readonly(db)
+    try:
+        result.trades = ledger.read_ledger(conn).trades
+    finally:
+        conn.close()
+    result.ambiguous_trades = sum((t.symbol, t.message_id) in result.ambiguous_keys for t in result.trades)
+    return result
+
+
+def _is_backtest_db(path: Path) -> bool:
+    try:
+        conn = ledger.open_readonly(path)
+    except ledger.LedgerError:
+        return False
+    try:
+        return conn.execute("SELECT 1 FROM status WHERE key = ?", [BACKTEST_MARKER]).fetchone() is not None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
+async def _run(*, db: Path, result: BacktestResult, **kwargs: Any) -> None:
+    store = await Store.open(db)
+    # A backtest's database is rebuilt by running again: no fsync per row (the daemon's durability).
+    await store.call(lambda d: d.conn.execute("PRAGMA synchronous=OFF"))
+    try:
+        backtest = Backtest(store=store, result=result, **kwargs)
+        marker = {"path": result.path, "dense": result.dense, "since_ms": kwargs["since_ms"]}
+        store.set_status(BACKTEST_MARKER, marker, kwargs["since_ms"])
+        try:
+            await backtest.run()
+            backtest.settle_funding()
+        finally:
+            await backtest.finish()
+        result.ambiguous_keys = set(backtest.ambiguous)
+        store.save_snapshot(backtest.clock.now_ms(), backtest.engine.snapshot())
+    finally:
+        await store.close()

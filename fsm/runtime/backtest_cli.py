@@ -1,0 +1,209 @@
+"""``shortfsm backtest``: a message feed and the market data cache through the engine and the sim.
+
+Exit 0: done; 1: ran, with data problems (listed: feed lines that do not parse, missing minutes,
+signals skipped for want of a symbol or data); 2: a bad argument or setting (one line); 3: the feed
+or the cache is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from binance.history.cache import parse_day
+from fsm.runtime import ledger
+from fsm.runtime.config import AppConfig, ConfigError, load_cli_config
+from fsm.strategy import Strategy
+
+if TYPE_CHECKING:  # the run (engine, client, sim) is imported when the command runs, not at start-up
+    from fsm.runtime.backtest import BacktestResult
+
+EXIT_DATA = 1
+EXIT_BAD_ARGUMENT = 2
+EXIT_MISSING_INPUT = 3
+DAY_MS = 86_400_000
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``backtest`` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "backtest",
+        help="replay a message feed over cached market data through the engine and the simulated venue",
+        description="Run a JSONL message feed (shortfsm export) over the market data cache (shortfsm data) "
+        "through the engine, the real Binance client and binance/sim on a simulated clock that jumps "
+        "from one decision point to the next. Trades land in a database that `shortfsm trades` and "
+        "`shortfsm report` read. Exit 0 done, 1 ran with data problems (listed), 2 bad argument or "
+        "setting, 3 feed or cache missing.",
+    )
+    p.add_argument("--feed", required=True, help="the JSONL message feed")
+    p.add_argument("--cache", required=True, help="the market data cache folder (shortfsm data)")
+    p.add_argument("--since", required=True, metavar="YYYY-MM-DD", help="first UTC day of the run")
+    p.add_argument(
+        "--until", metavar="YYYY-MM-DD", help="last UTC day of the run, inclusive (as export and data)"
+    )
+    p.add_argument("--capital", required=True, metavar="USDT", help="the starting wallet balance")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a setting, validated as in config.yaml (e.g. strategy.tp_pct=4); repeatable",
+    )
+    p.add_argument(
+        "--path",
+        choices=("pessimistic", "optimistic", "both"),
+        default="pessimistic",
+        help="order of high and low inside a minute for a short: pessimistic high first (default), "
+        "optimistic low first, both: run each (the optimistic run into OUT.optimistic.db) and print "
+        "the bracket",
+    )
+    p.add_argument("--slippage-bps", default="0", metavar="N", help="MARKET and stop fills, against us")
+    p.add_argument("--maker-fee", metavar="RATE", help="maker fee rate (default the sim's 0.0002)")
+    p.add_argument("--taker-fee", metavar="RATE", help="taker fee rate (default the sim's 0.0005)")
+    p.add_argument("--out", default="var/backtest.db", metavar="DB", help="database written (replaced)")
+    p.add_argument("--config", default=None, help="configuration file (default config.yaml when present)")
+    p.add_argument("--dense", action="store_true", help="a mark every second instead of the decision points")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_backtest)
+
+
+def apply_settings(config: AppConfig, assignments: list[str]) -> Strategy:
+    """The strategy after ``SECTION.KEY=VALUE`` overrides, validated as the config file is;
+    ValueError with one line when one is malformed or refused."""
+    data = config.model_dump()
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ValueError(f"--set {text!r}: expected SECTION.KEY=VALUE (e.g. strategy.tp_pct=4)")
+        if section not in data or not isinstance(data[section], dict):
+            raise ValueError(f"--set {text!r}: no section {section!r}")
+        current = data[section].get(name)
+        data[section][name] = (
+            [v.strip() for v in value.split(",") if v.strip()] if isinstance(current, tuple) else value
+        )
+    try:
+        return AppConfig.model_validate(data).to_strategy()
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ValueError(f"--set {where}: {error['msg'].removeprefix('Value error, ')}") from None
+
+
+def _decimal(text: str, what: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"{what} {text!r} is not a number") from None
+    if not value.is_finite():
+        raise ValueError(f"{what} {text!r} is not a number")
+    return value
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from fsm.runtime.backtest import BacktestError, Fees, run_backtest
+
+    try:
+        since = parse_day(args.since)
+        until = parse_day(args.until) + DAY_MS if args.until else None  # the end of that day
+    except ValueError:
+        print("backtest: --since/--until must be YYYY-MM-DD", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
+    try:
+        config, _ = load_cli_config(args.config, optional=True)
+        strategy = apply_settings(config, args.set)
+        capital = _decimal(args.capital, "--capital")
+        slippage = _decimal(args.slippage_bps, "--slippage-bps")
+        defaults = Fees()
+        fees = Fees(
+            maker=_decimal(args.maker_fee, "--maker-fee") if args.maker_fee else defaults.maker,
+            taker=_decimal(args.taker_fee, "--taker-fee") if args.taker_fee else defaults.taker,
+        )
+        if fees.maker < 0 or fees.taker < 0:
+            raise ValueError("fee rates must not be negative")
+    except (ValueError, ConfigError) as exc:
+        print(f"backtest: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
+    paths = ("pessimistic", "optimistic") if args.path == "both" else (args.path,)
+    out = Path(args.out)
+    results: list[BacktestResult] = []
+    for rule in paths:
+        db = out if rule == paths[0] else out.with_name(f"{out.stem}.{rule}{out.suffix or '.db'}")
+        try:
+            results.append(
+                run_backtest(
+                    args.feed,
+                    args.cache,
+                    since_ms=since,
+                    until_ms=until,
+                    strategy=strategy,
+                    capital=capital,
+                    path=rule,  # type: ignore[arg-type]
+                    dense=args.dense,
+                    slippage_bps=slippage,
+                    fees=fees,
+                    db_path=db,
+                    heartbeat_symbol=config.binance.price_heartbeat_symbol,
+                )
+            )
+        except BacktestError as exc:
+            print(f"backtest: {exc}", file=sys.stderr)
+            return exc.exit_code
+    if args.json:
+        payload: dict[str, Any] = {"runs": [r.as_json() for r in results]}
+        if len(results) == 2:
+            payload["bracket"] = {
+                "pessimistic": ledger.money(results[0].net),
+                "optimistic": ledger.money(results[1].net),
+            }
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+    else:
+        for r in results:
+            print_result(r)
+        if len(results) == 2:
+            print(
+                f"bracket: net {ledger.money(results[0].net)} (pessimistic) .. "
+                f"{ledger.money(results[1].net)} (optimistic)"
+            )
+    return EXIT_DATA if any(r.data_problems for r in results) else 0
+
+
+def print_result(r: BacktestResult) -> None:
+    closed = [t for t in r.trades if t.closed_ms is not None]
+    mode = "dense" if r.dense else "compressed"
+    print(
+        f"{r.path} path ({mode}): {len(r.trades)} trade(s), {len(closed)} closed, "
+        f"net {ledger.money(r.net)} USDT, funding {ledger.money(r.funding)} (not in the database)"
+    )
+    for t in r.trades:
+        row = t.as_dict()
+        print(
+            f"  {row['opened']} {t.symbol} #{t.message_id}: {row['quantity']} @ {row['entry_avg']} -> "
+            f"{row['exit_avg']} {t.close_reason or t.status}  pnl {row['realized_pnl']} fees {row['fees']}"
+        )
+    print(
+        f"  ambiguous: {r.ambiguous_trades} of {len(r.trades)} trade(s) went through a minute whose high/low "
+        f"order decides ({r.ambiguous_minutes} minute(s))"
+    )
+    print(
+        f"  {r.messages} message(s), {r.events} events in {r.wall_s:.2f} s "
+        f"({r.events_per_s:.0f} events/s); db {r.db_path}"
+    )
+    for line in r.bad_lines:
+        print(f"  feed: {line}")
+    for line in r.skipped:
+        print(f"  skipped: {line}")
+    for symbol, ranges in r.missing.items():
+        minutes = sum((b - a) // 60_000 for a, b in ranges)
+        first = ledger.iso_utc(ranges[0][0])
+        print(f"  missing data: {symbol} {minutes} minute(s) from {first} ({len(ranges)} gap(s))")
+    for line in r.notes:
+        print(f"  note: {line}")
+    for line in r.open_at_end:
+        print(f"  open at the end: {line}")

@@ -1,0 +1,266 @@
+"""``shortfsm backtest``: the real engine, the real client and binance/sim over a cache written through
+binance.history's store, into a real SQLite that ``shortfsm trades`` / ``report`` read unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from backtest_kit import (
+    MINUTE,
+    SIGNAL_MS,
+    SINCE_MS,
+    ambiguous_bars,
+    feed_line,
+    leading_text,
+    mdd_bars,
+    tp_bars,
+    write_cache,
+    write_feed,
+    write_funding,
+)
+
+from fsm.runtime.backtest import BacktestError, BacktestResult, run_backtest
+from fsm.runtime.backtest_cli import apply_settings
+from fsm.runtime.config import AppConfig
+from fsm.runtime.ledger import Trade
+
+D = Decimal
+ROOT = Path(__file__).resolve().parents[2]
+SHORTFSM = Path(sys.executable).parent / "shortfsm"
+
+
+@pytest.fixture
+def tp_case(tmp_path: Path) -> tuple[Path, Path]:
+    write_cache(tmp_path / "cache", "ETHUSDT", tp_bars())
+    feed = write_feed(tmp_path / "feed.jsonl", [feed_line(101, SIGNAL_MS, leading_text("ETH"))])
+    return feed, tmp_path / "cache"
+
+
+def run(feed: Path, cache: Path, db: Path, **kwargs: object) -> BacktestResult:
+    return run_backtest(feed, cache, since_ms=SINCE_MS, capital=D("1000"), db_path=db, **kwargs)  # type: ignore[arg-type]
+
+
+def shape(t: Trade) -> tuple[object, ...]:
+    """A trade without its times (a dense run fills at other seconds of the same minute)."""
+    return (
+        t.symbol,
+        t.message_id,
+        t.legs,
+        t.entry_qty,
+        t.exit_qty,
+        t.entry_avg,
+        t.exit_avg,
+        t.realized_pnl,
+        t.fees,
+        t.close_reason,
+    )
+
+
+def test_leading_signal_entry_then_take_profit_exact(tp_case: tuple[Path, Path], tmp_path: Path) -> None:
+    feed, cache = tp_case
+    r = run(feed, cache, tmp_path / "bt.db")
+    assert [t.status for t in r.trades] == ["closed"]
+    (t,) = r.trades
+    # Target: the high of the last closed 3m candle (00:57-00:59) = 3010; trigger 3010 x 0.999 = 3006.99.
+    # Size: 50% of 1000 / 3010 = 0.16611 -> 0.166 (step 0.001). Both legs rest, so both are makers (0.02%).
+    # TP = 3010 x 0.95 = 2859.50, placed at mark <= 2859.50 x 1.001 = 2862.3595, filled at 2859.50.
+    assert (t.entry_avg, t.exit_avg, t.entry_qty, t.exit_qty) == (
+        D("3010.00"),
+        D("2859.50"),
+        D("0.166"),
+        D("0.166"),
+    )
+    assert t.legs == ("ENTRY1", "TP")
+    assert t.close_reason is not None and "TP" in t.close_reason
+    assert t.realized_pnl == (D("3010.00") - D("2859.50")) * D("0.166") == D("24.983")
+    fees = (D("0.166") * D("3010.00") * D("0.0002")).quantize(D("1e-8")) + (
+        D("0.166") * D("2859.50") * D("0.0002")
+    ).quantize(D("1e-8"))
+    assert t.fees == fees == D("0.19486740")
+    assert r.ambiguous_trades == 0 and not r.data_problems
+    assert r.events > 0 and r.events < 400  # decision points, not seconds: ~75 watched minutes
+
+
+def test_fees_and_slippage_overrides(tp_case: tuple[Path, Path], tmp_path: Path) -> None:
+    from fsm.runtime.backtest import Fees
+
+    feed, cache = tp_case
+    r = run(
+        feed, cache, tmp_path / "bt.db", fees=Fees(maker=D("0.0001"), taker=D("0.0004")), slippage_bps=D(5)
+    )
+    (t,) = r.trades  # both legs are resting LIMITs: maker fee, no slippage
+    assert t.fees == (D("0.166") * (D("3010.00") + D("2859.50")) * D("0.0001")).quantize(D("1e-8"))
+    assert t.exit_avg == D("2859.50")
+
+
+def test_mdd_stop_triggers_on_the_mark_and_fills_with_slippage(tmp_path: Path) -> None:
+    write_cache(tmp_path / "cache", "ETHUSDT", mdd_bars())
+    feed = write_feed(tmp_path / "feed.jsonl", [feed_line(101, SIGNAL_MS, leading_text("ETH"))])
+    r = run(feed, tmp_path / "cache", tmp_path / "bt.db", path="optimistic", slippage_bps=D(10))
+    (t,) = r.trades
+    assert t.legs == ("ENTRY1", "ENTRY2", "MDD") and t.close_reason is not None and "MDD" in t.close_reason
+    # ENTRY2: 99% of the available balance after ENTRY1 at 3461.50 -> 0.121; average 3200.3537.
+    avg = (D("0.166") * D("3010.00") + D("0.121") * D("3461.50")) / D("0.287")
+    trigger = (avg * D("1.15")).quantize(D("0.01"))
+    assert trigger == D("3680.41")
+    assert any("trigger_price=3680.41 working_type=MARK_PRICE" in line for _, line in r.decisions)
+    # Triggered on the mark at 3680.41; its MARKET child fills at the traded price + 10 bps, up to the tick.
+    assert t.exit_avg == D("3684.10")  # 3680.41 x 1.001 = 3684.09041
+    fees = [
+        (D("0.166") * D("3010.00") * D("0.0002")).quantize(D("1e-8")),
+        (D("0.121") * D("3461.50") * D("0.0002")).quantize(D("1e-8")),
+        (D("0.287") * D("3684.10") * D("0.0005")).quantize(D("1e-8")),  # the stop's child: a taker
+    ]
+    assert t.fees == sum(fees)
+    assert t.realized_pnl == ((avg.quantize(D("1e-6")) - D("3684.10")) * D("0.287")).quantize(D("1e-8"))
+
+
+def test_funding_at_a_settlement_inside_the_trade(tp_case: tuple[Path, Path], tmp_path: Path) -> None:
+    feed, cache = tp_case
+    # 01:05 falls inside the trade (01:01 .. 01:09), 00:00 and 08:00 outside it.
+    write_funding(
+        cache,
+        "ETHUSDT",
+        [(SINCE_MS, 0.0005), (SINCE_MS + 65 * MINUTE, 0.0001), (SINCE_MS + 480 * MINUTE, 0.0005)],
+    )
+    r = run(feed, cache, tmp_path / "bt.db")
+    # Short 0.166 at the 01:04 mark close (2951): a positive rate is received.
+    assert r.funding == D("0.166") * D("2951") * D("0.0001") == D("0.0489866")
+
+
+def test_ambiguous_minute_brackets_the_outcome(tmp_path: Path) -> None:
+    write_cache(tmp_path / "cache", "ETHUSDT", ambiguous_bars())
+    feed = write_feed(tmp_path / "feed.jsonl", [feed_line(101, SIGNAL_MS, leading_text("ETH"))])
+    bad = run(feed, tmp_path / "cache", tmp_path / "p.db", path="pessimistic")
+    good = run(feed, tmp_path / "cache", tmp_path / "o.db", path="optimistic")
+    # 01:02 holds the second-entry level (3458.0385 / 3461.50) above and the TP levels below.
+    assert bad.ambiguous_trades == good.ambiguous_trades == 1
+    (p,), (o,) = bad.trades, good.trades
+    # Optimistic (low first): the TP fills at 2859.50 before the high is reached.
+    assert o.legs == ("ENTRY1", "TP") and o.exit_avg == D("2859.50") and o.realized_pnl == D("24.983")
+    # Pessimistic (high first): the second entry fills at 3461.50, the breakeven exit closes at the average.
+    assert p.legs[:2] == ("ENTRY1", "ENTRY2") and "BE" in p.legs
+    assert p.close_reason is not None and "BE" in p.close_reason
+    assert p.net < o.net
+    assert p.entry_avg is not None and p.exit_avg is not None and abs(p.exit_avg - p.entry_avg) < D("0.01")
+
+
+def test_no_look_ahead_a_stopped_run_decides_as_the_full_run(
+    tp_case: tuple[Path, Path], tmp_path: Path
+) -> None:
+    feed, cache = tp_case
+    full = run(feed, cache, tmp_path / "full.db")
+    for cut in (SIGNAL_MS + 66_000, SIGNAL_MS + 3 * MINUTE + 7_000, SINCE_MS + 69 * MINUTE + 30_000):
+        part = run(feed, cache, tmp_path / f"cut{cut}.db", until_ms=cut)
+        assert part.decisions == [d for d in full.decisions if d[0] < cut]
+        assert part.decisions  # the cut falls inside the trade
+
+
+def test_dense_replay_gives_the_same_ledger(tp_case: tuple[Path, Path], tmp_path: Path) -> None:
+    feed, cache = tp_case
+    compressed = run(feed, cache, tmp_path / "c.db")
+    dense = run(feed, cache, tmp_path / "d.db", dense=True)
+    assert [shape(t) for t in dense.trades] == [shape(t) for t in compressed.trades]
+    assert len(compressed.trades) == 1
+    assert dense.events > 5 * compressed.events  # a mark every second against the decision points
+
+
+def test_bad_line_unknown_symbol_and_symbol_without_data_are_reported(
+    tp_case: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, cache = tp_case
+    feed = write_feed(
+        tmp_path / "mixed.jsonl",
+        [
+            '{"at_ms": 5, "chat_id": 1, "message_id": 7, "text": "half a line',
+            feed_line(99, SIGNAL_MS - 30 * MINUTE, leading_text("XRP")),  # the sim does not list XRPUSDT
+            feed_line(100, SIGNAL_MS - 20 * MINUTE, leading_text("SOL")),  # listed, nothing cached
+            feed_line(101, SIGNAL_MS, leading_text("ETH")),
+        ],
+    )
+    r = run(feed, cache, tmp_path / "bt.db")
+    assert len(r.bad_lines) == 1 and "mixed.jsonl:1" in r.bad_lines[0]
+    assert len(r.skipped) == 2
+    assert "XRPUSDT" in r.skipped[0] and "unknown" in r.skipped[0]
+    assert "SOLUSDT" in r.skipped[1] and "no cached market data" in r.skipped[1]
+    assert [t.symbol for t in r.trades] == ["ETHUSDT"]  # the run went on
+    assert r.messages == 3 and r.data_problems
+
+
+def test_missing_minutes_are_reported(tmp_path: Path) -> None:
+    bars = tp_bars()
+    for k in range(3):
+        del bars[SINCE_MS + (64 + k) * MINUTE]
+    write_cache(tmp_path / "cache", "ETHUSDT", bars)
+    feed = write_feed(tmp_path / "feed.jsonl", [feed_line(101, SIGNAL_MS, leading_text("ETH"))])
+    r = run(feed, tmp_path / "cache", tmp_path / "bt.db")
+    assert r.missing == {"ETHUSDT": [(SINCE_MS + 64 * MINUTE, SINCE_MS + 67 * MINUTE)]}
+    assert r.data_problems
+
+
+def test_missing_inputs_and_bad_settings(tp_case: tuple[Path, Path], tmp_path: Path) -> None:
+    feed, cache = tp_case
+    with pytest.raises(BacktestError) as missing:
+        run(feed, tmp_path / "nowhere", tmp_path / "bt.db")
+    assert missing.value.exit_code == 3
+    with pytest.raises(BacktestError) as no_feed:
+        run(tmp_path / "none.jsonl", cache, tmp_path / "bt.db")
+    assert no_feed.value.exit_code == 3
+    foreign = tmp_path / "daemon.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE status (key TEXT)").connection.commit()
+    with pytest.raises(BacktestError) as daemon_db:
+        run(feed, cache, foreign)
+    assert daemon_db.value.exit_code == 2 and foreign.exists()  # never replaced
+    run(feed, cache, tmp_path / "again.db")
+    run(feed, cache, tmp_path / "again.db")  # a backtest's own database is replaced
+    assert apply_settings(AppConfig(), ["strategy.tp_pct=4"]).tp_pct == D("4")
+    for bad in ("strategy.tp_pct=abc", "strategy.tp_pct=150", "strategy.tp_pc=4", "tp_pct=4"):
+        with pytest.raises(ValueError) as exc:
+            apply_settings(AppConfig(), [bad])
+        assert "\n" not in str(exc.value)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [str(SHORTFSM), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
+
+
+def test_cli_run_then_trades_and_report_read_the_database(tp_case: tuple[Path, Path], tmp_path: Path) -> None:
+    feed, cache = tp_case
+    db = tmp_path / "out.db"
+    common = ["--feed", str(feed), "--cache", str(cache), "--since", "2026-03-01", "--capital", "1000"]
+    done = _cli("backtest", *common, "--out", str(db), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (only,) = json.loads(done.stdout)["runs"]
+    assert only["trades"][0]["net"] == "24.7881"
+    trades = _cli("trades", "--db", str(db), "--format", "json", cwd=tmp_path)
+    assert trades.returncode == 0, trades.stderr
+    assert "24.7881" in trades.stdout and "2859.5" in trades.stdout
+    replayed = _cli("replay", "--journal", str(db), cwd=tmp_path)  # the journal is the daemon's
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    report = _cli("report", "--db", str(db), "--capital", "1000", "--json", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "24.7881" in report.stdout or "24.79" in report.stdout
+
+    bad = _cli("backtest", *common, "--out", str(db), "--set", "strategy.tp_pct=abc", cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    gone = _cli(
+        "backtest",
+        *common[:2],
+        "--cache",
+        str(tmp_path / "nowhere"),
+        *common[4:],
+        "--out",
+        str(db),
+        cwd=tmp_path,
+    )
+    assert gone.returncode == 3 and len(gone.stderr.strip().splitlines()) == 1
