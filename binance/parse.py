@@ -29,6 +29,7 @@ from fsm.events import (
     BalanceChanged,
     Candle,
     Event,
+    FundingFee,
     MarkPriceTick,
     OpenOrderInfo,
     OrderStatus,
@@ -332,13 +333,28 @@ def algo_updated(d: Mapping[str, Any], now_ms: int) -> AlgoOrderUpdated:
 
 
 def account_update(d: Mapping[str, Any], now_ms: int, *, asset: str = "USDT") -> list[Event]:
-    """``ACCOUNT_UPDATE``: ``a.B`` balances (``wb`` wallet) and ``a.P`` changed positions only."""
+    """``ACCOUNT_UPDATE``: ``a.B`` balances (``wb`` wallet) and ``a.P`` changed positions only; with
+    reason ``FUNDING_FEE`` also the funding paid or received (``bc``)."""
     a = d["a"]
     venue_time = int_field(d.get("T") or d.get("E"))
     out: list[Event] = []
     for b in a.get("B", []):
         if str(b.get("a")) == asset:
             out.append(BalanceChanged(now_ms=now_ms, wallet_balance=dec(b["wb"])))
+    if a.get("m") == "FUNDING_FEE":
+        positions = a.get("P", [])
+        symbol = str(a.get("S") or (positions[0]["s"] if len(positions) == 1 else ""))
+        for b in a.get("B", []):
+            if str(b.get("a")) == asset and dec(b.get("bc", "0")) != 0:
+                out.append(
+                    FundingFee(
+                        now_ms=now_ms,
+                        symbol=symbol,
+                        asset=asset,
+                        amount=dec(b["bc"]),
+                        venue_time_ms=venue_time,
+                    )
+                )
     for p in a.get("P", []):
         out.append(
             PositionChanged(

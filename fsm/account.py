@@ -80,3 +80,8 @@ def recompute_entry_lock(core: Core) -> None:
                 core.reset(model, f"entry lock: {reasons[0]}")
     elif not reasons and lock.state == "GLOBAL_LOCKED":
         core.fire_lock(ENTRY_LOCK, "unlock", "no position and no open entry order")
+
+
+def on_funding(core: Core, event: ev.FundingFee) -> None:
+    """Funding changes no decision (the wallet push beside it does); it is noted for the ledger."""
+    core.log("funding", event.symbol or None, "paid" if event.amount < 0 else "received", amount=event.amount)

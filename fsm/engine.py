@@ -205,6 +205,7 @@ class Engine(Core):
             ev.CancelResult: order_flow.on_cancel_result,
             ev.PositionChanged: lifecycle.on_position,
             ev.BalanceChanged: account.on_balance,
+            ev.FundingFee: account.on_funding,
             ev.PositionModeChanged: account.on_position_mode,
             ev.ExchangeSnapshot: recovery.on_snapshot,
             ev.RecoveryStarted: recovery.on_recovery_started,

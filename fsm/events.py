@@ -355,6 +355,18 @@ class BalanceChanged(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FundingFee(Event):
+    """A funding settlement paid (negative) or received (positive) on a position: ACCOUNT_UPDATE
+    with reason FUNDING_FEE (``bc``). ``symbol`` is ``a.S`` or the one position pushed with it (an
+    isolated position); "" when the push does not say (cross margin, before 2026-08)."""
+
+    symbol: str
+    asset: str
+    amount: Decimal
+    venue_time_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PositionModeChanged(Event):
     """ACCOUNT_CONFIG_UPDATE or a read of /fapi/v1/positionSide/dual (None: the read failed)."""
 

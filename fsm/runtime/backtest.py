@@ -39,8 +39,9 @@ ambiguous when it went through at least one such minute.
 Fills and fees. A resting LIMIT fills at its price as a maker, a crossing one at the traded price as
 a taker (the sim's book: one level at the last price). MARKET orders and triggered stops fill at the
 traded price moved by ``slippage_bps`` against us (BUY up, SELL down, to the tick). Fees are the
-sim's commissionRate (maker 0.02 %, taker 0.05 %) unless overridden. Funding is not applied (the sim
-models no funding payments and the ledger has no place for them).
+sim's commissionRate (maker 0.02 %, taker 0.05 %) unless overridden. Funding is settled from the
+cached rates while a position is held and written as the daemon writes FUNDING_FEE pushes (the
+``funding`` table), so each trade's net includes it.
 
 No look-ahead: a decision at time t depends only on inputs before or at t; the run with
 ``until_ms=T`` handles exactly the inputs of the full run that come before T.
@@ -139,7 +140,7 @@ class BacktestResult:
     decisions: list[tuple[int, str]] = field(default_factory=list)  # (now_ms, rendered command)
     open_at_end: list[str] = field(default_factory=list)
     ambiguous_keys: set[tuple[str, int]] = field(default_factory=set)  # (symbol, signal message id)
-    funding: Decimal = Decimal(0)  # received (+) / paid (-) at the settlements held; not in the database
+    funding: Decimal = Decimal(0)  # received (+) / paid (-) at the settlements held (in the trades' net)
 
     @property
     def events_per_s(self) -> float:
@@ -162,7 +163,6 @@ class BacktestResult:
             "closed_trades": sum(t.closed_ms is not None for t in self.trades),
             "net": ledger.money(self.net),
             "funding": ledger.money(self.funding),
-            "net_with_funding": ledger.money(self.net + self.funding),
             "ambiguous_trades": self.ambiguous_trades,
             "ambiguous_minutes": self.ambiguous_minutes,
             "events": self.events,
@@ -806,7 +806,8 @@ class Backtest:
     def settle_funding(self) -> None:
         """Funding at every cached settlement while a position was held (short: a positive rate is
         received): size on the venue just before the settlement x the settlement's mark (the last
-        mark closed by then when the row has none) x rate. Reported beside the ledger, not in it."""
+        mark closed by then when the row has none) x rate, booked in the ``funding`` table at the
+        settlement's time (the ledger gives it to the trade open then)."""
         held: dict[str, list[tuple[int, Decimal]]] = {}  # symbol -> (time, signed size after the fill)
         sizes: dict[str, Decimal] = {}
         for t in self.exchange.trades:
@@ -833,7 +834,11 @@ class Backtest:
                         f"{symbol} funding at {ledger.iso_utc(at)}: no mark, not counted"
                     )
                     continue
-                self.result.funding -= (size * price * exact(rate)).quantize(PLACES)
+                amount = -(size * price * exact(rate)).quantize(PLACES)
+                self.result.funding += amount
+                self.store.record_outcome(
+                    ev.FundingFee(now_ms=at, symbol=symbol, asset="USDT", amount=amount, venue_time_ms=at)
+                )
 
     async def finish(self) -> None:
         await self.rest.aclose()

@@ -179,7 +179,7 @@ def print_result(r: BacktestResult) -> None:
     mode = "dense" if r.dense else "compressed"
     print(
         f"{r.path} path ({mode}): {len(r.trades)} trade(s), {len(closed)} closed, "
-        f"net {ledger.money(r.net)} USDT, funding {ledger.money(r.funding)} (not in the database)"
+        f"net {ledger.money(r.net)} USDT (funding {ledger.money(r.funding)} included)"
     )
     for t in r.trades:
         row = t.as_dict()

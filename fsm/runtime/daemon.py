@@ -109,6 +109,7 @@ OUTCOME_EVENTS = (
     ev.CancelResult,
     ev.OrderUpdated,
     ev.AlgoOrderUpdated,
+    ev.FundingFee,
 )
 
 

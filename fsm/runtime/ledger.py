@@ -8,7 +8,9 @@ null). The close reason is the reason of the symbol's ``EXITING -> IDLE`` transi
 the flattening fill.
 
 Realised PnL is Binance's per-trade ``rp`` and fees its ``n`` (commission, USDT), summed over every
-fill: the totals and today's figures (UTC day) never depend on how fills were grouped.
+fill; funding (``funding`` rows: ACCOUNT_UPDATE FUNDING_FEE, or a backtest's settlements) belongs to
+the trade open on its symbol at its time. Net is PnL - fees + funding. The totals and today's
+figures (UTC day) never depend on how fills were grouped, and count funding that no trade claims.
 
 ``build_trades`` and ``totals`` are pure; ``read_ledger`` reads the rows the store writes from an
 open connection (the board reads inside its one snapshot transaction); ``open_readonly`` opens a
@@ -69,6 +71,15 @@ class Fill:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Funding:
+    """One funding settlement on a symbol: negative paid, positive received ("" symbol: unknown)."""
+
+    symbol: str
+    amount: Decimal
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Trade:
     message_id: int | None
     symbol: str
@@ -83,10 +94,11 @@ class Trade:
     fees: Decimal
     close_reason: str | None
     price_places: int = 0
+    funding: Decimal = ZERO  # paid (negative) or received while it was open
 
     @property
     def net(self) -> Decimal:
-        return self.realized_pnl - self.fees
+        return self.realized_pnl - self.fees + self.funding
 
     @property
     def status(self) -> str:
@@ -107,6 +119,7 @@ class Trade:
             "exit_quantity": _plain(self.exit_qty),
             "realized_pnl": money(self.realized_pnl),
             "fees": money(self.fees),
+            "funding": money(self.funding),
             "net": money(self.net),
             "close_reason": self.close_reason,
         }
@@ -119,14 +132,16 @@ class Totals:
     fees: Decimal
     today_realized_pnl: Decimal
     today_fees: Decimal
+    funding: Decimal = ZERO
+    today_funding: Decimal = ZERO
 
     @property
     def net(self) -> Decimal:
-        return self.realized_pnl - self.fees
+        return self.realized_pnl - self.fees + self.funding
 
     @property
     def today_net(self) -> Decimal:
-        return self.today_realized_pnl - self.today_fees
+        return self.today_realized_pnl - self.today_fees + self.today_funding
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -134,11 +149,13 @@ class Totals:
             "today": {
                 "realized_pnl": money(self.today_realized_pnl),
                 "fees": money(self.today_fees),
+                "funding": money(self.today_funding),
                 "net": money(self.today_net),
             },
             "total": {
                 "realized_pnl": money(self.realized_pnl),
                 "fees": money(self.fees),
+                "funding": money(self.funding),
                 "net": money(self.net),
             },
         }
@@ -148,9 +165,10 @@ class Totals:
 class Ledger:
     fills: list[Fill] = field(default_factory=list)
     trades: list[Trade] = field(default_factory=list)
+    funding: list[Funding] = field(default_factory=list)
 
     def totals(self, now_ms: int) -> Totals:
-        return totals(self.fills, now_ms)
+        return totals(self.fills, now_ms, self.funding)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,9 +192,12 @@ class _Open:
     places: int = 0
 
 
-def build_trades(fills: Iterable[Fill], closings: Sequence[tuple[int, str, str]] = ()) -> list[Trade]:
+def build_trades(
+    fills: Iterable[Fill], closings: Sequence[tuple[int, str, str]] = (), funding: Iterable[Funding] = ()
+) -> list[Trade]:
     """Trades from fills in booking order; ``closings`` are the ``(now_ms, symbol, reason)`` of the
-    symbol machine's ``EXITING -> IDLE`` transitions in the order they were recorded."""
+    symbol machine's ``EXITING -> IDLE`` transitions in the order they were recorded; each funding
+    payment goes to the trade open on its symbol at its time (none: it stays in the totals only)."""
     trades: dict[tuple[Any, ...], _Open] = {}
     open_on: dict[str, tuple[Any, ...]] = {}
     for fill in fills:
@@ -229,9 +250,22 @@ def build_trades(fills: Iterable[Fill], closings: Sequence[tuple[int, str, str]]
             fees=t.fees,
             close_reason=reasons.get(id(t)) if t.closed_ms is not None else None,
             price_places=t.places,
+            funding=_funding_of(t, funding),
         )
         for t in trades.values()
     ]
+
+
+def _funding_of(trade: _Open, funding: Iterable[Funding]) -> Decimal:
+    end = trade.closed_ms if trade.closed_ms is not None else None
+    return sum(
+        (
+            f.amount
+            for f in funding
+            if f.symbol == trade.symbol and trade.opened_ms <= f.at_ms and (end is None or f.at_ms <= end)
+        ),
+        ZERO,
+    )
 
 
 def _close_reasons(trades: list[_Open], closings: Sequence[tuple[int, str, str]]) -> dict[int, str]:
@@ -255,10 +289,14 @@ def _close_reasons(trades: list[_Open], closings: Sequence[tuple[int, str, str]]
     return out
 
 
-def totals(fills: Iterable[Fill], now_ms: int) -> Totals:
-    """Realised PnL and fees in total and on the UTC day of ``now_ms``."""
+def totals(fills: Iterable[Fill], now_ms: int, funding: Iterable[Funding] = ()) -> Totals:
+    """Realised PnL, fees and funding in total and on the UTC day of ``now_ms``."""
     start = now_ms - now_ms % DAY_MS
-    pnl = fees = today_pnl = today_fees = ZERO
+    pnl = fees = today_pnl = today_fees = paid = today_paid = ZERO
+    for f in funding:
+        paid += f.amount
+        if start <= f.at_ms < start + DAY_MS:
+            today_paid += f.amount
     for fill in fills:
         pnl += fill.realized_pnl
         fees += fill.commission
@@ -271,6 +309,8 @@ def totals(fills: Iterable[Fill], now_ms: int) -> Totals:
         fees=fees,
         today_realized_pnl=today_pnl,
         today_fees=today_fees,
+        funding=paid,
+        today_funding=today_paid,
     )
 
 
@@ -340,7 +380,15 @@ def read_ledger(conn: sqlite3.Connection, *, until_ms: int | None = None) -> Led
                 f"AND source = 'EXITING' AND dest = 'IDLE'{upto.replace(' WHERE', ' AND')} ORDER BY id"
             )
         ]
-    return Ledger(fills=fills, trades=build_trades(fills, closings))
+    funding: list[Funding] = []
+    if "funding" in tables:
+        funding = [
+            Funding(symbol=str(symbol or ""), amount=_dec(amount), at_ms=_time_of(at, "a funding row"))
+            for symbol, amount, at in conn.execute(
+                f"SELECT symbol, amount, COALESCE(venue_time_ms, now_ms) FROM funding{upto} ORDER BY id"
+            )
+        ]
+    return Ledger(fills=fills, trades=build_trades(fills, closings, funding), funding=funding)
 
 
 def skipped_signals(

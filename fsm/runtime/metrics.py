@@ -10,8 +10,9 @@ Which trades count
     (the rule of ``shortfsm trades --since``).
 
 Words used below
-    net: a trade's realised PnL minus its fees (``Trade.net``; fees are the commission Binance
-    charges, positive when paid, so they lower the net). A win has net > 0, a loss net < 0; a trade
+    net: a trade's realised PnL minus its fees plus the funding received while it was open
+    (``Trade.net``; fees are the commission Binance charges, positive when paid, so they lower the
+    net; funding paid is negative). A win has net > 0, a loss net < 0; a trade
     with net exactly 0 is neither (it still counts as a trade).
     order of trades: by close time (then open time); the equity curve follows it.
     equity: the starting capital plus the nets of the trades closed so far. PnL is realised at the
@@ -55,6 +56,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal, localcontext
 
 from fsm.runtime.ledger import DAY_MS, Trade
@@ -90,6 +92,7 @@ class Metrics:
     final_equity: Decimal
     realized_pnl: Decimal
     fees: Decimal
+    funding: Decimal
     net: Decimal
     total_return_pct: Decimal
     cagr_pct: Decimal | None
@@ -146,6 +149,7 @@ def compute(trades: Iterable[Trade], capital: Decimal, *, since_ms: int | None =
     drawdown = max_drawdown(curve)
     pnl = sum((t.realized_pnl for t in closed), ZERO)
     fees = sum((t.fees for t in closed), ZERO)
+    funding = sum((t.funding for t in closed), ZERO)
     return Metrics(
         capital=capital,
         closed_trades=len(closed),
@@ -157,7 +161,8 @@ def compute(trades: Iterable[Trade], capital: Decimal, *, since_ms: int | None =
         final_equity=final,
         realized_pnl=pnl,
         fees=fees,
-        net=pnl - fees,
+        funding=funding,
+        net=pnl - fees + funding,
         total_return_pct=total_return_pct(capital, final),
         cagr_pct=cagr,
         win_rate_pct=win_rate_pct(nets),
@@ -338,3 +343,54 @@ def exit_reasons(trades: Iterable[Trade]) -> dict[str, int]:
     """Closed trades by close reason, most frequent first (then by name)."""
     counts = Counter(t.close_reason or "unknown" for t in trades if t.closed_ms is not None)
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Series for charts (the HTML report): the same trades and rules as ``compute``
+# ---------------------------------------------------------------------------------------------
+
+
+def counted_trades(trades: Iterable[Trade], *, since_ms: int | None = None) -> list[Trade]:
+    """The trades ``compute`` measures, in its order: closed (at or after ``since_ms`` when given),
+    by close time then open time."""
+    return sorted(
+        (t for t in trades if t.closed_ms is not None and (since_ms is None or t.closed_ms >= since_ms)),
+        key=lambda t: (t.closed_ms or 0, t.opened_ms),
+    )
+
+
+def drawdown_curve(curve: Sequence[tuple[int, Decimal]]) -> list[tuple[int, Decimal]]:
+    """``(time, fall below the running peak in percent of that peak)`` for each equity point (0 at a
+    new peak); its deepest point is ``max_drawdown``'s ``pct``."""
+    out: list[tuple[int, Decimal]] = []
+    peak: Decimal | None = None
+    for at, equity in curve:
+        peak = equity if peak is None or equity > peak else peak
+        out.append((at, (peak - equity) / peak * HUNDRED if peak > 0 else ZERO))
+    return out
+
+
+def daily_nets(
+    closes: Sequence[tuple[int, Decimal]], start_ms: int, end_ms: int
+) -> list[tuple[int, Decimal]]:
+    """``(UTC midnight, sum of the nets closed that day)`` for every day from ``start_ms``'s day to
+    ``end_ms``'s day inclusive, days without a close included (0): the days of ``daily_returns``."""
+    per_day: dict[int, Decimal] = {}
+    for at, net in closes:
+        per_day[at // DAY_MS] = per_day.get(at // DAY_MS, ZERO) + net
+    return [(day * DAY_MS, per_day.get(day, ZERO)) for day in range(start_ms // DAY_MS, end_ms // DAY_MS + 1)]
+
+
+def monthly_return_pct(
+    capital: Decimal, closes: Iterable[tuple[int, Decimal]]
+) -> dict[tuple[int, int], Decimal]:
+    """``(year, month) -> the nets closed in that UTC month / capital x 100``, for the months with at
+    least one close, in calendar order. In percent of the starting capital (not of the equity at the
+    month's start), so the months of a year add up to that year's share of the total return."""
+    check_capital(capital)
+    months: dict[tuple[int, int], Decimal] = {}
+    for at, net in closes:
+        moment = datetime.fromtimestamp(at / 1000, tz=UTC)
+        key = (moment.year, moment.month)
+        months[key] = months.get(key, ZERO) + net
+    return {key: months[key] / capital * HUNDRED for key in sorted(months)}

@@ -183,6 +183,15 @@ def _m6_fill_position_side(db: Database) -> None:
     db.execute("ALTER TABLE fills ADD COLUMN position_side TEXT")
 
 
+def _m7_funding(db: Database) -> None:
+    # Funding paid or received (ACCOUNT_UPDATE FUNDING_FEE; a backtest's settlements): the ledger
+    # adds it to the trade open on the symbol at that time. One row per (symbol, asset, time).
+    db.execute(
+        "CREATE TABLE funding (id INTEGER PRIMARY KEY AUTOINCREMENT, symbol TEXT, asset TEXT, "
+        "amount TEXT, venue_time_ms INTEGER, now_ms INTEGER, UNIQUE(symbol, asset, venue_time_ms))"
+    )
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     _m1_initial,
     _m2_indexes,
@@ -190,6 +199,7 @@ MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     _m4_journal_out,
     _m5_order_status_names,
     _m6_fill_position_side,
+    _m7_funding,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -846,6 +856,12 @@ def _write_outcome(db: Database, event: ev.Event) -> None:
                 _upsert_order(db, event.client_order_id, now, {"status": "CANCELED"})
         else:
             _upsert_order(db, event.client_order_id, now, {"error_code": event.code, "error": event.message})
+    elif isinstance(event, ev.FundingFee):
+        db.execute(
+            "INSERT OR IGNORE INTO funding (symbol, asset, amount, venue_time_ms, now_ms) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [event.symbol, event.asset, str(event.amount), event.venue_time_ms, now],
+        )
     elif isinstance(event, ev.OrderUpdated):
         values: dict[str, Any] = {
             **_venue_word(db, event.client_order_id, event.status),

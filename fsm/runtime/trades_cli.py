@@ -40,6 +40,7 @@ CSV_FIELDS = (
     "quantity",
     "realized_pnl",
     "fees",
+    "funding",
     "net",
     "close_reason",
 )

@@ -15,6 +15,7 @@ from fsm.events import (
     AlgoOrderUpdated,
     BalanceChanged,
     Candle,
+    FundingFee,
     MarkPriceTick,
     OrderUpdated,
     PositionChanged,
@@ -493,3 +494,34 @@ def test_watched_filter_drops_other_symbols_market_pushes_only() -> None:
     assert len(parse.decode_frame(raw("order_trade_update_capture.json"), NOW, watched={"BTCUSDT"})) == 1
     env = json.dumps({"stream": "btcusdt@markPrice@1s", "data": d})
     assert len(parse.decode_frame(env, NOW, watched={"BTCUSDT"})) == 1
+
+
+def test_a_funding_fee_push_names_its_symbol_and_amount() -> None:
+    """ACCOUNT_UPDATE with reason FUNDING_FEE: ``bc`` is the funding; the symbol is ``a.S`` (2026-08),
+    else the one isolated position pushed with it, else unknown (cross margin pushes no position)."""
+    base = {"e": "ACCOUNT_UPDATE", "E": 1788231600001, "T": 1788231600000}
+    balance = [{"a": "USDT", "wb": "100.5", "cw": "100.5", "bc": "-0.0123"}]
+    with_s = {**base, "a": {"m": "FUNDING_FEE", "S": "ETHUSDT", "B": balance, "P": []}}
+    assert parse.decode_message(with_s, NOW) == [
+        BalanceChanged(now_ms=NOW, wallet_balance=Decimal("100.5")),
+        FundingFee(
+            now_ms=NOW, symbol="ETHUSDT", asset="USDT", amount=Decimal("-0.0123"), venue_time_ms=1788231600000
+        ),
+    ]
+    isolated = {
+        **base,
+        "a": {
+            "m": "FUNDING_FEE",
+            "B": balance,
+            "P": [{"s": "SOLUSDT", "pa": "-2", "ep": "150", "mt": "isolated", "iw": "10", "ps": "BOTH"}],
+        },
+    }
+    assert parse.decode_message(isolated, NOW)[1] == FundingFee(
+        now_ms=NOW, symbol="SOLUSDT", asset="USDT", amount=Decimal("-0.0123"), venue_time_ms=1788231600000
+    )
+    cross = {**base, "a": {"m": "FUNDING_FEE", "B": balance, "P": []}}
+    assert parse.decode_message(cross, NOW)[1] == FundingFee(
+        now_ms=NOW, symbol="", asset="USDT", amount=Decimal("-0.0123"), venue_time_ms=1788231600000
+    )
+    order = {**base, "a": {"m": "ORDER", "B": [{**balance[0], "bc": "5"}], "P": []}}
+    assert not any(isinstance(e, FundingFee) for e in parse.decode_message(order, NOW))

@@ -23,8 +23,8 @@ Rows = list[dict[str, Any]]
 # The book the board reads beside the view from a database with no fill and no decision yet.
 EMPTY_BOOK = {
     "day": "2026-01-01",
-    "today": {"realized_pnl": "0.0000", "fees": "0.0000", "net": "0.0000"},
-    "total": {"realized_pnl": "0.0000", "fees": "0.0000", "net": "0.0000"},
+    "today": {"realized_pnl": "0.0000", "fees": "0.0000", "funding": "0.0000", "net": "0.0000"},
+    "total": {"realized_pnl": "0.0000", "fees": "0.0000", "funding": "0.0000", "net": "0.0000"},
     "trades": [],
     "skipped": [],
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from fsm.runtime.ledger import DAY_MS, Fill, build_trades, totals
+from fsm.runtime.ledger import DAY_MS, Fill, Funding, build_trades, totals
 
 DAY = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -76,6 +76,34 @@ def test_today_is_the_utc_day_of_now() -> None:
     day = totals(fills, DAY + 5_000).as_dict()
     assert day == {
         "day": "2026-01-01",
-        "today": {"realized_pnl": "-1.0000", "fees": "0.7500", "net": "-1.7500"},
-        "total": {"realized_pnl": "4.0000", "fees": "1.7500", "net": "2.2500"},
+        "today": {"realized_pnl": "-1.0000", "fees": "0.7500", "funding": "0.0000", "net": "-1.7500"},
+        "total": {"realized_pnl": "4.0000", "fees": "1.7500", "funding": "0.0000", "net": "2.2500"},
     }
+
+
+def test_funding_belongs_to_the_trade_open_on_its_symbol_and_always_to_the_totals() -> None:
+    """A funding payment inside a trade's life is part of its net; one before it, after it, or on a
+    symbol with no trade is no trade's, yet the day's and the total figures count it (money moved)."""
+    fills = [
+        fill("sf7-E11-BTCUSDT", "SELL", "10", "100.0", DAY + 1_000),
+        fill("sf7-TP1-BTCUSDT", "BUY", "10", "96.0", DAY + 30_000_000, pnl="40"),
+    ]
+    funding = [
+        Funding(symbol="BTCUSDT", amount=Decimal("-0.5"), at_ms=DAY),  # before the entry
+        Funding(symbol="BTCUSDT", amount=Decimal("0.25"), at_ms=DAY + 28_800_000),  # 08:00, held
+        Funding(symbol="ETHUSDT", amount=Decimal("-1"), at_ms=DAY + 28_800_000),  # no trade of ours
+        Funding(symbol="BTCUSDT", amount=Decimal("2"), at_ms=DAY + DAY_MS),  # after it closed
+    ]
+    (trade,) = build_trades(fills, [(DAY + 30_000_000, "BTCUSDT", "flat: TP filled")], funding)
+    assert trade.funding == Decimal("0.25")
+    assert trade.net == Decimal("40") - Decimal("0.2") + Decimal("0.25")
+    assert trade.as_dict()["funding"] == "0.2500"
+    day = totals(fills, DAY + 5_000, funding).as_dict()
+    assert day["today"] == {
+        "realized_pnl": "40.0000",
+        "fees": "0.2000",
+        "funding": "-1.2500",
+        "net": "38.5500",
+    }
+    assert day["total"]["funding"] == "0.7500"
+    assert day["total"]["net"] == "40.5500"

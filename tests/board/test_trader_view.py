@@ -47,6 +47,7 @@ def recorded_totals(db: Path) -> dict[str, str]:
     return {
         "realized_pnl": str(pnl.quantize(cent)),
         "fees": str(fees.quantize(cent)),
+        "funding": "0.0000",  # the demo runs through no settlement
         "net": str((pnl - fees).quantize(cent)),
     }
 
@@ -192,7 +193,12 @@ def test_status_json_without_a_daemon_view_takes_the_settings_from_the_config(tm
     assert doc["settings"]["source"] == "config"
     assert doc["settings"]["values"]["tp_pct"] == "7"
     assert (doc["last_trades"], doc["skipped_signals"], doc["cooldowns"]) == ([], [], [])
-    assert doc["pnl"]["total"] == {"realized_pnl": "0.0000", "fees": "0.0000", "net": "0.0000"}
+    assert doc["pnl"]["total"] == {
+        "realized_pnl": "0.0000",
+        "fees": "0.0000",
+        "funding": "0.0000",
+        "net": "0.0000",
+    }
 
 
 def test_status_json_on_a_missing_database_exits_3_and_creates_nothing(tmp_path: Path) -> None:

@@ -133,6 +133,10 @@ def test_funding_at_a_settlement_inside_the_trade(tp_case: tuple[Path, Path], tm
     r = run(feed, cache, tmp_path / "bt.db")
     # Short 0.166 at the 01:04 mark close (2951): a positive rate is received.
     assert r.funding == D("0.166") * D("2951") * D("0.0001") == D("0.0489866")
+    # It is in the database: the trade open at 01:05 carries it, and its net includes it.
+    (trade,) = r.trades
+    assert trade.funding == D("0.0489866")
+    assert trade.net == trade.realized_pnl - trade.fees + D("0.0489866")
 
 
 def test_ambiguous_minute_brackets_the_outcome(tmp_path: Path) -> None:

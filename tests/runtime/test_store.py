@@ -22,6 +22,7 @@ TABLES = [
     "cursors",
     "decisions",
     "fills",
+    "funding",
     "journal",
     "messages",
     "meta",

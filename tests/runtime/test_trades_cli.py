@@ -126,7 +126,8 @@ def test_trades_as_csv_with_a_limit_keep_the_most_recent(demo_db: Path, tmp_path
     assert (result.returncode, result.stderr) == (0, "")
     lines = result.stdout.splitlines()
     assert lines[0] == (
-        "message_id,symbol,status,opened,closed,legs,entry_avg,exit_avg,quantity,realized_pnl,fees,net,close_reason"
+        "message_id,symbol,status,opened,closed,legs,entry_avg,exit_avg,quantity,realized_pnl,fees,funding,net,"
+        "close_reason"
     )
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(r["symbol"], r["legs"], r["net"], r["close_reason"]) for r in rows] == [
