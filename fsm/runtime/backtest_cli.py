@@ -41,13 +41,21 @@ def register(subparsers: Any) -> None:
         "`shortfsm report` read. Exit 0 done, 1 ran with data problems (listed), 2 bad argument or "
         "setting, 3 feed or cache missing.",
     )
-    p.add_argument("--feed", required=True, help="the JSONL message feed")
-    p.add_argument("--cache", required=True, help="the market data cache folder (shortfsm data)")
-    p.add_argument("--since", required=True, metavar="YYYY-MM-DD", help="first UTC day of the run")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="run the bundled synthetic demo (two months, nine signals; written under the --out folder) "
+        "on both paths; no feed, cache or dates needed",
+    )
+    p.add_argument("--feed", help="the JSONL message feed (required without --demo)")
+    p.add_argument(
+        "--cache", help="the market data cache folder, from shortfsm data (required without --demo)"
+    )
+    p.add_argument("--since", metavar="YYYY-MM-DD", help="first UTC day of the run (required without --demo)")
     p.add_argument(
         "--until", metavar="YYYY-MM-DD", help="last UTC day of the run, inclusive (as export and data)"
     )
-    p.add_argument("--capital", required=True, metavar="USDT", help="the starting wallet balance")
+    p.add_argument("--capital", metavar="USDT", help="the starting wallet balance (required without --demo)")
     p.add_argument(
         "--set",
         action="append",
@@ -108,6 +116,29 @@ def _decimal(text: str, what: str) -> Decimal:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     from fsm.runtime.backtest import BacktestError, Fees, run_backtest
+
+    if args.demo:
+        from fsm.runtime import backtest_demo
+
+        out = Path(args.out)
+        if out == Path("var/backtest.db"):  # the default: the demo gets a folder of its own
+            out = Path("var/backtest-demo/demo.db")
+        print(f"backtest --demo: {backtest_demo.LABEL}", file=sys.stderr)
+        try:
+            feed, cache = backtest_demo.write_demo(out.parent)
+        except OSError as exc:
+            print(
+                f"backtest: cannot write the demo under {out.parent}: {exc.strerror or exc}", file=sys.stderr
+            )
+            return EXIT_BAD_ARGUMENT
+        args.feed, args.cache, args.out = str(feed), str(cache), str(out)
+        args.since, args.until = backtest_demo.DEMO_SINCE, backtest_demo.DEMO_UNTIL
+        args.capital = args.capital or str(backtest_demo.DEMO_CAPITAL)
+        args.path = "both" if args.path == "pessimistic" else args.path
+    missing = [f"--{name}" for name in ("feed", "cache", "since", "capital") if not getattr(args, name)]
+    if missing:
+        print(f"backtest: {', '.join(missing)} required (or --demo)", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
 
     try:
         since = parse_day(args.since)

@@ -268,3 +268,29 @@ def test_cli_run_then_trades_and_report_read_the_database(tp_case: tuple[Path, P
         cwd=tmp_path,
     )
     assert gone.returncode == 3 and len(gone.stderr.strip().splitlines()) == 1
+
+
+def test_the_demo_runs_both_paths_on_its_labelled_synthetic_data(tmp_path: Path) -> None:
+    """`shortfsm backtest --demo`: no feed, cache or dates; nine signals over two months, one refused
+    by the funding filter; each way out of a trade appears once or more; the one ambiguous minute
+    makes the optimistic path a TP where the pessimistic one scales in and comes back to breakeven."""
+    result = _cli("backtest", "--demo", "--out", "demo/demo.db", "--json", cwd=tmp_path)
+    assert (result.returncode, "SYNTHETIC DEMO DATA" in result.stderr, "Traceback" in result.stderr) == (
+        0,
+        True,
+        False,
+    )
+    runs = json.loads(result.stdout)["runs"]
+    reasons = [[t["close_reason"] for t in run["trades"]] for run in runs]
+    tp, be = "flat: TP filled", "flat: BE filled"
+    common = [tp, be, tp, "flat: MDD stop", "flat: risk_pnl_negative"]
+    assert reasons == [[*common, be, be, tp], [*common, tp, be, tp]]
+    assert [run["ambiguous_trades"] for run in runs] == [1, 1]
+    bracket = json.loads(result.stdout)["bracket"]
+    assert D(bracket["pessimistic"]) < D(bracket["optimistic"])
+    assert D(runs[0]["funding"]) > 0  # the BTC trade held across 08:00 received 0.01 %
+    assert (tmp_path / "demo" / "README.txt").read_text(encoding="utf-8").startswith("SYNTHETIC DEMO DATA")
+    report = _cli("report", "--db", "demo/demo.db", "--capital", "1000", "--json", cwd=tmp_path)
+    assert report.returncode == 0
+    measured = json.loads(report.stdout)
+    assert (measured["trades"]["closed"], measured["net"]) == (8, runs[0]["net"])
