@@ -68,6 +68,19 @@ STORIES: tuple[Story, ...] = (
 )
 
 
+SHAPES = ("tp", "breakeven", "tp", "mdd", "risk_close", "ambiguous", "tp", "filtered")
+
+
+def many_stories(days: int) -> tuple[Story, ...]:
+    """A story a day on each symbol, six hours apart (each trade is over before the next signal):
+    the benchmark's dataset (``shortfsm bench``), built from the demo's shapes in turn."""
+    out = []
+    for day in range(days):
+        for i, symbol in enumerate(SYMBOLS):
+            out.append(Story(symbol, day, 2 + 6 * i, SHAPES[(day * len(SYMBOLS) + i) % len(SHAPES)]))
+    return tuple(out)
+
+
 def signal_ms(story: Story) -> int:
     return SINCE_MS + story.day * DAY + story.hour * HOUR + story.minute * MINUTE
 
@@ -123,10 +136,10 @@ def _rounded(bar: Bar, places: int) -> Bar:
     return (o, max(o, h, low, c), min(o, h, low, c), c)
 
 
-def feed_lines() -> list[str]:
+def feed_lines(stories: tuple[Story, ...] = STORIES) -> list[str]:
     strategy = Strategy()
     lines = [f"# {LABEL}"]
-    for number, story in enumerate(STORIES, start=1):
+    for number, story in enumerate(stories, start=1):
         at = signal_ms(story) + 5_000
         funding = "-0.1500" if story.shape == "filtered" else "-0.0100"
         text = LEADING_TEMPLATE.format(
@@ -140,7 +153,7 @@ def feed_lines() -> list[str]:
         lines.append(_line(strategy.entry_chat_id, 100 + number, at, text))
         if story.shape == "risk_close":
             risk = RISK_TEMPLATE.format(symbol=story.symbol)
-            lines.append(_line(strategy.risk_chat_id, 500 + number, at + 25 * MINUTE, risk))
+            lines.append(_line(strategy.risk_chat_id, 100_000 + number, at + 25 * MINUTE, risk))
     return lines
 
 
@@ -149,15 +162,15 @@ def _line(chat_id: int, message_id: int, at_ms: int, text: str) -> str:
     return json.dumps({**payload, "text": text}, ensure_ascii=False)
 
 
-def write_demo(folder: Path) -> tuple[Path, Path]:
+def write_demo(folder: Path, stories: tuple[Story, ...] = STORIES) -> tuple[Path, Path]:
     """The demo's feed and market cache under ``folder`` (rewritten each time); returns both paths."""
     folder.mkdir(parents=True, exist_ok=True)
     feed = folder / "demo-feed.jsonl"
-    feed.write_text("\n".join(feed_lines()) + "\n", encoding="utf-8")
+    feed.write_text("\n".join(feed_lines(stories)) + "\n", encoding="utf-8")
     cache = folder / "demo-cache"
     (folder / "README.txt").write_text(LABEL + "\n", encoding="utf-8")
     bars: dict[str, dict[int, Bar]] = {}
-    for story in STORIES:
+    for story in stories:
         bars.setdefault(story.symbol, {}).update(story_bars(story))
     store = Store(cache)
     try:

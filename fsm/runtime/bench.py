@@ -18,10 +18,12 @@ import importlib.util
 import itertools
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Literal
 
 from fsm import commands as cmd
@@ -42,6 +44,8 @@ INGEST_TARGET_US = 1000.0
 REPLAY_TARGET_EPS = 50_000.0
 SECOND_OF_WORK_TARGET_US = 2_000.0  # issue #11 step 9: 600 marks + Tick, 0.2% of one core
 TICK_TO_ORDER_TARGET_MS = 2.0
+BACKTEST_90_DAYS_TARGET_S = 10.0  # issue #14: 90 days in 10 s from a warm cache
+BACKTEST_TARGET_EPS = 5_000.0
 REST_RSS_TARGET_MB = 100.0
 REST_CPU_TARGET_PCT = 2.0
 
@@ -383,6 +387,7 @@ class Budget:
     rest_symbols: int
     rest_seconds: int
     tick_to_order: int
+    backtest_days: int
 
 
 FULL = Budget(
@@ -396,6 +401,7 @@ FULL = Budget(
     rest_symbols=600,
     rest_seconds=60,
     tick_to_order=25,
+    backtest_days=90,
 )
 QUICK = Budget(
     engine_events=20,
@@ -408,6 +414,7 @@ QUICK = Budget(
     rest_symbols=20,
     rest_seconds=2,
     tick_to_order=1,
+    backtest_days=2,
 )
 
 
@@ -1149,6 +1156,50 @@ def bench_rest_weight(budget: Budget) -> list[Row]:
     return bench_section(quick=budget is QUICK)
 
 
+def bench_backtest(budget: Budget) -> list[Row]:
+    """Issue #14: a backtest from a warm cache, the demo's price stories one a day on each of the
+    simulator's four symbols (90 days: 360 signals); target 90 days in 10 s on one core."""
+    from fsm.runtime import backtest_demo
+    from fsm.runtime.backtest import run_backtest
+
+    days = budget.backtest_days
+    stories = backtest_demo.many_stories(days)
+    with tempfile.TemporaryDirectory() as tmp:
+        feed, cache = backtest_demo.write_demo(Path(tmp), stories)
+        start = time.perf_counter()
+        result = run_backtest(
+            feed,
+            cache,
+            since_ms=backtest_demo.SINCE_MS,
+            until_ms=backtest_demo.SINCE_MS + (days + 1) * backtest_demo.DAY,
+            db_path=Path(tmp) / "bench.db",
+            capital=Decimal("100000"),  # every signal sized, whatever the stories lost before it
+        )
+        wall = time.perf_counter() - start
+    note = (
+        f"{days} days, {len(stories)} signals on 4 symbols (synthetic), {result.events} events, "
+        f"{len(result.trades)} trades; the 5,000-message, 300-symbol year waits for more symbols in the sim"
+    )
+    return [
+        run_row(
+            "backtest",
+            f"backtest of {days} days from a warm cache: wall time",
+            [wall],
+            "s",
+            Target(stat="median", op="<", value=BACKTEST_90_DAYS_TARGET_S * days / 90),
+            note,
+        ),
+        run_row(
+            "backtest",
+            "backtest: events processed per second",
+            [result.events / wall],
+            "events/s",
+            Target(stat="median", op=">", value=BACKTEST_TARGET_EPS),
+            "engine + real Binance client + simulated venue + journal, one core",
+        ),
+    ]
+
+
 SECTIONS: tuple[Callable[[Budget], list[Row]], ...] = (
     bench_engine,
     bench_evaluator,
@@ -1156,6 +1207,7 @@ SECTIONS: tuple[Callable[[Budget], list[Row]], ...] = (
     bench_replay,
     bench_daemon,
     bench_rest_weight,
+    bench_backtest,
 )
 
 
