@@ -95,6 +95,7 @@ class Trade:
     close_reason: str | None
     price_places: int = 0
     funding: Decimal = ZERO  # paid (negative) or received while it was open
+    fills: tuple[Fill, ...] = field(default=(), compare=False, repr=False)  # in booking order
 
     @property
     def net(self) -> Decimal:
@@ -190,6 +191,7 @@ class _Open:
     pnl: Decimal = ZERO
     fees: Decimal = ZERO
     places: int = 0
+    fills: list[Fill] = field(default_factory=list)
 
 
 def build_trades(
@@ -216,6 +218,7 @@ def build_trades(
                 symbol=fill.symbol,
                 opened_ms=fill.now_ms,
             )
+        trade.fills.append(fill)
         if fill.leg not in trade.legs:
             trade.legs.append(fill.leg)
         if (fill.side == ENTRY_SIDE) != long_leg:  # a long leg opens with a BUY
@@ -251,6 +254,7 @@ def build_trades(
             close_reason=reasons.get(id(t)) if t.closed_ms is not None else None,
             price_places=t.places,
             funding=_funding_of(t, funding),
+            fills=tuple(t.fills),
         )
         for t in trades.values()
     ]

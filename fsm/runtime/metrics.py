@@ -121,10 +121,7 @@ def compute(trades: Iterable[Trade], capital: Decimal, *, since_ms: int | None =
     ``ValueError`` unless ``capital`` is a positive finite amount."""
     check_capital(capital)
     trades = list(trades)
-    closed = sorted(
-        (t for t in trades if t.closed_ms is not None and (since_ms is None or t.closed_ms >= since_ms)),
-        key=lambda t: (t.closed_ms or 0, t.opened_ms),
-    )
+    closed = counted_trades(trades, since_ms=since_ms)
     open_count = sum(1 for t in trades if t.closed_ms is None)
     nets = [t.net for t in closed]
     start_ms: int | None = None

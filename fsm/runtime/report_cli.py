@@ -4,24 +4,38 @@ Read-only on the daemon's database, like ``shortfsm trades`` (same ``--config``/
 codes). ``--capital`` is required: the database records no deposit, withdrawal or starting balance,
 so any default (a balance seen by the board, the first entry's margin) could be silently wrong, and
 every percentage divides by it.
+
+``--html FILE`` also writes a self-contained page (charts, the signal funnel, the trades: see
+``fsm.runtime.html_report``), ``--csv FILE`` the trades as ``shortfsm trades --format csv`` prints
+them, and ``--funnel`` adds the signal funnel to the table or JSON. The ledger and the funnel are
+read in one transaction, and the table, the JSON and the page take their figures from the same
+``metrics.compute``. A file is written beside its target and renamed over it (never half a file);
+a path that cannot be written is one line and exit 2, before anything is printed (with both
+options, the CSV is written first and stays when the page then fails).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import sqlite3
 import sys
+import time
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from fsm.runtime import ledger, metrics
-from fsm.runtime.board_cli import EXIT_BAD_CONFIG, add_source_arguments
+from fsm.runtime import html_report, ledger, metrics
+from fsm.runtime.board_cli import EXIT_BAD_CONFIG, add_source_arguments, resolve_source
 from fsm.runtime.liveness import EXIT_NO_DATABASE
-from fsm.runtime.trades_cli import EXIT_UNREADABLE, read_book
+from fsm.runtime.trades_cli import EXIT_UNREADABLE, write_csv
 
 FIGURE = Decimal("0.0001")  # percentages and ratios in JSON
 SHOWN = Decimal("0.01")  # percentages and ratios in the table
@@ -39,7 +53,7 @@ def register(subparsers: Any) -> None:
         "exit reasons and fees (definitions: fsm/runtime/metrics.py). Open trades are only counted. "
         f"Read-only. Exit 0 (also with no closed trade yet), {EXIT_NO_DATABASE} when there is no "
         f"database, {EXIT_UNREADABLE} when it cannot be read, {EXIT_BAD_CONFIG} for an unusable "
-        "--config or option.",
+        "--config or option, or an --html/--csv path that cannot be written.",
     )
     add_source_arguments(report)
     report.add_argument(
@@ -49,6 +63,19 @@ def register(subparsers: Any) -> None:
     )
     report.add_argument("--since", metavar="YYYY-MM-DD", help="only trades closed on or after this UTC day")
     report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument(
+        "--funnel",
+        action="store_true",
+        help="add the signal funnel (messages received, parsed, rejected, monitored, entered, closed)",
+    )
+    report.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the report as one self-contained HTML page (charts, funnel, trades)",
+    )
+    report.add_argument(
+        "--csv", metavar="FILE", help="also write the trades as CSV (shortfsm trades' columns)"
+    )
     report.set_defaults(func=cmd_report)
 
 
@@ -65,29 +92,139 @@ def parse_capital(text: str | None) -> Decimal:
     return value
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Source:
+    """What one read of the database gave."""
+
+    db: Path
+    book: ledger.Ledger
+    funnel: html_report.Funnel
+    since_ms: int | None
+    fills: dict[int, list[ledger.Fill]]  # id(trade) -> its fills (Trade.fills)
+    marks: dict[int, list[tuple[int, Decimal]]]  # id(trade) -> journaled mark prices, with --html
+
+
+def read_source(args: argparse.Namespace) -> Source | int:
+    """The ledger and the signal funnel of the database ``--config``/``--db`` name, read in one
+    transaction, or the exit code after one line on stderr (the lines of ``shortfsm trades``)."""
+    since_ms: int | None = None
+    if args.since is not None:
+        try:
+            since_ms = ledger.parse_day(args.since)
+        except ValueError:
+            print(f"{PROG}: --since wants a day as YYYY-MM-DD, not {args.since!r}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
+    source = resolve_source(args)
+    if source is None:
+        return EXIT_BAD_CONFIG
+    db, config = source
+    try:
+        conn = ledger.open_readonly(db)
+    except ledger.NoDatabase as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_NO_DATABASE
+    except ledger.LedgerError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    try:
+        conn.execute("BEGIN")  # one snapshot: the funnel's trades are the ledger's
+        book = ledger.read_ledger(conn)
+        funnel = html_report.read_funnel(
+            conn,
+            book.trades,
+            leading_chat_id=config.telegram.entry_chat_id if config is not None else None,
+            since_ms=since_ms,
+        )
+        fills = {id(t): list(t.fills) for t in book.trades}
+        marks = html_report.read_marks(conn, book.trades, fills) if args.html else {}
+    except (sqlite3.Error, ledger.LedgerError) as exc:  # a foreign file or a garbled row: one line
+        print(f"{PROG}: cannot read {db}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    finally:
+        conn.close()
+    return Source(db=db, book=book, funnel=funnel, since_ms=since_ms, fills=fills, marks=marks)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     try:
         capital = parse_capital(args.capital)
     except ValueError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    read = read_book(args, PROG)
+    read = read_source(args)
     if isinstance(read, int):
         return read
-    book, since_ms = read
+    book, since_ms = read.book, read.since_ms
     result = metrics.compute(book.trades, capital, since_ms=since_ms)
+    written = _write_files(args, read, result)
+    if written:
+        return written
     empty = _empty_line(book.trades, result, args.since)
     if args.json:
-        print(json.dumps(as_dict(result), ensure_ascii=False, indent=2))
+        doc = as_dict(result)
+        if args.funnel:
+            doc["funnel"] = read.funnel.as_dict()
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
         if empty:
             print(empty, file=sys.stderr)
         return 0
     if empty:
         print(empty, flush=True)
-        return 0
-    console = Console(highlight=False)
-    console.print(_headline(result), soft_wrap=True)
-    console.print(_table(result))
+    else:
+        console = Console(highlight=False)
+        console.print(_headline(result), soft_wrap=True)
+        console.print(_table(result))
+    if args.funnel:
+        print("Signal funnel" + (f" (messages received since {args.since})" if args.since else "") + ":")
+        for line in read.funnel.lines():
+            print(f"  {line}")
+    return 0
+
+
+def listed_trades(trades: list[ledger.Trade], since_ms: int | None) -> list[ledger.Trade]:
+    """The trades ``shortfsm trades --since`` lists, in its order: oldest first, open ones always."""
+    kept = [t for t in trades if since_ms is None or t.closed_ms is None or t.closed_ms >= since_ms]
+    return sorted(kept, key=lambda t: (t.opened_ms, t.closed_ms or 0))
+
+
+def trades_csv(trades: list[ledger.Trade]) -> str:
+    """The rows of ``shortfsm trades --format csv``."""
+    out = io.StringIO()
+    write_csv((trade.as_dict() for trade in trades), out)
+    return out.getvalue()
+
+
+def _write_files(args: argparse.Namespace, read: Source, result: metrics.Metrics) -> int:
+    """Write ``--html`` and ``--csv``; 0, or ``EXIT_BAD_CONFIG`` after one line on stderr."""
+    listed = listed_trades(read.book.trades, read.since_ms)
+    outputs: list[tuple[str, str]] = []
+    if args.csv:
+        outputs.append((args.csv, trades_csv(listed)))
+    if args.html:
+        page = html_report.render(
+            source=str(read.db),
+            generated_ms=int(time.time() * 1000),
+            headline=_headline(result)
+            if result.closed_trades
+            else _empty_line(read.book.trades, result, args.since),
+            figures=figure_rows(result, FIGURE),
+            result=result,
+            counted=metrics.counted_trades(read.book.trades, since_ms=read.since_ms),
+            listed=listed,
+            fills=read.fills,
+            marks=read.marks,
+            funnel=read.funnel,
+            since=args.since,
+            since_ms=read.since_ms,
+        )
+        outputs.append((args.html, page))
+    for name, text in outputs:
+        try:
+            html_report.write_atomic(Path(name), text)
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            print(f"{PROG}: cannot write {name}: {why}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
     return 0
 
 
@@ -154,44 +291,50 @@ def _headline(m: metrics.Metrics) -> str:
     )
 
 
-def _shown(value: Decimal | None, suffix: str = "") -> str:
-    text = _figure(value, SHOWN)
-    return "—" if text is None else f"{text}{suffix}"
-
-
-def _table(m: metrics.Metrics) -> Table:
+def figure_rows(m: metrics.Metrics, places: Decimal = SHOWN) -> list[tuple[str, str, str]]:
+    """The report's rows (metric, value, note): percentages and ratios to ``places`` (the table's
+    0.01, the page's 0.0001 like the JSON), money to 0.0001 USDT."""
     money = ledger.money
     drawdown = m.max_drawdown
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    table.add_column("Metric", no_wrap=True)
-    table.add_column("Value", justify="right", no_wrap=True)
-    table.add_column("Note", overflow="fold")
+
+    def shown(value: Decimal | None, suffix: str = "") -> str:
+        text = _figure(value, places)
+        return "—" if text is None else f"{text}{suffix}"
+
     span = f"{_figure(m.days, SHOWN)} days" if m.days is not None else ""
     rows: list[tuple[str, str, str]] = [
-        ("Total return", _shown(m.total_return_pct, " %"), f"{money(m.net)} USDT net"),
-        ("CAGR", _shown(m.cagr_pct, " %"), span if m.cagr_pct is not None else f"{span}, under 30 days"),
-        ("Win rate", _shown(m.win_rate_pct, " %"), f"{m.wins} won, {m.losses} lost"),
-        ("Profit factor", _shown(m.profit_factor), "" if m.profit_factor is not None else "no loss"),
+        ("Total return", shown(m.total_return_pct, " %"), f"{money(m.net)} USDT net"),
+        ("CAGR", shown(m.cagr_pct, " %"), span if m.cagr_pct is not None else f"{span}, under 30 days"),
+        ("Win rate", shown(m.win_rate_pct, " %"), f"{m.wins} won, {m.losses} lost"),
+        ("Profit factor", shown(m.profit_factor), "" if m.profit_factor is not None else "no loss"),
         ("Expectancy", f"{money(m.expectancy)} USDT" if m.expectancy is not None else "—", "net per trade"),
-        ("Average R:R", _shown(m.average_rr), "average win / average loss"),
-        ("Sharpe (daily)", _shown(m.sharpe), "x sqrt(365)"),
-        ("Sortino (daily)", _shown(m.sortino), "x sqrt(365)"),
-        ("Calmar", _shown(m.calmar), "CAGR / max drawdown"),
+        ("Average R:R", shown(m.average_rr), "average win / average loss"),
+        ("Sharpe (daily)", shown(m.sharpe), "x sqrt(365)"),
+        ("Sortino (daily)", shown(m.sortino), "x sqrt(365)"),
+        ("Calmar", shown(m.calmar), "CAGR / max drawdown"),
         (
             "Max drawdown",
-            _shown(drawdown.pct, " %"),
+            shown(drawdown.pct, " %"),
             f"{money(drawdown.amount)} USDT, {_span(drawdown.start_ms, drawdown.end_ms)}"
             if drawdown.end_ms is not None
             else "none",
         ),
         ("Longest losing streak", str(m.longest_losing_streak), "trades"),
-        ("Time in the market", _shown(m.time_in_market_pct, " %"), "a trade open"),
+        ("Time in the market", shown(m.time_in_market_pct, " %"), "a trade open"),
         ("Fees", f"{money(m.fees)} USDT", f"realised PnL {money(m.realized_pnl)} USDT"),
         ("Final equity", f"{money(m.final_equity)} USDT", ""),
     ]
     rows += [(f"Exit: {reason}", str(count), "trades") for reason, count in m.exit_reasons.items()]
-    for row in rows:
-        table.add_row(*row)
+    return rows
+
+
+def _table(m: metrics.Metrics) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("Metric", no_wrap=True)
+    table.add_column("Value", justify="right", no_wrap=True)
+    table.add_column("Note", overflow="fold")
+    for row in figure_rows(m):
+        table.add_row(*(Text(cell) for cell in row))  # a close reason is data, never rich markup
     return table
 
 

@@ -13,7 +13,8 @@ import json
 import sqlite3
 import sys
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 from rich import box
 from rich.console import Console
@@ -44,6 +45,14 @@ CSV_FIELDS = (
     "net",
     "close_reason",
 )
+
+
+def write_csv(rows: Iterable[dict[str, Any]], stream: TextIO) -> None:
+    """Trades (``Trade.as_dict`` rows) as CSV: the columns of ``CSV_FIELDS``, legs joined by +."""
+    writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "legs": "+".join(row["legs"])})
 
 
 def register(subparsers: Any) -> None:
@@ -120,10 +129,7 @@ def cmd_trades(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(rows, ensure_ascii=False, indent=2))
     elif args.format == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "legs": "+".join(row["legs"])})
+        write_csv(rows, sys.stdout)
     else:
         console = Console(highlight=False)
         if rows:
