@@ -7,7 +7,7 @@ every percentage divides by it.
 
 ``--html FILE`` also writes a self-contained page (charts, the signal funnel, the trades: see
 ``fsm.runtime.html_report``), ``--csv FILE`` the trades as ``shortfsm trades --format csv`` prints
-them, and ``--funnel`` adds the signal funnel to the table or JSON. The ledger and the funnel are
+them; the table and the JSON end with the signal funnel. The ledger and the funnel are
 read in one transaction, and the table, the JSON and the page take their figures from the same
 ``metrics.compute``. A file is written beside its target and renamed over it (never half a file);
 a path that cannot be written is one line and exit 2, before anything is printed (with both
@@ -63,11 +63,6 @@ def register(subparsers: Any) -> None:
     )
     report.add_argument("--since", metavar="YYYY-MM-DD", help="only trades closed on or after this UTC day")
     report.add_argument("--json", action="store_true", help="machine-readable output")
-    report.add_argument(
-        "--funnel",
-        action="store_true",
-        help="add the signal funnel (messages received, parsed, rejected, monitored, entered, closed)",
-    )
     report.add_argument(
         "--html",
         metavar="FILE",
@@ -162,8 +157,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     empty = _empty_line(book.trades, result, args.since)
     if args.json:
         doc = as_dict(result)
-        if args.funnel:
-            doc["funnel"] = read.funnel.as_dict()
+        doc["funnel"] = read.funnel.as_dict()
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         if empty:
             print(empty, file=sys.stderr)
@@ -174,7 +168,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         console = Console(highlight=False)
         console.print(_headline(result), soft_wrap=True)
         console.print(_table(result))
-    if args.funnel:
+    if read.funnel.received:  # a database with no message (a test's, an import's) shows none
         print("Signal funnel" + (f" (messages received since {args.since})" if args.since else "") + ":")
         for line in read.funnel.lines():
             print(f"  {line}")
@@ -260,6 +254,7 @@ def as_dict(m: metrics.Metrics) -> dict[str, Any]:
         "final_equity": money(m.final_equity),
         "realized_pnl": money(m.realized_pnl),
         "fees": money(m.fees),
+        "funding": money(m.funding),
         "net": money(m.net),
         "total_return_pct": _figure(m.total_return_pct),
         "cagr_pct": _figure(m.cagr_pct),
@@ -322,6 +317,7 @@ def figure_rows(m: metrics.Metrics, places: Decimal = SHOWN) -> list[tuple[str, 
         ("Longest losing streak", str(m.longest_losing_streak), "trades"),
         ("Time in the market", shown(m.time_in_market_pct, " %"), "a trade open"),
         ("Fees", f"{money(m.fees)} USDT", f"realised PnL {money(m.realized_pnl)} USDT"),
+        ("Funding", f"{money(m.funding)} USDT", "received (+) or paid (-) while the trades were open"),
         ("Final equity", f"{money(m.final_equity)} USDT", ""),
     ]
     rows += [(f"Exit: {reason}", str(count), "trades") for reason, count in m.exit_reasons.items()]

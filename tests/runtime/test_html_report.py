@@ -1,4 +1,4 @@
-"""``shortfsm report --html/--csv/--funnel`` on a database written by the daemon's own store.
+"""``shortfsm report --html/--csv`` and the funnel on a database written by the daemon's own store.
 
 Two months of trades, the messages behind them and the decisions about the others; every figure
 below is computed by hand from the table in the comment.
@@ -232,7 +232,6 @@ def page(db: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[
         "--capital",
         "1000",
         "--json",
-        "--funnel",
         "--html",
         "r.html",
         "--csv",
@@ -375,23 +374,20 @@ def test_the_csv_is_what_shortfsm_trades_prints(
     assert len(written.splitlines()) == 5  # the header and four trades, the open one included
 
 
-def test_the_table_and_json_keep_their_shape_and_add_the_funnel_on_request(
+def test_the_table_and_json_end_with_the_funnel(
     db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["report", "--db", str(db), "--capital", "1000", "--json"]) == 0
-    assert "funnel" not in json.loads(capsys.readouterr().out)
-    assert main(["report", "--db", str(db), "--capital", "1000", "--funnel"]) == 0
+    assert json.loads(capsys.readouterr().out)["funnel"]["received"] == 12
+    assert main(["report", "--db", str(db), "--capital", "1000"]) == 0
     out = capsys.readouterr().out
     assert (
         "Signal funnel:\n  received 12 = parsed 10 + not parsed 2 (entry_signal 1, ticker_invalid 1)\n" in out
     )
     assert "  entered 4 = closed 3 (flat: TP filled 2, flat: <script>alert(1)</script> 1) + open 1\n" in out
     # --since: the messages received from that day on (XRP..OP), the trades closed then.
-    assert (
-        main(["report", "--db", str(db), "--capital", "1000", "--since", "2026-02-22", "--json", "--funnel"])
-        == 0
-    )
+    assert main(["report", "--db", str(db), "--capital", "1000", "--since", "2026-02-22", "--json"]) == 0
     captured = capsys.readouterr()
     funnel = json.loads(captured.out)["funnel"]
     assert (funnel["received"], funnel["parsed"], funnel["monitored"], funnel["entered"]) == (8, 6, 2, 0)

@@ -131,6 +131,7 @@ def test_the_json_report_has_the_hand_computed_figures(ledger_db: Path, tmp_path
         "final_equity": "1019.8980",  # 1000 + 10 - 10.1 + 19.998
         "realized_pnl": "22.9980",  # 12 - 10 + 20.998
         "fees": "3.1000",  # 2 x (1 + 0.05 + 0.5); the open trade's 9 is not counted
+        "funding": "0.0000",  # no settlement in this ledger
         "net": "19.8980",
         "total_return_pct": "1.9898",
         "cagr_pct": None,  # 2.5 days
@@ -150,6 +151,19 @@ def test_the_json_report_has_the_hand_computed_figures(ledger_db: Path, tmp_path
         "longest_losing_streak": 1,
         "time_in_market_pct": "40.0000",  # 24 h of 60 h
         "exit_reasons": {"flat: TP filled": 2, "flat: risk_pnl_negative": 1},
+        "funnel": {  # this ledger was written without messages: the funnel is empty, not guessed
+            "leading_chat_id": None,
+            "received": 0,
+            "parsed": 0,
+            "not_parsed": {},
+            "not_traded": {},
+            "no_decision": 0,
+            "monitored": 0,
+            "not_entered": {},
+            "entered": 0,
+            "closed": {},
+            "open": 0,
+        },
     }
     assert hashlib.sha256(ledger_db.read_bytes()).hexdigest() == before  # read-only
 
