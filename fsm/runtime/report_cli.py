@@ -33,9 +33,9 @@ from rich.table import Table
 from rich.text import Text
 
 from fsm.runtime import html_report, ledger, metrics
-from fsm.runtime.board_cli import EXIT_BAD_CONFIG, add_source_arguments, resolve_source
+from fsm.runtime.board_cli import EXIT_BAD_CONFIG, add_source_arguments
 from fsm.runtime.liveness import EXIT_NO_DATABASE
-from fsm.runtime.trades_cli import EXIT_UNREADABLE, write_csv
+from fsm.runtime.trades_cli import EXIT_UNREADABLE, open_source, write_csv
 
 FIGURE = Decimal("0.0001")  # percentages and ratios in JSON
 SHOWN = Decimal("0.01")  # percentages and ratios in the table
@@ -102,25 +102,10 @@ class Source:
 def read_source(args: argparse.Namespace) -> Source | int:
     """The ledger and the signal funnel of the database ``--config``/``--db`` name, read in one
     transaction, or the exit code after one line on stderr (the lines of ``shortfsm trades``)."""
-    since_ms: int | None = None
-    if args.since is not None:
-        try:
-            since_ms = ledger.parse_day(args.since)
-        except ValueError:
-            print(f"{PROG}: --since wants a day as YYYY-MM-DD, not {args.since!r}", file=sys.stderr)
-            return EXIT_BAD_CONFIG
-    source = resolve_source(args)
-    if source is None:
-        return EXIT_BAD_CONFIG
-    db, config = source
-    try:
-        conn = ledger.open_readonly(db)
-    except ledger.NoDatabase as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_NO_DATABASE
-    except ledger.LedgerError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
+    opened = open_source(args, PROG)
+    if isinstance(opened, int):
+        return opened
+    conn, db, config, since_ms = opened.conn, opened.db, opened.config, opened.since_ms
     try:
         conn.execute("BEGIN")  # one snapshot: the funnel's trades are the ledger's
         book = ledger.read_ledger(conn)

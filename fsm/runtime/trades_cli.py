@@ -14,6 +14,8 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from rich import box
@@ -24,6 +26,7 @@ from rich.text import Text
 from fsm import rules
 from fsm.runtime import ledger
 from fsm.runtime.board_cli import EXIT_BAD_CONFIG, add_source_arguments, resolve_source
+from fsm.runtime.config import AppConfig
 from fsm.runtime.liveness import EXIT_NO_DATABASE
 
 EXIT_UNREADABLE = 1
@@ -84,9 +87,19 @@ def _positive(text: str) -> int:
     return value
 
 
-def read_book(args: argparse.Namespace, prog: str) -> tuple[ledger.Ledger, int | None] | int:
-    """The ledger of the database ``--config``/``--db`` name and the ``--since`` day in ms, or the
-    exit code after one line on stderr (bad day or config, no database, unreadable database)."""
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The database ``--config``/``--db`` name, open read-only, with the ``--since`` day in ms."""
+
+    conn: sqlite3.Connection
+    db: Path
+    config: AppConfig | None
+    since_ms: int | None
+
+
+def open_source(args: argparse.Namespace, prog: str) -> Opened | int:
+    """Open the database the options name, or the exit code after one line on stderr (bad day or
+    config, no database, a file that is not one)."""
     since_ms: int | None = None
     if args.since is not None:
         try:
@@ -97,7 +110,7 @@ def read_book(args: argparse.Namespace, prog: str) -> tuple[ledger.Ledger, int |
     source = resolve_source(args)
     if source is None:
         return EXIT_BAD_CONFIG
-    db, _ = source
+    db, config = source
     try:
         conn = ledger.open_readonly(db)
     except ledger.NoDatabase as exc:
@@ -106,6 +119,16 @@ def read_book(args: argparse.Namespace, prog: str) -> tuple[ledger.Ledger, int |
     except ledger.LedgerError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
+    return Opened(conn=conn, db=db, config=config, since_ms=since_ms)
+
+
+def read_book(args: argparse.Namespace, prog: str) -> tuple[ledger.Ledger, int | None] | int:
+    """The ledger of the database ``--config``/``--db`` name and the ``--since`` day in ms, or the
+    exit code after one line on stderr (bad day or config, no database, unreadable database)."""
+    opened = open_source(args, prog)
+    if isinstance(opened, int):
+        return opened
+    conn, db, since_ms = opened.conn, opened.db, opened.since_ms
     try:
         book = ledger.read_ledger(conn)
     except (sqlite3.Error, ledger.LedgerError) as exc:  # a foreign file or a garbled row: one line
