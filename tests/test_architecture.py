@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 FSM = Path(__file__).resolve().parents[1] / "fsm"
@@ -117,3 +119,41 @@ def test_the_write_check_would_catch_each_kind(tmp_path: Path) -> None:
         "sample.py:4",
         "sample.py:5",
     ]
+
+
+# The daemon a trader runs (``shortfsm run``) never loads the simulator, the market-history tools or
+# the harness (scenario runner, replays, fault and crash matrices, benchmarks, backtest): the layer
+# contract of ARCHITECTURE.md, checked on what importing it really loads.
+DAEMON_MODULES = ("fsm.runtime.daemon", "fsm.runtime.daemon_cli")
+NOT_IN_THE_DAEMON = (
+    "binance.sim",
+    "binance.history",
+    "fsm.runtime.sim_harness",
+    "fsm.runtime.scenario",
+    "fsm.runtime.simreplay",
+    "fsm.runtime.faults",
+    "fsm.runtime.daemon_faults",
+    "fsm.runtime.bench",
+    "fsm.runtime.backtest",
+    "fsm.runtime.journal_replay",
+)
+
+
+def _loaded_by(modules: tuple[str, ...]) -> list[str]:
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + f"print('\\n'.join(sorted(m for m in sys.modules if m.startswith({NOT_IN_THE_DAEMON!r}))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout.split()
+
+
+def test_the_daemon_loads_neither_the_simulator_nor_the_harness() -> None:
+    assert _loaded_by(DAEMON_MODULES) == []
+
+
+def test_the_layer_check_sees_what_an_import_loads() -> None:
+    assert "binance.sim" in _loaded_by(("fsm.runtime.sim_harness",))

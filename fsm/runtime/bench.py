@@ -843,9 +843,10 @@ async def tick_to_order(cycles: int) -> list[Row]:
 
     from binance.sim.exchange import SimSymbol
     from fsm.runtime.config import AppConfig, StorageConfig
-    from fsm.runtime.daemon import Daemon, RunClock, SimHarness
+    from fsm.runtime.daemon import Daemon, RunClock
     from fsm.runtime.feeds import PricePath, ReplaySource
     from fsm.runtime.logs import DecisionLog
+    from fsm.runtime.sim_harness import SimHarness
     from fsm.runtime.store import Store
     from telegram_ingest.replay import FeedItem
 

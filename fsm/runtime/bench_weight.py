@@ -51,9 +51,10 @@ async def rest_weight(minutes_at_rest: int) -> list[Row]:
     """The three phases; per-minute shares in % of ``WEIGHT_LIMIT``."""
     from binance.sim.exchange import SimSymbol
     from fsm.runtime.config import AppConfig, StorageConfig
-    from fsm.runtime.daemon import Daemon, RunClock, SimHarness
+    from fsm.runtime.daemon import Daemon, RunClock
     from fsm.runtime.feeds import PricePath, ReplaySource
     from fsm.runtime.logs import DecisionLog
+    from fsm.runtime.sim_harness import SimHarness
     from fsm.runtime.store import Store
     from telegram_ingest.replay import FeedItem
 

@@ -59,9 +59,10 @@ from fsm import events as ev
 from fsm import rules
 from fsm.runtime import faults
 from fsm.runtime.config import AppConfig, StorageConfig
-from fsm.runtime.daemon import Daemon, RunClock, SimHarness
+from fsm.runtime.daemon import Daemon, RunClock
 from fsm.runtime.feeds import PricePath
 from fsm.runtime.logs import DecisionLog
+from fsm.runtime.sim_harness import SimHarness
 from fsm.runtime.store import Store
 from telegram_ingest.replay import FeedItem
 

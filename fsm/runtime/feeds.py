@@ -22,11 +22,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from binance.sim.exchange import FillPolicy, SimExchange, SimSymbol
 from telegram_ingest.adapter import RawMessage
 from telegram_ingest.replay import FeedItem, load_feed
 
 if TYPE_CHECKING:  # Telethon costs ~50 MB resident: imported only by the Telegram profiles
+    from binance.sim.exchange import FillPolicy, SimExchange, SimSymbol  # the demo's: never `run`'s
     from telegram_ingest.listener import Backoff, SessionLock, TelegramListener
 
 log = logging.getLogger(__name__)
@@ -460,6 +460,8 @@ class PricePath:
 
 
 def _sym(name: str, tick: str, step: str, min_qty: str) -> SimSymbol:
+    from binance.sim.exchange import SimSymbol  # the demo's symbols: loaded only when drawn
+
     return SimSymbol(
         name,
         Decimal(tick),
