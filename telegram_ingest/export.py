@@ -17,6 +17,17 @@ written and flushed before the next message is read: FILE is always a usable pre
   (``min_id``), never both: Telethon gives the id priority and Telegram does not document what it
   does with both. The date is one second early and the range is checked here, because Telethon
   documents ``offset_date`` as exclusive but hands it to Telegram unchanged in reverse mode.
+- One writer per FILE: the run holds ``flock`` on ``FILE.lock`` from start to end; a second export
+  to the same FILE stops at once with one line (two appenders would each resume from the same
+  highest id and write every later message twice).
+- Order: ids normally rise with dates. An id lower than one already read this run (Telegram gave
+  them out of order) is still written, once: dropping it would lose a message, and resume stays
+  right because it starts after the highest id FILE holds, which the late one is not. (A run cut
+  between a high id and a lower one that follows it does lose the lower one on resume: unavoidable
+  with "after the highest id", and not seen in practice.) A message dated at or after ``--until`` does
+  not end the channel's read at once: up to ``UNTIL_LOOKAHEAD`` more messages are read, and any
+  inside the window among them are written; that many in a row past ``--until`` end the read.
+- A FloodWait over ``FLOOD_WAIT_CAP_S`` is not slept through: the run stops with one line, resumable.
 - Edited messages: history holds a message's current text. The daemon ignores lines marked
   ``edited`` (N-27: an edit event is never acted on), but a message edited after it was sent is
   still the message the daemon acted on live; it is written as a message (no ``edited``) with
@@ -32,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +64,9 @@ DAY_MS = 86_400_000
 # Waits before the 2nd..6th attempt after a Telegram error or disconnect; a message read resets them.
 RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 PROG = "shortfsm export"
+UNTIL_LOOKAHEAD = 50  # messages read past --until before a channel's read ends (see the docstring)
+FLOOD_WAIT_CAP_S = 3600  # a longer FloodWait stops the run (resumable) instead of sleeping
+TELEGRAM_START = "2013-08-14"  # Telegram's launch: no channel history before it
 
 ClientFactory = Callable[[str, int, str], Any]  # (session path, api id, api hash) -> client
 Sleep = Callable[[float], Awaitable[None]]
@@ -83,6 +98,10 @@ class SessionRefused(RuntimeError):
     """Telegram refuses the session (not logged in, revoked): only `shortfsm login` helps."""
 
 
+class FileBusy(ExportFailed):
+    """Another export is writing FILE (it holds ``FILE.lock``)."""
+
+
 class ForeignFile(ValueError):
     """FILE holds lines that are not an export with this ``--since``: appending would mix two feeds."""
 
@@ -104,13 +123,15 @@ def parse_window(since: str, until: str | None) -> Window:
     """The window of ``--since``/``--until``; ValueError with the one line to show."""
     try:
         since_ms = parse_day(since)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"--since wants a day as YYYY-MM-DD, not {since!r}") from None
+    if since_ms < parse_day(TELEGRAM_START):
+        raise ValueError(f"--since {since} is before Telegram existed ({TELEGRAM_START})")
     if until is None:
         return Window(since_ms=since_ms)
     try:
         until_ms = parse_day(until) + DAY_MS
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"--until wants a day as YYYY-MM-DD, not {until!r}") from None
     if until_ms <= since_ms:
         raise ValueError(f"--until {until} is before --since {since}")
@@ -224,8 +245,46 @@ async def export_history(
     err: TextIO,
     retry_delays: Sequence[float] = RETRY_DELAYS_S,
 ) -> list[ChatTally]:
-    """Append every channel's messages in ``window`` that ``out`` does not hold yet; one tally per chat."""
+    """Append every channel's messages in ``window`` that ``out`` does not hold yet; one tally per chat.
+    Raises ``FileBusy`` when another export holds ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock_out(out)
+    try:
+        return await _export_locked(
+            client, chats, window, out, sleep=sleep, err=err, retry_delays=retry_delays
+        )
+    finally:
+        lock.close()  # closing drops the flock
+
+
+def _lock_out(out: Path) -> TextIO:
+    import fcntl
+
+    handle = open(str(out) + ".lock", "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise FileBusy(f"{out} is being written by another shortfsm export (pid {holder})") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+async def _export_locked(
+    client: HistoryClient,
+    chats: Sequence[int],
+    window: Window,
+    out: Path,
+    *,
+    sleep: Sleep,
+    err: TextIO,
+    retry_delays: Sequence[float],
+) -> list[ChatTally]:
     highs: dict[int, int] = {}
     if out.exists():
         complete = complete_length(out)
@@ -266,7 +325,9 @@ async def _export_chat(
 
     from telegram_ingest.listener import SessionUnusable
 
-    after = tally.resumed_after  # the last id read (written or skipped)
+    after = tally.resumed_after  # the highest id read (written or skipped)
+    seen: set[int] = set()  # ids read this run: a late (lower) id is written once, a repeat never
+    late = 0  # messages in a row dated at or after --until
     failures = 0
     while True:
         try:
@@ -277,14 +338,20 @@ async def _export_chat(
             )
             async for message in history:
                 message_id = getattr(message, "id", None)
-                if not _is_int(message_id) or message_id <= after:
+                if not _is_int(message_id) or message_id <= tally.resumed_after or message_id in seen:
                     continue
+                seen.add(message_id)
+                after = max(after, message_id)
                 date = getattr(message, "date", None)
                 date_ms = _ms(date) if isinstance(date, datetime) else None
+                if date_ms is not None and window.until_ms is not None and date_ms >= window.until_ms:
+                    late += 1
+                    if late >= UNTIL_LOOKAHEAD:
+                        return  # that many in a row past --until: the rest is later still
+                    continue
+                late = 0
                 if date_ms is None:  # cannot be placed on the replay's clock
                     tally.skipped += 1
-                elif window.until_ms is not None and date_ms >= window.until_ms:
-                    return  # ids and dates rise together in a channel: the rest is later still
                 elif date_ms >= window.since_ms:  # (the first read starts one second early)
                     line = message_line(message, chat, date_ms, window)
                     if line is None:
@@ -293,11 +360,15 @@ async def _export_chat(
                         handle.write(line + "\n")
                         handle.flush()
                         tally.wrote(date_ms)
-                after = message_id
                 failures = 0
             return
         except (FloodWaitError, FloodPremiumWaitError) as exc:
             wait = int(exc.seconds) + 1
+            if wait > FLOOD_WAIT_CAP_S:
+                raise ExportFailed(
+                    f"chat {chat}: Telegram asks to wait {wait} s (over {FLOOD_WAIT_CAP_S} s); {handle.name} "
+                    "holds everything read so far: run the same command again later to resume"
+                ) from None
             _say(err, f"waiting {wait} s (Telegram flood limit)")
             await sleep(wait)
         except SessionUnusable as exc:
@@ -378,6 +449,9 @@ def cmd_export(
         _say(err, f"{PROG}: {str(exc).replace(chr(10), '; ')}")
         return EXIT_USAGE
     out = Path(args.out) if args.out else Path(config_path).absolute().parent / DEFAULT_OUT
+    if out.is_dir():
+        _say(err, f"{PROG}: --out {out} is a directory")
+        return EXIT_USAGE
     chats = (config.telegram.entry_chat_id, config.telegram.risk_chat_id)
 
     # Telethon only for the command that needs it.

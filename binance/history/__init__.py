@@ -6,7 +6,7 @@ Nothing here imports pyarrow at import time.
 """
 
 from binance.history.archive import DATASETS
-from binance.history.cache import CoverageReport, Gap, MarketCache, ProgressEvent
+from binance.history.cache import CacheBusy, CoverageReport, Gap, MarketCache, ProgressEvent
 from binance.history.store import exact
 
-__all__ = ["DATASETS", "CoverageReport", "Gap", "MarketCache", "ProgressEvent", "exact"]
+__all__ = ["DATASETS", "CacheBusy", "CoverageReport", "Gap", "MarketCache", "ProgressEvent", "exact"]

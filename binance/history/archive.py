@@ -28,6 +28,8 @@ import csv
 import hashlib
 import io
 import logging
+import math
+import re
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +50,19 @@ DAY_MS = 86_400_000
 # A price with at most this many significant digits goes through float64 and back unchanged
 # (IEEE 754 double: any decimal of <= 15 significant digits round-trips via the shortest repr).
 FLOAT_EXACT_DIGITS = 15
+
+
+# USD-M symbols are upper-case ASCII letters and digits; the name becomes a path part and a URL part,
+# so nothing else (no "/", "..", spaces or look-alike Unicode) ever gets that far.
+SYMBOL_RE = re.compile(r"[A-Z0-9]{2,30}")
+
+
+def check_symbol(symbol: str) -> str:
+    """``symbol`` upper-cased; ValueError when it is not 2-30 ASCII letters and digits."""
+    sym = symbol.strip().upper() if symbol.isascii() else symbol
+    if not SYMBOL_RE.fullmatch(sym):
+        raise ValueError(f"not a symbol: {symbol!r} (2-30 ASCII letters and digits, e.g. BTCUSDT)")
+    return sym
 
 
 def archive_path(dataset: str, symbol: str, period: str) -> str:
@@ -110,13 +125,21 @@ def to_ms(value: str) -> int:
     return t // 1000 if t > 100_000_000_000_000 else t
 
 
-def price_of(text: str, where: str) -> float:
-    if not faithful(text):
-        raise BadData(f"{where}: {text!r} is not exactly representable as float64")
+def price_of(text: str, where: str, *, positive: bool = True) -> float:
+    """A finite float (``positive``: also > 0) holding ``text`` exactly, else BadData."""
     try:
-        return float(text)
-    except ValueError:
+        x = float(text)
+    except (TypeError, ValueError):
         raise BadData(f"{where}: {text!r} is not a number") from None
+    if not math.isfinite(x) or (positive and x <= 0):
+        raise BadData(
+            f"{where}: {text!r} is not a positive finite number"
+            if positive
+            else f"{where}: {text!r} is not finite"
+        )
+    if not faithful(str(text)):
+        raise BadData(f"{where}: {text!r} is not exactly representable as float64")
+    return x
 
 
 @dataclass(slots=True)
@@ -137,13 +160,45 @@ def parse_kline_rows(rows: list[list[str]], where: str) -> Parsed:
         if len(row) < 5:
             raise BadData(f"{where} row {n}: {len(row)} columns, expected 12")
         try:
-            times.append(to_ms(row[0]))
-        except ValueError:
+            t = to_ms(row[0])
+        except (TypeError, ValueError):
             raise BadData(f"{where} row {n}: open_time {row[0]!r} is not an integer") from None
-        for name, cell in zip(("open", "high", "low", "close"), row[1:5], strict=True):
-            cols[name].append(price_of(cell, f"{where} row {n}"))
+        if t % MINUTE_MS:
+            raise BadData(f"{where} row {n}: open_time {t} is not on the minute")
+        o, h, lo, c = (price_of(cell, f"{where} row {n}") for cell in row[1:5])
+        if h < lo:
+            raise BadData(f"{where} row {n}: high {h} < low {lo}")
+        if not (lo <= o <= h and lo <= c <= h):
+            raise BadData(f"{where} row {n}: open {o} or close {c} outside [low, high] = [{lo}, {h}]")
+        times.append(t)
+        for name, x, cell in zip(("open", "high", "low", "close"), (o, h, lo, c), row[1:5], strict=True):
+            cols[name].append(x)
             decimals[name] = max(decimals[name], decimals_of(cell))
-    return Parsed(times, cols, decimals)
+    return dedupe(Parsed(times, cols, decimals), where)
+
+
+def dedupe(parsed: Parsed, where: str) -> Parsed:
+    """Rows sorted by time, a row repeated identically kept once. The same time twice with
+    different values is BadData: one source contradicting itself cannot say which is right, so the
+    whole file or answer is refused (and the next source asked) rather than one row guessed."""
+    names = list(parsed.columns)
+    seen: dict[int, tuple[float | None, ...]] = {}
+    for i, t in enumerate(parsed.times):
+        row = tuple(parsed.columns[n][i] for n in names)
+        old = seen.setdefault(t, row)
+        if old != row:
+            raise BadData(f"{where}: open_time {t} twice with different values")
+    order = sorted(seen)
+    return Parsed(order, {n: [seen[t][k] for t in order] for k, n in enumerate(names)}, parsed.decimals)
+
+
+def clip(parsed: Parsed, lo: int, hi: int) -> tuple[Parsed, int]:
+    """The rows with ``lo <= time < hi`` and how many were outside."""
+    keep = [i for i, t in enumerate(parsed.times) if lo <= t < hi]
+    if len(keep) == len(parsed.times):
+        return parsed, 0
+    cols = {n: [v[i] for i in keep] for n, v in parsed.columns.items()}
+    return Parsed([parsed.times[i] for i in keep], cols, parsed.decimals), len(parsed.times) - len(keep)
 
 
 def parse_funding_rows(rows: list[list[str]], where: str) -> Parsed:
@@ -158,9 +213,9 @@ def parse_funding_rows(rows: list[list[str]], where: str) -> Parsed:
             times.append(to_ms(row[0]))
         except ValueError:
             raise BadData(f"{where} row {n}: calc_time {row[0]!r} is not an integer") from None
-        rates.append(price_of(row[2], f"{where} row {n}"))
+        rates.append(price_of(row[2], f"{where} row {n}", positive=False))  # a rate may be <= 0
         decimals["funding_rate"] = max(decimals["funding_rate"], decimals_of(row[2]))
-    return Parsed(times, {"funding_rate": rates, "mark_price": [None] * len(times)}, decimals)
+    return dedupe(Parsed(times, {"funding_rate": rates, "mark_price": [None] * len(times)}, decimals), where)
 
 
 def csv_rows(payload: bytes, where: str) -> list[list[str]]:

@@ -9,8 +9,13 @@ are skipped: a covered window sends nothing. The rest is fetched month by month:
    (klines and markPriceKlines only - fundingRate has monthly files only);
 3. a day still missing (404), and today: REST, in contiguous runs, paced by weight.
 
-A zip is stored only when its sha256 equals its ``.CHECKSUM``; a second mismatch leaves the days
-``failed`` (tried again next run) and reported. A source that cannot be reached is marked down for
+A zip is stored only when its sha256 equals its ``.CHECKSUM`` and every row is a possible candle
+(``archive.parse_kline_rows``); a file that fails either is reported and its days fall through to
+the next source (monthly -> daily -> REST). Rows outside the file's own period are dropped and
+reported. A day is ``complete`` only when its rows were stored, or when its own source (its daily
+zip, or REST read through to the end of the window) had none: a monthly zip silent about a day sends
+that day on to the daily zip and REST. A REST failure after some pages stores those pages first.
+A source that cannot be reached is marked down for
 the run; its days fall through to the next source. After fetching, the stored rows of the window are
 scanned for gaps (missing minutes; for funding, more than ``FUNDING_MAX_SPACING_MS`` without a
 settlement), each reported with exact UTC times and why.
@@ -19,8 +24,10 @@ settlement), each reported with exact UTC times and why.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,11 +50,13 @@ from binance.history.archive import (
     Parsed,
     Unreachable,
     archive_path,
+    check_symbol,
+    clip,
     day_of,
     month_of,
     parse_archive_file,
 )
-from binance.history.rest_history import Banned, HistoryRest, RestHistory
+from binance.history.rest_history import Banned, HistoryRest, Interrupted, RestHistory
 from binance.history.store import DayState, Store, months_between
 from binance.rest import DEFAULT_BASE_URL, wall_clock_ms
 
@@ -55,6 +64,10 @@ log = logging.getLogger(__name__)
 
 # Binance funding intervals are 8 h at most (4 h and 1 h exist); a longer spacing is a gap.
 FUNDING_MAX_SPACING_MS = 8 * 3_600_000 + MINUTE_MS
+
+
+class CacheBusy(Exception):
+    """Another process is filling this cache (it holds ``<root>/.lock``): one line, exit 1."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +161,8 @@ class MarketCache:
         self._own_rest: HistoryRest | None = None
         # "archive" / "rest" -> why that source is skipped until ``aclose`` ends the session.
         self.down: dict[str, str] = {}
+        self._lock_file: Any = None  # <root>/.lock, flock'ed from the first aensure to aclose/close
+        self._serial: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     # -- public API ------------------------------------------------------------------------
 
@@ -169,18 +184,19 @@ class MarketCache:
         from the archive, whose funding files carry no mark price). Prices are float64 holding
         Binance's decimals exactly (``binance.history.store.exact`` gives the Decimal)."""
         _check_dataset(dataset)
-        return self.store.read(symbol.upper(), dataset, start_ms, end_ms)
+        return self.store.read(check_symbol(symbol), dataset, start_ms, end_ms)
 
     def known_gaps(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> list[Gap]:
         """The gaps the manifest holds for the window (as the last ``ensure`` scanning it found them);
         no request, no data read."""
         _check_dataset(dataset)
-        rows = self.store.gaps(symbol.upper(), dataset, start_ms, end_ms)
+        rows = self.store.gaps(check_symbol(symbol), dataset, start_ms, end_ms)
         return [Gap(start_ms=max(a, start_ms), end_ms=min(b, end_ms), reason=r) for a, b, r in rows]
 
     async def aclose(self) -> None:
         """End the session: close the HTTP clients; a source marked down is tried again next time."""
         self.down.clear()
+        self._unlock()
         if self._archive_client is not None:
             await self._archive_client.aclose()
             self._archive_client = self._archive = None
@@ -191,6 +207,7 @@ class MarketCache:
 
     def close(self) -> None:
         """Close the manifest (call ``aclose`` first when ``aensure`` was used)."""
+        self._unlock()
         self.store.close()
 
     def __enter__(self) -> MarketCache:
@@ -201,15 +218,55 @@ class MarketCache:
 
     async def aensure(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> CoverageReport:
         """Fetch what ``[start_ms, end_ms)`` lacks; report coverage and gaps. Raises nothing for
-        network trouble: it becomes ``problems`` and ``gaps``."""
+        network trouble: it becomes ``problems`` and ``gaps``. Raises ``CacheBusy`` when another
+        process holds the cache; calls on one ``MarketCache`` run one at a time."""
         _check_dataset(dataset)
-        symbol = symbol.upper()
+        symbol = check_symbol(symbol)
+        self._lock()
+        async with self._serial_lock():
+            return await self._ensure(symbol, dataset, start_ms, end_ms)
+
+    def _lock(self) -> None:
+        """Hold ``<root>/.lock`` (non-blocking flock) until ``aclose``/``close``: two writers on one
+        cache would each rewrite month files from their own stale copy and lose the other's days."""
+        if self._lock_file is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        f = (self.root / ".lock").open("a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise CacheBusy(
+                f"the cache {self.root} is in use by another shortfsm data (pid {holder})"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock_file = f
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the file drops the flock
+            self._lock_file = None
+
+    def _serial_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._serial is None or self._serial[0] is not loop:
+            self._serial = (loop, asyncio.Lock())
+        return self._serial[1]
+
+    async def _ensure(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> CoverageReport:
         now = self._clock_ms()
         stop = min(end_ms, now // MINUTE_MS * MINUTE_MS)
         report = CoverageReport(symbol=symbol, dataset=dataset, start_ms=start_ms, end_ms=max(stop, start_ms))
         if stop <= start_ms:
             return report
         sent_before = self._requests()
+        report.problems += self.store.audit(symbol, dataset, months_between(start_ms, stop))
         states = self.store.days(symbol, dataset)
         days = list(range(start_ms // DAY_MS * DAY_MS, stop, DAY_MS))
         pending = [d for d in days if not _done(states.get(day_of(d)), d, stop)]
@@ -256,26 +313,33 @@ class MarketCache:
             log.info("%s: not in the archive", path)
             return wanted
         except (ChecksumMismatch, BadData) as exc:
-            report.problems.append(str(exc))
-            self.store.mark(symbol, dataset, [_state(d, "failed", "archive", 0, 0, str(exc)) for d in wanted])
-            return []
+            report.problems.append(str(exc))  # the next source (daily zip, REST) is asked for these days
+            return wanted
         except Unreachable as exc:
             self.down["archive"] = f"archive unreachable: {exc}"
             report.problems.append(self.down["archive"])
             return wanted
+        parsed, outside = clip(parsed, lo, hi)
+        if outside:
+            report.problems.append(f"{path}: {outside} row(s) outside {iso(lo)} .. {iso(hi)} dropped")
         self.store.write(symbol, dataset, parsed)
         report.archive_files += 1
         self._emit(
             "stored", symbol, dataset, 0, 0, f"archive {path.rsplit('/', 1)[-1]}: {len(parsed.times)} rows"
         )
         counts = _per_day(parsed.times)
-        finished = [d for d in range(lo, hi, DAY_MS) if d + DAY_MS <= now]
+        one_day = hi - lo == DAY_MS  # a daily file speaks for its day even when empty
+        # A monthly file without a day's rows says nothing about that day: the daily zip is asked.
+        finished = [d for d in range(lo, hi, DAY_MS) if d + DAY_MS <= now and (one_day or counts.get(d))]
+        if dataset == FUNDING:  # settlements are hours apart: the month's file speaks for every day
+            finished = [d for d in range(lo, hi, DAY_MS) if d + DAY_MS <= now]
         self.store.mark(
             symbol,
             dataset,
             [_state(d, "complete", "archive", counts.get(d, 0), d + DAY_MS) for d in finished],
         )
-        return [d for d in wanted if d not in set(finished)]
+        done = set(finished)
+        return [d for d in wanted if d not in done]
 
     async def _from_rest(self, report: CoverageReport, days: list[int], stop: int, now: int) -> None:
         symbol, dataset = report.symbol, report.dataset
@@ -292,6 +356,26 @@ class MarketCache:
                     parsed = await rest.funding(symbol, run_start, hi)
                 else:
                     parsed = await rest.klines(dataset, symbol, run_start, hi)
+            except Interrupted as exc:
+                got = exc.partial
+                covered = [d for d in run if d + DAY_MS <= exc.covered_until_ms]
+                self._store_rest(report, got, run_start, exc.covered_until_ms)
+                counts = _per_day(got.times)
+                self.store.mark(
+                    symbol,
+                    dataset,
+                    [_state(d, "complete", "rest", counts.get(d, 0), d + DAY_MS) for d in covered],
+                )
+                run = [d for d in run if d not in set(covered)]
+                cause = exc.cause
+                why = str(cause) if isinstance(cause, Banned) else f"REST {cause}"
+                if isinstance(cause, Banned) or "unreachable" in why:
+                    self._rest_down(report, why, symbol, dataset, run)
+                else:
+                    note = f"REST {dataset} {symbol} {day_of(run_start)}..{day_of(run_end - DAY_MS)}: {why}"
+                    report.problems.append(note)
+                    self.store.mark(symbol, dataset, [_state(d, "failed", "rest", 0, 0, note) for d in run])
+                continue
             except (Banned, Unreachable) as exc:
                 self._rest_down(report, str(exc), symbol, dataset, run)
                 continue
@@ -307,16 +391,7 @@ class MarketCache:
                 report.problems.append(str(exc))
                 self.store.mark(symbol, dataset, [_state(d, "failed", "rest", 0, 0, str(exc)) for d in run])
                 continue
-            self.store.write(symbol, dataset, parsed)
-            report.rest_rows += len(parsed.times)
-            self._emit(
-                "stored",
-                symbol,
-                dataset,
-                0,
-                0,
-                f"REST {iso(run_start)[:16]}..{iso(hi)[:16]}: {len(parsed.times)} rows",
-            )
+            self._store_rest(report, parsed, run_start, hi)
             counts = _per_day(parsed.times)
             states = []
             for d in run:
@@ -325,6 +400,12 @@ class MarketCache:
                 else:
                     states.append(_state(d, "partial", "rest", counts.get(d, 0), hi))
             self.store.mark(symbol, dataset, states)
+
+    def _store_rest(self, report: CoverageReport, parsed: Parsed, lo: int, hi: int) -> None:
+        self.store.write(report.symbol, report.dataset, parsed)
+        report.rest_rows += len(parsed.times)
+        message = f"REST {iso(lo)[:16]}..{iso(hi)[:16]}: {len(parsed.times)} rows"
+        self._emit("stored", report.symbol, report.dataset, 0, 0, message)
 
     def _rest_down(self, report: CoverageReport, why: str, symbol: str, dataset: str, run: list[int]) -> None:
         self.down["rest"] = why
@@ -367,7 +448,7 @@ class MarketCache:
                     api_key="",
                     api_secret="",
                     base_url=rest,
-                    clock_ms=self._clock_ms,
+                    clock_ms=wall_clock_ms,  # pacing and back-offs run in real time, not candle time
                     timeout_s=self.timeout_s,
                 )
             self._rest = RestHistory(rest)
@@ -492,4 +573,13 @@ def parse_day(text: str) -> int:
     return _day_ms(datetime.strptime(text, "%Y-%m-%d").strftime("%Y-%m-%d"))
 
 
-__all__ = ["DATASETS", "CoverageReport", "Gap", "MarketCache", "Parsed", "ProgressEvent", "parse_day"]
+__all__ = [
+    "DATASETS",
+    "CacheBusy",
+    "CoverageReport",
+    "Gap",
+    "MarketCache",
+    "Parsed",
+    "ProgressEvent",
+    "parse_day",
+]

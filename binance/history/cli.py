@@ -26,6 +26,8 @@ DEFAULT_CACHE = Path("var/market")
 DATASET_NAMES = ("klines", "markPriceKlines", "fundingRate")
 MAX_GAP_LINES = 40
 DAY_MS = 86_400_000
+FIRST_DAY = "2019-09-01"  # USD-M perpetuals (and their archive) start in September 2019
+FIRST_DAY_MS = 1_567_296_000_000
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ class Window:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from binance.history.cache import CacheBusy
+
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         windows, datasets, skipped = _windows(args)
@@ -90,8 +94,16 @@ def run_cli(args: argparse.Namespace) -> int:
         return EXIT_BAD_ARGS
     if skipped:
         err.print(f"{skipped} feed message(s) without date_ms skipped", markup=False)
+    for line in getattr(args, "feed_problems", []):
+        err.print(f"problem: {line}", markup=False)
+    if not windows:
+        err.print("shortfsm data: nothing to fetch: every window is in the future", markup=False)
+        return EXIT_OK
     try:
         return asyncio.run(_run(args, windows, datasets, err))
+    except CacheBusy as exc:
+        err.print(str(exc), markup=False)
+        return EXIT_GAPS
     except KeyboardInterrupt:
         err.print("interrupted; a cut download resumes on the next run", markup=False)
         return EXIT_GAPS
@@ -112,24 +124,29 @@ def _windows(args: argparse.Namespace) -> tuple[list[Window], list[str], int]:
         )
     if args.horizon_days < 0:
         raise BadArgs("--horizon-days must not be negative")
+    from binance.history.archive import check_symbol
+
     symbols = []
     for raw in args.symbol:
-        sym = raw.strip().upper()
-        if not sym.isalnum():
-            raise BadArgs(f"not a symbol: {raw!r}")
-        symbols.append(sym)
+        try:
+            symbols.append(check_symbol(raw))
+        except ValueError as exc:
+            raise BadArgs(str(exc)) from None
     since = until = None
     try:
         if args.since:
             since = parse_day(args.since)
         if args.until:
             until = parse_day(args.until)
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         raise BadArgs(f"dates are YYYY-MM-DD: got {args.since!r} / {args.until!r}") from None
+    for name, day in (("--since", since), ("--until", until)):
+        if day is not None and day < FIRST_DAY_MS:
+            raise BadArgs(f"{name} is before {FIRST_DAY}: Binance USD-M history starts then")
     windows: list[Window] = []
     skipped = 0
     if args.feed is not None:
-        feed_windows, skipped = _feed_windows(args.feed, args.horizon_days)
+        feed_windows, skipped, args.feed_problems = _feed_windows(args.feed, args.horizon_days)
         if since is not None:
             feed_windows = [w for w in feed_windows if w.end_ms > since]
         windows.extend(feed_windows)
@@ -137,6 +154,8 @@ def _windows(args: argparse.Namespace) -> tuple[list[Window], list[str], int]:
         if since is None:
             raise BadArgs("--since is required with --symbol")
         end = (until + DAY_MS) if until is not None else _tomorrow_ms()
+        if until is None and end <= since:
+            raise BadArgs(f"--since {args.since} is in the future (no closed candle yet)")
         if end <= since:
             raise BadArgs(f"--until {args.until} is before --since {args.since}")
         windows.extend(Window(s, since, end) for s in symbols)
@@ -151,7 +170,8 @@ def _tomorrow_ms() -> int:
     return (wall_clock_ms() // DAY_MS + 1) * DAY_MS
 
 
-def _feed_windows(path: Path, horizon_days: int) -> tuple[list[Window], int]:
+def _feed_windows(path: Path, horizon_days: int) -> tuple[list[Window], int, list[str]]:
+    from binance.history.archive import check_symbol
     from fsm.events import LeadingMarket
     from telegram_ingest.grammar import parse_message
     from telegram_ingest.replay import load_feed
@@ -164,6 +184,7 @@ def _feed_windows(path: Path, horizon_days: int) -> tuple[list[Window], int]:
         raise BadArgs(f"cannot read feed {path}: {exc.strerror}") from None
     windows = []
     skipped = 0
+    problems: list[str] = []
     for item in items:
         parsed = parse_message(item.text)
         if not isinstance(parsed, LeadingMarket):
@@ -172,10 +193,28 @@ def _feed_windows(path: Path, horizon_days: int) -> tuple[list[Window], int]:
             skipped += 1
             continue
         day = item.date_ms // DAY_MS * DAY_MS
+        try:
+            check_symbol(parsed.symbol)
+            iso_day(day)  # a date far outside the calendar cannot name an archive file
+        except (ValueError, OverflowError, OSError):
+            problems.append(
+                f"feed message {item.message_id}: symbol {parsed.symbol!r} date_ms {item.date_ms} skipped"
+            )
+            continue
+        if day + (horizon_days + 1) * DAY_MS <= FIRST_DAY_MS:
+            problems.append(f"feed message {item.message_id}: before {FIRST_DAY}, skipped")
+            continue
+        day = max(day, FIRST_DAY_MS)
         windows.append(Window(parsed.symbol, day, day + (horizon_days + 1) * DAY_MS))
-    if not windows and not skipped:
+    if not windows and not skipped and not problems:
         raise BadArgs(f"no leading-market message in {path}")
-    return windows, skipped
+    return windows, skipped, problems
+
+
+def iso_day(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
 
 
 def _merge(windows: list[Window]) -> list[Window]:

@@ -32,6 +32,7 @@ from binance.history.archive import (
     BadData,
     Parsed,
     decimals_of,
+    dedupe,
     parse_kline_rows,
     price_of,
 )
@@ -47,6 +48,42 @@ MAX_WAITS = 20  # budget waits per request before the day is reported instead
 
 class Banned(Exception):
     """The venue banned this IP (418): no REST request is sent for the rest of the run."""
+
+
+class Interrupted(Exception):
+    """REST failed (``cause``) after some pages: ``partial`` holds their rows, complete up to
+    ``covered_until_ms`` (the cursor when it failed), to be stored before the failure is reported."""
+
+    def __init__(self, cause: Exception, partial: Parsed, covered_until_ms: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.partial = partial
+        self.covered_until_ms = covered_until_ms
+
+
+def _kline_time(row: Any, n: int, where: str) -> int:
+    """The open time of a REST kline row, BadData when the row is not a kline row."""
+    if not isinstance(row, list) or len(row) < 5:
+        raise BadData(f"{where} row {n}: not a kline row: {str(row)[:120]}")
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise BadData(f"{where} row {n}: open_time {row[0]!r} is not an integer") from None
+
+
+def _funding_parsed(rows: list[tuple[int, str, str]], where: str) -> Parsed:
+    times: list[int] = []
+    rates: list[float | None] = []
+    marks: list[float | None] = []
+    decimals = {"funding_rate": 0, "mark_price": 0}
+    for n, (t, rate, mark) in enumerate(rows, start=1):
+        at = f"{where} row {n}"
+        times.append(t)
+        rates.append(price_of(rate, at, positive=False))
+        marks.append(price_of(mark, at) if mark else None)
+        decimals["funding_rate"] = max(decimals["funding_rate"], decimals_of(rate))
+        decimals["mark_price"] = max(decimals["mark_price"], decimals_of(mark))
+    return dedupe(Parsed(times, {"funding_rate": rates, "mark_price": marks}, decimals), where)
 
 
 class HistoryRest(BinanceRest):
@@ -103,22 +140,54 @@ class RestHistory:
         return self.rest.requests_sent
 
     async def klines(self, dataset: str, symbol: str, start_ms: int, end_ms: int) -> Parsed:
-        """Closed 1m candles with ``start_ms <= open_time`` and ``open_time + 1m <= end_ms``."""
+        """Closed 1m candles with ``start_ms <= open_time`` and ``open_time + 1m <= end_ms``.
+
+        Pages are asked for while the cursor is inside the window: a short page (a loaded server may
+        answer fewer than ``limit`` rows) does not end the window, an empty one does (the source has
+        nothing after the cursor). A page that does not move the cursor (a server ignoring
+        ``startTime``) and more pages than the window can hold are BadData. A failure after some
+        pages raises ``Interrupted`` carrying them."""
+        where = f"REST {dataset} {symbol}"
         rows: list[list[str]] = []
         cursor = start_ms
+        # Full pages need span / limit requests; twice that (+2) lets a loaded server answer half
+        # pages, while a server creeping forward a minute a page is still stopped.
+        cap = 2 * ((end_ms - start_ms) // (MINUTE_MS * KLINE_LIMIT)) + 2
+        pages = 0
         while cursor + MINUTE_MS <= end_ms:
+            if pages >= cap:
+                raise BadData(f"{where}: more than {cap} pages for the window; not stored")
             last = end_ms - MINUTE_MS  # endTime bounds the open time of the last candle wanted
-            page = await self._paced(self._kline_page, dataset, symbol, cursor, last)
-            got = [r for r in page if isinstance(r, list) and len(r) >= 5]
+            page = await self._interruptible(
+                self._kline_page, rows, where, cursor, dataset, symbol, cursor, last
+            )
+            pages += 1
+            if not page:
+                break
+            times = [_kline_time(r, n, where) for n, r in enumerate(page, start=1)]
             rows.extend(
                 [str(c) for c in r[:5]]
-                for r in got
-                if cursor <= int(r[0]) and int(r[0]) + MINUTE_MS <= end_ms
+                for r, t in zip(page, times, strict=True)
+                if cursor <= t and t + MINUTE_MS <= end_ms
             )
-            if len(page) < KLINE_LIMIT or not got:
-                break
-            cursor = int(got[-1][0]) + MINUTE_MS
-        return parse_kline_rows(rows, f"REST {dataset} {symbol}")
+            nxt = max(times) + MINUTE_MS
+            if nxt <= cursor:
+                raise BadData(
+                    f"{where}: a page from {cursor} did not advance (ends at {max(times)}); not stored"
+                )
+            cursor = nxt
+        return parse_kline_rows(rows, where)
+
+    async def _interruptible(
+        self, call: Callable[..., Awaitable[list[Any]]], rows: list[Any], where: str, cursor: int, *args: Any
+    ) -> list[Any]:
+        try:
+            return await self._paced(call, *args)
+        except (Banned, BinanceError) as exc:
+            if not rows:
+                raise
+            got = parse_kline_rows(rows, where) if isinstance(rows[0], list) else _funding_parsed(rows, where)
+            raise Interrupted(exc, got, cursor) from exc
 
     async def _kline_page(self, dataset: str, symbol: str, start: int, end: int) -> list[Any]:
         if dataset == "klines":
@@ -127,33 +196,40 @@ class RestHistory:
 
     async def funding(self, symbol: str, start_ms: int, end_ms: int) -> Parsed:
         """Settlements with ``start_ms <= fundingTime < end_ms``; ``markPrice`` may be empty on old
-        rows (then None)."""
-        times: list[int] = []
-        rates: list[float | None] = []
-        marks: list[float | None] = []
-        decimals = {"funding_rate": 0, "mark_price": 0}
+        rows (then None). Paged as ``klines``."""
+        where = f"REST {FUNDING} {symbol}"
+        rows: list[tuple[int, str, str]] = []
         cursor = start_ms
+        # Settlements are at least an hour apart; a page of FUNDING_LIMIT covers >= 1000 h.
+        cap = 2 * ((end_ms - start_ms) // (3_600_000 * FUNDING_LIMIT)) + 2
+        pages = 0
         while cursor < end_ms:
+            if pages >= cap:
+                raise BadData(f"{where}: more than {cap} pages for the window; not stored")
             await self._funding_budget()
-            page = await self._paced(self.rest.funding_rate, symbol, cursor, end_ms - 1)
+            page = await self._interruptible(
+                self.rest.funding_rate, rows, where, cursor, symbol, cursor, end_ms - 1
+            )
+            pages += 1
+            if not page:
+                break
+            times = []
             for n, row in enumerate(page, start=1):
-                where = f"REST {FUNDING} {symbol} row {n}"
                 try:
                     t = int(row["fundingTime"])
                     rate, mark = str(row["fundingRate"]), str(row.get("markPrice") or "")
-                except (KeyError, TypeError, ValueError):
-                    raise BadData(f"{where}: unreadable {str(row)[:120]}") from None
-                if not cursor <= t < end_ms:
-                    continue
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    raise BadData(f"{where} row {n}: unreadable {str(row)[:120]}") from None
                 times.append(t)
-                rates.append(price_of(rate, where))
-                marks.append(price_of(mark, where) if mark else None)
-                decimals["funding_rate"] = max(decimals["funding_rate"], decimals_of(rate))
-                decimals["mark_price"] = max(decimals["mark_price"], decimals_of(mark))
-            if len(page) < FUNDING_LIMIT or not times:
-                break
-            cursor = times[-1] + 1
-        return Parsed(times, {"funding_rate": rates, "mark_price": marks}, decimals)
+                if cursor <= t < end_ms:
+                    rows.append((t, rate, mark))
+            nxt = max(times) + 1
+            if nxt <= cursor:
+                raise BadData(
+                    f"{where}: a page from {cursor} did not advance (ends at {max(times)}); not stored"
+                )
+            cursor = nxt
+        return _funding_parsed(rows, where)
 
     async def _funding_budget(self) -> None:
         count, window = FUNDING_BUDGET

@@ -6,8 +6,11 @@ and markPriceKlines) or ``funding_time, funding_rate, mark_price`` (fundingRate)
 time. Prices are float64: every Binance decimal string with at most 15 significant digits (all USD-M
 prices and rates, <= 8 decimals) survives the round trip exactly (``archive.faithful`` checks each
 one), and ``exact(x)`` gives the Decimal back. The most decimals seen per column are kept in the
-file's metadata (``decimals``). A month file is rewritten whole: written to ``.tmp`` then renamed,
-so a reader never meets half a file.
+file's metadata (``decimals``). A month file is rewritten whole: written to a temp file named for
+the process, fsynced, renamed over the old one, and the folder fsynced, so a reader never meets half
+a file and a crash leaves the old file or the new one. ``audit`` runs before each fetch: a month file
+that cannot be read is moved aside (``.corrupt``) and its days forgotten; a day with fewer stored rows
+than the manifest counts (a deleted or replaced file) is forgotten too, so the next fetch repairs it.
 
 ``manifest.sqlite`` (sqlite-utils) records the gaps found by the last scan of each window (``gaps``:
 start, end, reason) and per UTC day what is known: ``complete`` (fetched; its
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -64,15 +68,38 @@ class DayState:
 
 
 class Store:
-    """Parquet month files plus the SQLite manifest under ``root``."""
+    """Parquet month files plus the SQLite manifest under ``root``.
+
+    The manifest is opened on first use, not here: ``read`` needs only the Parquet files, so a cache
+    on a read-only disk (or without its manifest) can still be read."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(root / "manifest.sqlite")
-        self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.table("days").create(
+        self._db: sqlite_utils.Database | None = None
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        if self._db is None:
+            self._db = self._open()
+        return self._db
+
+    def _open(self) -> sqlite_utils.Database:
+        path = self.root / "manifest.sqlite"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            db = sqlite_utils.Database(sqlite3.connect(path))
+            db.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.OperationalError):
+            if not path.exists():
+                raise
+            # A read-only disk: the manifest as it is, for the read-only questions (``gaps``).
+            return sqlite_utils.Database(sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True))
+        self._create(db)
+        return db
+
+    @staticmethod
+    def _create(db: sqlite_utils.Database) -> None:
+        db.table("days").create(
             {
                 "symbol": str,
                 "dataset": str,
@@ -86,14 +113,16 @@ class Store:
             pk=("symbol", "dataset", "day"),
             if_not_exists=True,
         )
-        self.db.table("gaps").create(
+        db.table("gaps").create(
             {"symbol": str, "dataset": str, "start_ms": int, "end_ms": int, "reason": str},
             pk=("symbol", "dataset", "start_ms"),
             if_not_exists=True,
         )
 
     def close(self) -> None:
-        self.db.conn.close()
+        if self._db is not None:
+            self._db.conn.close()
+            self._db = None
 
     # -- manifest --------------------------------------------------------------------------
 
@@ -192,9 +221,22 @@ class Store:
         table = pa.table([pa.array(c, type=f.type) for c, f in zip(cols, fields, strict=True)], schema=schema)
         path = self.path(symbol, dataset, month)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            pq.write_table(table, tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the bytes are on disk before the name points at them
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # and the rename itself survives a crash
+        finally:
+            os.close(dfd)
 
     def _read_month(
         self, symbol: str, dataset: str, month: str
@@ -204,7 +246,10 @@ class Store:
         path = self.path(symbol, dataset, month)
         if not path.exists():
             return None
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise CorruptMonth(path, exc) from None
         meta = table.schema.metadata or {}
         decimals = json.loads(meta.get(b"decimals", b"{}"))
         return {n: table.column(n).to_pylist() for n in COLUMNS[dataset]}, decimals
@@ -225,9 +270,58 @@ class Store:
                 out[n].extend(cols[n][lo:hi])
         return out
 
+    def audit(self, symbol: str, dataset: str, months: list[str]) -> list[str]:
+        """Make the manifest agree with the month files of ``months``: an unreadable file is moved
+        aside (``.corrupt``) and its days forgotten (one line returned for it); a day the manifest
+        counts more rows for than are stored goes back to pending (forgotten)."""
+        problems: list[str] = []
+        states = self.days(symbol, dataset)
+        forget: list[str] = []
+        for month in months:
+            in_month = [s for d, s in states.items() if d.startswith(month) and s.status != "failed"]
+            path = self.path(symbol, dataset, month)
+            try:
+                got = self._read_month(symbol, dataset, month)
+            except CorruptMonth as exc:
+                os.replace(path, path.with_name(path.name + ".corrupt"))
+                problems.append(
+                    f"{path}: unreadable ({exc.why}); moved to {path.name}.corrupt, its days fetched again"
+                )
+                forget += [s.day for s in in_month]
+                continue
+            if not in_month:
+                continue
+            counts: dict[str, int] = {}
+            for t in got[0][COLUMNS[dataset][0]] if got else []:
+                day = _day(t)
+                counts[day] = counts.get(day, 0) + 1
+            forget += [s.day for s in in_month if counts.get(s.day, 0) < s.rows]
+        if forget:
+            with self.db.conn:
+                self.db.conn.executemany(
+                    "delete from days where symbol = ? and dataset = ? and day = ?",
+                    [(symbol, dataset, d) for d in forget],
+                )
+        return problems
+
     def decimals(self, symbol: str, dataset: str, month: str) -> dict[str, int]:
         got = self._read_month(symbol, dataset, month)
         return got[1] if got else {}
+
+
+class CorruptMonth(Exception):
+    """A month file that cannot be read."""
+
+    def __init__(self, path: Path, exc: Exception) -> None:
+        self.path = path
+        self.why = f"{type(exc).__name__}: {str(exc)[:120]}"
+        super().__init__(f"{path}: unreadable ({self.why})")
+
+
+def _day(ms: int) -> str:
+    from binance.history.archive import day_of
+
+    return day_of(ms)
 
 
 def _bisect(times: list[int], t: int) -> int:

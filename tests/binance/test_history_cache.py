@@ -125,7 +125,9 @@ def test_archive_then_rest_fills_the_window_and_a_second_ensure_sends_nothing(tm
     run(scenario())
 
 
-def test_checksum_mismatch_is_fetched_twice_never_stored_and_reported(tmp_path: Path) -> None:
+def test_checksum_mismatch_is_fetched_twice_never_stored_reported_and_the_days_come_from_elsewhere(
+    tmp_path: Path,
+) -> None:
     a = Archive()
     path = a.add(
         "klines",
@@ -134,6 +136,7 @@ def test_checksum_mismatch_is_fetched_twice_never_stored_and_reported(tmp_path: 
         kline_csv(ms("2025-11-01"), ms("2025-12-01"), header=True),
         bad_checksum=True,
     )
+    daily = "/data/futures/um/daily/klines/ETHUSDT/1m/ETHUSDT-1m-2025-11-1{}.zip.CHECKSUM"
 
     async def scenario() -> None:
         with serve(a) as archive:
@@ -141,17 +144,16 @@ def test_checksum_mismatch_is_fetched_twice_never_stored_and_reported(tmp_path: 
                 cache = cache_for(tmp_path, archive, v)
                 report = await cache.aensure("ETHUSDT", "klines", ms("2025-11-10"), ms("2025-11-12"))
                 await cache.aclose()
-                assert archive.paths() == [path + ".CHECKSUM", path, path]
-                assert rest_paths(v) == []
+                # The bad monthly zip twice, then each day's daily zip (404), then REST for both days.
+                assert archive.paths() == [path + ".CHECKSUM", path, path, daily.format(0), daily.format(1)]
+                assert rest_paths(v) == ["/fapi/v1/klines", "/fapi/v1/klines"]
                 assert report.problems == [path[1:] + ": sha256 differs from its .CHECKSUM twice; not stored"]
-                assert [(g.start_ms, g.end_ms) for g in report.gaps] == [(ms("2025-11-10"), ms("2025-11-12"))]
-                assert report.gaps[0].reason == report.problems[0]
-                assert not (tmp_path / "cache" / "klines" / "ETHUSDT").exists()
-                assert cache.read("ETHUSDT", "klines", ms("2025-11-01"), ms("2025-12-01"))["open_time"] == []
-                # A failed day is tried again by the next run.
+                assert report.gaps == [] and report.rest_rows == 2 * 1440
+                times = cache.read("ETHUSDT", "klines", ms("2025-11-01"), ms("2025-12-01"))["open_time"]
+                assert times == list(range(ms("2025-11-10"), ms("2025-11-12"), MIN))
                 again = await cache.aensure("ETHUSDT", "klines", ms("2025-11-10"), ms("2025-11-12"))
                 await cache.aclose()
-                assert again.requests == 3
+                assert again.requests == 0
                 cache.close()
 
     run(scenario())

@@ -95,6 +95,11 @@ def test_network_down_is_one_line_and_exit_1(tmp_path: Path) -> None:
         ([], "give --symbol"),
         (["--feed", "missing.jsonl"], "no feed file"),
         (["--symbol", "BTCUSDT", "--since", "2025-11-01", "--horizon-days", "x"], "invalid int value"),
+        (["--symbol", "../../x", "--since", "2025-11-01"], "not a symbol: '../../x'"),
+        (["--symbol", "ＢＴＣUSDT", "--since", "2025-11-01"], "not a symbol"),
+        (["--symbol", "BTCUSDT", "--since", "0001-01-01"], "shortfsm data: "),
+        (["--symbol", "BTCUSDT", "--since", "2019-08-31"], "--since is before 2019-09-01"),
+        (["--symbol", "BTCUSDT", "--since", "9999-12-31"], "--since 9999-12-31 is in the future"),
     ],
 )
 def test_bad_arguments_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
@@ -119,4 +124,39 @@ def test_feed_symbols_and_dates_give_the_windows(archive: Archive, tmp_path: Pat
         "DOGEUSDT" in done.stdout and "2025-11-03T00:00" in done.stdout and "2025-11-05T00:00" in done.stdout
     )
     assert "1 feed message(s) without date_ms skipped" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_second_shortfsm_data_on_one_cache_says_so_in_one_line_and_exits_1(tmp_path: Path) -> None:
+    import fcntl
+
+    cache = tmp_path / "c"
+    cache.mkdir()
+    url = f"http://127.0.0.1:{closed_port()}"  # nothing may be sent anyway
+    with (cache / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("777\n")
+        held.flush()
+        done = shortfsm(
+            *("--symbol", "BTCUSDT", "--since", "2025-11-05", "--until", "2025-11-06"),
+            *("--cache", str(cache), "--archive-url", url, "--rest-url", url),
+            cwd=tmp_path,
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"the cache {cache} is in use by another shortfsm data (pid 777)"]
+    assert done.stdout == ""
+
+
+def test_a_feed_date_out_of_range_is_skipped_and_reported(archive: Archive, tmp_path: Path) -> None:
+    feed = tmp_path / "feed.jsonl"
+    good = {"at_ms": 0, "chat_id": -1, "message_id": 1, "text": LEADING, "date_ms": ms("2025-11-03T10:00")}
+    far = {"at_ms": 5, "chat_id": -1, "message_id": 2, "text": LEADING, "date_ms": 10**18}
+    feed.write_text(json.dumps(good) + "\n" + json.dumps(far) + "\n", encoding="utf-8")
+    done = shortfsm(
+        *("--feed", str(feed), "--horizon-days", "1", "--datasets", "fundingRate"),
+        *("--cache", str(tmp_path / "c"), "--archive-url", archive.url, "--rest-url", archive.url),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "problem: feed message 2: symbol 'DOGEUSDT' date_ms 1000000000000000000 skipped" in done.stderr
     assert "Traceback" not in done.stderr

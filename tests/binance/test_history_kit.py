@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 from binance.history.archive import archive_path
 
@@ -157,6 +160,100 @@ def serve(archive: Archive) -> Iterator[Archive]:
     archive.url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         yield archive
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Archive + USD-M REST on one loopback port, scriptable (test_history_attack.py)
+# ---------------------------------------------------------------------------------------------
+
+RestHook = Callable[[str, dict[str, str]], "tuple[int, bytes, dict[str, str]] | None"]
+
+
+def kline_row(t: int) -> list[Any]:
+    """A REST kline row for the candle at ``t`` with the same prices as ``kline_csv``."""
+    o, h, lo, c = kline_prices(t)
+    return [t, o, h, lo, c, "12.345", t + MIN - 1, "1171234.5", 321, "6.1", "585617.2", "0"]
+
+
+@dataclass
+class Venue:
+    """``Archive`` files plus ``/fapi/v1/klines|markPriceKlines|fundingRate`` answered from
+    ``kline_prices`` (every minute, minus ``rest_missing``); ``rest_hook(path, query)`` may answer
+    first with ``(status, body, headers)``."""
+
+    archive: Archive = field(default_factory=Archive)
+    rest_hook: RestHook | None = None
+    rest_missing: set[int] = field(default_factory=set)
+    rest_calls: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    url: str = ""
+
+    def answer(self, path: str, qs: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        with self.archive.lock:
+            self.rest_calls.append((path, qs))
+        if self.rest_hook is not None:
+            got = self.rest_hook(path, qs)
+            if got is not None:
+                return got
+        if path == "/fapi/v1/time":
+            return 200, b'{"serverTime": 0}', {}
+        if path in ("/fapi/v1/klines", "/fapi/v1/markPriceKlines"):
+            s, e, lim = int(qs["startTime"]), int(qs["endTime"]), int(qs.get("limit", 500))
+            out: list[Any] = []
+            t = -(-s // MIN) * MIN
+            while t <= e and len(out) < lim:
+                if t not in self.rest_missing:
+                    out.append(kline_row(t))
+                t += MIN
+            return 200, json.dumps(out).encode(), {"X-MBX-USED-WEIGHT-1M": "10"}
+        if path == "/fapi/v1/fundingRate":
+            s, e, lim = int(qs["startTime"]), int(qs["endTime"]), int(qs.get("limit", 100))
+            eight = 8 * 3_600_000
+            rows: list[dict[str, Any]] = []
+            t = -(-s // eight) * eight
+            while t <= e and len(rows) < lim:
+                rows.append(
+                    {
+                        "symbol": qs["symbol"],
+                        "fundingTime": t,
+                        "fundingRate": "0.0001",
+                        "markPrice": "95000.1",
+                    }
+                )
+                t += eight
+            return 200, json.dumps(rows).encode(), {}
+        return 404, b'{"code":-1121,"msg":"Invalid symbol."}', {}
+
+
+@contextmanager
+def serve_venue(venue: Venue) -> Iterator[Venue]:
+    archive = venue.archive
+
+    class Handler(_Handler):
+        def do_GET(self) -> None:
+            u = urlparse(self.path)
+            if not u.path.startswith("/fapi/"):
+                super().do_GET()
+                return
+            status, body, headers = venue.answer(u.path, {k: v[0] for k, v in parse_qs(u.query).items()})
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    Handler.archive = archive
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    venue.url = archive.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield venue
     finally:
         server.shutdown()
         server.server_close()
