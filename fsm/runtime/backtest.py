@@ -14,27 +14,42 @@ Clock. Nothing happens per quiet second. While no symbol is watched (every engin
 venue position) the clock jumps straight to the next feed message or the engine's next deadline.
 While a symbol is watched the run walks its minutes: each 1m candle becomes a path of four vertices
 at fixed offsets (open at :00, first extreme at :20, second extreme at :40, close at :59), linear in
-between. In the default (compressed) mode the path is cut only at its vertices and where it crosses
+between; a walk that starts inside a minute (the signal's own) starts at the path's point of that
+moment. In the default (compressed) mode the path is cut only at its vertices and where it crosses
 a level that can decide something: the engine's own thresholds (entry trigger, take-profit
 placement, second-entry placement, all on the mark) and the venue's resting orders (LIMIT prices on
-the traded price, stop triggers on their working price). The level is applied exactly, at the time
-the line reaches it. ``dense=True`` instead applies a point every second along the same lines.
+the traded price, stop triggers on their working price). The level is applied exactly, at the next
+whole second after the line reaches it (the live stream pushes a mark a second), and every symbol's
+point of one instant is applied before one evaluation ``Tick`` (W18 sees them together). Before a
+message or a deadline inside a watched minute, every watched symbol is moved to its path's point of
+that moment. ``dense=True`` instead applies a point every second along the same lines.
 
 Prices. The mark path comes from the cached 1m ``markPriceKlines`` (``klines`` when a minute has no
 mark candle, counted in ``notes``); the traded (last) path from the 1m ``klines`` (the mark when a
-minute has none). Each point is ``SimExchange.set_mark(symbol, mark, last=last)``: LIMIT orders fill
-when the traded price reaches them, STOP_MARKET with ``workingType=MARK_PRICE`` triggers on the mark,
-exactly as the sim models Binance. The engine sees the point as a WS ``MarkPriceTick`` followed by
-the venue's pushes and one ``Tick`` (its 1-second evaluation). Before any input at a later time the
-watched symbols' marks are re-announced at their current value (the live stream pushes every
-second); with nothing watched, the heartbeat symbol's mark is. The engine's price-staleness
-deadlines are therefore never decision points here.
+minute has none). A candle that cannot be a price (zero, high below low or outside open/close, a
+x10 jump) is dropped and reported as a missing minute. Each point is
+``SimExchange.set_mark(symbol, mark, last=last)``: LIMIT orders fill when the traded price reaches
+them, STOP_MARKET with ``workingType=MARK_PRICE`` triggers on the mark, exactly as the sim models
+Binance. The engine sees the point as a WS ``MarkPriceTick`` followed by the venue's pushes and one
+``Tick`` (its 1-second evaluation). Before any input at a later time the watched symbols' marks are
+re-announced at their current value (the live stream pushes every second); with nothing watched, the
+heartbeat symbol's mark is. The engine's price-staleness deadlines are therefore never decision
+points here.
 
-Path rule (a short position). ``pessimistic``: open, high, low, close (the adverse extreme first);
-``optimistic``: open, low, high, close. A minute is *ambiguous* for a symbol holding a position when,
-at the minute's start, one of its levels lies above the open within the minute's high and another
-below it within the minute's low: the order of high and low then decides. A trade is counted as
-ambiguous when it went through at least one such minute.
+Path rule, chosen per symbol at the minute's start. Holding a short: ``pessimistic`` is open, high,
+low, close (the adverse extreme first), ``optimistic`` open, low, high, close. Flat (monitoring, an
+entry waiting): ``pessimistic`` is open, low, high, close (the entry comes as late as the minute
+allows and earns nothing inside it), ``optimistic`` the other. A trade is *ambiguous* when one of its
+legs fills inside a minute whose range (mark or traded, as the level reads) holds a level of another
+of its legs (entry trigger/limit, take-profit placement/limit, scale-in, breakeven, stops), or when
+it fills at market inside a minute whose high is not its low. The two paths do not bound every
+trade (a market exit at a given second can come out better on the pessimistic path);
+``--path both`` warns when the pessimistic net comes out above the optimistic one.
+
+Feed. A line whose ``edit_date_ms`` is after its date is skipped (the feed holds the edited text; the
+daemon acted on the original, N-27). A leading signal whose last closed 3m candle has a missing
+minute is skipped (its target is unknown); missing minutes in the other 3m candles are reported. A
+message for a held symbol inside a data hole is acted on with the last known price and flagged.
 
 Fills and fees. A resting LIMIT fills at its price as a maker, a crossing one at the traded price as
 a taker (the sim's book: one level at the last price). MARKET orders and triggered stops fill at the
@@ -43,6 +58,11 @@ sim's commissionRate (maker 0.02 %, taker 0.05 %) unless overridden. Funding is 
 cached rates while a position is held and written as the daemon writes FUNDING_FEE pushes (the
 ``funding`` table), so each trade's net includes it.
 
+Results. ``net`` counts closed trades only; a position open at the end is marked at the last mark
+(``unrealized``, and ``marked_net`` with every trade). The run writes a temporary database beside
+``--out`` under an exclusive lock (``<out>.lock``), reads its trades back from it and renames it onto
+``--out`` at the end: two runs on one ``--out`` never report each other's trades.
+
 No look-ahead: a decision at time t depends only on inputs before or at t; the run with
 ``until_ms=T`` handles exactly the inputs of the full run that come before T.
 """
@@ -50,7 +70,9 @@ No look-ahead: a decision at time t depends only on inputs before or at t; the r
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -104,6 +126,7 @@ OUTCOME_EVENTS = (  # as fsm.runtime.daemon.OUTCOME_EVENTS: the events whose out
 BACKTEST_MARKER = "meta.backtest"  # status row naming the run: only such a database is ever replaced
 PLACES = Decimal("0.00000001")  # interpolated prices: 8 decimals, as Binance writes marks
 BPS = Decimal("10000")
+SPIKE_FACTOR = 10  # a minute more than 10x (or under 1/10 of) the previous close is not a price
 
 
 class BacktestError(Exception):
@@ -134,6 +157,7 @@ class BacktestResult:
     wall_s: float = 0.0
     messages: int = 0
     bad_lines: list[str] = field(default_factory=list)
+    flagged: list[str] = field(default_factory=list)  # acted on, but on prices that are not history
     skipped: list[str] = field(default_factory=list)
     missing: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # symbol -> minute ranges
     notes: list[str] = field(default_factory=list)
@@ -141,6 +165,8 @@ class BacktestResult:
     open_at_end: list[str] = field(default_factory=list)
     ambiguous_keys: set[tuple[str, int]] = field(default_factory=set)  # (symbol, signal message id)
     funding: Decimal = Decimal(0)  # received (+) / paid (-) at the settlements held (in the trades' net)
+    unrealized: dict[str, Decimal] = field(default_factory=dict)  # symbol -> open position at the last mark
+    last_mark_ms: int = 0  # when the run stopped (the marks the unrealised figures use)
 
     @property
     def events_per_s(self) -> float:
@@ -148,20 +174,39 @@ class BacktestResult:
 
     @property
     def data_problems(self) -> bool:
-        return bool(self.bad_lines or self.missing or self.skipped)
+        return bool(self.bad_lines or self.missing or self.skipped or self.flagged)
 
     @property
     def net(self) -> Decimal:
-        return sum((t.net for t in self.trades), Decimal(0))
+        """Closed trades only (realised PnL - fees + funding); open positions are in ``marked_net``."""
+        return sum((t.net for t in self.trades if t.closed_ms is not None), Decimal(0))
+
+    @property
+    def unrealized_total(self) -> Decimal:
+        return sum(self.unrealized.values(), Decimal(0))
+
+    @property
+    def marked_net(self) -> Decimal:
+        """Every trade's net so far plus the open positions' unrealised PnL at the last mark."""
+        return sum((t.net for t in self.trades), Decimal(0)) + self.unrealized_total
+
+    def trade_json(self, t: ledger.Trade) -> Json:
+        row = t.as_dict()
+        if t.closed_ms is None:
+            row["unrealized"] = ledger.money(self.unrealized.get(t.symbol, Decimal(0)))
+        return row
 
     def as_json(self) -> Json:
         return {
             "path": self.path,
             "dense": self.dense,
             "db": str(self.db_path),
-            "trades": [t.as_dict() for t in self.trades],
+            "trades": [self.trade_json(t) for t in self.trades],
             "closed_trades": sum(t.closed_ms is not None for t in self.trades),
-            "net": ledger.money(self.net),
+            "net": ledger.money(self.net),  # closed trades only
+            "unrealized": ledger.money(self.unrealized_total),  # open positions at the last mark
+            "marked_net": ledger.money(self.marked_net),
+            "last_mark": ledger.iso_utc(self.last_mark_ms),
             "funding": ledger.money(self.funding),
             "ambiguous_trades": self.ambiguous_trades,
             "ambiguous_minutes": self.ambiguous_minutes,
@@ -171,6 +216,7 @@ class BacktestResult:
             "messages": self.messages,
             "bad_feed_lines": self.bad_lines,
             "skipped_signals": self.skipped,
+            "flagged": self.flagged,
             "missing_data": {
                 s: [{"from": ledger.iso_utc(a), "to": ledger.iso_utc(b), "minutes": (b - a) // MINUTE_MS}
                     for a, b in ranges]
@@ -247,14 +293,19 @@ class MinuteData:
                 return bar[3]
         return None
 
-    def candles_3m(self, received_ms: int) -> tuple[ev.Candle, ...]:
-        """The last 200 3m candles closed before ``received_ms``, built from the 1m traded prices
-        (a 3m slot with a missing minute is left out)."""
+    def candles_3m(self, received_ms: int) -> tuple[tuple[ev.Candle, ...], list[int]]:
+        """The last 200 3m candles closed before ``received_ms``, built from the 1m traded prices,
+        and the missing minutes of the slots left out (a slot with a missing minute is incomplete;
+        a slot wholly before the cached data begins is not counted as missing)."""
         end = received_ms // KLINE_MS * KLINE_MS  # slots opening before this have closed
+        first = min(self.lasts, default=end)
         out: list[ev.Candle] = []
+        missing: list[int] = []
         for start in range(end - KLINE_COUNT * KLINE_MS, end, KLINE_MS):
             parts = [self.lasts.get(start + i * MINUTE_MS) for i in range(3)]
             if any(p is None for p in parts):
+                if start + KLINE_MS > first:
+                    missing.extend(start + i * MINUTE_MS for i in range(3) if parts[i] is None)
                 continue
             bars = [p for p in parts if p is not None]
             out.append(
@@ -267,7 +318,7 @@ class MinuteData:
                     close=bars[-1][3],
                 )
             )
-        return tuple(out)
+        return tuple(out), missing
 
     last_minute: int = -1  # the last minute either dataset holds (set by ``load``)
 
@@ -314,24 +365,6 @@ class BacktestExchange(SimExchange):
             return (moved / tick).to_integral_value(rounding=ROUND_CEILING) * tick
         moved = price * (1 - self.slippage)
         return (moved / tick).to_integral_value(rounding=ROUND_FLOOR) * tick
-
-    def levels(self, symbol: str) -> tuple[list[Decimal], list[Decimal]]:
-        """(mark levels, traded-price levels) at which the venue would act on ``symbol``: the
-        triggers of its waiting stops (on the mark, or on the contract price) and the prices of its
-        open LIMIT orders."""
-        marks: list[Decimal] = []
-        lasts: list[Decimal] = []
-        for algo in self.algos.values():
-            if algo.symbol == symbol and algo.status == "NEW":
-                (marks if algo.working_type == "MARK_PRICE" else lasts).append(algo.trigger)
-        for order in self.orders.values():
-            if (
-                order.symbol == symbol
-                and order.type == "LIMIT"
-                and order.status in ("NEW", "PARTIALLY_FILLED")
-            ):
-                lasts.append(order.price)
-        return marks, lasts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +435,9 @@ def first_crossing(
                 continue
             if best is not None and f >= best[0]:
                 continue
-            at = a.at_ms + int(f * (b.at_ms - a.at_ms))
+            # The live stream pushes a mark a second: the engine sees the level at the next whole
+            # second (so two symbols crossing within one second meet in one evaluation, W18).
+            at = min(-(-(a.at_ms + int(f * (b.at_ms - a.at_ms))) // 1000) * 1000, b.at_ms)
             # The other price at the same fraction of the segment (not at the truncated ms): with
             # equal mark and traded series a level is exact on both.
             if attr == "mark":
@@ -419,6 +454,35 @@ class Walk:
 
     points: list[Point]  # what is left, the next first
     current: Point | None  # the last applied point (compressed mode: the segment's start)
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """A price at which something can happen to a symbol, and the leg it belongs to."""
+
+    leg: str  # ENTRY1, ENTRY2, TP, BE_STOP, MDD, ... (an order's own id when it is not ours)
+    on: Literal["mark", "last"]
+    price: Decimal
+
+
+@dataclass(kw_only=True, slots=True)
+class MinuteWatch:
+    """One watched symbol's minute, for the ambiguity count."""
+
+    mark: Bar
+    last: Bar
+    legs_in_range: set[str] = field(default_factory=set)  # legs with a level inside the range
+    filled: set[tuple[int, str]] = field(default_factory=set)  # (signal message id, leg) filled
+    market_fills: set[int] = field(default_factory=set)  # signal message ids with a MARKET fill
+
+
+def _leg(client_id: str) -> str:
+    parsed = rules.parse_client_order_id(client_id)
+    return parsed.leg if parsed is not None else client_id
+
+
+def _other(rule: PathRule) -> PathRule:
+    return "optimistic" if rule == "pessimistic" else "pessimistic"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,6 +554,7 @@ class Backtest:
         self.ticked_ms = -1
         self.checkpoint_due_ms = 0
         self.ambiguous: set[tuple[str, int]] = set()
+        self.trades_seen = 0  # the venue's trades already looked at for the minute's ambiguity
         self.missing_minutes: dict[str, list[int]] = {}
         self.note_counts: dict[str, int] = {}
 
@@ -499,10 +564,34 @@ class Backtest:
         if symbol not in self.data:
             lo = self.since_ms - HISTORY_MS
             hi = (self.until_ms if self.until_ms is not None else self._feed_end()) + 1
-            marks = _bars(self.cache.read(symbol, "markPriceKlines", lo, hi))
-            lasts = _bars(self.cache.read(symbol, "klines", lo, hi))
+            marks = self._checked(
+                symbol, "markPriceKlines", _bars(self.cache.read(symbol, "markPriceKlines", lo, hi))
+            )
+            lasts = self._checked(symbol, "klines", _bars(self.cache.read(symbol, "klines", lo, hi)))
             self.data[symbol] = MinuteData.load(marks, lasts) if marks or lasts else None
         return self.data[symbol]
+
+    def _checked(self, symbol: str, dataset: str, bars: dict[int, Bar]) -> dict[int, Bar]:
+        """``bars`` without the candles that cannot be prices (a zero or negative price, high below
+        low or outside open/close, a jump of more than SPIKE_FACTOR from the previous close): each
+        one becomes a missing minute, with a line saying how many and the first."""
+        bad: list[int] = []
+        previous: Decimal | None = None
+        for t in sorted(bars):
+            o, h, lo, c = bars[t]
+            spike = previous is not None and (h > previous * SPIKE_FACTOR or lo * SPIKE_FACTOR < previous)
+            if lo <= 0 or h < lo or not (lo <= o <= h and lo <= c <= h) or spike:
+                bad.append(t)
+                del bars[t]
+                continue
+            previous = c
+        if bad:
+            self.missing_minutes.setdefault(symbol, []).extend(bad)
+            self.result.notes.append(
+                f"{symbol} {dataset}: {len(bad)} corrupt candle(s) dropped (zero price, high below low, "
+                f"or a x{SPIKE_FACTOR} jump), the first at {ledger.iso_utc(bad[0])}: counted as missing"
+            )
+        return bars
 
     def _feed_end(self) -> int:
         last = self.messages[-1].at_ms if self.messages else self.since_ms
@@ -559,13 +648,13 @@ class Backtest:
         self.clock.set(max(at_ms, self.clock.now_ms()))
         self.exchange.pump()
 
-    async def refresh(self, at_ms: int, *, skip: str | None = None) -> None:
+    async def refresh(self, at_ms: int, *, skip: set[str] | None = None) -> None:
         """Re-announce the current marks at ``at_ms`` (the stream pushes every second)."""
         if at_ms <= self.refreshed_ms:
             return
         self.refreshed_ms = at_ms
-        watched = [s for s in self.watched() if s != skip]
-        if not watched and skip is None:  # the heartbeat stream (its mark never decides anything)
+        watched = [s for s in self.watched() if not skip or s not in skip]
+        if not watched and not skip:  # the heartbeat stream (its mark never decides anything)
             watched = [self.heartbeat if self.heartbeat in self.exchange.marks else min(self.exchange.marks)]
         events: list[ev.Event] = [
             ev.MarkPriceTick(now_ms=at_ms, symbol=s, price=self.exchange.marks[s], event_time_ms=at_ms)
@@ -595,9 +684,16 @@ class Backtest:
         self.move_to(at)
         item = m.item
         await self.refresh(at)
-        parsed = parse_message(item.text)
         self.result.messages += 1
         date_ms = item.date_ms if item.date_ms is not None else at
+        if item.edit_date_ms is not None and item.edit_date_ms > date_ms:
+            # The feed holds the edited text; the daemon acted on the original (N-27), which is lost.
+            self.result.skipped.append(
+                f"{ledger.iso_utc(at)} message {item.message_id}: its text was edited at "
+                f"{ledger.iso_utc(item.edit_date_ms)}; the original is not in the feed, not replayed"
+            )
+            return
+        parsed = parse_message(item.text)
         self.store.record_message(
             chat_id=item.chat_id, message_id=item.message_id, date_ms=date_ms, received_ms=at, text=item.text,
             parsed=parsed,
@@ -616,9 +712,30 @@ class Backtest:
             else:
                 data = self.market(symbol)
                 mark = data.close_before(at) if data is not None else None
+                incomplete: list[int] = []
                 if isinstance(parsed, ev.LeadingMarket):
-                    klines = data.candles_3m(at) if data is not None else ()
-                if mark is None or (isinstance(parsed, ev.LeadingMarket) and not klines):
+                    klines, incomplete = data.candles_3m(at) if data is not None else ((), [])
+                    if incomplete:  # minutes missing from the 3m candles the target reads
+                        self.missing_minutes.setdefault(symbol, []).extend(incomplete)
+                last_slot = at // KLINE_MS * KLINE_MS - KLINE_MS
+                if mark is None and symbol in self.watched() and symbol in self.exchange.marks:
+                    seen = self.exchange.mark_time.get(symbol, at)
+                    self.result.flagged.append(
+                        f"{when} message {item.message_id}: no cached market data for {symbol} at that time; "
+                        f"acted on with the last known price {self.exchange.marks[symbol]} from "
+                        f"{ledger.iso_utc(seen)} ({(at - seen) // MINUTE_MS} min old): that trade's "
+                        "exit price is not market history"
+                    )
+                elif isinstance(parsed, ev.LeadingMarket) and any(
+                    last_slot <= t < last_slot + KLINE_MS for t in incomplete
+                ):
+                    self.result.skipped.append(
+                        f"{when} message {item.message_id}: the last closed 3m candle of {symbol} "
+                        f"({ledger.iso_utc(last_slot)}) has missing minutes: its target is unknown, "
+                        "not replayed"
+                    )
+                    klines = None
+                elif mark is None or (isinstance(parsed, ev.LeadingMarket) and not klines):
                     self.result.skipped.append(
                         f"{when} message {item.message_id}: no cached market data for {symbol} at that time"
                     )
@@ -654,36 +771,84 @@ class Backtest:
         await self.refresh(at_ms)
         await self.feed([*self.drain(), ev.Tick(now_ms=at_ms)])
 
-    async def point(self, symbol: str, p: Point) -> None:
-        self.move_to(p.at_ms)
-        await self.refresh(p.at_ms, skip=symbol)
-        self.exchange.set_mark(symbol, p.mark, last=p.last)
-        mark = ev.MarkPriceTick(now_ms=p.at_ms, symbol=symbol, price=p.mark, event_time_ms=p.at_ms)
-        await self.feed([mark, *self.drain(), ev.Tick(now_ms=p.at_ms)])
+    async def points(self, at_ms: int, moves: list[tuple[str, Point]]) -> None:
+        """Every symbol's point at one instant, then one evaluation (W18: the engine sees all the
+        marks of that second before it decides)."""
+        self.move_to(at_ms)
+        await self.refresh(at_ms, skip={s for s, _ in moves})
+        events: list[ev.Event] = []
+        for symbol, p in moves:
+            self.exchange.set_mark(symbol, p.mark, last=p.last)
+            events.append(ev.MarkPriceTick(now_ms=at_ms, symbol=symbol, price=p.mark, event_time_ms=at_ms))
+            events.extend(self.drain())
+        await self.feed([*events, ev.Tick(now_ms=at_ms)])
+
+    async def align(self, walks: dict[str, Walk | None], at_ms: int, skip: set[str]) -> None:
+        """Move every other walked symbol to its path's point at ``at_ms`` (a message, a deadline or
+        another symbol's point inside a watched minute sees the prices of that moment)."""
+        watched = set(self.watched())
+        self.move_to(at_ms)
+        events: list[ev.Event] = []
+        for symbol, walk in sorted(walks.items()):
+            if walk is None or symbol in skip or symbol not in watched or walk.current is None:
+                continue
+            if not walk.points or not walk.current.at_ms < at_ms <= walk.points[0].at_ms:
+                continue
+            p = _between(walk.current, walk.points[0], at_ms)
+            if p.at_ms == walk.points[0].at_ms:
+                p = walk.points.pop(0)
+            walk.current = p
+            self.exchange.set_mark(symbol, p.mark, last=p.last)
+            events.append(ev.MarkPriceTick(now_ms=at_ms, symbol=symbol, price=p.mark, event_time_ms=at_ms))
+            events.extend(self.drain())
+        if events:
+            await self.feed(events)
 
     # -- levels and paths ------------------------------------------------------------------------------
 
-    def levels(self, symbol: str) -> tuple[list[Decimal], list[Decimal]]:
-        """(mark levels, traded-price levels) that can decide something for ``symbol`` now."""
-        marks, lasts = self.exchange.levels(symbol)
+    def labelled_levels(self, symbol: str) -> list[Level]:
+        """Every level that can decide something for ``symbol`` now, with the leg it belongs to."""
+        out: list[Level] = []
+        for algo in self.exchange.algos.values():
+            if algo.symbol == symbol and algo.status == "NEW":
+                on: Literal["mark", "last"] = "mark" if algo.working_type == "MARK_PRICE" else "last"
+                out.append(Level(_leg(algo.client_algo_id), on, algo.trigger))
+        for order in self.exchange.orders.values():
+            if (
+                order.symbol == symbol
+                and order.type == "LIMIT"
+                and order.status in ("NEW", "PARTIALLY_FILLED")
+            ):
+                out.append(Level(_leg(order.client_id), "last", order.price))
         model = self.engine.symbols.get(symbol)
         if model is None:
-            return marks, lasts
+            return out
         b = self.strategy.trigger_buffer_pct
         if model.state == "MONITORING":
-            marks.append(model.entry_trigger)
+            out.append(Level("ENTRY1", "mark", model.entry_trigger))
         if model.state in ("ENTRY_ORDER", "PHASE1") and model.tp_armed and model.position() > 0:
             tick = self.engine.tick_size(model)
-            marks.append(
-                rules.take_profit_threshold(
-                    rules.take_profit_price(model.average(), self.strategy.tp_pct, tick), b
-                )
-            )
+            tp = rules.take_profit_price(model.average(), self.strategy.tp_pct, tick)
+            out.append(Level("TP", "mark", rules.take_profit_threshold(tp, b)))
         if model.state == "PHASE1" and model.add_armed:
-            marks.append(rules.entry_threshold(model.add_price, b))
-        return marks, lasts
+            out.append(Level("ENTRY2", "mark", rules.entry_threshold(model.add_price, b)))
+        return out
 
-    def start_walk(self, symbol: str, minute: int, start_ms: int) -> Walk | None:
+    def levels(self, symbol: str) -> tuple[list[Decimal], list[Decimal]]:
+        """(mark levels, traded-price levels) that can decide something for ``symbol`` now."""
+        levels = self.labelled_levels(symbol)
+        return [x.price for x in levels if x.on == "mark"], [x.price for x in levels if x.on == "last"]
+
+    def holding(self, symbol: str) -> bool:
+        return any(p.amount != 0 for (s, _), p in self.exchange.positions.items() if s == symbol)
+
+    def start_walk(
+        self, symbol: str, minute: int, start_ms: int, watches: dict[str, MinuteWatch]
+    ) -> Walk | None:
+        """The symbol's path through ``minute`` from ``start_ms`` (the first point interpolated there).
+        The order of high and low is chosen from the symbol's state now: holding a short, the
+        pessimistic path goes to the high first; flat (monitoring, entry waiting) to the low first,
+        so that an entry comes as late as the minute allows and earns nothing inside it."""
         data = self.market(symbol)
         bars = data.bars(minute) if data is not None else None
         if bars is None:
@@ -692,27 +857,55 @@ class Backtest:
         mark, last, note = bars
         if note:
             self.note_counts[note] = self.note_counts.get(note, 0) + 1
-        points = vertices(minute, mark, last, self.rule)
-        self.check_ambiguous(symbol, mark, last)
+        held = self.holding(symbol)
+        rule: PathRule = self.rule if held else _other(self.rule)
+        points = vertices(minute, mark, last, rule)
+        watches[symbol] = MinuteWatch(mark=mark, last=last)
         if self.dense:
             points = dense_points(points)
-        points = [p for p in points if p.at_ms >= start_ms]
-        return Walk(points, None) if points else None
+        before = [p for p in points if p.at_ms <= start_ms]
+        later = [p for p in points if p.at_ms > start_ms]
+        if not later:
+            return None
+        if before and before[-1].at_ms < start_ms:  # a walk starting mid-minute: from that moment
+            later.insert(0, _between(before[-1], later[0], start_ms))
+        elif before:
+            later.insert(0, before[-1])
+        return Walk(later, None)
 
-    def check_ambiguous(self, symbol: str, mark: Bar, last: Bar) -> None:
-        model = self.engine.symbols.get(symbol)
-        if model is None or model.position() <= 0:
-            return
-        mark_levels, last_levels = self.levels(symbol)
-        above = any(mark[0] < x <= mark[1] for x in mark_levels) or any(
-            last[0] < x <= last[1] for x in last_levels
-        )
-        below = any(mark[2] <= x < mark[0] for x in mark_levels) or any(
-            last[2] <= x < last[0] for x in last_levels
-        )
-        if above and below:
-            self.result.ambiguous_minutes += 1
-            self.ambiguous.add((symbol, model.message_id))
+    def observe(self, watches: dict[str, MinuteWatch]) -> None:
+        """Note, for the minute's ambiguity, the legs whose levels lie in each watched symbol's range
+        and the fills since the last look (by the leg of the order that filled)."""
+        for symbol, w in watches.items():
+            for x in self.labelled_levels(symbol):
+                bar = w.mark if x.on == "mark" else w.last
+                if bar[2] <= x.price <= bar[1]:
+                    w.legs_in_range.add(x.leg)
+        trades = self.exchange.trades
+        for t in trades[self.trades_seen :]:
+            watch = watches.get(t["symbol"])
+            order = self.exchange.orders.get(int(t["orderId"]))
+            if watch is None or order is None:
+                continue
+            parsed = rules.parse_client_order_id(order.client_id)
+            if parsed is None:
+                continue
+            watch.filled.add((parsed.message_id, parsed.leg))
+            if order.type == "MARKET":
+                watch.market_fills.add(parsed.message_id)
+        self.trades_seen = len(trades)
+
+    def close_minute(self, minute: int, watches: dict[str, MinuteWatch]) -> None:
+        """Count the minute's ambiguous trades: one filled or exited in a minute whose range holds a
+        level of another of its legs, or closed at market in a minute whose high is not its low."""
+        self.observe(watches)
+        for symbol, w in watches.items():
+            keys = {mid for mid, leg in w.filled if w.legs_in_range - {leg}}
+            if w.mark[1] != w.mark[2] or w.last[1] != w.last[2]:
+                keys |= w.market_fills
+            if keys:
+                self.result.ambiguous_minutes += 1
+                self.ambiguous.update((symbol, mid) for mid in keys)
 
     def next_point(self, symbol: str, walk: Walk) -> Point | None:
         if not walk.points:
@@ -767,41 +960,51 @@ class Backtest:
 
     async def run_minute(self, minute: int, start: int, end: int, index: int) -> int:
         walks: dict[str, Walk | None] = {}
+        watches: dict[str, MinuteWatch] = {}
+        self.trades_seen = len(self.exchange.trades)
         now = start
-        while True:
-            watched = self.watched()
-            for s in watched:
-                if s not in walks:
-                    walks[s] = self.start_walk(s, minute, now)
-            candidates: list[tuple[int, int, str, Point | None]] = []
-            if index < len(self.messages) and self.messages[index].at_ms < end:
-                candidates.append((self.messages[index].at_ms, 0, "", None))
-            deadline = self.deadline()
-            if deadline is not None and deadline < end:
-                candidates.append((max(deadline, now), 1, "", None))
-            for s, walk in sorted(walks.items()):
-                if walk is None or s not in watched:  # a symbol let go mid-minute is not walked on
+        try:
+            while True:
+                watched = self.watched()
+                for s in watched:
+                    if s not in walks:
+                        walks[s] = self.start_walk(s, minute, now, watches)
+                self.observe(watches)
+                candidates: list[tuple[int, int, str, Point | None]] = []
+                if index < len(self.messages) and self.messages[index].at_ms < end:
+                    candidates.append((self.messages[index].at_ms, 0, "", None))
+                deadline = self.deadline()
+                if deadline is not None and deadline < end:
+                    candidates.append((max(deadline, now), 1, "", None))
+                for s, walk in sorted(walks.items()):
+                    if walk is None or s not in watched:  # a symbol let go mid-minute is not walked on
+                        continue
+                    p = self.next_point(s, walk)
+                    if p is not None and p.at_ms < end:
+                        candidates.append((p.at_ms, 2, s, p))
+                if not candidates:
+                    return index
+                at, kind, _, _ = min(candidates, key=lambda c: (c[0], c[1], c[2]))
+                now = max(now, at)
+                if kind == 2:
+                    moves = [(s, p) for t, k, s, p in candidates if k == 2 and t == at and p is not None]
+                    for s, p in moves:
+                        walk = walks[s]
+                        assert walk is not None
+                        if walk.points and p == walk.points[0]:
+                            walk.points.pop(0)
+                        walk.current = p
+                    await self.align(walks, now, {s for s, _ in moves})
+                    await self.points(now, moves)
                     continue
-                p = self.next_point(s, walk)
-                if p is not None and p.at_ms < end:
-                    candidates.append((p.at_ms, 2, s, p))
-            if not candidates:
-                return index
-            at, kind, symbol, p = min(candidates, key=lambda c: (c[0], c[1], c[2]))
-            now = max(now, at)
-            if kind == 0:
-                await self.message(self.messages[index])
-                index += 1
-            elif kind == 1:
-                await self.tick(now)
-            else:
-                assert p is not None
-                walk = walks[symbol]
-                assert walk is not None
-                if walk.points and p == walk.points[0]:
-                    walk.points.pop(0)
-                walk.current = p
-                await self.point(symbol, p)
+                await self.align(walks, now, set())
+                if kind == 0:
+                    await self.message(self.messages[index])
+                    index += 1
+                else:
+                    await self.tick(now)
+        finally:
+            self.close_minute(minute, watches)
 
     def settle_funding(self) -> None:
         """Funding at every cached settlement while a position was held (short: a positive rate is
@@ -846,6 +1049,12 @@ class Backtest:
             self.result.missing[symbol] = _ranges(sorted(set(minutes)))
         for note, count in sorted(self.note_counts.items()):
             self.result.notes.append(f"{count} minute(s) used {note}")
+        self.result.last_mark_ms = self.clock.now_ms()
+        for (symbol, _), pos in sorted(self.exchange.positions.items()):
+            mark = self.exchange.marks.get(symbol)
+            if pos.amount != 0 and mark is not None:
+                pnl = ((mark - pos.entry) * pos.amount).quantize(PLACES)
+                self.result.unrealized[symbol] = self.result.unrealized.get(symbol, Decimal(0)) + pnl
         self.result.open_at_end = [
             f"{s} {m.state} position {m.position()}"
             for s, m in sorted(self.engine.symbols.items())
@@ -889,63 +1098,152 @@ def run_backtest(
     root = Path(cache_root)
     if not feed.is_file():
         raise BacktestError(f"no feed file {feed}", 3)
-    if not (root / "manifest.sqlite").is_file():
+    # A cache is its Parquet folders (the manifest is optional for reading, binance.history.store).
+    if not any((root / name).exists() for name in ("manifest.sqlite", "klines", "markPriceKlines")):
         raise BacktestError(f"no market data cache at {root} (run `shortfsm data` first)", 3)
-    if capital <= 0:
-        raise BacktestError("--capital must be positive", 2)
-    if slippage_bps < 0:
-        raise BacktestError("--slippage-bps must not be negative", 2)
+    check_settings(capital=capital, slippage_bps=slippage_bps, fees=fees or Fees())
     if until_ms is not None and until_ms <= since_ms:
         raise BacktestError("--until must be after --since", 2)
     messages, bad = load_feed(feed, since_ms)
     db = Path(db_path)
-    if db.exists() and not _is_backtest_db(db):
-        raise BacktestError(f"{db} exists and is not a backtest database: refusing to replace it", 2)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    check_out(db)
     result = BacktestResult(path=path, dense=dense, db_path=db, bad_lines=bad)
     started = time.perf_counter()
-    cache = MarketCache(root)
-    try:
-        asyncio.run(
-            _run(
-                strategy=strategy or Strategy(),
-                messages=messages,
-                cache=cache,
-                since_ms=since_ms,
-                until_ms=until_ms,
-                capital=capital,
-                rule=path,
-                dense=dense,
-                slippage_bps=slippage_bps,
-                fees=fees or Fees(),
-                db=db,
-                result=result,
-                heartbeat_symbol=heartbeat_symbol,
+    with _OutLock(db) as lock:
+        temp = lock.temp
+        cache = MarketCache(root)
+        try:
+            asyncio.run(
+                _run(
+                    strategy=strategy or Strategy(),
+                    messages=messages,
+                    cache=cache,
+                    since_ms=since_ms,
+                    until_ms=until_ms,
+                    capital=capital,
+                    rule=path,
+                    dense=dense,
+                    slippage_bps=slippage_bps,
+                    fees=fees or Fees(),
+                    db=temp,
+                    result=result,
+                    heartbeat_symbol=heartbeat_symbol,
+                )
             )
-        )
-    finally:
-        cache.close()
-    result.wall_s = time.perf_counter() - started
-    conn = ledger.open_readonly(db)
-    try:
-        result.trades = ledger.read_ledger(conn).trades
-    finally:
-        conn.close()
+        finally:
+            cache.close()
+        result.wall_s = time.perf_counter() - started
+        conn = ledger.open_readonly(temp)  # this run's own file: no other run can have replaced it
+        try:
+            result.trades = ledger.read_ledger(conn).trades
+        finally:
+            conn.close()
+        lock.commit()
     result.ambiguous_trades = sum((t.symbol, t.message_id) in result.ambiguous_keys for t in result.trades)
     return result
 
 
+MAX_CAPITAL = Decimal("1e12")
+MAX_FEE = Decimal("0.01")
+MAX_SLIPPAGE_BPS = Decimal(1000)
+
+
+def check_settings(*, capital: Decimal, slippage_bps: Decimal, fees: Fees) -> None:
+    """Refuse (exit 2) a setting outside what a futures account can mean."""
+    if not (0 < capital <= MAX_CAPITAL):
+        raise BacktestError(f"--capital must be above 0 and at most {MAX_CAPITAL:,.0f} USDT", 2)
+    if not (0 <= slippage_bps <= MAX_SLIPPAGE_BPS):
+        raise BacktestError(f"--slippage-bps must be between 0 and {MAX_SLIPPAGE_BPS}", 2)
+    for name, rate in (("--maker-fee", fees.maker), ("--taker-fee", fees.taker)):
+        if not (0 <= rate <= MAX_FEE):
+            raise BacktestError(f"{name} must be a rate between 0 and {MAX_FEE} (0.02 % is 0.0002)", 2)
+
+
+def check_out(db: Path) -> None:
+    """Refuse (exit 2, one line) an --out that is not ours to replace or cannot be written: an existing
+    file that is not a backtest database, a -wal/-shm beside a missing database, a parent that is a
+    file or cannot be created."""
+    try:
+        _check_out(db)
+    except OSError as exc:
+        raise BacktestError(f"--out {db}: unusable: {exc.strerror or exc}", 2) from None
+
+
+def _check_out(db: Path) -> None:
+    if db.exists() and not _is_backtest_db(db):
+        raise BacktestError(f"{db} exists and is not a backtest database: refusing to replace it", 2)
+    if not db.exists():
+        for suffix in ("-wal", "-shm", "-journal"):
+            stray = Path(f"{db}{suffix}")
+            if stray.exists():
+                raise BacktestError(f"{stray} exists without {db}: not this run's to delete; move it away", 2)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        if not db.parent.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+    except OSError as exc:
+        raise BacktestError(f"--out {db}: cannot create its folder: {exc.strerror or exc}", 2) from None
+
+
+class _OutLock:
+    """An exclusive lock on ``--out`` for the run (``<out>.lock``) and the temporary database in the
+    same folder that replaces ``--out`` only at the end (``commit``): two runs on one --out never
+    write into, or report, each other's file."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.lock_path = Path(f"{db}.lock")
+        self.temp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+        self.fd = -1
+
+    def __enter__(self) -> _OutLock:
+        try:
+            self.fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise BacktestError(f"--out {self.db}: cannot be written: {exc.strerror or exc}", 2) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise BacktestError(
+                f"--out {self.db}: another backtest is writing it; use another --out", 2
+            ) from None
+        check_out(self.db)  # again, under the lock
+        self._remove_temp()
+        return self
+
+    def commit(self) -> None:
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(f"{self.db}{suffix}").unlink(missing_ok=True)  # the old backtest's (checked above)
+        os.replace(self.temp, self.db)
+
+    def _remove_temp(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{self.temp}{suffix}").unlink(missing_ok=True)
+
+    def __exit__(self, *exc: object) -> None:
+        # The lock file stays: unlinking it would let two later runs lock two different files.
+        try:
+            self._remove_temp()
+        finally:
+            os.close(self.fd)
+
+
 def _is_backtest_db(path: Path) -> bool:
+    """Whether ``path`` is a backtest's database (its marker row). Not a database, or one without the
+    status table: False. A database that cannot be read now (locked, damaged): ``BacktestError``, so
+    the one line says why rather than calling it foreign."""
     try:
         conn = ledger.open_readonly(path)
     except ledger.LedgerError:
         return False
     try:
         return conn.execute("SELECT 1 FROM status WHERE key = ?", [BACKTEST_MARKER]).fetchone() is not None
-    except sqlite3.Error:
-        return False
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "no such table" in text or "not a database" in text:
+            return False
+        raise BacktestError(f"{path} cannot be read: {text}", 2) from None
     finally:
         conn.close()
 

@@ -1,8 +1,9 @@
 """``shortfsm backtest``: a message feed and the market data cache through the engine and the sim.
 
-Exit 0: done; 1: ran, with data problems (listed: feed lines that do not parse, missing minutes,
-signals skipped for want of a symbol or data); 2: a bad argument or setting (one line); 3: the feed
-or the cache is missing.
+Exit 0: done; 1: ran, with data problems (listed: feed lines that do not parse, missing or corrupt
+minutes, signals skipped for want of a symbol or data or because their text was edited, messages
+acted on at a stale price); 2: a bad argument or setting, an --out that is not ours or is being
+written by another run (one line); 3: the feed or the cache is missing.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--demo",
         action="store_true",
-        help="run the bundled synthetic demo (two months, nine signals; written under the --out folder) "
+        help="run the bundled synthetic demo (two months, nine signals; its data written to "
+        "<--out folder>/demo-data/, the pessimistic run's HTML report to <--out folder>/demo-report.html) "
         "on both paths; no feed, cache or dates needed",
     )
     p.add_argument("--feed", help="the JSONL message feed (required without --demo)")
@@ -115,8 +117,9 @@ def _decimal(text: str, what: str) -> Decimal:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from fsm.runtime.backtest import BacktestError, Fees, run_backtest
+    from fsm.runtime.backtest import BacktestError, Fees, check_out, check_settings, run_backtest
 
+    demo_folder: Path | None = None
     if args.demo:
         from fsm.runtime import backtest_demo
 
@@ -124,13 +127,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         if out == Path("var/backtest.db"):  # the default: the demo gets a folder of its own
             out = Path("var/backtest-demo/demo.db")
         print(f"backtest --demo: {backtest_demo.LABEL}", file=sys.stderr)
-        try:
-            feed, cache = backtest_demo.write_demo(out.parent)
-        except OSError as exc:
-            print(
-                f"backtest: cannot write the demo under {out.parent}: {exc.strerror or exc}", file=sys.stderr
-            )
-            return EXIT_BAD_ARGUMENT
+        demo_folder = out.parent / backtest_demo.DATA_FOLDER  # written once --out is checked
+        feed, cache = backtest_demo.demo_paths(demo_folder)
         args.feed, args.cache, args.out = str(feed), str(cache), str(out)
         args.since, args.until = backtest_demo.DEMO_SINCE, backtest_demo.DEMO_UNTIL
         args.capital = args.capital or str(backtest_demo.DEMO_CAPITAL)
@@ -156,13 +154,26 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             maker=_decimal(args.maker_fee, "--maker-fee") if args.maker_fee else defaults.maker,
             taker=_decimal(args.taker_fee, "--taker-fee") if args.taker_fee else defaults.taker,
         )
-        if fees.maker < 0 or fees.taker < 0:
-            raise ValueError("fee rates must not be negative")
-    except (ValueError, ConfigError) as exc:
+        check_settings(capital=capital, slippage_bps=slippage, fees=fees)
+    except (ValueError, ConfigError, BacktestError) as exc:
         print(f"backtest: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_BAD_ARGUMENT
     paths = ("pessimistic", "optimistic") if args.path == "both" else (args.path,)
     out = Path(args.out)
+    try:  # every database of the run, before the first run writes anything
+        for rule in paths:
+            check_out(out if rule == paths[0] else out.with_name(f"{out.stem}.{rule}{out.suffix or '.db'}"))
+    except BacktestError as exc:
+        print(f"backtest: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if demo_folder is not None:
+        from fsm.runtime import backtest_demo
+
+        try:
+            backtest_demo.write_demo(demo_folder)
+        except OSError as exc:
+            print(f"backtest: cannot write the demo data: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_BAD_ARGUMENT
     results: list[BacktestResult] = []
     for rule in paths:
         db = out if rule == paths[0] else out.with_name(f"{out.stem}.{rule}{out.suffix or '.db'}")
@@ -192,6 +203,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             payload["bracket"] = {
                 "pessimistic": ledger.money(results[0].net),
                 "optimistic": ledger.money(results[1].net),
+                "marked_pessimistic": ledger.money(results[0].marked_net),
+                "marked_optimistic": ledger.money(results[1].marked_net),
             }
         print(json.dumps(payload, ensure_ascii=False, indent=2))
     else:
@@ -200,9 +213,38 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         if len(results) == 2:
             print(
                 f"bracket: net {ledger.money(results[0].net)} (pessimistic) .. "
-                f"{ledger.money(results[1].net)} (optimistic)"
+                f"{ledger.money(results[1].net)} (optimistic), closed trades only; with open positions "
+                f"at the last price {ledger.money(results[0].marked_net)} .. "
+                f"{ledger.money(results[1].marked_net)}"
             )
+    if len(results) == 2 and (
+        results[0].net > results[1].net or results[0].marked_net > results[1].marked_net
+    ):
+        print(
+            "backtest: warning: the pessimistic run came out above the optimistic one: the bracket "
+            "does not bound this feed's outcome (look at the ambiguous trades)",
+            file=sys.stderr,
+        )
+    if demo_folder is not None:
+        page = out.with_name("demo-report.html")
+        if write_report(results[0], capital, page, args.config) == 0:
+            print(f"report ({results[0].path} run): {page}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_DATA if any(r.data_problems for r in results) else 0
+
+
+def write_report(result: BacktestResult, capital: Decimal, page: Path, config: str | None) -> int:
+    """The HTML page ``shortfsm report --db DB --capital C --html PAGE`` writes, for one run; 0, or
+    the report's exit code after its one line on stderr."""
+    from fsm.runtime import metrics, report_cli
+
+    args = argparse.Namespace(
+        db=str(result.db_path), config=config, since=None, capital=str(capital), html=str(page), csv=None
+    )
+    read = report_cli.read_source(args)
+    if isinstance(read, int):
+        return read
+    measured = metrics.compute(read.book.trades, capital, since_ms=read.since_ms)
+    return report_cli.write_files(args, read, measured)
 
 
 def print_result(r: BacktestResult) -> None:
@@ -210,13 +252,20 @@ def print_result(r: BacktestResult) -> None:
     mode = "dense" if r.dense else "compressed"
     print(
         f"{r.path} path ({mode}): {len(r.trades)} trade(s), {len(closed)} closed, "
-        f"net {ledger.money(r.net)} USDT (funding {ledger.money(r.funding)} included)"
+        f"net {ledger.money(r.net)} USDT, closed trades only (funding {ledger.money(r.funding)} included)"
     )
+    if len(closed) < len(r.trades):
+        print(
+            f"  open at the end: unrealised {ledger.money(r.unrealized_total)} USDT at the last price "
+            f"({ledger.iso_utc(r.last_mark_ms)}); every trade marked there: {ledger.money(r.marked_net)} USDT"
+        )
     for t in r.trades:
-        row = t.as_dict()
+        row = r.trade_json(t)
+        extra = f" unrealised {row['unrealized']}" if "unrealized" in row else ""
         print(
             f"  {row['opened']} {t.symbol} #{t.message_id}: {row['quantity']} @ {row['entry_avg']} -> "
             f"{row['exit_avg']} {t.close_reason or t.status}  pnl {row['realized_pnl']} fees {row['fees']}"
+            f"{extra}"
         )
     print(
         f"  ambiguous: {r.ambiguous_trades} of {len(r.trades)} trade(s) went through a minute whose high/low "
@@ -230,6 +279,8 @@ def print_result(r: BacktestResult) -> None:
         print(f"  feed: {line}")
     for line in r.skipped:
         print(f"  skipped: {line}")
+    for line in r.flagged:
+        print(f"  flagged: {line}")
     for symbol, ranges in r.missing.items():
         minutes = sum((b - a) // 60_000 for a, b in ranges)
         first = ledger.iso_utc(ranges[0][0])

@@ -162,13 +162,36 @@ def _line(chat_id: int, message_id: int, at_ms: int, text: str) -> str:
     return json.dumps({**payload, "text": text}, ensure_ascii=False)
 
 
+DATA_FOLDER = "demo-data"  # beside the demo's database: the feed, the cache and README.txt
+
+
+def demo_paths(folder: Path) -> tuple[Path, Path]:
+    """(feed, cache) of the demo written under ``folder``."""
+    return folder / "demo-feed.jsonl", folder / "demo-cache"
+
+
+def check_demo_folder(folder: Path) -> None:
+    """Raise ``FileExistsError`` when ``folder`` holds anything and is not a demo's (its README.txt
+    is the demo's label): the demo rewrites only its own files."""
+    if not folder.exists():
+        return
+    readme = folder / "README.txt"
+    try:
+        ours = folder.is_dir() and readme.read_text(encoding="utf-8").startswith(LABEL)
+    except OSError:
+        ours = False
+    if not ours and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(17, f"{folder} exists and is not the demo's folder; use another --out")
+
+
 def write_demo(folder: Path, stories: tuple[Story, ...] = STORIES) -> tuple[Path, Path]:
-    """The demo's feed and market cache under ``folder`` (rewritten each time); returns both paths."""
+    """The demo's feed and market cache under ``folder`` (rewritten each time; refused with
+    ``FileExistsError`` when the folder is not the demo's); returns both paths."""
+    check_demo_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    feed = folder / "demo-feed.jsonl"
-    feed.write_text("\n".join(feed_lines(stories)) + "\n", encoding="utf-8")
-    cache = folder / "demo-cache"
+    feed, cache = demo_paths(folder)
     (folder / "README.txt").write_text(LABEL + "\n", encoding="utf-8")
+    feed.write_text("\n".join(feed_lines(stories)) + "\n", encoding="utf-8")
     bars: dict[str, dict[int, Bar]] = {}
     for story in stories:
         bars.setdefault(story.symbol, {}).update(story_bars(story))

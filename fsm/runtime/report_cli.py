@@ -136,7 +136,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return read
     book, since_ms = read.book, read.since_ms
     result = metrics.compute(book.trades, capital, since_ms=since_ms)
-    written = _write_files(args, read, result)
+    written = write_files(args, read, result)
     if written:
         return written
     empty = _empty_line(book.trades, result, args.since)
@@ -173,7 +173,7 @@ def trades_csv(trades: list[ledger.Trade]) -> str:
     return out.getvalue()
 
 
-def _write_files(args: argparse.Namespace, read: Source, result: metrics.Metrics) -> int:
+def write_files(args: argparse.Namespace, read: Source, result: metrics.Metrics) -> int:
     """Write ``--html`` and ``--csv``; 0, or ``EXIT_BAD_CONFIG`` after one line on stderr."""
     listed = listed_trades(read.book.trades, read.since_ms)
     outputs: list[tuple[str, str]] = []

@@ -285,11 +285,14 @@ def test_the_demo_runs_both_paths_on_its_labelled_synthetic_data(tmp_path: Path)
     tp, be = "flat: TP filled", "flat: BE filled"
     common = [tp, be, tp, "flat: MDD stop", "flat: risk_pnl_negative"]
     assert reasons == [[*common, be, be, tp], [*common, tp, be, tp]]
-    assert [run["ambiguous_trades"] for run in runs] == [1, 1]
+    # The scale-in/TP minute (#106) and the risk message's market exit (#105) inside a moving minute.
+    assert [run["ambiguous_trades"] for run in runs] == [2, 2]
     bracket = json.loads(result.stdout)["bracket"]
     assert D(bracket["pessimistic"]) < D(bracket["optimistic"])
     assert D(runs[0]["funding"]) > 0  # the BTC trade held across 08:00 received 0.01 %
-    assert (tmp_path / "demo" / "README.txt").read_text(encoding="utf-8").startswith("SYNTHETIC DEMO DATA")
+    readme = tmp_path / "demo" / "demo-data" / "README.txt"  # the demo's data in a folder of its own
+    assert readme.read_text(encoding="utf-8").startswith("SYNTHETIC DEMO DATA")
+    assert "<html" in (tmp_path / "demo" / "demo-report.html").read_text(encoding="utf-8").lower()
     report = _cli("report", "--db", "demo/demo.db", "--capital", "1000", "--json", cwd=tmp_path)
     assert report.returncode == 0
     measured = json.loads(report.stdout)
