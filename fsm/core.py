@@ -107,6 +107,7 @@ class Core:
         # Watched symbols by when their WS price was last fresh (max of the last WS mark and the
         # start of the watch), oldest first: now is monotonic, so each update goes to the end.
         self.ws_fresh: dict[str, int] = {}
+        self.ws_fresh_sorted = True  # False after an out-of-order stamp, until the next look
         self.unwatched: list[str] = []  # symbols created since the watch list was last brought up to date
         self.closed_fills: dict[str, Decimal] = {}  # cid -> quantity booked, for orders of reset symbols
         self.recovery_generations: dict[str, dict[str, int]] = {}
@@ -261,8 +262,8 @@ class Core:
                 self.entry_ready.add(symbol)
             else:
                 self.entry_ready.discard(symbol)
-            if model.orders:  # back from ENTRY_ORDER (D-43): its refused entry still has timers
-                self.busy[symbol] = model
+            if model.orders or model.mismatch_since_ms or model.close_retry_at_ms:
+                self.busy[symbol] = model  # back from ENTRY_ORDER (D-43) with timers still running
             else:
                 self.busy.pop(symbol, None)
         elif model.state == "IDLE":
@@ -294,6 +295,7 @@ class Core:
             if s in self.symbols
         ]
         self.ws_fresh = {s: at for at, _, s in sorted(watched)}
+        self.ws_fresh_sorted = True
         self.unwatched = [s for s in self.symbols if s not in self.ws_fresh]
 
     def _recycle(self) -> None:

@@ -129,6 +129,9 @@ def start_monitoring(
     model.mode = strategy.mode
     model.target = target
     model.entry_trigger = rules.entry_threshold(target, strategy.trigger_buffer_pct)
+    seen = max(core.mark_ws_ms.get(symbol, 0), core.mark_rest_ms.get(symbol, 0))
+    if symbol in core.marks and event.now_ms - seen >= strategy.stale_mark_price_seconds * 1000:
+        del core.marks[symbol]  # W17-2: a price from an earlier watch is not the current price
     core.fire(model, "start_monitoring", f"{strategy.mode} target {target}")
     core.emit(cmd.SubscribeMarket(symbols=(symbol,)))
 

@@ -16,21 +16,12 @@ from fsm.table import RECOVERY_LOCK, SAFETY_LOCK
 def on_mark(core: Core, event: ev.MarkPriceTick) -> None:
     now = event.now_ms
     symbol = event.symbol
-    core.marks[symbol] = event.price
-    model = core.symbols.get(symbol)
-    if model is not None and model.state == "MONITORING":
-        if event.price >= model.entry_trigger:
-            core.entry_ready.add(symbol)
-        else:
-            core.entry_ready.discard(symbol)
     stale_ms = core.strategy.stale_mark_price_seconds * 1000
     if event.source == "WS":
         core.last_ws_ms = now
         core.mark_ws_ms[symbol] = now
-        fresh_at = core.ws_fresh
-        if symbol in fresh_at:  # to the end: the freshest
-            del fresh_at[symbol]
-            fresh_at[symbol] = now
+        if symbol in core.ws_fresh:
+            _freshen(core, symbol, now)
         if core.price_source == "REST" and ws_silent(core, now) is None:  # W23
             core.price_source = "WS"
             core.emit(cmd.UsePriceSource(source="WS", reason="websocket message received"))
@@ -41,7 +32,14 @@ def on_mark(core: Core, event: ev.MarkPriceTick) -> None:
         core.last_rest_ms = max(core.last_rest_ms or 0, event.event_time_ms)
         core.mark_rest_ms[event.symbol] = max(core.mark_rest_ms.get(event.symbol, 0), event.event_time_ms)
         fresh = now - event.event_time_ms < stale_ms
-    if fresh:
+    if fresh:  # W17-2, W23-1: a REST answer older than the stale limit is not the current price
+        core.marks[symbol] = event.price
+        model = core.symbols.get(symbol)
+        if model is not None and model.state == "MONITORING":
+            if event.price >= model.entry_trigger:
+                core.entry_ready.add(symbol)
+            else:
+                core.entry_ready.discard(symbol)
         core.price_seen_ms = now
     if fresh and core.locks[SAFETY_LOCK].state == "PRICE_STALE":
         core.fire_lock(SAFETY_LOCK, "price_fresh", f"fresh {event.source} mark price")
@@ -75,8 +73,19 @@ def watch_new_symbols(core: Core, now: int) -> None:
             waiting.append(symbol)  # not watched while idle; looked at again next time
             continue
         since = core.watch_since.setdefault(symbol, now)
-        core.ws_fresh[symbol] = max(core.mark_ws_ms.get(symbol, 0), since)
+        _freshen(core, symbol, max(core.mark_ws_ms.get(symbol, 0), since))
     core.unwatched = waiting
+
+
+def _freshen(core: Core, symbol: str, at: int) -> None:
+    """``symbol``'s WS price was fresh at ``at``: it goes to the end of ``ws_fresh``. Events are
+    stamped by one clock, so that keeps the order; one stamped earlier than the last (out of
+    order) marks the order broken, and the next look sorts it again."""
+    fresh_at = core.ws_fresh
+    fresh_at.pop(symbol, None)
+    if fresh_at and at < next(reversed(fresh_at.values())):
+        core.ws_fresh_sorted = False
+    fresh_at[symbol] = at
 
 
 def silent_and_stale(core: Core, now: int, fallback_ms: int, stale_ms: int) -> tuple[str | None, str | None]:
@@ -84,6 +93,9 @@ def silent_and_stale(core: Core, now: int, fallback_ms: int, stale_ms: int) -> t
     and the first with no fresh mark from either source for ``stale_ms`` (W23-1). Only the oldest
     entries of ``ws_fresh`` can be either, so the look stops at the first fresh one."""
     watch_new_symbols(core, now)
+    if not core.ws_fresh_sorted:
+        core.ws_fresh = dict(sorted(core.ws_fresh.items(), key=lambda item: item[1]))
+        core.ws_fresh_sorted = True
     silent: list[str] = []
     stale: list[str] = []
     rest_ms = core.mark_rest_ms

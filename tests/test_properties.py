@@ -131,7 +131,8 @@ def index_problems(engine: Engine) -> list[str]:
     busy = {
         s
         for s, m in symbols.items()
-        if m.state not in ("IDLE", "MONITORING") or (m.state == "MONITORING" and m.orders)
+        if m.state not in ("IDLE", "MONITORING")
+        or (m.state == "MONITORING" and (m.orders or m.mismatch_since_ms or m.close_retry_at_ms))
     }
     if set(engine.busy) != busy:
         found.append(f"busy {sorted(engine.busy)} != {sorted(busy)}")
@@ -150,7 +151,7 @@ def index_problems(engine: Engine) -> list[str]:
             continue
         if at != max(engine.mark_ws_ms.get(s, 0), engine.watch_since[s]):
             found.append(f"ws_fresh[{s}] = {at}, not its last fresh WS time")
-        if last is not None and at < last:
+        if last is not None and at < last and engine.ws_fresh_sorted:  # else sorted at the next look
             found.append(f"ws_fresh out of order at {s}")
         last = at
     for s, m in symbols.items():
