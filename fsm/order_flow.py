@@ -25,7 +25,7 @@ from fsm.core import (
 )
 from fsm.model import ENTRY_LEGS, LIMIT_EXIT_LEGS, STOP_LEGS, TERMINAL_STATUSES, OrderTrack, SymbolModel
 from fsm.orders import order_kind
-from fsm.table import EXIT_CANCEL_LOCK, RATE_LIMIT, RECOVERY_LOCK
+from fsm.table import EXIT_CANCEL_LOCK, RECOVERY_LOCK
 
 
 def place_entry(core: Core, model: SymbolModel, leg: cmd.Leg, price: Decimal, qty: Decimal) -> None:
@@ -306,16 +306,7 @@ def resend(core: Core, model: SymbolModel, order: OrderTrack, wait_ms: int) -> N
 
 
 def retry(core: Core, model: SymbolModel, order: OrderTrack) -> None:
-    """Resend the very same order (same client id: N-12, W33) after a retryable failure. An entry
-    goes only through its gate (N-24, N-25: a lock that turned on since it was first sent holds it):
-    the first entry then waits for its trigger again (D-43) or is dropped, the scale-in is skipped."""
-    if order.leg in ENTRY_LEGS:
-        held = protection.gate(
-            core, "first_entry_order" if order.leg == "ENTRY1" else "second_entry", model.symbol
-        )
-        if held is not None:
-            entry_resend_held(core, model, order, held)
-            return
+    """Resend the very same order (same client id: N-12, W33) after a retryable failure."""
     order.attempts += 1
     order.apply("resend")
     reduce_only, position_side = core.side_params()
@@ -349,21 +340,6 @@ def retry(core: Core, model: SymbolModel, order: OrderTrack) -> None:
             attempt=order.attempts,
         )
     )
-
-
-def entry_resend_held(core: Core, model: SymbolModel, order: OrderTrack, held: str) -> None:
-    """An entry's resend that a lock holds back: nothing of it is on the book (it was refused)."""
-    if order.status == "PENDING_NEW":  # a timed resend: it was waiting for its time
-        order.apply("refused")
-    order.retry_at_ms = 0
-    core.log("entry_resend_held", model.symbol, held, cid=order.cid, leg=order.leg)
-    flat = model.state == "ENTRY_ORDER" and model.position() == 0 and not model.open_orders()
-    if order.leg == "ENTRY2":
-        core.log("second_entry_skipped", model.symbol, f"locked:{held}")
-    elif flat and held == RATE_LIMIT:
-        core.fire(model, "entry_held", f"entry resend held by the rate limits ({held})")
-    elif flat:
-        core.reset(model, f"first entry resend held: {held}")
 
 
 def entry_rejected(

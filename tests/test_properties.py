@@ -818,74 +818,6 @@ LATE_REJECT_OF_A_CANCELED_STOP = _example(
 )
 
 
-# Found by an adversary's random runs (seed 234): an entry's timed resend while rate-limit
-# protection had turned on meanwhile.
-ENTRY_RESEND_DURING_PROTECTION = _example(
-    ("advance", 54, 37, 6),
-    ("risk", 45, 30, 2),
-    ("mark", 22, 23, 16),
-    ("position", 56, 4, 3),
-    ("tick", 24, 38, 1),
-    ("leading", 49, 24, 3),
-    ("venue_error", 18, 46, 1),
-    ("cancel_fail", 24, 19, 0),
-    ("advance", 44, 46, 3),
-    ("mark", 19, 14, 6),
-    ("advance", 39, 53, 6),
-    ("advance", 18, 53, 2),
-    ("algo_trigger", 23, 41, 0),
-    ("position", 12, 19, 1),
-    ("rest", 22, 56, 0),
-    ("advance", 8, 45, 1),
-    ("resolve_fail", 3, 19, 0),
-    ("release", 41, 25, 0),
-    ("advance", 10, 3, 1),
-    ("advance", 25, 50, 0),
-    ("leading", 18, 24, 6),
-    ("venue_error", 11, 32, 1),
-    ("advance", 54, 57, 1),
-    ("risk", 54, 6, 1),
-    ("algo_trigger", 55, 22, 0),
-    ("advance", 10, 24, 1),
-    ("mark", 16, 56, 0),
-    ("unknown", 44, 7, 6),
-    ("fill", 37, 14, 2),
-    ("venue_ok", 36, 0, 1),
-    ("tick", 25, 38, 16),
-    ("mark", 34, 2, 2),
-    ("risk", 15, 46, 1),
-    ("advance", 37, 12, 3),
-    ("mark", 52, 6, 16),
-    ("advance", 20, 29, 1),
-    ("tick", 8, 46, 5),
-    ("risk", 13, 30, 6),
-    ("rest", 50, 44, 3),
-    ("release", 30, 4, 5),
-    ("advance", 32, 2, 1),
-    ("mark", 26, 53, 6),
-    ("reject", 1, 24, 16),
-    ("prepare_fail", 0, 17, 3),
-    ("advance", 14, 48, 6),
-    ("fill", 53, 49, 1),
-    ("advance", 37, 55, 0),
-    ("mark", 55, 26, 5),
-    ("mark", 25, 29, 0),
-    ("advance", 18, 2, 16),
-    ("cancel_fail", 42, 21, 6),
-    ("advance", 52, 52, 6),
-    ("release", 54, 21, 3),
-    ("tick", 27, 41, 1),
-    ("reject", 0, 45, 1),
-    ("venue_error", 4, 48, 1),
-    ("advance", 20, 25, 6),
-    ("algo_trigger", 51, 10, 5),
-    ("tick", 28, 28, 5),
-    ("fill", 54, 19, 0),
-    mode="conservative",
-    position_mode="HEDGE",
-)
-
-
 FOREIGN_POSITION_DURING_PREPARE = _example(
     ("leading", 1, 0, 1),  # BTCUSDT monitoring
     ("hold", 0, 0, 0),
@@ -916,7 +848,6 @@ def test_at_most_one_symbol_beyond_monitoring(run: dict[str, Any]) -> None:
 @example(run=AUTH_LOCK_DURING_PREPARE)
 @example(run=RATE_LIMIT_DURING_PREPARE)
 @example(run=FOREIGN_POSITION_DURING_PREPARE)
-@example(run=ENTRY_RESEND_DURING_PROTECTION)
 @given(run=RUNS)
 def test_no_first_entry_while_a_global_lock_is_on(run: dict[str, Any]) -> None:
     """The entry decision (PrepareOrder ENTRY1) needs every lock off, the entry lock included; placing
