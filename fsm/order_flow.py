@@ -185,11 +185,6 @@ def on_rejected(core: Core, event: ev.OrderRejected) -> None:
         protection.count_rate_failure(core)
     if event.category == "auth":
         protection.enter_auth_lock(core, f"{event.code} {event.message}")
-    if order.status in TERMINAL_STATUSES:
-        # The venue's own word came first (cancelled, filled, expired) and is final: this answer is
-        # late; there is nothing left to refuse, resend or close for it.
-        core.log("order_failure_moot", model.symbol, order.status, cid=order.cid)
-        return
     if event.category == "flat" and order.leg not in ENTRY_LEGS:
         if model.venue_position == 0:  # the venue's position, read with the refusal: flat
             order.apply("refused")
