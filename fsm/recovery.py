@@ -202,7 +202,12 @@ def restore_holding(core: Core, model: SymbolModel, legs: set[cmd.Leg], amount: 
     if "ENTRY1" in legs:
         core.fire(model, "restore_entry_order", "first entry part-filled")
         model.tp_armed = "TP" not in legs
-    elif "ENTRY2" in legs or "MDD" in legs or "BE" in legs or scaled_in_unseen(core, model.symbol, amount):
+    elif (
+        any(t.filled > 0 for t in model.open_orders("ENTRY2"))
+        or "MDD" in legs
+        or "BE" in legs
+        or scaled_in_unseen(core, model.symbol, amount)
+    ):
         core.fire(model, "restore_phase2", "second entry seen")
         model.be_armed = "BE" not in legs
         order_flow.cancel_all(core, model, legs=("TP",))  # PHASE2 has no TP (W42)
@@ -211,10 +216,11 @@ def restore_holding(core: Core, model: SymbolModel, legs: set[cmd.Leg], amount: 
                 core, model, "MDD", rules.mdd_stop_price(average, core.strategy.mdd_pct, tick)
             )
     else:
+        # W43: PHASE2 needs a fill of the scale-in; one resting unfilled is kept and not sent again.
         core.fire(model, "restore_phase1", "position after first entry")
         model.add_price = rules.second_entry_price(average, core.strategy.second_entry_pct, tick)
         model.risk_protected = "BE_STOP" in legs
-        model.add_armed = not model.risk_protected
+        model.add_armed = not model.risk_protected and "ENTRY2" not in legs
         model.tp_armed = "TP" not in legs and not model.risk_protected
 
 
