@@ -551,6 +551,12 @@ def sync_position(core: Core, model: SymbolModel) -> None:
         order_flow.cancel_all(core, model)
         finish_if_flat(core, model, dust_ok=True)
         return
+    if model.closing:
+        # Already closing: no limit exit goes out again; the close covers the size the venue shows.
+        order_flow.cancel_all(core, model, exclude_legs=("CLOSE",))
+        if not model.open_orders("CLOSE"):
+            market_close(core, model, f"{model.close_reason or 'close'}: position resynced")
+        return
     # R20: cancel every exit order, then re-place only what the new size needs.
     had = {o.leg for o in model.open_orders("TP", "BE", "BE_STOP", "MDD")}
     order_flow.cancel_all(core, model, legs=("TP", "BE", "BE_STOP", "MDD"))

@@ -25,7 +25,7 @@ from fsm.core import (
 )
 from fsm.model import ENTRY_LEGS, LIMIT_EXIT_LEGS, STOP_LEGS, TERMINAL_STATUSES, OrderTrack, SymbolModel
 from fsm.orders import order_kind
-from fsm.table import EXIT_CANCEL_LOCK, RECOVERY_LOCK
+from fsm.table import EXIT_CANCEL_LOCK, RATE_LIMIT, RECOVERY_LOCK
 
 
 def place_entry(core: Core, model: SymbolModel, leg: cmd.Leg, price: Decimal, qty: Decimal) -> None:
@@ -124,6 +124,8 @@ def cancel(core: Core, model: SymbolModel, order: OrderTrack) -> None:
         # yet): its resolution decides, and cancels it then if it lives (``_on_resolved``).
         core.log("cancel_deferred", model.symbol, "outcome_unknown", cid=order.cid)
         return
+    if order.cancel_overtaken:
+        return  # already cancelled once and found nothing: the request's answer decides
     order.cancel_attempts += 1
     order.cancel_at_ms = 0  # a held-back cancel timed for it: this one supersedes it
     order.apply("cancel_sent")
@@ -142,8 +144,7 @@ def on_accepted(core: Core, event: ev.OrderAccepted) -> None:
     order = find_order(core, event.symbol, event.client_order_id)
     if order is None:
         return
-    order.order_id = event.order_id
-    order.report("NEW")
+    accepted(core, event.symbol, order, event.order_id)
 
 
 def on_algo_accepted(core: Core, event: ev.AlgoOrderAccepted) -> None:
@@ -151,8 +152,16 @@ def on_algo_accepted(core: Core, event: ev.AlgoOrderAccepted) -> None:
     order = find_order(core, event.symbol, event.client_algo_id)
     if order is None:
         return
-    order.order_id = event.algo_id
-    order.report("NEW")
+    accepted(core, event.symbol, order, event.algo_id)
+
+
+def accepted(core: Core, symbol: str, order: OrderTrack, venue_id: int) -> None:
+    """The venue took the order. One we had decided to cancel, whose cancel overtook the request
+    and found nothing (``cancel_overtook``), is live now: it is cancelled again."""
+    order.order_id = venue_id
+    if order.report("NEW") and order.cancel_attempts > 0:
+        core.log("order_live_after_cancel", symbol, "cancel_overtook_request", cid=order.cid)
+        cancel(core, core.symbols[symbol], order)
 
 
 def find_order(core: Core, symbol: str, cid: str) -> OrderTrack | None:
@@ -185,6 +194,18 @@ def on_rejected(core: Core, event: ev.OrderRejected) -> None:
         protection.count_rate_failure(core)
     if event.category == "auth":
         protection.enter_auth_lock(core, f"{event.code} {event.message}")
+    if order.status in TERMINAL_STATUSES:
+        # The venue's own final word (or our cancel's) came first: the refusal changes nothing.
+        core.log("order_failure_moot", model.symbol, order.status, cid=order.cid)
+        return
+    if order.cancel_attempts > 0:
+        # We decided to cancel it before its request was answered: the refusal is its end, never
+        # a reason to send it again.
+        was_open = order.is_open
+        order.apply("refused")
+        core.log("order_failure_moot", model.symbol, "cancel_decided", cid=order.cid)
+        lifecycle.after_order_change(core, model, order, ZERO, was_open)
+        return
     if event.category == "flat" and order.leg not in ENTRY_LEGS:
         if model.venue_position == 0:  # the venue's position, read with the refusal: flat
             order.apply("refused")
@@ -301,7 +322,22 @@ def resend(core: Core, model: SymbolModel, order: OrderTrack, wait_ms: int) -> N
 
 
 def retry(core: Core, model: SymbolModel, order: OrderTrack) -> None:
-    """Resend the very same order (same client id: N-12, W33) after a retryable failure."""
+    """Resend the very same order (same client id: N-12, W33) after a retryable failure. An exit
+    is never resent above the position as it is now (R11): it is resized, or dropped when flat."""
+    if order.leg not in ENTRY_LEGS and not order.is_algo and model.info is not None:
+        fit = rules.exit_quantity(model.position(), model.info, market=order.kind == "MARKET")
+        if fit <= 0:
+            was_open = order.is_open
+            if was_open:
+                order.apply("refused")
+            core.log("resend_moot", model.symbol, "position_flat", cid=order.cid)
+            lifecycle.after_order_change(core, model, order, ZERO, was_open)
+            return
+        if fit < order.qty:
+            core.log(
+                "resend_resized", model.symbol, "position_smaller", cid=order.cid, qty=fit, was=order.qty
+            )
+            order.qty = fit
     order.attempts += 1
     order.apply("resend")
     reduce_only, position_side = core.side_params()
@@ -352,6 +388,18 @@ def entry_rejected(
             return
         core.log("second_entry_skipped", model.symbol, "insufficient_margin_after_retry")
         return
+    if retryable and order.leg == "ENTRY1" and model.position() <= 0:
+        blocked = protection.gate(core, "first_entry_order", model.symbol)
+        if blocked == RATE_LIMIT and not model.open_orders(*ENTRY_LEGS):
+            # Nothing reached the book and the rate limits hold: wait for the trigger (D-43).
+            core.log("order_blocked", model.symbol, "rate_limited_entry_held", code=event.code)
+            core.fire(model, "entry_held", f"entry resend held by the rate limits ({event.code})")
+            return
+        if blocked is not None:  # a lock came on since the entry was decided: it is not resent
+            core.log("order_blocked", model.symbol, f"locked:{blocked}")
+            if not model.open_orders(*ENTRY_LEGS):
+                core.reset(model, f"lock before the entry's resend: {blocked}")
+            return
     if retryable:  # W35, N-12
         resend(core, model, order, event.retry_after_ms)
         return
@@ -586,7 +634,19 @@ def on_cancel_result(core: Core, event: ev.CancelResult) -> None:
     if model is None or order is None:
         core.log("cancel_result_ignored", event.symbol, "unknown_order", cid=event.client_order_id)
         return
-    if event.gone and not order.is_algo and order.leg in LIMIT_EXIT_LEGS and model.close_deferred:
+    if event.gone and order.status == "PENDING_CANCEL" and order.request_unanswered:
+        # The venue has told nothing of this order and its request is unanswered: "unknown order"
+        # proves nothing yet (the cancel overtook the request). The request's answer decides.
+        order.apply("cancel_overtook")
+        core.log("cancel_overtook_request", model.symbol, "awaiting_request_answer", cid=order.cid)
+        return
+    if (
+        event.gone
+        and order.is_open
+        and not order.is_algo
+        and order.leg in LIMIT_EXIT_LEGS
+        and model.close_deferred
+    ):
         # "Already gone": filled or cancelled, and how much traded is not said. The close waits
         # for the order's own answer, asked now (a filled TP's push may be late or lost).
         order.apply("gone_unexplained")

@@ -73,6 +73,9 @@ ORDER_STEPS: Final[tuple[OrderStep, ...]] = (
     OrderStep("cancel_sent", frozenset({"PENDING_NEW", "NEW", "PARTIALLY_FILLED", "PENDING_CANCEL"}),
               "PENDING_CANCEL", "our cancel went out (again, after a failed one: R15)"),
     OrderStep("cancel_done", _LIVE | {"PENDING_NEW"}, "CANCELED", "the cancel's answer: it is gone"),
+    OrderStep("cancel_overtook", frozenset({"PENDING_CANCEL"}), "PENDING_NEW",
+              "the cancel found nothing while the request was still unanswered: the request's own"
+              " answer decides (cancelled again if the venue took it)"),
     OrderStep("cancel_too_late", _LIVE | {"PENDING_NEW"}, "FILLED",
               "the cancel's answer: it had filled completely first"),
     OrderStep("gone_unexplained", _LIVE | {"PENDING_NEW"}, "UNKNOWN",
@@ -150,6 +153,20 @@ class OrderTrack:
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
+
+    @property
+    def request_unanswered(self) -> bool:
+        """Sent and not yet answered, and the venue has told nothing of it: that the venue does not
+        know it ("unknown order", absent from its open orders) proves nothing yet."""
+        return (
+            self.status in ("PENDING_NEW", "PENDING_CANCEL") and self.order_id == 0 and self.retry_at_ms == 0
+        )
+
+    @property
+    def cancel_overtaken(self) -> bool:
+        """Cancelled while its request was unanswered, and the cancel found nothing
+        (``cancel_overtook``): it waits for that answer, and is cancelled again if the venue took it."""
+        return self.status == "PENDING_NEW" and self.cancel_attempts > 0 and self.retry_at_ms == 0
 
     def apply(self, step: str) -> None:
         """One of the engine's steps (``ORDER_STEPS``); raises ``IllegalOrderStep`` from a status the

@@ -105,6 +105,9 @@ def rebuild_symbol(core: Core, symbol: str, snap: ev.ExchangeSnapshot, info: ev.
         reason = "no exchangeInfo" if info is None else "long position"
         core.critical("unclassified", symbol, f"{symbol}: cannot manage ({reason})")
         return
+    if not ours and position is not None and rules.is_dust(abs(position.amount), info):
+        core.log("position_sync", symbol, "dust_not_managed", amount=position.amount)  # R22
+        return
     hint = core.recovery_hints.get(symbol)
     if not ours and position is not None and hint is not None and hint[1] in HOLDING_STATES:
         rebuild_from_hint(core, symbol, position, info, hint)
@@ -318,8 +321,13 @@ def requery_result(core: Core, event: ev.ExchangeSnapshot) -> None:
             if o.cid in open_ids and (o.leg not in ENTRY_LEGS or model.closing)
         ]
         for order in model.orders.values():
-            if order.cid not in open_ids and order.is_open:
-                order.apply("not_listed")
+            if order.cid in open_ids or not order.is_open:
+                continue
+            if order.request_unanswered:  # the list cannot show it yet: its answer decides
+                if order.status == "PENDING_CANCEL":
+                    order.apply("cancel_overtook")
+                continue
+            order.apply("not_listed")
         if remaining:
             for order in remaining:
                 order.apply("listed_open")

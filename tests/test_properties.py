@@ -693,6 +693,65 @@ FOREIGN_POSITION_DURING_PREPARE = _example(
 )
 
 
+# Minimised random runs that broke a property before the fixes of 2026-12-04 (each failed then):
+# a cancel that overtook its order's unanswered request found nothing; the request's late refusal
+# then raised IllegalOrderStep "refused from CANCELED" (f), or its late acceptance left the order live
+# on a reset symbol (g).
+CANCEL_OVERTAKES_THE_REQUEST = _example(
+    ("advance", 16, 36, 0), ("advance", 20, 29, 16), ("hold", 58, 58, 1), ("advance", 12, 43, 5),
+    ("risk", 36, 48, 1), ("reject", 39, 14, 2), ("advance", 24, 40, 16), ("risk", 54, 18, 1),
+    ("advance", 2, 9, 1), mode="conservative", position_mode="HEDGE",
+)  # fmt: skip
+ACCEPTED_AFTER_AN_OVERTAKING_CANCEL = _example(
+    ("advance", 2, 17, 16), ("hold", 5, 16, 16), ("advance", 16, 14, 6), ("release", 10, 27, 3),
+    ("prepare_fail", 41, 13, 1), ("risk", 52, 50, 1), ("advance", 36, 29, 1), ("leading", 17, 7, 3),
+    ("advance", 55, 59, 2), ("leading", 14, 59, 5), ("unknown", 56, 31, 1), ("tick", 9, 44, 16),
+    ("leading", 59, 29, 5), ("advance", 39, 9, 3), mode="aggressive", position_mode="HEDGE",
+)  # fmt: skip
+# Two symbols committed at once after such an overtaken cancel (a).
+TWO_COMMITTED_AFTER_AN_OVERTAKING_CANCEL = _example(
+    ("advance", 2, 58, 16), ("advance", 24, 56, 0), ("risk", 7, 43, 2), ("advance", 38, 18, 5),
+    ("advance", 9, 20, 6), ("hold", 53, 16, 0), ("mark", 22, 6, 6), ("mark", 28, 4, 6),
+    ("leading", 42, 32, 6), ("unknown", 35, 32, 6), ("position", 41, 36, 5), ("resolve_fail", 20, 39, 16),
+    ("leading", 17, 12, 2), ("tick", 39, 32, 3), ("ws", 12, 53, 1), ("release", 10, 31, 5),
+    ("ws", 7, 33, 2), ("fill", 54, 23, 16), ("mark", 54, 2, 0), ("mark", 20, 1, 2), ("release", 57, 11, 1),
+    ("advance", 57, 5, 1), ("advance", 9, 49, 6), ("advance", 38, 11, 1), mode="conservative",
+)  # fmt: skip
+# A restart found only a dust short (below minQty) where the snapshot held an entry: it was rebuilt
+# as PHASE1 without the entry lock (dust is no position, R22), and another symbol entered (a).
+DUST_REBUILT_AS_A_POSITION = _example(
+    ("unknown", 56, 24, 3), ("advance", 13, 42, 0), ("advance", 10, 35, 5), ("position", 58, 47, 1),
+    ("restart", 0, 16, 2), ("advance", 21, 23, 6), ("leading", 5, 2, 6), ("mark", 16, 28, 16),
+    ("tick", 56, 5, 6), position_mode="HEDGE",
+)  # fmt: skip
+# The first entry's retryable refusal was resent while rate-limit protection was on, or while another
+# symbol held the entry lock (b).
+ENTRY_RESENT_UNDER_RATE_LIMIT = _example(
+    ("advance", 37, 12, 3), ("advance", 20, 29, 1), ("advance", 32, 2, 1), ("reject", 1, 24, 16),
+    ("prepare_fail", 0, 17, 3), ("advance", 14, 48, 6), ("advance", 37, 55, 0), ("mark", 55, 26, 5),
+    ("advance", 18, 2, 16), ("cancel_fail", 42, 21, 6), ("advance", 52, 52, 6), ("venue_error", 4, 48, 1),
+    ("advance", 20, 25, 6), mode="conservative", position_mode="HEDGE",
+)  # fmt: skip
+ENTRY_RESENT_WHILE_ANOTHER_HOLDS_THE_LOCK = _example(
+    ("reject", 0, 31, 16), ("advance", 1, 55, 2), ("hold", 17, 37, 3), ("advance", 50, 40, 1),
+    ("advance", 30, 7, 6), ("position", 45, 11, 1), ("advance", 22, 59, 5),
+)  # fmt: skip
+# A close proven absent after an unknown outcome was resent at its first size, above the position
+# the venue had shrunk meanwhile (c).
+CLOSE_RESENT_ABOVE_THE_POSITION = _example(
+    ("advance", 37, 7, 16), ("mark", 42, 18, 3), ("advance", 45, 25, 1), ("position", 2, 54, 1),
+    ("hold", 12, 6, 6), ("risk", 52, 7, 3), ("unknown", 53, 51, 5), ("advance", 2, 29, 5),
+    ("advance", 34, 27, 16), mode="conservative",
+)  # fmt: skip
+# A position re-synced while the symbol was already closing re-placed a TP; the symbol then reset
+# with that TP live (g).
+TP_REPLACED_WHILE_CLOSING = _example(
+    ("leading", 23, 19, 6), ("advance", 34, 27, 0), ("cancel_fail", 31, 50, 5), ("advance", 35, 27, 3),
+    ("cancel_fail", 50, 50, 5), ("mark", 3, 10, 1), ("advance", 50, 57, 3), ("reject", 51, 18, 16),
+    ("advance", 14, 16, 5), ("tick", 24, 27, 2), mode="conservative", position_mode="HEDGE",
+)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # Properties a, b, c, f
 # ---------------------------------------------------------------------------------------------
@@ -702,6 +761,8 @@ FOREIGN_POSITION_DURING_PREPARE = _example(
 @PROPERTY_SETTINGS
 @example(run=HAPPY_PATH)
 @example(run=OVERLAP_WHILE_CANCELLING)
+@example(run=TWO_COMMITTED_AFTER_AN_OVERTAKING_CANCEL)
+@example(run=DUST_REBUILT_AS_A_POSITION)
 @given(run=RUNS)
 def test_at_most_one_symbol_beyond_monitoring(run: dict[str, Any]) -> None:
     harness = _run(run)
@@ -714,6 +775,8 @@ def test_at_most_one_symbol_beyond_monitoring(run: dict[str, Any]) -> None:
 @example(run=AUTH_LOCK_DURING_PREPARE)
 @example(run=RATE_LIMIT_DURING_PREPARE)
 @example(run=FOREIGN_POSITION_DURING_PREPARE)
+@example(run=ENTRY_RESENT_UNDER_RATE_LIMIT)
+@example(run=ENTRY_RESENT_WHILE_ANOTHER_HOLDS_THE_LOCK)
 @given(run=RUNS)
 def test_no_first_entry_while_a_global_lock_is_on(run: dict[str, Any]) -> None:
     """The entry decision (PrepareOrder ENTRY1) needs every lock off, the entry lock included; placing
@@ -731,6 +794,7 @@ def test_no_first_entry_while_a_global_lock_is_on(run: dict[str, Any]) -> None:
 @pytest.mark.spec("R11")
 @PROPERTY_SETTINGS
 @example(run=HAPPY_PATH)
+@example(run=CLOSE_RESENT_ABOVE_THE_POSITION)
 @given(run=RUNS)
 def test_exit_quantity_never_exceeds_the_position(run: dict[str, Any]) -> None:
     harness = _run(run)
@@ -741,6 +805,8 @@ def test_exit_quantity_never_exceeds_the_position(run: dict[str, Any]) -> None:
 @PROPERTY_SETTINGS
 @example(run=HAPPY_PATH)
 @example(run=TP_UNKNOWN_THEN_LOSS_CUT)
+@example(run=ACCEPTED_AFTER_AN_OVERTAKING_CANCEL)
+@example(run=TP_REPLACED_WHILE_CLOSING)
 @given(run=RUNS)
 def test_never_a_reset_with_an_order_of_ours_live_on_the_venue(run: dict[str, Any]) -> None:
     harness = _run(run)
@@ -759,6 +825,7 @@ def test_the_evaluation_indexes_agree_with_every_symbol(run: dict[str, Any]) -> 
 
 @PROPERTY_SETTINGS
 @example(run=HAPPY_PATH)
+@example(run=CANCEL_OVERTAKES_THE_REQUEST)
 @given(run=RUNS)
 def test_handle_never_raises_nor_reports_an_engine_error(run: dict[str, Any]) -> None:
     harness = _run(run)
