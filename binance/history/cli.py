@@ -1,5 +1,10 @@
 """``shortfsm data``: fill the historical market data cache and say what is still missing.
 
+With ``--feed``, the plan also covers the 1m ``klines`` of ``BENCHMARK_SYMBOL`` (BTCUSDT) from the first
+window's start to the last one's end, so the report's buy-and-hold benchmark has its prices after a
+normal ``data`` run (klines only: the benchmark needs no mark price or funding; ``--symbol`` windows
+add nothing: name BTCUSDT yourself there).
+
 Exit 0 when every window is complete, 1 when gaps remain (each listed with its UTC times and why) or
 the sources cannot be reached (one line), 2 for bad arguments. Never a traceback.
 """
@@ -28,6 +33,8 @@ MAX_GAP_LINES = 40
 DAY_MS = 86_400_000
 FIRST_DAY = "2019-09-01"  # USD-M perpetuals (and their archive) start in September 2019
 FIRST_DAY_MS = 1_567_296_000_000
+BENCHMARK_SYMBOL = "BTCUSDT"  # the report's buy-and-hold benchmark (fsm.runtime.benchmark)
+BENCHMARK_DATASET = "klines"
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +106,9 @@ def run_cli(args: argparse.Namespace) -> int:
     if not windows:
         err.print("shortfsm data: nothing to fetch: every window is in the future", markup=False)
         return EXIT_OK
+    extra = benchmark_plan(windows, datasets) if args.feed is not None else []
     try:
-        return asyncio.run(_run(args, windows, datasets, err))
+        return asyncio.run(_run(args, windows, datasets, err, extra))
     except CacheBusy as exc:
         err.print(str(exc), markup=False)
         return EXIT_GAPS
@@ -162,6 +170,16 @@ def _windows(args: argparse.Namespace) -> tuple[list[Window], list[str], int]:
     if not symbols and args.feed is None:
         raise BadArgs("give --symbol SYMBOL --since YYYY-MM-DD, or --feed FILE")
     return _merge(windows), datasets, skipped
+
+
+def benchmark_plan(windows: list[Window], datasets: list[str]) -> list[tuple[Window, str]]:
+    """The benchmark's (window, dataset): BTCUSDT klines over the whole span of ``windows``, when
+    klines are asked for at all; nothing otherwise."""
+    if BENCHMARK_DATASET not in datasets or not windows:
+        return []
+    start = min(w.start_ms for w in windows)
+    end = max(w.end_ms for w in windows)
+    return [(Window(BENCHMARK_SYMBOL, start, end), BENCHMARK_DATASET)]
 
 
 def _tomorrow_ms() -> int:
@@ -229,20 +247,26 @@ def _merge(windows: list[Window]) -> list[Window]:
     return out
 
 
-async def _run(args: argparse.Namespace, windows: list[Window], datasets: list[str], err: Console) -> int:
+async def _run(
+    args: argparse.Namespace,
+    windows: list[Window],
+    datasets: list[str],
+    err: Console,
+    extra: list[tuple[Window, str]] | None = None,
+) -> int:
     from binance.history.cache import CoverageReport, MarketCache, ProgressEvent
 
     out = Console(highlight=False, soft_wrap=True)
     if not out.is_terminal:
         out = Console(highlight=False, soft_wrap=True, width=140)  # a pipe or file: no narrow 80 columns
-    progress, finish = _progress(err, len(windows) * len(datasets))
+    plan = [(w, dataset) for w in windows for dataset in datasets] + list(extra or [])
+    progress, finish = _progress(err, len(plan))
     cache = MarketCache(args.cache, archive_url=args.archive_url, rest=args.rest_url, progress=progress)
     reports: list[CoverageReport] = []
     try:
-        for w in windows:
-            for dataset in datasets:
-                reports.append(await cache.aensure(w.symbol, dataset, w.start_ms, w.end_ms))
-                progress(ProgressEvent("done", w.symbol, dataset, -1, -1, "finished"))
+        for w, dataset in plan:
+            reports.append(await cache.aensure(w.symbol, dataset, w.start_ms, w.end_ms))
+            progress(ProgressEvent("done", w.symbol, dataset, -1, -1, "finished"))
         down = dict(cache.down)
     finally:
         finish()

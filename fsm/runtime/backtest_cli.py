@@ -3,7 +3,11 @@
 Exit 0: done; 1: ran, with data problems (listed: feed lines that do not parse, missing or corrupt
 minutes, signals skipped for want of a symbol or data or because their text was edited, messages
 acted on at a stale price); 2: a bad argument or setting, an --out that is not ours or is being
-written by another run (one line); 3: the feed or the cache is missing.
+written by another run (one line); 3: the feed or the cache is missing; 4: with ``--sweep``, a run
+of the grid failed (its row says why; the others ran). ``--sweep``: ``fsm.runtime.backtest_sweep``.
+
+Every run names its cache and feed in its database (``fsm.runtime.benchmark.SOURCE_KEY``), so
+``shortfsm report`` finds the buy-and-hold BTCUSDT benchmark's data without ``--cache``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +33,7 @@ if TYPE_CHECKING:  # the run (engine, client, sim) is imported when the command 
 EXIT_DATA = 1
 EXIT_BAD_ARGUMENT = 2
 EXIT_MISSING_INPUT = 3
+EXIT_SWEEP_FAILED = 4
 DAY_MS = 86_400_000
 
 
@@ -40,7 +46,7 @@ def register(subparsers: Any) -> None:
         "through the engine, the real Binance client and binance/sim on a simulated clock that jumps "
         "from one decision point to the next. Trades land in a database that `shortfsm trades` and "
         "`shortfsm report` read. Exit 0 done, 1 ran with data problems (listed), 2 bad argument or "
-        "setting, 3 feed or cache missing.",
+        "setting, 3 feed or cache missing, 4 a run of a --sweep failed.",
     )
     p.add_argument(
         "--demo",
@@ -80,6 +86,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", default=None, help="configuration file (default config.yaml when present)")
     p.add_argument("--dense", action="store_true", help="a mark every second instead of the decision points")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--sweep",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="SECTION.KEY=V1,V2",
+        help="run the grid of these settings (cartesian product, at most 256 runs, each validated as "
+        "--set) as independent backtests on --jobs processes, each into <--out folder>/<--out "
+        "name>.sweep/run-NNN.db, and print them ranked (--rank-by)",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=None, metavar="N", help="--sweep: worker processes (default: every core)"
+    )
+    p.add_argument(
+        "--rank-by",
+        choices=("net_return", "drawdown", "profit_factor", "trades", "ambiguous"),
+        default="net_return",
+        help="--sweep: net_return (highest first, the default), drawdown (smallest first), "
+        "profit_factor, trades (most first), ambiguous (smallest share first); ties go to the "
+        "smaller drawdown, then the higher return",
+    )
     p.set_defaults(func=cmd_backtest)
 
 
@@ -126,13 +153,13 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if out == Path("var/backtest.db"):  # the default: the demo gets a folder of its own
             out = Path("var/backtest-demo/demo.db")
-        print(f"backtest --demo: {backtest_demo.LABEL}", file=sys.stderr)
         demo_folder = out.parent / backtest_demo.DATA_FOLDER  # written once --out is checked
         feed, cache = backtest_demo.demo_paths(demo_folder)
         args.feed, args.cache, args.out = str(feed), str(cache), str(out)
         args.since, args.until = backtest_demo.DEMO_SINCE, backtest_demo.DEMO_UNTIL
         args.capital = args.capital or str(backtest_demo.DEMO_CAPITAL)
-        args.path = "both" if args.path == "pessimistic" else args.path
+        if not args.sweep:  # a sweep ranks one path
+            args.path = "both" if args.path == "pessimistic" else args.path
     missing = [f"--{name}" for name in ("feed", "cache", "since", "capital") if not getattr(args, name)]
     if missing:
         print(f"backtest: {', '.join(missing)} required (or --demo)", file=sys.stderr)
@@ -158,6 +185,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     except (ValueError, ConfigError, BacktestError) as exc:
         print(f"backtest: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_BAD_ARGUMENT
+    if args.sweep or args.jobs is not None:
+        return cmd_sweep(
+            args, config=config, capital=capital, slippage=slippage, fees=fees, since=since, until=until,
+            demo_folder=demo_folder,
+        )  # fmt: skip
     paths = ("pessimistic", "optimistic") if args.path == "both" else (args.path,)
     out = Path(args.out)
     try:  # every database of the run, before the first run writes anything
@@ -166,14 +198,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     except BacktestError as exc:
         print(f"backtest: {exc}", file=sys.stderr)
         return exc.exit_code
-    if demo_folder is not None:
-        from fsm.runtime import backtest_demo
-
-        try:
-            backtest_demo.write_demo(demo_folder)
-        except OSError as exc:
-            print(f"backtest: cannot write the demo data: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_BAD_ARGUMENT
+    if demo_folder is not None and (code := prepare_demo(demo_folder)):
+        return code
     results: list[BacktestResult] = []
     for rule in paths:
         db = out if rule == paths[0] else out.with_name(f"{out.stem}.{rule}{out.suffix or '.db'}")
@@ -197,6 +223,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         except BacktestError as exc:
             print(f"backtest: {exc}", file=sys.stderr)
             return exc.exit_code
+        note_source(db, args, since)
     if args.json:
         payload: dict[str, Any] = {"runs": [r.as_json() for r in results]}
         if len(results) == 2:
@@ -230,6 +257,150 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         if write_report(results[0], capital, page, args.config) == 0:
             print(f"report ({results[0].path} run): {page}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_DATA if any(r.data_problems for r in results) else 0
+
+
+def prepare_demo(folder: Path) -> int:
+    """Label the demo on stderr and write its data (with the benchmark's BTCUSDT klines); 0, or
+    exit 2 after one line."""
+    from fsm.runtime import backtest_demo
+
+    print(f"backtest --demo: {backtest_demo.LABEL}", file=sys.stderr)
+    try:
+        _, cache = backtest_demo.write_demo(folder)
+        backtest_demo.write_benchmark(cache)
+    except OSError as exc:
+        print(f"backtest: cannot write the demo data: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
+    return 0
+
+
+def note_source(db: Path, args: argparse.Namespace, since_ms: int) -> None:
+    """Name the run's cache and feed in its database (the report's benchmark reads that cache); a
+    failure is one warning line: the run itself is complete."""
+    import sqlite3
+
+    from fsm.runtime.benchmark import record_source
+
+    until_ms = parse_day(args.until) + DAY_MS if args.until else None
+    try:
+        record_source(db, cache=Path(args.cache), feed=Path(args.feed), since_ms=since_ms, until_ms=until_ms)
+    except (OSError, sqlite3.Error) as exc:
+        print(
+            f"backtest: warning: {db}: the cache is not recorded ({exc}); report --cache DIR", file=sys.stderr
+        )
+
+
+def cmd_sweep(
+    args: argparse.Namespace,
+    *,
+    config: AppConfig,
+    capital: Decimal,
+    slippage: Decimal,
+    fees: Any,
+    since: int,
+    until: int | None,
+    demo_folder: Path | None,
+) -> int:
+    """``--sweep``: validate the whole grid, run it, print it ranked (``fsm.runtime.backtest_sweep``)."""
+    from fsm.runtime import backtest_sweep as sweep
+    from fsm.runtime.backtest import BacktestError, check_out
+
+    if not args.sweep:
+        print("backtest: --jobs goes with --sweep", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
+    if args.path == "both":
+        print("backtest: --sweep ranks one path: --path pessimistic or optimistic", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
+    if args.jobs is not None and not 1 <= args.jobs <= 256:
+        print("backtest: --jobs must be between 1 and 256", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
+    tuple_keys = {
+        f"{section}.{name}"
+        for section, values in config.model_dump().items()
+        if isinstance(values, dict)
+        for name, value in values.items()
+        if isinstance(value, tuple)
+    }
+    try:
+        grid = sweep.parse_grid(args.sweep)
+        combos = sweep.combinations(grid)
+        strategies = sweep.validate(
+            grid, combos, lambda extra: apply_settings(config, [*args.set, *extra]), tuple_keys
+        )
+    except sweep.SweepError as exc:
+        print(f"backtest: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
+    out = Path(args.out)
+    folder = sweep.folder_for(out)
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise BacktestError(f"{folder} exists and is not a folder: use another --out", EXIT_BAD_ARGUMENT)
+        for index in range(1, len(combos) + 1):
+            check_out(sweep.db_for(folder, index))
+    except BacktestError as exc:
+        print(f"backtest: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if demo_folder is not None and (code := prepare_demo(demo_folder)):
+        return code
+    root = Path(args.cache)  # as run_backtest checks them: once here rather than in every row
+    if not Path(args.feed).is_file():
+        print(f"backtest: no feed file {args.feed}", file=sys.stderr)
+        return EXIT_MISSING_INPUT
+    if not any((root / name).exists() for name in ("manifest.sqlite", "klines", "markPriceKlines")):
+        print(f"backtest: no market data cache at {root} (run `shortfsm data` first)", file=sys.stderr)
+        return EXIT_MISSING_INPUT
+    tasks = [
+        sweep.SweepTask(
+            index=index,
+            settings=combo,
+            strategy=strategy,
+            feed=str(args.feed),
+            cache=str(args.cache),
+            db=str(sweep.db_for(folder, index)),
+            since_ms=since,
+            until_ms=until,
+            capital=capital,
+            path=args.path,
+            dense=args.dense,
+            slippage_bps=slippage,
+            maker_fee=fees.maker,
+            taker_fee=fees.taker,
+            heartbeat_symbol=config.binance.price_heartbeat_symbol,
+        )
+        for index, (combo, strategy) in enumerate(zip(combos, strategies, strict=True), start=1)
+    ]
+    jobs = min(args.jobs or sweep.default_jobs(), len(tasks))
+    started = time.perf_counter()
+    try:
+        rows = sweep.run_grid(tasks, jobs)
+    except KeyboardInterrupt:
+        print("backtest: --sweep interrupted; finished runs are in " + str(folder), file=sys.stderr)
+        return EXIT_SWEEP_FAILED
+    wall = time.perf_counter() - started
+    order = sweep.ranked(rows, args.rank_by)
+    keys = [key for key, _ in grid]
+    doc = sweep.as_json(order, rank_by=args.rank_by, grid=grid, folder=folder, path=args.path, jobs=jobs)
+    sweep.write_index(folder, doc)
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+    else:
+        print(
+            f"sweep: {len(rows)} run(s) on {jobs} process(es) in {wall:.2f} s, {args.path} path, "
+            f"ranked by {sweep.rank_rule(args.rank_by)}; net of closed trades on {ledger.money(capital)} USDT"
+        )
+        for line in sweep.table_lines(order, keys):
+            print(line)
+        problems = list(dict.fromkeys(p for row in rows for p in row.problems))
+        for line in problems:
+            print(f"  data: {line}")
+        print(f"databases and sweep.json in {folder} (shortfsm report --db {sweep.db_for(folder, 1)} ...)")
+    failed = [row for row in rows if row.error is not None]
+    for row in failed:
+        named = " ".join(f"{k}={v}" for k, v in row.settings)
+        print(f"backtest: run {row.index} ({named}) failed: {row.error}", file=sys.stderr)
+    if failed:
+        return EXIT_SWEEP_FAILED
+    return EXIT_DATA if any(row.problems for row in rows) else 0
 
 
 def write_report(result: BacktestResult, capital: Decimal, page: Path, config: str | None) -> int:

@@ -219,3 +219,50 @@ def write_demo(folder: Path, stories: tuple[Story, ...] = STORIES) -> tuple[Path
     finally:
         store.close()
     return feed, cache
+
+
+BENCHMARK_SYMBOL = "BTCUSDT"
+BENCHMARK_FROM = 92000.0  # BTCUSDT at the demo's first minute: +3.3 % to its first story's base...
+BENCHMARK_TO = 98000.0  # ...flat at the base through the stories, +3.2 % after them: +6.5 % in all
+
+
+def benchmark_bars(stories: tuple[Story, ...] = STORIES) -> dict[int, Bar]:
+    """The demo's BTCUSDT 1m klines for the buy-and-hold benchmark where no story drew one: up from
+    ``BENCHMARK_FROM`` to the base before its first story, the base between its stories, on up to
+    ``BENCHMARK_TO`` at the end of ``DEMO_UNTIL``. Klines only (no mark candle: nothing is watched
+    there), so the stories' runs are unchanged. Synthetic, like the rest."""
+    drawn: dict[int, Bar] = {}
+    for story in stories:
+        if story.symbol == BENCHMARK_SYMBOL:
+            drawn.update(story_bars(story))
+    base, places = SYMBOLS[BENCHMARK_SYMBOL]
+    end = int(datetime.fromisoformat(DEMO_UNTIL).replace(tzinfo=UTC).timestamp() * 1000) + DAY
+    first, last = (min(drawn), max(drawn)) if drawn else (end, end)
+    out: dict[int, Bar] = {}
+    for m in range(SINCE_MS, end, MINUTE):
+        if m in drawn:
+            continue
+        if m < first:
+            price = BENCHMARK_FROM + (base - BENCHMARK_FROM) * (m - SINCE_MS) / (first - SINCE_MS)
+        elif m > last:
+            price = base + (BENCHMARK_TO - base) * (m + MINUTE - last) / (end - last)
+        else:
+            price = base
+        price = round(price, places)  # a flat minute: one price (a float, as the store keeps it)
+        out[m] = (price, price, price, price)
+    return out
+
+
+def write_benchmark(cache: Path, stories: tuple[Story, ...] = STORIES) -> None:
+    """Add ``benchmark_bars`` to the demo cache's BTCUSDT klines (drawn minutes are kept)."""
+    bars = benchmark_bars(stories)
+    times = sorted(bars)
+    columns: dict[str, list[float | None]] = {
+        name: [bars[t][i] for t in times] for i, name in enumerate(("open", "high", "low", "close"))
+    }
+    places = SYMBOLS[BENCHMARK_SYMBOL][1]
+    store = Store(cache)
+    try:
+        store.write(BENCHMARK_SYMBOL, "klines", Parsed(times, columns, dict.fromkeys(columns, places)))
+    finally:
+        store.close()

@@ -61,6 +61,7 @@ from typing import Any
 from fsm import events as ev
 from fsm.journal import decode_event
 from fsm.runtime import ledger, metrics
+from fsm.runtime.benchmark import Benchmark
 from fsm.runtime.ledger import ENTRY_SIDE, Fill, Trade
 
 ZERO = Decimal(0)
@@ -425,6 +426,7 @@ svg{display:block;max-width:100%;height:auto;font:11px system-ui,sans-serif}
 .funnel li{margin:2px 0}
 """
 POS, NEG, INK, GRID, MUTED = "#1a7f37", "#c0392b", "#2f6fb0", "#e3e7ec", "#5b6775"
+BENCH = "#d08c15"  # the buy-and-hold benchmark's line on the equity chart
 
 
 def render(
@@ -441,11 +443,13 @@ def render(
     marks: dict[int, list[tuple[int, Decimal]]] | None = None,
     since: str | None = None,
     since_ms: int | None = None,
+    benchmark: Benchmark | None = None,
 ) -> str:
     """The whole page. ``figures`` are the report's rows (label, value, note) at the JSON's
     precision; ``counted`` the trades ``result`` measured (``metrics.counted_trades``); ``listed``
     the trades of the table (``shortfsm trades``'s rule); ``fills`` each trade's own
-    (``Trade.fills``), ``marks`` from ``read_marks``."""
+    (``Trade.fills``), ``marks`` from ``read_marks``; ``benchmark`` adds its price line, scaled to
+    the capital, to the equity chart (its figure row is in ``figures``)."""
     closes = [(t.closed_ms or 0, t.net) for t in counted]
     start = result.start_ms if result.start_ms is not None else 0
     curve = metrics.equity_curve(result.capital, closes, start)
@@ -480,7 +484,7 @@ def render(
     if counted and result.start_ms is not None and result.end_ms is not None:
         parts += [
             "<section><h2>Equity</h2>",
-            equity_svg(curve, result.capital),
+            equity_svg(curve, result.capital, benchmark_curve(benchmark, result.capital)),
             "<h2>Drawdown</h2>",
             drawdown_svg(metrics.drawdown_curve(curve)),
             "<h2>Daily PnL (net, UTC days)</h2>",
@@ -561,13 +565,30 @@ def _axes(y_labels: Sequence[tuple[float, str]], x_labels: Sequence[tuple[float,
     return out
 
 
-def equity_svg(curve: Sequence[tuple[int, Decimal]], capital: Decimal) -> str:
-    """The equity after each close as a step line, the capital as a dashed line."""
+def benchmark_curve(benchmark: Benchmark | None, capital: Decimal) -> list[tuple[int, Decimal]]:
+    """The capital held in the benchmark's symbol: capital x price / first open, at each point."""
+    if benchmark is None or benchmark.open is None or benchmark.open <= 0:
+        return []
+    return [(at, capital * price / benchmark.open) for at, price in benchmark.curve]
+
+
+def equity_svg(
+    curve: Sequence[tuple[int, Decimal]],
+    capital: Decimal,
+    benchmark: Sequence[tuple[int, Decimal]] = (),
+) -> str:
+    """The equity after each close as a step line, the capital as a dashed line; ``benchmark``
+    (the capital held in BTCUSDT, ``benchmark_curve``) as a thin line when given."""
     times = [at for at, _ in curve]
-    values = [float(v) for _, v in curve] + [float(capital)]
+    values = [float(v) for _, v in curve] + [float(capital)] + [float(v) for _, v in benchmark]
     lo, hi = min(values), max(values)
     pad = (hi - lo) * 0.08 or abs(hi) * 0.01 or 1.0
-    x = _scale(times[0], times[-1], LEFT, WIDTH - RIGHT)
+    x = _scale(
+        min([times[0], *(at for at, _ in benchmark)]),
+        max([times[-1], *(at for at, _ in benchmark)]),
+        LEFT,
+        WIDTH - RIGHT,
+    )
     y = _scale(lo - pad, hi + pad, HEIGHT - BOTTOM, TOP)
     path = [f"M{x(times[0]):.1f},{y(curve[0][1]):.1f}"]
     for at, equity in curve[1:]:
@@ -587,7 +608,20 @@ def equity_svg(curve: Sequence[tuple[int, Decimal]], capital: Decimal) -> str:
         f'<path d="{"".join(path)}" fill="none" stroke="{INK}" stroke-width="1.8"/>',
         *dots,
     ]
-    return _svg("equity", WIDTH, HEIGHT, body, "Equity (USDT) after each closed trade")
+    label = "Equity (USDT) after each closed trade"
+    if benchmark:
+        line = "".join(
+            f"{'M' if i == 0 else 'L'}{x(at):.1f},{y(v):.1f}" for i, (at, v) in enumerate(benchmark)
+        )
+        body += [
+            f'<path data-series="benchmark" d="{line}" fill="none" stroke="{BENCH}" stroke-width="1.2">'
+            f"<title>buy and hold BTCUSDT, {escape(ledger.money(benchmark[-1][1]))} USDT at the end</title>"
+            "</path>",
+            f'<text x="{LEFT + 4}" y="{TOP + 12}" fill="{BENCH}">'
+            "buy and hold BTCUSDT (capital scaled)</text>",
+        ]
+        label += "; buy and hold BTCUSDT scaled to the capital"
+    return _svg("equity", WIDTH, HEIGHT, body, label)
 
 
 def drawdown_svg(points: Sequence[tuple[int, Decimal]]) -> str:

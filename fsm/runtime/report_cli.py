@@ -7,7 +7,10 @@ every percentage divides by it.
 
 ``--html FILE`` also writes a self-contained page (charts, the signal funnel, the trades: see
 ``fsm.runtime.html_report``), ``--csv FILE`` the trades as ``shortfsm trades --format csv`` prints
-them; the table and the JSON end with the signal funnel. The ledger and the funnel are
+them; the table and the JSON end with the signal funnel. The buy-and-hold BTCUSDT benchmark over the
+report's period (``fsm.runtime.benchmark``) reads the market data cache a backtest's database names,
+or ``--cache DIR`` (the only way for the daemon's database, which keeps no market history); without
+one it is shown as "not available" with the reason. The ledger and the funnel are
 read in one transaction, and the table, the JSON and the page take their figures from the same
 ``metrics.compute``. A file is written beside its target and renamed over it (never half a file);
 a path that cannot be written is one line and exit 2, before anything is printed (with both
@@ -32,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fsm.runtime import html_report, ledger, metrics
+from fsm.runtime import benchmark, html_report, ledger, metrics
 from fsm.runtime.board_cli import EXIT_BAD_CONFIG, add_source_arguments
 from fsm.runtime.liveness import EXIT_NO_DATABASE
 from fsm.runtime.trades_cli import EXIT_UNREADABLE, open_source, write_csv
@@ -71,6 +74,12 @@ def register(subparsers: Any) -> None:
     report.add_argument(
         "--csv", metavar="FILE", help="also write the trades as CSV (shortfsm trades' columns)"
     )
+    report.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="market data cache (shortfsm data) for the buy-and-hold BTCUSDT benchmark; default: the "
+        "one a backtest's database names (the daemon's names none: not available without this)",
+    )
     report.set_defaults(func=cmd_report)
 
 
@@ -97,6 +106,7 @@ class Source:
     since_ms: int | None
     fills: dict[int, list[ledger.Fill]]  # id(trade) -> its fills (Trade.fills)
     marks: dict[int, list[tuple[int, Decimal]]]  # id(trade) -> journaled mark prices, with --html
+    cache: Path | None = None  # the market data cache a backtest's database names (the benchmark's)
 
 
 def read_source(args: argparse.Namespace) -> Source | int:
@@ -117,12 +127,20 @@ def read_source(args: argparse.Namespace) -> Source | int:
         )
         fills = {id(t): list(t.fills) for t in book.trades}
         marks = html_report.read_marks(conn, book.trades, fills) if args.html else {}
+        cache = benchmark.recorded_cache(conn)
     except (sqlite3.Error, ledger.LedgerError) as exc:  # a foreign file or a garbled row: one line
         print(f"{PROG}: cannot read {db}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
     finally:
         conn.close()
-    return Source(db=db, book=book, funnel=funnel, since_ms=since_ms, fills=fills, marks=marks)
+    return Source(db=db, book=book, funnel=funnel, since_ms=since_ms, fills=fills, marks=marks, cache=cache)
+
+
+def read_benchmark(args: argparse.Namespace, read: Source, result: metrics.Metrics) -> benchmark.Benchmark:
+    """Buy and hold BTCUSDT over the report's period, from ``--cache`` or the database's own cache."""
+    given = getattr(args, "cache", None)
+    cache = Path(given) if given else read.cache
+    return benchmark.compute(cache, result.start_ms, result.end_ms)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -136,12 +154,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         return read
     book, since_ms = read.book, read.since_ms
     result = metrics.compute(book.trades, capital, since_ms=since_ms)
-    written = write_files(args, read, result)
+    bench = read_benchmark(args, read, result)
+    written = write_files(args, read, result, bench)
     if written:
         return written
     empty = _empty_line(book.trades, result, args.since)
     if args.json:
         doc = as_dict(result)
+        doc["benchmark"] = bench.as_dict()
         doc["funnel"] = read.funnel.as_dict()
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         if empty:
@@ -152,7 +172,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         console = Console(highlight=False)
         console.print(_headline(result), soft_wrap=True)
-        console.print(_table(result))
+        console.print(_table(result, bench))
     if read.funnel.received:  # a database with no message (a test's, an import's) shows none
         print("Signal funnel" + (f" (messages received since {args.since})" if args.since else "") + ":")
         for line in read.funnel.lines():
@@ -173,20 +193,27 @@ def trades_csv(trades: list[ledger.Trade]) -> str:
     return out.getvalue()
 
 
-def write_files(args: argparse.Namespace, read: Source, result: metrics.Metrics) -> int:
-    """Write ``--html`` and ``--csv``; 0, or ``EXIT_BAD_CONFIG`` after one line on stderr."""
+def write_files(
+    args: argparse.Namespace,
+    read: Source,
+    result: metrics.Metrics,
+    bench: benchmark.Benchmark | None = None,
+) -> int:
+    """Write ``--html`` and ``--csv``; 0, or ``EXIT_BAD_CONFIG`` after one line on stderr. The
+    benchmark is read here when not given (``read_benchmark``)."""
     listed = listed_trades(read.book.trades, read.since_ms)
     outputs: list[tuple[str, str]] = []
     if args.csv:
         outputs.append((args.csv, trades_csv(listed)))
     if args.html:
+        bench = bench if bench is not None else read_benchmark(args, read, result)
         page = html_report.render(
             source=str(read.db),
             generated_ms=int(time.time() * 1000),
             headline=_headline(result)
             if result.closed_trades
             else _empty_line(read.book.trades, result, args.since),
-            figures=figure_rows(result, FIGURE),
+            figures=with_benchmark(figure_rows(result, FIGURE), bench.row(FIGURE)),
             result=result,
             counted=metrics.counted_trades(read.book.trades, since_ms=read.since_ms),
             listed=listed,
@@ -195,6 +222,7 @@ def write_files(args: argparse.Namespace, read: Source, result: metrics.Metrics)
             funnel=read.funnel,
             since=args.since,
             since_ms=read.since_ms,
+            benchmark=bench,
         )
         outputs.append((args.html, page))
     for name, text in outputs:
@@ -309,12 +337,18 @@ def figure_rows(m: metrics.Metrics, places: Decimal = SHOWN) -> list[tuple[str, 
     return rows
 
 
-def _table(m: metrics.Metrics) -> Table:
+def with_benchmark(rows: list[tuple[str, str, str]], row: tuple[str, str, str]) -> list[tuple[str, str, str]]:
+    """The figure rows with the benchmark's right after the total return it is compared with."""
+    return [*rows[:1], row, *rows[1:]]
+
+
+def _table(m: metrics.Metrics, bench: benchmark.Benchmark | None = None) -> Table:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("Metric", no_wrap=True)
     table.add_column("Value", justify="right", no_wrap=True)
     table.add_column("Note", overflow="fold")
-    for row in figure_rows(m):
+    rows = with_benchmark(figure_rows(m), bench.row(SHOWN)) if bench is not None else figure_rows(m)
+    for row in rows:
         table.add_row(*(Text(cell) for cell in row))  # a close reason is data, never rich markup
     return table
 

@@ -164,6 +164,15 @@ def test_the_json_report_has_the_hand_computed_figures(ledger_db: Path, tmp_path
             "closed": {},
             "open": 0,
         },
+        "benchmark": {  # the daemon keeps no market history: none without --cache
+            "symbol": "BTCUSDT",
+            "start": None,
+            "end": None,
+            "open": None,
+            "close": None,
+            "return_pct": None,
+            "not_available": "no market data cache (the daemon keeps none: give --cache DIR)",
+        },
     }
     assert hashlib.sha256(ledger_db.read_bytes()).hexdigest() == before  # read-only
 

@@ -1,0 +1,416 @@
+"""``shortfsm backtest --sweep``: a grid of strategy settings, one independent backtest per combination.
+
+Theory of operation
+-------------------
+``--sweep strategy.tp_pct=3,4,5 strategy.second_entry_pct=10,15,20`` is the cartesian product of the
+values (9 runs here, in that order: the first key varies slowest). Every combination is validated
+as ``--set`` is (``backtest_cli.apply_settings``, after the ``--set`` overrides; a swept key wins
+over a ``--set`` of the same key) before any run starts: a value outside its validated range is one
+line and exit 2. More than ``MAX_RUNS`` combinations is refused the same way.
+
+The unit of work is ``run_task(SweepTask) -> SweepRow``: a module-level function of one picklable
+value holding the settings (the validated ``Strategy`` and the swept ``KEY=VALUE`` pairs) and the
+paths (feed, cache, database), touching nothing else. ``concurrent.futures.ProcessPoolExecutor``
+maps it over the grid on ``--jobs`` processes (default: every core); a distributed engine (Dask,
+Ray) can map the same function later without change, the paths then on a shared disk. A run that
+fails is caught in its own process and becomes a row saying why; the others go on.
+
+Layout: ``--out DIR/NAME.db`` gives the folder ``DIR/NAME.sweep/``, with ``run-001.db``,
+``run-002.db``, ... in grid order (each a full backtest database: ``shortfsm report --db`` and
+``shortfsm trades --db`` read it) and ``sweep.json``, the ranked table as ``--json`` prints it. A
+run's database is replaced only when it is a backtest's (``backtest.check_out``).
+
+Ranking (``--rank-by``): ``net_return`` (default) is the report's total return of the closed trades
+(net / capital), highest first; ``drawdown`` the maximum drawdown (%), smallest first;
+``profit_factor`` highest first (no loss with a win counts as infinite, no closed trade last);
+``trades`` the most trades first; ``ambiguous`` the smallest share of trades that went through a
+minute whose high/low order decides. Ties go to the smaller drawdown, then the higher return, then
+grid order; failed runs come last.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+from fsm.runtime import ledger
+from fsm.strategy import Strategy
+
+MAX_RUNS = 256
+RANK_BY = ("net_return", "drawdown", "profit_factor", "trades", "ambiguous")
+FIGURE = Decimal("0.01")
+INFINITY = Decimal("Infinity")
+
+
+class SweepError(ValueError):
+    """A ``--sweep`` argument that cannot be run: one line, exit 2."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepTask:
+    """One combination of the grid: its settings and its paths (picklable: the unit of work)."""
+
+    index: int  # 1-based, grid order
+    settings: tuple[tuple[str, str], ...]  # the swept (SECTION.KEY, value) pairs
+    strategy: Strategy  # validated with the --set overrides and these settings
+    feed: str
+    cache: str
+    db: str
+    since_ms: int
+    until_ms: int | None
+    capital: Decimal
+    path: str  # pessimistic / optimistic
+    dense: bool
+    slippage_bps: Decimal
+    maker_fee: Decimal
+    taker_fee: Decimal
+    heartbeat_symbol: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepRow:
+    """What one run gave (figures as the report computes them), or ``error``."""
+
+    index: int
+    settings: tuple[tuple[str, str], ...]
+    db: str
+    error: str | None = None
+    return_pct: Decimal | None = None
+    net: Decimal | None = None
+    max_drawdown_pct: Decimal | None = None
+    profit_factor: Decimal | None = None
+    wins: int = 0
+    trades: int = 0
+    closed_trades: int = 0
+    ambiguous_trades: int = 0
+    problems: tuple[str, ...] = field(default=())  # the run's data problems, one line each
+    wall_s: float = 0.0
+
+    @property
+    def ambiguous_pct(self) -> Decimal | None:
+        return Decimal(self.ambiguous_trades) * 100 / self.trades if self.trades else None
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return "failed"
+        return "data problems" if self.problems else "ok"
+
+    def as_dict(self, rank: int) -> dict[str, Any]:
+        return {
+            "rank": rank,
+            "run": self.index,
+            "settings": dict(self.settings),
+            "status": self.status,
+            "error": self.error,
+            "return_pct": _figure(self.return_pct),
+            "net": ledger.money(self.net) if self.net is not None else None,
+            "max_drawdown_pct": _figure(self.max_drawdown_pct),
+            "profit_factor": _figure(self.profit_factor),
+            "trades": self.trades,
+            "closed_trades": self.closed_trades,
+            "ambiguous_trades": self.ambiguous_trades,
+            "ambiguous_pct": _figure(self.ambiguous_pct),
+            "db": self.db,
+            "data_problems": list(self.problems),
+        }
+
+
+def _figure(value: Decimal | None, places: Decimal = Decimal("0.0001")) -> str | None:
+    if value is None:
+        return None
+    rounded = value.quantize(places, rounding=ROUND_HALF_UP)
+    return format(rounded if rounded else abs(rounded), "f")
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_grid(assignments: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``KEY=V1,V2,...`` each to (KEY, values); ``SweepError`` with one line when malformed."""
+    grid: list[tuple[str, list[str]]] = []
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name or not section:
+            raise SweepError(f"--sweep {text!r}: expected SECTION.KEY=V1,V2,... (e.g. strategy.tp_pct=3,4,5)")
+        values = [v.strip() for v in value.split(",")]
+        if not all(values):
+            raise SweepError(f"--sweep {text!r}: an empty value (values are separated by single commas)")
+        if len(set(values)) != len(values):
+            raise SweepError(f"--sweep {text!r}: a value is given twice")
+        if any(key == k for k, _ in grid):
+            raise SweepError(f"--sweep {key}: given twice; put all its values in one KEY=V1,V2,...")
+        grid.append((key, values))
+    return grid
+
+
+def combinations(grid: list[tuple[str, list[str]]]) -> list[tuple[tuple[str, str], ...]]:
+    """The cartesian product in grid order (the first key varies slowest); ``SweepError`` beyond
+    ``MAX_RUNS``."""
+    size = 1
+    for _, values in grid:
+        size *= len(values)
+    if size > MAX_RUNS:
+        shape = " x ".join(str(len(values)) for _, values in grid)
+        raise SweepError(f"--sweep: {shape} = {size} runs, more than {MAX_RUNS}; narrow the grid")
+    keys = [key for key, _ in grid]
+    return [tuple(zip(keys, combo, strict=True)) for combo in itertools.product(*(v for _, v in grid))]
+
+
+def validate(
+    grid: list[tuple[str, list[str]]],
+    combos: list[tuple[tuple[str, str], ...]],
+    settle: Callable[[list[str]], Strategy],
+    tuple_keys: set[str],
+) -> list[Strategy]:
+    """Each value alone, then each combination, through ``settle`` (``apply_settings`` with the
+    ``--set`` overrides): the strategies in grid order, or ``SweepError`` naming the first refused."""
+    for key, values in grid:
+        if key in tuple_keys:
+            raise SweepError(f"--sweep {key}: a list setting cannot be swept (its values are comma lists)")
+        alone = []
+        for value in values:
+            try:
+                alone.append(settle([f"{key}={value}"]))
+            except ValueError as exc:
+                raise SweepError(f"--sweep {key}={value}: {_reason(exc)}") from None
+        if len(values) > 1 and all(strategy == alone[0] for strategy in alone):
+            raise SweepError(f"--sweep {key}: its values do not change the strategy a backtest runs")
+    strategies = []
+    for combo in combos:
+        try:
+            strategies.append(settle([f"{k}={v}" for k, v in combo]))
+        except ValueError as exc:
+            named = " ".join(f"{k}={v}" for k, v in combo)
+            raise SweepError(f"--sweep {named}: {_reason(exc)}") from None
+    return strategies
+
+
+def _reason(exc: ValueError) -> str:
+    """``apply_settings``' line without its ``--set KEY:`` prefix."""
+    text = str(exc).splitlines()[0]
+    head, sep, rest = text.partition(": ")
+    return rest if sep and head.startswith("--set ") else text
+
+
+def folder_for(out: Path) -> Path:
+    """``DIR/NAME.db`` -> ``DIR/NAME.sweep`` (the folder of the grid's databases)."""
+    return out.with_name(f"{out.stem}.sweep")
+
+
+def db_for(folder: Path, index: int) -> Path:
+    return folder / f"run-{index:03d}.db"
+
+
+# ---------------------------------------------------------------------------------------------
+# The unit of work
+# ---------------------------------------------------------------------------------------------
+
+
+def run_task(task: SweepTask) -> SweepRow:
+    """Run one combination into its own database; never raises (a failure is the row's ``error``)."""
+    from fsm.runtime import benchmark, metrics
+    from fsm.runtime.backtest import BacktestError, Fees, run_backtest
+
+    failed = SweepRow(index=task.index, settings=task.settings, db=task.db)
+    started = time.perf_counter()
+    try:
+        result = run_backtest(
+            task.feed,
+            task.cache,
+            since_ms=task.since_ms,
+            until_ms=task.until_ms,
+            strategy=task.strategy,
+            capital=task.capital,
+            path=task.path,  # type: ignore[arg-type]
+            dense=task.dense,
+            slippage_bps=task.slippage_bps,
+            fees=Fees(maker=task.maker_fee, taker=task.taker_fee),
+            db_path=task.db,
+            heartbeat_symbol=task.heartbeat_symbol,
+        )
+        benchmark.record_source(
+            Path(task.db),
+            cache=Path(task.cache),
+            feed=Path(task.feed),
+            since_ms=task.since_ms,
+            until_ms=task.until_ms,
+        )
+        measured = metrics.compute(result.trades, task.capital)
+    except BacktestError as exc:
+        return _failed(failed, str(exc), started)
+    except Exception as exc:  # a run's own failure: its row says so, the grid goes on
+        return _failed(failed, f"{type(exc).__name__}: {exc}", started)
+    problems = [*(f"feed: {line}" for line in result.bad_lines)]
+    problems += [f"skipped: {line}" for line in result.skipped]
+    problems += [f"flagged: {line}" for line in result.flagged]
+    for symbol, ranges in result.missing.items():
+        minutes = sum((b - a) // 60_000 for a, b in ranges)
+        problems.append(f"missing data: {symbol} {minutes} minute(s) in {len(ranges)} gap(s)")
+    return SweepRow(
+        index=task.index,
+        settings=task.settings,
+        db=task.db,
+        return_pct=measured.total_return_pct,
+        net=measured.net,
+        max_drawdown_pct=measured.max_drawdown.pct,
+        profit_factor=measured.profit_factor,
+        wins=measured.wins,
+        trades=len(result.trades),
+        closed_trades=measured.closed_trades,
+        ambiguous_trades=result.ambiguous_trades,
+        problems=tuple(problems),
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def _failed(row: SweepRow, why: str, started: float) -> SweepRow:
+    line = why.splitlines()[0] if why else "failed"
+    return SweepRow(
+        index=row.index, settings=row.settings, db=row.db, error=line, wall_s=time.perf_counter() - started
+    )
+
+
+def run_grid(tasks: list[SweepTask], jobs: int) -> list[SweepRow]:
+    """Every task on ``jobs`` processes (in this process when 1), rows in grid order."""
+    if jobs <= 1 or len(tasks) == 1:
+        return [run_task(task) for task in tasks]
+    rows: dict[int, SweepRow] = {}
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
+        futures: dict[Future[SweepRow], SweepTask] = {pool.submit(run_task, task): task for task in tasks}
+        for future, task in futures.items():
+            try:
+                rows[task.index] = future.result()
+            except BrokenProcessPool:
+                rows[task.index] = SweepRow(
+                    index=task.index, settings=task.settings, db=task.db, error="its worker process died"
+                )
+            except Exception as exc:  # e.g. a result that cannot be sent back
+                rows[task.index] = SweepRow(
+                    index=task.index, settings=task.settings, db=task.db, error=f"{type(exc).__name__}: {exc}"
+                )
+    return [rows[task.index] for task in tasks]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranking and output
+# ---------------------------------------------------------------------------------------------
+
+
+def rank_key(row: SweepRow, rank_by: str) -> tuple[Any, ...]:
+    """The sort key of ``rank_by`` (module docstring); failed rows after every other."""
+    if row.error is not None or row.return_pct is None:
+        return (1, row.index)
+    ret = row.return_pct
+    drawdown = row.max_drawdown_pct or Decimal(0)
+    ties = (drawdown, -ret, row.index)
+    if rank_by == "drawdown":
+        return (0, drawdown, -ret, row.index)
+    if rank_by == "profit_factor":
+        no_loss = INFINITY if row.wins else -INFINITY  # no loss: infinite with a win, last without
+        pf = row.profit_factor if row.profit_factor is not None else no_loss
+        return (0, -pf, *ties)
+    if rank_by == "trades":
+        return (0, -row.trades, *ties)
+    if rank_by == "ambiguous":
+        share = row.ambiguous_pct if row.ambiguous_pct is not None else Decimal(0)
+        return (0, share, *ties)
+    return (0, -ret, *ties)
+
+
+def ranked(rows: list[SweepRow], rank_by: str) -> list[SweepRow]:
+    return sorted(rows, key=lambda r: rank_key(r, rank_by))
+
+
+def as_json(
+    rows: list[SweepRow],
+    *,
+    rank_by: str,
+    grid: list[tuple[str, list[str]]],
+    folder: Path,
+    path: str,
+    jobs: int,
+) -> dict[str, Any]:
+    return {
+        "sweep": {
+            "keys": [key for key, _ in grid],
+            "values": {key: values for key, values in grid},
+            "runs": len(rows),
+            "jobs": jobs,
+            "path": path,
+            "rank_by": rank_by,
+            "folder": str(folder),
+        },
+        "rows": [row.as_dict(rank) for rank, row in enumerate(rows, start=1)],
+    }
+
+
+def table_lines(rows: list[SweepRow], keys: list[str]) -> list[str]:
+    """The ranked table as plain text columns (no terminal-width wrapping)."""
+    head = ["rank", *keys, "return %", "net USDT", "max DD %", "PF", "trades", "ambiguous %", "status", "db"]
+    body: list[list[str]] = []
+    for rank, row in enumerate(rows, start=1):
+        values = dict(row.settings)
+        if row.error is not None:
+            figures = ["—"] * 6 + [f"failed: {row.error}"]
+        else:
+            figures = [
+                _shown(row.return_pct),
+                ledger.money(row.net) if row.net is not None else "—",
+                _shown(row.max_drawdown_pct),
+                _shown(row.profit_factor) if row.profit_factor is not None else ("inf" if row.wins else "—"),
+                f"{row.closed_trades}/{row.trades}" if row.closed_trades != row.trades else str(row.trades),
+                _shown(row.ambiguous_pct),
+                row.status,
+            ]
+        body.append([str(rank), *(values.get(k, "") for k in keys), *figures, row.db])
+    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+    right = {0, *range(len(keys) + 1, len(keys) + 7)}
+
+    def fmt(cells: list[str]) -> str:
+        out = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)]
+        return "  ".join(out).rstrip()
+
+    return [fmt(head), *(fmt(line) for line in body)]
+
+
+def _shown(value: Decimal | None) -> str:
+    return "—" if value is None else (_figure(value, FIGURE) or "—")
+
+
+def rank_rule(rank_by: str) -> str:
+    return {
+        "net_return": "net return, highest first",
+        "drawdown": "max drawdown, smallest first",
+        "profit_factor": "profit factor, highest first",
+        "trades": "trades, most first",
+        "ambiguous": "ambiguous share, smallest first",
+    }[rank_by] + "; ties: smaller drawdown, then higher return"
+
+
+def default_jobs() -> int:
+    return os.cpu_count() or 1
+
+
+def write_index(folder: Path, doc: dict[str, Any]) -> None:
+    """``sweep.json`` in the folder (written beside and renamed over)."""
+    from fsm.runtime.html_report import write_atomic
+
+    try:
+        write_atomic(folder / "sweep.json", json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+    except OSError as exc:
+        print(f"backtest: cannot write {folder / 'sweep.json'}: {exc.strerror or exc}", file=sys.stderr)
