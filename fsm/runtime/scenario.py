@@ -13,6 +13,7 @@ The runner is deterministic: the same file gives the same trace, byte for byte.
 from __future__ import annotations
 
 import copy
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -783,21 +784,24 @@ class Runner:
     # -- driving ---------------------------------------------------------------------------------
 
     def feed(self, events: Iterable[ev.Event]) -> list[cmd.Command]:
-        """Feed events and the venue's answers until nothing is left; return every command."""
-        queue = list(events)
+        """Feed events and the venue's answers until nothing is left; return every command.
+
+        In the daemon's order (``Daemon._consume``): the answers to an event's commands queue behind
+        the answers already waiting (first in, first out), and all of them come before the next
+        outside event."""
+        outside = deque(events)
+        front: deque[ev.Event] = deque()
         emitted: list[cmd.Command] = []
         guard = 0
-        while queue:
+        while front or outside:
             guard += 1
             if guard > 10_000:
                 raise ScenarioError("runaway command/answer loop")
-            event = queue.pop(0)
+            event = front.popleft() if front else outside.popleft()
             commands = self.engine.handle(event)
             emitted.extend(commands)
-            answers: list[ev.Event] = []
             for command in commands:
-                answers.extend(self.answer(command))
-            queue[0:0] = answers
+                front.extend(self.answer(command))
         return emitted
 
     def run(self) -> ScenarioResult:

@@ -37,6 +37,7 @@ import difflib
 import json
 import logging
 import secrets
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -719,22 +720,22 @@ class SimRunner(Runner):
         return [*events, *user]
 
     async def feed_async(self, events: list[ev.Event]) -> list[cmd.Command]:
-        """Feed events and the venue's answers until nothing is left; return every command."""
-        queue = list(events)
+        """Feed events and the venue's answers until nothing is left; return every command, in the
+        daemon's order (answers first in, first out, before the next outside event: ``Runner.feed``)."""
+        outside = deque(events)
+        front: deque[ev.Event] = deque()
         emitted: list[cmd.Command] = []
         guard = 0
-        while queue:
+        while front or outside:
             guard += 1
             if guard > 10_000:
                 raise ScenarioError("runaway command/answer loop")
-            event = queue.pop(0)
+            event = front.popleft() if front else outside.popleft()
             commands = self.engine.handle(event)
             self.events_handled += 1
             emitted.extend(commands)
-            answers: list[ev.Event] = []
             for command in commands:
-                answers.extend(await self.answer_async(command))
-            queue[0:0] = answers
+                front.extend(await self.answer_async(command))
         return emitted
 
     # -- driving -----------------------------------------------------------------------------------------
