@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -125,3 +128,20 @@ def mdd_bars(end_ms: int = SINCE_MS + 180 * MINUTE) -> dict[int, Bar]:
     for t in range(SINCE_MS + 64 * MINUTE, end_ms, MINUTE):
         bars[t] = flat(3690.0)
     return bars
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def shortfsm(*args: str, cwd: Path, columns: int = 100) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, as a user runs it (no terminal, a fixed width)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": str(columns)}
+    return subprocess.run(
+        [sys.executable, "-m", "fsm.runtime.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )

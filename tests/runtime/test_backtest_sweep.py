@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from backtest_kit import shortfsm
 
 from fsm.runtime.backtest_sweep import (
     MAX_RUNS,
@@ -20,21 +18,6 @@ from fsm.runtime.backtest_sweep import (
     rank_key,
     ranked,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def shortfsm(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
-    return subprocess.run(
-        [sys.executable, "-m", "fsm.runtime.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
 
 
 @pytest.fixture(scope="module")

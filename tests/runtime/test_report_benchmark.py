@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from backtest_kit import shortfsm
 
 from binance.history.archive import Parsed
 from binance.history.cli import BENCHMARK_SYMBOL, Window, benchmark_plan
@@ -18,23 +17,13 @@ from binance.history.store import Store
 from fsm.runtime import benchmark
 from fsm.runtime.ledger import parse_day
 
-ROOT = Path(__file__).resolve().parents[2]
 MINUTE = 60_000
 T0 = parse_day("2026-01-05")
 KEYS = {"symbol", "start", "end", "open", "close", "return_pct", "not_available"}
 
 
-def shortfsm(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "fsm.runtime.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+def shortfsm_wide(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return shortfsm(*args, cwd=cwd, columns=200)
 
 
 def write_candles(root: Path, candles: dict[int, tuple[float, float, float, float]]) -> Path:
@@ -127,13 +116,13 @@ def test_not_available_says_why(
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     where = tmp_path_factory.mktemp("demo")
-    done = shortfsm("backtest", "--demo", "--out", str(where / "demo.db"), cwd=where)
+    done = shortfsm_wide("backtest", "--demo", "--out", str(where / "demo.db"), cwd=where)
     assert done.returncode == 0, done.stderr
     return where / "demo.db"
 
 
 def test_the_demo_report_shows_the_benchmark_from_its_own_cache(demo_db: Path, tmp_path: Path) -> None:
-    done = shortfsm("report", "--db", str(demo_db), "--capital", "1000", "--json", cwd=tmp_path)
+    done = shortfsm_wide("report", "--db", str(demo_db), "--capital", "1000", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     bench = doc["benchmark"]
@@ -167,7 +156,7 @@ def test_report_cache_overrides_the_recorded_one(demo_db: Path, tmp_path: Path) 
             end + 12 * MINUTE: (60.0, 99.0, 60.0, 99.0),  # closes 08:13: left out
         },
     )
-    done = shortfsm(
+    done = shortfsm_wide(
         "report", "--db", str(demo_db), "--capital", "1000", "--json", "--cache", str(cache), cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
@@ -180,7 +169,9 @@ def test_report_cache_overrides_the_recorded_one(demo_db: Path, tmp_path: Path) 
         "return_pct": "50.0000",  # 60 / 40 - 1
         "not_available": None,
     }
-    table = shortfsm("report", "--db", str(demo_db), "--capital", "1000", "--cache", str(cache), cwd=tmp_path)
+    table = shortfsm_wide(
+        "report", "--db", str(demo_db), "--capital", "1000", "--cache", str(cache), cwd=tmp_path
+    )
     assert "Buy and hold BTCUSDT" in table.stdout and "50.00 %" in table.stdout
 
 
@@ -191,7 +182,7 @@ def test_a_database_without_a_recorded_cache_says_not_available(demo_db: Path, t
     with sqlite3.connect(daemon_like) as conn:
         conn.execute("DELETE FROM status WHERE key = ?", [benchmark.SOURCE_KEY])
     conn.close()
-    done = shortfsm("report", "--db", str(daemon_like), "--capital", "1000", "--json", cwd=tmp_path)
+    done = shortfsm_wide("report", "--db", str(daemon_like), "--capital", "1000", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     bench = json.loads(done.stdout)["benchmark"]
     assert bench["not_available"] == "no market data cache (the daemon keeps none: give --cache DIR)"
