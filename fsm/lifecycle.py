@@ -248,9 +248,14 @@ def market_close(core: Core, model: SymbolModel, reason: str) -> None:
         (o.qty - o.filled for o in model.open_orders(*LIMIT_EXIT_LEGS) if o.status == "PENDING_CANCEL"),
         ZERO,
     )
-    qty = rules.exit_quantity(position - held_back, model.info, market=True) if held_back else qty
-    market_min = model.info.market_min_qty if model.info.market_min_qty is not None else model.info.min_qty
-    if qty <= 0 or qty < market_min:  # R22: what no order can express is dust, not a position
+    if held_back and not rules.unclosable(position, model.info):
+        qty = rules.exit_quantity(position - held_back, model.info, market=True)
+        if rules.unclosable(position - held_back, model.info):
+            # The exit that could not be cancelled covers the rest: when it is out of the way
+            # (traded, or cancelled by R16), ``finish_if_flat`` closes what is left.
+            core.log("close_waits", model.symbol, "exit_cancel_failed_covers_the_rest", held_back=held_back)
+            return
+    if rules.unclosable(position, model.info):  # R22: what no order can express is dust
         core.log("dust", model.symbol, "position_below_min_qty", position=position)
         model.close_reason = "dust"
         finish_if_flat(core, model, dust_ok=True)
@@ -422,7 +427,7 @@ def finish_if_flat(core: Core, model: SymbolModel, *, dust_ok: bool = False) -> 
     position = model.position()
     flat = (
         position <= 0
-        or model.close_reason == "dust"
+        or (model.close_reason == "dust" and (model.info is None or rules.unclosable(position, model.info)))
         or (dust_ok and model.info is not None and rules.is_dust(position, model.info))
     )
     if model.open_orders():

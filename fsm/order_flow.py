@@ -156,12 +156,24 @@ def on_algo_accepted(core: Core, event: ev.AlgoOrderAccepted) -> None:
 
 
 def accepted(core: Core, symbol: str, order: OrderTrack, venue_id: int) -> None:
-    """The venue took the order. One we had decided to cancel, whose cancel overtook the request
-    and found nothing (``cancel_overtook``), is live now: it is cancelled again."""
+    """The venue took the order (one we want gone is cancelled now: ``recancel``)."""
+    unconfirmed = order.status in UNCONFIRMED
     order.order_id = venue_id
-    if order.report("NEW") and order.cancel_attempts > 0:
-        core.log("order_live_after_cancel", symbol, "cancel_overtook_request", cid=order.cid)
-        cancel(core, core.symbols[symbol], order)
+    order.report("NEW")
+    recancel(core, core.symbols[symbol], order, unconfirmed)
+
+
+UNCONFIRMED = ("PENDING_NEW", "UNKNOWN")  # the venue has not said the order is live
+
+
+def recancel(core: Core, model: SymbolModel, order: OrderTrack, unconfirmed: bool) -> None:
+    """An order we want gone (its cancel decided, or its symbol closing) whose cancel could not
+    reach it yet (the cancel overtook the request, or its outcome was unknown) turned out live:
+    the cancel goes out now."""
+    wanted_gone = order.cancel_decided or (model.closing and order.leg != "CLOSE")
+    if unconfirmed and wanted_gone and order.status in ("NEW", "PARTIALLY_FILLED"):
+        core.log("order_live_after_cancel", model.symbol, "cancel_could_not_reach_it", cid=order.cid)
+        cancel(core, model, order)
 
 
 def find_order(core: Core, symbol: str, cid: str) -> OrderTrack | None:
@@ -198,7 +210,7 @@ def on_rejected(core: Core, event: ev.OrderRejected) -> None:
         # The venue's own final word (or our cancel's) came first: the refusal changes nothing.
         core.log("order_failure_moot", model.symbol, order.status, cid=order.cid)
         return
-    if order.cancel_attempts > 0:
+    if order.cancel_decided:
         # We decided to cancel it before its request was answered: the refusal is its end, never
         # a reason to send it again.
         was_open = order.is_open
@@ -244,6 +256,11 @@ def on_outcome_unknown(core: Core, event: ev.OrderOutcomeUnknown) -> None:
         leg=order.leg,
         resolve_at_ms=event.resolve_after_ms,
     )
+    if order.status == "PENDING_CANCEL" and order.order_id == 0:
+        # Our cancel is out and the venue has told nothing of the order: if that cancel finds
+        # nothing, a query after the request's recvWindow decides (``on_cancel_result``).
+        order.resolve_at_ms = max(event.resolve_after_ms, core.now_ms)
+        return
     if order.status != "PENDING_NEW":
         return  # the user stream already told what became of it
     order.apply("answer_lost")
@@ -268,8 +285,9 @@ def on_resolved(core: Core, event: ev.OrderResolved) -> None:
         order.order_id = order.order_id or event.order_id
         if order.status == "UNKNOWN":
             order.apply("found")
-        if model.closing and order.leg != "CLOSE" and order.is_open and order.status != "PENDING_CANCEL":
-            cancel(core, model, order)  # it came to life after the symbol decided to close
+        wanted_gone = (model.closing and order.leg != "CLOSE") or order.cancel_decided
+        if wanted_gone and order.is_open and order.status != "PENDING_CANCEL":
+            cancel(core, model, order)  # it came to life after we decided it should go
         return
     if order.status != "UNKNOWN":
         return  # a pushed update already settled it
@@ -287,9 +305,9 @@ def on_resolved(core: Core, event: ev.OrderResolved) -> None:
     # Absent, asked after the request could no longer execute: it never existed. The leg is
     # free again: the same order goes out once more while attempts remain (N-12), or the leg
     # fails as a rejection would.
-    if model.closing and order.leg != "CLOSE":
+    if (model.closing and order.leg != "CLOSE") or order.cancel_decided:
         order.apply("absent_while_closing")
-        lifecycle.finish_if_flat(core, model)
+        lifecycle.after_order_change(core, model, order, ZERO, True)
         return
     # An entry is not sent again: by now (recvWindow later) it is no longer at its trigger (as
     # D-20 gives up an entry the venue asks to delay); an exit or a stop goes out once more.
@@ -522,6 +540,7 @@ def on_order_update(core: Core, event: ev.OrderUpdated) -> None:
             model.orphan_updates = [*model.orphan_updates, event][-ORPHAN_LIMIT:]
         core.log("foreign_order", model.symbol, event.status, cid=event.client_order_id)
         return
+    unconfirmed = order.status in UNCONFIRMED
     if order.order_id == 0:
         order.order_id = event.order_id
     if event.cum_qty == order.filled and event.avg_price > 0 and event.cum_qty > 0:
@@ -533,6 +552,7 @@ def on_order_update(core: Core, event: ev.OrderUpdated) -> None:
     order.report(event.status)
     if order.status == "CANCELED" and order.filled >= order.qty:
         order.apply("traded_in_full")
+    recancel(core, model, order, unconfirmed)
     lifecycle.after_order_change(core, model, order, delta if delta > 0 else ZERO, was_open)
 
 
@@ -639,6 +659,13 @@ def on_cancel_result(core: Core, event: ev.CancelResult) -> None:
         # proves nothing yet (the cancel overtook the request). The request's answer decides.
         order.apply("cancel_overtook")
         core.log("cancel_overtook_request", model.symbol, "awaiting_request_answer", cid=order.cid)
+        return
+    if event.gone and order.status == "UNKNOWN":
+        return  # "unknown order" proves nothing while its request may still execute: its query decides
+    if event.gone and order.status == "PENDING_CANCEL" and order.order_id == 0 and order.resolve_at_ms:
+        # Its answer was lost while our cancel was out: it may still execute; a query decides.
+        order.apply("gone_unexplained")
+        core.log("cancel_overtook_request", model.symbol, "querying_after_lost_answer", cid=order.cid)
         return
     if (
         event.gone

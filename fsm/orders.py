@@ -72,11 +72,12 @@ ORDER_STEPS: Final[tuple[OrderStep, ...]] = (
               "proved absent while the symbol closes: nothing to cancel, nothing to resend"),
     OrderStep("cancel_sent", frozenset({"PENDING_NEW", "NEW", "PARTIALLY_FILLED", "PENDING_CANCEL"}),
               "PENDING_CANCEL", "our cancel went out (again, after a failed one: R15)"),
-    OrderStep("cancel_done", _LIVE | {"PENDING_NEW"}, "CANCELED", "the cancel's answer: it is gone"),
+    OrderStep("cancel_done", _LIVE | {"PENDING_NEW", "UNKNOWN"}, "CANCELED",
+              "the cancel's answer: it is gone (from UNKNOWN only when the venue cancelled it: it existed)"),
     OrderStep("cancel_overtook", frozenset({"PENDING_CANCEL"}), "PENDING_NEW",
               "the cancel found nothing while the request was still unanswered: the request's own"
               " answer decides (cancelled again if the venue took it)"),
-    OrderStep("cancel_too_late", _LIVE | {"PENDING_NEW"}, "FILLED",
+    OrderStep("cancel_too_late", _LIVE | {"PENDING_NEW", "UNKNOWN"}, "FILLED",
               "the cancel's answer: it had filled completely first"),
     OrderStep("gone_unexplained", _LIVE | {"PENDING_NEW"}, "UNKNOWN",
               "the cancel said 'already gone' without how much traded; a query tells (R11, D-28)"),
@@ -156,17 +157,26 @@ class OrderTrack:
 
     @property
     def request_unanswered(self) -> bool:
-        """Sent and not yet answered, and the venue has told nothing of it: that the venue does not
-        know it ("unknown order", absent from its open orders) proves nothing yet."""
+        """Sent, no answer yet, and the venue has told nothing of it: that the venue does not know it
+        ("unknown order", absent from its open orders) proves nothing yet. (A lost answer while our
+        cancel was out leaves ``resolve_at_ms`` set: that order is resolved by a query instead.)"""
         return (
-            self.status in ("PENDING_NEW", "PENDING_CANCEL") and self.order_id == 0 and self.retry_at_ms == 0
+            self.status in ("PENDING_NEW", "PENDING_CANCEL")
+            and self.order_id == 0
+            and self.retry_at_ms == 0
+            and self.resolve_at_ms == 0
         )
+
+    @property
+    def cancel_decided(self) -> bool:
+        """We decided to cancel it (a cancel went out, or one the rate limits hold back waits)."""
+        return self.cancel_attempts > 0 or self.cancel_at_ms > 0
 
     @property
     def cancel_overtaken(self) -> bool:
         """Cancelled while its request was unanswered, and the cancel found nothing
         (``cancel_overtook``): it waits for that answer, and is cancelled again if the venue took it."""
-        return self.status == "PENDING_NEW" and self.cancel_attempts > 0 and self.retry_at_ms == 0
+        return self.status == "PENDING_NEW" and self.cancel_decided and self.retry_at_ms == 0
 
     def apply(self, step: str) -> None:
         """One of the engine's steps (``ORDER_STEPS``); raises ``IllegalOrderStep`` from a status the

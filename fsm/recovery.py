@@ -327,6 +327,11 @@ def requery_result(core: Core, event: ev.ExchangeSnapshot) -> None:
                 if order.status == "PENDING_CANCEL":
                     order.apply("cancel_overtook")
                 continue
+            if order.status == "UNKNOWN":
+                continue  # its request may still execute (D-26): its own query decides
+            if order.status == "PENDING_CANCEL" and order.order_id == 0 and order.resolve_at_ms:
+                order.apply("gone_unexplained")  # its answer was lost: a query decides
+                continue
             order.apply("not_listed")
         if remaining:
             for order in remaining:

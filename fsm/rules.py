@@ -83,6 +83,13 @@ def exit_quantity(position: Decimal, info: SymbolInfo, *, market: bool = False) 
     return qty
 
 
+def unclosable(position: Decimal, info: SymbolInfo) -> bool:
+    """No market close can express it: below the market step or MARKET_LOT_SIZE's minimum (R22)."""
+    qty = exit_quantity(position, info, market=True)
+    market_min = info.market_min_qty if info.market_min_qty is not None else info.min_qty
+    return qty <= 0 or qty < market_min
+
+
 def is_dust(position: Decimal, info: SymbolInfo | None) -> bool:
     """Below minQty counts as no position (R22)."""
     if position <= 0:

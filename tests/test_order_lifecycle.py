@@ -66,6 +66,9 @@ def test_an_unknown_order_leaves_unknown_only_by_a_query_or_the_venue() -> None:
         "listed_open",
         "not_listed",
         "stop_filled",
+        # the venue's answer to our cancel: it cancelled the order (or it had filled), so it existed
+        "cancel_done",
+        "cancel_too_late",
     }
     assert STEPS["answer_lost"].sources == {"PENDING_NEW"}
 
