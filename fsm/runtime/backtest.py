@@ -7,8 +7,10 @@ real ``binance.executor.Executor`` and ``binance.rest.BinanceRest`` over ``InPro
 ``binance.sim`` exchange, on one ``SimClock``; what the exchange pushes on the user stream is decoded
 by ``binance.parse`` and fed back to the engine after the command's own answer. Every engine input is
 written to a SQLite database with the same ``fsm.runtime.store.Store`` calls the daemon makes
-(messages, outcomes, commands, journal, snapshots), so ``shortfsm trades`` / ``report`` read it
-unchanged.
+(messages, outcomes, commands, journal), so ``shortfsm trades`` / ``report`` / ``replay --journal``
+read it unchanged. Unlike the daemon, the run writes on its own thread (it is the file's only user),
+checkpoints the journal once a simulated day rather than hourly and saves one engine snapshot, at
+the end, rather than one per transition (only a daemon's restart reads those).
 
 Clock. Nothing happens per quiet second. While no symbol is watched (every engine symbol IDLE, no
 venue position) the clock jumps straight to the next feed message or the engine's next deadline.
@@ -72,15 +74,18 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import logging
+import math
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from itertools import chain
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from binance import parse
 from binance.executor import Executor
@@ -90,6 +95,7 @@ from binance.sim.clock import SimClock
 from binance.sim.exchange import (
     MAKER_FEE,
     TAKER_FEE,
+    SimAlgo,
     SimExchange,
     SimOrder,
     default_symbols,
@@ -102,11 +108,16 @@ from fsm import rules
 from fsm.engine import Engine
 from fsm.journal import render, render_all
 from fsm.runtime import ledger
-from fsm.runtime.store import Store
+from fsm.runtime.store import Store, problem_kind
 from fsm.strategy import Strategy
 from telegram_ingest.grammar import parse_message
 from telegram_ingest.replay import FeedItem, parse_item
 
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 Json = dict[str, Any]
 PathRule = Literal["pessimistic", "optimistic"]
 MINUTE_MS = 60_000
@@ -114,7 +125,10 @@ KLINE_MS = 180_000  # the engine's targets read 3m candles (N-08)
 KLINE_COUNT = 200  # the daemon reads the last 200 closed 3m candles at receipt
 HISTORY_MS = (KLINE_COUNT + 1) * KLINE_MS
 VERTEX_OFFSETS_MS = (0, 20_000, 40_000, 59_000)  # open, first extreme, second extreme, close
-CHECKPOINT_EVERY_MS = 3_600_000  # as the daemon: a journal checkpoint an hour
+# A journal checkpoint a simulated day (the daemon writes one an hour): ``replay --journal`` starts
+# from the run's first and compares the engine's state at each later one; each costs an engine
+# snapshot, which over a long run is most of the bookkeeping's time.
+CHECKPOINT_EVERY_MS = 86_400_000
 OUTCOME_EVENTS = (  # as fsm.runtime.daemon.OUTCOME_EVENTS: the events whose outcome the store books
     ev.OrderAccepted,
     ev.AlgoOrderAccepted,
@@ -263,14 +277,45 @@ def load_feed(path: Path, since_ms: int) -> tuple[list[FeedMessage], list[str]]:
 
 
 Bar = tuple[Decimal, Decimal, Decimal, Decimal]  # open, high, low, close
+RawBar = tuple[Any, Any, Any, Any]  # open, high, low, close as the cache stores them (float64)
+
+
+class Bars:
+    """One dataset's cached 1m candles by minute, kept as the cache's float64 values; a bar becomes
+    Decimals (``exact``: the decimal Binance sent) only when one of its prices is used, once. Order
+    and equality survive the float form (``exact`` is monotonic), so comparisons may read ``raw``."""
+
+    __slots__ = ("_exact", "raw")
+
+    def __init__(self, raw: dict[int, RawBar]) -> None:
+        self.raw = raw  # sorted by minute
+        self._exact: dict[int, Bar] = {}
+
+    def get(self, minute: int) -> Bar | None:
+        bar = self._exact.get(minute)
+        if bar is None:
+            r = self.raw.get(minute)
+            if r is None:
+                return None
+            bar = self._exact[minute] = (exact(r[0]), exact(r[1]), exact(r[2]), exact(r[3]))
+        return bar
+
+    def __contains__(self, minute: object) -> bool:
+        return minute in self.raw
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
 
 
 @dataclass(slots=True)
 class MinuteData:
     """One symbol's cached 1m candles for the run: marks and traded prices, by minute."""
 
-    marks: dict[int, Bar]
-    lasts: dict[int, Bar]
+    marks: Bars
+    lasts: Bars
 
     def bars(self, minute: int) -> tuple[Bar, Bar, str] | None:
         """(mark bar, traded bar, note) of a minute; None when neither dataset has it."""
@@ -298,47 +343,58 @@ class MinuteData:
         and the missing minutes of the slots left out (a slot with a missing minute is incomplete;
         a slot wholly before the cached data begins is not counted as missing)."""
         end = received_ms // KLINE_MS * KLINE_MS  # slots opening before this have closed
-        first = min(self.lasts, default=end)
+        first = self.first_last if self.lasts.raw else end
+        raw = self.lasts.raw
         out: list[ev.Candle] = []
         missing: list[int] = []
         for start in range(end - KLINE_COUNT * KLINE_MS, end, KLINE_MS):
-            parts = [self.lasts.get(start + i * MINUTE_MS) for i in range(3)]
+            parts = [raw.get(start + i * MINUTE_MS) for i in range(3)]
             if any(p is None for p in parts):
                 if start + KLINE_MS > first:
                     missing.extend(start + i * MINUTE_MS for i in range(3) if parts[i] is None)
                 continue
             bars = [p for p in parts if p is not None]
+            # The extremes are picked on the stored floats (same order as their decimals).
             out.append(
                 ev.Candle(
                     open_time_ms=start,
                     close_time_ms=start + KLINE_MS - 1,
-                    open=bars[0][0],
-                    high=max(b[1] for b in bars),
-                    low=min(b[2] for b in bars),
-                    close=bars[-1][3],
+                    open=exact(bars[0][0]),
+                    high=exact(max(b[1] for b in bars)),
+                    low=exact(min(b[2] for b in bars)),
+                    close=exact(bars[-1][3]),
                 )
             )
         return tuple(out), missing
 
     last_minute: int = -1  # the last minute either dataset holds (set by ``load``)
+    first_last: int = -1  # the first minute of ``lasts`` (set by ``load``)
 
     @classmethod
-    def load(cls, marks: dict[int, Bar], lasts: dict[int, Bar]) -> MinuteData:
-        return cls(marks, lasts, max([*marks, *lasts], default=-1))
+    def load(cls, marks: Bars, lasts: Bars) -> MinuteData:
+        return cls(marks, lasts, max([*marks, *lasts], default=-1), min(lasts.raw, default=-1))
 
 
-def _bars(columns: dict[str, list[Any]]) -> dict[int, Bar]:
-    return {
-        int(t): (exact(o), exact(h), exact(lo), exact(c))
-        for t, o, h, lo, c in zip(
-            columns["open_time"],
-            columns["open"],
-            columns["high"],
-            columns["low"],
-            columns["close"],
-            strict=True,
-        )
-    }
+def _bars(columns: dict[str, list[Any]]) -> dict[int, RawBar]:
+    prices = zip(columns["open"], columns["high"], columns["low"], columns["close"], strict=True)
+    return dict(zip(map(int, columns["open_time"]), prices, strict=True))
+
+
+def _plain_floats(raw: dict[int, RawBar]) -> bool:
+    """Whether every stored price is a finite float (the sum of finite floats is finite unless it
+    overflows, which only sends the check to the decimals)."""
+    values = list(chain.from_iterable(raw.values()))
+    return set(map(type, values)) <= {float} and math.isfinite(math.fsum(values))
+
+
+def _spike(high: float, low: float, previous: float) -> bool:
+    """Whether a candle jumps more than SPIKE_FACTOR from the previous close, as the decimals say:
+    read on the floats unless a rounded float product is within a billionth of the other side."""
+    up, down = previous * SPIKE_FACTOR, low * SPIKE_FACTOR
+    if abs(high - up) <= 1e-9 * abs(up) or abs(down - previous) <= 1e-9 * abs(previous):
+        p = exact(previous)
+        return exact(high) > p * SPIKE_FACTOR or exact(low) * SPIKE_FACTOR < p
+    return high > up or down < previous
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +426,36 @@ class BacktestExchange(SimExchange):
 # ---------------------------------------------------------------------------------------------
 # Price paths
 # ---------------------------------------------------------------------------------------------
+
+
+ORDER_ENDED = frozenset({"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"})
+ALGO_ENDED = frozenset({"CANCELED", "EXPIRED", "REJECTED", "FINISHED"})
+V = TypeVar("V", SimOrder, SimAlgo)
+
+
+class _Unfinished(Generic[V]):
+    """The entries of one of the sim's order tables that have not ended, in the table's order: the
+    levels are read many times a minute and the tables keep every order of the run. The sim only
+    adds entries (ids counting up) and never reopens an ended order; a table that shrank is read
+    whole again."""
+
+    def __init__(self, ended: frozenset[str]) -> None:
+        self.ended = ended
+        self.seen = 0
+        self.live: dict[int, V] = {}
+
+    def values(self, table: dict[int, V]) -> list[V]:
+        if len(table) != self.seen:
+            if len(table) < self.seen:
+                self.live = dict(table)
+            else:
+                for key in list(table)[self.seen :]:
+                    self.live[key] = table[key]
+            self.seen = len(table)
+        gone = [k for k, v in self.live.items() if v.status in self.ended]
+        for k in gone:
+            del self.live[k]
+        return list(self.live.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,6 +643,8 @@ class Backtest:
         self.trades_seen = 0  # the venue's trades already looked at for the minute's ambiguity
         self.missing_minutes: dict[str, list[int]] = {}
         self.note_counts: dict[str, int] = {}
+        self.live_orders = _Unfinished[SimOrder](ORDER_ENDED)
+        self.live_algos = _Unfinished[SimAlgo](ALGO_ENDED)
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -571,18 +659,32 @@ class Backtest:
             self.data[symbol] = MinuteData.load(marks, lasts) if marks or lasts else None
         return self.data[symbol]
 
-    def _checked(self, symbol: str, dataset: str, bars: dict[int, Bar]) -> dict[int, Bar]:
-        """``bars`` without the candles that cannot be prices (a zero or negative price, high below
+    def _checked(self, symbol: str, dataset: str, raw: dict[int, RawBar]) -> Bars:
+        """``raw`` without the candles that cannot be prices (a zero or negative price, high below
         low or outside open/close, a jump of more than SPIKE_FACTOR from the previous close): each
-        one becomes a missing minute, with a line saying how many and the first."""
+        one becomes a missing minute, with a line saying how many and the first. The test reads the
+        stored floats (their order is their decimals' order); the x10 comparison, where the float
+        product is too close to call, and any value that is not a finite float, read the decimals."""
         bad: list[int] = []
-        previous: Decimal | None = None
-        for t in sorted(bars):
-            o, h, lo, c = bars[t]
-            spike = previous is not None and (h > previous * SPIKE_FACTOR or lo * SPIKE_FACTOR < previous)
-            if lo <= 0 or h < lo or not (lo <= o <= h and lo <= c <= h) or spike:
+        previous: Any = None  # the last good close, as stored
+        floats = _plain_floats(raw)
+        for t in sorted(raw):
+            o, h, lo, c = raw[t]
+            if floats:  # positive prices far from x10 (the common case) need no product at all
+                spike = (
+                    previous is not None
+                    and not (h * 2 < previous * SPIKE_FACTOR and lo * SPIKE_FACTOR > previous * 2)
+                    and _spike(h, lo, previous)
+                )
+                fails = lo <= 0 or h < lo or not (lo <= o <= h and lo <= c <= h) or spike
+            else:  # as the decimals say (an unusual value fails here as it always did)
+                do, dh, dl, dc = exact(o), exact(h), exact(lo), exact(c)
+                dp = exact(previous) if previous is not None else None
+                spike = dp is not None and (dh > dp * SPIKE_FACTOR or dl * SPIKE_FACTOR < dp)
+                fails = dl <= 0 or dh < dl or not (dl <= do <= dh and dl <= dc <= dh) or spike
+            if fails:
                 bad.append(t)
-                del bars[t]
+                del raw[t]
                 continue
             previous = c
         if bad:
@@ -591,7 +693,7 @@ class Backtest:
                 f"{symbol} {dataset}: {len(bad)} corrupt candle(s) dropped (zero price, high below low, "
                 f"or a x{SPIKE_FACTOR} jump), the first at {ledger.iso_utc(bad[0])}: counted as missing"
             )
-        return bars
+        return Bars(raw)
 
     def _feed_end(self) -> int:
         last = self.messages[-1].at_ms if self.messages else self.since_ms
@@ -625,8 +727,9 @@ class Backtest:
             if isinstance(c, cmd.PersistCursor):
                 store.save_cursor(c.chat_id, c.message_id, now)
         store.record_commands(now, commands)
-        if any(isinstance(c, cmd.Transitioned) for c in commands):
-            store.save_snapshot(now, self.engine.snapshot())
+        # No snapshot row per transition (the daemon's, for its restart): nothing reads a backtest's
+        # but ``replay --journal``, which starts from the journal's checkpoints; the run's last
+        # state is saved at the end (``_run``).
         answers: list[ev.Event] = []
         for c in commands:
             if not isinstance(c, cmd.Log):
@@ -809,11 +912,11 @@ class Backtest:
     def labelled_levels(self, symbol: str) -> list[Level]:
         """Every level that can decide something for ``symbol`` now, with the leg it belongs to."""
         out: list[Level] = []
-        for algo in self.exchange.algos.values():
+        for algo in self.live_algos.values(self.exchange.algos):
             if algo.symbol == symbol and algo.status == "NEW":
                 on: Literal["mark", "last"] = "mark" if algo.working_type == "MARK_PRICE" else "last"
                 out.append(Level(_leg(algo.client_algo_id), on, algo.trigger))
-        for order in self.exchange.orders.values():
+        for order in self.live_orders.values(self.exchange.orders):
             if (
                 order.symbol == symbol
                 and order.type == "LIMIT"
@@ -1248,10 +1351,39 @@ def _is_backtest_db(path: Path) -> bool:
         conn.close()
 
 
+class _InlineStore(Store):
+    """The daemon's ``Store`` (same statements, same order) with each write run at once on the
+    caller's thread: the backtest is its file's only user (under ``_OutLock``), so the DB thread's
+    hop per row and the event loop's wake-up for each answer are pure overhead. A failing write is
+    counted and logged and its future holds the error, as on the DB thread (nobody awaits it).
+    Rows are written in one open transaction until a write's own ``with db.conn`` commits it (or
+    ``close``): one commit per command batch rather than per journal row."""
+
+    def submit(self, fn: Callable[[Database], T], *, retry: bool = True) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        try:
+            if not self.db.conn.in_transaction:
+                self.db.conn.execute("BEGIN")
+            future.set_result(fn(self.db))
+        except Exception as exc:
+            if isinstance(exc, sqlite3.Error):
+                self.errors += 1
+                self.last_problem = (problem_kind(exc), str(exc))
+                log.exception("database write failed")
+            future.set_exception(exc)
+            future.exception()  # retrieved: a dropped future does not warn
+        return future
+
+    async def close(self) -> None:
+        if not self.closed and self.db.conn.in_transaction:
+            self.db.conn.commit()
+        await super().close()
+
+
 async def _run(*, db: Path, result: BacktestResult, **kwargs: Any) -> None:
-    store = await Store.open(db)
+    store = await _InlineStore.open(db)
     # A backtest's database is rebuilt by running again: no fsync per row (the daemon's durability).
-    await store.call(lambda d: d.conn.execute("PRAGMA synchronous=OFF"))
+    store.db.conn.execute("PRAGMA synchronous=OFF")  # (outside a transaction: before any write)
     try:
         backtest = Backtest(store=store, result=result, **kwargs)
         marker = {"path": result.path, "dense": result.dense, "since_ms": kwargs["since_ms"]}

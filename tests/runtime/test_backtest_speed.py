@@ -1,0 +1,199 @@
+"""The backtest's shortcuts read the same numbers as the decimals they stand for (issue #14 speed)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from binance.history.archive import Parsed
+from binance.history.store import Store as ParquetStore
+from binance.history.store import exact
+from fsm import events as ev
+from fsm.runtime.backtest import (
+    KLINE_COUNT,
+    KLINE_MS,
+    MINUTE_MS,
+    SPIKE_FACTOR,
+    Backtest,
+    Bars,
+    MinuteData,
+    _InlineStore,
+    _Unfinished,
+)
+
+START = 1_772_323_200_000  # 2026-03-01 00:00 UTC
+
+
+@st.composite
+def prices(draw: st.DrawFn) -> str:
+    """A USD-M price as Binance writes it: at most 8 decimals, at most 15 significant digits."""
+    places = draw(st.integers(0, 8))
+    digits = draw(st.integers(1, 15))
+    units = draw(st.integers(1, 10**digits - 1))
+    return str(Decimal(units).scaleb(-places))
+
+
+@given(st.lists(prices(), min_size=1, max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_stored_floats_give_back_the_archive_decimals_and_their_order(
+    tmp_path_factory: Any, texts: list[str]
+) -> None:
+    root = tmp_path_factory.mktemp("cache")
+    times = [START + i * MINUTE_MS for i in range(len(texts))]
+    values = [float(t) for t in texts]
+    columns: dict[str, list[float | None]] = {n: list(values) for n in ("open", "high", "low", "close")}
+    store = ParquetStore(Path(root))
+    try:
+        store.write("ETHUSDT", "klines", Parsed(times, columns, dict.fromkeys(columns, 8)))
+        read = store.read("ETHUSDT", "klines", times[0], times[-1] + 1)
+    finally:
+        store.close()
+    assert [exact(x) for x in read["close"]] == [Decimal(t) for t in texts]
+    for a, b in zip(read["close"], read["close"][1:], strict=False):
+        assert (a < b) == (exact(a) < exact(b)) and (a == b) == (exact(a) == exact(b))
+
+
+def _reference_checked(raw: dict[int, tuple[Any, ...]]) -> tuple[list[int], list[int]]:
+    """The check as the decimals read it (the code before the float shortcut): (kept, dropped)."""
+    kept: list[int] = []
+    bad: list[int] = []
+    previous: Decimal | None = None
+    for t in sorted(raw):
+        o, h, lo, c = (exact(v) for v in raw[t])
+        spike = previous is not None and (h > previous * SPIKE_FACTOR or lo * SPIKE_FACTOR < previous)
+        if lo <= 0 or h < lo or not (lo <= o <= h and lo <= c <= h) or spike:
+            bad.append(t)
+            continue
+        kept.append(t)
+        previous = c
+    return kept, bad
+
+
+@dataclass
+class _Result:
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Checker:
+    """What ``Backtest._checked`` uses of the run."""
+
+    result: _Result = field(default_factory=_Result)
+    missing_minutes: dict[str, list[int]] = field(default_factory=dict)
+
+
+@st.composite
+def candle_series(draw: st.DrawFn) -> dict[int, tuple[float, float, float, float]]:
+    """Candles around x10 jumps of the previous close: exactly x10 or /10, one last digit off, far."""
+    bars: dict[int, tuple[float, float, float, float]] = {}
+    close = Decimal(draw(prices()))
+    for i in range(draw(st.integers(1, 12))):
+        kind = draw(st.sampled_from(["plain", "up", "down", "zero", "inverted"]))
+        exponent = close.as_tuple().exponent
+        unit = Decimal(1).scaleb(exponent if isinstance(exponent, int) else 0)
+        nudge = draw(st.sampled_from([-unit, Decimal(0), unit]))
+        lo = hi = close
+        if kind == "up":
+            hi = close * SPIKE_FACTOR + nudge
+        elif kind == "down":
+            lo = close / SPIKE_FACTOR + nudge
+        elif kind == "zero":
+            lo = Decimal(0)
+        elif kind == "inverted":
+            lo, hi = close, close - unit
+        if lo > hi and kind != "inverted":
+            lo, hi = hi, lo
+        new_close = hi if draw(st.booleans()) else lo
+        bars[START + i * MINUTE_MS] = (float(close), float(hi), float(lo), float(new_close))
+        if lo > 0:
+            close = new_close
+    return bars
+
+
+@given(candle_series())
+@settings(max_examples=300, deadline=None)
+def test_candle_checks_on_floats_agree_with_the_decimals(raw: dict[int, tuple[float, ...]]) -> None:
+    kept, bad = _reference_checked(raw)
+    checker = _Checker()
+    bars = Backtest._checked(checker, "ETHUSDT", "klines", dict(raw))  # type: ignore[arg-type]
+    assert list(bars) == kept
+    assert checker.missing_minutes.get("ETHUSDT", []) == bad
+
+
+def test_a_value_that_is_not_a_float_is_read_as_the_decimals_read_it() -> None:
+    raw = {START: (3000, 3010, 2990, 3000), START + MINUTE_MS: (3000.0, 30001.0, 2990.0, 3000.0)}
+    checker = _Checker()
+    bars = Backtest._checked(checker, "ETHUSDT", "klines", dict(raw))  # type: ignore[arg-type]
+    assert list(bars) == [START] and checker.missing_minutes["ETHUSDT"] == [START + MINUTE_MS]
+
+
+def test_bars_become_decimals_once_and_3m_candles_match_the_decimal_build() -> None:
+    raw = {}
+    for i in range(3 * (KLINE_COUNT + 3)):
+        base = 2000 + (i * 37 % 101) / 100
+        raw[START + i * MINUTE_MS] = (base, base + 0.37, base - 0.29, base + 0.01)
+    del raw[START + 7 * MINUTE_MS]  # an incomplete slot: left out, its minute missing
+    lasts = Bars(dict(raw))
+    data = MinuteData.load(Bars({}), lasts)
+    first = lasts.get(START)
+    assert first == tuple(exact(v) for v in raw[START]) and lasts.get(START) is first
+    received = START + len(raw) * MINUTE_MS + 5_000
+    candles, missing = data.candles_3m(received)
+    end = received // KLINE_MS * KLINE_MS
+    expected = []
+    for start in range(end - KLINE_COUNT * KLINE_MS, end, KLINE_MS):
+        parts = [raw.get(start + i * MINUTE_MS) for i in range(3)]
+        if any(p is None for p in parts):
+            continue
+        dec = [tuple(exact(v) for v in p) for p in parts if p is not None]
+        expected.append(
+            ev.Candle(
+                open_time_ms=start,
+                close_time_ms=start + KLINE_MS - 1,
+                open=dec[0][0],
+                high=max(b[1] for b in dec),
+                low=min(b[2] for b in dec),
+                close=dec[-1][3],
+            )
+        )
+    assert list(candles) == expected and missing == [START + 7 * MINUTE_MS]
+    assert data.close_before(START + 2 * MINUTE_MS + 1) == exact(raw[START + MINUTE_MS][3])
+
+
+@dataclass
+class _Order:
+    status: str
+
+
+def test_unfinished_orders_follow_the_table_in_its_order() -> None:
+    table: dict[int, Any] = {1: _Order("NEW"), 2: _Order("FILLED"), 3: _Order("NEW")}
+    live: _Unfinished[Any] = _Unfinished(frozenset({"FILLED", "CANCELED"}))
+    assert live.values(table) == [table[1], table[3]]
+    table[1].status = "CANCELED"
+    table[4] = _Order("PARTIALLY_FILLED")
+    assert live.values(table) == [table[3], table[4]]
+    table.clear()
+    table[9] = _Order("NEW")
+    assert live.values(table) == [table[9]]  # a table that shrank is read whole again
+
+
+def test_inline_store_writes_in_order_and_keeps_a_failing_write_on_its_future(tmp_path: Path) -> None:
+    async def go() -> tuple[list[tuple[Any, ...]], int, bool]:
+        store = await _InlineStore.open(tmp_path / "b.db")
+        store.set_status("a", {"x": 1}, 1)
+        failed = store.submit(lambda db: db.execute("INSERT INTO nowhere VALUES (1)"))
+        store.set_status("b", {"x": 2}, 2)
+        await store.close()
+        with sqlite3.connect(tmp_path / "b.db") as conn:
+            rows = conn.execute("SELECT key, updated_ms FROM status ORDER BY updated_ms").fetchall()
+        return rows, store.errors, failed.done() and failed.exception() is not None
+
+    rows, errors, failed = asyncio.run(go())
+    assert rows == [("a", 1), ("b", 2)] and errors == 1 and failed
