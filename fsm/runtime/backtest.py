@@ -80,6 +80,7 @@ import os
 import secrets
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -702,12 +703,13 @@ class Backtest:
     # -- the engine loop ---------------------------------------------------------------------------
 
     async def feed(self, events: list[ev.Event]) -> None:
-        """Feed events and the venue's answers until nothing is left (as the daemon, in order)."""
-        queue = list(events)
-        while queue:
-            event = queue.pop(0)
-            answers = await self.handle(event)
-            queue[0:0] = answers
+        """Feed events and the venue's answers until nothing is left, in the daemon's order: answers
+        first in, first out, before the next outside event (D-61)."""
+        outside = deque(events)
+        front: deque[ev.Event] = deque()
+        while front or outside:
+            event = front.popleft() if front else outside.popleft()
+            front.extend(await self.handle(event))
 
     async def handle(self, event: ev.Event) -> list[ev.Event]:
         store = self.store
