@@ -543,6 +543,7 @@ class Executor:
             symbols=tuple(infos),
             complete=complete,
             purpose=cmd.purpose,
+            symbol=cmd.symbol,
         )
         tail: list[Event] = [VenueCallSucceeded(now_ms=now_ms)] if complete else []
         return [snapshot, *extra, *tail]

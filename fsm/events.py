@@ -389,6 +389,7 @@ class ExchangeSnapshot(Event):
     symbols: tuple[SymbolInfo, ...] = ()
     complete: bool = True
     purpose: Literal["recovery", "requery"] = "recovery"
+    symbol: str | None = None  # the one symbol read (an R16 re-query of one symbol); None: the account
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

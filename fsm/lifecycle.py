@@ -54,6 +54,8 @@ def check_timers(core: Core, now: int) -> None:
                 market_close(core, model, "five_second_rule")
         for order in list(model.orders.values()):
             if order.retry_at_ms and now >= order.retry_at_ms and order.status == "PENDING_NEW":
+                if order_flow.entry_resend_blocked(core, model, order, 0):
+                    break  # the symbol was held back or reset: its orders are settled
                 order.retry_at_ms = 0
                 order_flow.retry(core, model, order)
             if order.cancel_at_ms and now >= order.cancel_at_ms and order.is_open:
@@ -320,6 +322,23 @@ def after_order_change(
         model.mismatch_readback = False
     if was_open and not order.is_open:
         finish_if_flat(core, model)
+        exit_ended_by_the_venue(core, model, order)
+
+
+def exit_ended_by_the_venue(core: Core, model: SymbolModel, order: OrderTrack) -> None:
+    """A limit exit that had started filling (EXITING, N-18) was cancelled or expired by the venue
+    with the position still open and nothing else working on it: the rest is closed at market."""
+    if (
+        order.leg in LIMIT_EXIT_LEGS
+        and order.status in ("CANCELED", "EXPIRED")
+        and not order.cancel_decided
+        and model.state == "EXITING"
+        and not model.closing
+        and model.symbol in core.symbols
+        and model.position() > 0
+        and not model.open_orders(*LIMIT_EXIT_LEGS, "CLOSE")
+    ):
+        market_close(core, model, f"{order.leg} {order.status.lower()} by the venue: remainder")
 
 
 def after_entry_change(core: Core, model: SymbolModel, order: OrderTrack, delta: Decimal) -> None:

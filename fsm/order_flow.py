@@ -119,6 +119,7 @@ def cancel_all(
 
 
 def cancel(core: Core, model: SymbolModel, order: OrderTrack) -> None:
+    order.cancel_wanted = True
     if order.status == "UNKNOWN":
         # A cancel cannot settle an order whose request may still execute ("gone" proves nothing
         # yet): its resolution decides, and cancels it then if it lives (``_on_resolved``).
@@ -406,18 +407,8 @@ def entry_rejected(
             return
         core.log("second_entry_skipped", model.symbol, "insufficient_margin_after_retry")
         return
-    if retryable and order.leg == "ENTRY1" and model.position() <= 0:
-        blocked = protection.gate(core, "first_entry_order", model.symbol)
-        if blocked == RATE_LIMIT and not model.open_orders(*ENTRY_LEGS):
-            # Nothing reached the book and the rate limits hold: wait for the trigger (D-43).
-            core.log("order_blocked", model.symbol, "rate_limited_entry_held", code=event.code)
-            core.fire(model, "entry_held", f"entry resend held by the rate limits ({event.code})")
-            return
-        if blocked is not None:  # a lock came on since the entry was decided: it is not resent
-            core.log("order_blocked", model.symbol, f"locked:{blocked}")
-            if not model.open_orders(*ENTRY_LEGS):
-                core.reset(model, f"lock before the entry's resend: {blocked}")
-            return
+    if retryable and entry_resend_blocked(core, model, order, event.code):
+        return
     if retryable:  # W35, N-12
         resend(core, model, order, event.retry_after_ms)
         return
@@ -425,6 +416,29 @@ def entry_rejected(
         core.reset(model, f"first entry failed after {order.attempts} attempt(s): {event.code}")
     else:
         core.log("second_entry_skipped", model.symbol, f"failed_after_{order.attempts}_attempts")
+
+
+def entry_resend_blocked(core: Core, model: SymbolModel, order: OrderTrack, code: int) -> bool:
+    """A first entry goes out again only through its gate (``first_entry_order``): a lock that came
+    on since it was decided holds it. The rate limits send the symbol back to its trigger (D-43);
+    another lock, or another symbol's position, ends the attempt. Returns whether it was held."""
+    if order.leg != "ENTRY1" or model.position() > 0:
+        return False
+    blocked = protection.gate(core, "first_entry_order", model.symbol)
+    if blocked is None:
+        return False
+    if order.status == "PENDING_NEW":
+        order.apply("refused")  # a timed resend that will not go: the attempt ends here
+    order.retry_at_ms = 0
+    if blocked == RATE_LIMIT and not model.open_orders(*ENTRY_LEGS):
+        # Nothing reached the book and the rate limits hold: wait for the trigger (D-43).
+        core.log("order_blocked", model.symbol, "rate_limited_entry_held", code=code)
+        core.fire(model, "entry_held", f"entry resend held by the rate limits ({code})")
+        return True
+    core.log("order_blocked", model.symbol, f"locked:{blocked}")
+    if not model.open_orders(*ENTRY_LEGS):
+        core.reset(model, f"lock before the entry's resend: {blocked}")
+    return True
 
 
 def exit_rejected(

@@ -143,6 +143,7 @@ class OrderTrack:
     cancel_at_ms: int = 0  # a cancel the rate limits held back goes again then (D-52); 0 when none
     resolve_at_ms: int = 0  # UNKNOWN: when its resolving query goes out; 0 while one is in flight
     resolve_attempts: int = 0
+    cancel_wanted: bool = False  # we decided to cancel it (even while its outcome was unknown)
 
     def __post_init__(self) -> None:
         self.status = RENAMED.get(self.status, self.status)  # a snapshot from an earlier engine
@@ -169,14 +170,15 @@ class OrderTrack:
 
     @property
     def cancel_decided(self) -> bool:
-        """We decided to cancel it (a cancel went out, or one the rate limits hold back waits)."""
-        return self.cancel_attempts > 0 or self.cancel_at_ms > 0
+        """We decided to cancel it (a cancel went out, one the rate limits hold back waits, or one
+        deferred while its outcome is unknown)."""
+        return self.cancel_wanted or self.cancel_attempts > 0 or self.cancel_at_ms > 0
 
     @property
     def cancel_overtaken(self) -> bool:
         """Cancelled while its request was unanswered, and the cancel found nothing
         (``cancel_overtook``): it waits for that answer, and is cancelled again if the venue took it."""
-        return self.status == "PENDING_NEW" and self.cancel_decided and self.retry_at_ms == 0
+        return self.status == "PENDING_NEW" and self.cancel_attempts > 0 and self.retry_at_ms == 0
 
     def apply(self, step: str) -> None:
         """One of the engine's steps (``ORDER_STEPS``); raises ``IllegalOrderStep`` from a status the

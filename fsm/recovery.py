@@ -210,6 +210,7 @@ def restore_holding(core: Core, model: SymbolModel, legs: set[cmd.Leg], amount: 
         or "MDD" in legs
         or "BE" in legs
         or scaled_in_unseen(core, model.symbol, amount)
+        or stored_state(core, model) == "PHASE2"
     ):
         core.fire(model, "restore_phase2", "second entry seen")
         model.be_armed = "BE" not in legs
@@ -236,6 +237,14 @@ def refit_exits(core: Core, model: SymbolModel, amount: Decimal, info: ev.Symbol
                 model.tp_armed = model.state != "PHASE2"
             else:
                 model.be_armed = True
+
+
+def stored_state(core: Core, model: SymbolModel) -> str:
+    """The state the last snapshot held for this trade (saved before the orders of a transition
+    went out, D-17): a PHASE2 there means the scale-in filled even if its MDD stop never reached
+    the venue."""
+    hint = core.recovery_hints.get(model.symbol)
+    return hint[1] if hint is not None and hint[0] == model.message_id else ""
 
 
 def scaled_in_unseen(core: Core, symbol: str, amount: Decimal) -> bool:
@@ -313,12 +322,12 @@ def requery_result(core: Core, event: ev.ExchangeSnapshot) -> None:
         return
     open_ids = {o.client_order_id for o in event.open_orders}
     for model in list(core.symbols.values()):
-        if not model.cancel_failed:
-            continue
+        if not model.cancel_failed or (event.symbol is not None and event.symbol != model.symbol):
+            continue  # a re-query of one symbol says nothing of another's orders
         remaining = [
             o
             for o in model.orders.values()
-            if o.cid in open_ids and (o.leg not in ENTRY_LEGS or model.closing)
+            if o.cid in open_ids and (o.leg not in ENTRY_LEGS or model.closing or o.cancel_decided)
         ]
         for order in model.orders.values():
             if order.cid in open_ids or not order.is_open:

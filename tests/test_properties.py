@@ -26,6 +26,7 @@ works and a failing example reads as a short list.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -233,19 +234,19 @@ class Harness:
     # -- feeding ---------------------------------------------------------------------------------
 
     def feed(self, events: Iterable[ev.Event]) -> None:
-        queue = list(events)
+        """In the daemon's order (D-61): answers first in, first out, before the next outside event."""
+        outside = deque(events)
+        front: deque[ev.Event] = deque()
         guard = 0
-        while queue:
+        while front or outside:
             guard += 1
             assert guard < 5000, "runaway command/answer loop"
-            answers: list[ev.Event] = []
-            for command in self.handle(queue.pop(0)):
+            for command in self.handle(front.popleft() if front else outside.popleft()):
                 if isinstance(command, ANSWERED) and self.hold > 0:
                     self.hold -= 1
                     self.parked.append(command)
                     continue
-                answers.extend(self.runner.answer(command))
-            queue[0:0] = answers
+                front.extend(self.runner.answer(command))
 
     def handle(self, event: ev.Event) -> list[cmd.Command]:
         engine = self.engine
@@ -820,6 +821,15 @@ TP_REPLACED_WHILE_CLOSING = _example(
 )  # fmt: skip
 
 
+# R15 on two symbols at once: one symbol's R16 re-query (its orders only) cleared the other's lock and
+# marked its uncancelled TP gone; that symbol then closed and reset with the TP live (g).
+ONE_SYMBOLS_REQUERY_CLEARS_ANOTHERS = _example(
+    ("leading", 1, 0, 1), ("mark", 0, 0, 1), ("fill", 0, 1, 1), ("mark", 0, 1, 1), ("risk", 0, 0, 1),
+    ("hold", 0, 0, 0), ("fill", 0, 1, 1), ("leading", 2, 0, 1), ("mark", 1, 0, 1), ("fill", 1, 1, 1),
+    ("mark", 1, 1, 1), ("cancel_fail", 0, 2, 0), ("release", 0, 0, 0), ("cancel_fail", 0, 2, 0),
+    ("mark", 1, 7, 1), ("risk", 1, 0, 1), ("tick", 0, 0, 16), ("tick", 0, 0, 16), ("tick", 0, 0, 16),
+    ("tick", 0, 0, 16), ("tick", 0, 0, 16), ("tick", 0, 0, 16),
+)  # fmt: skip
 # Minimised runs that broke property h (found by an adversarial review of the fixes above; B2 is
 # older): a loss-cut held back whole by a TP whose cancel failed was taken for dust and the symbol
 # reset with the short open (B1, B2); an entry cancelled on a risk message turned out live and
@@ -837,6 +847,18 @@ CANCELLED_ENTRY_TURNS_OUT_LIVE = _example(
     ("leading", 55, 53, 0), ("hold", 32, 16, 0), ("advance", 46, 45, 0), ("release", 47, 6, 0),
     ("unknown", 9, 46, 0), ("risk", 10, 56, 0), ("release", 52, 6, 0), ("fill", 44, 57, 0),
     mode="conservative",
+)  # fmt: skip
+# R16's re-query re-cancelled only exits: a scale-in rest we had decided to cancel (R15 on it) stayed
+# live once the lock lifted.
+DECIDED_SCALE_IN_CANCEL_DROPPED_BY_R16 = _example(
+    ("leading", 34, 58, 0), ("reject", 6, 28, 0), ("advance", 42, 12, 5), ("advance", 11, 26, 3),
+    ("mark", 41, 29, 16), ("cancel_fail", 0, 31, 1), ("hold", 40, 27, 2), ("tick", 44, 46, 16),
+    ("tick", 23, 2, 2), ("advance", 47, 31, 1), ("advance", 20, 19, 1), ("advance", 14, 6, 1),
+    ("mark", 53, 25, 16), ("venue_ok", 51, 58, 3), ("mark", 46, 30, 2), ("resolve_fail", 21, 54, 2),
+    ("mark", 29, 0, 5), ("mark", 19, 7, 6), ("release", 49, 34, 1), ("venue_ok", 2, 8, 1),
+    ("position", 11, 1, 6), ("venue_cancel", 49, 33, 2), ("advance", 50, 30, 1), ("tick", 47, 39, 5),
+    ("fill", 48, 3, 3), ("release", 0, 9, 1), ("resolve_fail", 6, 24, 0), ("mark", 24, 0, 6),
+    ("advance", 24, 9, 2), mode="conservative", position_mode="HEDGE",
 )  # fmt: skip
 LOST_ANSWER_WHILE_CANCELLING_MDD = _example(
     ("advance", 41, 46, 0), ("advance", 4, 18, 0), ("advance", 24, 22, 0), ("unknown", 38, 54, 0),
@@ -909,6 +931,7 @@ def test_exit_quantity_never_exceeds_the_position(run: dict[str, Any]) -> None:
 @example(run=TP_UNKNOWN_THEN_LOSS_CUT)
 @example(run=ACCEPTED_AFTER_AN_OVERTAKING_CANCEL)
 @example(run=TP_REPLACED_WHILE_CLOSING)
+@example(run=ONE_SYMBOLS_REQUERY_CLEARS_ANOTHERS)
 @given(run=RUNS)
 def test_never_a_reset_with_an_order_of_ours_live_on_the_venue(run: dict[str, Any]) -> None:
     harness = _run(run)
@@ -934,6 +957,7 @@ def test_the_evaluation_indexes_agree_with_every_symbol(run: dict[str, Any]) -> 
 @example(run=LOST_ANSWER_WHILE_CANCELLING_MDD)
 @example(run=LOST_ANSWER_WHILE_CANCELLING_TP)
 @example(run=LOST_ANSWER_THEN_R16_REQUERY)
+@example(run=DECIDED_SCALE_IN_CANCEL_DROPPED_BY_R16)
 @given(run=ANSWERED_RUNS)
 def test_once_everything_is_answered_the_engine_and_the_venue_agree(run: dict[str, Any]) -> None:
     harness = _run(run)

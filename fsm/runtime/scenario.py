@@ -610,7 +610,7 @@ class Runner:
         if isinstance(command, (cmd.CancelOrder, cmd.CancelAlgoOrder)):
             return self._cancel_answer(command)
         if isinstance(command, cmd.QueryExchange):
-            return [self._snapshot(command.purpose)]
+            return [self._snapshot(command.purpose, command.symbol)]
         return []
 
     def _resolve(self, command: cmd.ResolveOrder) -> list[ev.Event]:
@@ -744,12 +744,13 @@ class Runner:
             answers.append(self._update(target, "CANCELED", Decimal(0), Decimal(0)))
         return answers
 
-    def _snapshot(self, purpose: str) -> ev.ExchangeSnapshot:
+    def _snapshot(self, purpose: str, symbol: str | None = None) -> ev.ExchangeSnapshot:
+        """The account, or one symbol of it when the query names one (as ``binance/executor.py``)."""
         venue = self.venue
         positions = tuple(
             ev.PositionInfo(symbol=s, amount=a, entry_price=e)
             for s, (a, e) in sorted(venue.positions.items())
-            if a != 0
+            if a != 0 and symbol in (None, s)
         )
         open_orders = tuple(
             ev.OpenOrderInfo(
@@ -767,7 +768,7 @@ class Runner:
                 trigger_price=o.price if o.algo else Decimal(0),
             )
             for o in venue.orders.values()
-            if o.status in ("NEW", "PARTIALLY_FILLED")
+            if o.status in ("NEW", "PARTIALLY_FILLED") and symbol in (None, o.symbol)
         )
         symbols = {p.symbol for p in positions} | {o.symbol for o in open_orders}
         return ev.ExchangeSnapshot(
@@ -779,6 +780,7 @@ class Runner:
             open_orders=open_orders,
             symbols=tuple(venue.symbols[s] for s in sorted(symbols) if s in venue.symbols),
             purpose=purpose,  # type: ignore[arg-type]
+            symbol=symbol,
         )
 
     # -- driving ---------------------------------------------------------------------------------

@@ -1,0 +1,128 @@
+"""Breaks found by an adversarial pass over the order-lifecycle fixes of D-60 (2026-12-04), each
+driven through the property harness's engine and venue double, each failing before its fix."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from test_properties import DRAIN, Harness, settled_problems
+
+
+def _step(harness: Harness, step: dict[str, Any], seconds: int = 0) -> None:
+    harness.clock_ms += seconds * 1000
+    harness.runner.now_ms = harness.clock_ms
+    harness.feed(harness.runner.step_events(step))
+
+
+def _sent(harness: Harness, symbol: str, leg: str) -> list[str]:
+    return [r for r in harness.rendered if r.startswith(f"PlaceOrder(symbol={symbol}") and f"leg={leg} " in r]
+
+
+@pytest.mark.spec("W43", "W56", "N-28")
+def test_a_restart_just_after_the_scale_in_filled_keeps_phase2_and_places_the_mdd_stop() -> None:
+    """The PHASE2 snapshot is saved before the orders go out (D-17); a kill -9 before the TP's cancel
+    and the MDD stop reach the venue leaves the TP live, the scale-in filled and no stop. Recovery
+    rebuilt PHASE1 and sent a second scale-in on the doubled short, with no stop."""
+    harness = Harness(mode="aggressive", position_mode="ONE_WAY")
+    harness.run(
+        [
+            ("leading", 0, 0, 1),  # 1000PEPEUSDT monitoring
+            ("mark", 0, 0, 1),  # entry placed
+            ("fill", 0, 1, 1),  # PHASE1
+            ("mark", 0, 1, 1),  # TP placed
+            ("mark", 0, 0, 1),  # scale-in placed
+            ("hold", 0, 2, 0),  # the next two commands (TP cancel, MDD stop) never go out...
+            ("fill", 1, 1, 1),  # ... the scale-in fills: PHASE2
+        ]
+    )
+    restarted_at = len(harness.rendered)
+    harness.run([("restart", 0, 0, 1), ("mark", 0, 0, 1), ("tick", 0, 0, 1)])  # kill -9 before they went
+    after = harness.rendered[restarted_at:]
+    assert harness.engine.symbols["1000PEPEUSDT"].state == "PHASE2"
+    assert any("trigger=restore_phase2" in r for r in after)
+    assert any(r.startswith("PlaceAlgoOrder(symbol=1000PEPEUSDT") and "leg=MDD" in r for r in after)
+    assert any(r.startswith("CancelOrder(symbol=1000PEPEUSDT client_order_id=sf1001-TP1") for r in after)
+    assert not [r for r in after if "leg=ENTRY2" in r and r.startswith("PlaceOrder")]
+
+
+@pytest.mark.spec("N-24", "N-25", "N-26")
+@pytest.mark.parametrize(
+    "between",
+    [{"pause": True}, {"venue_error": {"category": "auth", "times": 1, "code": -2015}}],
+    ids=["pause", "auth-lock"],
+)
+def test_a_delayed_first_entry_resend_passes_its_gate_when_it_falls_due(between: dict[str, Any]) -> None:
+    """A 429 with Retry-After delays the entry's resend; a pause or an auth lock meanwhile must hold
+    it: it went out at its time regardless."""
+    harness = Harness(mode="aggressive", position_mode="ONE_WAY")
+    _step(harness, {"leading": {"id": 1001, "ticker": "BTC"}}, 1)
+    rule = {"leg": "ENTRY1", "code": -1003, "retryable": True, "category": "rate_limited", "retry_after_s": 3}
+    _step(harness, {"reject_next": rule})
+    _step(harness, {"mark": {"BTCUSDT": "100.899"}}, 1)  # entry: PlaceOrder ENTRY1, 429 Retry-After 3 s
+    _step(harness, between, 1)
+    _step(harness, {"tick": True}, 3)  # the resend falls due
+    assert len(_sent(harness, "BTCUSDT", "ENTRY1")) == 1
+    assert "BTCUSDT" not in harness.engine.active_symbols()  # reset, not sent
+    assert any("reason=lock before the entry's resend" in r for r in harness.rendered)
+
+
+# Exits whose answer was lost, replaced meanwhile (a further entry fill, an R20 resync): the cancel
+# deferred on the unknown one was forgotten, so it stayed live (found) or was resent (absent) next to
+# its replacement: two TPs for one position (R11).
+LOST_TP_THEN_REPLACED = [
+    (
+        "aggressive",
+        "ONE_WAY",
+        [("leading", 0, 0, 1), ("mark", 0, 0, 1), ("fill", 0, 0, 1), ("unknown", 3, 1, 0), ("mark", 0, 1, 1),
+         ("fill", 0, 1, 1)],
+    ),
+    (
+        "aggressive",
+        "HEDGE",
+        [("advance", 7, 42, 0), ("advance", 26, 37, 0), ("unknown", 35, 33, 0), ("advance", 59, 59, 0),
+         ("advance", 57, 49, 0), ("position", 36, 54, 0)],
+    ),
+    (
+        "aggressive",
+        "ONE_WAY",
+        [("advance", 7, 42, 0), ("advance", 26, 37, 0), ("unknown", 35, 31, 0), ("advance", 59, 59, 0),
+         ("advance", 57, 49, 0), ("position", 36, 54, 0)],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.spec("R11", "R20", "W43")
+@pytest.mark.parametrize(
+    ("mode", "position_mode", "actions"), LOST_TP_THEN_REPLACED, ids=["fill", "r20-absent", "r20-found"]
+)
+def test_a_replaced_exit_of_unknown_outcome_never_doubles_the_exit(
+    mode: str, position_mode: str, actions: list[tuple[str, int, int, int]]
+) -> None:
+    harness = Harness(mode=mode, position_mode=position_mode)
+    harness.run([*actions, *DRAIN])
+    venue = harness.runner.venue
+    for symbol, model in harness.engine.symbols.items():
+        live = [
+            o.qty for o in venue.orders.values() if o.symbol == symbol and o.leg == "TP" and o.status == "NEW"
+        ]
+        assert len(live) <= 1, f"{symbol}: {len(live)} TPs live"
+        assert sum(live, Decimal(0)) <= model.position()
+    assert not settled_problems(harness)
+
+
+@pytest.mark.spec("N-18", "R11")
+@pytest.mark.parametrize("status", [45, 44], ids=["expired", "cancelled"])
+def test_a_part_filled_exit_ended_by_the_venue_closes_the_rest(status: int) -> None:
+    """The TP had started filling (EXITING) when the venue expired or cancelled it: the rest of the
+    short was left with no order and no close, forever."""
+    harness = Harness(mode="aggressive", position_mode="ONE_WAY")
+    actions = [("advance", 32, 10, 0), ("advance", 3, 48, 0), ("advance", 18, 13, 0), ("advance", 8, 11, 0),
+               ("advance", 42, 21, 0), ("venue_cancel", 28, status, 0)]  # fmt: skip
+    harness.run([*actions, *DRAIN])
+    assert harness.runner.venue.positions["ETHUSDT"][0] == 0
+    assert "ETHUSDT" not in harness.engine.symbols or harness.engine.symbols["ETHUSDT"].state == "IDLE"
+    closes = _sent(harness, "ETHUSDT", "CLOSE")
+    assert len(closes) == 1 and "quantity=0.12" in closes[0]
+    assert not settled_problems(harness)
