@@ -37,6 +37,7 @@ from typing import Any, Literal
 import httpx
 
 from binance.errors import BinanceError
+from binance.history import exchange_info
 from binance.history.archive import (
     DATASETS,
     DAY_MS,
@@ -56,6 +57,7 @@ from binance.history.archive import (
     month_of,
     parse_archive_file,
 )
+from binance.history.exchange_info import ExchangeInfoStatus
 from binance.history.rest_history import Banned, HistoryRest, Interrupted, RestHistory
 from binance.history.store import DayState, Store, months_between
 from binance.rest import DEFAULT_BASE_URL, wall_clock_ms
@@ -225,6 +227,53 @@ class MarketCache:
         self._lock()
         async with self._serial_lock():
             return await self._ensure(symbol, dataset, start_ms, end_ms)
+
+    async def aexchange_info(self, *, max_age_ms: int = exchange_info.MAX_AGE_MS) -> ExchangeInfoStatus:
+        """Keep ``<root>/exchangeInfo.json`` (D-62): read it again from REST when missing or older
+        than ``max_age_ms``; when REST is down (``down["rest"]``, ``--offline``) or fails, keep the
+        saved one and say its age. Raises nothing for network trouble or a bad answer."""
+        self._lock()
+        async with self._serial_lock():
+            now = self._clock_ms()
+            try:
+                saved = exchange_info.load(self.root)
+                unreadable = ""
+            except exchange_info.BadExchangeInfo as exc:
+                saved, unreadable = None, f" ({exc})"
+            if saved is not None and saved.age_ms(now) < max_age_ms:
+                age = exchange_info.age_text(saved.age_ms(now))
+                line = f"exchangeInfo: kept, read {age} ago ({len(saved.entries)} USDT perpetuals)"
+                return ExchangeInfoStatus(saved=saved, fetched=False, line=line, short=line)
+            why = self.down.get("rest", "")
+            if not why:
+                sent_before = self._requests()
+                try:
+                    answer = await self._rest_history().exchange_info()
+                    fresh = exchange_info.save(
+                        self.root, answer, read_ms=now, source=_source_of(self._rest_arg)
+                    )
+                except (Banned, Unreachable) as exc:
+                    why = str(exc)
+                except BinanceError as exc:
+                    why = f"REST exchangeInfo: {exc.msg}"
+                except (BadData, exchange_info.BadExchangeInfo, OSError) as exc:
+                    why = f"REST exchangeInfo: {exc}"
+                else:
+                    sent = self._requests() - sent_before
+                    line = f"exchangeInfo: read ({len(fresh.entries)} USDT perpetuals, {sent} request(s))"
+                    return ExchangeInfoStatus(saved=fresh, fetched=True, line=line, short=line)
+                if "unreachable" in why or "banned" in why:
+                    self.down["rest"] = why  # as a history request would: no more REST this run
+            if saved is not None:
+                age = exchange_info.age_text(saved.age_ms(now))
+                short = f"exchangeInfo: keeping the one read {age} ago"
+            else:
+                short = (
+                    f"exchangeInfo: none saved{unreadable}; backtests trade only the simulator's four "
+                    "symbols until `shortfsm data --feed` can read it"
+                )
+            line = f"{short} (not read: {why})"
+            return ExchangeInfoStatus(saved=saved, fetched=False, line=line, short=short, problem=True)
 
     def _lock(self) -> None:
         """Hold ``<root>/.lock`` (non-blocking flock) until ``aclose``/``close``: two writers on one
@@ -467,6 +516,10 @@ class MarketCache:
 # ---------------------------------------------------------------------------------------------
 # pure helpers
 # ---------------------------------------------------------------------------------------------
+
+
+def _source_of(rest: str | HistoryRest) -> str:
+    return rest if isinstance(rest, str) else str(getattr(rest, "base_url", ""))
 
 
 def _check_dataset(dataset: str) -> None:

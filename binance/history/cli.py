@@ -1,9 +1,11 @@
 """``shortfsm data``: fill the historical market data cache and say what is still missing.
 
-With ``--feed``, the plan also covers the 1m ``klines`` of ``BENCHMARK_SYMBOL`` (BTCUSDT) from the first
-window's start to the last one's end, so the report's buy-and-hold benchmark has its prices after a
-normal ``data`` run (klines only: the benchmark needs no mark price or funding; ``--symbol`` windows
-add nothing: name BTCUSDT yourself there).
+With ``--feed``, the run also keeps the venue's exchangeInfo in the cache (``exchangeInfo.json``,
+read again when a day old: ``binance.history.exchange_info``, D-62), and the plan also covers the
+1m ``klines`` of ``BENCHMARK_SYMBOL`` (BTCUSDT) from the first window's start to the last one's end,
+so the report's buy-and-hold benchmark has its prices after a normal ``data`` run (klines only: the
+benchmark needs no mark price or funding; ``--symbol`` windows add nothing: name BTCUSDT yourself
+there, and a ``--symbol`` run reads no exchangeInfo).
 
 Exit 0 when every window is complete, 1 when gaps remain (each listed with its UTC times and why) or
 the sources cannot be reached (one line), 2 for bad arguments. Never a traceback.
@@ -35,6 +37,7 @@ FIRST_DAY = "2019-09-01"  # USD-M perpetuals (and their archive) start in Septem
 FIRST_DAY_MS = 1_567_296_000_000
 BENCHMARK_SYMBOL = "BTCUSDT"  # the report's buy-and-hold benchmark (fsm.runtime.benchmark)
 BENCHMARK_DATASET = "klines"
+OFFLINE = "--offline: not fetched"
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,12 @@ def register(subparsers: Any) -> None:
         type=int,
         default=7,
         help="with --feed: days after each message's day to cover (default 7)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="send no request: report what the cache holds (missing days are listed as gaps); with "
+        "--feed, keep the saved exchangeInfo and say its age",
     )
     p.set_defaults(func=run_cli)
 
@@ -262,20 +271,31 @@ async def _run(
     plan = [(w, dataset) for w in windows for dataset in datasets] + list(extra or [])
     progress, finish = _progress(err, len(plan))
     cache = MarketCache(args.cache, archive_url=args.archive_url, rest=args.rest_url, progress=progress)
+    offline = bool(getattr(args, "offline", False))
+    if offline:
+        cache.down.update(archive=OFFLINE, rest=OFFLINE)
     reports: list[CoverageReport] = []
     try:
         for w, dataset in plan:
             reports.append(await cache.aensure(w.symbol, dataset, w.start_ms, w.end_ms))
             progress(ProgressEvent("done", w.symbol, dataset, -1, -1, "finished"))
         down = dict(cache.down)
+        # The venue's symbols and filters, for backtests of the feed (D-62); a ``--symbol`` run
+        # fetches exactly what it names (a covered window sends nothing, D-55).
+        info = await cache.aexchange_info() if args.feed is not None else None
     finally:
         finish()
         await cache.aclose()
         cache.close()
     fetched = sum(r.archive_files + r.rest_rows for r in reports)
-    if {"archive", "rest"} <= down.keys() and not fetched and any(r.gaps for r in reports):
-        err.print(f"network down: {down['archive']}; {down['rest']}. Nothing fetched.", markup=False)
+    if offline:
+        err.print("offline: no request sent; what the cache lacks is listed as gaps", markup=False)
+    elif {"archive", "rest"} <= down.keys() and not fetched and any(r.gaps for r in reports):
+        line = f"network down: {down['archive']}; {down['rest']}. Nothing fetched."
+        err.print(f"{line} {info.short}." if info else line, markup=False)
         return EXIT_GAPS
+    if info is not None:
+        (err if info.problem else out).print(info.line, markup=False)
     _summary(out, reports)
     problems = list(dict.fromkeys(p for r in reports for p in r.problems))
     for line in problems:

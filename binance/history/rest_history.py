@@ -182,12 +182,13 @@ class RestHistory:
         self, call: Callable[..., Awaitable[list[Any]]], rows: list[Any], where: str, cursor: int, *args: Any
     ) -> list[Any]:
         try:
-            return await self._paced(call, *args)
+            page: list[Any] = await self._paced(call, *args)
         except (Banned, BinanceError) as exc:
             if not rows:
                 raise
             got = parse_kline_rows(rows, where) if isinstance(rows[0], list) else _funding_parsed(rows, where)
             raise Interrupted(exc, got, cursor) from exc
+        return page
 
     async def _kline_page(self, dataset: str, symbol: str, start: int, end: int) -> list[Any]:
         if dataset == "klines":
@@ -231,6 +232,13 @@ class RestHistory:
             cursor = nxt
         return _funding_parsed(rows, where)
 
+    async def exchange_info(self) -> dict[str, Any]:
+        """``GET /fapi/v1/exchangeInfo`` (weight 1), read afresh, paced as the history pages are."""
+        answer = await self._paced(lambda: self.rest.exchange_info(refresh=True))
+        if not isinstance(answer, dict):
+            raise BadData(f"REST exchangeInfo: expected a JSON object, got {type(answer).__name__}")
+        return answer
+
     async def _funding_budget(self) -> None:
         count, window = FUNDING_BUDGET
         now = self._monotonic()
@@ -240,7 +248,7 @@ class RestHistory:
             await self._sleep(window - (now - self._funding_sent[0]))
         self._funding_sent.append(self._monotonic())
 
-    async def _paced(self, call: Callable[..., Awaitable[list[Any]]], *args: Any) -> list[Any]:
+    async def _paced(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """One request; budget refusals waited out, transport failures retried twice."""
         failures = 0
         for _ in range(MAX_WAITS):

@@ -90,7 +90,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from binance import parse
 from binance.executor import Executor
-from binance.history import MarketCache, exact
+from binance.history import MarketCache, exact, exchange_info
 from binance.rest import BinanceRest
 from binance.sim.clock import SimClock
 from binance.sim.exchange import (
@@ -99,6 +99,7 @@ from binance.sim.exchange import (
     SimAlgo,
     SimExchange,
     SimOrder,
+    SimSymbol,
     default_symbols,
 )
 from binance.sim.inproc import InProcessTransport
@@ -573,6 +574,135 @@ def _other(rule: PathRule) -> PathRule:
 
 
 # ---------------------------------------------------------------------------------------------
+# The venue's symbols from the saved exchangeInfo (D-62)
+# ---------------------------------------------------------------------------------------------
+
+SIM_DEFAULT = SimSymbol("", Decimal(0), Decimal(0), Decimal(0), Decimal(0), Decimal(0))  # its defaults
+
+
+@dataclass(slots=True, kw_only=True)
+class VenueSymbols:
+    """The simulated venue's symbols and starting marks; why the feed's other symbols are not
+    there (symbol -> the skip line's text); when a listed symbol was onboarded (a signal before
+    that is skipped)."""
+
+    symbols: list[tuple[SimSymbol, Decimal]]
+    not_listed: dict[str, str] = field(default_factory=dict)
+    onboard_ms: dict[str, int] = field(default_factory=dict)
+
+
+def symbols_from_exchange_info(
+    saved: exchange_info.SavedExchangeInfo,
+    named: list[str],
+    first_price: Callable[[str], Decimal | None],
+    notes: list[str],
+) -> VenueSymbols:
+    """A ``SimSymbol`` for each of ``named`` the saved answer lists as TRADING, its filters read by
+    ``binance.parse`` as the daemon reads them; where the answer lacks a value the simulator's
+    default is used and named once in ``notes``."""
+    read = ledger.iso_utc(saved.read_ms)
+    notes.append(
+        f"symbols, filters and status from the venue's exchangeInfo read {read}: today's status and "
+        "filters stand for the past (Binance keeps no history of them)"
+    )
+    entries = saved.entries
+    infos = parse.symbol_infos({"symbols": [entries[s] for s in named if s in entries]})
+    out = VenueSymbols(symbols=[])
+    defaulted: dict[str, list[str]] = {}  # "field (default)" -> symbols
+    for symbol in named:
+        entry = entries.get(symbol)
+        info = infos.get(symbol)
+        if entry is None:
+            out.not_listed[symbol] = (
+                f"{symbol} unknown to the venue (not a USDT perpetual in its exchangeInfo read {read})"
+            )
+            continue
+        if info is None:
+            out.not_listed[symbol] = f"{symbol} unknown to the venue (its exchangeInfo entry is unreadable)"
+            continue
+        if info.status != "TRADING":
+            out.not_listed[symbol] = (
+                f"{symbol} is {info.status or 'without a status'} on the venue (exchangeInfo read {read}; "
+                "today's status stands for the past)"
+            )
+            continue
+        lacking = [
+            name
+            for name, value in (
+                ("tickSize", info.tick_size),
+                ("stepSize", info.step_size),
+                ("minQty", info.min_qty),
+                ("maxQty", info.max_qty),
+            )
+            if value <= 0
+        ]
+        if lacking:  # the simulator has no default for these
+            out.not_listed[symbol] = (
+                f"{symbol} cannot trade in the simulator: its exchangeInfo entry has no {', '.join(lacking)}"
+            )
+            continue
+        mark = first_price(symbol)
+        if mark is None:
+            out.not_listed[symbol] = f"no cached market data for {symbol}"
+            continue
+        sim = _sim_symbol(entry, info, defaulted)
+        out.symbols.append((sim, mark))
+        onboard = entry.get("onboardDate")
+        if isinstance(onboard, int) and not isinstance(onboard, bool):
+            out.onboard_ms[symbol] = onboard
+    for what, symbols in defaulted.items():
+        notes.append(f"exchangeInfo has no {what} for {', '.join(symbols)}: the simulator's used")
+    return out
+
+
+def _sim_symbol(entry: Json, info: ev.SymbolInfo, defaulted: dict[str, list[str]]) -> SimSymbol:
+    """The ``SimSymbol`` of one TRADING entry; ``defaulted`` collects what came from the simulator."""
+
+    def pick(name: str, value: Decimal | None, default: Decimal) -> Decimal:
+        if value is not None and value > 0:
+            return value
+        defaulted.setdefault(f"{name} ({default})", []).append(info.symbol)
+        return default
+
+    filters = {f.get("filterType"): f for f in entry.get("filters", []) if isinstance(f, dict)}
+    percent = filters.get("PERCENT_PRICE", {})
+
+    def multiplier(key: str) -> Decimal | None:
+        try:
+            return parse.dec(percent[key])
+        except (KeyError, ValueError):
+            return None
+
+    onboard = entry.get("onboardDate")
+    if not isinstance(onboard, int) or isinstance(onboard, bool):
+        defaulted.setdefault(f"onboardDate ({ledger.iso_utc(SIM_DEFAULT.onboard_ms)})", []).append(
+            info.symbol
+        )
+        onboard = SIM_DEFAULT.onboard_ms
+    market_max = info.market_max_qty
+    if market_max is None or market_max <= 0:  # Binance: without MARKET_LOT_SIZE, LOT_SIZE applies
+        defaulted.setdefault("MARKET_LOT_SIZE maxQty (LOT_SIZE maxQty)", []).append(info.symbol)
+        market_max = info.max_qty
+    return SimSymbol(
+        info.symbol,
+        info.tick_size,
+        info.step_size,
+        info.min_qty,
+        info.max_qty,
+        market_max,
+        min_notional=pick("MIN_NOTIONAL notional", info.min_notional, SIM_DEFAULT.min_notional),
+        min_price=pick("PRICE_FILTER minPrice", info.min_price, SIM_DEFAULT.min_price),
+        max_price=pick("PRICE_FILTER maxPrice", info.max_price, SIM_DEFAULT.max_price),
+        status=info.status,
+        onboard_ms=onboard,
+        percent_up=pick("PERCENT_PRICE multiplierUp", multiplier("multiplierUp"), SIM_DEFAULT.percent_up),
+        percent_down=pick(
+            "PERCENT_PRICE multiplierDown", multiplier("multiplierDown"), SIM_DEFAULT.percent_down
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
 
@@ -615,14 +745,19 @@ class Backtest:
         self.clock = SimClock(since_ms)
         self.api_key = f"backtest-{secrets.token_hex(4)}"
         secret = secrets.token_hex(16)  # a throwaway credential for the in-process venue
+        self.data: dict[str, MinuteData | None] = {}
+        self.missing_minutes: dict[str, list[int]] = {}
+        venue = self.venue_symbols()
         self.exchange = BacktestExchange(
             fees=fees,
             slippage_bps=slippage_bps,
             clock=self.clock,
             api_keys={self.api_key: secret},
             balance=capital,
-            symbols=default_symbols(),
+            symbols=venue.symbols,
         )
+        self.not_listed = venue.not_listed
+        self.onboard_ms = venue.onboard_ms
         self.exchange.answer_as_binance()
         self.exchange.user_listeners.append(lambda payload, key: self.pending.append(payload))
         self.transport = InProcessTransport(SimVenue(self.exchange))
@@ -636,16 +771,54 @@ class Backtest:
         self.executor = Executor(self.rest)
         self.engine = Engine(strategy)
         self.pending: list[Json] = []
-        self.data: dict[str, MinuteData | None] = {}
         self.refreshed_ms = -1
         self.ticked_ms = -1
         self.checkpoint_due_ms = 0
         self.ambiguous: set[tuple[str, int]] = set()
         self.trades_seen = 0  # the venue's trades already looked at for the minute's ambiguity
-        self.missing_minutes: dict[str, list[int]] = {}
         self.note_counts: dict[str, int] = {}
         self.live_orders = _Unfinished[SimOrder](ORDER_ENDED)
         self.live_algos = _Unfinished[SimAlgo](ALGO_ENDED)
+
+    # -- the venue's symbols (D-62) ----------------------------------------------------------------
+
+    def venue_symbols(self) -> VenueSymbols:
+        """The simulated venue's symbols: from the cache's ``exchangeInfo.json`` for every symbol
+        the feed names (starting at its first cached price), else the simulator's four; each
+        choice said once in ``notes``."""
+        root = self.cache.root
+        try:
+            saved = exchange_info.load(root)
+            unreadable = ""
+        except exchange_info.BadExchangeInfo as exc:
+            saved, unreadable = None, f" ({exc})"
+        if saved is None:
+            names = ", ".join(s.symbol for s, _ in default_symbols())
+            self.result.notes.append(
+                f"no exchangeInfo in the cache{unreadable}: only the simulator's four symbols trade "
+                f"({names}), with its filters; run `shortfsm data --feed` to save the venue's"
+            )
+            return VenueSymbols(symbols=default_symbols())
+        named = sorted(
+            {
+                sym
+                for m in self.messages
+                if isinstance(sym := getattr(parse_message(m.item.text), "symbol", None), str)
+            }
+        )
+        return symbols_from_exchange_info(saved, named, self.first_price, self.result.notes)
+
+    def first_price(self, symbol: str) -> Decimal | None:
+        """The first cached price of the run's window (mark, else traded): the starting mark."""
+        data = self.market(symbol)
+        if data is None:
+            return None
+        for bars in (data.marks, data.lasts):
+            first = next(iter(bars), None)
+            bar = bars.get(first) if first is not None else None
+            if bar is not None:
+                return bar[0]
+        return None
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -759,7 +932,7 @@ class Backtest:
             return
         self.refreshed_ms = at_ms
         watched = [s for s in self.watched() if not skip or s not in skip]
-        if not watched and not skip:  # the heartbeat stream (its mark never decides anything)
+        if not watched and not skip and self.exchange.marks:  # the heartbeat (its mark decides nothing)
             watched = [self.heartbeat if self.heartbeat in self.exchange.marks else min(self.exchange.marks)]
         events: list[ev.Event] = [
             ev.MarkPriceTick(now_ms=at_ms, symbol=s, price=self.exchange.marks[s], event_time_ms=at_ms)
@@ -812,8 +985,12 @@ class Backtest:
             infos = parse.symbol_infos(await self.rest.exchange_info())
             info = infos.get(symbol)
             when = ledger.iso_utc(at)
+            why = self.not_listed.get(symbol, f"{symbol} unknown to the venue")
+            if at < self.onboard_ms.get(symbol, at):
+                info = None  # listed today, not yet then (D-62)
+                why = f"{symbol} was not listed yet: onboarded {ledger.iso_utc(self.onboard_ms[symbol])}"
             if info is None:
-                self.result.skipped.append(f"{when} message {item.message_id}: {symbol} unknown to the venue")
+                self.result.skipped.append(f"{when} message {item.message_id}: {why}")
             else:
                 data = self.market(symbol)
                 mark = data.close_before(at) if data is not None else None

@@ -21,8 +21,11 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
+from binance.history import exchange_info
 from binance.history.archive import Parsed
 from binance.history.store import Store
+from binance.sim.clock import SimClock
+from binance.sim.exchange import SimExchange, default_symbols
 from fsm.runtime.scenario import LEADING_TEMPLATE, RISK_TEMPLATE
 from fsm.strategy import Strategy
 
@@ -195,6 +198,10 @@ def write_demo(folder: Path, stories: tuple[Story, ...] = STORIES) -> tuple[Path
     bars: dict[str, dict[int, Bar]] = {}
     for story in stories:
         bars.setdefault(story.symbol, {}).update(story_bars(story))
+    # The venue's symbols as `shortfsm data` would save them: here the simulator's own (synthetic).
+    venue = SimExchange(clock=SimClock(SINCE_MS), symbols=default_symbols())
+    answer = venue.exchange_info({})
+    exchange_info.save(cache, answer, read_ms=SINCE_MS, source="demo: the simulator's symbols")
     store = Store(cache)
     try:
         for symbol, minutes in sorted(bars.items()):
