@@ -326,19 +326,28 @@ def after_order_change(
 
 
 def exit_ended_by_the_venue(core: Core, model: SymbolModel, order: OrderTrack) -> None:
-    """A limit exit that had started filling (EXITING, N-18) was cancelled or expired by the venue
-    with the position still open and nothing else working on it: the rest is closed at market."""
+    """A limit exit the venue cancelled or expired (not us) with the position still open and nothing
+    else working on it. Had it started filling (EXITING, N-18), the rest is closed at market;
+    otherwise its trigger is armed again, so the same exit goes out when its level is crossed."""
     if (
-        order.leg in LIMIT_EXIT_LEGS
-        and order.status in ("CANCELED", "EXPIRED")
-        and not order.cancel_decided
-        and model.state == "EXITING"
-        and not model.closing
-        and model.symbol in core.symbols
-        and model.position() > 0
-        and not model.open_orders(*LIMIT_EXIT_LEGS, "CLOSE")
+        order.leg not in LIMIT_EXIT_LEGS
+        or order.status not in ("CANCELED", "EXPIRED")
+        or order.cancel_decided
+        or model.closing
+        or model.symbol not in core.symbols
+        or model.position() <= 0
+        or model.open_orders(*LIMIT_EXIT_LEGS, "CLOSE")
     ):
-        market_close(core, model, f"{order.leg} {order.status.lower()} by the venue: remainder")
+        return
+    ended = f"{order.leg} {order.status.lower()} by the venue"
+    if model.state == "EXITING":
+        market_close(core, model, f"{ended}: remainder")
+    elif order.leg == "TP" and model.state in ("ENTRY_ORDER", "PHASE1") and not model.risk_protected:
+        core.log("exit_rearmed", model.symbol, ended, cid=order.cid)
+        model.tp_armed = True  # W37, W40
+    elif order.leg == "BE" and model.state == "PHASE2":
+        core.log("exit_rearmed", model.symbol, ended, cid=order.cid)
+        model.be_armed = True  # W43-1
 
 
 def after_entry_change(core: Core, model: SymbolModel, order: OrderTrack, delta: Decimal) -> None:

@@ -327,7 +327,7 @@ def requery_result(core: Core, event: ev.ExchangeSnapshot) -> None:
         remaining = [
             o
             for o in model.orders.values()
-            if o.cid in open_ids and (o.leg not in ENTRY_LEGS or model.closing or o.cancel_decided)
+            if o.cid in open_ids and (model.closing or o.cancel_decided)
         ]
         for order in model.orders.values():
             if order.cid in open_ids or not order.is_open:

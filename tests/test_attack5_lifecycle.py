@@ -126,3 +126,52 @@ def test_a_part_filled_exit_ended_by_the_venue_closes_the_rest(status: int) -> N
     closes = _sent(harness, "ETHUSDT", "CLOSE")
     assert len(closes) == 1 and "quantity=0.12" in closes[0]
     assert not settled_problems(harness)
+
+
+def _live(harness: Harness, symbol: str) -> dict[str, str]:
+    return {
+        cid: order.leg
+        for cid, order in harness.runner.venue.orders.items()
+        if order.symbol == symbol and order.status in ("NEW", "PARTIALLY_FILLED")
+    }
+
+
+def _wait_at_the_mark(harness: Harness, symbol: str, rounds: int) -> None:
+    runner = harness.runner
+    for _ in range(rounds):
+        harness.run([("tick", 0, 0, 16), ("release", 0, 0, 0)])
+        harness.feed(runner.step_events({"mark": {symbol: str(runner.venue.marks[symbol])}, "tick": True}))
+
+
+@pytest.mark.spec("R15", "R16", "R09", "W43-1")
+@pytest.mark.parametrize("position_mode", ["ONE_WAY", "HEDGE"])
+def test_r16_cancels_only_what_was_decided_and_keeps_the_working_stop_and_exit(position_mode: str) -> None:
+    """The scale-in fills: the TP is cancelled, that cancel is refused three times (R15); the MDD stop
+    and the breakeven limit go out. R16's re-query cancelled every listed exit, the MDD stop and the
+    BE with the leftover TP: a PHASE2 short with no stop and no exit, forever."""
+    harness = Harness(mode="conservative", position_mode=position_mode)
+    harness.run(
+        [("leading", 17, 19, 0), ("advance", 49, 20, 0), ("fill", 2, 14, 0), ("advance", 55, 0, 0),
+         ("cancel_fail", 41, 10, 0), ("mark", 51, 49, 0), ("advance", 18, 53, 0)]
+    )  # fmt: skip
+    assert harness.engine.symbols["ETHUSDT"].cancel_failed
+    _wait_at_the_mark(harness, "ETHUSDT", 8)
+    assert sorted(_live(harness, "ETHUSDT").values()) == ["BE", "MDD"]
+    assert harness.engine.lock_state("exit_cancel_lock") == "CLEAR"
+
+
+@pytest.mark.spec("W37", "W40")
+@pytest.mark.parametrize("position_mode", ["ONE_WAY", "HEDGE"])
+def test_a_tp_the_venue_expires_before_any_fill_goes_out_again(position_mode: str) -> None:
+    """The venue expired the PHASE1 TP before it traded: nothing re-armed it, and the short had no
+    exit order ever again even with the mark at the TP threshold."""
+    harness = Harness(mode="conservative", position_mode=position_mode)
+    harness.run(
+        [("advance", 40, 24, 0), ("advance", 36, 54, 0), ("advance", 19, 58, 0), ("advance", 23, 37, 0)]
+    )
+    runner = harness.runner
+    tp = next(cid for cid, order in runner.venue.orders.items() if order.leg == "TP")
+    harness.feed(runner.step_events({"venue_cancel": {"cid": tp, "status": "EXPIRED"}}))
+    _wait_at_the_mark(harness, "BTCUSDT", 10)
+    assert list(_live(harness, "BTCUSDT").values()) == ["TP"]
+    assert harness.engine.symbols["BTCUSDT"].state == "PHASE1"
