@@ -267,12 +267,14 @@ _PLAIN_FIELDS = (
 def recovery_facts(
     models: dict[str, SymbolModel],
 ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, Decimal], ...]]:
-    """What a restart must not forget from a saved engine's symbols: the market closes it had
-    decided (``RecoveryStarted.closing``) and the positions it held (``RecoveryStarted.held``)."""
+    """What a restart must not forget from a saved engine's symbols: the market closes and the entry
+    cancels (R02, the stale lock) it had decided (``RecoveryStarted.closing``) and the positions it
+    held (``RecoveryStarted.held``)."""
     closing = sorted(
         (s, m.close_reason or "close")
         for s, m in models.items()
-        if m.closing and (m.close_attempts > 0 or m.close_retry_at_ms > 0 or m.close_deferred)
+        if m.closing
+        and (m.close_attempts > 0 or m.close_retry_at_ms > 0 or m.close_deferred or m.state == "ENTRY_ORDER")
     )
     held = sorted((s, m.position()) for s, m in models.items() if m.state != "IDLE")
     return tuple(closing), tuple(held)

@@ -186,15 +186,20 @@ def book_recovered_position(core: Core, model: SymbolModel, entry_price: Decimal
 
 
 def restore_without_position(core: Core, model: SymbolModel, legs: set[cmd.Leg]) -> None:
-    """Recovery, no position: an open first entry keeps waiting; anything else is cancelled."""
-    if "ENTRY1" in legs:
+    """Recovery, no position: an open first entry keeps waiting, unless its cancel had been decided
+    before the restart (R02, the stale lock); anything else is cancelled."""
+    decided = core.recovery_closing.get(model.symbol)
+    if "ENTRY1" in legs and decided is None:
         core.fire(model, "restore_entry_order", "open first entry, no position")
         order_flow.cancel_all(core, model, exclude_legs=("ENTRY1",))
         core.emit(cmd.SubscribeMarket(symbols=(model.symbol,)))  # recovery waits for its price
     else:
         model.closing = True
-        model.close_reason = "recovery: orders without position"
-        core.fire(model, "restore_exiting", "exit orders left without a position")
+        model.close_reason = decided or "recovery: orders without position"
+        why = "exit orders left without a position"
+        if decided:
+            why = f"cancel decided before the restart: {decided}"
+        core.fire(model, "restore_exiting", why)
         order_flow.cancel_all(core, model)
 
 
@@ -325,9 +330,7 @@ def requery_result(core: Core, event: ev.ExchangeSnapshot) -> None:
         if not model.cancel_failed or (event.symbol is not None and event.symbol != model.symbol):
             continue  # a re-query of one symbol says nothing of another's orders
         remaining = [
-            o
-            for o in model.orders.values()
-            if o.cid in open_ids and (model.closing or o.cancel_decided)
+            o for o in model.orders.values() if o.cid in open_ids and (model.closing or o.cancel_decided)
         ]
         for order in model.orders.values():
             if order.cid in open_ids or not order.is_open:

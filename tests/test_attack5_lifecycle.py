@@ -175,3 +175,39 @@ def test_a_tp_the_venue_expires_before_any_fill_goes_out_again(position_mode: st
     _wait_at_the_mark(harness, "BTCUSDT", 10)
     assert list(_live(harness, "BTCUSDT").values()) == ["TP"]
     assert harness.engine.symbols["BTCUSDT"].state == "PHASE1"
+
+
+def _decide_by_risk_with_the_cancel_refused(harness: Harness) -> None:
+    harness.run([("cancel_fail", 0, 3, 0), ("risk", 0, 0, 1)])  # R02; the cancel refused (R15)
+
+
+def _decide_by_the_stale_lock_then_kill(harness: Harness) -> None:
+    harness.feed(harness.runner.step_events({"ws": "down", "ws_reason": "closed"}))
+    harness.hold = 1  # the cancel is on the wire at the kill
+    for _ in range(8):
+        harness.run([("tick", 0, 0, 16)])
+        if harness.engine.symbols["BTCUSDT"].closing:
+            break
+
+
+@pytest.mark.spec("R02", "W23-1", "N-28")
+@pytest.mark.parametrize(
+    "decide",
+    [_decide_by_risk_with_the_cancel_refused, _decide_by_the_stale_lock_then_kill],
+    ids=["r02", "stale"],
+)
+def test_a_decided_cancel_of_the_first_entry_survives_a_restart(decide: Any) -> None:
+    """R02 (risk message, nothing filled) or the stale lock decided to cancel the entry; the restart
+    came before that cancel took effect. Recovery saw the entry open with no position and kept it
+    working: the short could open against the channel's word."""
+    harness = Harness(mode="aggressive", position_mode="ONE_WAY")
+    harness.run([("leading", 1, 0, 0), ("mark", 0, 0, 1), ("tick", 0, 0, 1)])  # BTCUSDT entry live
+    decide(harness)
+    assert harness.engine.symbols["BTCUSDT"].closing
+    harness.run([("restart", 0, 0, 1)])
+    if not harness.runner.ws_alive:
+        harness.feed(harness.runner.step_events({"ws": "up", "ws_reason": "back"}))
+    harness.run([("mark", 0, 3, 1), ("tick", 0, 0, 1), *DRAIN])
+    assert _live(harness, "BTCUSDT") == {}
+    assert "BTCUSDT" not in harness.engine.active_symbols()
+    assert any("cancel decided before the restart" in r for r in harness.rendered)
