@@ -413,6 +413,26 @@ class BacktestExchange(SimExchange):
         self.fees = fees
         self.maker_fee, self.taker_fee = fees.maker, fees.taker
         self.slippage = slippage_bps / BPS
+        self._entries: dict[str, tuple[tuple[Any, ...], Json]] = {}
+
+    def exchange_info(self, params: dict[str, str]) -> Json:
+        """The sim's answer, each symbol's entry built once while its fields stay the same: the
+        client reads exchangeInfo at each signal, and with hundreds of symbols formatting their
+        filters again each time was a tenth of a long run. The answer is equal to the sim's."""
+        symbols, self.symbols = self.symbols, {}
+        try:
+            answer = super().exchange_info(params)  # the header, with no symbols
+        finally:
+            self.symbols = symbols
+        entries: list[Json] = []
+        for name, sym in symbols.items():
+            key = tuple(getattr(sym, f) for f in SimSymbol.__slots__)
+            cached = self._entries.get(name)
+            if cached is None or cached[0] != key:
+                cached = self._entries[name] = (key, sym.entry())
+            entries.append(cached[1])
+        answer["symbols"] = entries
+        return answer
 
     def fill_price(self, o: SimOrder, price: Decimal, *, maker: bool) -> Decimal:
         if maker or o.type != "MARKET" or not self.slippage:

@@ -46,6 +46,8 @@ SECOND_OF_WORK_TARGET_US = 2_000.0  # issue #11 step 9: 600 marks + Tick, 0.2% o
 TICK_TO_ORDER_TARGET_MS = 2.0
 BACKTEST_90_DAYS_TARGET_S = 10.0  # issue #14: 90 days in 10 s from a warm cache
 BACKTEST_TARGET_EPS = 5_000.0
+BACKTEST_YEAR_TARGET_S = 60.0  # issue #14: a year, 5,000 leading messages over 300 symbols, in 60 s
+BACKTEST_YEAR_RSS_TARGET_MB = 1024.0  # ...in 1 GB resident
 REST_RSS_TARGET_MB = 100.0
 REST_CPU_TARGET_PCT = 2.0
 
@@ -388,6 +390,9 @@ class Budget:
     rest_seconds: int
     tick_to_order: int
     backtest_days: int
+    year_messages: int
+    year_symbols: int
+    year_days: int
 
 
 FULL = Budget(
@@ -402,6 +407,9 @@ FULL = Budget(
     rest_seconds=60,
     tick_to_order=25,
     backtest_days=90,
+    year_messages=5000,
+    year_symbols=300,
+    year_days=365,
 )
 QUICK = Budget(
     engine_events=20,
@@ -415,6 +423,9 @@ QUICK = Budget(
     rest_seconds=2,
     tick_to_order=1,
     backtest_days=2,
+    year_messages=16,
+    year_symbols=8,
+    year_days=4,
 )
 
 
@@ -1179,7 +1190,7 @@ def bench_backtest(budget: Budget) -> list[Row]:
         wall = time.perf_counter() - start
     note = (
         f"{days} days, {len(stories)} signals on 4 symbols (synthetic), {result.events} events, "
-        f"{len(result.trades)} trades; the 5,000-message, 300-symbol year waits for more symbols in the sim"
+        f"{len(result.trades)} trades; the year over 300 symbols is the next row"
     )
     return [
         run_row(
@@ -1201,6 +1212,94 @@ def bench_backtest(budget: Budget) -> list[Row]:
     ]
 
 
+YEAR_CHILD = "from fsm.runtime.bench import year_child; year_child()"
+
+
+def year_child() -> None:
+    """The run of ``bench_backtest_year`` (``python -c``; folder and days in the environment): one
+    backtest, then its numbers and this process's peak resident memory as one JSON line."""
+    import os
+    import resource
+
+    from fsm.runtime import backtest_demo
+    from fsm.runtime.backtest import run_backtest
+
+    logging.disable(logging.WARNING)
+    folder, days = Path(os.environ["BENCH_YEAR_DIR"]), int(os.environ["BENCH_YEAR_DAYS"])
+    start = time.perf_counter()
+    result = run_backtest(
+        folder / "year-feed.jsonl",
+        folder / "year-cache",
+        since_ms=backtest_demo.SINCE_MS,
+        until_ms=backtest_demo.SINCE_MS + (days + 1) * backtest_demo.DAY,
+        db_path=folder / "bench.db",
+        capital=Decimal("100000"),
+    )
+    wall = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    doc = {"wall_s": wall, "events": result.events, "trades": len(result.trades), "peak_mb": peak_kb / 1024}
+    print(json.dumps(doc), flush=True)
+
+
+def bench_backtest_year(budget: Budget) -> list[Row]:
+    """Issue #14: a year of leading messages over hundreds of synthetic symbols from a warm cache
+    (``fsm.runtime.backtest_year``), run in a child process so that its peak resident memory
+    (``ru_maxrss``: interpreter, data, engine, venue, journal) is the run's alone. The data is
+    written before the child starts (not timed). Targets: 60 s and 1 GB for the year (the quick
+    budget's few days scale the time target)."""
+    import os
+    import subprocess
+    import sys
+
+    from fsm.runtime import backtest_year
+
+    messages, symbols, days = budget.year_messages, budget.year_symbols, budget.year_days
+    stories = backtest_year.year_stories(messages, symbols, days)
+    risk = sum(s.shape == "risk_close" for s in stories)
+    with tempfile.TemporaryDirectory() as tmp:
+        backtest_year.write_year(Path(tmp), stories, symbols)
+        env = {**os.environ, "BENCH_YEAR_DIR": tmp, "BENCH_YEAR_DAYS": str(days)}
+        proc = subprocess.run(
+            [sys.executable, "-c", YEAR_CHILD], env=env, capture_output=True, text=True, check=False
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the year backtest failed: {proc.stderr.strip()[-2000:]}")
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    wall, events, trades, peak = doc["wall_s"], doc["events"], doc["trades"], doc["peak_mb"]
+    span = "a year" if days == 365 else f"{days} days"
+    name = f"backtest of {span}: {messages:,} leading messages over {symbols} symbols"
+    note = (
+        f"{messages} leading + {risk} risk messages, {symbols} synthetic symbols (SYN001USDT...), "
+        f"{days} days; {events} events, {trades} trades; candles only around the signals; child process"
+    )
+    return [
+        run_row(
+            "backtest",
+            f"{name}: wall time",
+            [wall],
+            "s",
+            Target(stat="median", op="<", value=BACKTEST_YEAR_TARGET_S * days / 365),
+            note,
+        ),
+        run_row(
+            "backtest",
+            f"{name}: events processed per second",
+            [events / wall],
+            "events/s",
+            Target(stat="median", op=">", value=BACKTEST_TARGET_EPS),
+            "engine + real Binance client + simulated venue + journal, one core",
+        ),
+        run_row(
+            "backtest",
+            f"{name}: peak resident memory",
+            [peak],
+            "MB",
+            Target(stat="median", op="<", value=BACKTEST_YEAR_RSS_TARGET_MB),
+            "ru_maxrss of the child process that ran the backtest (interpreter and imports included)",
+        ),
+    ]
+
+
 SECTIONS: tuple[Callable[[Budget], list[Row]], ...] = (
     bench_engine,
     bench_evaluator,
@@ -1209,6 +1308,7 @@ SECTIONS: tuple[Callable[[Budget], list[Row]], ...] = (
     bench_daemon,
     bench_rest_weight,
     bench_backtest,
+    bench_backtest_year,
 )
 
 
