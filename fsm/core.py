@@ -96,6 +96,7 @@ class Core:
         self.recovery_hints: dict[str, tuple[int, str]] = {}
         self.recovery_closing: dict[str, str] = {}  # symbol -> reason of a close decided before the restart
         self.recovery_held: dict[str, Decimal] = {}  # symbol -> position the last snapshot held
+        self.recovery_protected: tuple[str, ...] = ()  # symbols R06 protected before the restart
         self.now_ms = 0
         self._out: list[cmd.Command] = []
         # Indexes derived from the state above (rebuilt by ``reindex``, never snapshotted), so the

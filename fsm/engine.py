@@ -112,6 +112,7 @@ class Engine(Core):
                     ),
                     closing=closing,
                     held=held,
+                    protected=protected_symbols(self.symbols),
                 ),
             )
         except Exception:  # never fail while containing a failure: the alert above is what matters
@@ -258,10 +259,17 @@ _PLAIN_FIELDS = (
     "recovery_hints",
     "recovery_closing",
     "recovery_held",
+    "recovery_protected",
     "recovery_generations",
     "closed_fills",
     "now_ms",
 )
+
+
+def protected_symbols(models: dict[str, SymbolModel]) -> tuple[str, ...]:
+    """The symbols a risk message in profit protected (R06): a restart keeps them protected even
+    when their breakeven stop is not on the venue (refused, expired)."""
+    return tuple(sorted(s for s, m in models.items() if m.risk_protected and m.state != "IDLE"))
 
 
 def recovery_facts(

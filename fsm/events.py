@@ -410,6 +410,8 @@ class RecoveryStarted(Event):
     # (symbol, position we held) from the same snapshot: a larger position on the exchange with no
     # scale-in open means the scale-in filled while no daemon watched (PHASE2, N-17).
     held: tuple[tuple[str, Decimal], ...] = ()
+    # Symbols under R06's protection in the same snapshot (no scale-in, no TP, whatever the venue holds).
+    protected: tuple[str, ...] = ()
     # G06 across a restart (D-23): the settings the last run traded with, as (name, text) changes to
     # the configured strategy; they run until no symbol is active (config.yaml's own wait as pending).
     running_settings: tuple[tuple[str, str], ...] = ()

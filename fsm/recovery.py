@@ -33,6 +33,7 @@ def on_recovery_started(core: Core, event: ev.RecoveryStarted) -> None:
     core.recovery_hints = {symbol: (message_id, state) for symbol, message_id, state in event.managed}
     core.recovery_closing = dict(event.closing)
     core.recovery_held = dict(event.held)
+    core.recovery_protected = tuple(event.protected)
     core.recovery_generations = {}
     for symbol, leg, generation in event.generations:
         core.recovery_generations.setdefault(symbol, {})[leg] = generation
@@ -228,7 +229,7 @@ def restore_holding(core: Core, model: SymbolModel, legs: set[cmd.Leg], amount: 
         # W43: PHASE2 needs a fill of the scale-in; one resting unfilled is kept and not sent again.
         core.fire(model, "restore_phase1", "position after first entry")
         model.add_price = rules.second_entry_price(average, core.strategy.second_entry_pct, tick)
-        model.risk_protected = "BE_STOP" in legs
+        model.risk_protected = "BE_STOP" in legs or model.symbol in core.recovery_protected  # R06
         model.add_armed = not model.risk_protected and "ENTRY2" not in legs
         model.tp_armed = "TP" not in legs and not model.risk_protected
 

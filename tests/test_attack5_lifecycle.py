@@ -211,3 +211,29 @@ def test_a_decided_cancel_of_the_first_entry_survives_a_restart(decide: Any) -> 
     assert _live(harness, "BTCUSDT") == {}
     assert "BTCUSDT" not in harness.engine.active_symbols()
     assert any("cancel decided before the restart" in r for r in harness.rendered)
+
+
+@pytest.mark.spec("R06", "N-28")
+@pytest.mark.parametrize("variant", ["refused", "expired"])
+def test_r06_protection_survives_a_restart_without_its_stop(variant: str) -> None:
+    """A risk message in profit (R06) rules out the scale-in. Its breakeven stop was refused (-4164)
+    or later expired on the venue; after a restart recovery saw a plain PHASE1 and the scale-in went
+    out when the mark rose."""
+    harness = Harness(mode="aggressive", position_mode="ONE_WAY")
+    harness.run([("leading", 1, 0, 0), ("mark", 0, 0, 1), ("tick", 0, 0, 1)])
+    runner = harness.runner
+    entry = next(iter(runner.venue.orders))
+    harness.feed(runner.step_events({"fill": {"cid": entry, "qty": str(runner.venue.orders[entry].qty)}}))
+    harness.run([("mark", 0, 8, 1)])  # in profit
+    if variant == "refused":
+        harness.run([("reject", 7, 2, 0), ("risk", 0, 0, 1)])  # the BE_STOP refused
+    else:
+        harness.run([("risk", 0, 0, 1)])
+        stop = next(cid for cid, order in runner.venue.orders.items() if order.leg == "BE_STOP")
+        harness.feed(runner.step_events({"venue_cancel": {"cid": stop, "status": "EXPIRED"}}))
+    assert harness.engine.symbols["BTCUSDT"].risk_protected
+    restarted_at = len(harness.rendered)
+    harness.run([("restart", 0, 0, 1), ("mark", 0, 8, 1), ("tick", 0, 0, 1)])
+    assert harness.engine.symbols["BTCUSDT"].risk_protected
+    harness.run([("mark", 0, 0, 1), ("tick", 0, 0, 1), ("tick", 0, 0, 1)])  # the scale-in's level
+    assert not [r for r in harness.rendered[restarted_at:] if "leg=ENTRY2" in r]

@@ -41,7 +41,7 @@ from transitions.core import MachineError
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
-from fsm.engine import Engine, recovery_facts
+from fsm.engine import Engine, protected_symbols, recovery_facts
 from fsm.journal import render
 from fsm.model import LockModel, SymbolModel
 from fsm.runtime.scenario import T0_MS, Runner
@@ -367,6 +367,7 @@ class Harness:
                         ),
                         closing=closing,
                         held=held,
+                        protected=protected_symbols(old.symbols),
                     )
                 ]
             )

@@ -56,7 +56,7 @@ from binance.streams import KEEPALIVE_S, MarketStream, PremiumIndexPoller, UserS
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
-from fsm.engine import Engine, decode_strategy, recovery_facts
+from fsm.engine import Engine, decode_strategy, protected_symbols, recovery_facts
 from fsm.journal import render_all
 from fsm.model import OrderTrack, SymbolModel, decode
 from fsm.runtime import heartbeat
@@ -160,17 +160,19 @@ def managed_symbols(snapshot: dict[str, Any] | None) -> tuple[tuple[str, int, st
 
 def saved_intents(
     snapshot: dict[str, Any] | None,
-) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, Decimal], ...]]:
-    """The market closes a saved snapshot had decided and the positions it held (issue #11: a
-    restart carries a decided close out and sees a scale-in that filled while nothing ran)."""
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, Decimal], ...], tuple[str, ...]]:
+    """The market closes a saved snapshot had decided, the positions it held and the symbols R06
+    protected (issue #11: a restart carries a decided close out, sees a scale-in that filled while
+    nothing ran, and never re-arms a scale-in the channel's risk message ruled out)."""
     if not snapshot:
-        return (), ()
+        return (), (), ()
     try:
         models = {symbol: decode(raw) for symbol, raw in snapshot["symbols"].items()}
-        return recovery_facts(models)
+        closing, held = recovery_facts(models)
+        return closing, held, protected_symbols(models)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         log.warning("saved snapshot unreadable: %r", exc)
-        return (), ()
+        return (), (), ()
 
 
 def corrected_hints(
@@ -499,10 +501,11 @@ class Daemon:
         managed = managed_symbols(saved)
         if managed:
             self._keep_running_strategy(saved, managed)
-        closing, held = saved_intents(saved)
+        closing, held, protected = saved_intents(saved)
         return ev.RecoveryStarted(
             closing=closing,
             held=held,
+            protected=protected,
             now_ms=0,
             cursors=tuple(sorted(cursors.items())),
             cooldowns=tuple(sorted(cooldowns.items())),

@@ -24,7 +24,7 @@ import yaml
 
 from fsm import commands as cmd
 from fsm import events as ev
-from fsm.engine import Engine, recovery_facts
+from fsm.engine import Engine, protected_symbols, recovery_facts
 from fsm.journal import render
 from fsm.strategy import Strategy
 from telegram_ingest.grammar import parse_message
@@ -408,6 +408,7 @@ class Runner:
             ),
             closing=closing,
             held=held,
+            protected=protected_symbols(old.symbols),
         )
 
     def _manual_order(self, spec: dict[str, Any]) -> ev.Event:
