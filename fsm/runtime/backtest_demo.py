@@ -120,6 +120,11 @@ def story_bars(story: Story) -> dict[int, Bar]:
     """11 h of flat history before the signal (the 3m target candle's high 0.35 % above), then the
     story, then 4 h flat."""
     base, places = SYMBOLS[story.symbol]
+    return story_bars_at(story, base, places)
+
+
+def story_bars_at(story: Story, base: float, places: int) -> dict[int, Bar]:
+    """``story_bars`` at a given flat price and price precision."""
     at = signal_ms(story) // MINUTE * MINUTE
     target = base * 1.0035
     bars: dict[int, Bar] = {m: (base, base, base, base) for m in range(at - 11 * HOUR, at, MINUTE)}

@@ -25,14 +25,11 @@ from binance.sim.clock import SimClock
 from binance.sim.exchange import SimExchange, SimSymbol
 from fsm.runtime.backtest_demo import (
     HOUR,
-    MINUTE,
     SINCE_MS,
     Bar,
     Story,
-    _path,
-    _rounded,
     feed_lines,
-    signal_ms,
+    story_bars_at,
 )
 
 YEAR_DAYS = 365
@@ -112,21 +109,8 @@ def year_stories(
 
 
 def story_bars(story: Story, symbol: YearSymbol) -> dict[int, Bar]:
-    """As ``backtest_demo.story_bars`` at this symbol's price: 11 h flat before the signal (the 3m
-    target candle's high 0.35 % above), the story, then 4 h flat."""
-    base, places = symbol.base, symbol.places
-    at = signal_ms(story) // MINUTE * MINUTE
-    target = base * 1.0035
-    bars: dict[int, Bar] = {m: (base, base, base, base) for m in range(at - 11 * HOUR, at, MINUTE)}
-    bars[at - MINUTE] = (base, target, base, base)
-    bars[at] = (base, base, base, base)
-    if story.shape != "filtered":
-        for i, bar in enumerate(_path(story.shape, target)):
-            bars[at + (i + 1) * MINUTE] = bar
-    else:
-        for m in range(at + MINUTE, at + 4 * HOUR, MINUTE):
-            bars[m] = (base, base, base, base)
-    return {m: _rounded(bar, places) for m, bar in bars.items()}
+    """As ``backtest_demo.story_bars`` at this symbol's price."""
+    return story_bars_at(story, symbol.base, symbol.places)
 
 
 def write_year(folder: Path, stories: tuple[Story, ...], symbols: int = YEAR_SYMBOLS) -> tuple[Path, Path]:
