@@ -16,7 +16,7 @@ from transitions import Machine
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
-from fsm.model import LockModel, SymbolModel
+from fsm.model import ENTRY_LEGS, LockModel, SymbolModel
 from fsm.strategy import Strategy
 from fsm.table import GLOBAL_MACHINES, RECOVERY_LOCK, SYMBOL_STATES, SYMBOL_TRANSITIONS, legal_dest
 
@@ -230,9 +230,19 @@ class Core:
         self.clear_model(model)
 
     def clear_model(self, model: SymbolModel) -> None:
+        # Closed beyond the fills we saw (an operator's flatten sized by the venue's position): the
+        # excess is fills of our entries still on their way; their late reports change nothing.
+        unseen = -model.position()
         for order in model.orders.values():
             if rules.parse_client_order_id(order.cid) is not None:
-                self.closed_fills[order.cid] = order.filled
+                credit = ZERO
+                if unseen > 0 and order.leg in ENTRY_LEGS and order.qty > order.filled:
+                    credit = min(unseen, order.qty - order.filled)
+                    unseen -= credit
+                    self.log(
+                        "fill_credited", model.symbol, "closed_before_its_report", cid=order.cid, qty=credit
+                    )
+                self.closed_fills[order.cid] = order.filled + credit
         if len(self.closed_fills) > 1000:
             for cid in list(self.closed_fills)[:500]:
                 del self.closed_fills[cid]

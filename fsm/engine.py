@@ -31,9 +31,9 @@ import copy
 import logging
 from collections.abc import Callable
 from decimal import Decimal, localcontext
-from typing import Any
+from typing import Any, Final
 
-from fsm import account, intake, lifecycle, order_flow, prices, protection, recovery, settings
+from fsm import account, flatten, intake, lifecycle, order_flow, prices, protection, recovery, rules, settings
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm.core import DECIMAL_CONTEXT, Core
@@ -214,6 +214,8 @@ class Engine(Core):
             ev.VenueCallSucceeded: protection.on_venue_ok,
             ev.SettingsChangeRequested: settings.on_settings,
             ev.PauseRequested: protection.on_pause,
+            ev.FlattenStarted: flatten.on_flatten_started,
+            ev.FlattenFinished: flatten.on_flatten_finished,
         }
 
     def blocked(self, action: str, symbol: str = "") -> str | None:
@@ -272,6 +274,11 @@ def protected_symbols(models: dict[str, SymbolModel]) -> tuple[str, ...]:
     return tuple(sorted(s for s, m in models.items() if m.risk_protected and m.state != "IDLE"))
 
 
+# A flatten a stop interrupted is the engine's to finish after the restart (D-63).
+INTERRUPTED_FLATTEN: Final = "flatten interrupted by a stop"
+INTERRUPTED: Final = {rules.OPERATOR_FLATTEN: INTERRUPTED_FLATTEN, flatten.FLATTENED: INTERRUPTED_FLATTEN}
+
+
 def recovery_facts(
     models: dict[str, SymbolModel],
 ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, Decimal], ...]]:
@@ -279,10 +286,16 @@ def recovery_facts(
     cancels (R02, the stale lock) it had decided (``RecoveryStarted.closing``) and the positions it
     held (``RecoveryStarted.held``)."""
     closing = sorted(
-        (s, m.close_reason or "close")
+        (s, INTERRUPTED.get(m.close_reason, m.close_reason) or "close")
         for s, m in models.items()
         if m.closing
-        and (m.close_attempts > 0 or m.close_retry_at_ms > 0 or m.close_deferred or m.state == "ENTRY_ORDER")
+        and (
+            m.close_attempts > 0
+            or m.close_retry_at_ms > 0
+            or m.close_deferred
+            or m.state == "ENTRY_ORDER"
+            or m.close_reason in INTERRUPTED  # the operator's flatten had begun (D-63)
+        )
     )
     held = sorted((s, m.position()) for s, m in models.items() if m.state != "IDLE")
     return tuple(closing), tuple(held)
@@ -301,4 +314,4 @@ def clone(engine: Engine) -> Engine:
     return Engine.restore(copy.deepcopy(engine.snapshot()))
 
 
-__all__ = ["ACTIVE_STATES", "Engine", "clone"]
+__all__ = ["ACTIVE_STATES", "INTERRUPTED_FLATTEN", "Engine", "clone"]

@@ -446,3 +446,25 @@ class PauseRequested(Event):
     """Operator pause/resume: while paused no new entries; exits keep working."""
 
     paused: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlattenStarted(Event):
+    """The operator's ``flatten`` is about to cancel every order and close every position on the
+    venue itself (D-22, D-63): what the engine holds is the operator's to close until
+    ``FlattenFinished``. No exit is armed again, no stop placed again, no close of ours goes out."""
+
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlattenFinished(Event):
+    """What the operator's flatten did: the client ids it cancelled; each market close of a short it
+    placed as (symbol, client id, executed quantity, average price; 0 when not known); and each
+    close whose outcome is unknown as (symbol, client id, when a query can decide it). A flatten
+    that failed before acting lists nothing."""
+
+    request_id: str = ""
+    cancelled: tuple[str, ...] = ()
+    closed: tuple[tuple[str, str, Decimal, Decimal], ...] = ()
+    unknown: tuple[tuple[str, str, int], ...] = ()

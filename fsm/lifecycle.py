@@ -227,6 +227,9 @@ def prepared_entry2(core: Core, model: SymbolModel, event: ev.OrderPrepared) -> 
 def market_close(core: Core, model: SymbolModel, reason: str) -> None:
     """Cancel every other order of the symbol and close the whole position at market."""
     assert model.info is not None
+    if model.close_reason == rules.OPERATOR_FLATTEN:
+        core.log("close_left_to_operator", model.symbol, reason)  # FlattenFinished decides
+        return
     model.closing = True
     model.close_reason = reason
     model.tp_armed = model.add_armed = model.be_armed = False
@@ -487,13 +490,18 @@ def emit_pnl(core: Core, model: SymbolModel) -> None:
         return
     exit_qty = sum((o.filled for o in exits), ZERO)
     exit_avg = sum((o.avg_price * o.filled for o in exits), ZERO) / exit_qty
-    estimated = (model.average() - exit_avg) * exit_qty
+    if any(o.avg_price <= 0 for o in exits):
+        # Part of it was closed outside at a price we were not told (R21, an external close): no
+        # estimate rather than a wrong one.
+        estimate = "estimate unknown (closed outside at a price not reported)"
+    else:
+        estimate = f"estimated {(model.average() - exit_avg) * exit_qty:+.4f} USDT"
     core.emit(
         cmd.Notify(
             kind="position_closed",
             symbol=model.symbol,
             text=(
-                f"{model.symbol} closed ({model.close_reason}): estimated {estimated:+.4f} USDT, "
+                f"{model.symbol} closed ({model.close_reason}): {estimate}, "
                 f"realised net {realised - fees:+.4f} USDT (fees {fees:.4f})"
             ),
         )

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from fsm import commands as cmd
 from fsm import events as ev
-from fsm import lifecycle, protection, rules
+from fsm import flatten, lifecycle, protection, rules
 from fsm.core import (
     CLOSE_RETRY_FIRST_MS,
     CLOSE_RETRY_MAX_MS,
@@ -549,6 +549,8 @@ def on_order_update(core: Core, event: ev.OrderUpdated) -> None:
             apply_child_fill(core, model, order, event)
             return
     if order is None:
+        order = flatten.adopt_close(core, model, event)
+    if order is None:
         if model.open_orders(*STOP_LEGS) and event.side == "BUY":
             # A stop's child can report before ALGO_UPDATE names it (ai): keep it for then.
             model.orphan_updates = [*model.orphan_updates, event][-ORPHAN_LIMIT:]
@@ -716,9 +718,13 @@ def cancel_done(core: Core, model: SymbolModel, order: OrderTrack, event: ev.Can
     was_open = order.is_open
     if was_open:
         order.apply("cancel_too_late" if order.filled >= order.qty and order.filled > 0 else "cancel_done")
-    if model.cancel_failed and not model.open_orders():
+    cleared = model.cancel_failed and not model.open_orders()
+    if cleared:
         model.cancel_failed = False  # R16: the re-cancel went through
     lifecycle.after_order_change(core, model, order, delta, was_open)
+    if cleared and model.symbol in core.symbols:
+        # An exit that filled meanwhile could not finish the symbol while the failure held.
+        lifecycle.finish_if_flat(core, model, dust_ok=True)
     if core.locks[EXIT_CANCEL_LOCK].state == "CANCEL_FAILED" and not any(
         m.cancel_failed for m in core.symbols.values()
     ):

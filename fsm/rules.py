@@ -286,3 +286,18 @@ def parse_client_order_id(cid: str) -> ParsedClientId | None:
     if not match or match.group(2) not in CODE_LEGS:
         return None
     return ParsedClientId(int(match.group(1)), CODE_LEGS[match.group(2)], int(match.group(3)), match.group(4))
+
+
+OPERATOR_FLATTEN = "operator flatten"  # a symbol's close_reason while the operator's flatten runs (D-63)
+_FLATTEN_CID_RE = re.compile(r"^flat-(\d+)-")
+
+
+def flatten_client_order_id(symbol: str, now_ms: int, *, long: bool = False) -> str:
+    """The client id of the operator's market close of ``symbol`` (``shortfsm flatten``); a hedge-mode
+    LONG leg's close has its own, so that it is never taken for our short's."""
+    return f"{'flatlong' if long else 'flat'}-{now_ms}-{symbol}"[:36]
+
+
+def is_flatten_close(cid: str, symbol: str) -> bool:
+    found = _FLATTEN_CID_RE.match(cid)
+    return found is not None and cid == flatten_client_order_id(symbol, int(found.group(1)))

@@ -237,3 +237,40 @@ def test_r06_protection_survives_a_restart_without_its_stop(variant: str) -> Non
     assert harness.engine.symbols["BTCUSDT"].risk_protected
     harness.run([("mark", 0, 0, 1), ("tick", 0, 0, 1), ("tick", 0, 0, 1)])  # the scale-in's level
     assert not [r for r in harness.rendered[restarted_at:] if "leg=ENTRY2" in r]
+
+
+# A TP whose cancel failed (R15) filled while the failure held, so the flat symbol could not finish;
+# the re-cancel that then went through cleared the failure but never finished it: EXITING, flat, no
+# order, the entry lock held, forever. Minimised from random runs of the adversary's end-state check.
+STUCK_AFTER_R16 = [
+    (
+        "aggressive",
+        [("advance", 17, 46, 2), ("advance", 18, 58, 3), ("advance", 47, 38, 2), ("cancel_fail", 25, 53, 5),
+         ("hold", 12, 55, 1), ("advance", 6, 25, 3), ("pause", 8, 35, 16), ("mark", 21, 15, 3),
+         ("advance", 31, 22, 16), ("advance", 35, 57, 16), ("advance", 57, 1, 5)],
+    ),
+    (
+        "conservative",
+        [("cancel_fail", 42, 38, 6), ("advance", 48, 54, 3), ("advance", 17, 0, 3), ("advance", 40, 45, 3),
+         ("mark", 20, 8, 2), ("hold", 54, 45, 1), ("advance", 53, 35, 16), ("advance", 55, 26, 6),
+         ("fill", 41, 34, 1), ("rest", 30, 8, 2)],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.spec("R15", "R16")
+@pytest.mark.parametrize(("mode", "actions"), STUCK_AFTER_R16, ids=["aggressive", "conservative"])
+def test_a_flat_symbol_finishes_once_r16_clears_its_cancel_failure(mode: str, actions: list[Any]) -> None:
+    harness = Harness(mode=mode, position_mode="ONE_WAY")
+    harness.run([*actions, *DRAIN])
+    venue = harness.runner.venue
+    for symbol, model in harness.engine.symbols.items():
+        live = [
+            c
+            for c, o in venue.orders.items()
+            if o.symbol == symbol and o.status in ("NEW", "PARTIALLY_FILLED")
+        ]
+        flat = venue.positions.get(symbol, (Decimal(0), Decimal(0)))[0] == 0
+        assert not (flat and not live and model.state == "EXITING"), f"{symbol} stuck EXITING while flat"
+    assert harness.engine.lock_state("entry_lock") == "GLOBAL_IDLE"
+    assert not settled_problems(harness)

@@ -41,14 +41,14 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from binance import parse
-from binance.errors import BinanceError
-from binance.executor import Executor
+from binance.errors import BinanceError, UnknownOutcome
+from binance.executor import RESOLVE_MARGIN_MS, Executor
 from binance.parse import KlineUpdate, ListenKeyExpired
 from binance.reconcile import Tracked, gap_read_back, missed_updates
 from binance.rest import BinanceRest, host_of
@@ -56,7 +56,7 @@ from binance.streams import KEEPALIVE_S, MarketStream, PremiumIndexPoller, UserS
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
-from fsm.engine import Engine, decode_strategy, protected_symbols, recovery_facts
+from fsm.engine import INTERRUPTED_FLATTEN, Engine, decode_strategy, protected_symbols, recovery_facts
 from fsm.journal import render_all
 from fsm.model import OrderTrack, SymbolModel, decode
 from fsm.runtime import heartbeat
@@ -406,7 +406,7 @@ class Daemon:
         """Run until ``request_stop``; returns the process exit code."""
         recovery = await self._recovery_inputs()
         control = await self._read_control()
-        await self._discard_stale_requests()
+        await self._discard_stale_requests(recovery)
         now = self.clock.now_ms()
         # Queued first: every push of the user stream opened next comes after it.
         self.enqueue_nowait(replace(recovery, now_ms=now))
@@ -1143,7 +1143,11 @@ class Daemon:
             if not self.engine.paused and self._pause_queued is not True:
                 self._pause_queued = True
                 self.enqueue_nowait(ev.PauseRequested(now_ms=now, paused=True))
-            lines, failures = await self._flatten(now)
+            # Queued before any cancel: the engine reads the cancels' reports as the operator's.
+            self.enqueue_nowait(ev.FlattenStarted(now_ms=now, request_id=str(rid)))
+            outcome = await self._flatten(now)
+            self.enqueue_nowait(outcome.finished(self.clock.now_ms(), str(rid)))
+            lines, failures = outcome.lines, outcome.failures
             result = "failed" if failures else "ok"
             await self.store.finish_control(request, {"result": result, "lines": lines, "failures": failures})
             self._log_operator(self.clock.now_ms(), request, result, lines)
@@ -1157,14 +1161,22 @@ class Daemon:
             now, str(request.get("command")), str(request.get("id")), result, [str(line) for line in lines]
         )
 
-    async def _discard_stale_requests(self) -> None:
+    async def _discard_stale_requests(self, recovery: ev.RecoveryStarted) -> None:
         """Requests found at start were written while no daemon ran (or before a crash): their
-        command already said it was not acknowledged, so they are never applied late."""
+        command already said it was not acknowledged, so they are never applied late. A flatten a
+        stop interrupted had begun: what it started closing this daemon closes (D-63)."""
+        interrupted = sorted(s for s, why in recovery.closing if why == INTERRUPTED_FLATTEN)
         for request in await self.store.control_requests():
+            command = request.get("command")
             text = (
-                f"operator {request.get('command')} {request.get('id')} written while no daemon ran "
+                f"operator {command} {request.get('id')} written while no daemon ran "
                 "on this database: discarded, nothing done"
             )
+            if command == "flatten" and interrupted:
+                text = (
+                    f"operator flatten {request.get('id')} was interrupted by a stop: not applied again; "
+                    f"the positions it had begun closing ({', '.join(interrupted)}) are closed at market now"
+                )
             log.warning(text)
             await self.store.finish_control(request, {"result": "discarded", "lines": [text], "failures": 1})
             self._log_operator(self.clock.now_ms(), request, "discarded", [text])
@@ -1182,13 +1194,16 @@ class Daemon:
         log.warning(text)
         self.alerts.submit(Alert(now_ms=now, kind="control", severity="info", text=text))
 
-    async def _flatten(self, now: int) -> tuple[list[str], int]:
+    async def _flatten(self, now: int) -> FlattenOutcome:
         """Every order cancelled and every position closed; each line says what was done or failed."""
+        outcome = FlattenOutcome(lines=[])
         try:
-            lines, failures = await flatten_account(self.rest, now)
-        except (BinanceError, KeyError, ValueError) as exc:
-            lines, failures = [f"FAILED flatten: {exc}"], 1
-        lines = lines or ["nothing to cancel or close"]
+            await flatten_account(self.rest, now, outcome, self.clock.now_ms)
+        except (BinanceError, KeyError, ValueError) as exc:  # what was done before it stays listed
+            outcome.lines.append(f"FAILED flatten: {exc}")
+            outcome.failures += 1
+        outcome.lines = outcome.lines or ["nothing to cancel or close"]
+        lines, failures = outcome.lines, outcome.failures
         log.log(logging.ERROR if failures else logging.WARNING, "flatten: %s", "; ".join(lines))
         self.alerts.submit(
             Alert(
@@ -1198,7 +1213,7 @@ class Daemon:
                 text="; ".join(lines) or "nothing to flatten",
             )
         )
-        return lines, failures
+        return outcome
 
     # -- config reload (mtime poll in the status loop, SIGHUP) -----------------------------------
 
@@ -1416,48 +1431,113 @@ def board_view(engine: Engine, now_ms: int, extras: dict[str, Any]) -> dict[str,
 # ---------------------------------------------------------------------------------------------
 
 
-async def flatten_account(rest: BinanceRest, now_ms: int) -> tuple[list[str], int]:
-    """Cancel every open order and algo order, then close every position at market. One line per
-    order, done or ``FAILED`` with the venue's answer (none is suppressed); returns (lines, failures).
-    Reading the venue failing raises ``BinanceError``."""
-    done: list[str] = []
-    failures = 0
+@dataclass(slots=True)
+class FlattenOutcome:
+    """What ``flatten_account`` did: one line per order or position (done, or ``FAILED`` /
+    ``UNKNOWN`` with the venue's answer), the client ids it cancelled, and each close of a short as
+    the engine books it (``FlattenFinished``)."""
+
+    lines: list[str]
+    failures: int = 0
+    cancelled: list[str] = field(default_factory=list)
+    closed: list[tuple[str, str, Decimal, Decimal]] = field(default_factory=list)
+    unknown: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def finished(self, now_ms: int, request_id: str) -> ev.FlattenFinished:
+        return ev.FlattenFinished(
+            now_ms=now_ms,
+            request_id=request_id,
+            cancelled=tuple(self.cancelled),
+            closed=tuple(self.closed),
+            unknown=tuple(self.unknown),
+        )
+
+
+async def flatten_account(
+    rest: BinanceRest,
+    now_ms: int,
+    out: FlattenOutcome | None = None,
+    clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+) -> FlattenOutcome:
+    """Cancel every open order and algo order, then close every position at market, recording
+    into ``out`` as it goes. Reading the venue failing raises ``BinanceError``."""
+    out = out if out is not None else FlattenOutcome(lines=[])
     for order in await rest.open_orders():
+        cid = str(order["clientOrderId"])
         try:
-            await rest.cancel_order(str(order["symbol"]), str(order["clientOrderId"]))
-            done.append(f"cancelled {order['clientOrderId']}")
+            await rest.cancel_order(str(order["symbol"]), cid)
+            out.lines.append(f"cancelled {cid}")
+            out.cancelled.append(cid)
         except BinanceError as exc:
-            failures += 1
-            done.append(f"FAILED cancel {order['clientOrderId']} ({order['symbol']}): {exc}")
+            out.failures += 1
+            out.lines.append(f"FAILED cancel {cid} ({order['symbol']}): {exc}")
     for algo in await rest.open_algo_orders():
+        caid = str(algo["clientAlgoId"])
         try:
-            await rest.cancel_algo_order(str(algo["clientAlgoId"]))
-            done.append(f"cancelled {algo['clientAlgoId']}")
+            await rest.cancel_algo_order(caid)
+            out.lines.append(f"cancelled {caid}")
+            out.cancelled.append(caid)
         except BinanceError as exc:
-            failures += 1
-            done.append(f"FAILED cancel {algo['clientAlgoId']} ({algo.get('symbol')}): {exc}")
+            out.failures += 1
+            out.lines.append(f"FAILED cancel {caid} ({algo.get('symbol')}): {exc}")
     hedge = parse.position_mode_from_rest(await rest.position_mode()) == "HEDGE"
     for position in parse.positions_from_rest(await rest.position_risk()):
-        side = "BUY" if position.amount < 0 else "SELL"
+        short = position.amount < 0
+        cid = rules.flatten_client_order_id(position.symbol, now_ms, long=not short)
         params: dict[str, str] = {
             "symbol": position.symbol,
-            "side": side,
+            "side": "BUY" if short else "SELL",
             "type": "MARKET",
             "quantity": parse.dec_str(abs(position.amount)),
-            "newClientOrderId": f"flat-{now_ms}-{position.symbol}"[:36],
+            "newClientOrderId": cid,
             "newOrderRespType": "RESULT",
         }
         if hedge:
-            params["positionSide"] = "SHORT" if position.amount < 0 else "LONG"
+            params["positionSide"] = "SHORT" if short else "LONG"
         else:
             params["reduceOnly"] = "true"
+        sent_ms = clock_ms()
         try:
-            await rest.place_order(params)
-            done.append(f"closed {position.symbol} {position.amount}")
+            answer = await rest.place_order(params)
+        except UnknownOutcome as exc:
+            # It may have traded: the engine resolves it by query, never by a second close.
+            out.failures += 1
+            out.lines.append(f"UNKNOWN close {position.symbol} {position.amount}: {exc} (resolved by query)")
+            if short:
+                resolve_ms = sent_ms + rest.recv_window_ms + RESOLVE_MARGIN_MS
+                out.unknown.append((position.symbol, cid, resolve_ms))
+            continue
         except BinanceError as exc:
-            failures += 1
-            done.append(f"FAILED close {position.symbol} {position.amount}: {exc}")
-    return done, failures
+            out.failures += 1
+            out.lines.append(f"FAILED close {position.symbol} {position.amount}: {exc}")
+            continue
+        out.lines.append(f"closed {position.symbol} {position.amount}")
+        executed = _decimal(answer.get("executedQty"))
+        if short and executed > 0:
+            out.closed.append(
+                (position.symbol, cid, executed, await _close_price(rest, position.symbol, cid, answer))
+            )
+    return out
+
+
+async def _close_price(rest: BinanceRest, symbol: str, cid: str, answer: Mapping[str, Any]) -> Decimal:
+    """The close's average price: the POST answer no longer carries it (usdm-2026, new-order
+    response), so one ``GET /fapi/v1/order`` (weight 1) reads it; 0 when that fails too."""
+    price = _decimal(answer.get("avgPrice"))
+    if price > 0:
+        return price
+    try:
+        return _decimal((await rest.query_order(symbol, cid)).get("avgPrice"))
+    except BinanceError as exc:
+        log.warning("price of the flatten's close %s unknown: %s", cid, exc)
+        return Decimal(0)
+
+
+def _decimal(value: object) -> Decimal:
+    try:
+        return Decimal(str(value)) if value is not None else Decimal(0)
+    except InvalidOperation:
+        return Decimal(0)
 
 
 async def account_exposure(rest: BinanceRest) -> list[str]:

@@ -850,4 +850,5 @@ async def _flatten_rest(
         await rest.sync_time()
         if dry_run:
             return await account_exposure(rest), 0
-        return await flatten_account(rest, int(time.time() * 1000))
+        outcome = await flatten_account(rest, int(time.time() * 1000))
+        return outcome.lines, outcome.failures

@@ -19,6 +19,7 @@ import runtime_kit as kit
 from telethon import errors
 from telethon.tl import types
 
+from binance.sim.server import RestFault
 from fsm.runtime import daemon_cli
 from fsm.runtime.cli import main
 from telegram_ingest.listener import open_session_path
@@ -558,7 +559,7 @@ def test_flatten_cancels_every_order_and_closes_the_position(
                     0,
                 ),
             ]
-            assert len(orders) == 4
+            assert len(orders) == 4, orders
             cid, side, otype, _, qty, status, reduce_only, executed = orders[3]
             assert re.fullmatch(r"flat-\d+-ETHUSDT", cid)
             assert (side, otype, qty, status, reduce_only, executed) == (
@@ -604,6 +605,56 @@ def test_flatten_cancels_every_order_and_closes_the_position(
     assert re.fullmatch(
         r"cancelled sf1001-BE1-ETHUSDT; cancelled sf1001-MD1-ETHUSDT; closed ETHUSDT -2\.450", text
     )
+
+
+def test_flatten_whose_close_is_refused_leaves_the_close_to_the_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """D-63: while the flatten runs the engine arms nothing again (its orders' cancels are the
+    operator's); the venue refuses the flatten's close (-4131), so the engine closes the short
+    itself once the flatten has finished, and says so. Before, the breakeven went out again and
+    the short stayed open with no stop."""
+    feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
+    config = kit.write_config(tmp_path)
+
+    async def scenario() -> None:
+        async with kit.Venue(PHASE2_PATH) as venue:
+            run = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: run.seen.accepted("sf1001-BE1-ETHUSDT"))
+            await kit.wait_until(lambda: len(_heartbeat(tmp_path)["exposure"]["orders"]) == 2)
+            venue.harness.venue.faults.add(
+                RestFault(
+                    "POST",
+                    "/fapi/v1/order",
+                    "status",
+                    status=400,
+                    body='{"code":-4131,"msg":"The counterparty\'s best price does not meet the '
+                    'PERCENT_PRICE filter limit."}',
+                )
+            )
+            assert await asyncio.to_thread(main, ["flatten", "--yes", "--config", str(config)]) == 1
+            await kit.wait_until(lambda: run.seen.has("ETHUSDT EXITING->IDLE"))
+            assert await run.stop() == 0
+            orders = kit.venue_orders(venue.exchange)
+            assert [(o[0], o[5]) for o in orders] == [
+                ("sf1001-E11-ETHUSDT", "FILLED"),
+                ("sf1001-E21-ETHUSDT", "FILLED"),
+                ("sf1001-BE1-ETHUSDT", "CANCELED"),
+                ("sf1001-CL1-ETHUSDT", "FILLED"),
+            ], orders
+            assert orders[3][1:] == (
+                "BUY", "MARKET", Decimal(0), Decimal("2.450"), "FILLED", True, Decimal("2.450"),
+            )  # fmt: skip
+            assert kit.venue_algos(venue.exchange) == [
+                ("sf1001-MD1-ETHUSDT", "BUY", "STOP_MARKET", Decimal("4323.10"), "CANCELED", True)
+            ]
+            assert venue.exchange.positions[("ETHUSDT", "BOTH")].amount == 0
+
+    kit.run(scenario(), timeout=30)
+    out = "\n".join(_lines(capsys))
+    assert "  FAILED close ETHUSDT -2.450: " in out
+    texts = [t for (t,) in kit.rows(tmp_path, "SELECT text FROM alerts WHERE kind = 'flatten'")]
+    assert "ETHUSDT: the flatten left 2.450 open; the engine closes it at market" in texts
 
 
 def test_flatten_without_confirmation_does_nothing(
