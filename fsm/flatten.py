@@ -91,7 +91,7 @@ def on_flatten_finished(core: Core, event: ev.FlattenFinished) -> None:
                 model.symbol,
                 f"{model.symbol}: the flatten left {position} open; the engine closes it at market",
             )
-            lifecycle.market_close(core, model, "flatten: remainder")
+            lifecycle.market_close(core, model, "flatten left it open")
             continue
         for order in model.open_orders():
             # Placed after the flatten listed the venue's orders: nobody else cancels it.

@@ -99,6 +99,9 @@ JOURNAL_KEEP_MS = 7 * 86_400_000  # journal rows kept (a replay needs a checkpoi
 ORDER_WATCH_MS = 15_000  # venue time between two read-backs of our open orders (_watch_orders)
 BALANCE_READ_DELAY_MS = 500  # after an ACCOUNT_UPDATE: its fill's other pushes come first (_read_balance)
 OUTAGE_ALERT_MS = 10_000  # a Binance stream down this long (venue time) is alerted, naming its host
+# Wall seconds a flatten waits for the engine to read FlattenStarted (then goes on regardless): the
+# engine can be held by one REST call of its own, which times out after 10 s.
+FLATTEN_WAIT_S = 12.0
 OUTCOME_EVENTS = (
     ev.OrderAccepted,
     ev.AlgoOrderAccepted,
@@ -380,6 +383,10 @@ class Daemon:
         self._pending_acks: list[tuple[dict[str, Any], bool]] = []  # (request, paused wanted)
         self._notified_ready = False
         self._pause_queued: bool | None = None  # the PauseRequested on its way to the engine
+        self._flattening: set[str] = set()  # flatten requests being carried out (not applied twice)
+        self._flatten_lock = asyncio.Lock()
+        self._flatten_seen = asyncio.Event()  # the engine has handled the last FlattenStarted
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._watchdog_s = watchdog_interval_s()
         self._watchdog_at = 0.0
         self.stopped_reason = ""
@@ -441,7 +448,7 @@ class Daemon:
         self.queue.put_nowait(_STOP)
         with contextlib.suppress(asyncio.CancelledError):
             await consumer
-        extra = [t for t in (self._source_task, self._balance_read) if t is not None]
+        extra = [t for t in (self._source_task, self._balance_read, *self._side_tasks) if t is not None]
         for task in [*self._tasks, *extra]:
             task.cancel()
         await asyncio.gather(*self._tasks, *extra, return_exceptions=True)
@@ -788,6 +795,8 @@ class Daemon:
             log.exception("event %s failed in the daemon", type(event).__name__)
         finally:
             self._wake.set()
+            if isinstance(event, ev.FlattenStarted):
+                self._flatten_seen.set()
 
     async def _handle(self, event: ev.Event, *, execute: bool) -> None:
         store = self.store
@@ -824,8 +833,9 @@ class Daemon:
                 await self._save_cursor(c.chat_id, c.message_id, now)
         store.record_commands(now, commands)
         self.decision_log.decisions(now, event, commands)
-        if any(isinstance(c, cmd.Transitioned) for c in commands):
-            # Saved before the orders go out: recovery's hint must never lag a state change (D-17).
+        if isinstance(event, ev.FlattenStarted) or any(isinstance(c, cmd.Transitioned) for c in commands):
+            # Saved before the orders go out: recovery's hint must never lag a state change (D-17),
+            # nor a restart miss a flatten that had begun (D-63).
             self.store.save_snapshot(now, self.engine.snapshot())
         elif any(isinstance(c, cmd.ORDER_COMMANDS) for c in commands):
             self._snapshot_dirty = True
@@ -1106,7 +1116,8 @@ class Daemon:
         """Operator requests (``pause``, ``resume``, ``flatten``) in the order written, each
         acknowledged once applied; and the paused flag kept as the control row says."""
         for request in await self.store.control_requests():
-            await self._apply_request(request, now)
+            if str(request.get("id")) not in self._flattening:
+                await self._apply_request(request, now)
         control = await self._read_control()
         paused = bool(control.get("paused", False))
         if paused == self.engine.paused:
@@ -1143,18 +1154,39 @@ class Daemon:
             if not self.engine.paused and self._pause_queued is not True:
                 self._pause_queued = True
                 self.enqueue_nowait(ev.PauseRequested(now_ms=now, paused=True))
-            # Queued before any cancel: the engine reads the cancels' reports as the operator's.
-            self.enqueue_nowait(ev.FlattenStarted(now_ms=now, request_id=str(rid)))
-            outcome = await self._flatten(now)
-            self.enqueue_nowait(outcome.finished(self.clock.now_ms(), str(rid)))
-            lines, failures = outcome.lines, outcome.failures
-            result = "failed" if failures else "ok"
-            await self.store.finish_control(request, {"result": result, "lines": lines, "failures": failures})
-            self._log_operator(self.clock.now_ms(), request, result, lines)
+            # Its own task: the status loop (heartbeat, watchdog) keeps beating through slow calls.
+            self._flattening.add(str(rid))
+            task = asyncio.create_task(self._run_flatten(request, now), name=f"flatten-{rid}")
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
         else:
             lines = [f"unknown command {command!r}"]
             await self.store.finish_control(request, {"result": "refused", "lines": lines, "failures": 1})
             self._log_operator(now, request, "refused", lines)
+
+    async def _run_flatten(self, request: dict[str, Any], now: int) -> None:
+        rid = str(request.get("id"))
+        try:
+            async with self._flatten_lock:  # one flatten at a time, in the order asked
+                # The engine has read FlattenStarted before the first cancel goes out, so it reads
+                # their reports as the operator's (an answer of its own in hand comes first).
+                self._flatten_seen.clear()
+                self.enqueue_nowait(ev.FlattenStarted(now_ms=now, request_id=rid))
+                try:
+                    await asyncio.wait_for(self._flatten_seen.wait(), FLATTEN_WAIT_S)
+                except TimeoutError:
+                    log.error("flatten %s: the engine is busy; flattening without waiting for it", rid)
+                outcome = await self._flatten(now)
+                for report in outcome.reports:  # the close's fills as the stream would have told them
+                    self.enqueue_nowait(report)
+                self.enqueue_nowait(outcome.finished(self.clock.now_ms(), rid))
+                result = "failed" if outcome.failures else "ok"
+                await self.store.finish_control(
+                    request, {"result": result, "lines": outcome.lines, "failures": outcome.failures}
+                )
+                self._log_operator(self.clock.now_ms(), request, result, outcome.lines)
+        finally:
+            self._flattening.discard(rid)
 
     def _log_operator(self, now: int, request: dict[str, Any], result: str, lines: list[str]) -> None:
         self.decision_log.operator(
@@ -1442,6 +1474,7 @@ class FlattenOutcome:
     cancelled: list[str] = field(default_factory=list)
     closed: list[tuple[str, str, Decimal, Decimal]] = field(default_factory=list)
     unknown: list[tuple[str, str, int]] = field(default_factory=list)
+    reports: list[ev.Event] = field(default_factory=list)  # each close's fills, read back
 
     def finished(self, now_ms: int, request_id: str) -> ev.FlattenFinished:
         return ev.FlattenFinished(
@@ -1514,23 +1547,15 @@ async def flatten_account(
         out.lines.append(f"closed {position.symbol} {position.amount}")
         executed = _decimal(answer.get("executedQty"))
         if short and executed > 0:
-            out.closed.append(
-                (position.symbol, cid, executed, await _close_price(rest, position.symbol, cid, answer))
-            )
+            # The POST answer no longer carries the price (usdm-2026, new-order response): the
+            # order and its trades are read back, so its fills, PnL and fees are booked even when
+            # the stream never tells them (GET order, weight 1; userTrades, weight 5).
+            tracked = Tracked(position.symbol, cid, False, Decimal(0), "NEW")
+            reports = await missed_updates(rest, [tracked], clock_ms())
+            out.reports.extend(reports)
+            prices = [r.avg_price for r in reports if isinstance(r, ev.OrderUpdated) and r.avg_price > 0]
+            out.closed.append((position.symbol, cid, executed, prices[-1] if prices else Decimal(0)))
     return out
-
-
-async def _close_price(rest: BinanceRest, symbol: str, cid: str, answer: Mapping[str, Any]) -> Decimal:
-    """The close's average price: the POST answer no longer carries it (usdm-2026, new-order
-    response), so one ``GET /fapi/v1/order`` (weight 1) reads it; 0 when that fails too."""
-    price = _decimal(answer.get("avgPrice"))
-    if price > 0:
-        return price
-    try:
-        return _decimal((await rest.query_order(symbol, cid)).get("avgPrice"))
-    except BinanceError as exc:
-        log.warning("price of the flatten's close %s unknown: %s", cid, exc)
-        return Decimal(0)
 
 
 def _decimal(value: object) -> Decimal:

@@ -226,6 +226,79 @@ def test_a_flatten_a_stop_interrupted_is_finished_by_the_next_daemon(
             "(flatten interrupted by a stop)") in _alerts(tmp_path)  # fmt: skip
 
 
+def _venue_close(venue: kit.Venue) -> tuple[Decimal, Decimal]:
+    """(realised PnL, fees) of every trade of the account on the venue."""
+    trades = venue.exchange.trades
+    return sum((Decimal(t["realizedPnl"]) for t in trades), Decimal(0)), sum(
+        (Decimal(t["commission"]) for t in trades), Decimal(0)
+    )
+
+
+def test_a_close_whose_reports_are_lost_is_read_back_for_the_alert_and_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Second pass. The user stream died during the flatten (its pushes lost) and came back. The close
+    was booked from the POST answer alone: the alert said realised net -1.8420 (the entry's fees
+    only) and `shortfsm trades` listed no trade, while the venue booked about -100 and 4.66 fees."""
+    feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
+    config = kit.write_config(tmp_path)
+    venue_close: list[Decimal] = []
+
+    async def scenario() -> None:
+        async with kit.Venue(PHASE2_PATH) as venue:
+            run = await _in_phase2(venue, tmp_path, feed)
+            venue.exchange.hold_user_events()
+            assert await asyncio.to_thread(main, ["flatten", "--yes", "--config", str(config)]) == 0
+            await kit.wait_until(lambda: run.seen.has("ETHUSDT EXITING->IDLE"), 15)
+            venue.exchange.user_faults.held.clear()  # pushed into a dead connection
+            venue.exchange.user_faults.holding = False
+            assert venue.harness.venue.drop_ws("private") == 1
+            assert venue.exchange.positions[("ETHUSDT", "BOTH")].amount == 0
+            venue_close.extend(_venue_close(venue))
+            assert await run.stop() == 0
+
+    kit.run(scenario(), timeout=40)
+    realised, fees = venue_close
+    assert realised < -50
+    (closed,) = [t for _, _, t in _alerts(tmp_path) if t.startswith("ETHUSDT closed")]
+    assert closed.endswith(f"realised net {realised - fees:+.4f} USDT (fees {fees:.4f})"), closed
+    capsys.readouterr()
+    assert main(["trades", "--config", str(config)]) == 0
+    assert f"{realised - fees:.4f}" in capsys.readouterr().out
+
+
+def test_a_flatten_waits_for_the_engine_whose_own_close_is_in_flight(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Second pass. A risk message's market close (CL1) was slow; the engine's consumer waited on it
+    with FlattenStarted queued behind, the flatten closed the short meanwhile and CL1's refusal
+    (-2022) reached the engine first: the operator's close was booked as an outside close at an
+    unknown price. Now the flatten's first call waits until the engine has read FlattenStarted."""
+    feed = kit.write_feed(
+        tmp_path,
+        [(1000, kit.ENTRY_CHAT, 1001, ETH), (12500, kit.RISK_CHAT, 5001, kit.RISK.format(symbol="ETHUSDT"))],
+    )
+    config = kit.write_config(tmp_path)
+
+    async def scenario() -> None:
+        async with kit.Venue(PHASE2_PATH) as venue:
+            run = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: run.seen.accepted("sf1001-BE1-ETHUSDT"), 12)
+            venue.harness.venue.faults.add(RestFault("POST", "/fapi/v1/order", "slow", hang_s=3.0))
+            model = run.daemon.engine.symbols["ETHUSDT"]
+            await kit.wait_until(lambda: bool(model.open_orders("CLOSE")), 10)  # CL1 in flight
+            assert await asyncio.to_thread(main, ["flatten", "--yes", "--config", str(config)]) == 0
+            await kit.wait_until(lambda: run.seen.has("ETHUSDT EXITING->IDLE"), 20)
+            assert await run.stop() == 0
+            assert venue.exchange.positions[("ETHUSDT", "BOTH")].amount == 0
+            closes = [(o[0], o[5]) for o in kit.venue_orders(venue.exchange) if o[2] == "MARKET"]
+            assert len([c for c in closes if c[1] == "FILLED"]) == 1, closes
+
+    kit.run(scenario(), timeout=60)
+    (closed,) = [t for _, _, t in _alerts(tmp_path) if t.startswith("ETHUSDT closed")]
+    assert "external close" not in closed and "estimate unknown" not in closed, closed
+
+
 def _saved_snapshot(tmp: Path) -> str:
     found = kit.rows(tmp, "SELECT engine FROM snapshots ORDER BY id DESC LIMIT 1")
     return str(found[0][0]) if found else ""
