@@ -80,8 +80,8 @@ def on_flatten_finished(core: Core, event: ev.FlattenFinished) -> None:
         if pending is not None:
             # It may have traded: a query once it can no longer execute decides (never a resend first).
             track = model.orders.get(pending[0]) or _adopt(core, model, pending[0])
-            if track is not None and track.status == "PENDING_NEW":
-                track.apply("answer_lost")
+            if track is not None and track.is_open and track.status != "UNKNOWN":
+                track.apply("gone_unexplained")  # what it traded is known only by asking
                 track.resolve_at_ms = max(pending[1], core.now_ms)
         position = model.position()
         unclosed = position > 0 and model.info is not None and not rules.is_dust(position, model.info)

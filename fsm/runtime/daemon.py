@@ -40,7 +40,7 @@ import signal
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -1164,6 +1164,21 @@ class Daemon:
             await self.store.finish_control(request, {"result": "refused", "lines": lines, "failures": 1})
             self._log_operator(now, request, "refused", lines)
 
+    async def _record_flatten_close(self, params: dict[str, str]) -> None:
+        """The flatten's close of a short is on record before it is sent: a stop before its fills
+        are booked leaves it unfinished, and the next start reads it back (N-28)."""
+        close = cmd.PlaceOrder(
+            symbol=params["symbol"],
+            client_order_id=params["newClientOrderId"],
+            leg="CLOSE",
+            side="BUY",
+            order_type="MARKET",
+            quantity=Decimal(params["quantity"]),
+            reduce_only="reduceOnly" in params,
+            position_side="SHORT" if "positionSide" in params else None,
+        )
+        await self.store.record_commands(self.clock.now_ms(), [close])
+
     async def _run_flatten(self, request: dict[str, Any], now: int) -> None:
         rid = str(request.get("id"))
         try:
@@ -1207,7 +1222,8 @@ class Daemon:
             if command == "flatten" and interrupted:
                 text = (
                     f"operator flatten {request.get('id')} was interrupted by a stop: not applied again; "
-                    f"the positions it had begun closing ({', '.join(interrupted)}) are closed at market now"
+                    f"this daemon finishes what it began for {', '.join(interrupted)} (what is still open "
+                    "is closed at market, what it closed is read back)"
                 )
             log.warning(text)
             await self.store.finish_control(request, {"result": "discarded", "lines": [text], "failures": 1})
@@ -1230,9 +1246,12 @@ class Daemon:
         """Every order cancelled and every position closed; each line says what was done or failed."""
         outcome = FlattenOutcome(lines=[])
         try:
-            await flatten_account(self.rest, now, outcome, self.clock.now_ms)
-        except (BinanceError, KeyError, ValueError) as exc:  # what was done before it stays listed
-            outcome.lines.append(f"FAILED flatten: {exc}")
+            await flatten_account(self.rest, now, outcome, self.clock.now_ms, self._record_flatten_close)
+        except Exception as exc:  # what was done before it stays listed; FlattenFinished still follows
+            known = isinstance(exc, (BinanceError, KeyError, ValueError))
+            if not known:
+                log.exception("flatten failed unexpectedly")
+            outcome.lines.append(f"FAILED flatten: {exc if known else f'{type(exc).__name__}: {exc}'}"[:500])
             outcome.failures += 1
         outcome.lines = outcome.lines or ["nothing to cancel or close"]
         lines, failures = outcome.lines, outcome.failures
@@ -1491,9 +1510,11 @@ async def flatten_account(
     now_ms: int,
     out: FlattenOutcome | None = None,
     clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    before_close: Callable[[dict[str, str]], Awaitable[None]] | None = None,
 ) -> FlattenOutcome:
     """Cancel every open order and algo order, then close every position at market, recording
-    into ``out`` as it goes. Reading the venue failing raises ``BinanceError``."""
+    into ``out`` as it goes; ``before_close`` sees each close of a short before it is sent.
+    Reading the venue failing raises ``BinanceError``."""
     out = out if out is not None else FlattenOutcome(lines=[])
     for order in await rest.open_orders():
         cid = str(order["clientOrderId"])
@@ -1529,6 +1550,8 @@ async def flatten_account(
             params["positionSide"] = "SHORT" if short else "LONG"
         else:
             params["reduceOnly"] = "true"
+        if short and before_close is not None:
+            await before_close(params)
         sent_ms = clock_ms()
         try:
             answer = await rest.place_order(params)
@@ -1551,10 +1574,16 @@ async def flatten_account(
             # order and its trades are read back, so its fills, PnL and fees are booked even when
             # the stream never tells them (GET order, weight 1; userTrades, weight 5).
             tracked = Tracked(position.symbol, cid, False, Decimal(0), "NEW")
-            reports = await missed_updates(rest, [tracked], clock_ms())
-            out.reports.extend(reports)
-            prices = [r.avg_price for r in reports if isinstance(r, ev.OrderUpdated) and r.avg_price > 0]
-            out.closed.append((position.symbol, cid, executed, prices[-1] if prices else Decimal(0)))
+            fills = [
+                r
+                for r in await missed_updates(rest, [tracked], clock_ms())
+                if isinstance(r, ev.OrderUpdated) and r.trade_id  # a fill with its PnL and fee
+            ]
+            out.reports.extend(fills)
+            if sum((f.last_qty for f in fills), Decimal(0)) >= executed:
+                out.closed.append((position.symbol, cid, executed, fills[-1].avg_price))
+            else:  # its trades could not be read (yet): the engine asks again, as for any order
+                out.unknown.append((position.symbol, cid, clock_ms()))
     return out
 
 

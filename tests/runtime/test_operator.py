@@ -504,6 +504,14 @@ def _heartbeat(tmp: Path) -> dict[str, Any]:
     return json.loads(found[0][0]) if found else {"exposure": {"orders": []}}
 
 
+async def _in_phase2(venue: kit.Venue, tmp: Path, feed: Path) -> kit.Run:
+    """A daemon on ``venue`` whose ETHUSDT short is in PHASE2 with its breakeven and MDD stop working."""
+    run = await venue.start_daemon(tmp, feed)
+    await kit.wait_until(lambda: run.seen.accepted("sf1001-BE1-ETHUSDT"), 12)
+    await kit.wait_until(lambda: len(_heartbeat(tmp)["exposure"]["orders"]) == 2)
+    return run
+
+
 def test_flatten_cancels_every_order_and_closes_the_position(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -619,9 +627,7 @@ def test_flatten_whose_close_is_refused_leaves_the_close_to_the_engine(
 
     async def scenario() -> None:
         async with kit.Venue(PHASE2_PATH) as venue:
-            run = await venue.start_daemon(tmp_path, feed)
-            await kit.wait_until(lambda: run.seen.accepted("sf1001-BE1-ETHUSDT"))
-            await kit.wait_until(lambda: len(_heartbeat(tmp_path)["exposure"]["orders"]) == 2)
+            run = await _in_phase2(venue, tmp_path, feed)
             venue.harness.venue.faults.add(
                 RestFault(
                     "POST",
