@@ -210,27 +210,35 @@ def write_demo(folder: Path, stories: tuple[Story, ...] = STORIES) -> tuple[Path
     store = Store(cache)
     try:
         for symbol, minutes in sorted(bars.items()):
-            times = sorted(minutes)
-            columns: dict[str, list[float | None]] = {
-                name: [minutes[t][i] for t in times]
-                for i, name in enumerate(("open", "high", "low", "close"))
-            }
-            places = SYMBOLS[symbol][1]
-            for dataset in ("klines", "markPriceKlines"):
-                store.write(symbol, dataset, Parsed(times, dict(columns), dict.fromkeys(columns, places)))
-            settlements = sorted({t - t % (8 * HOUR) for t in times})
-            store.write(
-                symbol,
-                "fundingRate",
-                Parsed(
-                    settlements,
-                    {"funding_rate": [0.0001] * len(settlements), "mark_price": [None] * len(settlements)},
-                    {"funding_rate": 6, "mark_price": 0},
-                ),
-            )
+            write_bars(store, symbol, minutes, SYMBOLS[symbol][1], following_settlements=0)
     finally:
         store.close()
     return feed, cache
+
+
+def write_bars(
+    store: Store, symbol: str, minutes: dict[int, Bar], places: int, *, following_settlements: int
+) -> None:
+    """One symbol's synthetic minutes as its trade and mark klines, and a flat funding rate at each
+    8-hour settlement they cover (and the ``following_settlements`` after each)."""
+    times = sorted(minutes)
+    columns: dict[str, list[float | None]] = {
+        name: [minutes[t][i] for t in times] for i, name in enumerate(("open", "high", "low", "close"))
+    }
+    for dataset in ("klines", "markPriceKlines"):
+        store.write(symbol, dataset, Parsed(times, dict(columns), dict.fromkeys(columns, places)))
+    settlements = sorted(
+        {t - t % (8 * HOUR) + k * 8 * HOUR for t in times for k in range(following_settlements + 1)}
+    )
+    store.write(
+        symbol,
+        "fundingRate",
+        Parsed(
+            settlements,
+            {"funding_rate": [0.0001] * len(settlements), "mark_price": [None] * len(settlements)},
+            {"funding_rate": 6, "mark_price": 0},
+        ),
+    )
 
 
 BENCHMARK_SYMBOL = "BTCUSDT"

@@ -19,17 +19,16 @@ from decimal import Decimal
 from pathlib import Path
 
 from binance.history import exchange_info
-from binance.history.archive import Parsed
 from binance.history.store import Store
 from binance.sim.clock import SimClock
 from binance.sim.exchange import SimExchange, SimSymbol
 from fsm.runtime.backtest_demo import (
-    HOUR,
     SINCE_MS,
     Bar,
     Story,
     feed_lines,
     story_bars_at,
+    write_bars,
 )
 
 YEAR_DAYS = 365
@@ -136,24 +135,8 @@ def write_year(folder: Path, stories: tuple[Story, ...], symbols: int = YEAR_SYM
             minutes: dict[int, Bar] = {}
             for story in own:
                 minutes.update(story_bars(story, by_name[name]))
-            times = sorted(minutes)
-            columns: dict[str, list[float | None]] = {
-                col: [minutes[t][i] for t in times] for i, col in enumerate(("open", "high", "low", "close"))
-            }
-            places = by_name[name].places
-            for dataset in ("klines", "markPriceKlines"):
-                store.write(name, dataset, Parsed(times, dict(columns), dict.fromkeys(columns, places)))
             # Each window's settlements and the next one after it (a trade's funding is read on).
-            settlements = sorted({t - t % (8 * HOUR) + k * 8 * HOUR for t in times for k in (0, 1)})
-            store.write(
-                name,
-                "fundingRate",
-                Parsed(
-                    settlements,
-                    {"funding_rate": [0.0001] * len(settlements), "mark_price": [None] * len(settlements)},
-                    {"funding_rate": 6, "mark_price": 0},
-                ),
-            )
+            write_bars(store, name, minutes, by_name[name].places, following_settlements=1)
     finally:
         store.close()
     return feed, cache
