@@ -515,7 +515,6 @@ class PremiumIndexPoller:
 
     async def poll_once(self) -> list[Event]:
         """One poll of every watched symbol (one request when several: the all-symbols answer)."""
-        now = self._clock_ms()
         if not self.symbols:
             return []
         try:
@@ -525,9 +524,12 @@ class PremiumIndexPoller:
                 answer = await self.rest.premium_index()
             rows = {str(r.get("symbol")): r for r in answer if isinstance(r, dict)}
         except BinanceError as err:
+            now = self._clock_ms()
             return [RestPriceFailed(now_ms=now, reason=f"{type(err).__name__} {err.code}: {err.msg}")]
         except (TypeError, AttributeError) as exc:
+            now = self._clock_ms()
             return [RestPriceFailed(now_ms=now, reason=f"unreadable premiumIndex: {exc}")]
+        now = self._clock_ms()  # the answer's arrival: what the engine learns, it learns now
         out: list[Event] = []
         for symbol in sorted(self.symbols):
             row = rows.get(symbol)

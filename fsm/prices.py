@@ -18,8 +18,8 @@ def on_mark(core: Core, event: ev.MarkPriceTick) -> None:
     symbol = event.symbol
     stale_ms = core.strategy.stale_mark_price_seconds * 1000
     if event.source == "WS":
-        core.last_ws_ms = now
-        core.mark_ws_ms[symbol] = now
+        core.last_ws_ms = max(core.last_ws_ms or 0, now)
+        core.mark_ws_ms[symbol] = max(core.mark_ws_ms.get(symbol, 0), now)
         if symbol in core.ws_fresh:
             _freshen(core, symbol, now)
         if core.price_source == "REST" and ws_silent(core, now) is None:  # W23
@@ -31,7 +31,9 @@ def on_mark(core: Core, event: ev.MarkPriceTick) -> None:
         core.rest_failing = False
         core.last_rest_ms = max(core.last_rest_ms or 0, event.event_time_ms)
         core.mark_rest_ms[event.symbol] = max(core.mark_rest_ms.get(event.symbol, 0), event.event_time_ms)
-        fresh = now - event.event_time_ms < stale_ms
+        # Judged at the engine's time, not the answer's stamp: an answer asked for before a
+        # safety lock and handled after it is as old as the engine's clock says (W23-1).
+        fresh = core.now_ms - event.event_time_ms < stale_ms
     if fresh:  # W17-2, W23-1: a REST answer older than the stale limit is not the current price
         core.marks[symbol] = event.price
         model = core.symbols.get(symbol)

@@ -125,3 +125,25 @@ def test_a_symbol_held_back_to_monitoring_keeps_its_position_sync_timer() -> Non
     )
     assert engine.state_of(X) == "MONITORING"
     assert X in engine.busy  # the timers still look at it (the index: fsm/core.py)
+
+
+@pytest.mark.spec("W23-1", "N-22")
+def test_a_rest_answer_asked_before_the_safety_lock_does_not_lift_it() -> None:
+    """The REST poll asks at T0+14.9 s while every source is frozen at T0; its answer (venue time
+    T0) is stamped with the asking time but reaches the engine after the 1-second evaluation of
+    T0+15.5 s has taken the safety lock. Judged at its own stamp it is 14.9 s old, "fresh"; judged
+    at the engine's time it is 15.5 s old: the lock stays. Found as a fault-matrix flake: on a loaded
+    host the lock was lifted by it and taken again a second later. A truly fresh answer lifts it."""
+    engine = Engine()
+    engine.handle(ev.Tick(now_ms=T0))
+    engine.handle(_mark(X, T0))
+    engine.handle(leading_event(X, 100, T0))
+    engine.handle(_mark(X, T0 + 100, "99", source="REST", venue_ms=T0))
+    engine.handle(ev.Tick(now_ms=T0 + 15_500))
+    assert engine.lock_state("safety_lock") == "PRICE_STALE"
+    late = _mark(X, T0 + 14_900, "99", source="REST", venue_ms=T0)
+    commands = engine.handle(late)
+    assert engine.lock_state("safety_lock") == "PRICE_STALE"
+    assert [c for c in commands if isinstance(c, cmd.Transitioned)] == []
+    engine.handle(_mark(X, T0 + 16_000, "99", source="REST", venue_ms=T0 + 15_800))
+    assert engine.lock_state("safety_lock") == "PRICE_OK"

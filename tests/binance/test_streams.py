@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from decimal import Decimal
 
 import pytest
@@ -394,6 +395,28 @@ def test_private_ws_query_and_stream_paths() -> None:
 # --------------------------------------------------------------------------------------------
 # REST price source
 # --------------------------------------------------------------------------------------------
+
+
+def wall_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+@pytest.mark.spec("W23-1", "N-22")
+def test_premium_index_answer_is_stamped_when_it_arrives() -> None:
+    """A slow premiumIndex answer is stamped with the time it arrived, not the time it was asked
+    for: the engine judges the price's age from that stamp (an answer asked for before a safety
+    lock and handled after it must not read as fresh)."""
+
+    async def go() -> None:
+        async with venue() as (ex, v, rest):
+            poller = PremiumIndexPoller(rest, Sink(), clock_ms=wall_ms, interval_s=0.005)
+            poller.set_symbols(["BTCUSDT"])
+            v.faults.add(RestFault("GET", "/fapi/v1/premiumIndex", "slow", hang_s=0.3))
+            asked = wall_ms()
+            (one,) = await poller.poll_once()
+            assert one.now_ms >= asked + 300
+
+    run(go())
 
 
 def test_premium_index_poller() -> None:
