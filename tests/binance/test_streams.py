@@ -408,7 +408,7 @@ def test_premium_index_answer_is_stamped_when_it_arrives() -> None:
     lock and handled after it must not read as fresh)."""
 
     async def go() -> None:
-        async with venue() as (ex, v, rest):
+        async with venue() as (_ex, v, rest):
             poller = PremiumIndexPoller(rest, Sink(), clock_ms=wall_ms, interval_s=0.005)
             poller.set_symbols(["BTCUSDT"])
             v.faults.add(RestFault("GET", "/fapi/v1/premiumIndex", "slow", hang_s=0.3))
