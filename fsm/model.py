@@ -125,13 +125,36 @@ _REGISTRY.update(
 )
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}  # a registered dataclass -> its field names, in order
+
+
 def encode(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is Decimal:
+        return {"$d": str(value)}
+    names = _FIELDS.get(kind)
+    if names is not None:  # the journal's hot path: scalar fields are encoded here, without a call
+        out: dict[str, Any] = {"$t": kind.__name__}
+        for n in names:
+            v = getattr(value, n)
+            t = type(v)
+            if t is str or t is int or t is bool or v is None:
+                out[n] = v
+            elif t is Decimal:
+                out[n] = {"$d": str(v)}
+            else:
+                out[n] = encode(v)
+        return out
     if isinstance(value, Decimal):
         return {"$d": str(value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         name = type(value).__name__
         if name not in _REGISTRY:
             raise TypeError(f"cannot encode {name}")
+        if _REGISTRY[name] is kind:
+            _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(value))
         body = {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return {"$t": name, **body}
     if isinstance(value, dict):

@@ -60,7 +60,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from binance.sim.clock import Clock, SimClock
 
@@ -334,6 +334,30 @@ class SimPosition:
     update_ms: int = 0
 
 
+V = TypeVar("V")
+
+
+class LiveIndex(Generic[V]):
+    """The entries of one order table (``orders``, ``algos``) that may still be working, in id
+    order. The tables keep every order of a run (a backtest: thousands) and are read on every mark
+    and every request; an order never works again once it has ended, so an ended entry is dropped
+    when the index is next read. Every insertion into the table goes through ``add``."""
+
+    def __init__(self, working: Callable[[V], bool]) -> None:
+        self._working = working
+        self._live: dict[int, V] = {}
+
+    def add(self, key: int, value: V) -> None:
+        self._live[key] = value
+
+    def values(self) -> list[V]:
+        working = self._working
+        ended = [k for k, v in self._live.items() if not working(v)]
+        for k in ended:
+            del self._live[k]
+        return list(self._live.values())
+
+
 @dataclass(slots=True)
 class _Bucket:
     open: Decimal
@@ -385,6 +409,11 @@ class SimExchange:
             self.add_symbol(sym, mark)
         self.orders: dict[int, SimOrder] = {}
         self.algos: dict[int, SimAlgo] = {}
+        self.open_orders_index = LiveIndex[SimOrder](lambda o: o.is_open)
+        self.new_algos_index = LiveIndex[SimAlgo](lambda a: a.status in ("NEW", "TRIGGERING"))
+        # client id -> its orders, oldest first (ids are unique only among open orders)
+        self._orders_by_cid: dict[str, list[SimOrder]] = {}
+        self._algos_by_cid: dict[str, list[SimAlgo]] = {}
         self.positions: dict[tuple[str, str], SimPosition] = {}
         self._next_order_id = 8_389_765_001
         self._next_algo_id = 1_000_000_000_000_001
@@ -614,7 +643,7 @@ class SimExchange:
         return sum(
             (
                 o.remaining * o.price / self.leverage[o.symbol]
-                for o in self.orders.values()
+                for o in self.open_orders_index.values()
                 if o.is_open and self._opens(o)
             ),
             ZERO,
@@ -1213,7 +1242,7 @@ class SimExchange:
         names = [self._symbol(params).symbol] if params.get("symbol") else list(self.symbols)
         rows = []
         for name in names:
-            has_orders = any(o.is_open and o.symbol == name for o in self.orders.values())
+            has_orders = any(o.is_open and o.symbol == name for o in self.open_orders_index.values())
             for pside in self._position_sides():
                 pos = self.positions.get((name, pside)) or SimPosition()
                 if v2 or pos.amount or has_orders:
@@ -1288,8 +1317,8 @@ class SimExchange:
             )
         if (want == "true") == self.hedge_mode:
             raise SimError(-4059, "No need to change position side.")
-        if any(o.is_open for o in self.orders.values()) or any(
-            a.status == "NEW" for a in self.algos.values()
+        if any(o.is_open for o in self.open_orders_index.values()) or any(
+            a.status == "NEW" for a in self.new_algos_index.values()
         ):
             raise SimError(-4067, "Position side cannot be changed if there exists open orders.")
         if any(p.amount for p in self.positions.values()):
@@ -1329,7 +1358,7 @@ class SimExchange:
             )
         if self.margin_type[sym.symbol] == mapped:
             raise SimError(-4046, "No need to change margin type.")
-        if any(o.is_open and o.symbol == sym.symbol for o in self.orders.values()):
+        if any(o.is_open and o.symbol == sym.symbol for o in self.open_orders_index.values()):
             raise SimError(-4047, "Margin type cannot be changed if there exists open orders.")
         if any(p.amount for (s, _), p in self.positions.items() if s == sym.symbol):
             raise SimError(-4048, "Margin type cannot be changed if there exists position.")
@@ -1404,7 +1433,7 @@ class SimExchange:
         cid = params.get("newClientOrderId") or f"sim_{secrets.token_hex(8)}"
         if not CLIENT_ID.match(cid):
             raise SimError(-4015, "Client order id is not valid.")
-        if any(o.is_open and o.symbol == sym.symbol and o.client_id == cid for o in self.orders.values()):
+        if any(o.is_open and o.symbol == sym.symbol for o in self._orders_by_cid.get(cid, [])):
             raise SimError(-4116, "ClientOrderId is duplicated.")
         qty = self._dec(params, "quantity")
         assert qty is not None
@@ -1466,7 +1495,7 @@ class SimExchange:
         if opens and notional / self.leverage[sym.symbol] > self.available_balance():
             raise SimError(-2019, "Margin is insufficient.")
         self._next_order_id += 1
-        self.orders[order.order_id] = order
+        self._add_order(order)
         self._emit(self._otu(order, "NEW"))
         if otype == "MARKET":
             self._fill(order, order.qty, book, maker=False)
@@ -1482,11 +1511,9 @@ class SimExchange:
             raise SimError(
                 -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!"
             )
-        matches = [
-            o
-            for o in self.orders.values()
-            if o.symbol == sym.symbol and ((oid and str(o.order_id) == oid) or (cid and o.client_id == cid))
-        ]
+        by_id = self.orders.get(int(oid)) if oid and oid.isdigit() else None
+        candidates = [*([by_id] if by_id else []), *(self._orders_by_cid.get(cid, []) if cid else [])]
+        matches = [o for o in candidates if o.symbol == sym.symbol]
         if not matches:
             raise SimError(-2013, "Order does not exist.")
         # The newest order with that client id (ids are only unique among open orders).
@@ -1634,13 +1661,13 @@ class SimExchange:
         name = self._symbol(params).symbol if params.get("symbol") else None
         return [
             self._order_json(o, query=True)
-            for o in self.orders.values()
+            for o in self.open_orders_index.values()
             if o.is_open and (name is None or o.symbol == name)
         ]
 
     def cancel_all_orders(self, params: dict[str, str]) -> Json:
         sym = self._symbol(params)
-        for o in list(self.orders.values()):
+        for o in self.open_orders_index.values():
             if o.is_open and o.symbol == sym.symbol:
                 o.status = "CANCELED"
                 o.update_ms = self.now()
@@ -1651,9 +1678,19 @@ class SimExchange:
     # matching
     # ----------------------------------------------------------------------------------------
 
+    def _add_order(self, order: SimOrder) -> None:
+        self.orders[order.order_id] = order
+        self.open_orders_index.add(order.order_id, order)
+        self._orders_by_cid.setdefault(order.client_id, []).append(order)
+
+    def _add_algo(self, algo: SimAlgo) -> None:
+        self.algos[algo.algo_id] = algo
+        self.new_algos_index.add(algo.algo_id, algo)
+        self._algos_by_cid.setdefault(algo.client_algo_id, []).append(algo)
+
     def _match_limits(self, symbol: str, last: Decimal) -> None:
         """Resting LIMIT orders the last price has reached fill as makers at their own price."""
-        for o in list(self.orders.values()):
+        for o in self.open_orders_index.values():
             if not (o.is_open and o.symbol == symbol and o.type == "LIMIT"):
                 continue
             reached = (o.side == "SELL" and last >= o.price) or (o.side == "BUY" and last <= o.price)
@@ -1879,7 +1916,7 @@ class SimExchange:
         caid = params.get("clientAlgoId") or secrets.token_urlsafe(16)[:22]
         if not CLIENT_ID.match(caid):
             raise SimError(-4015, "Client order id is not valid.")
-        if any(a.client_algo_id == caid and a.status == "NEW" for a in self.algos.values()):
+        if any(a.status == "NEW" for a in self._algos_by_cid.get(caid, [])):
             raise SimError(-4116, "ClientOrderId is duplicated.")
         working = params.get("workingType", "CONTRACT_PRICE") or "CONTRACT_PRICE"
         if working not in ("MARK_PRICE", "CONTRACT_PRICE"):
@@ -1909,7 +1946,7 @@ class SimExchange:
         if close:
             self._check_close_position(algo)
         self._next_algo_id += 1
-        self.algos[algo.algo_id] = algo
+        self._add_algo(algo)
         self._emit(self._algo_event(algo))
         return self._algo_json(algo)
 
@@ -1929,7 +1966,7 @@ class SimExchange:
         if not self.one_close_position_per_direction:
             return
         kind = algo.type.removesuffix("_MARKET")
-        for other in self.algos.values():
+        for other in self.new_algos_index.values():
             if (
                 other.status == "NEW"
                 and other.close_position
@@ -1949,11 +1986,8 @@ class SimExchange:
         caid = params.get("clientAlgoId")
         if not aid and not caid:
             raise SimError(-1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!")
-        matches = [
-            a
-            for a in self.algos.values()
-            if (aid and str(a.algo_id) == aid) or (caid and a.client_algo_id == caid)
-        ]
+        by_id = self.algos.get(int(aid)) if aid and aid.isdigit() else None
+        matches = [*([by_id] if by_id else []), *(self._algos_by_cid.get(caid, []) if caid else [])]
         if not matches:
             raise SimError(-2013, "Order does not exist.")
         return max(matches, key=lambda a: (a.status == "NEW", a.algo_id))
@@ -1979,13 +2013,13 @@ class SimExchange:
         name = self._symbol(params).symbol if params.get("symbol") else None
         return [
             self._algo_json(a)
-            for a in self.algos.values()
+            for a in self.new_algos_index.values()
             if a.status == "NEW" and (name is None or a.symbol == name)
         ]
 
     def cancel_all_algo_orders(self, params: dict[str, str]) -> Json:
         sym = self._symbol(params)
-        for a in list(self.algos.values()):
+        for a in self.new_algos_index.values():
             if a.status == "NEW" and a.symbol == sym.symbol:
                 a.status = "CANCELED"
                 a.update_ms = self.now()
@@ -1999,7 +2033,7 @@ class SimExchange:
         third parties). A closePosition order with nothing to close ends EXPIRED, a reduce-only one
         REJECTED with ``rm`` "Reduce Only reject" (the doc's example reason); which of the two
         Binance uses in each case is not documented."""
-        for a in list(self.algos.values()):
+        for a in self.new_algos_index.values():
             if a.status != "NEW" or a.symbol != symbol or not self._would_trigger(a, self.working_price(a)):
                 continue
             self._run_trigger(a)
@@ -2040,7 +2074,7 @@ class SimExchange:
             policy=self.fill_policies.get(a.client_algo_id, self.default_fill_policy),
         )
         self._next_order_id += 1
-        self.orders[child.order_id] = child
+        self._add_order(child)
         a.actual_order_id = child.order_id
         mode = self.algo_lifecycle
         if mode == "normal":

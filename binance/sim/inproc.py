@@ -43,30 +43,40 @@ class Exchanged:
 
 @dataclass
 class InProcessTransport(httpx.AsyncBaseTransport):
-    """Requests straight into ``venue``; every exchange is kept in ``log`` (oldest first)."""
+    """Requests straight into ``venue``; every exchange is kept in ``log`` (oldest first) unless
+    ``keep_log`` is off (a backtest: a year's answers, exchangeInfo's among them, took hundreds of MB)."""
 
     venue: SimVenue
     log: list[Exchanged] = field(default_factory=list)
+    keep_log: bool = True
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = (await request.aread()).decode()
         target = request.url.raw_path.decode("ascii")
         headers = dict(request.headers.items())
         answer = await self.venue.handle_request(request.method, target, headers, body)
-        query = urlsplit(target).query
-        params = tuple(
-            (k, v)
-            for k, v in parse_qsl(query, keep_blank_values=True) + parse_qsl(body)
-            if k not in UNSIGNED_KEYS
+        parts = urlsplit(target)
+        path = parts.path
+        params = (
+            tuple(
+                (k, v)
+                for k, v in parse_qsl(parts.query, keep_blank_values=True) + parse_qsl(body)
+                if k not in UNSIGNED_KEYS
+            )
+            if self.keep_log
+            else ()
         )
-        path = urlsplit(target).path
         if answer is None:
-            self.log.append(Exchanged(method=request.method, path=path, params=params, status=0, body=""))
+            if self.keep_log:
+                self.log.append(Exchanged(method=request.method, path=path, params=params, status=0, body=""))
             raise httpx.ReadTimeout("the simulated venue did not answer", request=request)
         status, extra, payload, content_type = answer
-        self.log.append(
-            Exchanged(method=request.method, path=path, params=params, status=status, body=payload.decode())
-        )
+        if self.keep_log:
+            self.log.append(
+                Exchanged(
+                    method=request.method, path=path, params=params, status=status, body=payload.decode()
+                )
+            )
         return httpx.Response(
             status, headers={"Content-Type": content_type, **extra}, content=payload, request=request
         )

@@ -80,13 +80,15 @@ import os
 import secrets
 import sqlite3
 import time
+from array import array
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from binance import parse
 from binance.executor import Executor
@@ -96,7 +98,6 @@ from binance.sim.clock import SimClock
 from binance.sim.exchange import (
     MAKER_FEE,
     TAKER_FEE,
-    SimAlgo,
     SimExchange,
     SimOrder,
     SimSymbol,
@@ -283,33 +284,77 @@ RawBar = tuple[Any, Any, Any, Any]  # open, high, low, close as the cache stores
 
 
 class Bars:
-    """One dataset's cached 1m candles by minute, kept as the cache's float64 values; a bar becomes
-    Decimals (``exact``: the decimal Binance sent) only when one of its prices is used, once. Order
-    and equality survive the float form (``exact`` is monotonic), so comparisons may read ``raw``."""
+    """One dataset's cached 1m candles by minute, kept as the cache's float64 values in two flat
+    arrays (minutes, and open/high/low/close four to a minute): a year of hundreds of symbols held
+    as dicts of tuples of floats took gigabytes. A bar becomes Decimals (``exact``: the decimal
+    Binance sent) only when one of its prices is used, once. Order and equality survive the float
+    form (``exact`` is monotonic), so comparisons may read ``raw_at``. A bar whose values are not
+    all floats (never from the cache's float64 columns) is kept as it came, beside the arrays."""
 
-    __slots__ = ("_exact", "raw")
+    __slots__ = ("_exact", "_minutes", "_odd", "_prices")
 
     def __init__(self, raw: dict[int, RawBar]) -> None:
-        self.raw = raw  # sorted by minute
+        minutes = sorted(raw)
+        self._minutes = array("q", minutes)
+        self._odd: dict[int, RawBar] = {}
         self._exact: dict[int, Bar] = {}
+        values = list(chain.from_iterable(raw[m] for m in minutes))
+        if set(map(type, values)) <= {float}:
+            self._prices = array("d", values)
+            return
+        self._prices = array("d")
+        nan = math.nan
+        for minute in minutes:
+            bar = raw[minute]
+            if all(type(v) is float for v in bar):
+                self._prices.extend(bar)
+            else:
+                self._odd[minute] = bar
+                self._prices.extend((nan, nan, nan, nan))
+
+    def raw_at(self, minute: int) -> RawBar | None:
+        """The bar of ``minute`` as stored, or None."""
+        minutes = self._minutes
+        i = bisect_left(minutes, minute)
+        if i == len(minutes) or minutes[i] != minute:
+            return None
+        if self._odd and minute in self._odd:
+            return self._odd[minute]
+        p = self._prices
+        return p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]
+
+    def span(self, start: int, end: int) -> dict[int, RawBar]:
+        """The bars of ``start <= minute < end`` as stored, by minute."""
+        minutes, p, odd = self._minutes, self._prices, self._odd
+        lo, hi = bisect_left(minutes, start), bisect_left(minutes, end)
+        out = {minutes[i]: (p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]) for i in range(lo, hi)}
+        if odd:
+            out.update((m, bar) for m, bar in odd.items() if start <= m < end)
+        return out
 
     def get(self, minute: int) -> Bar | None:
         bar = self._exact.get(minute)
         if bar is None:
-            r = self.raw.get(minute)
+            r = self.raw_at(minute)
             if r is None:
                 return None
             bar = self._exact[minute] = (exact(r[0]), exact(r[1]), exact(r[2]), exact(r[3]))
         return bar
 
+    def first(self) -> int | None:
+        return self._minutes[0] if self._minutes else None
+
+    def last(self) -> int | None:
+        return self._minutes[-1] if self._minutes else None
+
     def __contains__(self, minute: object) -> bool:
-        return minute in self.raw
+        return isinstance(minute, int) and self.raw_at(minute) is not None
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.raw)
+        return iter(self._minutes)
 
     def __len__(self) -> int:
-        return len(self.raw)
+        return len(self._minutes)
 
 
 @dataclass(slots=True)
@@ -345,12 +390,12 @@ class MinuteData:
         and the missing minutes of the slots left out (a slot with a missing minute is incomplete;
         a slot wholly before the cached data begins is not counted as missing)."""
         end = received_ms // KLINE_MS * KLINE_MS  # slots opening before this have closed
-        first = self.first_last if self.lasts.raw else end
-        raw = self.lasts.raw
+        first = self.first_last if len(self.lasts) else end
+        raw_at = self.lasts.span(end - KLINE_COUNT * KLINE_MS, end).get
         out: list[ev.Candle] = []
         missing: list[int] = []
         for start in range(end - KLINE_COUNT * KLINE_MS, end, KLINE_MS):
-            parts = [raw.get(start + i * MINUTE_MS) for i in range(3)]
+            parts = [raw_at(start + i * MINUTE_MS) for i in range(3)]
             if any(p is None for p in parts):
                 if start + KLINE_MS > first:
                     missing.extend(start + i * MINUTE_MS for i in range(3) if parts[i] is None)
@@ -374,7 +419,9 @@ class MinuteData:
 
     @classmethod
     def load(cls, marks: Bars, lasts: Bars) -> MinuteData:
-        return cls(marks, lasts, max([*marks, *lasts], default=-1), min(lasts.raw, default=-1))
+        ends = [m for m in (marks.last(), lasts.last()) if m is not None]
+        first = lasts.first()
+        return cls(marks, lasts, max(ends, default=-1), -1 if first is None else first)
 
 
 def _bars(columns: dict[str, list[Any]]) -> dict[int, RawBar]:
@@ -414,6 +461,16 @@ class BacktestExchange(SimExchange):
         self.maker_fee, self.taker_fee = fees.maker, fees.taker
         self.slippage = slippage_bps / BPS
         self._entries: dict[str, tuple[tuple[Any, ...], Json]] = {}
+        self.held: set[str] = set()  # symbols with a position (either side), kept as fills land
+
+    def _apply_position(self, symbol: str, pside: str, side: str, qty: Decimal, price: Decimal) -> Decimal:
+        realised = super()._apply_position(symbol, pside, side, qty, price)
+        sides = (self.positions.get((symbol, ps)) for ps in ("BOTH", "LONG", "SHORT"))
+        if any(p is not None and p.amount for p in sides):
+            self.held.add(symbol)
+        else:
+            self.held.discard(symbol)
+        return realised
 
     def exchange_info(self, params: dict[str, str]) -> Json:
         """The sim's answer, each symbol's entry built once while its fields stay the same: the
@@ -448,36 +505,6 @@ class BacktestExchange(SimExchange):
 # ---------------------------------------------------------------------------------------------
 # Price paths
 # ---------------------------------------------------------------------------------------------
-
-
-ORDER_ENDED = frozenset({"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"})
-ALGO_ENDED = frozenset({"CANCELED", "EXPIRED", "REJECTED", "FINISHED"})
-V = TypeVar("V", SimOrder, SimAlgo)
-
-
-class _Unfinished(Generic[V]):
-    """The entries of one of the sim's order tables that have not ended, in the table's order: the
-    levels are read many times a minute and the tables keep every order of the run. The sim only
-    adds entries (ids counting up) and never reopens an ended order; a table that shrank is read
-    whole again."""
-
-    def __init__(self, ended: frozenset[str]) -> None:
-        self.ended = ended
-        self.seen = 0
-        self.live: dict[int, V] = {}
-
-    def values(self, table: dict[int, V]) -> list[V]:
-        if len(table) != self.seen:
-            if len(table) < self.seen:
-                self.live = dict(table)
-            else:
-                for key in list(table)[self.seen :]:
-                    self.live[key] = table[key]
-            self.seen = len(table)
-        gone = [k for k, v in self.live.items() if v.status in self.ended]
-        for k in gone:
-            del self.live[k]
-        return list(self.live.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -780,16 +807,22 @@ class Backtest:
         self.onboard_ms = venue.onboard_ms
         self.exchange.answer_as_binance()
         self.exchange.user_listeners.append(lambda payload, key: self.pending.append(payload))
-        self.transport = InProcessTransport(SimVenue(self.exchange))
+        self.transport = InProcessTransport(SimVenue(self.exchange), keep_log=False)
+        # The venue's exchangeInfo is today's for the whole run (D-62): the daemon's five-minute
+        # re-read could never learn anything new here, so the run reads it once a simulated day.
         self.rest = BinanceRest(
             api_key=self.api_key,
             api_secret=secret,
             base_url="http://sim.invalid",
             clock_ms=self.clock.now_ms,
             transport=self.transport,
+            exchange_info_ttl_ms=86_400_000,
         )
         self.executor = Executor(self.rest)
         self.engine = Engine(strategy)
+        self.busy: set[str] = set()  # symbols the engine holds in a state other than IDLE
+        self._infos: dict[str, ev.SymbolInfo] = {}
+        self._info_rows: object = None
         self.pending: list[Json] = []
         self.refreshed_ms = -1
         self.ticked_ms = -1
@@ -797,8 +830,6 @@ class Backtest:
         self.ambiguous: set[tuple[str, int]] = set()
         self.trades_seen = 0  # the venue's trades already looked at for the minute's ambiguity
         self.note_counts: dict[str, int] = {}
-        self.live_orders = _Unfinished[SimOrder](ORDER_ENDED)
-        self.live_algos = _Unfinished[SimAlgo](ALGO_ENDED)
 
     # -- the venue's symbols (D-62) ----------------------------------------------------------------
 
@@ -913,6 +944,9 @@ class Backtest:
             store.checkpoint(event.now_ms, self.engine.snapshot(), run_start=first, keep_ms=0)
             self.checkpoint_due_ms = event.now_ms + CHECKPOINT_EVERY_MS
         commands = self.engine.handle(event)
+        for c in commands:
+            if isinstance(c, cmd.Transitioned) and c.machine == "symbol" and c.symbol is not None:
+                (self.busy.discard if c.dest == "IDLE" else self.busy.add)(c.symbol)
         store.journal(event, render_all(commands))
         self.result.events += 1
         if not commands:
@@ -933,6 +967,15 @@ class Backtest:
                 answers.extend(await self.executor.execute(c, now))
                 answers.extend(self.drain())
         return answers
+
+    async def symbol_infos(self) -> dict[str, ev.SymbolInfo]:
+        """exchangeInfo through the client, as the daemon reads it at each signal; parsed again
+        only when the client read it again (its cached answer shares the ``symbols`` list)."""
+        answer = await self.rest.exchange_info()
+        rows = answer.get("symbols")
+        if rows is not self._info_rows:
+            self._infos, self._info_rows = parse.symbol_infos(answer), rows
+        return self._infos
 
     def drain(self) -> list[ev.Event]:
         payloads, self.pending = self.pending, []
@@ -962,10 +1005,10 @@ class Backtest:
         await self.feed(events)
 
     def watched(self) -> list[str]:
-        """Symbols whose prices can decide something: not IDLE in the engine, or held on the venue."""
-        held = {s for (s, _), p in self.exchange.positions.items() if p.amount != 0}
-        busy = {s for s, m in self.engine.symbols.items() if m.state != "IDLE"}
-        return sorted((held | busy) & set(self.exchange.symbols))
+        """Symbols whose prices can decide something: not IDLE in the engine, or held on the venue.
+        Both sets are kept as they change (the engine's transitions, the venue's fills): read on
+        every point, a scan of every symbol and position ever seen grew with the run."""
+        return sorted((self.busy | self.exchange.held) & self.exchange.symbols.keys())
 
     def deadline(self) -> int | None:
         """The engine's next deadline, its price-staleness watchdogs left out (see the docstring);
@@ -1002,8 +1045,7 @@ class Backtest:
         info: ev.SymbolInfo | None = None
         klines: tuple[ev.Candle, ...] | None = None
         if isinstance(symbol, str):
-            infos = parse.symbol_infos(await self.rest.exchange_info())
-            info = infos.get(symbol)
+            info = (await self.symbol_infos()).get(symbol)
             when = ledger.iso_utc(at)
             why = self.not_listed.get(symbol, f"{symbol} unknown to the venue")
             if at < self.onboard_ms.get(symbol, at):
@@ -1111,11 +1153,11 @@ class Backtest:
     def labelled_levels(self, symbol: str) -> list[Level]:
         """Every level that can decide something for ``symbol`` now, with the leg it belongs to."""
         out: list[Level] = []
-        for algo in self.live_algos.values(self.exchange.algos):
+        for algo in self.exchange.new_algos_index.values():
             if algo.symbol == symbol and algo.status == "NEW":
                 on: Literal["mark", "last"] = "mark" if algo.working_type == "MARK_PRICE" else "last"
                 out.append(Level(_leg(algo.client_algo_id), on, algo.trigger))
-        for order in self.live_orders.values(self.exchange.orders):
+        for order in self.exchange.open_orders_index.values():
             if (
                 order.symbol == symbol
                 and order.type == "LIMIT"

@@ -12,9 +12,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from binance import parse as parse_module
 from binance.history.archive import Parsed
 from binance.history.store import Store as ParquetStore
 from binance.history.store import exact
+from binance.sim.exchange import LiveIndex
 from fsm import events as ev
 from fsm.runtime.backtest import (
     KLINE_COUNT,
@@ -25,7 +27,6 @@ from fsm.runtime.backtest import (
     Bars,
     MinuteData,
     _InlineStore,
-    _Unfinished,
 )
 
 START = 1_772_323_200_000  # 2026-03-01 00:00 UTC
@@ -172,16 +173,18 @@ class _Order:
     status: str
 
 
-def test_unfinished_orders_follow_the_table_in_its_order() -> None:
-    table: dict[int, Any] = {1: _Order("NEW"), 2: _Order("FILLED"), 3: _Order("NEW")}
-    live: _Unfinished[Any] = _Unfinished(frozenset({"FILLED", "CANCELED"}))
-    assert live.values(table) == [table[1], table[3]]
+def test_live_index_follows_the_working_entries_in_id_order() -> None:
+    table: dict[int, _Order] = {1: _Order("NEW"), 2: _Order("FILLED"), 3: _Order("NEW")}
+    live = LiveIndex[_Order](lambda o: o.status in ("NEW", "PARTIALLY_FILLED"))
+    for key, order in table.items():
+        live.add(key, order)
+    assert live.values() == [table[1], table[3]]
     table[1].status = "CANCELED"
     table[4] = _Order("PARTIALLY_FILLED")
-    assert live.values(table) == [table[3], table[4]]
-    table.clear()
-    table[9] = _Order("NEW")
-    assert live.values(table) == [table[9]]  # a table that shrank is read whole again
+    live.add(4, table[4])
+    assert live.values() == [table[3], table[4]]
+    table[3].status = "NEW"  # still working: kept
+    assert live.values() == [table[3], table[4]]
 
 
 def test_inline_store_writes_in_order_and_keeps_a_failing_write_on_its_future(tmp_path: Path) -> None:
@@ -197,3 +200,63 @@ def test_inline_store_writes_in_order_and_keeps_a_failing_write_on_its_future(tm
 
     rows, errors, failed = asyncio.run(go())
     assert rows == [("a", 1), ("b", 2)] and errors == 1 and failed
+
+
+def test_bars_keep_a_bar_that_is_not_floats_as_it_came() -> None:
+    raw: dict[int, tuple[Any, Any, Any, Any]] = {
+        START: (1.5, 2.0, 1.0, 1.25),
+        START + MINUTE_MS: (3000, 3010, 2990, 3000),  # ints: never from the cache, kept as they are
+        START + 2 * MINUTE_MS: (2.5, 3.0, 2.0, 2.75),
+    }
+    bars = Bars(dict(raw))
+    assert [bars.raw_at(t) for t in raw] == list(raw.values())
+    assert bars.raw_at(START - MINUTE_MS) is None and bars.raw_at(START + 3 * MINUTE_MS) is None
+    assert bars.span(START + MINUTE_MS, START + 3 * MINUTE_MS) == {
+        t: raw[t] for t in (START + MINUTE_MS, START + 2 * MINUTE_MS)
+    }
+    assert bars.get(START + MINUTE_MS) == (Decimal(3000), Decimal(3010), Decimal(2990), Decimal(3000))
+    assert list(bars) == list(raw) and len(bars) == 3 and START + MINUTE_MS in bars
+    assert (bars.first(), bars.last()) == (START, START + 2 * MINUTE_MS)
+
+
+def test_the_watched_symbols_kept_as_they_change_are_the_ones_a_full_scan_finds(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A year-generator run of 48 signals over 6 symbols: at every read, the symbols the run keeps
+    as the engine transitions and the venue fills are exactly those a scan of every engine symbol
+    and every venue position finds (and the exchangeInfo read once a simulated day is parsed only
+    when read again)."""
+    from fsm.runtime import backtest_demo, backtest_year
+    from fsm.runtime.backtest import run_backtest
+
+    stories = backtest_year.year_stories(48, 6, 12)
+    backtest_year.write_year(tmp_path, stories, 6)
+    scans: list[tuple[list[str], list[str]]] = []
+    parses: list[int] = []
+    kept = Backtest.watched
+    real_parse = parse_module.symbol_infos
+
+    def checked(self: Backtest) -> list[str]:
+        held = {s for (s, _), p in self.exchange.positions.items() if p.amount != 0}
+        busy = {s for s, m in self.engine.symbols.items() if m.state != "IDLE"}
+        scans.append((kept(self), sorted((held | busy) & set(self.exchange.symbols))))
+        return scans[-1][0]
+
+    def counted(answer: Any) -> Any:
+        parses.append(1)
+        return real_parse(answer)
+
+    monkeypatch.setattr(Backtest, "watched", checked)
+    monkeypatch.setattr(parse_module, "symbol_infos", counted)
+    result = run_backtest(
+        tmp_path / "year-feed.jsonl",
+        tmp_path / "year-cache",
+        since_ms=backtest_demo.SINCE_MS,
+        until_ms=backtest_demo.SINCE_MS + 13 * backtest_demo.DAY,
+        db_path=tmp_path / "b.db",
+        capital=Decimal("100000"),
+    )
+    assert len(result.trades) > 20
+    assert len(scans) > 1000 and any(kept for kept, _ in scans)
+    assert [kept for kept, _ in scans] == [full for _, full in scans]
+    assert 1 <= len(parses) <= 14  # once a simulated day at most, not once a signal (48)
