@@ -270,3 +270,27 @@ def test_ticker_24hr_and_leverage_bracket_answers() -> None:
     with pytest.raises(SimError) as bad:
         ex.leverage_bracket({"symbol": "NOPEUSDT"})
     assert (bad.value.code, bad.value.msg) == (-1121, "Invalid symbol.")
+
+
+@pytest.mark.parametrize("text", ["08389765001", "٨٣٨٩٧٦٥٠٠١", "\u00b2", "9" * 5000, "8389765001 ", "-1"])
+def test_an_order_id_that_is_not_the_order_ids_digits_finds_no_order(text: str) -> None:
+    """The orders are looked up by id through an index: an id written otherwise than the order's
+    own digits (a leading zero, other scripts' digits, a superscript, thousands of digits) finds
+    nothing and answers the error code, never an exception (found by a differential attack). What
+    Binance answers for such ids (-1100 for illegal characters?) is not known; not-found is kept."""
+    ex = SimExchange()
+    order = {"symbol": "BTCUSDT", "side": "SELL", "type": "LIMIT", "quantity": "0.010"}
+    ex.new_order({**order, "price": "96000.0", "timeInForce": "GTC", "newClientOrderId": "c1"})
+    algo = {"algoType": "CONDITIONAL", "symbol": "BTCUSDT", "side": "SELL", "type": "STOP_MARKET"}
+    ex.new_algo_order({**algo, "quantity": "0.010", "triggerPrice": "90000.0", "clientAlgoId": "s1"})
+    assert ex.query_order({"symbol": "BTCUSDT", "orderId": "8389765001"})["clientOrderId"] == "c1"
+    with pytest.raises(SimError) as found:
+        ex.query_order({"symbol": "BTCUSDT", "orderId": text})
+    assert found.value.code == -2013
+    with pytest.raises(SimError) as cancelled:
+        ex.cancel_order({"symbol": "BTCUSDT", "orderId": text})
+    assert cancelled.value.code == -2011
+    with pytest.raises(SimError) as algo_found:
+        ex.query_algo_order({"algoId": text.replace("8389765001", "1000000000000001")})
+    assert algo_found.value.code == -2013
+    assert [o["clientOrderId"] for o in ex.open_orders({})] == ["c1"]
