@@ -38,6 +38,7 @@ import math
 import os
 import signal
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -231,18 +232,42 @@ class RunClock:
     ``start`` lets it run from ``origin_ms`` at ``speed`` x wall time.
     """
 
-    def __init__(self, *, speed: float = 1.0, origin_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        speed: float = 1.0,
+        origin_ms: int | None = None,
+        max_gap_s: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.speed = speed
+        self._monotonic = monotonic
         self._origin = origin_ms if origin_ms is not None else int(time.time() * 1000)
-        self._mono0 = time.monotonic()
+        self._mono0 = monotonic()
         self._manual: int | None = None
+        # A test harness that reads the clock every few milliseconds may set ``max_gap_s``: a gap
+        # between two readings longer than that is the host stalling the process (a loaded CI
+        # machine), and only ``max_gap_s`` of it counts. On a compressed clock a 400 ms stall is
+        # otherwise ten venue seconds in which nothing could run: a price "stale" for no reason.
+        self.max_gap_s = max_gap_s
+        self.stalled_s = 0.0  # wall time not counted
+        self._read_at = self._mono0
+        self._lock = threading.Lock()
 
     def now_ms(self) -> int:
         if self._manual is not None:
             return self._manual
-        return self._origin + int((time.monotonic() - self._mono0) * 1000 * self.speed)
+        if self.max_gap_s is None:
+            return self._origin + int((self._monotonic() - self._mono0) * 1000 * self.speed)
+        with self._lock:
+            mono = max(self._monotonic(), self._read_at)
+            gap = mono - self._read_at
+            if gap > self.max_gap_s:
+                self.stalled_s += gap - self.max_gap_s
+            self._read_at = mono
+            return self._origin + int((mono - self._mono0 - self.stalled_s) * 1000 * self.speed)
 
     def set_manual(self, now_ms: int) -> None:
         self._manual = now_ms
@@ -250,7 +275,8 @@ class RunClock:
     def start(self, origin_ms: int) -> None:
         self._manual = None
         self._origin = origin_ms
-        self._mono0 = time.monotonic()
+        self._mono0 = self._read_at = self._monotonic()
+        self.stalled_s = 0.0
 
     def wall_s(self, ms: float) -> float:
         return max(0.0, ms / 1000 / self.speed)

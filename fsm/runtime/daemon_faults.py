@@ -76,6 +76,9 @@ SETTLE_MS = 8_000  # after the last fault action: the position sync and re-query
 MAX_EXTRA_MS = 40_000
 ORPHAN_GRACE_MS = 4_000
 POLL_S = 0.004
+# The cell's loop reads the clock every POLL_S; a longer gap between two readings is the host
+# stalling the process, and only this much of it is venue time (``RunClock.max_gap_s``).
+MAX_GAP_S = 0.05
 BAN_GRACE_MS = 1_000  # requests already in flight when a ban's first 418 went out (40 ms of wall time)
 ORDER_ROUTES = (("POST", "/fapi/v1/order"), ("POST", "/fapi/v1/algoOrder"))
 NOT_PARAMS = frozenset({"timestamp", "signature", "recvWindow"})
@@ -714,6 +717,7 @@ class CellContext:
     user_events: list[str] = field(default_factory=list)  # "ALGO|ORDER cid status" as the venue emitted them
     ban_informed: dict[int, int] = field(default_factory=dict)  # ban end -> venue time of its first 418
     ban_next_ms: int = 0  # the ban-growing fault: the next request after the queued 429s is banned this long
+    sized_on: dict[str, Decimal] = field(default_factory=dict)  # cid -> engine position when decided
 
     def silence_market(self, silent: bool) -> None:
         self.silenced += 1 if silent else -1
@@ -836,7 +840,9 @@ class CellContext:
                 error = int(getattr(exc, "code", 0))
                 raise
             finally:
-                known = next(
+                # What the engine knew: its last position news, or the position it sized this
+                # order on (a fill it had just been told of, before the venue's ACCOUNT_UPDATE).
+                news = next(
                     (
                         abs(d.event.amount)
                         for d in reversed(self.decisions)
@@ -844,6 +850,8 @@ class CellContext:
                     ),
                     None,
                 )
+                sized = self.sized_on.get(cid)
+                known = max((k for k in (news, sized) if k is not None), default=None)
                 self.requests.append(
                     VenueRequest(
                         path=path, cid=cid, params=kept, position=amount, error=error, engine_position=known
@@ -1104,7 +1112,7 @@ async def run_cell(
             heartbeat_path=str(workdir / "hb.json"),
         )
     )
-    clock = RunClock(speed=speed)
+    clock = RunClock(speed=speed, max_gap_s=MAX_GAP_S)
     harness = SimHarness(clock, path=scenario.path)
     source = ScriptedSource()
     steps = (*scenario.steps, *(fault.steps if fault else ()))
@@ -1120,6 +1128,9 @@ async def run_cell(
 
     def observer(event: ev.Event, commands: list[cmd.Command]) -> None:
         assert inner is not None
+        for c in commands:  # the position each order was sized on, as the engine knew it then
+            if isinstance(c, cmd.PlaceOrder) and (model := holder[0].engine.symbols.get(c.symbol)):
+                ctx.sized_on[c.client_order_id] = model.position()
         inner(event, commands)
         ctx.after_event(locks_of(holder[0]), holder[0].engine.paused)
 
