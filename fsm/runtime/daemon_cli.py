@@ -122,17 +122,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="with no daemon running: cancel and close on the profile's venue from this command",
     )
-    _wait(flatten)
+    _wait(flatten, FLATTEN_WAIT_S)
     flatten.set_defaults(func=cmd_flatten)
 
 
-def _wait(p: argparse.ArgumentParser) -> None:
+def _wait(p: argparse.ArgumentParser, default: float | None = None) -> None:
+    seconds = CONTROL_WAIT_S if default is None else default
     p.add_argument(
         "--wait",
         type=float,
-        default=CONTROL_WAIT_S,
+        default=seconds,
         metavar="SECONDS",
-        help=f"how long to wait for the daemon's acknowledgement (default {CONTROL_WAIT_S:g})",
+        help=f"how long to wait for the daemon's acknowledgement (default {seconds:g})",
     )
 
 
@@ -656,7 +657,10 @@ POSITION_MODE_NOTE = {
 # ---------------------------------------------------------------------------------------------
 
 
-CONTROL_WAIT_S = 10.0  # how long pause/resume/flatten wait for the daemon's acknowledgement
+CONTROL_WAIT_S = 10.0  # how long pause/resume wait for the daemon's acknowledgement
+# A flatten waits up to 12 s for a busy engine (daemon.FLATTEN_WAIT_S), then cancels, closes and
+# reads each close back: its acknowledgement can come later than a pause's.
+FLATTEN_WAIT_S = 30.0
 EXIT_NO_DAEMON = 3  # pause/resume/flatten: no daemon is running on the database
 
 

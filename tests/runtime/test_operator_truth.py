@@ -556,3 +556,13 @@ def test_a_balance_the_venue_never_told_shows_as_unknown() -> None:
     console = Console(width=100, record=True, color_system=None)
     console.print(render_board(view, [], []))
     assert "unknown wallet · unknown available USDT" in console.export_text()
+
+
+def test_flatten_waits_longer_for_its_acknowledgement_than_pause() -> None:
+    """A flatten may wait up to 12 s for a busy engine before it cancels, closes and reads each
+    close back: its command waits 30 s by default, pause and resume 10 s."""
+    flatten = shortfsm("flatten", "--help")
+    pause = shortfsm("pause", "--help")
+    assert flatten.returncode == 0 and pause.returncode == 0
+    assert "(default 30)" in " ".join(flatten.stdout.split())
+    assert "(default 10)" in " ".join(pause.stdout.split())
