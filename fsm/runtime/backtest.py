@@ -312,6 +312,16 @@ class Bars:
                 self._odd[minute] = bar
                 self._prices.extend((nan, nan, nan, nan))
 
+    @classmethod
+    def of_columns(
+        cls, minutes: list[int], o: list[float], h: list[float], lo: list[float], c: list[float]
+    ) -> Bars:
+        """Bars of sorted minutes and their float prices (``_all_good``'s answer)."""
+        bars = cls({})
+        bars._minutes = array("q", minutes)
+        bars._prices = array("d", chain.from_iterable(zip(o, h, lo, c, strict=True)))
+        return bars
+
     def raw_at(self, minute: int) -> RawBar | None:
         """The bar of ``minute`` as stored, or None."""
         minutes = self._minutes
@@ -427,6 +437,40 @@ class MinuteData:
 def _bars(columns: dict[str, list[Any]]) -> dict[int, RawBar]:
     prices = zip(columns["open"], columns["high"], columns["low"], columns["close"], strict=True)
     return dict(zip(map(int, columns["open_time"]), prices, strict=True))
+
+
+def _all_good(columns: dict[str, list[Any]]) -> Bars | None:
+    """The columns as ``Bars`` when every candle is plainly a price: all values finite floats,
+    minutes strictly increasing, low > 0, open and close within [low, high], and each candle far
+    from a x10 jump of the previous close (the float prefilter of ``_checked``, no product close
+    to call). Checked column-wise by pyarrow; None sends the columns to ``_checked``, which reads
+    them one by one (the only path that can drop a candle, so the two agree wherever this one
+    answers: with no candle dropped, the previous good close is the previous row's)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    times = columns["open_time"]
+    o, h, lo, c = (columns[n] for n in ("open", "high", "low", "close"))
+    if not times:
+        return Bars({})
+    values = [*o, *h, *lo, *c]
+    if not set(map(type, values)) <= {float} or not math.isfinite(math.fsum(values)):
+        return None
+    t = pa.array(times, pa.int64())
+    if len(times) > 1 and not pc.all(pc.greater(t[1:], t[:-1])).as_py():
+        return None
+    ao, ah, al, ac = (pa.array(x, pa.float64()) for x in (o, h, lo, c))
+    good = pc.and_(pc.greater(al, 0.0), pc.and_(pc.less_equal(al, ao), pc.less_equal(ao, ah)))
+    good = pc.and_(good, pc.and_(pc.less_equal(al, ac), pc.less_equal(ac, ah)))
+    if not pc.all(good).as_py():
+        return None
+    if len(times) > 1:
+        prev = ac[:-1]  # the previous close of rows 1..n-1
+        far_up = pc.less(pc.multiply(ah[1:], 2.0), pc.multiply(prev, float(SPIKE_FACTOR)))
+        far_down = pc.greater(pc.multiply(al[1:], float(SPIKE_FACTOR)), pc.multiply(prev, 2.0))
+        if not pc.all(pc.and_(far_up, far_down)).as_py():
+            return None
+    return Bars.of_columns(times, o, h, lo, c)
 
 
 def _plain_floats(raw: dict[int, RawBar]) -> bool:
@@ -877,12 +921,13 @@ class Backtest:
         if symbol not in self.data:
             lo = self.since_ms - HISTORY_MS
             hi = (self.until_ms if self.until_ms is not None else self._feed_end()) + 1
-            marks = self._checked(
-                symbol, "markPriceKlines", _bars(self.cache.read(symbol, "markPriceKlines", lo, hi))
-            )
-            lasts = self._checked(symbol, "klines", _bars(self.cache.read(symbol, "klines", lo, hi)))
+            marks, lasts = (self._load(symbol, dataset, lo, hi) for dataset in ("markPriceKlines", "klines"))
             self.data[symbol] = MinuteData.load(marks, lasts) if marks or lasts else None
         return self.data[symbol]
+
+    def _load(self, symbol: str, dataset: str, lo: int, hi: int) -> Bars:
+        columns = self.cache.read(symbol, dataset, lo, hi)
+        return _all_good(columns) or self._checked(symbol, dataset, _bars(columns))
 
     def _checked(self, symbol: str, dataset: str, raw: dict[int, RawBar]) -> Bars:
         """``raw`` without the candles that cannot be prices (a zero or negative price, high below

@@ -26,6 +26,7 @@ from fsm.runtime.backtest import (
     Backtest,
     Bars,
     MinuteData,
+    _all_good,
     _InlineStore,
 )
 
@@ -260,3 +261,29 @@ def test_the_watched_symbols_kept_as_they_change_are_the_ones_a_full_scan_finds(
     assert len(scans) > 1000 and any(kept for kept, _ in scans)
     assert [kept for kept, _ in scans] == [full for _, full in scans]
     assert 1 <= len(parses) <= 14  # once a simulated day at most, not once a signal (48)
+
+
+@given(candle_series(), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_the_column_check_answers_only_where_the_candle_by_candle_check_drops_nothing(
+    raw: dict[int, tuple[float, ...]], plain: bool
+) -> None:
+    """``_all_good`` (pyarrow, column-wise) either declines, or gives exactly the bars that
+    ``_checked`` (candle by candle, the decimals where floats cannot tell) keeps, with nothing
+    dropped. ``plain`` series are ordinary prices, where it must answer."""
+    if plain:
+        raw = {t: (100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i) for i, t in enumerate(sorted(raw))}
+    columns: dict[str, list[Any]] = {"open_time": sorted(raw)}
+    for n, name in enumerate(("open", "high", "low", "close")):
+        columns[name] = [raw[t][n] for t in columns["open_time"]]
+    fast = _all_good(columns)
+    checker = _Checker()
+    slow = Backtest._checked(checker, "ETHUSDT", "klines", dict(raw))  # type: ignore[arg-type]
+    if plain:
+        assert fast is not None
+    if fast is not None:
+        assert checker.missing_minutes == {}
+        assert list(fast) == list(slow) == sorted(raw)
+        assert (
+            [fast.raw_at(t) for t in fast] == [slow.raw_at(t) for t in slow] == [raw[t] for t in sorted(raw)]
+        )
