@@ -440,8 +440,8 @@ def _bars(columns: dict[str, list[Any]]) -> dict[int, RawBar]:
 
 
 def _all_good(columns: dict[str, list[Any]]) -> Bars | None:
-    """The columns as ``Bars`` when every candle is plainly a price: all values finite floats,
-    minutes strictly increasing, low > 0, open and close within [low, high], and each candle far
+    """The columns as ``Bars`` when every candle is plainly a price: integer minutes strictly
+    increasing, all prices finite floats, low > 0, open and close within [low, high], and each candle far
     from a x10 jump of the previous close (the float prefilter of ``_checked``, no product close
     to call). Checked column-wise by pyarrow; None sends the columns to ``_checked``, which reads
     them one by one (the only path that can drop a candle, so the two agree wherever this one
@@ -453,13 +453,15 @@ def _all_good(columns: dict[str, list[Any]]) -> Bars | None:
     o, h, lo, c = (columns[n] for n in ("open", "high", "low", "close"))
     if not times:
         return Bars({})
-    values = [*o, *h, *lo, *c]
-    if not set(map(type, values)) <= {float} or not math.isfinite(math.fsum(values)):
+    if not set(map(type, times)) <= {int} or not set(map(type, chain(o, h, lo, c))) <= {float}:
         return None
     t = pa.array(times, pa.int64())
     if len(times) > 1 and not pc.all(pc.greater(t[1:], t[:-1])).as_py():
         return None
     ao, ah, al, ac = (pa.array(x, pa.float64()) for x in (o, h, lo, c))
+    # Finite value by value (no sum: a sum of huge values overflows in an order of its own).
+    if not all(pc.all(pc.is_finite(a)).as_py() for a in (ao, ah, al, ac)):
+        return None
     good = pc.and_(pc.greater(al, 0.0), pc.and_(pc.less_equal(al, ao), pc.less_equal(ao, ah)))
     good = pc.and_(good, pc.and_(pc.less_equal(al, ac), pc.less_equal(ac, ah)))
     if not pc.all(good).as_py():

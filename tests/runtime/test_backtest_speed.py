@@ -9,6 +9,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from backtest_kit import MINUTE, SIGNAL_MS, feed_line, leading_text, tp_bars, write_cache, write_feed
+from backtest_kit import SINCE_MS as KIT_SINCE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +30,7 @@ from fsm.runtime.backtest import (
     MinuteData,
     _all_good,
     _InlineStore,
+    run_backtest,
 )
 
 START = 1_772_323_200_000  # 2026-03-01 00:00 UTC
@@ -287,3 +290,33 @@ def test_the_column_check_answers_only_where_the_candle_by_candle_check_drops_no
         assert (
             [fast.raw_at(t) for t in fast] == [slow.raw_at(t) for t in slow] == [raw[t] for t in sorted(raw)]
         )
+
+
+def test_huge_corrupt_candles_are_dropped_as_before_not_an_overflow(tmp_path: Path) -> None:
+    """Two candles of +-1e308 (high below low): the column check must decline them without a
+    sum that overflows in its own order (found by a differential attack: OverflowError from
+    math.fsum), and the candle-by-candle check drops both as corrupt, as it always did."""
+    bars = tp_bars()
+    for m in (80, 81):
+        bars[KIT_SINCE + m * MINUTE] = (1e308, -1e308, 1e308, -1e308)
+    write_cache(tmp_path / "cache", "ETHUSDT", bars)
+    feed = write_feed(tmp_path / "feed.jsonl", [feed_line(101, SIGNAL_MS, leading_text("ETH"))])
+    result = run_backtest(
+        feed, tmp_path / "cache", since_ms=KIT_SINCE, capital=Decimal(1000), db_path=tmp_path / "b.db"
+    )
+    assert [t.exit_avg for t in result.trades] == [Decimal("2859.50")]
+    assert any("2 corrupt candle(s) dropped" in n and "2026-03-01T01:20:00Z" in n for n in result.notes)
+
+
+def test_an_open_time_column_stored_as_floats_is_read_as_before(tmp_path: Path) -> None:
+    """A cache whose open_time column holds floats (integral values): the column check declines
+    it (found by a differential attack: TypeError building the minutes), and the candle-by-candle
+    path reads the minutes as integers, as it always did."""
+    raw = {START + i * MINUTE_MS: (100.0, 101.0, 99.0, 100.5) for i in range(5)}
+    columns: dict[str, list[Any]] = {"open_time": [float(t) for t in sorted(raw)]}
+    for n, name in enumerate(("open", "high", "low", "close")):
+        columns[name] = [raw[t][n] for t in sorted(raw)]
+    assert _all_good(columns) is None
+    ints = {**columns, "open_time": sorted(raw)}
+    good = _all_good(ints)
+    assert good is not None and list(good) == sorted(raw)
