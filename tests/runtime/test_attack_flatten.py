@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import runtime_kit as kit
-from test_operator import ETH, PHASE2_PATH, _in_phase2
+from test_operator import ETH, PHASE2_PATH, _in_phase2, phase2_daemon
 
 from binance.sim.server import RestFault
 from fsm.runtime.cli import main
@@ -41,12 +41,10 @@ def test_a_close_whose_answer_is_lost_is_resolved_by_query_not_sent_twice(
     """The flatten's close executes, its answer is lost (-1007) and the user stream is slow. The
     engine took it for a refusal: "the flatten left 2.450 open", a second close (-2022), and the
     late report booked as an external close at price 0 (estimated +9210 USDT)."""
-    feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
     config = kit.write_config(tmp_path)
 
     async def scenario() -> None:
-        async with kit.Venue(PHASE2_PATH) as venue:
-            run = await _in_phase2(venue, tmp_path, feed)
+        async with phase2_daemon(tmp_path) as (venue, run):
             before = _posts(venue)
             venue.exchange.hold_user_events()
             venue.harness.venue.faults.add(
@@ -167,8 +165,7 @@ def test_a_flatten_a_stop_interrupted_is_finished_by_the_next_daemon(
     config = kit.write_config(tmp_path)
 
     async def scenario() -> None:
-        async with kit.Venue(PHASE2_PATH) as venue:
-            run = await _in_phase2(venue, tmp_path, feed)
+        async with phase2_daemon(tmp_path) as (venue, run):
             venue.harness.venue.faults.add(RestFault("POST", "/fapi/v1/order", "hang", hang_s=60))
             cli = asyncio.create_task(
                 asyncio.to_thread(main, ["flatten", "--yes", "--wait", "20", "--config", str(config)])
@@ -228,13 +225,11 @@ def test_a_close_whose_reports_are_lost_is_read_back_for_the_alert_and_the_ledge
     """Second pass. The user stream died during the flatten (its pushes lost) and came back. The close
     was booked from the POST answer alone: the alert said realised net -1.8420 (the entry's fees
     only) and `shortfsm trades` listed no trade, while the venue booked about -100 and 4.66 fees."""
-    feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
     config = kit.write_config(tmp_path)
     venue_close: list[Decimal] = []
 
     async def scenario() -> None:
-        async with kit.Venue(PHASE2_PATH) as venue:
-            run = await _in_phase2(venue, tmp_path, feed)
+        async with phase2_daemon(tmp_path) as (venue, run):
             venue.exchange.hold_user_events()
             assert await asyncio.to_thread(main, ["flatten", "--yes", "--config", str(config)]) == 0
             await kit.wait_until(lambda: run.seen.has("ETHUSDT EXITING->IDLE"), 15)
@@ -294,12 +289,10 @@ def test_a_flatten_that_breaks_on_a_malformed_answer_still_hands_back_to_the_eng
     still end with FlattenFinished (whatever it raises): the engine had handed the symbol to it, so
     without it the short would wait in EXITING, its exits cancelled, forever. The operator reads
     one FAILED line, no traceback, and the engine closes the short."""
-    feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
     config = kit.write_config(tmp_path)
 
     async def scenario() -> None:
-        async with kit.Venue(PHASE2_PATH) as venue:
-            run = await _in_phase2(venue, tmp_path, feed)
+        async with phase2_daemon(tmp_path) as (venue, run):
             venue.harness.venue.faults.add(
                 RestFault("GET", "/fapi/v3/positionRisk", "status", status=200, body="[5]")
             )
@@ -327,13 +320,11 @@ def test_a_close_whose_trades_cannot_be_read_is_asked_for_again_until_they_are(
     could not be read (userTrades 503): it was booked at price 0 with no PnL ("closed outside",
     realised net -1.84 while the venue lost about 758) and `shortfsm trades` kept ETHUSDT open. Now
     the engine holds the close as of unknown outcome and asks again, like any order of ours."""
-    feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
     config = kit.write_config(tmp_path)
     venue_close: list[Decimal] = []
 
     async def scenario() -> None:
-        async with kit.Venue(PHASE2_PATH) as venue:
-            run = await _in_phase2(venue, tmp_path, feed)
+        async with phase2_daemon(tmp_path) as (venue, run):
             venue.exchange.hold_user_events()
             venue.harness.venue.faults.add(
                 RestFault("GET", "/fapi/v1/userTrades", "status", status=503, count=3)
@@ -370,8 +361,7 @@ def test_a_stop_while_the_close_is_read_back_leaves_it_to_the_next_start(
     venue_close: list[Decimal] = []
 
     async def scenario() -> None:
-        async with kit.Venue(PHASE2_PATH) as venue:
-            run = await _in_phase2(venue, tmp_path, feed)
+        async with phase2_daemon(tmp_path) as (venue, run):
             venue.exchange.hold_user_events()
             venue.harness.venue.faults.add(
                 RestFault("GET", "/fapi/v1/userTrades", "hang", hang_s=60, count=5)

@@ -4,6 +4,7 @@ and ``flatten`` against a running daemon (sim profile) or straight through REST 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -504,6 +505,15 @@ def _heartbeat(tmp: Path) -> dict[str, Any]:
     return json.loads(found[0][0]) if found else {"exposure": {"orders": []}}
 
 
+@contextlib.asynccontextmanager
+async def phase2_daemon(tmp: Path) -> AsyncIterator[tuple[kit.Venue, kit.Run]]:
+    """The simulated venue and a daemon on it whose ETHUSDT short (the one leading message) is in
+    PHASE2 with its breakeven and MDD stop working."""
+    feed = kit.write_feed(tmp, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
+    async with kit.Venue(PHASE2_PATH) as venue:
+        yield venue, await _in_phase2(venue, tmp, feed)
+
+
 async def _in_phase2(venue: kit.Venue, tmp: Path, feed: Path) -> kit.Run:
     """A daemon on ``venue`` whose ETHUSDT short is in PHASE2 with its breakeven and MDD stop working."""
     run = await venue.start_daemon(tmp, feed)
@@ -622,12 +632,10 @@ def test_flatten_whose_close_is_refused_leaves_the_close_to_the_engine(
     operator's); the venue refuses the flatten's close (-4131), so the engine closes the short
     itself once the flatten has finished, and says so. Before, the breakeven went out again and
     the short stayed open with no stop."""
-    feed = kit.write_feed(tmp_path, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
     config = kit.write_config(tmp_path)
 
     async def scenario() -> None:
-        async with kit.Venue(PHASE2_PATH) as venue:
-            run = await _in_phase2(venue, tmp_path, feed)
+        async with phase2_daemon(tmp_path) as (venue, run):
             venue.harness.venue.faults.add(
                 RestFault(
                     "POST",
