@@ -180,4 +180,12 @@ class Transitioned(Command):
     reason: str = ""
 
 
+def who_moved(machine: str, symbol: str | None) -> str:
+    """A transition's subject as people read it: the symbol (its phase), ``SYMBOL close`` (its close
+    machine), or the global machine's name."""
+    if symbol and machine == "close":
+        return f"{symbol} close"
+    return symbol or machine
+
+
 ORDER_COMMANDS = (PlaceOrder, PlaceAlgoOrder, CancelOrder, CancelAlgoOrder)

@@ -10,15 +10,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow
+from typing import TYPE_CHECKING
 
 from transitions import Machine
+
+if TYPE_CHECKING:
+    from transitions.core import CallbackFunc
 
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
 from fsm.model import ENTRY_LEGS, LockModel, SymbolModel
 from fsm.strategy import Strategy
-from fsm.table import GLOBAL_MACHINES, RECOVERY_LOCK, SYMBOL_STATES, SYMBOL_TRANSITIONS, legal_dest
+from fsm.table import (
+    CLOSE_STATES,
+    CLOSE_TRANSITIONS,
+    GLOBAL_MACHINES,
+    RECOVERY_LOCK,
+    SYMBOL_STATES,
+    SYMBOL_TRANSITIONS,
+    find_row,
+    legal_dest,
+)
 
 log = logging.getLogger("shortfsm.engine")
 
@@ -41,6 +54,16 @@ STOP_RETRY_MS = 1_000  # a stop refused as "no position" while one is held: aske
 RATE_PROBE_MS = 5_000  # one signed read every 5 s while rate-limit protection holds (D-43)
 AUTH_PROBE_FIRST_MS = 5_000  # the auth lock asks the venue with a signed read after 5 s ...
 AUTH_PROBE_MAX_MS = 60_000  # ... doubling up to once a minute, until the key works again
+
+
+class _RegionMachine(Machine):
+    """A second machine over the same models (the close table, on ``close_state``). The first one
+    bound the models' generic ``trigger``/``may_trigger``; this one binds only its own triggers
+    (without the skip, ``transitions`` logs a warning for every new model)."""
+
+    def _checked_assignment(self, model: object, name: str, func: CallbackFunc) -> None:
+        if name not in ("trigger", "may_trigger"):
+            super()._checked_assignment(model, name, func)
 
 
 class Core:
@@ -124,6 +147,15 @@ class Core:
             initial="IDLE",
             auto_transitions=False,
         )
+        # The close machine drives the same models through their ``close_state`` (fsm/table.py).
+        self._close_machine = _RegionMachine(
+            model=None,
+            states=list(CLOSE_STATES),
+            transitions=[dict(row) for row in CLOSE_TRANSITIONS],
+            initial="OPEN",
+            auto_transitions=False,
+            model_attribute="close_state",
+        )
         self.locks: dict[str, LockModel] = {}
         self._lock_machines: dict[str, Machine] = {}
         self._build_lock_machines(recovering)
@@ -146,6 +178,10 @@ class Core:
     def state_of(self, symbol: str) -> str:
         model = self.symbols.get(symbol)
         return model.state if model else "IDLE"
+
+    def close_state_of(self, symbol: str) -> str:
+        model = self.symbols.get(symbol)
+        return model.close_state if model else "OPEN"
 
     def lock_state(self, name: str) -> str:
         return self.locks[name].state
@@ -178,6 +214,7 @@ class Core:
             else:
                 model = SymbolModel(symbol=symbol)
                 self._symbol_machine.add_model(model, initial="IDLE")
+                self._close_machine.add_model(model, initial="OPEN")
             self.symbols[symbol] = model
             self.seq_of[symbol] = self._next_seq
             self._next_seq += 1
@@ -187,14 +224,18 @@ class Core:
         return model
 
     def fire(self, model: SymbolModel, trigger: str, reason: str) -> bool:
-        dest = legal_dest(SYMBOL_TRANSITIONS, model.state, trigger)
-        if dest is None:
+        """Fire a trigger of the symbol table; an internal row keeps the state and tells nothing."""
+        row = find_row(SYMBOL_TRANSITIONS, model.state, trigger)
+        if row is None:
             self.anomaly("illegal_transition", model.symbol, f"{trigger} from {model.state}")
             return False
         source = model.state
         getattr(model, trigger)()
+        dest = row["dest"] or source
         if model.state != dest:  # a trigger shadowed by a model attribute would silently do nothing
             raise RuntimeError(f"{trigger} left {model.symbol} in {model.state}, not {dest}")
+        if row["dest"] is None:
+            return True
         self.track(model)
         self.emit(
             cmd.Transitioned(
@@ -207,6 +248,35 @@ class Core:
             )
         )
         return True
+
+    def fire_close(self, model: SymbolModel, trigger: str, reason: str) -> bool:
+        """Fire a trigger of the close table (``close_state``); an internal row tells nothing."""
+        row = find_row(CLOSE_TRANSITIONS, model.close_state, trigger)
+        if row is None:
+            self.anomaly("illegal_transition", model.symbol, f"{trigger} from close {model.close_state}")
+            return False
+        source = model.close_state
+        getattr(model, trigger)()
+        dest = row["dest"] or source
+        if model.close_state != dest:
+            raise RuntimeError(f"{trigger} left {model.symbol}'s close in {model.close_state}, not {dest}")
+        if row["dest"] is not None:
+            self.emit(
+                cmd.Transitioned(
+                    machine="close",
+                    symbol=model.symbol,
+                    source=source,
+                    dest=dest,
+                    trigger=trigger,
+                    reason=reason,
+                )
+            )
+        return True
+
+    def decide_close(self, model: SymbolModel, reason: str) -> None:
+        """Close the symbol for ``reason`` (which replaces an earlier one): close table ``decide_close``."""
+        self.fire_close(model, "decide_close", reason)
+        model.close_reason = reason
 
     def fire_lock(self, name: str, trigger: str, reason: str) -> bool:
         lock = self.locks[name]
@@ -258,6 +328,7 @@ class Core:
     def attach(self, model: SymbolModel) -> None:
         """Put a model built elsewhere (a test, a what-if) under the machine in its own state."""
         self._symbol_machine.add_model(model, initial=model.state)
+        self._close_machine.add_model(model, initial=model.close_state)
         self.symbols[model.symbol] = model
         self.seq_of[model.symbol] = self._next_seq
         self._next_seq += 1
@@ -315,6 +386,7 @@ class Core:
                 self._pool.append(model)
             else:
                 self._symbol_machine.remove_model(model)
+                self._close_machine.remove_model(model)
         self._released = []
 
     def tick_size(self, model: SymbolModel) -> Decimal:

@@ -173,6 +173,7 @@ class Engine(Core):
         self.strategy = decode_strategy(data["strategy"])
         for model in [*self.symbols.values(), *self._released, *self._pool]:
             self._symbol_machine.remove_model(model)
+            self._close_machine.remove_model(model)
         self.symbols = {}
         self._released = []
         self._pool = []
@@ -180,6 +181,7 @@ class Engine(Core):
             model = decode(raw)
             assert isinstance(model, SymbolModel)
             self._symbol_machine.add_model(model, initial=model.state)
+            self._close_machine.add_model(model, initial=model.close_state)
             self.symbols[symbol] = model
         for name, state in data["locks"].items():
             self.locks[name].state = state

@@ -29,16 +29,14 @@ def on_flatten_started(core: Core, event: ev.FlattenStarted) -> None:
     for model in list(core.symbols.values()):
         if model.state not in HOLDING_STATES:
             continue
-        model.closing = True
+        core.fire_close(model, "flatten_started", OPERATOR_FLATTEN)
         model.close_reason = OPERATOR_FLATTEN
         model.close_retry_at_ms = 0
-        model.close_deferred = False
         model.tp_armed = model.add_armed = model.be_armed = False
         for order in model.open_orders():
             if order.leg != "CLOSE":
                 order.cancel_wanted = True  # the operator's cancel is on its way
-        if model.state != "EXITING":
-            core.fire(model, "exit_started", OPERATOR_FLATTEN)
+        core.fire(model, "exit_started", OPERATOR_FLATTEN)  # internal when already EXITING
         core.log("flatten", model.symbol, "left_to_the_operator", request=event.request_id)
 
 
@@ -51,9 +49,8 @@ def adopt_close(core: Core, model: SymbolModel, event: ev.OrderUpdated) -> Order
 
 
 def _adopt(core: Core, model: SymbolModel, cid: str) -> OrderTrack | None:
-    if model.close_reason not in (OPERATOR_FLATTEN, FLATTENED) or not rules.is_flatten_close(
-        cid, model.symbol
-    ):
+    flattened = model.close_state == "FLATTENING" or model.close_reason == FLATTENED
+    if not flattened or not rules.is_flatten_close(cid, model.symbol):
         return None
     track = OrderTrack(
         cid=cid, leg="CLOSE", side="BUY", kind="MARKET", price=ZERO, qty=max(model.position(), ZERO)
@@ -68,13 +65,14 @@ def on_flatten_finished(core: Core, event: ev.FlattenFinished) -> None:
     closes = {symbol: (cid, qty, price) for symbol, cid, qty, price in event.closed}
     unknown = {symbol: (cid, at_ms) for symbol, cid, at_ms in event.unknown}
     for model in list(core.symbols.values()):
-        if model.close_reason != OPERATOR_FLATTEN:
+        if model.close_state != "FLATTENING":
             continue
         close = closes.get(model.symbol)
         if close is not None:
             book_close(core, model, *close)
-        if model.symbol not in core.symbols or model.close_reason != OPERATOR_FLATTEN:
+        if model.symbol not in core.symbols or model.close_state != "FLATTENING":
             continue  # booking it finished the symbol
+        core.fire_close(model, "flatten_finished", f"flatten {event.request_id} finished")
         model.close_reason = FLATTENED
         pending = unknown.get(model.symbol)
         if pending is not None:

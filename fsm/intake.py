@@ -187,8 +187,7 @@ def on_risk(core: Core, event: ev.MessageReceived, parsed: ev.RiskSignal) -> Non
         return
     position = model.position()
     if model.state == "ENTRY_ORDER" and position <= 0:  # R02
-        model.closing = True
-        model.close_reason = "risk"
+        core.decide_close(model, "risk")
         order_flow.cancel_all(core, model, legs=tuple(ENTRY_LEGS))
         lifecycle.finish_if_flat(core, model)
         return

@@ -227,11 +227,10 @@ def prepared_entry2(core: Core, model: SymbolModel, event: ev.OrderPrepared) -> 
 def market_close(core: Core, model: SymbolModel, reason: str) -> None:
     """Cancel every other order of the symbol and close the whole position at market."""
     assert model.info is not None
-    if model.close_reason == rules.OPERATOR_FLATTEN:
+    if model.close_state == "FLATTENING":
         core.log("close_left_to_operator", model.symbol, reason)  # FlattenFinished decides
         return
-    model.closing = True
-    model.close_reason = reason
+    core.decide_close(model, reason)
     model.tp_armed = model.add_armed = model.be_armed = False
     order_flow.cancel_all(core, model, exclude_legs=("CLOSE",))
     position = model.position()
@@ -242,12 +241,12 @@ def market_close(core: Core, model: SymbolModel, reason: str) -> None:
         return
     racing = racing_exits(model)
     if racing:
-        model.close_deferred = True
+        core.fire_close(model, "defer_close", reason)
         core.log(
             "close_deferred", model.symbol, "exit_cancel_in_flight", cids=",".join(o.cid for o in racing)
         )
         return
-    model.close_deferred = False
+    core.fire_close(model, "resume_close", reason)
     # An exit whose cancel failed for good may still trade: the close leaves its rest to it.
     held_back = sum(
         (o.qty - o.filled for o in model.open_orders(*LIMIT_EXIT_LEGS) if o.status == "PENDING_CANCEL"),
@@ -302,7 +301,7 @@ def settle_deferred_closes(core: Core) -> None:
     """A deferred close goes out once every racing exit has answered (sized by what they traded)."""
     for model in core.busy_models():
         if model.close_deferred and not racing_exits(model) and not model.open_orders("CLOSE"):
-            model.close_deferred = False
+            core.fire_close(model, "resume_close", "exit cancels answered")
             if model.position() > 0:
                 market_close(core, model, model.close_reason or "close")
             else:
@@ -438,7 +437,7 @@ def after_exit_fill(core: Core, model: SymbolModel, order: OrderTrack) -> None:
     position = model.position()
     if position <= 0 or rules.is_dust(position, model.info):
         # R15, N-18 (OCO): the position is gone: cancel every other order of the symbol.
-        model.closing = True
+        core.fire_close(model, "close_by_exit", f"{order.leg} filled")
         model.close_reason = model.close_reason or f"{order.leg} filled"
         model.tp_armed = model.add_armed = model.be_armed = False
         order_flow.cancel_all(core, model)
@@ -465,7 +464,7 @@ def finish_if_flat(core: Core, model: SymbolModel, *, dust_ok: bool = False) -> 
         return
     if not flat:
         if model.state == "ENTRY_ORDER" and model.close_reason == "risk":
-            model.closing = False  # a fill raced the R02 cancel: treat it as R03
+            core.fire_close(model, "withdraw_close", "entry filled before its cancel: R03")
             model.risk_protected = True
             intake.apply_risk_pnl(core, model)
         elif model.state == "EXITING" and not model.open_orders("CLOSE"):
@@ -584,8 +583,7 @@ def sync_position(core: Core, model: SymbolModel) -> None:
         external.avg_price = wanted / -diff if model.venue_entry_price > 0 and wanted > 0 else model.average()
     model.orders[key] = external
     if venue == 0 or rules.is_dust(venue, model.info):  # R21, R22
-        model.closing = True
-        model.close_reason = "external close" if venue == 0 else "dust"
+        core.decide_close(model, "external close" if venue == 0 else "dust")
         model.tp_armed = model.add_armed = model.be_armed = False
         if model.state in ("ENTRY_ORDER", "PHASE1", "PHASE2"):
             core.fire(model, "exit_started", model.close_reason)

@@ -13,6 +13,7 @@ from typing import Any
 
 from fsm import events
 from fsm.orders import OPEN_STATUSES, TERMINAL_STATUSES, OrderTrack
+from fsm.rules import OPERATOR_FLATTEN
 
 __all__ = ["OPEN_STATUSES", "TERMINAL_STATUSES", "LockModel", "OrderTrack", "SymbolModel", "decode", "encode"]
 
@@ -50,14 +51,12 @@ class SymbolModel:
     # An in-flight PrepareOrder for this leg ("" when none), and the W35-1 margin retry.
     preparing: str = ""
     margin_retry_done: bool = False
-    # Flattening: every order is being cancelled and the position closed; reset when done.
-    closing: bool = False
+    # Whether a close is decided (OPEN, CLOSING, DEFERRED, FLATTENING), driven by the close table
+    # (fsm/table.py CLOSE_TRANSITIONS), with its reason and its timed-retry schedule (D-19).
+    close_state: str = "OPEN"
     close_reason: str = ""
     close_attempts: int = 0
     close_retry_at_ms: int = 0  # after the attempts ran out: when the next timed close goes out
-    # A decided market close waits for the answers to its exit cancels: a limit exit may still trade
-    # until its cancel is answered, and a close sized before that could exceed the position (R11).
-    close_deferred: bool = False
     cancel_failed: bool = False
     # Position as last reported by the venue (ACCOUNT_UPDATE / positionRisk) and since when it
     # disagrees with our fills (R20).
@@ -67,6 +66,16 @@ class SymbolModel:
     mismatch_readback: bool = False  # our open orders were read back for the current mismatch
     readback_cids: tuple[str, ...] = ()  # ... and these answers are still awaited
     unmanaged: bool = False
+
+    @property
+    def closing(self) -> bool:
+        """A close is decided: every order of ours is being cancelled and the position closed."""
+        return self.close_state != "OPEN"
+
+    @property
+    def close_deferred(self) -> bool:
+        """The decided market close waits for the answers to its exit cancels (R11)."""
+        return self.close_state == "DEFERRED"
 
     def reset_to(self, symbol: str) -> None:
         """Become a fresh IDLE model of ``symbol``, keeping the trigger methods the machine bound."""
@@ -180,6 +189,21 @@ def decode(value: Any) -> Any:
             return tuple(decode(v) for v in value["$u"])
         if "$t" in value:
             cls = _REGISTRY[value["$t"]]
-            return cls(**{k: decode(v) for k, v in value.items() if k != "$t"})
+            fields = {k: decode(v) for k, v in value.items() if k != "$t"}
+            if cls is SymbolModel and "closing" in fields:
+                _upgrade_symbol(fields)
+            return cls(**fields)
         raise ValueError(f"unknown encoded mapping {sorted(value)}")
     return value
+
+
+def _upgrade_symbol(fields: dict[str, Any]) -> None:
+    """A symbol saved before the close table (its ``closing``/``close_deferred`` flags) decodes to
+    the close state they meant: a daemon upgraded in the middle of a close carries it out."""
+    closing, deferred = fields.pop("closing"), fields.pop("close_deferred", False)
+    if not closing:
+        fields["close_state"] = "OPEN"
+    elif fields.get("close_reason") == OPERATOR_FLATTEN:
+        fields["close_state"] = "FLATTENING"
+    else:
+        fields["close_state"] = "DEFERRED" if deferred else "CLOSING"

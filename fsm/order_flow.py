@@ -489,8 +489,7 @@ def exit_filter_failure(core: Core, model: SymbolModel, leg: str, reason: str) -
     if model.position() >= model.info.min_qty:
         lifecycle.market_close(core, model, f"exit filter failure: {reason}")
     else:
-        model.closing = True
-        model.close_reason = "dust"
+        core.decide_close(model, "dust")
         cancel_all(core, model)
         lifecycle.finish_if_flat(core, model, dust_ok=True)
 
@@ -640,7 +639,7 @@ def on_algo_update(core: Core, event: ev.AlgoOrderUpdated) -> None:
             model.algo_children[event.actual_order_id] = order.cid
         if model.state in ("ENTRY_ORDER", "PHASE1", "PHASE2"):
             core.fire(model, "exit_started", f"{order.leg} stop triggered")
-        model.closing = True
+        core.fire_close(model, "close_by_exit", f"{order.leg} stop triggered")
         model.close_reason = model.close_reason or f"{order.leg} stop"
         model.tp_armed = model.add_armed = model.be_armed = False
         orphans = [u for u in model.orphan_updates if u.order_id == event.actual_order_id]

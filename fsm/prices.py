@@ -159,7 +159,6 @@ def stale_reset(core: Core, model: SymbolModel) -> None:
     elif model.position() > 0:
         lifecycle.market_close(core, model, "safety_lock")
     elif model.state == "ENTRY_ORDER":
-        model.closing = True
-        model.close_reason = "safety_lock"
+        core.decide_close(model, "safety_lock")
         order_flow.cancel_all(core, model)
         lifecycle.finish_if_flat(core, model)

@@ -195,8 +195,7 @@ def restore_without_position(core: Core, model: SymbolModel, legs: set[cmd.Leg])
         order_flow.cancel_all(core, model, exclude_legs=("ENTRY1",))
         core.emit(cmd.SubscribeMarket(symbols=(model.symbol,)))  # recovery waits for its price
     else:
-        model.closing = True
-        model.close_reason = decided or "recovery: orders without position"
+        core.decide_close(model, decided or "recovery: orders without position")
         why = "exit orders left without a position"
         if decided:
             why = f"cancel decided before the restart: {decided}"

@@ -17,7 +17,7 @@ from typing import Final, TypedDict
 class Row(TypedDict):
     trigger: str
     source: list[str]
-    dest: str
+    dest: str | None  # None: an internal transition (the state stays; ``transitions``' convention)
 
 
 SYMBOL_STATES: Final = ["IDLE", "MONITORING", "ENTRY_ORDER", "PHASE1", "PHASE2", "EXITING"]
@@ -39,6 +39,8 @@ SYMBOL_TRANSITIONS: Final[list[Row]] = [
     # N-18: an exit order filled (partly), a stop fired, or a market close is in flight.
     # ENTRY_ORDER is a source because a partly filled entry can be closed by a risk signal (W38/W57).
     {"trigger": "exit_started", "source": ["ENTRY_ORDER", "PHASE1", "PHASE2"], "dest": "EXITING"},
+    # Internal: another exit filling, a stop firing or a close going out while already EXITING.
+    {"trigger": "exit_started", "source": ["EXITING"], "dest": None},
     # Every way back to the start: filters, risk, flat position, dust, stale lock, failures.
     {"trigger": "reset", "source": list(ACTIVE_STATES), "dest": "IDLE"},
     # N-28 step 5: recovery rebuilds a symbol from the exchange without replaying its history.
@@ -46,6 +48,40 @@ SYMBOL_TRANSITIONS: Final[list[Row]] = [
     {"trigger": "restore_phase1", "source": ["IDLE"], "dest": "PHASE1"},
     {"trigger": "restore_phase2", "source": ["IDLE"], "dest": "PHASE2"},
     {"trigger": "restore_exiting", "source": ["IDLE"], "dest": "EXITING"},
+]
+
+# Per symbol, beside its phase: whether a close is decided, and who carries it out (issue #11 step 3).
+# The phase says what the symbol holds; this machine says what the engine has decided to do with it.
+# Its state is in the snapshot, so a restart carries out a decided close (D-27); the reason and the
+# timed-retry schedule (D-19) are the CLOSING state's data (``close_reason``, ``close_retry_at_ms``).
+#   OPEN        the trade runs: exits and the scale-in work as their phase says.
+#   CLOSING     every order of ours is being cancelled and the position closed at market (or by the
+#               exit that filled); the symbol resets once flat with nothing of ours open.
+#   DEFERRED    CLOSING, but the market close waits for unanswered exit cancels: an exit may still
+#               trade until its cancel is answered, and a close sized before could exceed the position (R11).
+#   FLATTENING  the operator's flatten cancels and closes on the venue itself (D-22, D-63): no close
+#               of ours goes out; whatever it leaves, the engine closes once it is finished.
+CLOSE_STATES: Final = ["OPEN", "CLOSING", "DEFERRED", "FLATTENING"]
+CLOSE_TRANSITIONS: Final[list[Row]] = [
+    # R02/R04/R05 (risk), R12, N-19 (five-second rule), N-20, R21/R22, the stale lock, D-19, D-27: the
+    # engine decides to close; its reason replaces the operator's (the flatten no longer covers it).
+    {"trigger": "decide_close", "source": ["OPEN", "FLATTENING"], "dest": "CLOSING"},
+    {"trigger": "decide_close", "source": ["CLOSING", "DEFERRED"], "dest": None},
+    # R15, N-18: an exit order filled the position away or a stop fired: close everything else. The
+    # reason already decided (the operator's included) stays.
+    {"trigger": "close_by_exit", "source": ["OPEN"], "dest": "CLOSING"},
+    {"trigger": "close_by_exit", "source": ["CLOSING", "DEFERRED", "FLATTENING"], "dest": None},
+    # R11: the close waits for the answers to its exit cancels, then goes out sized by what they traded.
+    {"trigger": "defer_close", "source": ["CLOSING"], "dest": "DEFERRED"},
+    {"trigger": "defer_close", "source": ["DEFERRED"], "dest": None},
+    {"trigger": "resume_close", "source": ["DEFERRED"], "dest": "CLOSING"},
+    {"trigger": "resume_close", "source": ["CLOSING"], "dest": None},
+    # R02 -> R03: a fill raced the cancel of an unfilled entry; the position is protected, not closed.
+    {"trigger": "withdraw_close", "source": ["CLOSING"], "dest": "OPEN"},
+    # D-22, D-63: the operator's flatten takes over every held symbol, then hands back what it left.
+    {"trigger": "flatten_started", "source": ["OPEN", "CLOSING", "DEFERRED"], "dest": "FLATTENING"},
+    {"trigger": "flatten_started", "source": ["FLATTENING"], "dest": None},
+    {"trigger": "flatten_finished", "source": ["FLATTENING"], "dest": "CLOSING"},
 ]
 
 # Global machines: name -> (states, initial, rows).
@@ -146,9 +182,18 @@ def symbol_triggers() -> list[str]:
     return sorted({row["trigger"] for row in SYMBOL_TRANSITIONS})
 
 
-def legal_dest(rows: list[Row], state: str, trigger: str) -> str | None:
-    """The destination of ``trigger`` from ``state``, or None when the table has no such row."""
+def find_row(rows: list[Row], state: str, trigger: str) -> Row | None:
+    """The row ``trigger`` takes from ``state``, or None when it is illegal there."""
     for row in rows:
         if row["trigger"] == trigger and state in row["source"]:
-            return row["dest"]
+            return row
     return None
+
+
+def legal_dest(rows: list[Row], state: str, trigger: str) -> str | None:
+    """Where ``trigger`` leads from ``state`` (``state`` itself for an internal transition), or
+    None when the table has no such row."""
+    row = find_row(rows, state, trigger)
+    if row is None:
+        return None
+    return state if row["dest"] is None else row["dest"]

@@ -9,7 +9,7 @@ import pytest
 
 from fsm.runtime import cli
 from fsm.runtime.diagram import DIAGRAM_PATH, render_diagrams
-from fsm.table import GLOBAL_MACHINES, SYMBOL_TRANSITIONS
+from fsm.table import CLOSE_TRANSITIONS, GLOBAL_MACHINES, SYMBOL_TRANSITIONS
 
 
 def test_replay_of_w55_prints_the_trace_from_message_to_closed_position(
@@ -58,9 +58,14 @@ def test_committed_diagrams_match_the_tables() -> None:
 
 def test_diagram_shows_every_transition_row() -> None:
     text = render_diagrams()
-    for row in SYMBOL_TRANSITIONS:
+    for row in [*SYMBOL_TRANSITIONS, *CLOSE_TRANSITIONS]:
         for source in row["source"]:
-            assert f"{source} --> {row['dest']}:" in text
+            if row["dest"] is None:  # internal: a loop labelled so
+                assert f"{source} --> {source}: " in text
+                assert f"{row['trigger']} (internal)" in text
+            else:
+                assert f"{source} --> {row['dest']}:" in text
+    assert "## Per symbol: the close (beside the phase)" in text
     for name in GLOBAL_MACHINES:
         assert f"## Global: {name}" in text
 

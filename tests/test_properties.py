@@ -47,11 +47,14 @@ from fsm.model import LockModel, SymbolModel
 from fsm.runtime.scenario import T0_MS, Runner
 from fsm.strategy import Strategy
 from fsm.table import (
+    CLOSE_STATES,
+    CLOSE_TRANSITIONS,
     ENTRY_LOCK,
     GLOBAL_MACHINES,
     HOLDING_STATES,
     SYMBOL_STATES,
     SYMBOL_TRANSITIONS,
+    find_row,
     legal_dest,
 )
 
@@ -1051,6 +1054,9 @@ ALL_TRIGGERS = sorted(
     | {row["trigger"] for _, _, rows in GLOBAL_MACHINES.values() for row in rows}
 )
 SYMBOL_PAIRS = [(state, trigger) for state in SYMBOL_STATES for trigger in ALL_TRIGGERS]
+CLOSE_TRIGGERS = sorted({row["trigger"] for row in CLOSE_TRANSITIONS})
+# The close table against its own triggers and every other table's (each must be illegal there).
+CLOSE_PAIRS = [(state, trigger) for state in CLOSE_STATES for trigger in [*CLOSE_TRIGGERS, *ALL_TRIGGERS]]
 LOCK_PAIRS = [
     (name, state, trigger)
     for name, (states, _, rows) in GLOBAL_MACHINES.items()
@@ -1111,6 +1117,15 @@ def test_symbol_table_pair(state: str, trigger: str) -> None:
                 data=(("detail", f"{trigger} from {state}"),),
             )
         ]
+    elif find_row(SYMBOL_TRANSITIONS, state, trigger) == {
+        "trigger": trigger,
+        "source": [state],
+        "dest": None,
+    }:
+        # An internal row: legal, the state stays, and nothing is told or changed.
+        assert fired is True
+        assert engine.snapshot() == before
+        assert out == []
     else:
         assert fired is True
         assert model.state == dest
@@ -1151,6 +1166,59 @@ def test_global_table_pair(name: str, state: str, trigger: str) -> None:
         assert others == {k: v for k, v in before["locks"].items() if k != name}
 
 
+@pytest.mark.parametrize(("state", "trigger"), CLOSE_PAIRS)
+def test_close_table_pair(state: str, trigger: str) -> None:
+    """Every (close state x trigger) through the engine's own close machine: a legal external row
+    moves ``close_state`` and tells it, an internal one changes and tells nothing, an illegal one is
+    an anomaly that changes nothing; the symbol's phase is never touched."""
+    dest = legal_dest(CLOSE_TRANSITIONS, state, trigger)
+    machine = _bare_machine(CLOSE_STATES, CLOSE_TRANSITIONS, "OPEN")
+    bare = LockModel(name="close", state=state)
+    machine.add_model(bare, initial=state)
+    _check_bare_machine(machine, bare, state, trigger, dest)
+    engine = Engine()
+    model = SymbolModel(symbol="BTCUSDT", message_id=1001, state="PHASE1", close_state=state)
+    engine.attach(model)
+    before = engine.snapshot()
+    engine._out = []
+    fired = engine.fire_close(model, trigger, "probe")
+    out = engine._out
+    assert model.state == "PHASE1"
+    row = find_row(CLOSE_TRANSITIONS, state, trigger)
+    if row is None:
+        assert fired is False
+        assert engine.snapshot() == before
+        assert out == [
+            cmd.Log(
+                kind="anomaly",
+                symbol="BTCUSDT",
+                reason="illegal_transition",
+                data=(("detail", f"{trigger} from close {state}"),),
+            )
+        ]
+    elif row["dest"] is None:
+        assert fired is True
+        assert engine.snapshot() == before
+        assert out == []
+    else:
+        assert fired is True
+        assert model.close_state == dest == row["dest"]
+        assert out == [
+            cmd.Transitioned(
+                machine="close", symbol="BTCUSDT", source=state, dest=dest, trigger=trigger, reason="probe"
+            )
+        ]
+
+
+def test_every_close_trigger_has_one_row_per_state_at_most() -> None:
+    """The close table is a function: no (state, trigger) pair has two rows to choose from."""
+    for trigger in CLOSE_TRIGGERS:
+        for state in CLOSE_STATES:
+            rows = [r for r in CLOSE_TRANSITIONS if r["trigger"] == trigger and state in r["source"]]
+            assert len(rows) <= 1, (trigger, state)
+
+
 def test_pair_lists_are_complete() -> None:
+    assert len(CLOSE_PAIRS) == 4 * (7 + 23)
     assert len(SYMBOL_PAIRS) == len(SYMBOL_STATES) * len(ALL_TRIGGERS) == 6 * 23
     assert len(LOCK_PAIRS) == sum(len(states) for states, _, _ in GLOBAL_MACHINES.values()) * 23

@@ -860,7 +860,7 @@ def _transitions_panel(transitions: list[dict[str, Any]]) -> Panel:
     table.add_column("Reason", overflow="fold", ratio=1)
     for row in transitions[:TRANSITION_ROWS]:
         symbol = row.get("symbol")
-        who = symbol if isinstance(symbol, str) and symbol else _s(row.get("machine"))
+        who = cmd.who_moved(_s(row.get("machine")), symbol if isinstance(symbol, str) else None)
         table.add_row(
             _clock(_int(row.get("now_ms"))),
             who,

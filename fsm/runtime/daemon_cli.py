@@ -350,7 +350,7 @@ def story_lines(event: ev.Event, commands: list[cmd.Command]) -> list[str]:
         )
     for c in commands:
         if isinstance(c, cmd.Transitioned):
-            lines.append(f"{c.symbol or c.machine:<14} {c.source} -> {c.dest}  ({c.reason})")
+            lines.append(f"{cmd.who_moved(c.machine, c.symbol):<14} {c.source} -> {c.dest}  ({c.reason})")
         elif isinstance(c, cmd.Log) and (
             c.kind in STORY_LOGS or (c.kind == "symbol_mapping" and c.reason != "ok")
         ):

@@ -221,6 +221,7 @@ _OPEN = (
     "entry_lock GLOBAL_IDLE->GLOBAL_LOCKED",
 )
 _FLAT = ("ETHUSDT EXITING->IDLE", "entry_lock GLOBAL_LOCKED->GLOBAL_IDLE")
+_CLOSING = "ETHUSDT close OPEN->CLOSING"  # the close machine: a close decided, or an exit filled it all
 # ETHUSDT: target 3535.00 (the 3m high, 1.01 x 3500), entry trigger 3531.465, 50 % of 10000 USDT
 # = 1.414; TP 3358.25 (5 %) placed at Ttp 3361.61; scale-in target 4065.25 (+15 %), trigger 4061.18.
 # The leading message goes out 1 s after the start; every later mark (and the risk message) is
@@ -250,7 +251,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             _after(cmd.PlaceOrder, "TP", 5, _mark("3358.00"), "mark 3358 again"),
         ),
         end_ms=20_000,
-        expect=(*_OPEN, "ETHUSDT ENTRY_ORDER->PHASE1", "ETHUSDT PHASE1->EXITING", *_FLAT),
+        expect=(*_OPEN, "ETHUSDT ENTRY_ORDER->PHASE1", "ETHUSDT PHASE1->EXITING", _CLOSING, *_FLAT),
     ),
     Scenario(
         name="W56",
@@ -275,6 +276,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             "ETHUSDT ENTRY_ORDER->PHASE1",
             "ETHUSDT PHASE1->PHASE2",
             "ETHUSDT PHASE2->EXITING",
+            _CLOSING,
             *_FLAT,
         ),
     ),
@@ -290,7 +292,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             _at("ENTRY_ORDER", 3.5, _post(_risk()), "risk message (loss)"),
         ),
         end_ms=12_000,
-        expect=(*_OPEN, "ETHUSDT ENTRY_ORDER->EXITING", *_FLAT),
+        expect=(*_OPEN, _CLOSING, "ETHUSDT ENTRY_ORDER->EXITING", *_FLAT),
     ),
     Scenario(
         name="stale-lock",
@@ -309,6 +311,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             *_OPEN,
             "ETHUSDT ENTRY_ORDER->PHASE1",
             "safety_lock PRICE_OK->PRICE_STALE",
+            _CLOSING,
             "ETHUSDT PHASE1->EXITING",
             *_FLAT,
             "safety_lock PRICE_STALE->PRICE_OK",
@@ -1243,7 +1246,9 @@ def _judge(
         violations.append(f"fault never fired: {never}")
     final = final_state(daemon.engine, exchange)
     transitions = tuple(
-        f"{c.symbol or c.machine} {c.source}->{c.dest}" for c in commands if isinstance(c, cmd.Transitioned)
+        f"{cmd.who_moved(c.machine, c.symbol)} {c.source}->{c.dest}"
+        for c in commands
+        if isinstance(c, cmd.Transitioned)
     )
     orders = venue_orders(exchange)
     outcome = "reference"

@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from fsm.orders import ORDER_STEPS, REPORT_RANK, TERMINAL_STATUSES
-from fsm.table import GATES, GLOBAL_MACHINES, LOCKED_STATE, SYMBOL_STATES, SYMBOL_TRANSITIONS, Row
+from fsm.table import (
+    CLOSE_STATES,
+    CLOSE_TRANSITIONS,
+    GATES,
+    GLOBAL_MACHINES,
+    LOCKED_STATE,
+    SYMBOL_STATES,
+    SYMBOL_TRANSITIONS,
+    Row,
+)
 
 DIAGRAM_PATH = Path(__file__).resolve().parents[2] / "specs" / "diagrams.md"
 
@@ -15,7 +24,9 @@ def _mermaid(states: list[str], initial: str, rows: list[Row]) -> str:
     edges: dict[tuple[str, str], list[str]] = {}
     for row in rows:
         for source in row["source"]:
-            edges.setdefault((source, row["dest"]), []).append(row["trigger"])
+            internal = row["dest"] is None  # drawn as a loop; the state does not change
+            label = f"{row['trigger']} (internal)" if internal else row["trigger"]
+            edges.setdefault((source, row["dest"] or source), []).append(label)
     for state in states:
         for (source, dest), triggers in edges.items():
             if source == state:
@@ -34,6 +45,12 @@ def render_diagrams() -> str:
         "",
         "```mermaid",
         _mermaid(list(SYMBOL_STATES), "IDLE", list(SYMBOL_TRANSITIONS)),
+        "```",
+        "",
+        "## Per symbol: the close (beside the phase)",
+        "",
+        "```mermaid",
+        _mermaid(list(CLOSE_STATES), "OPEN", list(CLOSE_TRANSITIONS)),
         "```",
     ]
     for name, (states, initial, rows) in GLOBAL_MACHINES.items():

@@ -180,8 +180,7 @@ class ScenarioResult:
 
 
 def transition_line(c: cmd.Transitioned) -> str:
-    who = c.symbol if c.symbol else c.machine
-    return f"{who} {c.source}->{c.dest}"
+    return f"{cmd.who_moved(c.machine, c.symbol)} {c.source}->{c.dest}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -842,11 +841,24 @@ class Runner:
     def check(self, expect: dict[str, Any], commands: list[cmd.Command]) -> list[str]:
         failures: list[str] = []
         engine = self.engine
-        if "transitions" in expect:
-            got = [transition_line(c) for c in commands if isinstance(c, cmd.Transitioned)]
+        if "transitions" in expect:  # the phases and the global locks; the close has its own key
+            got = [
+                transition_line(c)
+                for c in commands
+                if isinstance(c, cmd.Transitioned) and c.machine != "close"
+            ]
             want = [str(t) for t in expect["transitions"]]
             if got != want:
                 failures.append(f"transitions: expected {want}, got {got}")
+        if "close" in expect:
+            got = [
+                transition_line(c)
+                for c in commands
+                if isinstance(c, cmd.Transitioned) and c.machine == "close"
+            ]
+            want = [str(t) for t in expect["close"]]
+            if got != want:
+                failures.append(f"close: expected {want}, got {got}")
         if "orders" in expect:
             got_orders = [c for c in commands if type(c) in ORDER_TYPES]
             want_orders = expect["orders"] or []
@@ -873,6 +885,11 @@ class Runner:
             for symbol, state in expect["states"].items():
                 if engine.state_of(symbol) != state:
                     failures.append(f"state of {symbol}: expected {state}, got {engine.state_of(symbol)}")
+        if "close_states" in expect:
+            for symbol, state in expect["close_states"].items():
+                if engine.close_state_of(symbol) != state:
+                    got_state = engine.close_state_of(symbol)
+                    failures.append(f"close state of {symbol}: expected {state}, got {got_state}")
         if "locks" in expect:
             for name, state in expect["locks"].items():
                 if engine.lock_state(name) != state:

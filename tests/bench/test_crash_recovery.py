@@ -168,7 +168,7 @@ def test_the_loss_cut_is_re_run_after_recovery_when_the_crash_fell_after_the_cur
 @pytest.mark.spec("W57", "N-28")
 def test_a_re_run_of_a_loss_cut_already_carried_out_sends_nothing() -> None:
     # Every command of the risk message went out, the snapshot after them was not saved yet.
-    runner, record = _crashed("W57", 10, 6)
+    runner, record = _crashed("W57", 10, 7)
     rerun = _messages(record)[-1]
     assert (_message(rerun).message_id, _message(rerun).rerun) == (5001, True)
     assert [(c.kind, c.reason) for c in rerun.commands if isinstance(c, cmd.Log)] == [

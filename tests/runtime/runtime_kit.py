@@ -81,7 +81,7 @@ class Seen:
 
     def transitions(self) -> list[str]:
         return [
-            f"{c.symbol or c.machine} {c.source}->{c.dest}"
+            f"{cmd.who_moved(c.machine, c.symbol)} {c.source}->{c.dest}"
             for _, cs in self.items
             for c in cs
             if isinstance(c, cmd.Transitioned)

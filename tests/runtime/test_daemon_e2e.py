@@ -58,6 +58,7 @@ def test_w55_leading_message_to_take_profit_to_flat(tmp_path: Path) -> None:
                 "entry_lock GLOBAL_IDLE->GLOBAL_LOCKED",
                 "ETHUSDT ENTRY_ORDER->PHASE1",
                 "ETHUSDT PHASE1->EXITING",
+                "ETHUSDT close OPEN->CLOSING",  # the TP filled the position away (R15)
                 "ETHUSDT EXITING->IDLE",
                 "entry_lock GLOBAL_LOCKED->GLOBAL_IDLE",
             ]

@@ -70,6 +70,7 @@ def test_w56_entry_scale_in_phase2_breakeven_exit(tmp_path: Path) -> None:
                 "ETHUSDT ENTRY_ORDER->PHASE1",
                 "ETHUSDT PHASE1->PHASE2",
                 "ETHUSDT PHASE2->EXITING",
+                "ETHUSDT close OPEN->CLOSING",  # the breakeven filled the position away (R15)
                 "ETHUSDT EXITING->IDLE",
                 "entry_lock GLOBAL_LOCKED->GLOBAL_IDLE",
             ]
@@ -152,6 +153,7 @@ def test_w57_risk_during_a_partial_fill_cancels_the_rest_and_closes_at_market(tm
                 "ETHUSDT IDLE->MONITORING",
                 "ETHUSDT MONITORING->ENTRY_ORDER",
                 "entry_lock GLOBAL_IDLE->GLOBAL_LOCKED",
+                "ETHUSDT close OPEN->CLOSING",  # the loss-cut is decided, then goes out
                 "ETHUSDT ENTRY_ORDER->EXITING",
                 "ETHUSDT EXITING->IDLE",
                 "entry_lock GLOBAL_LOCKED->GLOBAL_IDLE",
@@ -248,6 +250,7 @@ def test_stale_price_with_a_position_locks_and_closes_at_market(tmp_path: Path) 
             assert run.seen.transitions()[4:] == [
                 "ETHUSDT ENTRY_ORDER->PHASE1",
                 "safety_lock PRICE_OK->PRICE_STALE",
+                "ETHUSDT close OPEN->CLOSING",
                 "ETHUSDT PHASE1->EXITING",
                 "ETHUSDT EXITING->IDLE",
                 "entry_lock GLOBAL_LOCKED->GLOBAL_IDLE",

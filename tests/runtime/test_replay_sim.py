@@ -96,6 +96,7 @@ position BTCUSDT -4.95
         BTCUSDT ENTRY_ORDER->PHASE1
   ✓ t=     3.0s  reject_next leg=TP code=-2022 message=ReduceOnly Order is rejected. category=flat; \
 mark BTCUSDT=96.0 -- -2022 with the position still there (read at once): a refusal, so R12's market fallback
+        BTCUSDT close OPEN->CLOSING
         BTCUSDT PHASE1->EXITING
         BTCUSDT EXITING->IDLE
         entry_lock GLOBAL_LOCKED->GLOBAL_IDLE
