@@ -56,6 +56,11 @@ AUTH_PROBE_FIRST_MS = 5_000  # the auth lock asks the venue with a signed read a
 AUTH_PROBE_MAX_MS = 60_000  # ... doubling up to once a minute, until the key works again
 
 
+class RefusedTransition(RuntimeError):
+    """A row's ``unless`` refused a transition the engine decided: a bug in that decision. Raised
+    inside ``Engine.handle``, it is contained like any engine error (D-32)."""
+
+
 class _RegionMachine(Machine):
     """A second machine over the same models (the close table, on ``close_state``). The first one
     bound the models' generic ``trigger``/``may_trigger``; this one binds only its own triggers
@@ -230,7 +235,9 @@ class Core:
             self.anomaly("illegal_transition", model.symbol, f"{trigger} from {model.state}")
             return False
         source = model.state
-        getattr(model, trigger)()
+        if not getattr(model, trigger)():  # ``transitions`` says False when an ``unless`` held
+            refused_by = [name for name in row.get("unless", ()) if getattr(model, name)()]
+            raise RefusedTransition(f"{trigger} of {model.symbol} from {source} refused: {refused_by}")
         dest = row["dest"] or source
         if model.state != dest:  # a trigger shadowed by a model attribute would silently do nothing
             raise RuntimeError(f"{trigger} left {model.symbol} in {model.state}, not {dest}")

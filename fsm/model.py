@@ -98,6 +98,10 @@ class SymbolModel:
         cost = sum((o.avg_price * o.filled for o in self.orders.values() if o.leg in ENTRY_LEGS), ZERO)
         return cost / qty
 
+    def may_have_live_order(self) -> bool:
+        """The symbol table's ``reset`` is refused while this holds (``OrderTrack.may_be_live``)."""
+        return any(o.may_be_live for o in self.orders.values())
+
     def open_orders(self, *legs: str) -> list[OrderTrack]:
         return [o for o in self.orders.values() if o.is_open and (not legs or o.leg in legs)]
 

@@ -47,6 +47,7 @@ RENAMED: Final = {"PENDING": "PENDING_NEW", "CANCELING": "PENDING_CANCEL"}
 
 _ANY: Final = ORDER_STATUSES
 _LIVE: Final = frozenset({"NEW", "PARTIALLY_FILLED", "PENDING_CANCEL"})
+_MAY_BE_LIVE: Final = _LIVE | {"UNKNOWN"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +168,12 @@ class OrderTrack:
             and self.retry_at_ms == 0
             and self.resolve_at_ms == 0
         )
+
+    @property
+    def may_be_live(self) -> bool:
+        """It may be working on the venue: told live, of unknown outcome, our cancel unanswered, or
+        its request still unanswered (a resend waiting for its time is not: it was refused)."""
+        return self.status in _MAY_BE_LIVE or (self.status == "PENDING_NEW" and self.request_unanswered)
 
     @property
     def cancel_decided(self) -> bool:

@@ -11,13 +11,16 @@ The engine does the work (orders, cancels) around the triggers; the tables say w
 
 from __future__ import annotations
 
-from typing import Final, TypedDict
+from typing import Final, NotRequired, TypedDict
 
 
 class Row(TypedDict):
     trigger: str
     source: list[str]
     dest: str | None  # None: an internal transition (the state stays; ``transitions``' convention)
+    # The model's predicates that refuse the row although its source matches (``transitions``'
+    # ``unless``): the engine treats a refusal as its own error (``core.RefusedTransition``).
+    unless: NotRequired[list[str]]
 
 
 SYMBOL_STATES: Final = ["IDLE", "MONITORING", "ENTRY_ORDER", "PHASE1", "PHASE2", "EXITING"]
@@ -41,8 +44,11 @@ SYMBOL_TRANSITIONS: Final[list[Row]] = [
     {"trigger": "exit_started", "source": ["ENTRY_ORDER", "PHASE1", "PHASE2"], "dest": "EXITING"},
     # Internal: another exit filling, a stop firing or a close going out while already EXITING.
     {"trigger": "exit_started", "source": ["EXITING"], "dest": None},
-    # Every way back to the start: filters, risk, flat position, dust, stale lock, failures.
-    {"trigger": "reset", "source": list(ACTIVE_STATES), "dest": "IDLE"},
+    # Every way back to the start: filters, risk, flat position, dust, stale lock, failures. Never
+    # while an order of ours may be live on the venue (issue #11 step 2): forgetting it would leave it
+    # working unseen. No decision of the engine asks for that; if one did, the refusal is contained
+    # (D-32): entries locked, the exchange re-read and the symbol rebuilt with its orders (D-67).
+    {"trigger": "reset", "source": list(ACTIVE_STATES), "dest": "IDLE", "unless": ["may_have_live_order"]},
     # N-28 step 5: recovery rebuilds a symbol from the exchange without replaying its history.
     {"trigger": "restore_entry_order", "source": ["IDLE"], "dest": "ENTRY_ORDER"},
     {"trigger": "restore_phase1", "source": ["IDLE"], "dest": "PHASE1"},

@@ -10,7 +10,11 @@ import pytest
 
 from fsm import commands as cmd
 from fsm import events as ev
+from fsm.engine import Engine
+from fsm.orders import OrderTrack
 from fsm.runtime.scenario import T0_MS, Runner
+
+D1 = Decimal(1)
 
 DOC = {
     "id": "containment",
@@ -71,3 +75,59 @@ def test_an_exception_inside_handle_locks_entries_and_rebuilds_from_the_exchange
     assert [(c.machine, c.dest) for c in commands if isinstance(c, cmd.Transitioned)] == [
         ("recovery_lock", "READY")
     ]
+
+
+@pytest.mark.spec("G04", "R15")
+def test_a_reset_with_an_order_of_ours_live_is_refused_by_the_table_and_contained() -> None:
+    """The symbol table's ``reset`` row has ``unless: may_have_live_order`` (D-67): a decision that
+    would forget a symbol while its TP works on the venue is refused, and the refusal is contained
+    like any engine error. Without the row the symbol was dropped and its TP left working unseen."""
+    runner = Runner(DOC)
+    assert runner.run().passed
+    engine = runner.engine
+    at(runner, 4)
+    runner.feed(runner.step_events({"mark": {"BTCUSDT": "96.0"}}))  # W40: the TP goes out
+    tp = next(o for o in engine.symbols["BTCUSDT"].orders.values() if o.leg == "TP")
+    assert tp.status == "NEW" and tp.may_be_live
+
+    def buggy(core: Engine, _event: ev.Tick) -> None:
+        core.reset(core.symbols["BTCUSDT"], "a decision that forgets the TP")
+
+    engine._handler_table[ev.Tick] = buggy
+    commands = runner.feed([ev.Tick(now_ms=at(runner, 5))])
+    engine._handler_table = engine._handlers()
+    notes = [(c.kind, c.severity, c.text) for c in commands if isinstance(c, cmd.Notify)]
+    assert [n[:2] for n in notes] == [("engine_error", "critical")]
+    assert "RefusedTransition" in notes[0][2]
+    logged = [c for c in commands if isinstance(c, cmd.Log) and c.reason == "engine_error"]
+    assert "reset of BTCUSDT from PHASE1 refused: ['may_have_live_order']" in dict(logged[0].data)["error"]
+    transitions = [(c.machine, c.source, c.dest) for c in commands if isinstance(c, cmd.Transitioned)]
+    assert ("symbol", "PHASE1", "IDLE") not in transitions
+    assert ("recovery_lock", "READY", "RECOVERING") in transitions
+    # Rebuilt from the exchange: the position and its working TP are the engine's again.
+    model = engine.symbols["BTCUSDT"]
+    assert model.state == "PHASE1"
+    assert model.position() == Decimal("4.950")
+    assert [(o.cid, o.status) for o in model.open_orders("TP")] == [(tp.cid, "NEW")]
+    assert runner.venue.orders[tp.cid].status == "NEW"
+
+
+@pytest.mark.parametrize(
+    ("status", "order_id", "retry_at_ms", "live"),
+    [
+        ("PENDING_NEW", 0, 0, True),  # sent, unanswered: it may have reached the book
+        ("PENDING_NEW", 0, 5_000, False),  # refused, a resend waits for its time
+        ("UNKNOWN", 0, 0, True),
+        ("NEW", 7, 0, True),
+        ("PARTIALLY_FILLED", 7, 0, True),
+        ("PENDING_CANCEL", 7, 0, True),
+        ("FILLED", 7, 0, False),
+        ("CANCELED", 7, 0, False),
+        ("REJECTED", 0, 0, False),
+        ("EXPIRED", 7, 0, False),
+    ],
+)
+def test_which_orders_may_be_live(status: str, order_id: int, retry_at_ms: int, live: bool) -> None:
+    order = OrderTrack(cid="sf1-TP1-BTCUSDT", leg="TP", side="BUY", kind="LIMIT", price=D1, qty=D1)
+    order.status, order.order_id, order.retry_at_ms = status, order_id, retry_at_ms  # type: ignore[assignment]
+    assert order.may_be_live is live

@@ -26,6 +26,8 @@ def _mermaid(states: list[str], initial: str, rows: list[Row]) -> str:
         for source in row["source"]:
             internal = row["dest"] is None  # drawn as a loop; the state does not change
             label = f"{row['trigger']} (internal)" if internal else row["trigger"]
+            if row.get("unless"):
+                label += f" [unless {', '.join(row.get('unless', ()))}]"
             edges.setdefault((source, row["dest"] or source), []).append(label)
     for state in states:
         for (source, dest), triggers in edges.items():
