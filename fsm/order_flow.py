@@ -211,6 +211,11 @@ def on_rejected(core: Core, event: ev.OrderRejected) -> None:
         # The venue's own final word (or our cancel's) came first: the refusal changes nothing.
         core.log("order_failure_moot", model.symbol, order.status, cid=order.cid)
         return
+    if order.status in ("NEW", "PARTIALLY_FILLED"):
+        # The venue already reported it live (its push overtook this answer, or a resend's refusal met
+        # the original, D-26): the venue's own word stands and the refusal changes nothing.
+        core.log("order_failure_moot", model.symbol, order.status, cid=order.cid)
+        return
     if order.cancel_decided:
         # We decided to cancel it before its request was answered: the refusal is its end, never
         # a reason to send it again.
@@ -293,7 +298,8 @@ def on_resolved(core: Core, event: ev.OrderResolved) -> None:
     if order.status != "UNKNOWN":
         return  # a pushed update already settled it
     if event.outcome == "failed":
-        wait = min(RESOLVE_RETRY_MAX_MS, RESOLVE_RETRY_FIRST_MS * 2 ** (order.resolve_attempts - 1))
+        # (an answer to no query of ours has attempts 0: the first delay, never a float timestamp)
+        wait = min(RESOLVE_RETRY_MAX_MS, RESOLVE_RETRY_FIRST_MS * 2 ** max(order.resolve_attempts - 1, 0))
         order.resolve_at_ms = core.now_ms + wait
         if order.resolve_attempts == RESOLVE_ALERT_AFTER:
             core.critical(

@@ -78,6 +78,12 @@ def on_snapshot(core: Core, event: ev.ExchangeSnapshot) -> None:
     on_venue = {p.symbol for p in event.positions if p.amount != 0} | {o.symbol for o in event.open_orders}
     for symbol, model in list(core.symbols.items()):
         if symbol not in on_venue:  # a rebuild after an internal error: nothing of it is left
+            for track in model.open_orders():
+                if not track.request_unanswered:  # the complete list proves it gone (R16)
+                    track.apply("not_listed")
+            if model.may_have_live_order():  # a request still unanswered: its answer decides (D-60)
+                core.log("recovery", symbol, "request_unanswered_kept")
+                continue
             core.reset(model, "recovery: no position and no order on the exchange")
     for symbol in sorted({p.symbol for p in event.positions} | {o.symbol for o in event.open_orders}):
         rebuild_symbol(core, symbol, event, infos.get(symbol))

@@ -698,3 +698,61 @@ def test_an_untracked_algo_update_is_named_ours_or_foreign_by_its_id(cid: str, k
         )
     )
     assert out == [cmd.Log(kind=kind, symbol="ETHUSDT", reason="CANCELED", data=(("cid", cid),))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by the exhaustive enumeration (tests/test_enumeration.py)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [-4116, -2022, -1001])
+def test_a_refusal_of_an_entry_the_venue_reported_live_changes_nothing(code: int) -> None:
+    """The venue's NEW push came first (or a resend met the original, D-26): a refusal answered
+    after it is moot. Before, it raised IllegalOrderStep inside the engine (refused from NEW): a
+    critical engine error and a rebuild from the exchange for a contradiction the venue can produce."""
+    runner = _entry_order()
+    engine = runner.engine
+    before = engine.snapshot()
+    out = engine.handle(
+        ev.OrderRejected(
+            now_ms=_now(engine), symbol=BTC, client_order_id=ENTRY_CID, code=code, message="refused",
+            retryable=code == -1001, category="retry" if code == -1001 else "rejected",
+        )
+    )  # fmt: skip
+    assert [render(c) for c in out if isinstance(c, cmd.Log) and c.kind != "order_failed"] == [
+        f"Log(kind=order_failure_moot symbol={BTC} reason=NEW data=cid={ENTRY_CID})"
+    ]
+    assert _order_commands(out) == []
+    assert not [c for c in out if isinstance(c, cmd.Notify)]
+    assert engine.symbols[BTC].orders[ENTRY_CID].status == "NEW"
+    assert engine.snapshot() == before
+
+
+def test_a_failed_query_answer_nobody_asked_for_keeps_an_integer_schedule() -> None:
+    """An OrderResolved 'failed' for an UNKNOWN order the engine had not queried yet (attempts 0):
+    the next query was due at now + 500.0 ms, a float the snapshot could not encode (the daemon
+    saves a snapshot after each event). It is due after the first delay, an integer."""
+    engine = _monitoring().engine
+    now = _now(engine) + 1_000
+    engine.handle(ev.MarkPriceTick(now_ms=now, symbol=BTC, price=D("100.9"), event_time_ms=now))
+    engine.handle(ev.Tick(now_ms=now))  # W17-2: the entry trigger fires, the setup is asked for
+    placed = engine.handle(
+        ev.OrderPrepared(
+            now_ms=now, symbol=BTC, leg="ENTRY1", ok=True, position_mode="ONE_WAY",
+            wallet_balance=D(1000), available_balance=D(1000),
+        )
+    )  # fmt: skip
+    assert [c.client_order_id for c in placed if isinstance(c, cmd.PlaceOrder)] == [ENTRY_CID]
+    engine.handle(
+        ev.OrderOutcomeUnknown(
+            now_ms=now, symbol=BTC, client_order_id=ENTRY_CID, resolve_after_ms=now + 5_000
+        )
+    )
+    order = engine.symbols[BTC].orders[ENTRY_CID]
+    assert (order.status, order.resolve_attempts) == ("UNKNOWN", 0)
+    engine.handle(
+        ev.OrderResolved(now_ms=now, symbol=BTC, client_order_id=ENTRY_CID, outcome="failed", message="503")
+    )
+    assert order.resolve_at_ms == now + 1_000
+    assert type(order.resolve_at_ms) is int
+    assert Engine.restore(engine.snapshot()).snapshot() == engine.snapshot()

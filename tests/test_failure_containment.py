@@ -131,3 +131,57 @@ def test_which_orders_may_be_live(status: str, order_id: int, retry_at_ms: int, 
     order = OrderTrack(cid="sf1-TP1-BTCUSDT", leg="TP", side="BUY", kind="LIMIT", price=D1, qty=D1)
     order.status, order.order_id, order.retry_at_ms = status, order_id, retry_at_ms  # type: ignore[assignment]
     assert order.may_be_live is live
+
+
+def _empty_recovery_snapshot(now: int) -> ev.ExchangeSnapshot:
+    return ev.ExchangeSnapshot(
+        now_ms=now, position_mode="ONE_WAY", wallet_balance=Decimal(1000), available_balance=Decimal(1000),
+        positions=(), open_orders=(), symbols=(), complete=True, purpose="recovery",
+    )  # fmt: skip
+
+
+@pytest.mark.spec("N-28")
+def test_a_rebuild_that_finds_nothing_on_the_exchange_ends_the_orders_it_proves_gone() -> None:
+    """A rebuild after an engine error (D-32) whose complete snapshot lists neither a position nor an
+    order of the symbol: the orders the engine thought live are proven gone (R16's ``not_listed``)
+    and the symbol resets. Before D-67's row the reset forgot them as they were; with the row and
+    without this step, the refusal would be an engine error again: a rebuild that never ends."""
+    runner = Runner({**DOC, "steps": DOC["steps"][:2]})
+    assert runner.run().passed
+    engine = runner.engine
+    entry = engine.symbols["BTCUSDT"].orders["sf1001-E11-BTCUSDT"]
+    assert (engine.state_of("BTCUSDT"), entry.status) == ("ENTRY_ORDER", "NEW")
+    out = engine.handle(_empty_recovery_snapshot(at(runner, 3)))
+    assert not [c for c in out if isinstance(c, cmd.Log) and c.reason == "engine_error"]
+    assert entry.status == "CANCELED"
+    assert engine.state_of("BTCUSDT") == "IDLE"
+
+
+@pytest.mark.spec("N-28")
+def test_a_rebuild_keeps_a_symbol_whose_request_is_still_unanswered() -> None:
+    """What the venue does not list of a request still unanswered proves nothing (D-60): the symbol
+    is kept, and the request's own answer decides."""
+    runner = Runner({**DOC, "steps": DOC["steps"][:1]})
+    assert runner.run().passed
+    engine = runner.engine
+    now = at(runner, 1)
+    engine.handle(ev.MarkPriceTick(now_ms=now, symbol="BTCUSDT", price=Decimal("101"), event_time_ms=now))
+    engine.handle(ev.Tick(now_ms=now))
+    engine.handle(
+        ev.OrderPrepared(
+            now_ms=now, symbol="BTCUSDT", leg="ENTRY1", ok=True, position_mode="ONE_WAY",
+            wallet_balance=Decimal(1000), available_balance=Decimal(1000),
+        )
+    )  # fmt: skip
+    entry = engine.symbols["BTCUSDT"].orders["sf1001-E11-BTCUSDT"]
+    assert entry.status == "PENDING_NEW" and entry.request_unanswered
+    out = engine.handle(_empty_recovery_snapshot(now))
+    assert [(c.kind, c.reason) for c in out if isinstance(c, cmd.Log) and c.kind == "recovery"] == [
+        ("recovery", "request_unanswered_kept")
+    ]
+    assert not [c for c in out if isinstance(c, cmd.Log) and c.reason == "engine_error"]
+    assert (engine.state_of("BTCUSDT"), entry.status) == ("ENTRY_ORDER", "PENDING_NEW")
+    answered = engine.handle(
+        ev.OrderAccepted(now_ms=now, symbol="BTCUSDT", client_order_id=entry.cid, order_id=5)
+    )
+    assert entry.status == "NEW", answered
