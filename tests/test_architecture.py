@@ -57,6 +57,8 @@ def test_the_check_would_catch_a_violation(tmp_path: Path) -> None:
 # step 4): every change is an event, so the journal replays it.
 SHELL = [
     *sorted((FSM / "runtime").rglob("*.py")),
+    *sorted((FSM / "ops").rglob("*.py")),
+    *sorted((FSM / "harness").rglob("*.py")),
     *sorted((FSM.parent / "binance").rglob("*.py")),
     *sorted((FSM.parent / "telegram_ingest").rglob("*.py")),
 ]
@@ -124,18 +126,18 @@ def test_the_write_check_would_catch_each_kind(tmp_path: Path) -> None:
 # The daemon a trader runs (``shortfsm run``) never loads the simulator, the market-history tools or
 # the harness (scenario runner, replays, fault and crash matrices, benchmarks, backtest): the layer
 # contract of ARCHITECTURE.md, checked on what importing it really loads.
-DAEMON_MODULES = ("fsm.runtime.daemon", "fsm.runtime.daemon_cli")
+DAEMON_MODULES = ("fsm.runtime.daemon", "fsm.ops.daemon_cli")
 NOT_IN_THE_DAEMON = (
     "binance.sim",
     "binance.history",
-    "fsm.runtime.sim_harness",
-    "fsm.runtime.scenario",
-    "fsm.runtime.simreplay",
-    "fsm.runtime.faults",
-    "fsm.runtime.daemon_faults",
-    "fsm.runtime.bench",
-    "fsm.runtime.backtest",
-    "fsm.runtime.journal_replay",
+    "fsm.harness.sim_harness",
+    "fsm.harness.scenario",
+    "fsm.harness.simreplay",
+    "fsm.harness.faults",
+    "fsm.harness.daemon_faults",
+    "fsm.harness.bench",
+    "fsm.harness.backtest",
+    "fsm.harness.journal_replay",
 )
 
 
@@ -156,4 +158,88 @@ def test_the_daemon_loads_neither_the_simulator_nor_the_harness() -> None:
 
 
 def test_the_layer_check_sees_what_an_import_loads() -> None:
-    assert "binance.sim" in _loaded_by(("fsm.runtime.sim_harness",))
+    assert "binance.sim" in _loaded_by(("fsm.harness.sim_harness",))
+
+
+# The shell's layers (ARCHITECTURE.md): ``fsm.runtime`` (the daemon) imports neither ``fsm.harness``
+# nor ``fsm.ops``; ``fsm.harness`` (scenario runner, replays, matrices, bench, backtest) may use the
+# daemon but not the operator's tools; ``fsm.ops`` (CLI, board, reports, diagrams) sits on top. The
+# core (files directly in ``fsm/``) imports no layer at all. Imports inside functions count too.
+ALLOWED_LAYERS = {"core": set(), "runtime": set(), "harness": {"runtime"}, "ops": {"runtime", "harness"}}
+# The one seam: the ``sim`` profile (``shortfsm demo``) starts its simulated venue from inside the
+# daemon's startup. Those imports are lazy (in a function, or for type checking only), named here,
+# and ``test_the_daemon_loads_neither_the_simulator_nor_the_harness`` proves ``run`` never loads them.
+DEMO_SEAM = {
+    ("daemon.py", "fsm.harness.sim_harness"),
+    ("feeds.py", "binance.sim.exchange"),
+}
+
+
+def _module_imports(path: Path) -> list[tuple[str, bool]]:
+    """(module, lazy) for every import of a file; lazy: inside a function or ``if TYPE_CHECKING``.
+    ``from fsm import x`` imports the module ``fsm.x``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, lazy: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = lazy or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                inner = True
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, lazy) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                if child.module == "fsm":
+                    found.extend((f"fsm.{alias.name}", lazy) for alias in child.names)
+                else:
+                    found.append((child.module, lazy))
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def _fsm_layers(path: Path) -> set[str]:
+    """The layers of ``fsm`` a module imports, the demo seam left out."""
+    layers: set[str] = set()
+    for module, lazy in _module_imports(path):
+        parts = module.split(".")
+        if lazy and (path.name, module) in DEMO_SEAM:
+            continue
+        if parts[0] == "fsm" and len(parts) > 1 and parts[1] in ALLOWED_LAYERS:
+            layers.add(parts[1])
+    return layers
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    checked = 0
+    for layer, allowed in ALLOWED_LAYERS.items():
+        paths = sorted(FSM.glob("*.py")) if layer == "core" else sorted((FSM / layer).rglob("*.py"))
+        for path in paths:
+            bad = _fsm_layers(path) - allowed - {layer}
+            assert not bad, f"{path.relative_to(FSM.parent)} ({layer}) imports fsm.{sorted(bad)}"
+            checked += 1
+    assert checked > 50
+
+
+def test_the_layer_check_would_catch_an_upward_import(tmp_path: Path) -> None:
+    sample = tmp_path / "daemon.py"
+    sample.write_text(
+        "from fsm.harness.scenario import Runner\n"
+        "from fsm import ops\n"
+        "import fsm.harness.sim_harness\n"  # the seam's module, but not lazy: it counts
+        "def later():\n"
+        "    import fsm.runtime.store\n"
+        "    from fsm.harness.sim_harness import SimHarness\n",  # the seam: left out
+        encoding="utf-8",
+    )
+    assert _fsm_layers(sample) == {"harness", "ops", "runtime"}
+    sample.write_text("def later():\n    from fsm.harness.sim_harness import SimHarness\n", encoding="utf-8")
+    assert _fsm_layers(sample) == set()
+
+
+def test_the_daemon_never_imports_the_simulator_or_the_market_history_tools_eagerly() -> None:
+    for path in sorted((FSM / "runtime").rglob("*.py")):
+        for module, lazy in _module_imports(path):
+            if module.startswith(("binance.sim", "binance.history")):
+                assert lazy and (path.name, module) in DEMO_SEAM, f"{path.name} imports {module}"

@@ -11,7 +11,7 @@ import pytest
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm.engine import Engine
-from fsm.runtime.bench import bench_symbol, leading_event, symbol_info
+from fsm.harness.bench import bench_symbol, leading_event, symbol_info
 from fsm.strategy import Strategy
 
 T0 = 1_700_000_000_000

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fsm.runtime import cli
-from fsm.runtime.diagram import DIAGRAM_PATH, render_diagrams
+from fsm.ops import cli
+from fsm.ops.diagram import DIAGRAM_PATH, render_diagrams
 from fsm.table import CLOSE_TRANSITIONS, GLOBAL_MACHINES, SYMBOL_TRANSITIONS
 
 
@@ -73,8 +73,8 @@ def test_diagram_shows_every_transition_row() -> None:
 def test_diagram_check_flags_a_stale_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     stale = tmp_path / "diagrams.md"
     stale.write_text("old\n", encoding="utf-8")
-    monkeypatch.setattr("fsm.runtime.diagram.DIAGRAM_PATH", stale)
+    monkeypatch.setattr("fsm.ops.diagram.DIAGRAM_PATH", stale)
     assert cli.main(["diagram", "--check"]) == 1
-    monkeypatch.setattr("fsm.runtime.diagram.DIAGRAM_PATH", stale)
+    monkeypatch.setattr("fsm.ops.diagram.DIAGRAM_PATH", stale)
     stale.write_text(render_diagrams(), encoding="utf-8")
     assert cli.main(["diagram", "--check"]) == 0

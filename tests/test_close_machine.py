@@ -17,7 +17,7 @@ from test_flatten_engine import _now, _phase1_with_its_tp
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm.engine import Engine
-from fsm.runtime.scenario import Runner, load_scenarios
+from fsm.harness.scenario import Runner, load_scenarios
 from fsm.table import CLOSE_STATES
 
 SCENARIOS = load_scenarios()

@@ -15,8 +15,8 @@ import pytest
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm.engine import Engine
+from fsm.harness.scenario import RISK_TEMPLATE, T0_MS, Runner
 from fsm.journal import render
-from fsm.runtime.scenario import RISK_TEMPLATE, T0_MS, Runner
 from fsm.strategy import Strategy
 from fsm.table import GLOBAL_MACHINES
 from telegram_ingest.grammar import parse_message

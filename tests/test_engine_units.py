@@ -59,8 +59,8 @@ def test_risk_without_any_mark_price_closes_at_market_d15() -> None:
 
 def test_a_released_symbol_model_is_reused_clean_for_the_next_symbol() -> None:
     """Model pooling (add_model costs half a leading message) must not leak any field."""
+    from fsm.harness.bench import T0_MS, leading_event, symbol_info
     from fsm.model import encode
-    from fsm.runtime.bench import T0_MS, leading_event, symbol_info
 
     engine = Engine()
     engine.handle(leading_event("AAAUSDT", 1001, T0_MS))

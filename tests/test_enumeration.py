@@ -333,7 +333,7 @@ def _event(draw: st.DrawFn, name: str, engine: Engine, symbol: str, now: int) ->
 def _message(draw: st.DrawFn, symbol: str, now: int) -> ev.MessageReceived:
     from test_properties import KLINES, SYMBOLS  # the harness's symbols, filters and candles
 
-    from fsm.runtime.scenario import Runner
+    from fsm.harness.scenario import Runner
 
     ticker = symbol.removesuffix("USDT")
     runner = Runner({"venue": {"symbols": SYMBOLS, "klines": KLINES}})

@@ -11,8 +11,8 @@ import pytest
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm.engine import Engine
+from fsm.harness.scenario import T0_MS, Runner
 from fsm.orders import OrderTrack
-from fsm.runtime.scenario import T0_MS, Runner
 
 D1 = Decimal(1)
 

@@ -9,7 +9,7 @@ import pytest
 
 from fsm import commands as cmd
 from fsm import events as ev
-from fsm.runtime.scenario import T0_MS, Runner
+from fsm.harness.scenario import T0_MS, Runner
 
 DOC = {
     "id": "hedge",

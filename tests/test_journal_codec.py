@@ -12,9 +12,9 @@ import pytest
 
 from fsm import commands as cmd
 from fsm import events as ev
+from fsm.harness.scenario import Runner, load_scenarios
 from fsm.journal import decode_event, encode_event
 from fsm.model import encode
-from fsm.runtime.scenario import Runner, load_scenarios
 from fsm.runtime.store import dumps, risk_message_from_journal
 
 SCENARIOS = load_scenarios()

@@ -5,7 +5,7 @@ symbols, risk messages, mark prices placed on and around the engine's own thresh
 the engine's own orders (client ids taken from what the venue double accepted), venue-side cancels,
 stop triggers, rejections, cancel failures, prepare failures, lost answers, answers held back and
 released later, position changes, venue errors, WebSocket drops and restarts (a new engine rebuilt
-from the exchange, N-28). The venue double is the scenario runner's (``fsm.runtime.scenario.Runner``);
+from the exchange, N-28). The venue double is the scenario runner's (``fsm.harness.scenario.Runner``);
 this harness adds held-back answers and checks the properties around every ``Engine.handle`` call:
 
 a. at most one symbol is beyond MONITORING at a time (a flat EXITING symbol that only waits for the
@@ -42,9 +42,9 @@ from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
 from fsm.engine import Engine, protected_symbols, recovery_facts
+from fsm.harness.scenario import T0_MS, Runner
 from fsm.journal import render
 from fsm.model import LockModel, SymbolModel
-from fsm.runtime.scenario import T0_MS, Runner
 from fsm.strategy import Strategy
 from fsm.table import (
     CLOSE_STATES,

@@ -19,8 +19,8 @@ import pytest
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm.engine import Engine
-from fsm.runtime import scenario as scenario_module
-from fsm.runtime.scenario import Runner, load_scenarios
+from fsm.harness import scenario as scenario_module
+from fsm.harness.scenario import Runner, load_scenarios
 
 SCENARIOS = load_scenarios()
 

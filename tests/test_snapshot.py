@@ -17,8 +17,8 @@ import pytest
 
 from fsm import events as ev
 from fsm.engine import Engine, clone
+from fsm.harness.scenario import T0_MS, Runner
 from fsm.journal import render
-from fsm.runtime.scenario import T0_MS, Runner
 from fsm.strategy import Strategy
 
 D = Decimal

@@ -35,7 +35,7 @@ MAX_GAP_LINES = 40
 DAY_MS = 86_400_000
 FIRST_DAY = "2019-09-01"  # USD-M perpetuals (and their archive) start in September 2019
 FIRST_DAY_MS = 1_567_296_000_000
-BENCHMARK_SYMBOL = "BTCUSDT"  # the report's buy-and-hold benchmark (fsm.runtime.benchmark)
+BENCHMARK_SYMBOL = "BTCUSDT"  # the report's buy-and-hold benchmark (fsm.ops.benchmark)
 BENCHMARK_DATASET = "klines"
 OFFLINE = "--offline: not fetched"
 

@@ -4,7 +4,7 @@
 with only its USDT-margined PERPETUAL symbols, and the time it was read. It is read again when the
 saved one is older than ``MAX_AGE_MS`` or missing; a run that cannot reach the venue (or
 ``--offline``) keeps the old one and says its age. ``shortfsm backtest`` builds the simulated
-venue's symbols from it (``fsm.runtime.backtest``); the filters are read by ``binance.parse``, as the
+venue's symbols from it (``fsm.harness.backtest``); the filters are read by ``binance.parse``, as the
 daemon reads them. Binance keeps no history of filters or status: the saved answer is today's, and a
 backtest uses it for the past.
 

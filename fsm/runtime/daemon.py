@@ -1751,7 +1751,7 @@ async def run_daemon(config: AppConfig, secrets_: Secrets, options: RunOptions) 
                 clock=clock,
             )
         elif profile == "sim":
-            from fsm.runtime.sim_harness import SimHarness  # the demo's venue: never loaded by `run`
+            from fsm.harness.sim_harness import SimHarness  # the demo's venue: never loaded by `run`
 
             harness = SimHarness(clock, balance=options.balance, path=options.path)
             origin = clock.now_ms()

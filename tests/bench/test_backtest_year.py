@@ -1,4 +1,4 @@
-"""The year-long backtest benchmark's data (``fsm.runtime.backtest_year``) and its bench rows."""
+"""The year-long backtest benchmark's data (``fsm.harness.backtest_year``) and its bench rows."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 from binance.history import exchange_info
 from binance.parse import symbol_infos
-from fsm.runtime import backtest_demo, backtest_year, bench
-from fsm.runtime.backtest import run_backtest
+from fsm.harness import backtest_demo, backtest_year, bench
+from fsm.harness.backtest import run_backtest
 
 
 def test_year_stories_spread_messages_over_symbols_and_days() -> None:

@@ -12,9 +12,9 @@ import pytest
 
 from binance.parse import decode_frame
 from fsm import events as ev
-from fsm.runtime import bench, daemon_faults, faults
-from fsm.runtime.bench_cli import print_daemon_matrix, print_rows
-from fsm.runtime.cli import main
+from fsm.harness import bench, daemon_faults, faults
+from fsm.ops.bench_cli import print_daemon_matrix, print_rows
+from fsm.ops.cli import main
 
 EXPECTED_ROWS = {
     ("engine", "Engine.handle MessageReceived (leading -> MONITORING)"),

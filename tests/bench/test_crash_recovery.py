@@ -23,8 +23,8 @@ import pytest
 
 from fsm import commands as cmd
 from fsm import events as ev
-from fsm.runtime import faults
-from fsm.runtime.scenario import load_scenarios
+from fsm.harness import faults
+from fsm.harness.scenario import load_scenarios
 
 
 @cache

@@ -1,7 +1,7 @@
 """The fault matrix end to end: the real daemon against the simulated venue, one test per cell.
 
 Each scenario's fault-free run is the reference of its row (run once per module); every cell runs
-the daemon again with one venue fault and must keep every invariant (``fsm.runtime.daemon_faults``).
+the daemon again with one venue fault and must keep every invariant (``fsm.harness.daemon_faults``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from functools import cache
 import pytest
 
 from binance.rest import BinanceRest
-from fsm.runtime import daemon_faults, faults
-from fsm.runtime.cli import main
+from fsm.harness import daemon_faults, faults
+from fsm.ops.cli import main
 
 # The spec IDs a cell proves beyond its scenario's (the fault's own rule, where the catalog has one).
 FAULT_SPECS: dict[str, tuple[str, ...]] = {

@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 
 from fsm import commands as cmd
-from fsm.runtime import bench_cli, daemon_faults, faults
-from fsm.runtime.cli import main
-from fsm.runtime.scenario import load_scenarios
+from fsm.harness import daemon_faults, faults
+from fsm.harness.scenario import load_scenarios
+from fsm.ops import bench_cli
+from fsm.ops.cli import main
 
 # The spec IDs a cell proves beyond its scenario: the fault's own rule (none where the catalog has none).
 FAULT_SPECS: dict[str, tuple[str, ...]] = {

@@ -10,7 +10,7 @@ from functools import cache
 
 import pytest
 
-from fsm.runtime import daemon_faults
+from fsm.harness import daemon_faults
 
 
 @cache

@@ -10,8 +10,8 @@ import pytest
 
 from fsm import commands as cmd
 from fsm import events as ev
-from fsm.runtime import faults
-from fsm.runtime.scenario import T0_MS, load_scenarios
+from fsm.harness import faults
+from fsm.harness.scenario import T0_MS, load_scenarios
 
 D = Decimal
 LOCKS_OK = (

@@ -19,7 +19,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from fsm.runtime import daemon_cli
+from fsm.ops import daemon_cli
 from fsm.runtime.config import Secrets, load_config
 from fsm.runtime.daemon import Endpoints
 

@@ -18,7 +18,7 @@ from binance.history import exchange_info as xi
 from binance.sim.clock import SimClock
 from binance.sim.exchange import SimExchange
 from binance.sim.server import SimVenue
-from fsm.runtime.scenario import LEADING_TEMPLATE
+from fsm.harness.scenario import LEADING_TEMPLATE
 
 T = TypeVar("T")
 NOW = ms("2026-01-03T12:00")

@@ -12,7 +12,7 @@ import pytest
 from binance import parse
 from binance.parse import KlineUpdate, decode_frame
 from fsm.events import MarkPriceTick
-from fsm.runtime.bench import T0_MS, bench_symbol, mark_price_frame
+from fsm.harness.bench import T0_MS, bench_symbol, mark_price_frame
 
 
 def item(symbol: str, price: object, event_ms: object = 1_700_000_000_000) -> dict[str, object]:

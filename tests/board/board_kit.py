@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console, RenderableType
 
 from fsm.engine import Engine
-from fsm.runtime.board import drive_scenario, rows_from_commands
+from fsm.ops.board import drive_scenario, rows_from_commands
 from fsm.runtime.view import board_view
 
 EXPECTED = Path(__file__).resolve().parent / "expected"

@@ -13,7 +13,7 @@ from pathlib import Path
 from board_kit import EMPTY_BOOK, assert_matches, make_db, scenario_state
 from rich.console import Console
 
-from fsm.runtime.board import TRANSITION_ROWS, Freshness, load_board_state, read_board_state, watch
+from fsm.ops.board import TRANSITION_ROWS, Freshness, load_board_state, read_board_state, watch
 
 
 def digest(path: Path) -> str:
@@ -199,7 +199,7 @@ def test_the_board_attaches_to_a_database_the_daemon_store_is_writing(tmp_path: 
     import asyncio
 
     from fsm import commands as cmd
-    from fsm.runtime.board import drive_scenario, rows_from_commands
+    from fsm.ops.board import drive_scenario, rows_from_commands
     from fsm.runtime.store import Store
     from fsm.runtime.view import board_view
 

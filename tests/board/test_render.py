@@ -9,7 +9,7 @@ import pytest
 from board_kit import SCHEMA, assert_matches, scenario_engine, scenario_state, text_of
 
 from fsm import events as ev
-from fsm.runtime.board import (
+from fsm.ops.board import (
     SVG_PATH,
     demo_board,
     drive_scenario,
@@ -152,7 +152,7 @@ def test_the_committed_board_svg_is_current(tmp_path: Any) -> None:
     assert (tmp_path / "board.svg").read_text(encoding="utf-8") == svg
     assert svg.startswith('<svg class="rich-terminal"')
     assert "PHASE2" in svg and "sf1001-MD1-BTCUSDT" in svg
-    assert SVG_PATH.read_text(encoding="utf-8") == svg, "regenerate it: python -m fsm.runtime.board"
+    assert SVG_PATH.read_text(encoding="utf-8") == svg, "regenerate it: python -m fsm.ops.board"
 
 
 def test_schema_helper_matches_runtime_md_tables() -> None:

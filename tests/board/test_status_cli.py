@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from board_kit import EXPECTED, make_db, scenario_state
 
-from fsm.runtime import board_cli, cli
+from fsm.ops import board_cli, cli
 
 
 def status(*argv: str) -> int:

@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from fsm import commands as cmd
-from fsm.runtime.board import drive_scenario, load_board_state, render_board
+from fsm.ops.board import drive_scenario, load_board_state, render_board
 from fsm.runtime.store import Store, connect
 from fsm.runtime.view import board_view
 
@@ -56,7 +56,7 @@ def shortfsm(*args: str, cwd: Path, columns: int = 80) -> subprocess.CompletedPr
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LINES"))}
     env.update({"COLUMNS": str(columns), "PYTHONUNBUFFERED": "1"})
     return subprocess.run(
-        [sys.executable, "-m", "fsm.runtime.cli", *args],
+        [sys.executable, "-m", "fsm.ops.cli", *args],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,

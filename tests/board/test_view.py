@@ -8,7 +8,7 @@ import pytest
 from board_kit import scenario_engine
 
 from fsm import events as ev
-from fsm.runtime.scenario import T0_MS
+from fsm.harness.scenario import T0_MS
 from fsm.runtime.view import board_view
 
 VIEW_KEYS = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from binance.history.archive import Parsed
 from binance.history.store import Store
-from fsm.runtime.scenario import LEADING_TEMPLATE
+from fsm.harness.scenario import LEADING_TEMPLATE
 
 MINUTE = 60_000
 SINCE_MS = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp() * 1000)
@@ -137,7 +137,7 @@ def shortfsm(*args: str, cwd: Path, columns: int = 100) -> subprocess.CompletedP
     """The real CLI in a subprocess, as a user runs it (no terminal, a fixed width)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": str(columns)}
     return subprocess.run(
-        [sys.executable, "-m", "fsm.runtime.cli", *args],
+        [sys.executable, "-m", "fsm.ops.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

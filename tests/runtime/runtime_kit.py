@@ -17,12 +17,12 @@ from binance.sim.exchange import SimExchange
 from binance.sim.server import SimVenue
 from fsm import commands as cmd
 from fsm import events as ev
+from fsm.harness.sim_harness import SimHarness
 from fsm.runtime.config import AppConfig, StorageConfig
 from fsm.runtime.daemon import Daemon, RunClock
 from fsm.runtime.feeds import PricePath as PricePath
 from fsm.runtime.feeds import ReplaySource
 from fsm.runtime.logs import DecisionLog
-from fsm.runtime.sim_harness import SimHarness
 from fsm.runtime.store import Store
 
 ENTRY_CHAT = -1002171239233

@@ -100,7 +100,7 @@ def test_a_hand_made_long_leg_in_hedge_mode_is_not_part_of_our_short(tmp_path: P
     db = tmp_path / "db.sqlite"
     asyncio.run(_write(db))
     proc = subprocess.run(
-        [sys.executable, "-m", "fsm.runtime.cli", "trades", "--db", str(db), "--format", "json"],
+        [sys.executable, "-m", "fsm.ops.cli", "trades", "--db", str(db), "--format", "json"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -120,7 +120,7 @@ def test_a_hand_made_long_leg_in_hedge_mode_is_not_part_of_our_short(tmp_path: P
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fsm.runtime.cli", *args], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "fsm.ops.cli", *args], capture_output=True, text=True, timeout=30
     )
 
 

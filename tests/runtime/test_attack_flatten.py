@@ -13,7 +13,7 @@ import runtime_kit as kit
 from test_operator import ETH, PHASE2_PATH, _in_phase2, phase2_daemon
 
 from binance.sim.server import RestFault
-from fsm.runtime.cli import main
+from fsm.ops.cli import main
 
 LOST = (
     '{"code":-1007,"msg":"Timeout waiting for response from backend server. Send status unknown; '

@@ -17,7 +17,7 @@ import runtime_kit as kit
 from fsm.runtime.liveness import liveness
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "fsm.runtime.cli"]
+CLI = [sys.executable, "-m", "fsm.ops.cli"]
 START_S = 40.0
 
 

@@ -26,8 +26,8 @@ from backtest_kit import (
     write_funding,
 )
 
-from fsm.runtime.backtest import BacktestError, BacktestResult, run_backtest
-from fsm.runtime.backtest_cli import apply_settings
+from fsm.harness.backtest import BacktestError, BacktestResult, run_backtest
+from fsm.ops.backtest_cli import apply_settings
 from fsm.runtime.config import AppConfig
 from fsm.runtime.ledger import Trade
 
@@ -89,7 +89,7 @@ def test_leading_signal_entry_then_take_profit_exact(tp_case: tuple[Path, Path],
 
 
 def test_fees_and_slippage_overrides(tp_case: tuple[Path, Path], tmp_path: Path) -> None:
-    from fsm.runtime.backtest import Fees
+    from fsm.harness.backtest import Fees
 
     feed, cache = tp_case
     r = run(

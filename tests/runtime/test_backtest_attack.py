@@ -22,7 +22,7 @@ from backtest_kit import (
     write_feed,
 )
 
-from fsm.runtime.backtest import BacktestResult, run_backtest
+from fsm.harness.backtest import BacktestResult, run_backtest
 
 D = Decimal
 SHORTFSM = Path(sys.executable).parent / "shortfsm"

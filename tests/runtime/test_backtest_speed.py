@@ -20,7 +20,7 @@ from binance.history.store import Store as ParquetStore
 from binance.history.store import exact
 from binance.sim.exchange import LiveIndex
 from fsm import events as ev
-from fsm.runtime.backtest import (
+from fsm.harness.backtest import (
     KLINE_COUNT,
     KLINE_MS,
     MINUTE_MS,
@@ -230,8 +230,8 @@ def test_the_watched_symbols_kept_as_they_change_are_the_ones_a_full_scan_finds(
     as the engine transitions and the venue fills are exactly those a scan of every engine symbol
     and every venue position finds (and the exchangeInfo read once a simulated day is parsed only
     when read again)."""
-    from fsm.runtime import backtest_demo, backtest_year
-    from fsm.runtime.backtest import run_backtest
+    from fsm.harness import backtest_demo, backtest_year
+    from fsm.harness.backtest import run_backtest
 
     stories = backtest_year.year_stories(48, 6, 12)
     backtest_year.write_year(tmp_path, stories, 6)

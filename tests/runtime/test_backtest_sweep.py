@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from backtest_kit import shortfsm
 
-from fsm.runtime.backtest_sweep import (
+from fsm.ops.backtest_sweep import (
     MAX_RUNS,
     SweepError,
     SweepRow,

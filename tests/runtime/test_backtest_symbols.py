@@ -21,7 +21,7 @@ from backtest_kit import (
 
 from binance.history.archive import Parsed
 from binance.history.store import Store
-from fsm.runtime.backtest import BacktestResult, run_backtest
+from fsm.harness.backtest import BacktestResult, run_backtest
 
 D = Decimal
 READ_MS = SINCE_MS + 280 * 86_400_000  # exchangeInfo read months after the signals (today)

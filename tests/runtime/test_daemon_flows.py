@@ -18,7 +18,7 @@ from binance.sim.server import RestFault
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
-from fsm.runtime.cli import main
+from fsm.ops.cli import main
 from fsm.runtime.config import Secrets
 from fsm.runtime.daemon import RunOptions, run_daemon
 from fsm.runtime.store import SCHEMA_VERSION

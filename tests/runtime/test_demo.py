@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fsm.runtime import daemon_cli
+from fsm.ops import daemon_cli
 from fsm.runtime.store import StoreError
 
 

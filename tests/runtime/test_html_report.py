@@ -20,8 +20,9 @@ import pytest
 
 from fsm import commands as cmd
 from fsm import events as ev
-from fsm.runtime import html_report, ledger, metrics
-from fsm.runtime.cli import main
+from fsm.ops import html_report
+from fsm.ops.cli import main
+from fsm.runtime import ledger, metrics
 from fsm.runtime.ledger import DAY_MS
 from fsm.runtime.store import Store, connect
 

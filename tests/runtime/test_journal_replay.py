@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from fsm.runtime import daemon_faults
+from fsm.harness import daemon_faults
 
 
 def _shortfsm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fsm.runtime.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "fsm.ops.cli", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -234,7 +234,7 @@ class Daemon:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "fsm.runtime.cli",
+            "fsm.ops.cli",
             "run",
             "--config",
             str(self.config),

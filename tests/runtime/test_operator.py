@@ -21,8 +21,8 @@ from telethon import errors
 from telethon.tl import types
 
 from binance.sim.server import RestFault
-from fsm.runtime import daemon_cli
-from fsm.runtime.cli import main
+from fsm.ops import daemon_cli
+from fsm.ops.cli import main
 from telegram_ingest.listener import open_session_path
 
 ENV_KEYS = {

@@ -99,7 +99,7 @@ def shortfsm(
     *args: str, cwd: Path, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fsm.runtime.cli", *args],
+        [sys.executable, "-m", "fsm.ops.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -149,7 +149,7 @@ def test_run_profile_demo_on_a_mainnet_file_never_talks_to_mainnet(tmp_path: Pat
         "telegram:\n  session_path: tg.session\n  feed_path: none.jsonl\n",
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "fsm.runtime.cli", "run", "--profile", "demo", "--config", str(config)],
+        [sys.executable, "-m", "fsm.ops.cli", "run", "--profile", "demo", "--config", str(config)],
         cwd=tmp_path,
         env=_env(tmp_path, proxy, **FAKE_KEYS),
         stdout=subprocess.PIPE,
@@ -321,10 +321,9 @@ def test_run_warns_on_a_readable_env_and_on_alerts_that_cannot_arrive(tmp_path: 
     result = shortfsm("run", "--config", str(config), cwd=tmp_path, env=_env(tmp_path))
     assert result.returncode == 2  # no keys: refused before anything starts
     assert result.stderr.splitlines() == [
-        f"INFO fsm.runtime.daemon_cli shortfsm run: profile demo: {DEMO_URLS}",
-        f"WARNING fsm.runtime.daemon_cli {env_file} is readable by group/others (0o644): "
-        f"chmod 600 {env_file}",
-        "WARNING fsm.runtime.daemon_cli alerts.discord is true but DISCORD_WEBHOOK_URL is not set "
+        f"INFO fsm.ops.daemon_cli shortfsm run: profile demo: {DEMO_URLS}",
+        f"WARNING fsm.ops.daemon_cli {env_file} is readable by group/others (0o644): chmod 600 {env_file}",
+        "WARNING fsm.ops.daemon_cli alerts.discord is true but DISCORD_WEBHOOK_URL is not set "
         f"(environment or {env_file}): alerts reach only the board and the decision log",
         "shortfsm: the demo profile needs BINANCE_API_KEY, BINANCE_API_SECRET, TELEGRAM_API_HASH, "
         "TELEGRAM_API_ID in the environment or .env",

@@ -27,7 +27,7 @@ from fsm.runtime.liveness import liveness
 from fsm.runtime.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "fsm.runtime.cli"]
+CLI = [sys.executable, "-m", "fsm.ops.cli"]
 START_S = 40.0  # a daemon's start on a busy 2-core machine
 UTC_RE = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
 
@@ -546,7 +546,7 @@ def test_a_balance_the_venue_never_told_shows_as_unknown() -> None:
     from rich.console import Console
 
     from fsm.engine import Engine
-    from fsm.runtime.board import render_board
+    from fsm.ops.board import render_board
     from fsm.runtime.config import AppConfig
     from fsm.runtime.view import board_view
 

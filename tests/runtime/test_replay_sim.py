@@ -18,9 +18,9 @@ from binance.sim.clock import SimClock
 from binance.sim.exchange import SimExchange
 from binance.sim.inproc import InProcessTransport
 from binance.sim.server import RestFault, SimVenue
-from fsm.runtime import cli
-from fsm.runtime.scenario import SCENARIO_DIR, load_scenarios
-from fsm.runtime.simreplay import DOUBLE_ONLY, SimRunner, check_file, replay
+from fsm.harness.scenario import SCENARIO_DIR, load_scenarios
+from fsm.harness.simreplay import DOUBLE_ONLY, SimRunner, check_file, replay
+from fsm.ops import cli
 
 SCENARIOS = load_scenarios()
 

@@ -14,7 +14,7 @@ from backtest_kit import shortfsm
 from binance.history.archive import Parsed
 from binance.history.cli import BENCHMARK_SYMBOL, Window, benchmark_plan
 from binance.history.store import Store
-from fsm.runtime import benchmark
+from fsm.ops import benchmark
 from fsm.runtime.ledger import parse_day
 
 MINUTE = 60_000

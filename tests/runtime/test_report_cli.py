@@ -103,7 +103,7 @@ def shortfsm(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LINES"))}
     env.update({"COLUMNS": "100", "PYTHONUNBUFFERED": "1"})
     return subprocess.run(
-        [sys.executable, "-m", "fsm.runtime.cli", *args],
+        [sys.executable, "-m", "fsm.ops.cli", *args],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ from typing import Any
 
 from fsm import commands as cmd
 from fsm import events as ev
-from fsm.runtime.scenario import Runner
+from fsm.harness.scenario import Runner
 
 
 class _ScriptedEngine:

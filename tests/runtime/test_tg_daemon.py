@@ -27,8 +27,8 @@ from telethon.sessions import SQLiteSession
 from telethon.tl import types
 
 from fsm import events as ev
+from fsm.ops.cli import main
 from fsm.runtime import feeds
-from fsm.runtime.cli import main
 from fsm.runtime.daemon import Daemon
 from fsm.runtime.feeds import TelegramSource
 from fsm.runtime.logs import DecisionLog
@@ -339,7 +339,7 @@ def _run_cli(tmp: Path, venue: kit.VenueThread, session: Path) -> subprocess.Com
     config = kit.write_config(tmp, venue.config_text() + f"telegram:\n  session_path: {session}\n")
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp), "PYTHONPATH": str(ROOT), **KEYS}
     return subprocess.run(
-        [sys.executable, "-m", "fsm.runtime.cli", "run", "--profile", "demo", "--config", str(config)],
+        [sys.executable, "-m", "fsm.ops.cli", "run", "--profile", "demo", "--config", str(config)],
         cwd=tmp,
         env=env,
         capture_output=True,

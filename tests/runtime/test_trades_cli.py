@@ -74,7 +74,7 @@ def shortfsm(*args: str, cwd: Path, columns: int = 80) -> subprocess.CompletedPr
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LINES"))}
     env.update({"COLUMNS": str(columns), "PYTHONUNBUFFERED": "1"})
     return subprocess.run(
-        [sys.executable, "-m", "fsm.runtime.cli", *args],
+        [sys.executable, "-m", "fsm.ops.cli", *args],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -537,7 +537,7 @@ def test_a_missing_session_exits_3_before_any_client_is_built(home: Path) -> Non
 
 def shortfsm(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).with_name("shortfsm")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "fsm.runtime.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "fsm.ops.cli"]
     return subprocess.run([*command, *argv], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -573,7 +573,7 @@ def test_the_real_entry_point_names_shortfsm_login_for_a_missing_session(home: P
 
 
 def test_registering_export_does_not_load_telethon() -> None:
-    probe = "import sys, fsm.runtime.cli as c; c.build_parser(); print('telethon' in sys.modules)"
+    probe = "import sys, fsm.ops.cli as c; c.build_parser(); print('telethon' in sys.modules)"
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )

@@ -6,9 +6,9 @@ so any default (a balance seen by the board, the first entry's margin) could be 
 every percentage divides by it.
 
 ``--html FILE`` also writes a self-contained page (charts, the signal funnel, the trades: see
-``fsm.runtime.html_report``), ``--csv FILE`` the trades as ``shortfsm trades --format csv`` prints
+``fsm.ops.html_report``), ``--csv FILE`` the trades as ``shortfsm trades --format csv`` prints
 them; the table and the JSON end with the signal funnel. The buy-and-hold BTCUSDT benchmark over the
-report's period (``fsm.runtime.benchmark``) reads the market data cache a backtest's database names,
+report's period (``fsm.ops.benchmark``) reads the market data cache a backtest's database names,
 or ``--cache DIR`` (the only way for the daemon's database, which keeps no market history); without
 one it is shown as "not available" with the reason. The ledger and the funnel are
 read in one transaction, and the table, the JSON and the page take their figures from the same
@@ -35,10 +35,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fsm.runtime import benchmark, html_report, ledger, metrics
-from fsm.runtime.board_cli import EXIT_BAD_CONFIG, add_source_arguments
+from fsm.ops import benchmark, html_report
+from fsm.ops.board_cli import EXIT_BAD_CONFIG, add_source_arguments
+from fsm.ops.trades_cli import EXIT_UNREADABLE, open_source, write_csv
+from fsm.runtime import ledger, metrics
 from fsm.runtime.liveness import EXIT_NO_DATABASE
-from fsm.runtime.trades_cli import EXIT_UNREADABLE, open_source, write_csv
 
 FIGURE = Decimal("0.0001")  # percentages and ratios in JSON
 SHOWN = Decimal("0.01")  # percentages and ratios in the table

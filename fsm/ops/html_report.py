@@ -60,8 +60,8 @@ from typing import Any
 
 from fsm import events as ev
 from fsm.journal import decode_event
+from fsm.ops.benchmark import Benchmark
 from fsm.runtime import ledger, metrics
-from fsm.runtime.benchmark import Benchmark
 from fsm.runtime.ledger import ENTRY_SIDE, Fill, Trade
 
 ZERO = Decimal(0)
@@ -758,7 +758,7 @@ def funnel_html(funnel: Funnel, since_ms: int | None) -> list[str]:
         "<section><h2>Signal funnel</h2>",
         f'<p class="note">Messages of the leading channel ({escape(chat)}{since}), each followed to '
         "what became of it; every line is the sum of the ones it splits into (definitions: "
-        "fsm/runtime/html_report.py).</p>",
+        "fsm/ops/html_report.py).</p>",
         bars_svg(steps, "funnel"),
         '<ul class="funnel">',
         *(f"<li>{escape(line)}</li>" for line in funnel.lines()),

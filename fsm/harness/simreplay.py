@@ -1,6 +1,6 @@
 """Scenario replay through the real engine, the real Binance client and the simulated venue.
 
-``SimRunner`` keeps the scenario semantics of ``fsm.runtime.scenario.Runner`` (same YAML, same step
+``SimRunner`` keeps the scenario semantics of ``fsm.harness.scenario.Runner`` (same YAML, same step
 kinds, same expectations, checked by the same code) but swaps the venue double for a real
 ``binance.sim`` exchange, in process and on one simulated clock:
 
@@ -58,8 +58,7 @@ from binance.sim.server import RestFault, SimVenue
 from binance.streams import PremiumIndexPoller
 from fsm import commands as cmd
 from fsm import events as ev
-from fsm.journal import render
-from fsm.runtime.scenario import (
+from fsm.harness.scenario import (
     ENTRY_TEMPLATE,
     ORDER_TYPES,
     RISK_TEMPLATE,
@@ -73,6 +72,7 @@ from fsm.runtime.scenario import (
     _describe,
     transition_line,
 )
+from fsm.journal import render
 from telegram_ingest.grammar import parse_message
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from binance.history.archive import Parsed
 from binance.history.store import Store
 from binance.sim.clock import SimClock
 from binance.sim.exchange import SimExchange, default_symbols
-from fsm.runtime.scenario import LEADING_TEMPLATE, RISK_TEMPLATE
+from fsm.harness.scenario import LEADING_TEMPLATE, RISK_TEMPLATE
 from fsm.strategy import Strategy
 
 MINUTE = 60_000

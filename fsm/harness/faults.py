@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A run replays one spec scenario through the real ``Engine`` and the scenario venue double
-(``fsm.runtime.scenario.Runner``), with a fault injected as a transformation of what the engine
+(``fsm.harness.scenario.Runner``), with a fault injected as a transformation of what the engine
 sees: the timeline (a WS drop inserts silent seconds), the double's answers (a retryable
 rejection, a lost answer resolved by resending the same client id) or the user stream
 (duplicated, reordered or delayed events). The scenario's own step expectations are not checked
@@ -50,7 +50,7 @@ from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
 from fsm.engine import Engine
-from fsm.runtime.scenario import T0_MS, Runner, ScenarioError, VenueOrder, load_scenarios, run_scenario
+from fsm.harness.scenario import T0_MS, Runner, ScenarioError, VenueOrder, load_scenarios, run_scenario
 from fsm.table import ENTRY_LOCK, EXIT_CANCEL_LOCK, RATE_LIMIT, RECOVERY_LOCK, SAFETY_LOCK
 
 ZERO = Decimal(0)

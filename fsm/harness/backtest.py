@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The run is ``fsm.runtime.simreplay`` pointed at history: the engine's venue commands go through the
+The run is ``fsm.harness.simreplay`` pointed at history: the engine's venue commands go through the
 real ``binance.executor.Executor`` and ``binance.rest.BinanceRest`` over ``InProcessTransport`` into a
 ``binance.sim`` exchange, on one ``SimClock``; what the exchange pushes on the user stream is decoded
 by ``binance.parse`` and fed back to the engine after the command's own answer. Every engine input is

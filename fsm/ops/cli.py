@@ -18,15 +18,15 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
-from fsm.runtime.scenario import SCENARIO_DIR, T0_MS, ScenarioError, load_scenarios
+from fsm.harness.scenario import SCENARIO_DIR, T0_MS, ScenarioError, load_scenarios
 
 if TYPE_CHECKING:
-    from fsm.runtime.simreplay import Replay
+    from fsm.harness.simreplay import Replay
 
 
 def _load_catalog() -> dict[str, dict[str, Any]]:
     """The catalog by scenario id; a malformed file stops the run naming file and line."""
-    from fsm.runtime.simreplay import check_file
+    from fsm.harness.simreplay import check_file
 
     problems = [p for path in sorted(SCENARIO_DIR.glob("*.yaml")) for p in check_file(path)]
     if problems:
@@ -38,7 +38,7 @@ def _load_catalog() -> dict[str, dict[str, Any]]:
 
 
 def _load_file(path: Path) -> list[dict[str, Any]]:
-    from fsm.runtime.simreplay import check_file
+    from fsm.harness.simreplay import check_file
 
     problems = check_file(path)
     if problems:
@@ -129,7 +129,7 @@ def _as_json(run: Replay) -> dict[str, Any]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from fsm.runtime.simreplay import replay
+    from fsm.harness.simreplay import replay
 
     if args.journal is not None:
         if args.targets or args.all:
@@ -161,7 +161,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_replay_journal(path: Path, *, as_json: bool) -> int:
     """Exit 0: every run re-made identically; 1: a difference; 2: nothing replayable."""
-    from fsm.runtime.journal_replay import JournalError, replay_journal
+    from fsm.harness.journal_replay import JournalError, replay_journal
 
     try:
         result = replay_journal(path)
@@ -196,7 +196,7 @@ def cmd_replay_journal(path: Path, *, as_json: bool) -> int:
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
-    from fsm.runtime.diagram import DIAGRAM_PATH, render_diagrams, write_diagrams
+    from fsm.ops.diagram import DIAGRAM_PATH, render_diagrams, write_diagrams
 
     if args.check:
         current = DIAGRAM_PATH.read_text(encoding="utf-8") if DIAGRAM_PATH.exists() else ""
@@ -258,14 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (
         "telegram_ingest.cli",
         "binance.sim.cli",
-        "fsm.runtime.daemon_cli",
-        "fsm.runtime.board_cli",
-        "fsm.runtime.trades_cli",
-        "fsm.runtime.report_cli",
-        "fsm.runtime.bench_cli",
+        "fsm.ops.daemon_cli",
+        "fsm.ops.board_cli",
+        "fsm.ops.trades_cli",
+        "fsm.ops.report_cli",
+        "fsm.ops.bench_cli",
         "telegram_ingest.export",
         "binance.history.cli",
-        "fsm.runtime.backtest_cli",
+        "fsm.ops.backtest_cli",
     ):
         try:
             importlib.import_module(module).register(sub)

@@ -24,8 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 from fsm import rules
+from fsm.ops.board_cli import EXIT_BAD_CONFIG, add_source_arguments, resolve_source
 from fsm.runtime import ledger
-from fsm.runtime.board_cli import EXIT_BAD_CONFIG, add_source_arguments, resolve_source
 from fsm.runtime.config import AppConfig
 from fsm.runtime.liveness import EXIT_NO_DATABASE
 

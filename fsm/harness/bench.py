@@ -29,7 +29,7 @@ from typing import Any, Literal
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm.engine import Engine
-from fsm.runtime.scenario import LEADING_TEMPLATE, T0_MS, Runner, ScenarioError, load_scenarios
+from fsm.harness.scenario import LEADING_TEMPLATE, T0_MS, Runner, ScenarioError, load_scenarios
 from fsm.strategy import Strategy
 
 log = logging.getLogger(__name__)
@@ -705,7 +705,7 @@ def market_hour_doc(seconds: int) -> dict[str, Any]:
 
 def replay_on_sim(doc: dict[str, Any]) -> tuple[int, int, bool]:
     """(events, feed ns, passed) of one scenario through the engine and ``binance.sim`` in process."""
-    from fsm.runtime.simreplay import SimRunner
+    from fsm.harness.simreplay import SimRunner
 
     class TimedSimRunner(SimRunner):
         feed_ns = 0
@@ -853,11 +853,11 @@ async def tick_to_order(cycles: int) -> list[Row]:
     import tempfile
 
     from binance.sim.exchange import SimSymbol
+    from fsm.harness.sim_harness import SimHarness
     from fsm.runtime.config import AppConfig, StorageConfig
     from fsm.runtime.daemon import Daemon, RunClock
     from fsm.runtime.feeds import PricePath, ReplaySource
     from fsm.runtime.logs import DecisionLog
-    from fsm.runtime.sim_harness import SimHarness
     from fsm.runtime.store import Store
     from telegram_ingest.replay import FeedItem
 
@@ -982,7 +982,7 @@ async def tick_to_order(cycles: int) -> list[Row]:
     return rows
 
 
-REST_CHILD = "from fsm.runtime.bench import rest_child; rest_child()"
+REST_CHILD = "from fsm.harness.bench import rest_child; rest_child()"
 
 
 async def daemon_at_rest(count: int, seconds: int) -> list[Row]:
@@ -1162,8 +1162,8 @@ def rest_child() -> None:
 
 
 def bench_rest_weight(budget: Budget) -> list[Row]:
-    """REST weight per venue minute of the daemon (``fsm.runtime.bench_weight``)."""
-    from fsm.runtime.bench_weight import bench_section
+    """REST weight per venue minute of the daemon (``fsm.harness.bench_weight``)."""
+    from fsm.harness.bench_weight import bench_section
 
     return bench_section(quick=budget is QUICK)
 
@@ -1171,8 +1171,8 @@ def bench_rest_weight(budget: Budget) -> list[Row]:
 def bench_backtest(budget: Budget) -> list[Row]:
     """Issue #14: a backtest from a warm cache, the demo's price stories one a day on each of the
     simulator's four symbols (90 days: 360 signals); target 90 days in 10 s on one core."""
-    from fsm.runtime import backtest_demo
-    from fsm.runtime.backtest import run_backtest
+    from fsm.harness import backtest_demo
+    from fsm.harness.backtest import run_backtest
 
     days = budget.backtest_days
     stories = backtest_demo.many_stories(days)
@@ -1212,7 +1212,7 @@ def bench_backtest(budget: Budget) -> list[Row]:
     ]
 
 
-YEAR_CHILD = "from fsm.runtime.bench import year_child; year_child()"
+YEAR_CHILD = "from fsm.harness.bench import year_child; year_child()"
 
 
 def year_child() -> None:
@@ -1221,8 +1221,8 @@ def year_child() -> None:
     import os
     import resource
 
-    from fsm.runtime import backtest_demo
-    from fsm.runtime.backtest import run_backtest
+    from fsm.harness import backtest_demo
+    from fsm.harness.backtest import run_backtest
 
     logging.disable(logging.WARNING)
     folder, days = Path(os.environ["BENCH_YEAR_DIR"]), int(os.environ["BENCH_YEAR_DAYS"])
@@ -1243,7 +1243,7 @@ def year_child() -> None:
 
 def bench_backtest_year(budget: Budget) -> list[Row]:
     """Issue #14: a year of leading messages over hundreds of synthetic symbols from a warm cache
-    (``fsm.runtime.backtest_year``), run in a child process so that its peak resident memory
+    (``fsm.harness.backtest_year``), run in a child process so that its peak resident memory
     (``ru_maxrss``: interpreter, data, engine, venue, journal) is the run's alone. The data is
     written before the child starts (not timed). Targets: 60 s and 1 GB for the year (the quick
     budget's few days scale the time target)."""
@@ -1251,7 +1251,7 @@ def bench_backtest_year(budget: Budget) -> list[Row]:
     import subprocess
     import sys
 
-    from fsm.runtime import backtest_year
+    from fsm.harness import backtest_year
 
     messages, symbols, days = budget.year_messages, budget.year_symbols, budget.year_days
     stories = backtest_year.year_stories(messages, symbols, days)

@@ -57,12 +57,12 @@ from binance.streams import Backoff
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
-from fsm.runtime import faults
+from fsm.harness import faults
+from fsm.harness.sim_harness import SimHarness
 from fsm.runtime.config import AppConfig, StorageConfig
 from fsm.runtime.daemon import Daemon, RunClock
 from fsm.runtime.feeds import PricePath
 from fsm.runtime.logs import DecisionLog
-from fsm.runtime.sim_harness import SimHarness
 from fsm.runtime.store import Store
 from telegram_ingest.replay import FeedItem
 
@@ -1423,7 +1423,7 @@ def run_matrix(
     )
 
 
-def main() -> None:  # pragma: no cover - a manual entry point: python -m fsm.runtime.daemon_faults
+def main() -> None:  # pragma: no cover - a manual entry point: python -m fsm.harness.daemon_faults
     import sys
 
     names = sys.argv[1:]

@@ -1,7 +1,7 @@
 """The year-long backtest benchmark of issue #14 (``shortfsm bench``): **synthetic data, labelled so**.
 
 ``year_stories`` spreads N leading-market signals over M synthetic symbols (``SYN001USDT`` ...) and
-a year, one of the demo's price stories each (``fsm.runtime.backtest_demo``: take-profit, breakeven,
+a year, one of the demo's price stories each (``fsm.harness.backtest_demo``: take-profit, breakeven,
 MDD stop, risk-management close with its risk message, ambiguous minute, funding-filtered) in the
 order of ``YEAR_SHAPES``.
 A symbol's signals are ``M`` apart in the sequence (about 22 days for 5,000 over 300), so each story
@@ -22,7 +22,7 @@ from binance.history import exchange_info
 from binance.history.store import Store
 from binance.sim.clock import SimClock
 from binance.sim.exchange import SimExchange, SimSymbol
-from fsm.runtime.backtest_demo import (
+from fsm.harness.backtest_demo import (
     SINCE_MS,
     Bar,
     Story,

@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from binance.rest import RateLimits
-from fsm.runtime.bench import ENTRY_CHAT, Row, Target, leading_text, run_row
+from fsm.harness.bench import ENTRY_CHAT, Row, Target, leading_text, run_row
 
 WEIGHT_LIMIT = RateLimits().weight_1m  # 2,400 per minute per IP
 WEIGHT_SPEED = 10.0  # venue clock 10x: a venue minute lasts 6 s
@@ -50,11 +50,11 @@ async def _until(cond: Callable[[], bool], clock_now: Callable[[], int], venue_m
 async def rest_weight(minutes_at_rest: int) -> list[Row]:
     """The three phases; per-minute shares in % of ``WEIGHT_LIMIT``."""
     from binance.sim.exchange import SimSymbol
+    from fsm.harness.sim_harness import SimHarness
     from fsm.runtime.config import AppConfig, StorageConfig
     from fsm.runtime.daemon import Daemon, RunClock
     from fsm.runtime.feeds import PricePath, ReplaySource
     from fsm.runtime.logs import DecisionLog
-    from fsm.runtime.sim_harness import SimHarness
     from fsm.runtime.store import Store
     from telegram_ingest.replay import FeedItem
 
@@ -168,7 +168,7 @@ async def rest_weight(minutes_at_rest: int) -> list[Row]:
 
 def bench_section(quick: bool) -> list[Row]:
     """The ``shortfsm bench`` rows; a harness failure is reported as "not measured", never raised."""
-    from fsm.runtime.bench import not_measured
+    from fsm.harness.bench import not_measured
 
     try:
         return asyncio.run(rest_weight(1 if quick else 3))

@@ -223,8 +223,9 @@ def db_for(folder: Path, index: int) -> Path:
 
 def run_task(task: SweepTask) -> SweepRow:
     """Run one combination into its own database; never raises (a failure is the row's ``error``)."""
-    from fsm.runtime import benchmark, metrics
-    from fsm.runtime.backtest import BacktestError, Fees, run_backtest
+    from fsm.harness.backtest import BacktestError, Fees, run_backtest
+    from fsm.ops import benchmark
+    from fsm.runtime import metrics
 
     failed = SweepRow(index=task.index, settings=task.settings, db=task.db)
     started = time.perf_counter()
@@ -408,7 +409,7 @@ def default_jobs() -> int:
 
 def write_index(folder: Path, doc: dict[str, Any]) -> None:
     """``sweep.json`` in the folder (written beside and renamed over)."""
-    from fsm.runtime.html_report import write_atomic
+    from fsm.ops.html_report import write_atomic
 
     try:
         write_atomic(folder / "sweep.json", json.dumps(doc, ensure_ascii=False, indent=2) + "\n")

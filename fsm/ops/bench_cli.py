@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fsm.runtime import bench, daemon_faults, faults
+from fsm.harness import bench, daemon_faults, faults
 
 
 def register(subparsers: Any) -> None:

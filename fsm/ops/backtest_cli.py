@@ -4,9 +4,9 @@ Exit 0: done; 1: ran, with data problems (listed: feed lines that do not parse, 
 minutes, signals skipped for want of a symbol or data or because their text was edited, messages
 acted on at a stale price); 2: a bad argument or setting, an --out that is not ours or is being
 written by another run (one line); 3: the feed or the cache is missing; 4: with ``--sweep``, a run
-of the grid failed (its row says why; the others ran). ``--sweep``: ``fsm.runtime.backtest_sweep``.
+of the grid failed (its row says why; the others ran). ``--sweep``: ``fsm.ops.backtest_sweep``.
 
-Every run names its cache and feed in its database (``fsm.runtime.benchmark.SOURCE_KEY``), so
+Every run names its cache and feed in its database (``fsm.ops.benchmark.SOURCE_KEY``), so
 ``shortfsm report`` finds the buy-and-hold BTCUSDT benchmark's data without ``--cache``.
 """
 
@@ -28,7 +28,7 @@ from fsm.runtime.config import AppConfig, ConfigError, load_cli_config
 from fsm.strategy import Strategy
 
 if TYPE_CHECKING:  # the run (engine, client, sim) is imported when the command runs, not at start-up
-    from fsm.runtime.backtest import BacktestResult
+    from fsm.harness.backtest import BacktestResult
 
 EXIT_DATA = 1
 EXIT_BAD_ARGUMENT = 2
@@ -144,11 +144,11 @@ def _decimal(text: str, what: str) -> Decimal:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from fsm.runtime.backtest import BacktestError, Fees, check_out, check_settings, run_backtest
+    from fsm.harness.backtest import BacktestError, Fees, check_out, check_settings, run_backtest
 
     demo_folder: Path | None = None
     if args.demo:
-        from fsm.runtime import backtest_demo
+        from fsm.harness import backtest_demo
 
         out = Path(args.out)
         if out == Path("var/backtest.db"):  # the default: the demo gets a folder of its own
@@ -262,7 +262,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 def prepare_demo(folder: Path) -> int:
     """Label the demo on stderr and write its data (with the benchmark's BTCUSDT klines); 0, or
     exit 2 after one line."""
-    from fsm.runtime import backtest_demo
+    from fsm.harness import backtest_demo
 
     print(f"backtest --demo: {backtest_demo.LABEL}", file=sys.stderr)
     try:
@@ -279,7 +279,7 @@ def note_source(db: Path, args: argparse.Namespace, since_ms: int) -> None:
     failure is one warning line: the run itself is complete."""
     import sqlite3
 
-    from fsm.runtime.benchmark import record_source
+    from fsm.ops.benchmark import record_source
 
     until_ms = parse_day(args.until) + DAY_MS if args.until else None
     try:
@@ -301,9 +301,9 @@ def cmd_sweep(
     until: int | None,
     demo_folder: Path | None,
 ) -> int:
-    """``--sweep``: validate the whole grid, run it, print it ranked (``fsm.runtime.backtest_sweep``)."""
-    from fsm.runtime import backtest_sweep as sweep
-    from fsm.runtime.backtest import BacktestError, check_out
+    """``--sweep``: validate the whole grid, run it, print it ranked (``fsm.ops.backtest_sweep``)."""
+    from fsm.harness.backtest import BacktestError, check_out
+    from fsm.ops import backtest_sweep as sweep
 
     if not args.sweep:
         print("backtest: --jobs goes with --sweep", file=sys.stderr)
@@ -406,7 +406,8 @@ def cmd_sweep(
 def write_report(result: BacktestResult, capital: Decimal, page: Path, config: str | None) -> int:
     """The HTML page ``shortfsm report --db DB --capital C --html PAGE`` writes, for one run; 0, or
     the report's exit code after its one line on stderr."""
-    from fsm.runtime import metrics, report_cli
+    from fsm.ops import report_cli
+    from fsm.runtime import metrics
 
     args = argparse.Namespace(
         db=str(result.db_path), config=config, since=None, capital=str(capital), html=str(page), csv=None

@@ -44,7 +44,7 @@ from fsm.runtime import ledger
 from fsm.runtime.liveness import liveness
 from fsm.runtime.view import board_view
 
-log = logging.getLogger("shortfsm.runtime.board")
+log = logging.getLogger("shortfsm.ops.board")
 
 DEFAULT_DB = Path("var/shortfsm.db")
 SVG_PATH = Path(__file__).resolve().parents[2] / "specs" / "img" / "board.svg"
@@ -982,7 +982,7 @@ def watch(
 def drive_scenario(scenario_id: str, steps: int) -> tuple[Engine, list[tuple[int, cmd.Command]], int]:
     """Run the first ``steps`` steps of a catalog scenario (checking their expectations): the engine,
     every (time, command) and the time of the last step."""
-    from fsm.runtime.scenario import T0_MS, Runner, ScenarioError, load_scenarios
+    from fsm.harness.scenario import T0_MS, Runner, ScenarioError, load_scenarios
 
     doc = load_scenarios()[scenario_id]
     runner = Runner(copy.deepcopy(doc))
@@ -1049,7 +1049,7 @@ def export_board_svg(path: str | Path = SVG_PATH) -> str:
     return svg
 
 
-if __name__ == "__main__":  # regenerate the committed picture: python -m fsm.runtime.board
+if __name__ == "__main__":  # regenerate the committed picture: python -m fsm.ops.board
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else SVG_PATH
     export_board_svg(target)
     print(f"wrote {target}")

@@ -14,8 +14,8 @@ from typing import Any
 
 from rich.console import Console
 
+from fsm.ops.board import DEFAULT_DB, load_board_state, read_book, render_board, watch
 from fsm.runtime import ledger
-from fsm.runtime.board import DEFAULT_DB, load_board_state, read_book, render_board, watch
 from fsm.runtime.config import DEFAULT_CONFIG, AppConfig, ConfigError, ConfigMissing, load_cli_config
 from fsm.runtime.liveness import (
     EXIT_HUNG,

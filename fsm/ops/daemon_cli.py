@@ -421,9 +421,9 @@ def demo_config(config: AppConfig, db_path: Path) -> AppConfig:
 
 
 def _board_module() -> Any:
-    """``fsm.runtime.board`` when it is installed (the live board), else None (plain lines)."""
+    """``fsm.ops.board`` when it is installed (the live board), else None (plain lines)."""
     try:
-        import fsm.runtime.board as board
+        import fsm.ops.board as board
     except ImportError:
         return None
     has_api = hasattr(board, "load_board_state") and hasattr(board, "render_board")
