@@ -230,54 +230,38 @@ class Core:
 
     def fire(self, model: SymbolModel, trigger: str, reason: str) -> bool:
         """Fire a trigger of the symbol table; an internal row keeps the state and tells nothing."""
-        row = find_row(SYMBOL_TRANSITIONS, model.state, trigger)
-        if row is None:
-            self.anomaly("illegal_transition", model.symbol, f"{trigger} from {model.state}")
-            return False
-        source = model.state
-        if not getattr(model, trigger)():  # ``transitions`` says False when an ``unless`` held
-            refused_by = [name for name in row.get("unless", ()) if getattr(model, name)()]
-            raise RefusedTransition(f"{trigger} of {model.symbol} from {source} refused: {refused_by}")
-        dest = row["dest"] or source
-        if model.state != dest:  # a trigger shadowed by a model attribute would silently do nothing
-            raise RuntimeError(f"{trigger} left {model.symbol} in {model.state}, not {dest}")
-        if row["dest"] is None:
-            return True
-        self.track(model)
-        self.emit(
-            cmd.Transitioned(
-                machine="symbol",
-                symbol=model.symbol,
-                source=source,
-                dest=dest,
-                trigger=trigger,
-                reason=reason,
-            )
-        )
-        return True
+        return self._fire_row(model, "symbol", trigger, reason)
 
     def fire_close(self, model: SymbolModel, trigger: str, reason: str) -> bool:
         """Fire a trigger of the close table (``close_state``); an internal row tells nothing."""
-        row = find_row(CLOSE_TRANSITIONS, model.close_state, trigger)
+        return self._fire_row(model, "close", trigger, reason)
+
+    def _fire_row(self, model: SymbolModel, machine: str, trigger: str, reason: str) -> bool:
+        rows, attr, where = (
+            (SYMBOL_TRANSITIONS, "state", "")
+            if machine == "symbol"
+            else (CLOSE_TRANSITIONS, "close_state", "close ")
+        )
+        source = getattr(model, attr)
+        row = find_row(rows, source, trigger)
         if row is None:
-            self.anomaly("illegal_transition", model.symbol, f"{trigger} from close {model.close_state}")
+            self.anomaly("illegal_transition", model.symbol, f"{trigger} from {where}{source}")
             return False
-        source = model.close_state
-        getattr(model, trigger)()
+        if not getattr(model, trigger)():  # ``transitions`` says False when an ``unless`` held
+            refused_by = [name for name in row.get("unless", ()) if getattr(model, name)()]
+            raise RefusedTransition(f"{trigger} of {model.symbol} from {where}{source} refused: {refused_by}")
         dest = row["dest"] or source
-        if model.close_state != dest:
-            raise RuntimeError(f"{trigger} left {model.symbol}'s close in {model.close_state}, not {dest}")
-        if row["dest"] is not None:
-            self.emit(
-                cmd.Transitioned(
-                    machine="close",
-                    symbol=model.symbol,
-                    source=source,
-                    dest=dest,
-                    trigger=trigger,
-                    reason=reason,
-                )
+        if getattr(model, attr) != dest:  # a trigger shadowed by a model attribute would do nothing
+            raise RuntimeError(f"{trigger} left {model.symbol} in {where}{getattr(model, attr)}, not {dest}")
+        if row["dest"] is None:
+            return True
+        if machine == "symbol":
+            self.track(model)
+        self.emit(
+            cmd.Transitioned(
+                machine=machine, symbol=model.symbol, source=source, dest=dest, trigger=trigger, reason=reason
             )
+        )
         return True
 
     def decide_close(self, model: SymbolModel, reason: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_properties import WEIGHTED_KINDS, Harness, ProbeEngine
+from test_properties import REJECTIONS, WEIGHTED_KINDS, Harness, ProbeEngine
 
 from fsm import commands as cmd
 from fsm import events as ev
@@ -144,18 +144,7 @@ def _event(draw: st.DrawFn, name: str, engine: Engine, symbol: str, now: int) ->
         )
     if name == "OrderRejected":
         code, retryable, category = draw(
-            st.sampled_from(
-                [
-                    (-1001, True, "retry"),
-                    (-2019, False, "margin"),
-                    (-4164, False, "filter"),
-                    (-1003, True, "rate_limited"),
-                    (-2015, False, "auth"),
-                    (-2021, False, "rejected"),
-                    (-2022, False, "flat"),
-                    (-4509, False, "flat"),
-                ]
-            )
+            st.sampled_from([*REJECTIONS, (-2022, False, "flat"), (-4509, False, "flat")])
         )
         return ev.OrderRejected(
             now_ms=now,

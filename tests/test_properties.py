@@ -54,6 +54,7 @@ from fsm.table import (
     HOLDING_STATES,
     SYMBOL_STATES,
     SYMBOL_TRANSITIONS,
+    Row,
     find_row,
     legal_dest,
 )
@@ -1090,6 +1091,17 @@ def _check_bare_machine(machine: Machine, model: Any, state: str, trigger: str, 
     assert model.state == (state if dest is None else dest)
 
 
+def _illegal(detail: str) -> list[cmd.Command]:
+    """What firing an illegal pair emits: one anomaly line, nothing else."""
+    return [
+        cmd.Log(kind="anomaly", symbol="BTCUSDT", reason="illegal_transition", data=(("detail", detail),))
+    ]
+
+
+def _internal(row: Row | None) -> bool:
+    return row is not None and row["dest"] is None
+
+
 @pytest.mark.parametrize(("state", "trigger"), SYMBOL_PAIRS)
 def test_symbol_table_pair(state: str, trigger: str) -> None:
     dest = legal_dest(SYMBOL_TRANSITIONS, state, trigger)
@@ -1109,19 +1121,8 @@ def test_symbol_table_pair(state: str, trigger: str) -> None:
     if dest is None:
         assert fired is False
         assert engine.snapshot() == before
-        assert out == [
-            cmd.Log(
-                kind="anomaly",
-                symbol="BTCUSDT",
-                reason="illegal_transition",
-                data=(("detail", f"{trigger} from {state}"),),
-            )
-        ]
-    elif find_row(SYMBOL_TRANSITIONS, state, trigger) == {
-        "trigger": trigger,
-        "source": [state],
-        "dest": None,
-    }:
+        assert out == _illegal(f"{trigger} from {state}")
+    elif _internal(find_row(SYMBOL_TRANSITIONS, state, trigger)):
         # An internal row: legal, the state stays, and nothing is told or changed.
         assert fired is True
         assert engine.snapshot() == before
@@ -1188,15 +1189,8 @@ def test_close_table_pair(state: str, trigger: str) -> None:
     if row is None:
         assert fired is False
         assert engine.snapshot() == before
-        assert out == [
-            cmd.Log(
-                kind="anomaly",
-                symbol="BTCUSDT",
-                reason="illegal_transition",
-                data=(("detail", f"{trigger} from close {state}"),),
-            )
-        ]
-    elif row["dest"] is None:
+        assert out == _illegal(f"{trigger} from close {state}")
+    elif _internal(row):
         assert fired is True
         assert engine.snapshot() == before
         assert out == []
