@@ -89,3 +89,25 @@ def test_a_missing_or_foreign_database_is_one_line_and_exit_2(tmp_path: Path) ->
     assert "Traceback" not in bad.stderr
     scenario = _shortfsm("replay", "W55", "--journal", str(garbage))
     assert scenario.returncode == 2 and "name no scenario" in scenario.stderr
+
+
+def test_a_checkpoint_in_the_encoding_before_the_close_table_is_the_same_state() -> None:
+    """A journal written before D-66 holds checkpoints with the flags ``closing``/``close_deferred``:
+    replayed by today's engine, the same state is not a divergence; another state still is."""
+    from test_close_machine import _legacy  # the old encoding of a snapshot
+    from test_flatten_engine import _now, _phase1_with_its_tp
+
+    from fsm import events as ev
+    from fsm.harness.journal_replay import RunReplay, _compare_checkpoint
+
+    harness = _phase1_with_its_tp()
+    harness.engine.handle(ev.FlattenStarted(now_ms=_now(harness), request_id="f1"))
+    engine = harness.engine
+    old = json.loads(json.dumps(_legacy(engine.snapshot())))
+    assert "close_state" not in json.dumps(old) and '"closing": true' in json.dumps(old)
+    run = RunReplay(start_seq=1, started_ms=0, run_start=True)
+    _compare_checkpoint(run, 9, engine, old)
+    assert run.divergence is None
+    old["symbols"]["BTCUSDT"]["close_reason"] = "risk"  # a recorded close the replay did not decide
+    _compare_checkpoint(run, 10, engine, old)
+    assert run.divergence is not None and (run.divergence.seq, run.divergence.what) == (10, "checkpoint")
