@@ -79,10 +79,12 @@ def on_snapshot(core: Core, event: ev.ExchangeSnapshot) -> None:
     for symbol, model in list(core.symbols.items()):
         if symbol not in on_venue:  # a rebuild after an internal error: nothing of it is left
             for track in model.open_orders():
-                if not track.request_unanswered:  # the complete list proves it gone (R16)
+                # The complete list proves it gone (R16), unless its request may still execute: an
+                # unanswered one waits for its answer (D-60), an UNKNOWN one for its query (D-26).
+                if not track.request_unanswered and track.status != "UNKNOWN":
                     track.apply("not_listed")
-            if model.may_have_live_order():  # a request still unanswered: its answer decides (D-60)
-                core.log("recovery", symbol, "request_unanswered_kept")
+            if model.may_have_live_order():
+                core.log("recovery", symbol, "outcome_pending_kept")
                 continue
             core.reset(model, "recovery: no position and no order on the exchange")
     for symbol in sorted({p.symbol for p in event.positions} | {o.symbol for o in event.open_orders}):

@@ -158,9 +158,11 @@ def test_a_rebuild_that_finds_nothing_on_the_exchange_ends_the_orders_it_proves_
 
 
 @pytest.mark.spec("N-28")
-def test_a_rebuild_keeps_a_symbol_whose_request_is_still_unanswered() -> None:
-    """What the venue does not list of a request still unanswered proves nothing (D-60): the symbol
-    is kept, and the request's own answer decides."""
+@pytest.mark.parametrize("lost", [False, True], ids=["unanswered", "unknown"])
+def test_a_rebuild_keeps_a_symbol_whose_request_may_still_execute(lost: bool) -> None:
+    """What the venue does not list of a request still unanswered (D-60), or of one whose answer was
+    lost (UNKNOWN, D-26), proves nothing while it may still execute: the symbol is kept, and the
+    request's answer, or the query after its recvWindow, decides."""
     runner = Runner({**DOC, "steps": DOC["steps"][:1]})
     assert runner.run().passed
     engine = runner.engine
@@ -175,12 +177,20 @@ def test_a_rebuild_keeps_a_symbol_whose_request_is_still_unanswered() -> None:
     )  # fmt: skip
     entry = engine.symbols["BTCUSDT"].orders["sf1001-E11-BTCUSDT"]
     assert entry.status == "PENDING_NEW" and entry.request_unanswered
+    if lost:
+        engine.handle(
+            ev.OrderOutcomeUnknown(
+                now_ms=now, symbol="BTCUSDT", client_order_id=entry.cid, resolve_after_ms=now + 5_000
+            )
+        )
+        assert entry.status == "UNKNOWN"
+    status = entry.status
     out = engine.handle(_empty_recovery_snapshot(now))
     assert [(c.kind, c.reason) for c in out if isinstance(c, cmd.Log) and c.kind == "recovery"] == [
-        ("recovery", "request_unanswered_kept")
+        ("recovery", "outcome_pending_kept")
     ]
     assert not [c for c in out if isinstance(c, cmd.Log) and c.reason == "engine_error"]
-    assert (engine.state_of("BTCUSDT"), entry.status) == ("ENTRY_ORDER", "PENDING_NEW")
+    assert (engine.state_of("BTCUSDT"), entry.status) == ("ENTRY_ORDER", status)
     answered = engine.handle(
         ev.OrderAccepted(now_ms=now, symbol="BTCUSDT", client_order_id=entry.cid, order_id=5)
     )
