@@ -334,13 +334,20 @@ class SimPosition:
     update_ms: int = 0
 
 
-def _id_key(text: str) -> int:
-    """The table key an ``orderId`` / ``algoId`` parameter names: only the id's own digits (ASCII,
-    no leading zero) name it, as the old scan's ``str(id) == text`` did; anything else is -1, which
-    no order has."""
-    if text.isascii() and text.isdigit() and len(text) <= 20 and str(int(text)) == text:
-        return int(text)
-    return -1
+_ID_TEXT = re.compile(r"[0-9]{1,20}")
+
+
+def _id_key(text: str, name: str) -> int:
+    """The table key an ``orderId`` / ``algoId`` parameter names. Outside ``^[0-9]{1,20}$`` Binance
+    answers -1100 naming the parameter and that range (seen for orderId by python-binance #123 and
+    ccxt/php-binance-api #303; assumed the same for algoId, not seen). An id with a leading zero is
+    within the range; whether Binance reads it as the number is not known: it finds no order here
+    (-1, which no order has), as the simulator always answered."""
+    if not _ID_TEXT.fullmatch(text):
+        raise SimError(
+            -1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."
+        )
+    return int(text) if str(int(text)) == text else -1
 
 
 V = TypeVar("V")
@@ -1523,7 +1530,7 @@ class SimExchange:
             raise SimError(
                 -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!"
             )
-        by_id = self.orders.get(_id_key(oid)) if oid else None
+        by_id = self.orders.get(_id_key(oid, "orderId")) if oid else None
         candidates = [*([by_id] if by_id else []), *(self._orders_by_cid.get(cid, []) if cid else [])]
         matches = [o for o in candidates if o.symbol == sym.symbol]
         if not matches:
@@ -1998,7 +2005,7 @@ class SimExchange:
         caid = params.get("clientAlgoId")
         if not aid and not caid:
             raise SimError(-1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!")
-        by_id = self.algos.get(_id_key(aid)) if aid else None
+        by_id = self.algos.get(_id_key(aid, "algoId")) if aid else None
         matches = [*([by_id] if by_id else []), *(self._algos_by_cid.get(caid, []) if caid else [])]
         if not matches:
             raise SimError(-2013, "Order does not exist.")

@@ -272,25 +272,49 @@ def test_ticker_24hr_and_leverage_bracket_answers() -> None:
     assert (bad.value.code, bad.value.msg) == (-1121, "Invalid symbol.")
 
 
-@pytest.mark.parametrize("text", ["08389765001", "٨٣٨٩٧٦٥٠٠١", "\u00b2", "9" * 5000, "8389765001 ", "-1"])
-def test_an_order_id_that_is_not_the_order_ids_digits_finds_no_order(text: str) -> None:
-    """The orders are looked up by id through an index: an id written otherwise than the order's
-    own digits (a leading zero, other scripts' digits, a superscript, thousands of digits) finds
-    nothing and answers the error code, never an exception (found by a differential attack). What
-    Binance answers for such ids (-1100 for illegal characters?) is not known; not-found is kept."""
+def _one_order_and_one_stop() -> SimExchange:
     ex = SimExchange()
     order = {"symbol": "BTCUSDT", "side": "SELL", "type": "LIMIT", "quantity": "0.010"}
     ex.new_order({**order, "price": "96000.0", "timeInForce": "GTC", "newClientOrderId": "c1"})
     algo = {"algoType": "CONDITIONAL", "symbol": "BTCUSDT", "side": "SELL", "type": "STOP_MARKET"}
     ex.new_algo_order({**algo, "quantity": "0.010", "triggerPrice": "90000.0", "clientAlgoId": "s1"})
     assert ex.query_order({"symbol": "BTCUSDT", "orderId": "8389765001"})["clientOrderId"] == "c1"
+    return ex
+
+
+@pytest.mark.parametrize(
+    "text", ["٨٣٨٩٧٦٥٠٠١", "\u00b2", "9" * 21, "9" * 5000, "8389765001 ", "-1", "1e9", ""]
+)
+def test_an_order_id_outside_the_legal_range_is_refused_as_binance_does(text: str) -> None:
+    """Binance checks an id parameter against ``^[0-9]{1,20}$`` and answers -1100 naming it (seen
+    for orderId: python-binance #123, ccxt/php-binance-api #303). Other scripts' digits, a
+    superscript, a sign, a space or more than 20 digits: never an exception, never "not found"."""
+    ex = _one_order_and_one_stop()
+    for call, name in ((ex.query_order, "orderId"), (ex.cancel_order, "orderId")):
+        with pytest.raises(SimError) as refused:
+            call({"symbol": "BTCUSDT", name: text})
+        if text == "":  # an empty id is no id at all: the mandatory-parameter error
+            assert refused.value.code == -1102
+            continue
+        assert (refused.value.code, refused.value.msg) == (
+            -1100,
+            f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.",
+        )
+    if text:
+        with pytest.raises(SimError) as algo:
+            ex.query_algo_order({"algoId": text})
+        assert algo.value.code == -1100 and "'algoId'" in algo.value.msg
+    assert [o["clientOrderId"] for o in ex.open_orders({})] == ["c1"]
+
+
+def test_an_order_id_with_a_leading_zero_finds_no_order() -> None:
+    """Within Binance's legal range, but whether it reads "08389765001" as order 8389765001 is not
+    known: the simulator keeps answering not found (-2013, -2011 on a cancel)."""
+    ex = _one_order_and_one_stop()
     with pytest.raises(SimError) as found:
-        ex.query_order({"symbol": "BTCUSDT", "orderId": text})
+        ex.query_order({"symbol": "BTCUSDT", "orderId": "08389765001"})
     assert found.value.code == -2013
     with pytest.raises(SimError) as cancelled:
-        ex.cancel_order({"symbol": "BTCUSDT", "orderId": text})
+        ex.cancel_order({"symbol": "BTCUSDT", "orderId": "08389765001"})
     assert cancelled.value.code == -2011
-    with pytest.raises(SimError) as algo_found:
-        ex.query_algo_order({"algoId": text.replace("8389765001", "1000000000000001")})
-    assert algo_found.value.code == -2013
     assert [o["clientOrderId"] for o in ex.open_orders({})] == ["c1"]
