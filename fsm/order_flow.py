@@ -109,6 +109,26 @@ def place_stop(core: Core, model: SymbolModel, leg: cmd.Leg, trigger_price: Deci
     )
 
 
+STOP_REPLACE_MAX = 5  # generations of one stop leg: a venue that keeps ending it is not fed forever
+
+
+def stop_still_needed(model: SymbolModel, order: OrderTrack) -> bool:
+    """A stop of ours that ended without our decision still protects a position: the symbol is not
+    closing, the engine and the venue (when it said) both hold a short above dust, and no other
+    stop of that leg is working."""
+    position = model.position()
+    return (
+        model.info is not None
+        and not order.cancel_decided
+        and not model.closing
+        and model.state in ("PHASE1", "PHASE2")
+        and position > 0
+        and not rules.is_dust(position, model.info)
+        and (model.venue_position is None or model.venue_position > 0)
+        and not [o for o in model.open_orders(order.leg) if o is not order]
+    )
+
+
 def cancel_all(
     core: Core, model: SymbolModel, *, legs: tuple[str, ...] = (), exclude_legs: tuple[str, ...] = ()
 ) -> None:
@@ -663,6 +683,15 @@ def on_algo_update(core: Core, event: ev.AlgoOrderUpdated) -> None:
             core.critical(
                 "stop_rejected", model.symbol, f"{order.leg} stop rejected by the venue: {event.reason}"
             )
+        elif was_open and stop_still_needed(model, order):
+            # D-69: our protective stop went away without our decision (cancelled in the app, expired
+            # by the venue) while its position is held: placed again at its price, and told.
+            what = f"{model.symbol}: {order.leg} stop {event.status.lower()} outside shortfsm"
+            if model.generations.get(order.leg, 0) >= STOP_REPLACE_MAX:
+                core.critical("stop_not_replaced", model.symbol, f"{what} again; the position has no stop")
+            else:
+                core.critical("stop_replaced", model.symbol, f"{what}; placed again at {order.price}")
+                place_stop(core, model, order.leg, order.price)
         if was_open:
             lifecycle.finish_if_flat(core, model)
     else:

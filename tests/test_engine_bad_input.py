@@ -756,3 +756,28 @@ def test_a_failed_query_answer_nobody_asked_for_keeps_an_integer_schedule() -> N
     assert order.resolve_at_ms == now + 1_000
     assert type(order.resolve_at_ms) is int
     assert Engine.restore(engine.snapshot()).snapshot() == engine.snapshot()
+
+
+def test_a_stop_the_venue_keeps_ending_is_placed_again_four_times_then_told_missing() -> None:
+    """D-69: a protective stop ended outside shortfsm is placed again, but a venue that ends every
+    one is not fed forever: after the fifth generation a person is told the position has no stop."""
+    runner = Runner({**DOC, "venue": {**DOC["venue"], "available": "400"}})
+    for at_s, step in enumerate(
+        [
+            {"leading": {"id": 1001, "ticker": "BTC"}},
+            {"mark": {BTC: "101"}},
+            {"fill": {"leg": "ENTRY1"}},
+            {"mark": {BTC: "116.1"}},
+            {"fill": {"leg": "ENTRY2"}},
+        ]
+    ):
+        _step(runner, at_s, **step)
+    assert runner.engine.state_of(BTC) == "PHASE2"
+    notes: list[str] = []
+    for generation in range(1, 6):
+        out = _step(runner, 10 + generation, venue_cancel={"cid": f"sf1001-MD{generation}-BTCUSDT"})
+        notes += [c.kind for c in out if isinstance(c, cmd.Notify)]
+        placed = [c.client_algo_id for c in out if isinstance(c, cmd.PlaceAlgoOrder)]
+        assert placed == ([f"sf1001-MD{generation + 1}-BTCUSDT"] if generation < 5 else [])
+    assert notes == ["stop_replaced"] * 4 + ["stop_not_replaced"]
+    assert runner.engine.state_of(BTC) == "PHASE2"

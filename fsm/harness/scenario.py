@@ -488,6 +488,17 @@ class Runner:
     def _venue_cancel(self, spec: dict[str, Any]) -> Iterable[ev.Event]:
         order = self._find(spec)
         order.status = str(spec.get("status", "CANCELED"))
+        if spec.get("silent"):  # its push never reaches the engine (the daemon was down, the stream lost)
+            return
+        if order.algo:  # a conditional order's end is told on the ALGO_UPDATE stream
+            yield ev.AlgoOrderUpdated(
+                now_ms=self.now_ms,
+                symbol=order.symbol,
+                client_algo_id=order.cid,
+                algo_id=order.order_id,
+                status=order.status,  # type: ignore[arg-type]
+            )
+            return
         yield self._update(order, order.status, Decimal(0), Decimal(0))
 
     def _algo_trigger(self, spec: dict[str, Any]) -> Iterable[ev.Event]:

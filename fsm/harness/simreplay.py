@@ -530,7 +530,10 @@ class SimRunner(Runner):
                 self.exchange.cancel_order({"symbol": order.symbol, "orderId": str(order.order_id)})
         except SimError as err:
             raise ScenarioError(f"the venue cannot cancel {cid}: {err.msg}") from err
-        return self._venue_action(f"a person cancels {cid}")
+        told = self._venue_action(
+            f"a person cancels {cid}" + (" (its push lost)" if spec.get("silent") else "")
+        )
+        return [] if spec.get("silent") else told
 
     def _algo_ids(self) -> set[str]:
         return {a.client_algo_id for a in self.exchange.algos.values()}

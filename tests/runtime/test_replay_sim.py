@@ -60,8 +60,8 @@ def test_double_only_scenarios_exist_and_really_differ_on_the_sim() -> None:
 
 
 def test_most_of_the_catalog_runs_on_the_sim() -> None:
-    assert len(SCENARIOS) == 122
-    assert len(SCENARIOS) - len(DOUBLE_ONLY) == 114
+    assert len(SCENARIOS) == 123
+    assert len(SCENARIOS) - len(DOUBLE_ONLY) == 115
 
 
 def test_a_scripted_rejection_is_a_real_venue_answer() -> None:
