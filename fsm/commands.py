@@ -181,10 +181,10 @@ class Transitioned(Command):
 
 
 def who_moved(machine: str, symbol: str | None) -> str:
-    """A transition's subject as people read it: the symbol (its phase), ``SYMBOL close`` (its close
-    machine), or the global machine's name."""
-    if symbol and machine == "close":
-        return f"{symbol} close"
+    """A transition's subject as people read it: the symbol (its phase), ``SYMBOL close`` (a machine
+    beside the phase: close, tp, add, be, setup, risk, cancels), or the global machine's name."""
+    if symbol and machine != "symbol":
+        return f"{symbol} {machine}"
     return symbol or machine
 
 

@@ -23,12 +23,12 @@ from fsm import rules
 from fsm.model import ENTRY_LEGS, LockModel, SymbolModel
 from fsm.strategy import Strategy
 from fsm.table import (
-    CLOSE_STATES,
-    CLOSE_TRANSITIONS,
     GLOBAL_MACHINES,
     RECOVERY_LOCK,
+    SYMBOL_REGIONS,
     SYMBOL_STATES,
     SYMBOL_TRANSITIONS,
+    TRIGGERS,
     find_row,
     legal_dest,
 )
@@ -62,9 +62,9 @@ class RefusedTransition(RuntimeError):
 
 
 class _RegionMachine(Machine):
-    """A second machine over the same models (the close table, on ``close_state``). The first one
-    bound the models' generic ``trigger``/``may_trigger``; this one binds only its own triggers
-    (without the skip, ``transitions`` logs a warning for every new model)."""
+    """A further machine over the same models (the close table on ``close_state``, the triggers...).
+    The phase machine bound the models' generic ``trigger``/``may_trigger``; this one binds only its
+    own triggers (without the skip, ``transitions`` logs a warning for every new model)."""
 
     def _checked_assignment(self, model: object, name: str, func: CallbackFunc) -> None:
         if name not in ("trigger", "may_trigger"):
@@ -152,15 +152,19 @@ class Core:
             initial="IDLE",
             auto_transitions=False,
         )
-        # The close machine drives the same models through their ``close_state`` (fsm/table.py).
-        self._close_machine = _RegionMachine(
-            model=None,
-            states=list(CLOSE_STATES),
-            transitions=[dict(row) for row in CLOSE_TRANSITIONS],
-            initial="OPEN",
-            auto_transitions=False,
-            model_attribute="close_state",
-        )
+        # The machines beside the phase drive the same models through their own attribute
+        # (``close_state``, ``tp_trigger``...: fsm/table.py SYMBOL_REGIONS).
+        self._regions: dict[str, Machine] = {
+            name: _RegionMachine(
+                model=None,
+                states=list(region["states"]),
+                transitions=[dict(row) for row in region["rows"]],
+                initial=region["initial"],
+                auto_transitions=False,
+                model_attribute=region["attribute"],
+            )
+            for name, region in SYMBOL_REGIONS.items()
+        }
         self.locks: dict[str, LockModel] = {}
         self._lock_machines: dict[str, Machine] = {}
         self._build_lock_machines(recovering)
@@ -218,8 +222,7 @@ class Core:
                 model.reset_to(symbol)
             else:
                 model = SymbolModel(symbol=symbol)
-                self._symbol_machine.add_model(model, initial="IDLE")
-                self._close_machine.add_model(model, initial="OPEN")
+                self.add_to_machines(model)
             self.symbols[symbol] = model
             self.seq_of[symbol] = self._next_seq
             self._next_seq += 1
@@ -236,12 +239,25 @@ class Core:
         """Fire a trigger of the close table (``close_state``); an internal row tells nothing."""
         return self._fire_row(model, "close", trigger, reason)
 
+    def fire_region(self, model: SymbolModel, region: str, trigger: str, reason: str) -> bool:
+        """Fire a trigger of one of the machines beside the phase (fsm/table.py SYMBOL_REGIONS)."""
+        return self._fire_row(model, region, trigger, reason)
+
+    def set_trigger(self, model: SymbolModel, name: str, armed: bool, reason: str) -> None:
+        """Arm or disarm a price trigger (``tp``, ``add``, ``be``); told only when it changes."""
+        self._fire_row(model, name, f"arm_{name}" if armed else f"disarm_{name}", reason)
+
+    def disarm_all(self, model: SymbolModel, reason: str) -> None:
+        """The trade is closing: no price trigger of it fires any more."""
+        for name in TRIGGERS:
+            self._fire_row(model, name, f"disarm_{name}", reason)
+
     def _fire_row(self, model: SymbolModel, machine: str, trigger: str, reason: str) -> bool:
-        rows, attr, where = (
-            (SYMBOL_TRANSITIONS, "state", "")
-            if machine == "symbol"
-            else (CLOSE_TRANSITIONS, "close_state", "close ")
-        )
+        if machine == "symbol":
+            rows, attr, where = SYMBOL_TRANSITIONS, "state", ""
+        else:
+            region = SYMBOL_REGIONS[machine]
+            rows, attr, where = region["rows"], region["attribute"], f"{machine} "
         source = getattr(model, attr)
         row = find_row(rows, source, trigger)
         if row is None:
@@ -316,10 +332,20 @@ class Core:
         self.ws_fresh.pop(model.symbol, None)
         self.seq_of.pop(model.symbol, None)
 
-    def attach(self, model: SymbolModel) -> None:
-        """Put a model built elsewhere (a test, a what-if) under the machine in its own state."""
+    def add_to_machines(self, model: SymbolModel) -> None:
+        """Put ``model`` under the phase machine and every machine beside it, in its own states."""
         self._symbol_machine.add_model(model, initial=model.state)
-        self._close_machine.add_model(model, initial=model.close_state)
+        for name, machine in self._regions.items():
+            machine.add_model(model, initial=getattr(model, SYMBOL_REGIONS[name]["attribute"]))
+
+    def remove_from_machines(self, model: SymbolModel) -> None:
+        self._symbol_machine.remove_model(model)
+        for machine in self._regions.values():
+            machine.remove_model(model)
+
+    def attach(self, model: SymbolModel) -> None:
+        """Put a model built elsewhere (a test, a what-if) under the machines in its own states."""
+        self.add_to_machines(model)
         self.symbols[model.symbol] = model
         self.seq_of[model.symbol] = self._next_seq
         self._next_seq += 1
@@ -376,8 +402,7 @@ class Core:
             if len(self._pool) < _POOL_SIZE:
                 self._pool.append(model)
             else:
-                self._symbol_machine.remove_model(model)
-                self._close_machine.remove_model(model)
+                self.remove_from_machines(model)
         self._released = []
 
     def tick_size(self, model: SymbolModel) -> Decimal:

@@ -172,16 +172,14 @@ class Engine(Core):
     def _restore_into(self, data: dict[str, Any]) -> None:
         self.strategy = decode_strategy(data["strategy"])
         for model in [*self.symbols.values(), *self._released, *self._pool]:
-            self._symbol_machine.remove_model(model)
-            self._close_machine.remove_model(model)
+            self.remove_from_machines(model)
         self.symbols = {}
         self._released = []
         self._pool = []
         for symbol, raw in data["symbols"].items():
             model = decode(raw)
             assert isinstance(model, SymbolModel)
-            self._symbol_machine.add_model(model, initial=model.state)
-            self._close_machine.add_model(model, initial=model.close_state)
+            self.add_to_machines(model)
             self.symbols[symbol] = model
         for name, state in data["locks"].items():
             self.locks[name].state = state

@@ -32,7 +32,7 @@ def on_flatten_started(core: Core, event: ev.FlattenStarted) -> None:
         core.fire_close(model, "flatten_started", OPERATOR_FLATTEN)
         model.close_reason = OPERATOR_FLATTEN
         model.close_retry_at_ms = 0
-        model.tp_armed = model.add_armed = model.be_armed = False
+        core.disarm_all(model, OPERATOR_FLATTEN)
         for order in model.open_orders():
             if order.leg != "CLOSE":
                 order.cancel_wanted = True  # the operator's cancel is on its way

@@ -192,7 +192,7 @@ def on_risk(core: Core, event: ev.MessageReceived, parsed: ev.RiskSignal) -> Non
         lifecycle.finish_if_flat(core, model)
         return
     if model.state == "ENTRY_ORDER":  # R03, W38: cancel the rest of the entry first
-        model.risk_protected = True
+        core.fire_region(model, "risk", "protect", "R03: risk message while the entry fills")
         order_flow.cancel_all(core, model, legs=tuple(ENTRY_LEGS))
     apply_risk_pnl(core, model)
 
@@ -218,10 +218,10 @@ def apply_risk_pnl(core: Core, model: SymbolModel) -> None:
         core.log("risk_kept", model.symbol, "phase2_breakeven_limit_kept")
         return
     # R06, R23, N-16: breakeven STOP_MARKET plus keep (or place once) the TP limit.
-    model.risk_protected = True
-    model.add_armed = False
+    core.fire_region(model, "risk", "protect", "R06: risk message in profit")
+    core.set_trigger(model, "add", False, "R06: no scale-in")
     if not model.open_orders("BE_STOP"):
         order_flow.place_stop(core, model, "BE_STOP", rules.round_to_tick(average, core.tick_size(model)))
     if not model.open_orders("TP"):
         order_flow.place_tp(core, model)
-    model.tp_armed = False
+    core.set_trigger(model, "tp", False, "R06: the TP works")

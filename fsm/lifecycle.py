@@ -115,7 +115,7 @@ def evaluate_triggers(core: Core, now: int) -> None:
             ptp = rules.take_profit_price(model.average(), core.strategy.tp_pct, core.tick_size(model))
             if mark <= rules.take_profit_threshold(ptp, b) and not model.open_orders("TP"):  # W40
                 order_flow.place_tp(core, model)
-                model.tp_armed = False
+                core.fire_region(model, "tp", "tp_fired", f"mark {mark} at the take-profit level")
         if (
             state == "PHASE1"
             and model.add_armed
@@ -123,8 +123,8 @@ def evaluate_triggers(core: Core, now: int) -> None:
             and protection.gate(core, "second_entry") is None
         ):
             if mark >= rules.entry_threshold(model.add_price, b) and not model.open_orders("ENTRY2"):  # W41
-                model.add_armed = False
-                model.preparing = "ENTRY2"
+                core.fire_region(model, "add", "add_fired", f"mark {mark} at the scale-in level")
+                core.fire_region(model, "setup", "prepare_entry2", "scale-in triggered")
                 core.emit(cmd.PrepareOrder(symbol=model.symbol, leg="ENTRY2", configure_margin=False))
         if state == "PHASE2" and model.be_armed:
             pbe = rules.round_to_tick(model.average(), core.tick_size(model))
@@ -132,7 +132,7 @@ def evaluate_triggers(core: Core, now: int) -> None:
             # band before this evaluation (W19: a trigger met at the first look goes at once):
             # it goes too, or PHASE2 would hold no exit at all (D-40).
             if not model.open_orders("BE"):
-                model.be_armed = False
+                core.fire_region(model, "be", "be_fired", f"mark {mark}: breakeven goes out")
                 order_flow.cancel_all(core, model, legs=("ENTRY2",))
                 order_flow.place_limit_exit(core, model, "BE", pbe)
     if not candidates:
@@ -150,7 +150,7 @@ def evaluate_triggers(core: Core, now: int) -> None:
         f"mark {core.marks[winner.symbol]} >= {price_text(winner.entry_trigger)}"
         f" (target {winner.target} - {core.strategy.trigger_buffer_pct}%)",
     )
-    winner.preparing = "ENTRY1"
+    core.fire_region(winner, "setup", "prepare_entry1", "entry triggered")
     core.emit(cmd.PrepareOrder(symbol=winner.symbol, leg="ENTRY1", configure_margin=True))  # W17-1, W24
 
 
@@ -159,7 +159,7 @@ def on_prepared(core: Core, event: ev.OrderPrepared) -> None:
     if model is None or model.preparing != event.leg:
         core.anomaly("unexpected_prepare_result", event.symbol, event.leg)
         return
-    model.preparing = ""
+    core.fire_region(model, "setup", "prepared", f"{event.leg} set up")
     if event.leg == "ENTRY1":
         prepared_entry1(core, model, event)
     else:
@@ -231,7 +231,7 @@ def market_close(core: Core, model: SymbolModel, reason: str) -> None:
         core.log("close_left_to_operator", model.symbol, reason)  # FlattenFinished decides
         return
     core.decide_close(model, reason)
-    model.tp_armed = model.add_armed = model.be_armed = False
+    core.disarm_all(model, reason)
     order_flow.cancel_all(core, model, exclude_legs=("CLOSE",))
     position = model.position()
     qty = rules.exit_quantity(position, model.info, market=True)
@@ -346,16 +346,17 @@ def exit_ended_by_the_venue(core: Core, model: SymbolModel, order: OrderTrack) -
         market_close(core, model, f"{ended}: remainder")
     elif order.leg == "TP" and model.state in ("ENTRY_ORDER", "PHASE1") and not model.risk_protected:
         core.log("exit_rearmed", model.symbol, ended, cid=order.cid)
-        model.tp_armed = True  # W37, W40
+        core.set_trigger(model, "tp", True, ended)  # W37, W40
     elif order.leg == "BE" and model.state == "PHASE2":
         core.log("exit_rearmed", model.symbol, ended, cid=order.cid)
-        model.be_armed = True  # W43-1
+        core.set_trigger(model, "be", True, ended)  # W43-1
 
 
 def after_entry_change(core: Core, model: SymbolModel, order: OrderTrack, delta: Decimal) -> None:
     if order.leg == "ENTRY1":
         if delta > 0 and model.state == "ENTRY_ORDER" and not model.closing:
-            model.tp_armed = model.tp_armed or not model.open_orders("TP")  # W37: TP algorithm on
+            if not model.open_orders("TP"):  # W37: TP algorithm on
+                core.set_trigger(model, "tp", True, "first entry filling")
             replace_exit_if_stale(core, model, "TP")
         if model.state == "ENTRY_ORDER" and not order.is_open and not model.closing:
             if model.position() > 0:
@@ -372,9 +373,9 @@ def after_entry_change(core: Core, model: SymbolModel, order: OrderTrack, delta:
             "second entry filled" if order.status == "FILLED" else "second entry part-filled",
         )
         if first_fill:
-            model.tp_armed = False
+            core.set_trigger(model, "tp", False, "PHASE2 has no TP (W42)")
             order_flow.cancel_all(core, model, legs=("TP",))
-            model.be_armed = not model.open_orders("BE")
+            core.set_trigger(model, "be", not model.open_orders("BE"), "PHASE2 began")
             core.emit(
                 cmd.Notify(
                     kind="scale_in",
@@ -398,8 +399,8 @@ def enter_phase1(core: Core, model: SymbolModel, order: OrderTrack) -> None:
     core.fire(model, "entry_filled", reason)
     average = model.average()
     model.add_price = rules.second_entry_price(average, core.strategy.second_entry_pct, core.tick_size(model))
-    model.tp_armed = not model.open_orders("TP") and not model.risk_protected
-    model.add_armed = not model.risk_protected
+    core.set_trigger(model, "tp", not model.open_orders("TP") and not model.risk_protected, reason)
+    core.set_trigger(model, "add", not model.risk_protected, reason)
     replace_exit_if_stale(core, model, "TP")
     core.emit(
         cmd.Notify(
@@ -439,7 +440,7 @@ def after_exit_fill(core: Core, model: SymbolModel, order: OrderTrack) -> None:
         # R15, N-18 (OCO): the position is gone: cancel every other order of the symbol.
         core.fire_close(model, "close_by_exit", f"{order.leg} filled")
         model.close_reason = model.close_reason or f"{order.leg} filled"
-        model.tp_armed = model.add_armed = model.be_armed = False
+        core.disarm_all(model, f"{order.leg} filled")
         order_flow.cancel_all(core, model)
         finish_if_flat(core, model, dust_ok=True)
     elif order.status == "FILLED" and not model.open_orders("CLOSE"):
@@ -465,7 +466,7 @@ def finish_if_flat(core: Core, model: SymbolModel, *, dust_ok: bool = False) -> 
     if not flat:
         if model.state == "ENTRY_ORDER" and model.close_reason == "risk":
             core.fire_close(model, "withdraw_close", "entry filled before its cancel: R03")
-            model.risk_protected = True
+            core.fire_region(model, "risk", "protect", "R03: the entry filled before its cancel")
             intake.apply_risk_pnl(core, model)
         elif model.state == "EXITING" and not model.open_orders("CLOSE"):
             order_flow.close_again(
@@ -584,7 +585,7 @@ def sync_position(core: Core, model: SymbolModel) -> None:
     model.orders[key] = external
     if venue == 0 or rules.is_dust(venue, model.info):  # R21, R22
         core.decide_close(model, "external close" if venue == 0 else "dust")
-        model.tp_armed = model.add_armed = model.be_armed = False
+        core.disarm_all(model, model.close_reason)
         if model.state in ("ENTRY_ORDER", "PHASE1", "PHASE2"):
             core.fire(model, "exit_started", model.close_reason)
         order_flow.cancel_all(core, model)

@@ -42,14 +42,15 @@ class SymbolModel:
     generations: dict[str, int] = field(default_factory=dict)
     algo_children: dict[int, str] = field(default_factory=dict)
     orphan_updates: list[events.OrderUpdated] = field(default_factory=list)
-    # Which triggers are armed (W37, W40, W41, W43).
-    tp_armed: bool = False
-    add_armed: bool = False
-    be_armed: bool = False
+    # The price triggers (W37/W40 take-profit, W41 scale-in, W43 breakeven), OFF or ARMED, each
+    # driven by its table in fsm/table.py; the scale-in's level is fixed when PHASE1 begins.
+    tp_trigger: str = "OFF"
+    add_trigger: str = "OFF"
+    be_trigger: str = "OFF"
     add_price: Decimal = ZERO
-    risk_protected: bool = False
-    # An in-flight PrepareOrder for this leg ("" when none), and the W35-1 margin retry.
-    preparing: str = ""
+    risk_mode: str = "NORMAL"  # PROTECTED once a risk message in profit protected the trade (R06)
+    # The entry whose setup (PrepareOrder) is in flight (NONE, ENTRY1, ENTRY2), and W35-1's retry.
+    setup: str = "NONE"
     margin_retry_done: bool = False
     # Whether a close is decided (OPEN, CLOSING, DEFERRED, FLATTENING), driven by the close table
     # (fsm/table.py CLOSE_TRANSITIONS), with its reason and its timed-retry schedule (D-19).
@@ -57,7 +58,7 @@ class SymbolModel:
     close_reason: str = ""
     close_attempts: int = 0
     close_retry_at_ms: int = 0  # after the attempts ran out: when the next timed close goes out
-    cancel_failed: bool = False
+    exit_cancels: str = "CLEAN"  # FAILED: an exit of this symbol resisted three cancels (R15)
     # Position as last reported by the venue (ACCOUNT_UPDATE / positionRisk) and since when it
     # disagrees with our fills (R20).
     venue_position: Decimal | None = None
@@ -76,6 +77,31 @@ class SymbolModel:
     def close_deferred(self) -> bool:
         """The decided market close waits for the answers to its exit cancels (R11)."""
         return self.close_state == "DEFERRED"
+
+    @property
+    def tp_armed(self) -> bool:
+        return self.tp_trigger == "ARMED"
+
+    @property
+    def add_armed(self) -> bool:
+        return self.add_trigger == "ARMED"
+
+    @property
+    def be_armed(self) -> bool:
+        return self.be_trigger == "ARMED"
+
+    @property
+    def risk_protected(self) -> bool:
+        return self.risk_mode == "PROTECTED"
+
+    @property
+    def preparing(self) -> str:
+        """The leg whose setup is in flight, or "" when none is."""
+        return "" if self.setup == "NONE" else self.setup
+
+    @property
+    def cancel_failed(self) -> bool:
+        return self.exit_cancels == "FAILED"
 
     def reset_to(self, symbol: str) -> None:
         """Become a fresh IDLE model of ``symbol``, keeping the trigger methods the machine bound."""
@@ -194,16 +220,33 @@ def decode(value: Any) -> Any:
         if "$t" in value:
             cls = _REGISTRY[value["$t"]]
             fields = {k: decode(v) for k, v in value.items() if k != "$t"}
-            if cls is SymbolModel and "closing" in fields:
+            if cls is SymbolModel:
                 _upgrade_symbol(fields)
             return cls(**fields)
         raise ValueError(f"unknown encoded mapping {sorted(value)}")
     return value
 
 
+# Flags a snapshot written before the trigger tables holds, and the (attribute, state when set) each became.
+_OLD_FLAGS: dict[str, tuple[str, str, str]] = {
+    "tp_armed": ("tp_trigger", "ARMED", "OFF"),
+    "add_armed": ("add_trigger", "ARMED", "OFF"),
+    "be_armed": ("be_trigger", "ARMED", "OFF"),
+    "risk_protected": ("risk_mode", "PROTECTED", "NORMAL"),
+    "cancel_failed": ("exit_cancels", "FAILED", "CLEAN"),
+}
+
+
 def _upgrade_symbol(fields: dict[str, Any]) -> None:
-    """A symbol saved before the close table (its ``closing``/``close_deferred`` flags) decodes to
-    the close state they meant: a daemon upgraded in the middle of a close carries it out."""
+    """A symbol saved before its flags became tables decodes to the states they meant: a daemon
+    upgraded in the middle of a trade or of a close carries it on."""
+    for flag, (attribute, on, off) in _OLD_FLAGS.items():
+        if flag in fields:
+            fields[attribute] = on if fields.pop(flag) else off
+    if "preparing" in fields:
+        fields["setup"] = fields.pop("preparing") or "NONE"
+    if "closing" not in fields:
+        return
     closing, deferred = fields.pop("closing"), fields.pop("close_deferred", False)
     if not closing:
         fields["close_state"] = "OPEN"

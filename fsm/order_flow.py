@@ -57,7 +57,7 @@ def place_limit_exit(core: Core, model: SymbolModel, leg: cmd.Leg, price: Decima
             # The entry is still filling: wait for a size the venue accepts.
             core.log("exit_deferred", model.symbol, "position_below_min_qty", leg=leg, qty=qty)
             if leg == "TP":
-                model.tp_armed = True
+                core.set_trigger(model, "tp", True, "waits for a size the venue accepts")
             return
         exit_filter_failure(core, model, leg, "exit_quantity_below_min")
         return
@@ -428,7 +428,7 @@ def entry_rejected(
             return
         if not model.margin_retry_done:
             model.margin_retry_done = True
-            model.preparing = "ENTRY2"
+            core.fire_region(model, "setup", "prepare_entry2", "W35-1: once more after insufficient margin")
             core.emit(cmd.PrepareOrder(symbol=model.symbol, leg="ENTRY2", configure_margin=False))
             return
         core.log("second_entry_skipped", model.symbol, "insufficient_margin_after_retry")
@@ -667,7 +667,7 @@ def on_algo_update(core: Core, event: ev.AlgoOrderUpdated) -> None:
             core.fire(model, "exit_started", f"{order.leg} stop triggered")
         core.fire_close(model, "close_by_exit", f"{order.leg} stop triggered")
         model.close_reason = model.close_reason or f"{order.leg} stop"
-        model.tp_armed = model.add_armed = model.be_armed = False
+        core.disarm_all(model, f"{order.leg} stop triggered")
         orphans = [u for u in model.orphan_updates if u.order_id == event.actual_order_id]
         model.orphan_updates = [u for u in model.orphan_updates if u.order_id != event.actual_order_id]
         for update in orphans:
@@ -754,7 +754,7 @@ def cancel_done(core: Core, model: SymbolModel, order: OrderTrack, event: ev.Can
         order.apply("cancel_too_late" if order.filled >= order.qty and order.filled > 0 else "cancel_done")
     cleared = model.cancel_failed and not model.open_orders()
     if cleared:
-        model.cancel_failed = False  # R16: the re-cancel went through
+        core.fire_region(model, "cancels", "cancels_clean", f"{order.cid}: the re-cancel went through")  # R16
     lifecycle.after_order_change(core, model, order, delta, was_open)
     if cleared and model.symbol in core.symbols:
         # An exit that filled meanwhile could not finish the symbol while the failure held.
@@ -793,7 +793,7 @@ def cancel_refused(core: Core, model: SymbolModel, order: OrderTrack, event: ev.
         cancel(core, model, order)
         return
     # R15: three failures: mark the symbol, block new orders, re-query periodically (R16).
-    model.cancel_failed = True
+    core.fire_region(model, "cancels", "cancel_stuck", f"{order.cid} not cancelled")
     core.critical(
         "exit_cancel_failed",
         model.symbol,

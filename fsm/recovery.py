@@ -217,7 +217,7 @@ def restore_holding(core: Core, model: SymbolModel, legs: set[cmd.Leg], amount: 
     tick = core.tick_size(model)
     if "ENTRY1" in legs:
         core.fire(model, "restore_entry_order", "first entry part-filled")
-        model.tp_armed = "TP" not in legs
+        core.set_trigger(model, "tp", "TP" not in legs, "recovery: no TP open")
     elif (
         any(t.filled > 0 for t in model.open_orders("ENTRY2"))
         or "MDD" in legs
@@ -226,7 +226,7 @@ def restore_holding(core: Core, model: SymbolModel, legs: set[cmd.Leg], amount: 
         or stored_state(core, model) == "PHASE2"
     ):
         core.fire(model, "restore_phase2", "second entry seen")
-        model.be_armed = "BE" not in legs
+        core.set_trigger(model, "be", "BE" not in legs, "recovery: no breakeven open")
         order_flow.cancel_all(core, model, legs=("TP",))  # PHASE2 has no TP (W42)
         if "ENTRY2" not in legs and "MDD" not in legs:
             order_flow.place_stop(
@@ -236,9 +236,10 @@ def restore_holding(core: Core, model: SymbolModel, legs: set[cmd.Leg], amount: 
         # W43: PHASE2 needs a fill of the scale-in; one resting unfilled is kept and not sent again.
         core.fire(model, "restore_phase1", "position after first entry")
         model.add_price = rules.second_entry_price(average, core.strategy.second_entry_pct, tick)
-        model.risk_protected = "BE_STOP" in legs or model.symbol in core.recovery_protected  # R06
-        model.add_armed = not model.risk_protected and "ENTRY2" not in legs
-        model.tp_armed = "TP" not in legs and not model.risk_protected
+        if "BE_STOP" in legs or model.symbol in core.recovery_protected:  # R06
+            core.fire_region(model, "risk", "protect", "recovery: protected before the restart")
+        core.set_trigger(model, "add", not model.risk_protected and "ENTRY2" not in legs, "recovery: PHASE1")
+        core.set_trigger(model, "tp", "TP" not in legs and not model.risk_protected, "recovery: PHASE1")
 
 
 def refit_exits(core: Core, model: SymbolModel, amount: Decimal, info: ev.SymbolInfo) -> None:
@@ -247,9 +248,9 @@ def refit_exits(core: Core, model: SymbolModel, amount: Decimal, info: ev.Symbol
         if track.qty - track.filled != rules.exit_quantity(amount, info) and track.status != "PENDING_CANCEL":
             order_flow.cancel(core, model, track)
             if track.leg == "TP":
-                model.tp_armed = model.state != "PHASE2"
+                core.set_trigger(model, "tp", model.state != "PHASE2", "recovery: TP no longer fits")
             else:
-                model.be_armed = True
+                core.set_trigger(model, "be", True, "recovery: breakeven no longer fits")
 
 
 def stored_state(core: Core, model: SymbolModel) -> str:
@@ -305,14 +306,15 @@ def rebuild_from_hint(
     tick = core.tick_size(model)
     if state == "PHASE2" or scaled_in_unseen(core, symbol, amount):
         core.fire(model, "restore_phase2", f"stored state {state}, no open order")
-        model.be_armed = True
+        core.set_trigger(model, "be", True, "recovery: PHASE2 without orders")
         order_flow.place_stop(
             core, model, "MDD", rules.mdd_stop_price(position.entry_price, core.strategy.mdd_pct, tick)
         )
     else:
         core.fire(model, "restore_phase1", f"stored state {state}, position without open orders")
         model.add_price = rules.second_entry_price(position.entry_price, core.strategy.second_entry_pct, tick)
-        model.tp_armed = model.add_armed = True
+        core.set_trigger(model, "tp", True, "recovery: PHASE1 without orders")
+        core.set_trigger(model, "add", True, "recovery: PHASE1 without orders")
     core.emit(cmd.SubscribeMarket(symbols=(symbol,)))
     resume_decided_close(core, model)
 
@@ -359,7 +361,7 @@ def requery_result(core: Core, event: ev.ExchangeSnapshot) -> None:
                 order.cancel_attempts = 0
                 order_flow.cancel(core, model, order)
             continue
-        model.cancel_failed = False
+        core.fire_region(model, "cancels", "cancels_clean", "R16: nothing of it is open any more")
         lifecycle.finish_if_flat(core, model, dust_ok=True)
     if not any(m.cancel_failed for m in core.symbols.values()):
         core.fire_lock(EXIT_CANCEL_LOCK, "cancel_clean", "no leftover exit order")

@@ -90,6 +90,88 @@ CLOSE_TRANSITIONS: Final[list[Row]] = [
     {"trigger": "flatten_finished", "source": ["FLATTENING"], "dest": "CLOSING"},
 ]
 
+# Per symbol, the price triggers the 1-second evaluation fires, each OFF or ARMED (issue #11):
+#   tp   W37, W40: the take-profit limit goes out when the mark reaches Ptp + 0.1% (ENTRY_ORDER after a
+#        fill, PHASE1); off while R06 protects the trade, while its TP works, and from PHASE2 on (W42).
+#   add  W41: the scale-in's setup starts when the mark reaches P2 - 0.1% (PHASE1, not R06-protected).
+#   be   W43, N-17: the breakeven limit goes out at the average once PHASE2 begins.
+# ``arm``/``disarm`` rows are internal from the state they lead to: the engine says what it wants
+# and the table tells only a change. ``fired`` is the level crossed (its order or setup goes out).
+TRIGGER_STATES: Final = ["OFF", "ARMED"]
+TP_TRIGGER: Final[list[Row]] = [
+    {"trigger": "arm_tp", "source": ["OFF"], "dest": "ARMED"},
+    {"trigger": "arm_tp", "source": ["ARMED"], "dest": None},
+    {"trigger": "tp_fired", "source": ["ARMED"], "dest": "OFF"},
+    {"trigger": "disarm_tp", "source": ["ARMED"], "dest": "OFF"},
+    {"trigger": "disarm_tp", "source": ["OFF"], "dest": None},
+]
+ADD_TRIGGER: Final[list[Row]] = [
+    {"trigger": "arm_add", "source": ["OFF"], "dest": "ARMED"},
+    {"trigger": "arm_add", "source": ["ARMED"], "dest": None},
+    {"trigger": "add_fired", "source": ["ARMED"], "dest": "OFF"},
+    {"trigger": "disarm_add", "source": ["ARMED"], "dest": "OFF"},
+    {"trigger": "disarm_add", "source": ["OFF"], "dest": None},
+]
+BE_TRIGGER: Final[list[Row]] = [
+    {"trigger": "arm_be", "source": ["OFF"], "dest": "ARMED"},
+    {"trigger": "arm_be", "source": ["ARMED"], "dest": None},
+    {"trigger": "be_fired", "source": ["ARMED"], "dest": "OFF"},
+    {"trigger": "disarm_be", "source": ["ARMED"], "dest": "OFF"},
+    {"trigger": "disarm_be", "source": ["OFF"], "dest": None},
+]
+# Per symbol: the entry whose setup (W24 account reads, sizing; W35-1's margin retry) is in flight.
+# While ENTRY1 is set up the symbol holds the entry lock (N-21); no second setup starts meanwhile.
+SETUP_STATES: Final = ["NONE", "ENTRY1", "ENTRY2"]
+SETUP_TRANSITIONS: Final[list[Row]] = [
+    {"trigger": "prepare_entry1", "source": ["NONE"], "dest": "ENTRY1"},
+    {"trigger": "prepare_entry2", "source": ["NONE"], "dest": "ENTRY2"},
+    {"trigger": "prepared", "source": ["ENTRY1", "ENTRY2"], "dest": "NONE"},
+]
+# Per symbol, R06 (R23, N-16): a risk message in profit before the scale-in protects the trade with
+# a breakeven stop; from then on no scale-in and no TP trigger. Only the end of the trade lifts it.
+RISK_STATES: Final = ["NORMAL", "PROTECTED"]
+RISK_TRANSITIONS: Final[list[Row]] = [
+    {"trigger": "protect", "source": ["NORMAL"], "dest": "PROTECTED"},
+    {"trigger": "protect", "source": ["PROTECTED"], "dest": None},
+]
+# Per symbol, R15/R16: an exit of this symbol could not be cancelled in three attempts. The global
+# exit-cancel lock holds while any symbol is FAILED; the periodic re-query or a late cancel clears it.
+CANCEL_STATES: Final = ["CLEAN", "FAILED"]
+CANCEL_TRANSITIONS: Final[list[Row]] = [
+    {"trigger": "cancel_stuck", "source": ["CLEAN"], "dest": "FAILED"},
+    {"trigger": "cancel_stuck", "source": ["FAILED"], "dest": None},
+    {"trigger": "cancels_clean", "source": ["FAILED"], "dest": "CLEAN"},
+]
+
+
+class Region(TypedDict):
+    """A machine beside a symbol's phase, on the same model: its attribute, states and rows."""
+
+    attribute: str
+    states: list[str]
+    initial: str  # the first of ``states``
+    rows: list[Row]
+
+
+# Every machine beside the phase, by the name its transitions are told under ("BTCUSDT tp OFF->ARMED").
+def _region(attribute: str, states: list[str], rows: list[Row]) -> Region:
+    return {"attribute": attribute, "states": states, "initial": states[0], "rows": rows}
+
+
+SYMBOL_REGIONS: Final[dict[str, Region]] = {
+    "close": _region("close_state", CLOSE_STATES, CLOSE_TRANSITIONS),
+    "tp": _region("tp_trigger", TRIGGER_STATES, TP_TRIGGER),
+    "add": _region("add_trigger", TRIGGER_STATES, ADD_TRIGGER),
+    "be": _region("be_trigger", TRIGGER_STATES, BE_TRIGGER),
+    "setup": _region("setup", SETUP_STATES, SETUP_TRANSITIONS),
+    "risk": _region("risk_mode", RISK_STATES, RISK_TRANSITIONS),
+    "cancels": _region("exit_cancels", CANCEL_STATES, CANCEL_TRANSITIONS),
+}
+# The machines a scenario file lists under ``triggers:`` (the close has ``close:``, the phase and the
+# global locks ``transitions:``).
+DETAIL_REGIONS: Final = tuple(name for name in SYMBOL_REGIONS if name != "close")
+TRIGGERS: Final = ("tp", "add", "be")  # the price triggers, in the order the evaluation looks at them
+
 # Global machines: name -> (states, initial, rows).
 ENTRY_LOCK: Final = "entry_lock"
 SAFETY_LOCK: Final = "safety_lock"

@@ -9,7 +9,7 @@ import pytest
 
 from fsm.ops import cli
 from fsm.ops.diagram import DIAGRAM_PATH, render_diagrams
-from fsm.table import CLOSE_TRANSITIONS, GLOBAL_MACHINES, SYMBOL_TRANSITIONS
+from fsm.table import GLOBAL_MACHINES, SYMBOL_REGIONS, SYMBOL_TRANSITIONS
 
 
 def test_replay_of_w55_prints_the_trace_from_message_to_closed_position(
@@ -58,14 +58,16 @@ def test_committed_diagrams_match_the_tables() -> None:
 
 def test_diagram_shows_every_transition_row() -> None:
     text = render_diagrams()
-    for row in [*SYMBOL_TRANSITIONS, *CLOSE_TRANSITIONS]:
+    for row in [*SYMBOL_TRANSITIONS, *(row for region in SYMBOL_REGIONS.values() for row in region["rows"])]:
         for source in row["source"]:
             if row["dest"] is None:  # internal: a loop labelled so
                 assert f"{source} --> {source}: " in text
                 assert f"{row['trigger']} (internal)" in text
             else:
                 assert f"{source} --> {row['dest']}:" in text
-    assert "## Per symbol: the close (beside the phase)" in text
+    assert "## Per symbol: the close (`close`, beside the phase)" in text
+    for name in SYMBOL_REGIONS:
+        assert f"(`{name}`, beside the phase)" in text
     for name in GLOBAL_MACHINES:
         assert f"## Global: {name}" in text
 

@@ -24,13 +24,26 @@ SCENARIOS = load_scenarios()
 
 
 def _legacy(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """``snapshot`` as the engine before the close table wrote it: the two flags, no state."""
+    """``snapshot`` as the engine before the close and trigger tables wrote it: flags, no states."""
     old = copy.deepcopy(snapshot)
     for raw in old["symbols"].values():
         state = raw.pop("close_state")
         raw["closing"] = state != "OPEN"
         raw["close_deferred"] = state == "DEFERRED"
+        for flag, attribute, on in _FLAGS:
+            raw[flag] = raw.pop(attribute) == on
+        setup = raw.pop("setup")
+        raw["preparing"] = "" if setup == "NONE" else setup
     return old
+
+
+_FLAGS = (
+    ("tp_armed", "tp_trigger", "ARMED"),
+    ("add_armed", "add_trigger", "ARMED"),
+    ("be_armed", "be_trigger", "ARMED"),
+    ("risk_protected", "risk_mode", "PROTECTED"),
+    ("cancel_failed", "exit_cancels", "FAILED"),
+)
 
 
 class _EveryStep(Runner):
@@ -45,7 +58,7 @@ class _EveryStep(Runner):
         return super().step_events(step)
 
 
-def test_a_snapshot_from_before_the_close_table_restores_to_the_same_engine() -> None:
+def test_a_snapshot_from_before_the_close_and_trigger_tables_restores_to_the_same_engine() -> None:
     """Every snapshot the catalog passes through, written in the old encoding, restores to exactly
     the engine the new encoding restores to (so the run continues identically)."""
     seen: set[str] = set()
@@ -55,7 +68,14 @@ def test_a_snapshot_from_before_the_close_table_restores_to_the_same_engine() ->
         runner.run()
         for snapshot in runner.snapshots:
             states = {raw["close_state"] for raw in snapshot["symbols"].values()}
-            if states <= {"OPEN"} and checked % 10:
+            states |= {
+                f"{attribute}={raw[attribute]}"
+                for raw in snapshot["symbols"].values()
+                for _, attribute, on in _FLAGS
+                if raw[attribute] == on
+            }
+            states |= {f"setup={raw['setup']}" for raw in snapshot["symbols"].values()}
+            if states <= {"OPEN", "setup=NONE"} and checked % 10:
                 checked += 1
                 continue  # a sample of the plain ones; every one that is closing
             checked += 1
@@ -65,6 +85,7 @@ def test_a_snapshot_from_before_the_close_table_restores_to_the_same_engine() ->
     # (A deferral resolves within its step on the double, which answers at once: DEFERRED at rest is
     # checked below, where a flatten that cancelled nothing hands a live TP back to the engine.)
     assert {"OPEN", "CLOSING"} <= seen, seen
+    assert {f"{attribute}={on}" for _, attribute, on in _FLAGS} <= seen, seen
 
 
 def test_an_old_snapshot_mid_flatten_restores_flattening() -> None:
@@ -83,14 +104,16 @@ def test_an_old_snapshot_mid_flatten_restores_flattening() -> None:
 
 
 def test_a_flatten_is_told_as_the_close_machine_moving() -> None:
-    """FlattenStarted moves the close to FLATTENING and the phase to EXITING, in that order, each
-    told once; FlattenFinished hands the symbol back to the engine's own close (CLOSING), which
-    waits for its exit cancel (DEFERRED); an old snapshot taken then restores DEFERRED."""
+    """FlattenStarted moves the close to FLATTENING, disarms the scale-in (the TP works already) and
+    moves the phase to EXITING, in that order, each told once; FlattenFinished hands the symbol back
+    to the engine's own close (CLOSING), which waits for its exit cancel (DEFERRED); an old snapshot
+    taken then restores DEFERRED."""
     harness = _phase1_with_its_tp()
     out = harness.engine.handle(ev.FlattenStarted(now_ms=_now(harness), request_id="flatten-1"))
     moved = [(c.machine, c.source, c.dest, c.trigger) for c in out if isinstance(c, cmd.Transitioned)]
     assert moved == [
         ("close", "OPEN", "FLATTENING", "flatten_started"),
+        ("add", "ARMED", "OFF", "disarm_add"),
         ("symbol", "PHASE1", "EXITING", "exit_started"),
     ]
     # A second flatten while the first runs: internal rows, nothing moves or is told.

@@ -66,7 +66,7 @@ def test_a_released_symbol_model_is_reused_clean_for_the_next_symbol() -> None:
     engine.handle(leading_event("AAAUSDT", 1001, T0_MS))
     first = engine.symbols["AAAUSDT"]
     first.generations["ENTRY1"] = 3
-    first.tp_armed = True
+    first.tp_trigger = "ARMED"
     first.venue_position = Decimal("-2")
     engine.handle(
         ev.MessageReceived(

@@ -31,7 +31,7 @@ from fsm import commands as cmd
 from fsm import events as ev
 from fsm.engine import Engine
 from fsm.model import ENTRY_LEGS
-from fsm.table import CLOSE_STATES, SYMBOL_STATES
+from fsm.table import SYMBOL_REGIONS, SYMBOL_STATES, TRIGGERS
 
 D = Decimal
 Config = tuple[str, str]  # (phase, close state) of the event's symbol
@@ -357,7 +357,15 @@ def _one(data: st.DataObject, config: Config, name: str) -> None:
     for buy, position in engine.buys:
         assert buy.quantity <= position, (config, event, buy, position)
     for model in engine.symbols.values():
-        assert model.state in SYMBOL_STATES and model.close_state in CLOSE_STATES
+        assert model.state in SYMBOL_STATES
+        for region in SYMBOL_REGIONS.values():
+            assert getattr(model, region["attribute"]) in region["states"], (config, event, region)
+        if model.closing:  # a decided close fires no price trigger of its trade
+            armed = [n for n in TRIGGERS if getattr(model, f"{n}_armed")]
+            assert not armed, (config, event, armed)
+        if model.preparing and not model.closing:  # a setup belongs to its phase (a close skips its answer)
+            phases = ("ENTRY_ORDER",) if model.preparing == "ENTRY1" else ("PHASE1", "PHASE2")
+            assert model.state in phases, (config, event, model.preparing)
         entries = [o.cid for o in model.open_orders(*ENTRY_LEGS)]
         assert len(entries) <= 1, (config, event, entries)
     snapshot_after = engine.snapshot()

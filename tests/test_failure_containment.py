@@ -44,7 +44,7 @@ def test_an_exception_inside_handle_locks_entries_and_rebuilds_from_the_exchange
     assert engine.state_of("BTCUSDT") == "PHASE1"
 
     def broken(_core: object, event: ev.MarkPriceTick) -> None:
-        engine.symbols["BTCUSDT"].add_armed = False  # half applied ...
+        engine.symbols["BTCUSDT"].add_trigger = "OFF"  # half applied ...
         raise KeyError("boom")  # ... then the handler fails
 
     engine._handler_table[ev.MarkPriceTick] = broken

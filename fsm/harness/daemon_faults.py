@@ -64,6 +64,7 @@ from fsm.runtime.daemon import Daemon, RunClock
 from fsm.runtime.feeds import PricePath
 from fsm.runtime.logs import DecisionLog
 from fsm.runtime.store import Store
+from fsm.table import DETAIL_REGIONS
 from telegram_ingest.replay import FeedItem
 
 log = logging.getLogger(__name__)
@@ -1245,10 +1246,10 @@ def _judge(
     if never:
         violations.append(f"fault never fired: {never}")
     final = final_state(daemon.engine, exchange)
-    transitions = tuple(
+    transitions = tuple(  # the phases, the close and the locks (the triggers are the scenarios' business)
         f"{cmd.who_moved(c.machine, c.symbol)} {c.source}->{c.dest}"
         for c in commands
-        if isinstance(c, cmd.Transitioned)
+        if isinstance(c, cmd.Transitioned) and c.machine not in DETAIL_REGIONS
     )
     orders = venue_orders(exchange)
     outcome = "reference"

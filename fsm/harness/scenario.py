@@ -27,6 +27,7 @@ from fsm import events as ev
 from fsm.engine import Engine, protected_symbols, recovery_facts
 from fsm.journal import render
 from fsm.strategy import Strategy
+from fsm.table import DETAIL_REGIONS, SYMBOL_REGIONS
 from telegram_ingest.grammar import parse_message
 
 SCENARIO_DIR = Path(__file__).resolve().parents[2] / "specs" / "scenarios"
@@ -852,11 +853,11 @@ class Runner:
     def check(self, expect: dict[str, Any], commands: list[cmd.Command]) -> list[str]:
         failures: list[str] = []
         engine = self.engine
-        if "transitions" in expect:  # the phases and the global locks; the close has its own key
+        if "transitions" in expect:  # phases and global locks; the machines beside a phase have theirs
             got = [
                 transition_line(c)
                 for c in commands
-                if isinstance(c, cmd.Transitioned) and c.machine != "close"
+                if isinstance(c, cmd.Transitioned) and c.machine not in SYMBOL_REGIONS
             ]
             want = [str(t) for t in expect["transitions"]]
             if got != want:
@@ -870,6 +871,15 @@ class Runner:
             want = [str(t) for t in expect["close"]]
             if got != want:
                 failures.append(f"close: expected {want}, got {got}")
+        if "triggers" in expect:  # the price triggers, the setups, R06 and the stuck cancels
+            got = [
+                transition_line(c)
+                for c in commands
+                if isinstance(c, cmd.Transitioned) and c.machine in DETAIL_REGIONS
+            ]
+            want = [str(t) for t in expect["triggers"]]
+            if got != want:
+                failures.append(f"triggers: expected {want}, got {got}")
         if "orders" in expect:
             got_orders = [c for c in commands if type(c) in ORDER_TYPES]
             want_orders = expect["orders"] or []
@@ -901,6 +911,12 @@ class Runner:
                 if engine.close_state_of(symbol) != state:
                     got_state = engine.close_state_of(symbol)
                     failures.append(f"close state of {symbol}: expected {state}, got {got_state}")
+        if "armed" in expect:  # symbol -> the price triggers armed after the step, e.g. [tp, add]
+            for symbol, names in expect["armed"].items():
+                model = engine.symbols.get(symbol)
+                armed = [n for n in ("tp", "add", "be") if model is not None and getattr(model, f"{n}_armed")]
+                if armed != list(names or []):
+                    failures.append(f"armed of {symbol}: expected {list(names or [])}, got {armed}")
         if "locks" in expect:
             for name, state in expect["locks"].items():
                 if engine.lock_state(name) != state:

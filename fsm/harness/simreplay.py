@@ -931,8 +931,8 @@ STEP_KEYS = frozenset(
 )  # fmt: skip
 EXPECT_KEYS = frozenset(
     {
-        "transitions", "close", "orders", "commands", "absent", "states", "close_states", "locks",
-        "position", "logs", "notify", "cooldown", "cursor", "price_source", "strategy",
+        "transitions", "close", "triggers", "armed", "orders", "commands", "absent", "states", "close_states",
+        "locks", "position", "logs", "notify", "cooldown", "cursor", "price_source", "strategy",
     }
 )  # fmt: skip
 

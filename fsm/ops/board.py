@@ -49,6 +49,8 @@ log = logging.getLogger("shortfsm.ops.board")
 DEFAULT_DB = Path("var/shortfsm.db")
 SVG_PATH = Path(__file__).resolve().parents[2] / "specs" / "img" / "board.svg"
 TRANSITION_ROWS = 8
+# An entry's setup moves twice within a second on every entry: the log keeps it, the board does not.
+QUIET_MACHINE = "setup"
 ALERT_ROWS = 5
 TRADE_ROWS = 5  # the book's last trades (status --json shows as many)
 SKIPPED_ROWS = 10  # the book's last skipped signals (the board shows the first five)
@@ -153,12 +155,13 @@ def _read_frame(conn: sqlite3.Connection, name: str, live: bool) -> BoardState:
     # Rows recorded after the view the daemon last wrote belong to the next frame.
     until = view.get("now_ms") if isinstance(view, dict) and live else None
     upto = f"WHERE now_ms <= {until} " if isinstance(until, int) and not isinstance(until, bool) else ""
+    quiet = f"{'AND' if upto else 'WHERE'} machine != '{QUIET_MACHINE}' "
     transitions = _rows(
         conn,
         tables,
         "transitions",
         "SELECT now_ms, machine, symbol, source, dest, trigger, reason FROM transitions "
-        f"{upto}ORDER BY id DESC LIMIT {TRANSITION_ROWS}",
+        f"{upto}{quiet}ORDER BY id DESC LIMIT {TRANSITION_ROWS}",
     )
     alerts = _rows(
         conn,
@@ -460,7 +463,7 @@ def _abnormal_locks(locks: dict[str, Any]) -> Text:
 
 def _transition_who(row: dict[str, Any]) -> str:
     symbol = row.get("symbol")
-    return symbol if isinstance(symbol, str) and symbol else _s(row.get("machine"))
+    return cmd.who_moved(_s(row.get("machine")), symbol if isinstance(symbol, str) and symbol else None)
 
 
 def _signed(value: Any) -> Text:
@@ -1000,11 +1003,11 @@ def drive_scenario(scenario_id: str, steps: int) -> tuple[Engine, list[tuple[int
 def rows_from_commands(
     commands: Iterable[tuple[int, cmd.Command]],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(transitions, alerts) as the daemon stores them, newest first."""
+    """(transitions, alerts) as the board reads them from the daemon's tables, newest first."""
     transitions: list[dict[str, Any]] = []
     alerts: list[dict[str, Any]] = []
     for now_ms, c in commands:
-        if isinstance(c, cmd.Transitioned):
+        if isinstance(c, cmd.Transitioned) and c.machine != QUIET_MACHINE:
             transitions.append(
                 {
                     "now_ms": now_ms,

@@ -6,11 +6,10 @@ from pathlib import Path
 
 from fsm.orders import ORDER_STEPS, REPORT_RANK, TERMINAL_STATUSES
 from fsm.table import (
-    CLOSE_STATES,
-    CLOSE_TRANSITIONS,
     GATES,
     GLOBAL_MACHINES,
     LOCKED_STATE,
+    SYMBOL_REGIONS,
     SYMBOL_STATES,
     SYMBOL_TRANSITIONS,
     Row,
@@ -36,6 +35,17 @@ def _mermaid(states: list[str], initial: str, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+_REGION_TITLES = {
+    "close": "the close",
+    "tp": "the take-profit trigger",
+    "add": "the scale-in trigger",
+    "be": "the breakeven trigger",
+    "setup": "the entry setup in flight",
+    "risk": "R06 protection",
+    "cancels": "exit cancels that failed",
+}
+
+
 def render_diagrams() -> str:
     parts = [
         "# State machines",
@@ -48,13 +58,16 @@ def render_diagrams() -> str:
         "```mermaid",
         _mermaid(list(SYMBOL_STATES), "IDLE", list(SYMBOL_TRANSITIONS)),
         "```",
-        "",
-        "## Per symbol: the close (beside the phase)",
-        "",
-        "```mermaid",
-        _mermaid(list(CLOSE_STATES), "OPEN", list(CLOSE_TRANSITIONS)),
-        "```",
     ]
+    for name, region in SYMBOL_REGIONS.items():
+        parts += [
+            "",
+            f"## Per symbol: {_REGION_TITLES[name]} (`{name}`, beside the phase)",
+            "",
+            "```mermaid",
+            _mermaid(list(region["states"]), region["initial"], list(region["rows"])),
+            "```",
+        ]
     for name, (states, initial, rows) in GLOBAL_MACHINES.items():
         parts += [
             "",

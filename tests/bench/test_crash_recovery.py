@@ -92,8 +92,8 @@ def test_every_boundary_of_the_three_flows_is_visited() -> None:
 
 def test_the_crash_really_replaces_the_engine_and_recovers_from_the_venue() -> None:
     doc = load_scenarios()["W55"]
-    # After the first entry reached the venue (event 6 is OrderPrepared -> PlaceOrder ENTRY1).
-    runner = faults.FaultRunner(doc, crash=faults.CrashPoint(event=6, commands=1))
+    # After the first entry reached the venue (event 6 is OrderPrepared -> setup told, PlaceOrder ENTRY1).
+    runner = faults.FaultRunner(doc, crash=faults.CrashPoint(event=6, commands=2))
     record = runner.run_checked()
     assert runner.crashed
     kinds = [type(d.event).__name__ for d in record.decisions]
@@ -168,7 +168,9 @@ def test_the_loss_cut_is_re_run_after_recovery_when_the_crash_fell_after_the_cur
 @pytest.mark.spec("W57", "N-28")
 def test_a_re_run_of_a_loss_cut_already_carried_out_sends_nothing() -> None:
     # Every command of the risk message went out, the snapshot after them was not saved yet.
-    runner, record = _crashed("W57", 10, 7)
+    whole = next(d for d in faults.FaultRunner(_catalog()["W57"]).run_checked().decisions if d.index == 10)
+    assert _message(whole).message_id == 5001
+    runner, record = _crashed("W57", 10, len(whole.commands))
     rerun = _messages(record)[-1]
     assert (_message(rerun).message_id, _message(rerun).rerun) == (5001, True)
     assert [(c.kind, c.reason) for c in rerun.commands if isinstance(c, cmd.Log)] == [

@@ -22,11 +22,20 @@ def digest(path: Path) -> str:
 
 def test_a_daemon_database_gives_the_view_and_the_newest_rows(tmp_path: Path) -> None:
     view, transitions, alerts = scenario_state("R15", 6)
-    db = make_db(tmp_path / "shortfsm.db", view=view, transitions=transitions, alerts=alerts)
+    setup = {  # stored by the daemon, left out by the board (two moves a second on every entry)
+        **transitions[0],
+        "machine": "setup",
+        "source": "NONE",
+        "dest": "ENTRY1",
+        "trigger": "prepare_entry1",
+    }
+    stored = [setup, *transitions]
+    db = make_db(tmp_path / "shortfsm.db", view=view, transitions=stored, alerts=alerts)
     got_view, got_transitions, got_alerts = read_board_state(db)
     assert got_view is not None
     assert got_view == {**view, "book": EMPTY_BOOK}  # the ledger's figures join the daemon's view
-    assert got_transitions == transitions  # 7 rows, newest first
+    assert len(transitions) > TRANSITION_ROWS
+    assert got_transitions == transitions[:TRANSITION_ROWS]  # the newest, newest first
     assert got_alerts == alerts
     assert got_alerts[0] == {
         "now_ms": 1_767_225_605_000,
@@ -98,7 +107,7 @@ def test_no_status_row_yet_still_reads_the_history(tmp_path: Path) -> None:
     state = load_board_state(db)
     assert state.view is None
     assert state.problem == "no board status yet: the daemon is starting or has never run on this database"
-    assert state.transitions == transitions
+    assert state.transitions == transitions[:TRANSITION_ROWS]
     assert state.alerts == alerts
 
 

@@ -24,6 +24,7 @@ from fsm.runtime.feeds import PricePath as PricePath
 from fsm.runtime.feeds import ReplaySource
 from fsm.runtime.logs import DecisionLog
 from fsm.runtime.store import Store
+from fsm.table import DETAIL_REGIONS
 
 ENTRY_CHAT = -1002171239233
 RISK_CHAT = -1003096527269
@@ -80,11 +81,21 @@ class Seen:
         self.items.append((event, commands))
 
     def transitions(self) -> list[str]:
+        """The phases, the close and the global locks."""
         return [
             f"{cmd.who_moved(c.machine, c.symbol)} {c.source}->{c.dest}"
             for _, cs in self.items
             for c in cs
-            if isinstance(c, cmd.Transitioned)
+            if isinstance(c, cmd.Transitioned) and c.machine not in DETAIL_REGIONS
+        ]
+
+    def triggers(self) -> list[str]:
+        """The other machines beside the phase: price triggers, setups, R06, stuck cancels."""
+        return [
+            f"{cmd.who_moved(c.machine, c.symbol)} {c.source}->{c.dest}"
+            for _, cs in self.items
+            for c in cs
+            if isinstance(c, cmd.Transitioned) and c.machine in DETAIL_REGIONS
         ]
 
     def has(self, line: str) -> bool:

@@ -74,6 +74,18 @@ def test_w56_entry_scale_in_phase2_breakeven_exit(tmp_path: Path) -> None:
                 "ETHUSDT EXITING->IDLE",
                 "entry_lock GLOBAL_LOCKED->GLOBAL_IDLE",
             ]
+            assert run.seen.triggers() == [
+                "ETHUSDT setup NONE->ENTRY1",  # W24: the account is read, the entry sized
+                "ETHUSDT setup ENTRY1->NONE",
+                "ETHUSDT tp OFF->ARMED",  # W40: the TP goes out at its level (never reached here)
+                "ETHUSDT add OFF->ARMED",  # W41
+                "ETHUSDT add ARMED->OFF",  # 4062 >= 4061.18: the scale-in's setup starts
+                "ETHUSDT setup NONE->ENTRY2",
+                "ETHUSDT setup ENTRY2->NONE",
+                "ETHUSDT tp ARMED->OFF",  # W42: PHASE2 has no TP
+                "ETHUSDT be OFF->ARMED",  # W43
+                "ETHUSDT be ARMED->OFF",  # the breakeven limit goes out
+            ]
             assert kit.venue_orders(venue.exchange) == [
                 (
                     "sf1001-E11-ETHUSDT",

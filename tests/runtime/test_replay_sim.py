@@ -83,7 +83,9 @@ R12 A rejected limit exit falls back to a market close at once  PASS
         BTCUSDT IDLE->MONITORING
   ✓ t=     1.0s  mark BTCUSDT=101
         BTCUSDT MONITORING->ENTRY_ORDER
+        BTCUSDT setup NONE->ENTRY1
         entry_lock GLOBAL_IDLE->GLOBAL_LOCKED
+        BTCUSDT setup ENTRY1->NONE
         PrepareOrder(symbol=BTCUSDT leg=ENTRY1 configure_margin=True leverage=1 margin_type=ISOLATED)
           => ready ONE_WAY wallet 1000 available 1000  [GET v1/time 200, GET v1/positionSide/dual 200, \
 GET v1/symbolConfig 200, GET v3/balance 200, POST v1/leverage 200, POST v1/marginType 200]
@@ -93,10 +95,14 @@ quantity=4.950 price=101.0 time_in_force=GTC)
   ✓ t=     2.0s  venue fills ENTRY1 rest
         venue: fills sf1001-E11-BTCUSDT 4.95 @ 101 -> sf1001-E11-BTCUSDT FILLED 4.95@101.0; \
 position BTCUSDT -4.95
+        BTCUSDT tp OFF->ARMED
         BTCUSDT ENTRY_ORDER->PHASE1
+        BTCUSDT add OFF->ARMED
   ✓ t=     3.0s  reject_next leg=TP code=-2022 message=ReduceOnly Order is rejected. category=flat; \
 mark BTCUSDT=96.0 -- -2022 with the position still there (read at once): a refusal, so R12's market fallback
+        BTCUSDT tp ARMED->OFF
         BTCUSDT close OPEN->CLOSING
+        BTCUSDT add ARMED->OFF
         BTCUSDT PHASE1->EXITING
         BTCUSDT EXITING->IDLE
         entry_lock GLOBAL_LOCKED->GLOBAL_IDLE
