@@ -241,10 +241,10 @@ def _upgrade_symbol(fields: dict[str, Any]) -> None:
     """A symbol saved before its flags became tables decodes to the states they meant: a daemon
     upgraded in the middle of a trade or of a close carries it on."""
     for flag, (attribute, on, off) in _OLD_FLAGS.items():
-        if flag in fields:
-            fields[attribute] = on if fields.pop(flag) else off
+        if flag in fields:  # a state written beside its old flag is the newer word: it stays
+            fields.setdefault(attribute, on if fields.pop(flag) else off)
     if "preparing" in fields:
-        fields["setup"] = fields.pop("preparing") or "NONE"
+        fields.setdefault("setup", fields.pop("preparing") or "NONE")
     if "closing" not in fields:
         return
     closing, deferred = fields.pop("closing"), fields.pop("close_deferred", False)

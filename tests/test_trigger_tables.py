@@ -144,3 +144,13 @@ def test_old_flags_decode_to_the_states_they_meant() -> None:
     decoded = decode(raw)
     assert isinstance(decoded, SymbolModel)
     assert decoded.setup == "NONE"
+
+
+def test_a_state_written_beside_its_old_flag_wins() -> None:
+    from fsm.model import SymbolModel, decode, encode
+
+    raw = encode(SymbolModel(symbol="AAAUSDT", state="PHASE1", tp_trigger="ARMED", setup="ENTRY2"))
+    raw.update(tp_armed=False, preparing="")
+    model = decode(raw)
+    assert isinstance(model, SymbolModel)
+    assert (model.tp_trigger, model.setup) == ("ARMED", "ENTRY2")
