@@ -33,6 +33,7 @@ from binance.rest import BinanceRest
 from fsm.events import (
     AlgoOrderUpdated,
     Event,
+    FundingFee,
     OrderUpdated,
     PositionChanged,
     PositionMode,
@@ -142,6 +143,56 @@ async def gap_read_back(
     mode = mode_event.mode if mode_event is not None else None
     events += await account_positions(rest, believed, now_ms, mode)
     return events
+
+
+INCOME_PAGE = 1000
+INCOME_PAGES_MAX = 50  # 50,000 settlements: far beyond three months of one account's positions
+
+
+async def missed_funding(rest: BinanceRest, since_ms: int, until_ms: int, now_ms: int) -> list[FundingFee]:
+    """The funding settlements of ``since_ms <= time <= until_ms`` from ``GET /fapi/v1/income``
+    (FUNDING_FEE), oldest first: what the stream would have pushed while nobody listened. A failing
+    or malformed read is logged and ends the read with what it has (the ledger then lacks it, and
+    says so in the log line)."""
+    found: list[FundingFee] = []
+    seen: set[int] = set()
+    start = since_ms
+    for _ in range(INCOME_PAGES_MAX):
+        try:
+            rows = await rest.income("FUNDING_FEE", start, until_ms, limit=INCOME_PAGE)
+            page = [(int_field(r["tranId"]), _funding_row(r, now_ms)) for r in rows]
+        except BinanceError as exc:
+            log.warning(
+                "funding history read failed from %d: %s (settlements after it are not booked)", start, exc
+            )
+            return found
+        except MALFORMED as exc:
+            log.warning("funding history: malformed answer from %d: %s (not booked)", start, _short(exc))
+            return found
+        found += [event for tran, event in page if tran not in seen]
+        seen.update(tran for tran, _ in page)
+        if len(rows) < INCOME_PAGE:
+            return found
+        # A full page: the next one starts at its last row's time (rows of that instant come
+        # again and are recognised by their transaction id; a page all of one instant moves on).
+        last = page[-1][1].venue_time_ms
+        start = last if last > start else start + 1
+    log.warning(
+        "funding history: more than %d pages from %d; the rest is not booked", INCOME_PAGES_MAX, since_ms
+    )
+    return found
+
+
+def _funding_row(row: Mapping[str, Any], now_ms: int) -> FundingFee:
+    if row["incomeType"] != "FUNDING_FEE":
+        raise ValueError(f"incomeType {row['incomeType']!r} in a FUNDING_FEE read")
+    return FundingFee(
+        now_ms=now_ms,
+        symbol=str(row.get("symbol") or ""),
+        asset=str(row["asset"]),
+        amount=dec(row["income"]),
+        venue_time_ms=int_field(row["time"]),
+    )
 
 
 def _short(exc: BaseException) -> str:

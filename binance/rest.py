@@ -180,6 +180,7 @@ ROUTE_WEIGHTS: dict[tuple[str, str], int] = {
     ("GET", "/fapi/v2/positionRisk"): 5,
     ("GET", "/fapi/v3/positionRisk"): 5,
     ("GET", "/fapi/v1/userTrades"): 5,
+    ("GET", "/fapi/v1/income"): 30,
     ("GET", "/fapi/v1/symbolConfig"): 5,
     ("GET", "/fapi/v1/allAlgoOrders"): 5,
     ("POST", "/fapi/v1/order"): 0,
@@ -835,6 +836,17 @@ class BinanceRest:
         """``GET /fapi/v1/userTrades`` (weight 5): the fills of one order, or the symbol's last 7 days."""
         p = {"symbol": symbol, **({"orderId": str(order_id)} if order_id is not None else {})}
         return _list(await self._call("GET", "/fapi/v1/userTrades", p, signed=True), "userTrades")
+
+    async def income(self, income_type: str, start_ms: int, end_ms: int, *, limit: int = 1000) -> list[Any]:
+        """``GET /fapi/v1/income`` (weight 30): the account's ``income_type`` rows with ``start_ms <=
+        time <= end_ms``, oldest first, at most ``limit`` (1000) from ``start_ms`` on."""
+        p = {
+            "incomeType": income_type,
+            "startTime": str(start_ms),
+            "endTime": str(end_ms),
+            "limit": str(limit),
+        }
+        return _list(await self._call("GET", "/fapi/v1/income", p, signed=True), "income")
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> dict[str, Any]:
         p = {"symbol": symbol, "origClientOrderId": client_order_id}

@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "It answers like Binance USD-M: the real error codes (-4130, -4509, -2022, -2021, -1111, -4164, "
         "lot and percent-price filters), mark vs last-price triggers, history endpoints back to the "
         "onboard date, listenKey SUBSCRIBE on /private/stream, route weights (rate-limit bans off unless "
-        "enabled), 3-minute pings and a 24 h cut. No order book, funding payments, liquidation or "
-        "trailing stops.",
+        "enabled), 3-minute pings and a 24 h cut, funding settled at 00/08/16 UTC. No order book, "
+        "liquidation or trailing stops.",
     )
     p.add_argument("--port", type=_port, default=0, help="REST port (WebSocket on port+1; 0 = ephemeral)")
     p.add_argument("--host", default="127.0.0.1")

@@ -37,10 +37,17 @@ binance-real-answers.md, March 2026; "usdm" = binance-usdm-2026.md, its correcti
   ``listen_key_expired_e_as_string`` is off (usdm §3: the connector's model since 2026-05).
 - History: klines and markPriceKlines for any range back to the onboard date, seeded and
   deterministic before the sim started (``history_seed``, ``full_kline_history``); fundingRate
-  every 8 h; income (REALIZED_PNL, COMMISSION); allOrders; allAlgoOrders (7-day window);
+  every 8 h; income (REALIZED_PNL, COMMISSION, FUNDING_FEE); allOrders; allAlgoOrders (7-day window);
   commissionRate; symbolConfig; ticker/price (usdm §1.2, §4 and corrections).
 - batchOrders (place up to 5, cancel up to 10), PUT order (AMENDMENT), countdownCancelAll.
-Not modelled: an order book (one level at the last price, unlimited depth), funding payments,
+- Funding settles every 8 h (00, 08, 16 UTC) on every open position at the mark of that moment
+  and the rate ``fundingRate`` reports: a short receives a positive rate, a long pays it (Binance's
+  "Introduction to Funding Rates": longs pay shorts when the rate is positive; amount = position
+  notional x rate). The wallet moves, an ACCOUNT_UPDATE with reason FUNDING_FEE is pushed (``B``
+  with ``bc``; ``P`` only for an isolated position; ``a.S`` the symbol, usdm §3.2) and ``income``
+  lists a FUNDING_FEE row. Settlements at or before the sim's start are not charged. Assumed, not
+  documented: the push's ``T`` and the income row's ``time`` are both the settlement instant.
+Not modelled: an order book (one level at the last price, unlimited depth),
 liquidation, TRAILING_STOP_MARKET, price protection, self-trade prevention, -4045 and the other
 newer codes.
 
@@ -89,6 +96,7 @@ INTERVAL_MS: dict[str, int] = {
     "4h": 14_400_000,
 }
 LISTEN_KEY_TTL_MS = 3_600_000
+FUNDING_PERIOD_MS = 28_800_000  # settlements at 00, 08 and 16 UTC
 MAKER_FEE = Decimal("0.0002")
 TAKER_FEE = Decimal("0.0005")
 ZERO = Decimal("0")
@@ -451,6 +459,14 @@ class SimExchange:
         self.user_events_sent = 0
         self.history_seed = 0  # seeds the synthetic history before the sim started
         self.countdowns: dict[str, int] = {}  # symbol -> when countdownCancelAll fires
+        # Funding settles as on Binance. Off where a run must not see it: a backtest (it pays funding
+        # from the real rate history itself) and test harnesses on the wall clock, where a run that
+        # happens to cross 00/08/16 UTC would see a settlement at a random moment.
+        self.settle_funding = True
+        # Funding settled up to this settlement time (the ones at or before the start are not charged).
+        self.funding_settled_ms = self.clock.now_ms() // FUNDING_PERIOD_MS * FUNDING_PERIOD_MS
+        self.funding_rows: list[Json] = []  # FUNDING_FEE income rows, oldest first
+        self._next_funding_tran = 9_000_000_001
         # Fidelity switches, all as Binance answers (see the module docstring); a test may turn
         # one off to reach an older, kinder answer on purpose.
         self.reject_close_position_when_flat = True  # -4509
@@ -518,6 +534,49 @@ class SimExchange:
             if deadline <= now:
                 del self.countdowns[symbol]
                 self.cancel_all_orders({"symbol": symbol})
+        self._settle_funding(now)
+
+    def _settle_funding(self, now: int) -> None:
+        """Every settlement time passed since the last one: each open position pays or receives."""
+        while self.funding_settled_ms + FUNDING_PERIOD_MS <= now:
+            t = self.funding_settled_ms = self.funding_settled_ms + FUNDING_PERIOD_MS
+            if not self.settle_funding:
+                continue
+            for (symbol, pside), pos in sorted(self.positions.items()):
+                if pos.amount == 0:
+                    continue
+                # Longs pay shorts when the rate is positive: a signed amount times the notional.
+                income = (-pos.amount * self.marks[symbol] * self.funding_rate_at(symbol, t)).quantize(
+                    Decimal("0.00000001")
+                )
+                if income == 0:
+                    continue
+                self.wallet += income
+                self.funding_rows.append(
+                    {
+                        "symbol": symbol,
+                        "incomeType": "FUNDING_FEE",
+                        "income": _fmt(income, 8),
+                        "asset": "USDT",
+                        "info": "FUNDING_FEE",
+                        "time": t,
+                        "tranId": self._next_funding_tran,
+                        "tradeId": "",
+                    }
+                )
+                self._next_funding_tran += 1
+                self._emit(self._funding_update(symbol, pside, income, t))
+
+    def _funding_update(self, symbol: str, pside: str, income: Decimal, t: int) -> Json:
+        wallet = _fmt(self.wallet, 8)
+        body: Json = {
+            "m": "FUNDING_FEE",
+            "S": symbol,
+            "B": [{"a": "USDT", "wb": wallet, "cw": wallet, "bc": _fmt(income, 8)}],
+        }
+        if self.margin_type[symbol] == "isolated":  # usdm §3.2: cross pushes only B
+            body["P"] = self._account_update(symbol, pside)["a"]["P"]
+        return {"e": "ACCOUNT_UPDATE", "T": t, "E": t, "a": body}
 
     def advance(self, ms: int) -> None:
         """Move a ``SimClock`` forward and pump."""
@@ -834,13 +893,17 @@ class SimExchange:
             return self._synthetic_price(symbol, t_ms)
         return self._first_price.get(symbol, self.marks[symbol])
 
+    def funding_rate_at(self, symbol: str, t_ms: int) -> Decimal:
+        """The seeded rate of the settlement at ``t_ms``, around 0.01 %."""
+        return Decimal("0.0001") + Decimal(repr(round(self._noise(symbol, "fund", t_ms) - 0.5, 6))) / 5000
+
     def funding_rate(self, params: dict[str, str]) -> list[Json]:
         """``GET /fapi/v1/fundingRate``: settlements every 8 h (00, 08, 16 UTC) since the onboard date,
         seeded rates around 0.01 %; ``startTime``/``endTime``/``limit`` (default 100, max 1000); the
         most recent ``limit`` without ``startTime``; every symbol when ``symbol`` is absent."""
         names = [self._symbol(params).symbol] if params.get("symbol") else list(self.symbols)
         limit, start, end = self._range_params(params, default_limit=100, max_limit=1000)
-        period = 28_800_000
+        period = FUNDING_PERIOD_MS
         rows: list[Json] = []
         for name in names:
             sym = self.symbols[name]
@@ -851,7 +914,7 @@ class SimExchange:
             if start is None:
                 first = max(first, last - (limit - 1) * period)
             for t in range(first, min(last, first + (limit - 1) * period) + period, period):
-                rate = Decimal("0.0001") + Decimal(repr(round(self._noise(name, "fund", t) - 0.5, 6))) / 5000
+                rate = self.funding_rate_at(name, t)
                 rows.append(
                     {
                         "symbol": name,
@@ -913,8 +976,8 @@ class SimExchange:
         return start, start + week if end is None else end
 
     def income(self, params: dict[str, str]) -> list[Json]:
-        """``GET /fapi/v1/income``: REALIZED_PNL and COMMISSION rows from the sim's fills (the sim
-        charges no funding, so no FUNDING_FEE rows); the last 7 days by default, oldest first."""
+        """``GET /fapi/v1/income``: REALIZED_PNL and COMMISSION rows from the sim's fills and the
+        FUNDING_FEE rows of its settlements; the last 7 days by default, oldest first."""
         limit, start, end = self._range_params(params, default_limit=100, max_limit=1000)
         if start is None and end is None:
             start = self.now() - 7 * 24 * 3_600_000
@@ -944,6 +1007,11 @@ class SimExchange:
                         "tradeId": str(t["id"]),
                     }
                 )
+        for row in self.funding_rows:
+            if (name is None or row["symbol"] == name) and (not kind or kind == "FUNDING_FEE"):
+                if (start is None or row["time"] >= start) and (end is None or row["time"] <= end):
+                    rows.append(dict(row))
+        rows.sort(key=lambda r: int(r["time"]))  # oldest first (stable: a trade's rows keep their order)
         page = max(1, int(params.get("page", "1") or 1))
         return rows[(page - 1) * limit : page * limit]
 

@@ -852,6 +852,7 @@ class Backtest:
         self.not_listed = venue.not_listed
         self.onboard_ms = venue.onboard_ms
         self.exchange.answer_as_binance()
+        self.exchange.settle_funding = False  # the backtest pays funding from the rate history itself
         self.exchange.user_listeners.append(lambda payload, key: self.pending.append(payload))
         self.transport = InProcessTransport(SimVenue(self.exchange), keep_log=False)
         # The venue's exchangeInfo is today's for the whole run (D-62): the daemon's five-minute

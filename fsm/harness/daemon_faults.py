@@ -1118,6 +1118,7 @@ async def run_cell(
     )
     clock = RunClock(speed=speed, max_gap_s=MAX_GAP_S)
     harness = SimHarness(clock, path=scenario.path)
+    harness.exchange.settle_funding = False  # on the wall clock: a settlement would land at random
     source = ScriptedSource()
     steps = (*scenario.steps, *(fault.steps if fault else ()))
     ctx = CellContext(harness=harness, clock=clock, origin=0, steps=steps, source=source)

@@ -51,7 +51,7 @@ from binance import parse
 from binance.errors import BinanceError, UnknownOutcome
 from binance.executor import RESOLVE_MARGIN_MS, Executor
 from binance.parse import KlineUpdate, ListenKeyExpired
-from binance.reconcile import Tracked, gap_read_back, missed_updates
+from binance.reconcile import Tracked, gap_read_back, missed_funding, missed_updates
 from binance.rest import BinanceRest, host_of
 from binance.streams import KEEPALIVE_S, MarketStream, PremiumIndexPoller, UserStream
 from fsm import commands as cmd
@@ -103,6 +103,12 @@ OUTAGE_ALERT_MS = 10_000  # a Binance stream down this long (venue time) is aler
 # Wall seconds a flatten waits for the engine to read FlattenStarted (then goes on regardless): the
 # engine can be held by one REST call of its own, which times out after 10 s.
 FLATTEN_WAIT_S = 12.0
+# Funding the stream may have missed: read from the income history after a restart (from the last
+# run's last event, less a margin) and after a user-stream gap (the last day); Binance keeps three
+# months of it. A settlement booked twice is recognised (Store.book_funding).
+FUNDING_MARGIN_MS = 3_600_000
+FUNDING_GAP_LOOKBACK_MS = 24 * 3_600_000
+FUNDING_HISTORY_MS = 90 * 24 * 3_600_000
 OUTCOME_EVENTS = (
     ev.OrderAccepted,
     ev.AlgoOrderAccepted,
@@ -115,6 +121,10 @@ OUTCOME_EVENTS = (
 
 
 Observer = Callable[[ev.Event, list[cmd.Command]], None]  # sees every handled event (demo, tests)
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
 
 
 def saved_generations(snapshot: dict[str, Any] | None) -> tuple[tuple[str, str, int], ...]:
@@ -421,6 +431,7 @@ class Daemon:
         self._running_settings: tuple[tuple[str, str], ...] = ()  # D-23: the snapshot vs config.yaml
         # D-18: the risk messages recovery re-runs, and the journal seq snapshots may claim to cover.
         self._reruns: list[ev.MessageReceived] = []
+        self._last_run_ms: int | None = None  # when the previous run handled its last event
         self._reruns_pending = 0
         self._rerun_floor: int | None = None
         store.covered_seq = store.journal_seq
@@ -515,6 +526,7 @@ class Daemon:
         generations (D-17) checked against the orders and fills tables, which are written before
         the snapshot that follows the same event; and the risk messages to re-run (D-18)."""
         store = self.store
+        self._last_run_ms = await store.last_journal_ms()
         cursors = await store.cursors()
         cooldowns = await store.cooldowns()
         saved = await store.latest_snapshot()
@@ -596,6 +608,29 @@ class Daemon:
             log.warning("recovery: %s", text)
             symbol = getattr(event, "symbol", None)
             self.alerts.submit(Alert(now_ms=now, kind="recovery", text=text, symbol=symbol))
+
+    async def _book_funding(self, since_ms: int, *, down: bool) -> None:
+        """Funding settled while no daemon ran (``down``) or while the user stream was away: read
+        from the income history and booked unless the push booked it already (``Store.book_funding``).
+        Store only, like ``_book_history``: funding moves no decision."""
+        now = self.clock.now_ms()
+        floor = now - FUNDING_HISTORY_MS
+        if since_ms < floor:
+            log.warning(
+                "funding before %s is past the income history Binance keeps (3 months): not booked",
+                _utc(floor),
+            )
+        booked = await self.store.book_funding(
+            await missed_funding(self.rest, max(since_ms, floor), now, now)
+        )
+        for event in booked:
+            verb = "paid" if event.amount < 0 else "received"
+            where = event.symbol or "the account"
+            text = f"funding {verb} on {where}: {event.amount} {event.asset} at {_utc(event.venue_time_ms)}"
+            if down:
+                text = f"while shortfsm was down: {text}"
+            log.warning("%s", text)
+            self.alerts.submit(Alert(now_ms=now, kind="funding", text=text, symbol=event.symbol or None))
 
     async def _watch_recovered_symbols(self) -> None:
         """N-28 step 8 needs a price for every rebuilt symbol: subscribe the ones the engine did not
@@ -692,6 +727,10 @@ class Daemon:
             key.partition(":")[0] for key in self.engine.account_positions
         }
         log.warning("user stream reconnected: re-reading %d open order(s) and the positions", len(tracked))
+        since = self.clock.now_ms() - FUNDING_GAP_LOOKBACK_MS
+        task = asyncio.create_task(self._book_funding(since, down=False), name="gap-funding")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
         for event in await gap_read_back(self.rest, tracked, believed, self.clock.now_ms()):
             if isinstance(event, (ev.OrderUpdated, ev.AlgoOrderUpdated)):
                 log.warning("user stream gap: %s", _describe_missed(event))
@@ -914,6 +953,11 @@ class Daemon:
             await self._watch_recovered_symbols()
             if event.complete:
                 self._tasks.append(asyncio.create_task(self._book_history(event), name="recovery-history"))
+            if self._last_run_ms is not None:
+                since = self._last_run_ms - FUNDING_MARGIN_MS
+                self._tasks.append(
+                    asyncio.create_task(self._book_funding(since, down=True), name="recovery-funding")
+                )
 
     async def _carry_out(self, c: cmd.Command, *, execute: bool) -> None:
         if self.executor.handles(c):
@@ -1257,9 +1301,7 @@ class Daemon:
 
     def _explain_pause(self, control: dict[str, Any], now: int) -> None:
         since = control.get("since_ms")
-        when = (
-            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since / 1000)) if since else "an earlier run"
-        )
+        when = _utc(since) if since else "an earlier run"
         by = control.get("by") or "pause"
         text = (
             f"entries stay paused: operator `{by}` {control.get('id') or ''} at {when} "

@@ -449,6 +449,25 @@ class Store:
 
         return self.submit(write)
 
+    def book_funding(self, events: Iterable[ev.FundingFee]) -> asyncio.Future[list[ev.FundingFee]]:
+        """Settlements read from the income history: those not booked yet are booked and returned."""
+        wanted = list(events)
+
+        def write(db: Database) -> list[ev.FundingFee]:
+            with db.conn:
+                return [e for e in wanted if _book_funding(db, e, e.now_ms)]
+
+        return self.submit(write)
+
+    async def last_journal_ms(self) -> int | None:
+        """When the last run handled its last event (None on a database that never ran)."""
+
+        def read(db: Database) -> int | None:
+            row = db.execute("SELECT now_ms FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+            return int(row[0]) if row and row[0] is not None else None
+
+        return await self.call(read)
+
     def record_alert(
         self, *, now_ms: int, kind: str, severity: str, symbol: str | None, text: str
     ) -> asyncio.Future[int]:
@@ -832,6 +851,27 @@ def _venue_word(db: Database, cid: str, status: str) -> dict[str, Any]:
     return {}
 
 
+FUNDING_SAME_MS = 1_800_000  # one settlement per symbol per hour at most: nearer than 30 min is the same
+
+
+def _book_funding(db: Database, event: ev.FundingFee, now: int) -> bool:
+    """Book one settlement unless it is booked already: the push and the income history name the
+    same settlement (their times may differ by some milliseconds; a push that did not say its
+    symbol booked it under ""). True when it was new."""
+    same = db.execute(
+        "SELECT 1 FROM funding WHERE asset = ? AND ABS(venue_time_ms - ?) < ? "
+        "AND (symbol = ? OR symbol = '' OR ? = '') LIMIT 1",
+        [event.asset, event.venue_time_ms, FUNDING_SAME_MS, event.symbol, event.symbol],
+    ).fetchone()
+    if same is not None:
+        return False
+    db.execute(
+        "INSERT INTO funding (symbol, asset, amount, venue_time_ms, now_ms) VALUES (?, ?, ?, ?, ?)",
+        [event.symbol, event.asset, str(event.amount), event.venue_time_ms, now],
+    )
+    return True
+
+
 def _write_outcome(db: Database, event: ev.Event) -> None:
     now = event.now_ms
     if isinstance(event, ev.OrderAccepted):
@@ -857,11 +897,7 @@ def _write_outcome(db: Database, event: ev.Event) -> None:
         else:
             _upsert_order(db, event.client_order_id, now, {"error_code": event.code, "error": event.message})
     elif isinstance(event, ev.FundingFee):
-        db.execute(
-            "INSERT OR IGNORE INTO funding (symbol, asset, amount, venue_time_ms, now_ms) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [event.symbol, event.asset, str(event.amount), event.venue_time_ms, now],
-        )
+        _book_funding(db, event, now)
     elif isinstance(event, ev.OrderUpdated):
         values: dict[str, Any] = {
             **_venue_word(db, event.client_order_id, event.status),

@@ -126,9 +126,19 @@ class Run:
 class Venue:
     """A simulated venue on a compressed clock, shared by successive daemons."""
 
-    def __init__(self, path: PricePath, speed: float = SPEED) -> None:
-        self.clock = RunClock(speed=speed)
+    def __init__(
+        self,
+        path: PricePath,
+        speed: float = SPEED,
+        *,
+        origin_ms: int | None = None,
+        settle_funding: bool = False,
+    ) -> None:
+        self.clock = RunClock(speed=speed, origin_ms=origin_ms)
         self.harness = SimHarness(self.clock, path=path)
+        # On the wall clock a run that crosses 00/08/16 UTC would see a settlement at a random
+        # moment; the funding tests turn it on with an origin they place (``origin_ms``).
+        self.harness.exchange.settle_funding = settle_funding
         self.origin = self.clock.now_ms()
 
     async def __aenter__(self) -> Venue:
@@ -282,6 +292,7 @@ class VenueThread:
         self.exchange = SimExchange(
             clock=OffsetClock(clock_offset_ms), api_keys={self.API_KEY: self.API_SECRET}, hedge_mode=hedge
         )
+        self.exchange.settle_funding = False  # the wall clock: no settlement at a random moment
         self.venue = SimVenue(self.exchange)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sim-venue", daemon=True)

@@ -84,6 +84,7 @@ class Venue:
         self.api_key = f"sim-{secrets.token_hex(6)}"
         self.api_secret = secrets.token_hex(16)  # a throwaway credential for the loopback venue
         self.exchange = CheckedExchange(clock=self.clock, api_keys={self.api_key: self.api_secret})
+        self.exchange.settle_funding = False  # the wall clock: no settlement at a random moment
         self.server = SimVenue(self.exchange)
         self.director = director
         self.hold = False  # the mark stays where it is (while a killed daemon is down)

@@ -1,0 +1,121 @@
+"""Funding the stream did not tell (issue #14): settlements while no daemon ran are read from the
+venue's income history at the next start and booked once, with an alert; a settlement the stream
+already booked is recognised and not booked again. Real daemon, real SQLite file, the real client
+over loopback to ``binance/sim`` settling funding as Binance does (00, 08, 16 UTC)."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import runtime_kit as kit
+
+from binance.sim.exchange import FUNDING_PERIOD_MS
+from fsm import events as ev
+from fsm.runtime.feeds import PricePath
+from fsm.runtime.store import Store
+
+ETH_LEADING = (1000, kit.ENTRY_CHAT, 1001, kit.LEADING.format(ticker="ETH"))
+SETTLEMENT = 1_767_225_600_000 + FUNDING_PERIOD_MS  # 2026-01-01 08:00 UTC
+HELD = PricePath(  # W55 up to PHASE1: short 1.414 ETH @ 3535.00, the mark stays at 3536
+    base={"ETHUSDT": Decimal("3500.00")},
+    points=kit.points([(3, "ETHUSDT", "3532.00"), (5, "ETHUSDT", "3536.00")]),
+)
+
+
+def _expected(venue: kit.Venue) -> Decimal:
+    rate = venue.exchange.funding_rate_at("ETHUSDT", SETTLEMENT)
+    return (Decimal("1.414") * Decimal("3536.00") * rate).quantize(Decimal("0.00000001"))
+
+
+def _run(
+    tmp_path: Path, *, down_at_settlement: bool
+) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]], Decimal]:
+    feed = kit.write_feed(tmp_path, [ETH_LEADING])
+    out: dict[str, object] = {}
+
+    async def scenario() -> None:
+        # The settlement falls 20 venue seconds after the origin (2 s of wall time at 10x).
+        async with kit.Venue(HELD, origin_ms=SETTLEMENT - 20_000, settle_funding=True) as venue:
+            first = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: first.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
+            if not down_at_settlement:
+                await kit.wait_until(
+                    lambda: venue.at(22) and len(kit.rows(tmp_path, "SELECT 1 FROM funding")) == 1
+                )
+            assert await first.stop() == 0
+            await kit.wait_until(lambda: venue.at(22) and venue.exchange.funding_rows != [])
+            second = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: second.seen.has("recovery_lock RECOVERING->READY"))
+            await kit.wait_until(lambda: len(kit.rows(tmp_path, "SELECT 1 FROM funding")) == 1)
+            await asyncio.sleep(0.3)  # a second booking would land now (the read is under way)
+            assert await second.stop() == 0
+            out["expected"] = _expected(venue)
+
+    kit.run(scenario(), timeout=20)
+    funding = kit.rows(tmp_path, "SELECT symbol, asset, amount, venue_time_ms FROM funding ORDER BY id")
+    alerts = kit.rows(tmp_path, "SELECT kind, symbol, text FROM alerts WHERE kind = 'funding'")
+    expected = out["expected"]
+    assert isinstance(expected, Decimal)
+    return funding, alerts, expected
+
+
+@pytest.mark.spec("N-28")
+def test_funding_settled_while_no_daemon_ran_is_booked_once_at_the_next_start_with_an_alert(
+    tmp_path: Path,
+) -> None:
+    funding, alerts, income = _run(tmp_path, down_at_settlement=True)
+    assert income > 0  # a short receives a positive rate
+    assert funding == [("ETHUSDT", "USDT", f"{income:.8f}", SETTLEMENT)]
+    assert alerts == [
+        (
+            "funding",
+            "ETHUSDT",
+            "while shortfsm was down: funding received on ETHUSDT: "
+            f"{income:.8f} USDT at 2026-01-01 08:00:00 UTC",
+        )
+    ]
+
+
+@pytest.mark.spec("N-28")
+def test_funding_the_stream_booked_is_not_booked_again_by_the_next_start(tmp_path: Path) -> None:
+    funding, alerts, income = _run(tmp_path, down_at_settlement=False)
+    assert funding == [("ETHUSDT", "USDT", f"{income:.8f}", SETTLEMENT)]
+    assert alerts == []
+
+
+def test_one_settlement_is_booked_once_whoever_tells_it(tmp_path: Path) -> None:
+    """The push and the income row of one settlement may differ by milliseconds, and a push that
+    did not name its symbol is booked under "": within 30 minutes they are the same settlement."""
+
+    def fee(symbol: str, at: int, amount: str = "0.5") -> ev.FundingFee:
+        return ev.FundingFee(
+            now_ms=at + 9, symbol=symbol, asset="USDT", amount=Decimal(amount), venue_time_ms=at
+        )
+
+    async def body() -> None:
+        store = await Store.open(tmp_path / "db.sqlite")
+        try:
+            await store.record_outcome(fee("BTCUSDT", SETTLEMENT + 37))  # the push
+            await store.record_outcome(fee("BTCUSDT", SETTLEMENT + 37))  # delivered twice
+            later = SETTLEMENT + FUNDING_PERIOD_MS
+            await store.record_outcome(fee("", later + 12))  # a push without its symbol
+            booked = await store.book_funding(
+                [
+                    fee("BTCUSDT", SETTLEMENT),
+                    fee("BTCUSDT", later),
+                    fee("ETHUSDT", later + FUNDING_PERIOD_MS, "-0.2"),
+                ]
+            )
+            assert booked == [fee("ETHUSDT", later + FUNDING_PERIOD_MS, "-0.2")]
+        finally:
+            await store.close()
+
+    kit.run(body())
+    assert kit.rows(tmp_path, "SELECT symbol, amount, venue_time_ms FROM funding ORDER BY id") == [
+        ("BTCUSDT", "0.5", SETTLEMENT + 37),
+        ("", "0.5", SETTLEMENT + FUNDING_PERIOD_MS + 12),
+        ("ETHUSDT", "-0.2", SETTLEMENT + 2 * FUNDING_PERIOD_MS),
+    ]
