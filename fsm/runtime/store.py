@@ -192,6 +192,22 @@ def _m7_funding(db: Database) -> None:
     )
 
 
+def _m8_funding_legs(db: Database) -> None:
+    # Two legs of one symbol (hedge mode) settle at the same instant: the table keeps both. Which
+    # rows are one settlement told twice is decided when booking (``_book_funding``), not by a key.
+    db.execute(
+        "CREATE TABLE funding_new (id INTEGER PRIMARY KEY AUTOINCREMENT, symbol TEXT, asset TEXT, "
+        "amount TEXT, venue_time_ms INTEGER, now_ms INTEGER)"
+    )
+    db.execute(
+        "INSERT INTO funding_new (id, symbol, asset, amount, venue_time_ms, now_ms) "
+        "SELECT id, symbol, asset, amount, venue_time_ms, now_ms FROM funding ORDER BY id"
+    )
+    db.execute("DROP TABLE funding")
+    db.execute("ALTER TABLE funding_new RENAME TO funding")
+    db.execute("CREATE INDEX funding_time ON funding (venue_time_ms)")
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     _m1_initial,
     _m2_indexes,
@@ -200,6 +216,7 @@ MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     _m5_order_status_names,
     _m6_fill_position_side,
     _m7_funding,
+    _m8_funding_legs,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -856,12 +873,14 @@ FUNDING_SAME_MS = 1_800_000  # one settlement per symbol per hour at most: neare
 
 def _book_funding(db: Database, event: ev.FundingFee, now: int) -> bool:
     """Book one settlement unless it is booked already: the push and the income history name the
-    same settlement (their times may differ by some milliseconds; a push that did not say its
-    symbol booked it under ""). True when it was new."""
+    same settlement with the same amount (their times may differ by some milliseconds; a push that
+    did not say its symbol booked it under ""). Two legs of one symbol (hedge mode) settle at the
+    same time with different amounts: both are booked. True when it was new."""
     same = db.execute(
-        "SELECT 1 FROM funding WHERE asset = ? AND ABS(venue_time_ms - ?) < ? "
+        "SELECT 1 FROM funding WHERE asset = ? AND CAST(amount AS REAL) = CAST(? AS REAL) "
+        "AND ABS(venue_time_ms - ?) < ? "
         "AND (symbol = ? OR symbol = '' OR ? = '') LIMIT 1",
-        [event.asset, event.venue_time_ms, FUNDING_SAME_MS, event.symbol, event.symbol],
+        [event.asset, str(event.amount), event.venue_time_ms, FUNDING_SAME_MS, event.symbol, event.symbol],
     ).fetchone()
     if same is not None:
         return False

@@ -88,7 +88,8 @@ def test_funding_the_stream_booked_is_not_booked_again_by_the_next_start(tmp_pat
 
 def test_one_settlement_is_booked_once_whoever_tells_it(tmp_path: Path) -> None:
     """The push and the income row of one settlement may differ by milliseconds, and a push that
-    did not name its symbol is booked under "": within 30 minutes they are the same settlement."""
+    did not name its symbol is booked under "": within 30 minutes and of the same amount they are
+    the same settlement; two legs of one symbol settling together are two."""
 
     def fee(symbol: str, at: int, amount: str = "0.5") -> ev.FundingFee:
         return ev.FundingFee(
@@ -104,12 +105,16 @@ def test_one_settlement_is_booked_once_whoever_tells_it(tmp_path: Path) -> None:
             await store.record_outcome(fee("", later + 12))  # a push without its symbol
             booked = await store.book_funding(
                 [
-                    fee("BTCUSDT", SETTLEMENT),
+                    fee("BTCUSDT", SETTLEMENT, "0.50"),  # the push's, told with another scale
                     fee("BTCUSDT", later),
                     fee("ETHUSDT", later + FUNDING_PERIOD_MS, "-0.2"),
+                    fee("ETHUSDT", later + FUNDING_PERIOD_MS, "0.3"),  # the other leg (hedge mode)
                 ]
             )
-            assert booked == [fee("ETHUSDT", later + FUNDING_PERIOD_MS, "-0.2")]
+            assert booked == [
+                fee("ETHUSDT", later + FUNDING_PERIOD_MS, "-0.2"),
+                fee("ETHUSDT", later + FUNDING_PERIOD_MS, "0.3"),
+            ]
         finally:
             await store.close()
 
@@ -118,4 +123,32 @@ def test_one_settlement_is_booked_once_whoever_tells_it(tmp_path: Path) -> None:
         ("BTCUSDT", "0.5", SETTLEMENT + 37),
         ("", "0.5", SETTLEMENT + FUNDING_PERIOD_MS + 12),
         ("ETHUSDT", "-0.2", SETTLEMENT + 2 * FUNDING_PERIOD_MS),
+        ("ETHUSDT", "0.3", SETTLEMENT + 2 * FUNDING_PERIOD_MS),
     ]
+
+
+def test_a_database_from_before_keeps_its_funding_and_takes_both_legs(tmp_path: Path) -> None:
+    """Schema 7 kept one row per (symbol, asset, time): the migration keeps every row and lifts that."""
+    import sqlite3
+
+    from sqlite_utils import Database
+
+    from fsm.runtime.store import MIGRATIONS, connect
+
+    path = tmp_path / "db.sqlite"
+    old = Database(sqlite3.connect(path))
+    old.table("meta").create({"key": str, "value": str}, pk="key")
+    for migration in MIGRATIONS[:7]:
+        migration(old)
+    old.execute("INSERT INTO meta VALUES ('schema_version', '7')")
+    insert = (
+        "INSERT INTO funding (symbol, asset, amount, venue_time_ms, now_ms) "
+        "VALUES ('ETHUSDT', 'USDT', ?, ?, ?)"
+    )
+    old.execute(insert, ["-0.2", SETTLEMENT, SETTLEMENT + 5])
+    old.conn.commit()
+    old.conn.close()
+    db = connect(path)
+    db.execute(insert, ["0.3", SETTLEMENT, SETTLEMENT + 6])
+    assert db.execute("SELECT id, amount FROM funding ORDER BY id").fetchall() == [(1, "-0.2"), (2, "0.3")]
+    db.conn.close()
