@@ -149,38 +149,65 @@ INCOME_PAGE = 1000
 INCOME_PAGES_MAX = 50  # 50,000 settlements: far beyond three months of one account's positions
 
 
-async def missed_funding(rest: BinanceRest, since_ms: int, until_ms: int, now_ms: int) -> list[FundingFee]:
+@dataclass
+class FundingRead:
+    """What ``missed_funding`` read: the settlements, whether the window was read to its end (only
+    then may the caller count it as booked), and the rows it could not use (each logged)."""
+
+    events: list[FundingFee]
+    complete: bool
+    skipped: int = 0
+    error: str = ""
+
+
+async def missed_funding(rest: BinanceRest, since_ms: int, until_ms: int, now_ms: int) -> FundingRead:
     """The funding settlements of ``since_ms <= time <= until_ms`` from ``GET /fapi/v1/income``
     (FUNDING_FEE), oldest first: what the stream would have pushed while nobody listened. A failing
-    or malformed read is logged and ends the read with what it has (the ledger then lacks it, and
-    says so in the log line)."""
-    found: list[FundingFee] = []
+    read ends it incomplete with what it has; a row that cannot be used (malformed, another income
+    type, outside the window) is logged and skipped, never booked."""
+    read = FundingRead(events=[], complete=False)
     seen: set[int] = set()
     start = since_ms
     for _ in range(INCOME_PAGES_MAX):
         try:
             rows = await rest.income("FUNDING_FEE", start, until_ms, limit=INCOME_PAGE)
-            page = [(int_field(r["tranId"]), _funding_row(r, now_ms)) for r in rows]
         except BinanceError as exc:
-            log.warning(
-                "funding history read failed from %d: %s (settlements after it are not booked)", start, exc
-            )
-            return found
+            read.error = str(exc)
+            log.warning("funding history read failed from %d: %s (read again later)", start, exc)
+            return read
         except MALFORMED as exc:
-            log.warning("funding history: malformed answer from %d: %s (not booked)", start, _short(exc))
-            return found
-        found += [event for tran, event in page if tran not in seen]
-        seen.update(tran for tran, _ in page)
+            read.error = f"malformed answer: {_short(exc)}"
+            log.warning("funding history: %s from %d (read again later)", read.error, start)
+            return read
+        new = 0
+        last = start
+        for row in rows:
+            try:
+                tran, event = int_field(row["tranId"]), _funding_row(row, now_ms)
+                if not since_ms <= event.venue_time_ms <= until_ms:
+                    raise ValueError(f"time {event.venue_time_ms} outside the window asked for")
+            except MALFORMED as exc:
+                read.skipped += 1
+                log.warning("funding history: a row skipped, not booked: %s: %.200r", _short(exc), row)
+                continue
+            last = max(last, event.venue_time_ms)
+            if tran not in seen:
+                seen.add(tran)
+                read.events.append(event)
+                new += 1
         if len(rows) < INCOME_PAGE:
-            return found
+            read.complete = True
+            return read
+        if new == 0:  # a full page of rows already read: the venue did not move on
+            read.error = "the venue answered the same page again"
+            log.warning("funding history: %s from %d; the rest is read again later", read.error, start)
+            return read
         # A full page: the next one starts at its last row's time (rows of that instant come
         # again and are recognised by their transaction id; a page all of one instant moves on).
-        last = page[-1][1].venue_time_ms
         start = last if last > start else start + 1
-    log.warning(
-        "funding history: more than %d pages from %d; the rest is not booked", INCOME_PAGES_MAX, since_ms
-    )
-    return found
+    read.error = f"more than {INCOME_PAGES_MAX} pages"
+    log.warning("funding history: %s from %d; the rest is read again later", read.error, since_ms)
+    return read
 
 
 def _funding_row(row: Mapping[str, Any], now_ms: int) -> FundingFee:

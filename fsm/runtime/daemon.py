@@ -103,12 +103,14 @@ OUTAGE_ALERT_MS = 10_000  # a Binance stream down this long (venue time) is aler
 # Wall seconds a flatten waits for the engine to read FlattenStarted (then goes on regardless): the
 # engine can be held by one REST call of its own, which times out after 10 s.
 FLATTEN_WAIT_S = 12.0
-# Funding the stream may have missed: read from the income history after a restart (from the last
-# run's last event, less a margin) and after a user-stream gap (the last day); Binance keeps three
-# months of it. A settlement booked twice is recognised (Store.book_funding).
+# Funding the stream may have missed: read from the income history after a restart and after a
+# user-stream gap, from where the last complete read ended (the first time: the last run's last
+# event), less a margin; Binance keeps three months of it. A settlement booked twice is recognised
+# (Store.book_funding).
 FUNDING_MARGIN_MS = 3_600_000
-FUNDING_GAP_LOOKBACK_MS = 24 * 3_600_000
 FUNDING_HISTORY_MS = 90 * 24 * 3_600_000
+FUNDING_RETRY_FIRST_MS = 60_000  # a failed read of it is tried again after a minute ...
+FUNDING_RETRY_MAX_MS = 600_000  # ... doubling up to every 10 minutes, until it goes through
 OUTCOME_EVENTS = (
     ev.OrderAccepted,
     ev.AlgoOrderAccepted,
@@ -432,6 +434,8 @@ class Daemon:
         # D-18: the risk messages recovery re-runs, and the journal seq snapshots may claim to cover.
         self._reruns: list[ev.MessageReceived] = []
         self._last_run_ms: int | None = None  # when the previous run handled its last event
+        self._funding_task: asyncio.Task[None] | None = None
+        self._funding_again = False
         self._reruns_pending = 0
         self._rerun_floor: int | None = None
         store.covered_seq = store.journal_seq
@@ -609,20 +613,62 @@ class Daemon:
             symbol = getattr(event, "symbol", None)
             self.alerts.submit(Alert(now_ms=now, kind="recovery", text=text, symbol=symbol))
 
-    async def _book_funding(self, since_ms: int, *, down: bool) -> None:
-        """Funding settled while no daemon ran (``down``) or while the user stream was away: read
-        from the income history and booked unless the push booked it already (``Store.book_funding``).
-        Store only, like ``_book_history``: funding moves no decision."""
-        now = self.clock.now_ms()
-        floor = now - FUNDING_HISTORY_MS
-        if since_ms < floor:
-            log.warning(
-                "funding before %s is past the income history Binance keeps (3 months): not booked",
-                _utc(floor),
-            )
-        booked = await self.store.book_funding(
-            await missed_funding(self.rest, max(since_ms, floor), now, now)
-        )
+    def _start_funding_read(self, *, down: bool) -> None:
+        """One read of the income history at a time; a reason for another while one runs (a
+        reconnection) makes it read once more when it is done."""
+        if self._funding_task is not None and not self._funding_task.done():
+            self._funding_again = True
+            return
+        task = asyncio.create_task(self._read_funding(down=down), name="funding-read")
+        self._funding_task = task
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _read_funding(self, *, down: bool) -> None:
+        """Funding settled while no daemon ran (``down``) or while the user stream was away, read
+        from the income history from where the last complete read ended (``Store.funding_cursor``;
+        before the first one, the previous run's last event) and booked unless the push booked it
+        already (``Store.book_funding``). Store only, like ``_book_history``: funding moves no
+        decision. A read that fails is tried again, sooner first, until it goes through; the cursor
+        moves only after a complete read, so a restart reads again what a failure left."""
+        attempt = 0
+        while not self._stopping.is_set():
+            now = self.clock.now_ms()
+            cursor = await self.store.funding_cursor()
+            last_run = self._last_run_ms - FUNDING_MARGIN_MS if self._last_run_ms is not None else now
+            since = cursor if cursor is not None else last_run
+            if cursor is None:  # from here on, a failed read is read again from this point
+                await self.store.set_funding_cursor(since)
+            floor = now - FUNDING_HISTORY_MS
+            if since < floor:
+                log.warning(
+                    "funding before %s is past the income history Binance keeps: not booked", _utc(floor)
+                )
+            read = await missed_funding(self.rest, max(since, floor), now, now)
+            self._tell_funding(await self.store.book_funding(read.events), now, down=down)
+            if read.skipped:
+                text = (
+                    f"{read.skipped} funding row(s) from Binance could not be read, not booked (see the log)"
+                )
+                self.alerts.submit(Alert(now_ms=now, kind="funding", text=text, severity="warning"))
+            if read.complete:
+                # The last hour is read again next time: a settlement may reach the history late.
+                await self.store.set_funding_cursor(max(since, now - FUNDING_MARGIN_MS))
+                if not self._funding_again:
+                    return
+                self._funding_again, down, attempt = False, False, 0
+                continue
+            attempt += 1
+            wait = min(FUNDING_RETRY_MAX_MS, FUNDING_RETRY_FIRST_MS * 2 ** (attempt - 1))
+            if attempt == 1:
+                text = (
+                    f"funding history could not be read ({read.error}): funding settled while the stream "
+                    f"did not tell it may be missing from the ledger; read again in {wait // 1000} s"
+                )
+                self.alerts.submit(Alert(now_ms=now, kind="funding", text=text, severity="warning"))
+            await self.clock.sleep_until(now + wait, self._stopping)
+
+    def _tell_funding(self, booked: list[ev.FundingFee], now: int, *, down: bool) -> None:
         for event in booked:
             verb = "paid" if event.amount < 0 else "received"
             where = event.symbol or "the account"
@@ -727,10 +773,7 @@ class Daemon:
             key.partition(":")[0] for key in self.engine.account_positions
         }
         log.warning("user stream reconnected: re-reading %d open order(s) and the positions", len(tracked))
-        since = self.clock.now_ms() - FUNDING_GAP_LOOKBACK_MS
-        task = asyncio.create_task(self._book_funding(since, down=False), name="gap-funding")
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        self._start_funding_read(down=False)
         for event in await gap_read_back(self.rest, tracked, believed, self.clock.now_ms()):
             if isinstance(event, (ev.OrderUpdated, ev.AlgoOrderUpdated)):
                 log.warning("user stream gap: %s", _describe_missed(event))
@@ -953,11 +996,7 @@ class Daemon:
             await self._watch_recovered_symbols()
             if event.complete:
                 self._tasks.append(asyncio.create_task(self._book_history(event), name="recovery-history"))
-            if self._last_run_ms is not None:
-                since = self._last_run_ms - FUNDING_MARGIN_MS
-                self._tasks.append(
-                    asyncio.create_task(self._book_funding(since, down=True), name="recovery-funding")
-                )
+            self._start_funding_read(down=True)
 
     async def _carry_out(self, c: cmd.Command, *, execute: bool) -> None:
         if self.executor.handles(c):

@@ -476,6 +476,22 @@ class Store:
 
         return self.submit(write)
 
+    async def funding_cursor(self) -> int | None:
+        """Funding is booked up to this venue time (a complete read of the income history)."""
+
+        def read(db: Database) -> int | None:
+            row = db.execute("SELECT value FROM meta WHERE key = 'funding_read_to'").fetchone()
+            return int(row[0]) if row else None
+
+        return await self.call(read)
+
+    def set_funding_cursor(self, ms: int) -> asyncio.Future[None]:
+        def write(db: Database) -> None:
+            with db.conn:
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('funding_read_to', ?)", [str(ms)])
+
+        return self.submit(write)
+
     async def last_journal_ms(self) -> int | None:
         """When the last run handled its last event (None on a database that never ran)."""
 

@@ -68,7 +68,7 @@ def test_a_short_receives_a_positive_rate_at_the_settlement_and_is_told_on_the_s
             rows = await rest.income("FUNDING_FEE", T0, ex.now())
             assert [(r["symbol"], r["income"], r["time"]) for r in rows] == [("BTCUSDT", f"{income:.8f}", at)]
             read = await reconcile.missed_funding(rest, T0, ex.now(), at + 5)
-            assert read == pushed
+            assert read == reconcile.FundingRead(events=pushed, complete=True)
 
     run(body())
 
@@ -112,20 +112,62 @@ def test_a_long_funding_history_is_read_page_by_page_once_each(monkeypatch: pyte
             _short(ex)
             ex.advance(5 * FUNDING_PERIOD_MS)
             read = await reconcile.missed_funding(rest, T0, ex.now(), ex.now())
-            assert [e.venue_time_ms for e in read] == [T0 + i * FUNDING_PERIOD_MS for i in range(1, 6)]
+            assert [e.venue_time_ms for e in read.events] == [T0 + i * FUNDING_PERIOD_MS for i in range(1, 6)]
+            assert read.complete
 
     run(body())
 
 
-def test_a_failing_or_malformed_income_read_books_nothing_and_says_so(
+def test_rows_that_cannot_be_used_are_skipped_one_by_one_and_the_good_ones_kept(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A hostile or broken answer: rows out of the window asked for (one beyond SQLite's integers),
+    of another income type, or malformed are logged and skipped; the real settlement is kept."""
+
     async def body() -> None:
         async with venue() as (ex, v, rest):
             _short(ex)
             ex.advance(FUNDING_PERIOD_MS)
-            v._routes[("GET", "/fapi/v1/income")] = ("SIGNED", lambda params: [{"incomeType": "FUNDING_FEE"}])
-            assert await reconcile.missed_funding(rest, T0, ex.now(), ex.now()) == []
+            (good,) = ex.income({"incomeType": "FUNDING_FEE"})
+            bad = [
+                {**good, "tranId": 1, "time": 2**63},
+                {**good, "tranId": 2, "time": 10**17},
+                {**good, "tranId": 3, "incomeType": "COMMISSION"},
+                {"incomeType": "FUNDING_FEE"},
+                "not a row",
+            ]
+            v._routes[("GET", "/fapi/v1/income")] = ("SIGNED", lambda params: [*bad, good])
+            read = await reconcile.missed_funding(rest, T0, ex.now(), ex.now())
+            assert (len(read.events), read.skipped, read.complete) == (1, 5, True)
+            assert read.events[0].venue_time_ms == T0 + FUNDING_PERIOD_MS
 
     run(body())
-    assert any("funding history: malformed answer" in r.getMessage() for r in caplog.records)
+    assert sum("funding history: a row skipped" in r.getMessage() for r in caplog.records) == 5
+
+
+def test_a_failing_answer_or_a_venue_that_repeats_its_page_ends_the_read_incomplete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reconcile, "INCOME_PAGE", 2)
+
+    async def body() -> None:
+        async with venue() as (ex, v, rest):
+            _short(ex)
+            ex.advance(3 * FUNDING_PERIOD_MS)
+            rows = ex.income({"incomeType": "FUNDING_FEE"})
+            calls: list[dict[str, str]] = []
+
+            def same_page(params: dict[str, str]) -> list[dict[str, object]]:
+                calls.append(params)
+                return rows[:2]  # startTime ignored
+
+            v._routes[("GET", "/fapi/v1/income")] = ("SIGNED", same_page)
+            read = await reconcile.missed_funding(rest, T0, ex.now(), ex.now())
+            assert (len(read.events), read.complete, len(calls)) == (2, False, 2)
+            assert read.error == "the venue answered the same page again"
+            v._routes[("GET", "/fapi/v1/income")] = ("SIGNED", lambda params: {"code": 0})
+            broken = await reconcile.missed_funding(rest, T0, ex.now(), ex.now())
+            assert (broken.events, broken.complete) == ([], False)
+            assert broken.error.startswith("malformed answer")
+
+    run(body())

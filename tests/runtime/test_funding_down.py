@@ -6,13 +6,15 @@ over loopback to ``binance/sim`` settling funding as Binance does (00, 08, 16 UT
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import runtime_kit as kit
 
-from binance.sim.exchange import FUNDING_PERIOD_MS
+from binance.sim.exchange import FUNDING_PERIOD_MS, SimError
 from fsm import events as ev
 from fsm.runtime.feeds import PricePath
 from fsm.runtime.store import Store
@@ -31,7 +33,7 @@ def _expected(venue: kit.Venue) -> Decimal:
 
 
 def _run(
-    tmp_path: Path, *, down_at_settlement: bool
+    tmp_path: Path, *, down_at_settlement: bool, forget_cursor: bool = False
 ) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]], Decimal]:
     feed = kit.write_feed(tmp_path, [ETH_LEADING])
     out: dict[str, object] = {}
@@ -46,6 +48,9 @@ def _run(
                     lambda: venue.at(22) and len(kit.rows(tmp_path, "SELECT 1 FROM funding")) == 1
                 )
             assert await first.stop() == 0
+            if forget_cursor:  # a database the previous version wrote: no mark of funding booked
+                with sqlite3.connect(tmp_path / "db.sqlite") as conn:
+                    conn.execute("DELETE FROM meta WHERE key = 'funding_read_to'")
             await kit.wait_until(lambda: venue.at(22) and venue.exchange.funding_rows != [])
             second = await venue.start_daemon(tmp_path, feed)
             await kit.wait_until(lambda: second.seen.has("recovery_lock RECOVERING->READY"))
@@ -77,6 +82,15 @@ def test_funding_settled_while_no_daemon_ran_is_booked_once_at_the_next_start_wi
             f"{income:.8f} USDT at 2026-01-01 08:00:00 UTC",
         )
     ]
+
+
+@pytest.mark.spec("N-28")
+def test_without_a_mark_of_funding_booked_the_read_starts_an_hour_before_the_last_run_ended(
+    tmp_path: Path,
+) -> None:
+    funding, alerts, income = _run(tmp_path, down_at_settlement=True, forget_cursor=True)
+    assert funding == [("ETHUSDT", "USDT", f"{income:.8f}", SETTLEMENT)]
+    assert [kind for kind, _, _ in alerts] == ["funding"]
 
 
 @pytest.mark.spec("N-28")
@@ -129,8 +143,6 @@ def test_one_settlement_is_booked_once_whoever_tells_it(tmp_path: Path) -> None:
 
 def test_a_database_from_before_keeps_its_funding_and_takes_both_legs(tmp_path: Path) -> None:
     """Schema 7 kept one row per (symbol, asset, time): the migration keeps every row and lifts that."""
-    import sqlite3
-
     from sqlite_utils import Database
 
     from fsm.runtime.store import MIGRATIONS, connect
@@ -152,3 +164,90 @@ def test_a_database_from_before_keeps_its_funding_and_takes_both_legs(tmp_path: 
     db.execute(insert, ["0.3", SETTLEMENT, SETTLEMENT + 6])
     assert db.execute("SELECT id, amount FROM funding ORDER BY id").fetchall() == [(1, "-0.2"), (2, "0.3")]
     db.conn.close()
+
+
+def _failing(times: int) -> tuple[list[int], Callable[[dict[str, str]], list[object]]]:
+    """An income route that answers -1000 ``times`` times, then as the sim does."""
+    calls: list[int] = []
+
+    def answer(params: dict[str, str]) -> list[object]:
+        calls.append(1)
+        if len(calls) <= times:
+            raise SimError(-1000, "An unknown error occurred while processing the request.")
+        return kit_income[0](params)
+
+    return calls, answer
+
+
+kit_income: list[Callable[[dict[str, str]], list[object]]] = []
+
+
+def _down_then_back(tmp_path: Path, failures: int, *, wait_for_booking: bool) -> dict[str, object]:
+    """A settlement while no daemon ran; the next run's income reads fail ``failures`` times."""
+    feed = kit.write_feed(tmp_path, [ETH_LEADING])
+    out: dict[str, object] = {}
+
+    async def scenario() -> None:
+        async with kit.Venue(HELD, origin_ms=SETTLEMENT - 20_000, settle_funding=True) as venue:
+            first = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: first.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
+            assert await first.stop() == 0
+            out["last_run"] = kit.rows(tmp_path, "SELECT max(now_ms) FROM journal")[0][0]
+            await kit.wait_until(lambda: venue.at(22) and venue.exchange.funding_rows != [])
+            routes = venue.harness.venue._routes
+            kit_income[:] = [routes[("GET", "/fapi/v1/income")][1]]
+            calls, answer = _failing(failures)
+            routes[("GET", "/fapi/v1/income")] = ("SIGNED", answer)
+            second = await venue.start_daemon(tmp_path, feed)
+            await kit.wait_until(lambda: len(calls) >= 1 and "funding" in _kinds(tmp_path))
+            if wait_for_booking:  # the retry comes 60 venue seconds later (6 s here)
+                await kit.wait_until(
+                    lambda: len(kit.rows(tmp_path, "SELECT 1 FROM funding")) == 1, timeout=12
+                )
+            assert await second.stop() == 0
+            out["calls"] = len(calls)
+            out["cursor"] = kit.rows(tmp_path, "SELECT value FROM meta WHERE key = 'funding_read_to'")
+            out["booked_before_third"] = kit.rows(tmp_path, "SELECT amount FROM funding")
+            if not wait_for_booking:
+                routes[("GET", "/fapi/v1/income")] = ("SIGNED", kit_income[0])
+                third = await venue.start_daemon(tmp_path, feed)
+                await kit.wait_until(lambda: len(kit.rows(tmp_path, "SELECT 1 FROM funding")) == 1)
+                assert await third.stop() == 0
+            out["expected"] = _expected(venue)
+
+    kit.run(scenario(), timeout=30)
+    out["funding"] = kit.rows(tmp_path, "SELECT symbol, amount, venue_time_ms FROM funding")
+    out["alerts"] = kit.rows(tmp_path, "SELECT severity, text FROM alerts WHERE kind = 'funding' ORDER BY id")
+    return out
+
+
+def _kinds(tmp_path: Path) -> set[str]:
+    return {str(k) for (k,) in kit.rows(tmp_path, "SELECT kind FROM alerts")}
+
+
+@pytest.mark.spec("N-28")
+def test_a_failed_funding_read_is_told_and_tried_again_until_it_books(tmp_path: Path) -> None:
+    out = _down_then_back(tmp_path, 1, wait_for_booking=True)
+    income = out["expected"]
+    assert out["calls"] == 2
+    assert out["funding"] == [("ETHUSDT", f"{income:.8f}", SETTLEMENT)]
+    severities = [severity for severity, _ in out["alerts"]]  # type: ignore[attr-defined]
+    assert severities == ["warning", "info"]
+    first_text = out["alerts"][0][1]  # type: ignore[index]
+    assert first_text.startswith("funding history could not be read (")
+    assert first_text.endswith("may be missing from the ledger; read again in 60 s")
+
+
+@pytest.mark.spec("N-28")
+def test_a_restart_after_a_failed_funding_read_reads_again_from_where_it_started(tmp_path: Path) -> None:
+    """Only a complete read moves the mark of funding booked: the first run's read at its start
+    (nothing before it) left it there, the second run's failed read did not move it, so the third
+    run, however much later, reads from there and books the settlement."""
+    out = _down_then_back(tmp_path, 99, wait_for_booking=False)
+    income = out["expected"]
+    assert out["booked_before_third"] == []
+    ((cursor,),) = out["cursor"]  # type: ignore[misc]
+    assert SETTLEMENT - 20_000 <= int(cursor) < SETTLEMENT
+    assert out["funding"] == [("ETHUSDT", f"{income:.8f}", SETTLEMENT)]
+    texts = [text for _, text in out["alerts"]]  # type: ignore[attr-defined]
+    assert texts[-1].startswith("while shortfsm was down: funding received on ETHUSDT")
