@@ -263,6 +263,8 @@ class Core:
         if row is None:
             self.anomaly("illegal_transition", model.symbol, f"{trigger} from {where}{source}")
             return False
+        if row["dest"] is None and not row.get("unless"):
+            return True  # an internal row with nothing to check: ``transitions`` would do nothing
         if not getattr(model, trigger)():  # ``transitions`` says False when an ``unless`` held
             refused_by = [name for name in row.get("unless", ()) if getattr(model, name)()]
             raise RefusedTransition(f"{trigger} of {model.symbol} from {where}{source} refused: {refused_by}")
