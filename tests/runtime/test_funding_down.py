@@ -27,6 +27,18 @@ HELD = PricePath(  # W55 up to PHASE1: short 1.414 ETH @ 3535.00, the mark stays
 )
 
 
+def _venue() -> kit.Venue:
+    # The settlement falls 20 venue seconds after the origin (2 s of wall time at 10x).
+    return kit.Venue(HELD, origin_ms=SETTLEMENT - 20_000, settle_funding=True)
+
+
+async def _short_held(venue: kit.Venue, tmp_path: Path, feed: Path) -> kit.Run:
+    """The first daemon, once it holds the short (PHASE1)."""
+    run = await venue.start_daemon(tmp_path, feed)
+    await kit.wait_until(lambda: run.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
+    return run
+
+
 def _expected(venue: kit.Venue) -> Decimal:
     rate = venue.exchange.funding_rate_at("ETHUSDT", SETTLEMENT)
     return (Decimal("1.414") * Decimal("3536.00") * rate).quantize(Decimal("0.00000001"))
@@ -39,10 +51,8 @@ def _run(
     out: dict[str, object] = {}
 
     async def scenario() -> None:
-        # The settlement falls 20 venue seconds after the origin (2 s of wall time at 10x).
-        async with kit.Venue(HELD, origin_ms=SETTLEMENT - 20_000, settle_funding=True) as venue:
-            first = await venue.start_daemon(tmp_path, feed)
-            await kit.wait_until(lambda: first.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
+        async with _venue() as venue:
+            first = await _short_held(venue, tmp_path, feed)
             if not down_at_settlement:
                 await kit.wait_until(
                     lambda: venue.at(22) and len(kit.rows(tmp_path, "SELECT 1 FROM funding")) == 1
@@ -166,20 +176,20 @@ def test_a_database_from_before_keeps_its_funding_and_takes_both_legs(tmp_path: 
     db.conn.close()
 
 
-def _failing(times: int) -> tuple[list[int], Callable[[dict[str, str]], list[object]]]:
-    """An income route that answers -1000 ``times`` times, then as the sim does."""
+Route = Callable[[dict[str, str]], list[object]]
+
+
+def _failing(times: int, real: Route) -> tuple[list[int], Route]:
+    """An income route that answers -1000 ``times`` times, then as ``real`` does."""
     calls: list[int] = []
 
     def answer(params: dict[str, str]) -> list[object]:
         calls.append(1)
         if len(calls) <= times:
             raise SimError(-1000, "An unknown error occurred while processing the request.")
-        return kit_income[0](params)
+        return real(params)
 
     return calls, answer
-
-
-kit_income: list[Callable[[dict[str, str]], list[object]]] = []
 
 
 def _down_then_back(tmp_path: Path, failures: int, *, wait_for_booking: bool) -> dict[str, object]:
@@ -188,15 +198,13 @@ def _down_then_back(tmp_path: Path, failures: int, *, wait_for_booking: bool) ->
     out: dict[str, object] = {}
 
     async def scenario() -> None:
-        async with kit.Venue(HELD, origin_ms=SETTLEMENT - 20_000, settle_funding=True) as venue:
-            first = await venue.start_daemon(tmp_path, feed)
-            await kit.wait_until(lambda: first.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
+        async with _venue() as venue:
+            first = await _short_held(venue, tmp_path, feed)
             assert await first.stop() == 0
-            out["last_run"] = kit.rows(tmp_path, "SELECT max(now_ms) FROM journal")[0][0]
             await kit.wait_until(lambda: venue.at(22) and venue.exchange.funding_rows != [])
             routes = venue.harness.venue._routes
-            kit_income[:] = [routes[("GET", "/fapi/v1/income")][1]]
-            calls, answer = _failing(failures)
+            real = routes[("GET", "/fapi/v1/income")][1]
+            calls, answer = _failing(failures, real)
             routes[("GET", "/fapi/v1/income")] = ("SIGNED", answer)
             second = await venue.start_daemon(tmp_path, feed)
             await kit.wait_until(lambda: len(calls) >= 1 and "funding" in _kinds(tmp_path))
@@ -209,7 +217,7 @@ def _down_then_back(tmp_path: Path, failures: int, *, wait_for_booking: bool) ->
             out["cursor"] = kit.rows(tmp_path, "SELECT value FROM meta WHERE key = 'funding_read_to'")
             out["booked_before_third"] = kit.rows(tmp_path, "SELECT amount FROM funding")
             if not wait_for_booking:
-                routes[("GET", "/fapi/v1/income")] = ("SIGNED", kit_income[0])
+                routes[("GET", "/fapi/v1/income")] = ("SIGNED", real)
                 third = await venue.start_daemon(tmp_path, feed)
                 await kit.wait_until(lambda: len(kit.rows(tmp_path, "SELECT 1 FROM funding")) == 1)
                 assert await third.stop() == 0
