@@ -51,7 +51,7 @@ from binance import parse
 from binance.errors import BinanceError, UnknownOutcome
 from binance.executor import RESOLVE_MARGIN_MS, Executor
 from binance.parse import KlineUpdate, ListenKeyExpired
-from binance.reconcile import Tracked, gap_read_back, missed_funding, missed_updates
+from binance.reconcile import FundingRead, Tracked, gap_read_back, missed_funding, missed_updates
 from binance.rest import BinanceRest, host_of
 from binance.streams import KEEPALIVE_S, MarketStream, PremiumIndexPoller, UserStream
 from fsm import commands as cmd
@@ -84,7 +84,7 @@ from fsm.runtime.feeds import (
 from fsm.runtime.keys import can_withdraw, spot_api_url
 from fsm.runtime.liveness import HEARTBEAT_KEY, DaemonRunning, DatabaseLock, sd_notify, watchdog_interval_s
 from fsm.runtime.logs import DecisionLog
-from fsm.runtime.store import CONTROL_KEY, Store
+from fsm.runtime.store import CONTROL_KEY, Store, StoreError
 from telegram_ingest.adapter import RawMessage
 from telegram_ingest.grammar import parse_message
 
@@ -108,6 +108,7 @@ FLATTEN_WAIT_S = 12.0
 # event), less a margin; Binance keeps three months of it. A settlement booked twice is recognised
 # (Store.book_funding).
 FUNDING_MARGIN_MS = 3_600_000
+FUNDING_GAP_DAY_MS = 24 * 3_600_000  # read again when the mark cannot be trusted
 FUNDING_HISTORY_MS = 90 * 24 * 3_600_000
 FUNDING_RETRY_FIRST_MS = 60_000  # a failed read of it is tried again after a minute ...
 FUNDING_RETRY_MAX_MS = 600_000  # ... doubling up to every 10 minutes, until it goes through
@@ -629,34 +630,32 @@ class Daemon:
         from the income history from where the last complete read ended (``Store.funding_cursor``;
         before the first one, the previous run's last event) and booked unless the push booked it
         already (``Store.book_funding``). Store only, like ``_book_history``: funding moves no
-        decision. A read that fails is tried again, sooner first, until it goes through; the cursor
-        moves only after a complete read, so a restart reads again what a failure left."""
-        attempt = 0
+        decision. Times are the venue's (the host clock may be wrong: a VM before NTP). A read that
+        fails, the venue's or the database's, is told once and tried again, sooner first, until it
+        goes through; the mark moves only after a complete read, so a restart reads again from it."""
+        attempt, told_skips = 0, False
         while not self._stopping.is_set():
             now = self.clock.now_ms()
-            cursor = await self.store.funding_cursor()
-            last_run = self._last_run_ms - FUNDING_MARGIN_MS if self._last_run_ms is not None else now
-            since = cursor if cursor is not None else last_run
-            if cursor is None:  # from here on, a failed read is read again from this point
-                await self.store.set_funding_cursor(since)
-            floor = now - FUNDING_HISTORY_MS
-            if since < floor:
-                log.warning(
-                    "funding before %s is past the income history Binance keeps: not booked", _utc(floor)
-                )
-            read = await missed_funding(self.rest, max(since, floor), now, now)
-            self._tell_funding(await self.store.book_funding(read.events), now, down=down)
-            if read.skipped:
+            venue_now = self.rest.server_now_ms()
+            try:
+                since = await self._funding_since(venue_now)
+                read = await missed_funding(self.rest, since, venue_now, now)
+                self._tell_funding(await self.store.book_funding(read.events), now, down=down)
+                if read.complete:
+                    # The last hour is read again next time: a settlement may reach the history late.
+                    await self.store.set_funding_cursor(max(since, venue_now - FUNDING_MARGIN_MS))
+            except (sqlite3.Error, StoreError) as exc:
+                read = FundingRead(events=[], complete=False, error=f"database: {exc}")
+            if read.skipped and not told_skips:  # told once per reason to read, not per retry
+                told_skips = True
                 text = (
                     f"{read.skipped} funding row(s) from Binance could not be read, not booked (see the log)"
                 )
                 self.alerts.submit(Alert(now_ms=now, kind="funding", text=text, severity="warning"))
             if read.complete:
-                # The last hour is read again next time: a settlement may reach the history late.
-                await self.store.set_funding_cursor(max(since, now - FUNDING_MARGIN_MS))
                 if not self._funding_again:
                     return
-                self._funding_again, down, attempt = False, False, 0
+                self._funding_again, down, attempt, told_skips = False, False, 0, False
                 continue
             attempt += 1
             wait = min(FUNDING_RETRY_MAX_MS, FUNDING_RETRY_FIRST_MS * 2 ** (attempt - 1))
@@ -667,6 +666,24 @@ class Daemon:
                 )
                 self.alerts.submit(Alert(now_ms=now, kind="funding", text=text, severity="warning"))
             await self.clock.sleep_until(now + wait, self._stopping)
+
+    async def _funding_since(self, venue_now: int) -> int:
+        """Where the read starts: the mark of funding booked, else the previous run's last event less
+        a margin (written down first, so that a failed read is read again from there). A mark ahead
+        of the venue's clock (a run whose host clock was wrong) says nothing: the last day is read."""
+        mark = await self.store.funding_cursor()
+        cursor = mark
+        if cursor is None:
+            cursor = self._last_run_ms - FUNDING_MARGIN_MS if self._last_run_ms is not None else venue_now
+        if cursor > venue_now:
+            log.warning("the mark of funding booked is ahead of Binance's clock: the last day is read again")
+            cursor = venue_now - FUNDING_GAP_DAY_MS
+        if mark is None:
+            await self.store.set_funding_cursor(cursor)
+        floor = venue_now - FUNDING_HISTORY_MS
+        if cursor < floor:
+            log.warning("funding before %s is past the income history Binance keeps: not booked", _utc(floor))
+        return max(cursor, floor)
 
     def _tell_funding(self, booked: list[ev.FundingFee], now: int, *, down: bool) -> None:
         for event in booked:

@@ -474,7 +474,9 @@ class Store:
             with db.conn:
                 return [e for e in wanted if _book_funding(db, e, e.now_ms)]
 
-        return self.submit(write)
+        # Not queued when the database is locked: the read is tried again, and what it books then
+        # is told (a write queued here would book the settlements and never tell them).
+        return self.submit(write, retry=False)
 
     async def funding_cursor(self) -> int | None:
         """Funding is booked up to this venue time (a complete read of the income history)."""
