@@ -1008,12 +1008,12 @@ class Daemon:
     async def _after_recovery_snapshot(self, event: ev.Event) -> None:
         """After the recovery snapshot (whether or not it decided anything: a flat venue waits for
         its price with no command at all), watch the rebuilt symbols and book what happened to our
-        orders while no daemon ran."""
+        orders, and the funding settled, while no daemon ran."""
         if isinstance(event, ev.ExchangeSnapshot) and event.purpose == "recovery":
             await self._watch_recovered_symbols()
-            if event.complete:
+            if event.complete:  # a venue that answers nothing is not asked more meanwhile
                 self._tasks.append(asyncio.create_task(self._book_history(event), name="recovery-history"))
-            self._start_funding_read(down=True)
+                self._start_funding_read(down=True)
 
     async def _carry_out(self, c: cmd.Command, *, execute: bool) -> None:
         if self.executor.handles(c):
