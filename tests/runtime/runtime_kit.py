@@ -156,12 +156,13 @@ class Venue:
     async def start_daemon(self, tmp: Path, feed: Path, **kwargs: Any) -> Run:
         config = kwargs.pop("config", None) or config_for(tmp)
         config_path = kwargs.pop("config_path", None)
+        clock = kwargs.pop("clock", None) or self.clock  # a host clock of its own (a wrong one)
         store = await Store.open(config.storage.database)
         seen = Seen()
         daemon = Daemon(
             config=config,
             profile="sim",
-            clock=self.clock,
+            clock=clock,
             store=store,
             endpoints=self.harness.endpoints(),
             source=ReplaySource.from_file(feed, origin_ms=self.origin, clock=self.clock),

@@ -4,7 +4,6 @@ Real daemon, real SQLite file, the real client over loopback to ``binance/sim``.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import threading
 from decimal import Decimal
@@ -15,10 +14,8 @@ import runtime_kit as kit
 
 from binance import reconcile
 from binance.sim.exchange import FUNDING_PERIOD_MS, SimError
-from fsm.runtime.daemon import Daemon, RunClock
-from fsm.runtime.feeds import PricePath, ReplaySource
-from fsm.runtime.logs import DecisionLog
-from fsm.runtime.store import Store
+from fsm.runtime.daemon import RunClock
+from fsm.runtime.feeds import PricePath
 
 ETH_LEADING = (1000, kit.ENTRY_CHAT, 1001, kit.LEADING.format(ticker="ETH"))
 SETTLEMENT = 1_767_225_600_000 + FUNDING_PERIOD_MS  # 2026-01-01 08:00 UTC
@@ -32,23 +29,15 @@ INCOME = ("GET", "/fapi/v1/income")
 
 async def _skewed_daemon(venue: kit.Venue, tmp: Path, feed: Path, skew_ms: int) -> kit.Run:
     """A daemon whose host clock is ``skew_ms`` ahead of the venue's (a VM before NTP synced)."""
-    config = kit.config_for(tmp)
     clock = RunClock(speed=venue.clock.speed, origin_ms=venue.clock.now_ms() + skew_ms)
-    store = await Store.open(config.storage.database)
-    seen = kit.Seen()
-    endpoints = venue.harness.endpoints()
-    daemon = Daemon(
-        config=config,
-        profile="sim",
-        clock=clock,
-        store=store,
-        endpoints=endpoints,
-        source=ReplaySource.from_file(feed, origin_ms=venue.origin, clock=venue.clock),
-        decision_log=DecisionLog(config.storage.log_dir, secrets=[endpoints.api_secret]),
-        heartbeat_path=config.storage.heartbeat_path,
-        observer=seen,
-    )
-    return kit.Run(daemon, asyncio.create_task(daemon.run()), store, seen)
+    return await venue.start_daemon(tmp, feed, clock=clock)
+
+
+async def _held_then_stopped(venue: kit.Venue, tmp: Path, feed: Path) -> None:
+    """The first daemon opens the short (PHASE1) and stops before the settlement."""
+    first = await venue.start_daemon(tmp, feed)
+    await kit.wait_until(lambda: first.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
+    assert await first.stop() == 0
 
 
 def _funding(tmp_path: Path) -> list[tuple[object, ...]]:
@@ -64,9 +53,7 @@ def test_a_run_on_a_host_clock_hours_ahead_leaves_no_mark_in_the_future(tmp_path
 
     async def scenario() -> None:
         async with kit.Venue(HELD, origin_ms=SETTLEMENT - 30_000, settle_funding=True) as venue:
-            first = await venue.start_daemon(tmp_path, feed)
-            await kit.wait_until(lambda: first.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
-            assert await first.stop() == 0
+            await _held_then_stopped(venue, tmp_path, feed)
             second = await _skewed_daemon(venue, tmp_path, feed, 3 * HOUR)
             await kit.wait_until(lambda: second.seen.has("recovery_lock RECOVERING->READY"))
             await kit.wait_until(lambda: not second.daemon._side_tasks)  # its funding read is over
@@ -91,9 +78,7 @@ def test_a_mark_ahead_of_the_venue_clock_reads_the_last_day_again(tmp_path: Path
 
     async def scenario() -> None:
         async with kit.Venue(HELD, origin_ms=SETTLEMENT - 20_000, settle_funding=True) as venue:
-            first = await venue.start_daemon(tmp_path, feed)
-            await kit.wait_until(lambda: first.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
-            assert await first.stop() == 0
+            await _held_then_stopped(venue, tmp_path, feed)
             with sqlite3.connect(tmp_path / "db.sqlite") as conn:
                 future = str(SETTLEMENT + 5 * HOUR)
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'funding_read_to'", [future])
@@ -114,9 +99,7 @@ def test_a_database_locked_during_the_read_is_a_failed_read_told_retried_and_the
 
     async def scenario() -> None:
         async with kit.Venue(HELD, origin_ms=SETTLEMENT - 20_000, settle_funding=True) as venue:
-            first = await venue.start_daemon(tmp_path, feed)
-            await kit.wait_until(lambda: first.seen.has("ETHUSDT ENTRY_ORDER->PHASE1"))
-            assert await first.stop() == 0
+            await _held_then_stopped(venue, tmp_path, feed)
             await kit.wait_until(lambda: venue.at(22) and venue.exchange.funding_rows != [])
             routes = venue.harness.venue._routes
             real = routes[INCOME]
