@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from binance import parse, reconcile
+from binance.account_reads import AccountFacts, AccountReads
 from binance.errors import (
     AlreadyFlat,
     AuthFailed,
@@ -60,6 +61,7 @@ from fsm.events import (
 
 log = logging.getLogger(__name__)
 ZERO = Decimal(0)
+POSITION_SIDE_MISMATCH = -4061  # "Order's position side does not match user's setting."
 
 
 async def _nothing() -> list[Any]:
@@ -111,9 +113,11 @@ def observed(err: BinanceError, now_ms: int) -> list[Event]:
 class Executor:
     """Maps one fsm command to REST calls; see the module docstring for the failure contract."""
 
-    def __init__(self, rest: BinanceRest, *, asset: str = "USDT") -> None:
+    def __init__(self, rest: BinanceRest, *, asset: str = "USDT", reads: AccountReads | None = None) -> None:
+        """``reads``: the account facts read ahead for a first entry (D-72); None reads at the trigger."""
         self.rest = rest
         self.asset = asset
+        self.reads = reads
         self._handlers: dict[type[Command], Callable[[Any, int], Awaitable[list[Event]]]] = {
             PrepareOrder: self._prepare,
             PlaceOrder: self._place,
@@ -150,6 +154,11 @@ class Executor:
             )
             return [ev, *(observed(err, now_ms) if err else [])]
 
+        facts = (
+            self.reads.usable(cmd.symbol, now_ms) if self.reads is not None and cmd.leg == "ENTRY1" else None
+        )
+        if facts is not None:
+            return await self._prepare_from(cmd, facts, now_ms, failed)
         # The three reads are independent: sent together, the trigger-to-order path costs one
         # round trip for them instead of three (W24 runs right after the 0.1 % trigger).
         mode_res, risk_res, balance_res = await asyncio.gather(
@@ -166,7 +175,11 @@ class Executor:
             return failed(None, f"position_mode_unreadable: {exc}")
         if cmd.configure_margin:
             try:
-                await self._configure(cmd, _raise_if_failed(risk_res))
+                rows = _raise_if_failed(risk_res)
+                row = next((r for r in rows if r.get("symbol") == cmd.symbol), None)
+                leverage = int(row["leverage"]) if row else None
+                margin = str(row.get("marginType", "")).lower() if row else ""
+                await self._configure(cmd, leverage, margin)
             except BinanceError as err:
                 return failed(err, f"margin_config_failed: {err.msg}", mode)
             except (KeyError, ValueError, TypeError) as exc:
@@ -190,12 +203,41 @@ class Executor:
             VenueCallSucceeded(now_ms=now_ms),
         ]
 
-    async def _configure(self, cmd: PrepareOrder, rows: Any) -> None:
-        """W24/W25: set leverage and ISOLATED only when they differ; on "open orders" cancel that
-        symbol's open orders and retry once."""
-        row = next((r for r in rows if r.get("symbol") == cmd.symbol), None)
-        leverage = int(row["leverage"]) if row else None
-        margin = str(row.get("marginType", "")).lower() if row else ""
+    async def _prepare_from(
+        self,
+        cmd: PrepareOrder,
+        facts: AccountFacts,
+        now_ms: int,
+        failed: Callable[[BinanceError | None, str, PositionMode | None], list[Event]],
+    ) -> list[Event]:
+        """W24 on the facts read while monitoring (D-72): no read at the trigger; a leverage or
+        margin type that differs is still set here, after the trigger (W17-1), then the order."""
+        config = facts.configs[cmd.symbol]
+        changed = config.leverage != cmd.leverage or config.margin_type.lower() != cmd.margin_type.lower()
+        if changed:
+            assert self.reads is not None
+            self.reads.invalidate(f"{cmd.symbol} leverage or margin type set")
+            try:
+                await self._configure(cmd, config.leverage, config.margin_type.lower())
+            except BinanceError as err:
+                return failed(err, f"margin_config_failed: {err.msg}", facts.position_mode)
+            except (KeyError, ValueError, TypeError) as exc:
+                return failed(None, f"margin_config_unreadable: {exc}", facts.position_mode)
+        prepared = OrderPrepared(
+            now_ms=now_ms,
+            symbol=cmd.symbol,
+            leg=cmd.leg,
+            ok=True,
+            position_mode=facts.position_mode,
+            wallet_balance=facts.wallet_balance,
+            available_balance=facts.available_balance,
+        )
+        # Only a call made now is told as one: the facts' own read was not the engine's.
+        return [prepared, VenueCallSucceeded(now_ms=now_ms)] if changed else [prepared]
+
+    async def _configure(self, cmd: PrepareOrder, leverage: int | None, margin: str) -> None:
+        """W24/W25: set leverage and ISOLATED only when they differ (``margin`` in lower case); on
+        "open orders" cancel that symbol's open orders and retry once."""
         if leverage != cmd.leverage:
             await self._with_order_cleanup(
                 cmd.symbol, lambda: self.rest.set_leverage(cmd.symbol, cmd.leverage)
@@ -237,6 +279,8 @@ class Executor:
             position = await self._position_now(cmd.symbol, now_ms)
             return [*position, self._rejected(cmd.symbol, cmd.client_order_id, err, now_ms)]
         except BinanceError as err:
+            if err.code == POSITION_SIDE_MISMATCH and self.reads is not None:
+                self.reads.invalidate("position mode changed on the venue")  # no push tells it
             return [self._rejected(cmd.symbol, cmd.client_order_id, err, now_ms)]
         except (KeyError, ValueError, TypeError) as exc:  # a 200 without a usable body: accepted or not?
             log.error("order %s: unusable answer (%s)", cmd.client_order_id, exc)

@@ -85,7 +85,20 @@ class ListenKeyExpired:
     event_time_ms: int
 
 
-Decoded = Event | KlineUpdate | ListenKeyExpired
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountPush:
+    """An ``ACCOUNT_UPDATE`` (``reason`` its ``m``: ORDER, FUNDING_FEE, DEPOSIT, MARGIN_TYPE_CHANGE...)
+    or an ``ACCOUNT_CONFIG_UPDATE`` (``reason`` "leverage" with its ``symbol``, or "multi_assets"),
+    whatever it carries. Not a core event: the account moved, so the facts read ahead for the next
+    first entry are void (``binance.account_reads``, D-72)."""
+
+    now_ms: int
+    event: str
+    reason: str
+    symbol: str | None = None
+
+
+Decoded = Event | KlineUpdate | ListenKeyExpired | AccountPush
 
 ORDER_STATUS: dict[str, OrderStatus] = {
     "NEW": "NEW",
@@ -369,12 +382,24 @@ def account_update(d: Mapping[str, Any], now_ms: int, *, asset: str = "USDT") ->
     return out
 
 
-def account_config_update(d: Mapping[str, Any], now_ms: int) -> list[Event]:
+def account_config_update(d: Mapping[str, Any], now_ms: int) -> list[Decoded]:
     """``ACCOUNT_CONFIG_UPDATE`` carries only ``ac{s,l}`` (leverage) and ``ai{j}`` (multi-assets
     mode); Binance sends no position-mode field (binance-usdm-2026.md, corrections), so nothing here
     reaches the core. A mode change is seen only by re-reading ``GET /fapi/v1/positionSide/dual``
     (``binance.reconcile.position_mode_event``, after every user-stream reconnect)."""
-    return []
+    ac = d.get("ac")
+    if isinstance(ac, Mapping) and ac.get("s"):
+        return [
+            AccountPush(now_ms=now_ms, event="ACCOUNT_CONFIG_UPDATE", reason="leverage", symbol=str(ac["s"]))
+        ]
+    return [AccountPush(now_ms=now_ms, event="ACCOUNT_CONFIG_UPDATE", reason="multi_assets")]
+
+
+def _account_update(d: Mapping[str, Any], now_ms: int) -> list[Decoded]:
+    """The push itself first (it voids the facts read ahead whatever it carries), then its events."""
+    a = d.get("a")
+    reason = str(a.get("m", "")) if isinstance(a, Mapping) else ""
+    return [AccountPush(now_ms=now_ms, event="ACCOUNT_UPDATE", reason=reason), *account_update(d, now_ms)]
 
 
 def listen_key_expired(d: Mapping[str, Any], now_ms: int) -> ListenKeyExpired:
@@ -411,8 +436,8 @@ HANDLERS: dict[str, Callable[[Mapping[str, Any], int], list[Decoded]]] = {
     "kline": _one(kline_from_ws),
     "ORDER_TRADE_UPDATE": _one(order_updated),
     "ALGO_UPDATE": _one(algo_updated),
-    "ACCOUNT_UPDATE": _many(account_update),
-    "ACCOUNT_CONFIG_UPDATE": _many(account_config_update),
+    "ACCOUNT_UPDATE": _account_update,
+    "ACCOUNT_CONFIG_UPDATE": account_config_update,
     "listenKeyExpired": _one(listen_key_expired),
     "TRADE_LITE": _ignore,  # the same fill arrives as ORDER_TRADE_UPDATE
     "MARGIN_CALL": _ignore,

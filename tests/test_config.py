@@ -89,3 +89,19 @@ def test_strategy_changes_lists_only_what_differs(tmp_path: Path) -> None:
         ("mode", "conservative"),
         ("tp_pct", "3"),
     )
+
+
+@pytest.mark.parametrize(("age", "ok"), [(0, True), (19, False), (20, True), (300, True), (301, False)])
+def test_the_read_ahead_age_is_off_or_long_enough_to_serve(tmp_path: Path, age: int, ok: bool) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"binance:\n  account_read_max_age_seconds: {age}\n", encoding="utf-8")
+    if ok:
+        assert load_config(path).binance.account_read_max_age_seconds == age
+    else:
+        with pytest.raises(ConfigError, match=r"binance\.account_read_max_age_seconds"):
+            load_config(path)
+
+
+def test_the_read_ahead_is_off_by_default() -> None:
+    """D-72: W24 reads at the trigger unless the operator chooses otherwise."""
+    assert AppConfig().binance.account_read_max_age_seconds == 0

@@ -33,7 +33,9 @@ binance-real-answers.md, March 2026; "usdm" = binance-usdm-2026.md, its correcti
   EXPIRED in ALGO_UPDATE; ``algo_lifecycle`` delivers the child's fills before TRIGGERED or drops
   TRIGGERED (usdm §1.4, §1.5 and corrections).
 - ACCOUNT_CONFIG_UPDATE carries ``ac{s,l}`` only (leverage); a position-mode change sends nothing
-  (usdm corrections, §3). ``E`` is an integer in every event, listenKeyExpired included once
+  (usdm corrections, §3); a margin type change pushes ACCOUNT_UPDATE ``m: MARGIN_TYPE_CHANGE``
+  (Binance's event page; its content for a flat symbol unconfirmed); ``transfer`` pushes
+  ACCOUNT_UPDATE ``DEPOSIT``/``WITHDRAW``. ``E`` is an integer in every event, listenKeyExpired included once
   ``listen_key_expired_e_as_string`` is off (usdm §3: the connector's model since 2026-05).
 - History: klines and markPriceKlines for any range back to the onboard date, seeded and
   deterministic before the sim started (``history_seed``, ``full_kline_history``); fundingRate
@@ -566,6 +568,27 @@ class SimExchange:
                 )
                 self._next_funding_tran += 1
                 self._emit(self._funding_update(symbol, pside, income, t))
+
+    def transfer(self, amount: Decimal) -> None:
+        """The account holder moves ``amount`` USDT into (positive) or out of the futures wallet,
+        as from the app: the wallet moves and an ACCOUNT_UPDATE with reason DEPOSIT or WITHDRAW is
+        pushed, ``B`` only (the reason list of "Event: Balance and Position Update", USDⓈ-M user
+        data streams; which of the listed reasons a spot-to-futures transfer carries is not
+        confirmed live, DEPOSIT/WITHDRAW are the plain ones)."""
+        self.wallet += amount
+        wallet, t = _fmt(self.wallet, 8), self.now()
+        self._emit(
+            {
+                "e": "ACCOUNT_UPDATE",
+                "T": t,
+                "E": t,
+                "a": {
+                    "m": "DEPOSIT" if amount >= 0 else "WITHDRAW",
+                    "B": [{"a": "USDT", "wb": wallet, "cw": wallet, "bc": _fmt(amount, 8)}],
+                    "P": [],
+                },
+            }
+        )
 
     def _funding_update(self, symbol: str, pside: str, income: Decimal, t: int) -> Json:
         wallet = _fmt(self.wallet, 8)
@@ -1450,6 +1473,15 @@ class SimExchange:
         if any(p.amount for (s, _), p in self.positions.items() if s == sym.symbol):
             raise SimError(-4048, "Margin type cannot be changed if there exists position.")
         self.margin_type[sym.symbol] = mapped
+        # "ACCOUNT_UPDATE will be pushed only when update happens on user's account, including
+        # changes on balances, positions, or margin type" (USDⓈ-M user data streams, "Event: Balance
+        # and Position Update"; MARGIN_TYPE_CHANGE is among its reasons). What it carries for a flat
+        # symbol is not confirmed: here the wallet (bc 0) and no position.
+        wallet, t = _fmt(self.wallet, 8), self.now()
+        balance = [{"a": "USDT", "wb": wallet, "cw": wallet, "bc": "0"}]
+        self._emit(
+            {"e": "ACCOUNT_UPDATE", "T": t, "E": t, "a": {"m": "MARGIN_TYPE_CHANGE", "B": balance, "P": []}}
+        )
         return {"code": 200, "msg": "success"}
 
     # ----------------------------------------------------------------------------------------

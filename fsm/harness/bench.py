@@ -44,6 +44,9 @@ INGEST_TARGET_US = 1000.0
 REPLAY_TARGET_EPS = 50_000.0
 SECOND_OF_WORK_TARGET_US = 2_000.0  # issue #11 step 9: 600 marks + Tick, 0.2% of one core
 TICK_TO_ORDER_TARGET_MS = 2.0
+# Issue #11 step 9: a first entry's tick-to-order p99 <= 3 ms (its account read ahead, D-72); a
+# symbol's first trade adds W24's two POSTs, bounded here at three round trips' worth.
+TTO_TARGETS_MS = {"tp": TICK_TO_ORDER_TARGET_MS, "entry": 3.0, "entry_w24": 10.0, "entry_default": 10.0}
 BACKTEST_90_DAYS_TARGET_S = 10.0  # issue #14: 90 days in 10 s from a warm cache
 BACKTEST_TARGET_EPS = 5_000.0
 BACKTEST_YEAR_TARGET_S = 60.0  # issue #14: a year, 5,000 leading messages over 300 symbols, in 60 s
@@ -421,7 +424,7 @@ QUICK = Budget(
     replay_seconds=20,
     rest_symbols=20,
     rest_seconds=2,
-    tick_to_order=1,
+    tick_to_order=2,
     backtest_days=2,
     year_messages=16,
     year_symbols=8,
@@ -794,8 +797,12 @@ def daemon_available() -> bool:
 
 TTO_NAMES = (
     "tick-to-order, take-profit: Tick handled -> order at the venue (loopback sim)",
-    "tick-to-order, first entry: Tick -> pre-order setup calls -> order at the venue",
+    "tick-to-order, first entry, account read ahead (W25): Tick -> order at the venue",
+    "tick-to-order, first entry, account read ahead, symbol to set up (W24): Tick -> POSTs -> order",
+    "tick-to-order, first entry, default (W24 reads at the trigger): Tick -> reads -> order",
 )
+TTO_KINDS = ("tp", "entry", "entry_w24", "entry_default")
+TTO_READ_AHEAD_S = 30  # the first three rows: binance.account_read_max_age_seconds (D-72)
 REST_NAMES = (
     "daemon at rest, {n} symbols streaming: resident memory",
     "daemon at rest, {n} symbols streaming: CPU of one core",
@@ -805,25 +812,32 @@ REST_NAMES = (
 def bench_daemon(budget: Budget) -> list[Row]:
     """Through the real daemon (``fsm.runtime.daemon``) against the simulated venue on loopback."""
     rows: list[Row] = []
-    tto_targets = Target(stat="p99", op="<", value=TICK_TO_ORDER_TARGET_MS)
+    tto_targets = [Target(stat="p99", op="<", value=TTO_TARGETS_MS[kind]) for kind in TTO_KINDS]
     rest_targets = (
         Target(stat="max", op="<", value=REST_RSS_TARGET_MB),
         Target(stat="median", op="<", value=REST_CPU_TARGET_PCT),
     )
     rest_names = tuple(name.format(n=budget.rest_symbols) for name in REST_NAMES)
     if not daemon_available():
-        rows += [not_measured("daemon", name, "ms", tto_targets, "needs the daemon") for name in TTO_NAMES]
+        rows += [
+            not_measured("daemon", name, "ms", target, "needs the daemon")
+            for name, target in zip(TTO_NAMES, tto_targets, strict=True)
+        ]
         rows += [
             not_measured("daemon", name, unit, target, "needs the daemon")
             for name, unit, target in zip(rest_names, ("MB", "%"), rest_targets, strict=True)
         ]
         return rows
     try:
-        rows += asyncio.run(tick_to_order(budget.tick_to_order))
+        rows += asyncio.run(tick_to_order(budget.tick_to_order, TTO_READ_AHEAD_S, TTO_KINDS[:3]))
+        rows += asyncio.run(tick_to_order(budget.tick_to_order, 0, TTO_KINDS[3:]))
     except Exception as exc:  # the daemon is young: say what broke instead of failing the whole bench
         log.warning("tick-to-order bench failed", exc_info=True)
         why = f"the daemon harness failed: {type(exc).__name__}: {exc}"
-        rows += [not_measured("daemon", name, "ms", tto_targets, why) for name in TTO_NAMES]
+        rows += [
+            not_measured("daemon", name, "ms", target, why)
+            for name, target in zip(TTO_NAMES, tto_targets, strict=True)
+        ]
     try:
         rows += asyncio.run(daemon_at_rest(budget.rest_symbols, budget.rest_seconds))
     except Exception as exc:
@@ -844,8 +858,14 @@ def _tto_symbol(i: int) -> str:
     return f"TTO{i}USDT"
 
 
-async def tick_to_order(cycles: int) -> list[Row]:
+async def tick_to_order(
+    cycles: int, read_ahead_s: int = TTO_READ_AHEAD_S, kinds: tuple[str, ...] = TTO_KINDS[:3]
+) -> list[Row]:
     """``cycles`` full trades (leading message, entry, fill, TP placed at its trigger, TP filled),
+    every other one on a symbol already at leverage 1 and isolated (W25: the account was read while
+    monitoring, D-72, nothing is called before the order), the others on a symbol never set up
+    (W24: leverage and margin type are set after the trigger, two POSTs before the order); with
+    ``read_ahead_s`` 0 (the default config) the set-up symbols' entries read at the trigger,
     one symbol each, through the daemon against ``SimHarness``. A sample is the wall time from the
     engine starting to handle the Tick that decided the order (for an entry: the Tick that
     triggered the pre-order setup) to the venue creating that order (its ORDER_TRADE_UPDATE NEW):
@@ -854,7 +874,7 @@ async def tick_to_order(cycles: int) -> list[Row]:
 
     from binance.sim.exchange import SimSymbol
     from fsm.harness.sim_harness import SimHarness
-    from fsm.runtime.config import AppConfig, StorageConfig
+    from fsm.runtime.config import AppConfig, BinanceConfig, StorageConfig
     from fsm.runtime.daemon import Daemon, RunClock
     from fsm.runtime.feeds import PricePath, ReplaySource
     from fsm.runtime.logs import DecisionLog
@@ -896,6 +916,10 @@ async def tick_to_order(cycles: int) -> list[Row]:
     harness = SimHarness(clock, path=path)
     origin = clock.now_ms()
     harness.install(origin)
+    set_up = set(symbols[::2])  # traded before: leverage 1, isolated (W25)
+    for s in set_up:
+        harness.exchange.leverage[s] = 1
+        harness.exchange.margin_type[s] = "isolated"
     created: dict[str, int] = {}
 
     def on_user(payload: dict[str, Any], _key: str | None) -> None:
@@ -911,7 +935,8 @@ async def tick_to_order(cycles: int) -> list[Row]:
             config = AppConfig(
                 storage=StorageConfig(
                     database=f"{tmp}/db.sqlite", log_dir=f"{tmp}/log", heartbeat_path=f"{tmp}/hb.json"
-                )
+                ),
+                binance=BinanceConfig(account_read_max_age_seconds=read_ahead_s),
             )
             store = await Store.open(config.storage.database)
             prepared_at: dict[str, int] = {}
@@ -928,7 +953,10 @@ async def tick_to_order(cycles: int) -> list[Row]:
                             prepared_at[c.symbol] = start
                         elif isinstance(c, cmd.PlaceOrder) and c.attempt == 1:
                             if c.leg == "ENTRY1" and c.symbol in prepared_at:
-                                decided.append(("entry", c.client_order_id, prepared_at.pop(c.symbol)))
+                                kind = "entry" if c.symbol in set_up else "entry_w24"
+                                if not read_ahead_s:
+                                    kind = "entry_default" if c.symbol in set_up else "entry_default_w24"
+                                decided.append((kind, c.client_order_id, prepared_at.pop(c.symbol)))
                             elif c.leg == "TP" and tick:
                                 decided.append(("tp", c.client_order_id, start))
                     return out
@@ -956,24 +984,31 @@ async def tick_to_order(cycles: int) -> list[Row]:
     finally:
         await harness.stop()
     rows: list[Row] = []
-    for kind, name in zip(("tp", "entry"), TTO_NAMES, strict=True):
+    notes = {
+        "tp": "from the mark frame, add the deliberate wait for the 1 s evaluation Tick (W20): the "
+        "ticker fires 100 ms after the venue's pushes",
+        "entry": "position mode, leverage, margin type and balance read while monitoring (D-72)",
+        "entry_w24": "a symbol's first trade: two POSTs after the trigger, as W17-1 wants (no target "
+        "of the issue; three round trips)",
+        "entry_default": "the shipped config: the three reads sent together at the trigger, then the "
+        "order (two round trips)",
+    }
+    for kind, name in zip(TTO_KINDS, TTO_NAMES, strict=True):
+        if kind not in kinds:
+            continue
         samples = [created[cid] - start for k, cid, start in decided if k == kind and cid in created]
         if not samples:
             raise RuntimeError(f"no {kind} order reached the venue ({len(decided)} decided)")
-        row = latency_row("daemon", name, samples, TICK_TO_ORDER_TARGET_MS * 1000)
+        target_ms = TTO_TARGETS_MS[kind]
+        row = latency_row("daemon", name, samples, target_ms * 1000)
         values = [v / 1000 for _, v in row.stats]  # us -> ms
-        note = (
-            "from the mark frame, add the deliberate wait for the 1 s evaluation Tick (W20): the "
-            "ticker fires 100 ms after the venue's pushes"
-            if kind == "tp"
-            else "includes the position-mode, leverage, margin and balance calls before the order (W24)"
-        )
+        note = notes[kind]
         rows.append(
             Row(
                 group="daemon",
                 name=name,
                 unit="ms",
-                target=Target(stat="p99", op="<", value=TICK_TO_ORDER_TARGET_MS),
+                target=Target(stat="p99", op="<", value=target_ms),
                 stats=tuple((n, v) for (n, _), v in zip(row.stats, values, strict=True)),
                 samples=row.samples,
                 note=note,

@@ -103,6 +103,17 @@ class BinanceConfig(_Strict):
     private_ws_url: str = ""
     recv_window_ms: int = Field(default=5000, gt=0, le=60000)
     price_heartbeat_symbol: str = "BTCUSDT"
+    # W24's reads (position mode, leverage/margin, balance) made while a first entry is monitored
+    # serve its trigger while younger than this (D-72). 0, the default: read at every trigger, as
+    # W24 says. A read every 10 s at most, so a value below 20 would rarely serve.
+    account_read_max_age_seconds: int = Field(default=0, ge=0, le=300)
+
+    @field_validator("account_read_max_age_seconds")
+    @classmethod
+    def _read_ahead_age(cls, value: int) -> int:
+        if 0 < value < 20:
+            raise ValueError("0 (read at the trigger) or 20 to 300 seconds")
+        return value
 
     def urls(self) -> tuple[str, str, str]:
         """(REST, /market WS, /private WS) for the profile unless overridden (keep every URL configurable)."""

@@ -48,9 +48,10 @@ from pathlib import Path
 from typing import Any
 
 from binance import parse
+from binance.account_reads import AccountReads
 from binance.errors import BinanceError, UnknownOutcome
 from binance.executor import RESOLVE_MARGIN_MS, Executor
-from binance.parse import KlineUpdate, ListenKeyExpired
+from binance.parse import AccountPush, KlineUpdate, ListenKeyExpired
 from binance.reconcile import FundingRead, Tracked, gap_read_back, missed_funding, missed_updates
 from binance.rest import BinanceRest, host_of
 from binance.streams import KEEPALIVE_S, MarketStream, PremiumIndexPoller, UserStream
@@ -95,6 +96,8 @@ CURSOR_WAIT_S = 0.5  # wall seconds a message's cursor write may hold up its dec
 USER_STREAM_WAIT_MS = 5000  # how long recovery waits for the user stream before reading the venue
 KLINE_MS = 180_000
 QUIET_EVENTS = (ev.Tick, ev.MarkPriceTick, ev.VenueCallSucceeded)  # never the board's "last event"
+# Events that move the wallet, or come with a move that may be pushed late or lost (D-72).
+ACCOUNT_MOVES = (ev.BalanceChanged, ev.PositionChanged, ev.FundingFee, ev.OrderUpdated, ev.AlgoOrderUpdated)
 CHECKPOINT_EVERY_MS = 3_600_000  # the engine's snapshot in the journal: where a replay can start
 JOURNAL_KEEP_MS = 7 * 86_400_000  # journal rows kept (a replay needs a checkpoint at or before)
 ORDER_WATCH_MS = 15_000  # venue time between two read-backs of our open orders (_watch_orders)
@@ -383,7 +386,13 @@ class Daemon:
             timeout_s=10.0,
             wall_s=clock.wall_s,
         )
-        self.executor = Executor(self.rest)
+        self.account_reads = AccountReads(
+            self.rest,
+            max_age_ms=config.binance.account_read_max_age_seconds * 1000,
+            stream_epoch=lambda: self.user.connections if self.user.connected else None,
+        )
+        self._account_wake = asyncio.Event()
+        self.executor = Executor(self.rest, reads=self.account_reads)
         self.market = MarketStream(endpoints.market_ws_url, self._on_stream_item, clock_ms=clock.now_ms)
         self.user = UserStream(
             self.rest,
@@ -478,6 +487,7 @@ class Daemon:
             asyncio.create_task(self._ticker(), name="ticker"),
             asyncio.create_task(self._status_loop(), name="status"),
             asyncio.create_task(self._watch_orders(), name="order-watch"),
+            asyncio.create_task(self._read_account_ahead(), name="account-reads"),
         ]
         await self._stopping.wait()
         # 1) intake stops
@@ -737,6 +747,10 @@ class Daemon:
     async def _on_stream_item(self, item: parse.Decoded) -> None:
         if isinstance(item, (KlineUpdate, ListenKeyExpired)):
             return  # klines are read by REST at receipt; the user stream renews its own key
+        if isinstance(item, AccountPush):  # the account moved: read it again before a trigger
+            self.account_reads.invalidate(f"{item.event} {item.reason} {item.symbol or ''}".rstrip())
+            self._account_wake.set()
+            return
         if isinstance(item, ev.WsStatusChanged):
             self.streams["market"] = "up" if item.connected else "down"
         elif isinstance(item, ev.MarkPriceTick) and item.symbol == self.heartbeat_symbol:
@@ -795,6 +809,45 @@ class Daemon:
             if isinstance(event, (ev.OrderUpdated, ev.AlgoOrderUpdated)):
                 log.warning("user stream gap: %s", _describe_missed(event))
             self.enqueue_nowait(event)
+
+    async def _read_account_ahead(self) -> None:
+        """W24's reads for the next first entry, made while one is monitored (D-72): at once when
+        a symbol starts monitoring or a push voided them, then again at half their life."""
+        reads = self.account_reads
+        if not reads.enabled:
+            return
+        problem = ""
+        while not self._stopping.is_set():
+            self._account_wake.clear()
+            now = self.clock.now_ms()
+            if (
+                reads.due(now)
+                and self.engine.lock_state("recovery_lock") != "RECOVERING"
+                and any(m.state == "MONITORING" for m in self.engine.symbols.values())
+            ):
+                try:
+                    await reads.refresh(now)
+                except Exception as exc:  # never let it die: the trigger reads for itself meanwhile
+                    reads.invalidate("read crashed")
+                    reads.problem = f"{type(exc).__name__}: {exc}"
+                if reads.problem != problem:
+                    problem = reads.problem
+                    if problem:
+                        log.info(
+                            "account read ahead failed (%s): the next entry reads at its trigger", problem
+                        )
+            await self.clock.sleep_until(self.clock.now_ms() + 1_000, self._account_wake)
+
+    def _account_moved(self, event: ev.Event, commands: list[cmd.Command]) -> None:
+        """Void the facts read ahead on anything that moves the account (handled here, whatever its
+        source: a push, a read-back, the order watch), and read at once for a new monitoring."""
+        if isinstance(event, ACCOUNT_MOVES) and not (
+            isinstance(event, ev.BalanceChanged) and event.available_balance is not None
+        ):
+            self.account_reads.invalidate(type(event).__name__)
+            self._account_wake.set()
+        elif any(isinstance(c, cmd.Transitioned) and c.dest == "MONITORING" for c in commands):
+            self._account_wake.set()
 
     async def _watch_orders(self) -> None:
         """Our open orders are read back every ``ORDER_WATCH_MS`` whatever the user stream says: a
@@ -937,6 +990,7 @@ class Daemon:
         booked = self._order_before(event)
         held = dict(self.engine.symbols) if not isinstance(event, ev.MarkPriceTick) else {}
         commands = self.engine.handle(event)
+        self._account_moved(event, commands)
         # Every input is journaled with what the engine answered, in the order handled, before any
         # command is carried out: `shortfsm replay --journal` re-makes the same answers from it.
         store.journal(event, render_all(commands))

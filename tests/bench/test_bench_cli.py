@@ -35,7 +35,9 @@ EXPECTED_ROWS = {
 }
 DAEMON_ROWS = {
     ("tick-to-order, take-profit: Tick handled -> order at the venue (loopback sim)", "ms"),
-    ("tick-to-order, first entry: Tick -> pre-order setup calls -> order at the venue", "ms"),
+    ("tick-to-order, first entry, account read ahead (W25): Tick -> order at the venue", "ms"),
+    ("tick-to-order, first entry, account read ahead, symbol to set up (W24): Tick -> POSTs -> order", "ms"),
+    ("tick-to-order, first entry, default (W24 reads at the trigger): Tick -> reads -> order", "ms"),
     ("daemon at rest, 20 symbols streaming: resident memory", "MB"),  # --quick monitors 20, not 600
     ("daemon at rest, 20 symbols streaming: CPU of one core", "%"),
 }

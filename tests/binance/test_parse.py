@@ -208,6 +208,7 @@ def test_trade_lite_is_ignored() -> None:
 
 def test_account_update_capture_usdc_balance_not_usdt() -> None:
     assert parse.decode_frame(raw("account_update_capture.json"), NOW) == [
+        parse.AccountPush(now_ms=NOW, event="ACCOUNT_UPDATE", reason="ORDER"),
         PositionChanged(
             now_ms=NOW,
             symbol="ETHUSDC",
@@ -215,7 +216,7 @@ def test_account_update_capture_usdc_balance_not_usdt() -> None:
             entry_price=Decimal("2463.26"),
             position_side="SHORT",
             venue_time_ms=1788231624647,
-        )
+        ),
     ]
     d = load("account_update_capture.json")
     assert parse.account_update(d, NOW, asset="USDC")[0] == BalanceChanged(
@@ -225,6 +226,7 @@ def test_account_update_capture_usdc_balance_not_usdt() -> None:
 
 def test_account_update_doc() -> None:
     assert parse.decode_frame(raw("account_update_doc.json"), NOW) == [
+        parse.AccountPush(now_ms=NOW, event="ACCOUNT_UPDATE", reason="ORDER"),
         BalanceChanged(now_ms=NOW, wallet_balance=Decimal("122624.12345678")),
         PositionChanged(
             now_ms=NOW,
@@ -299,9 +301,13 @@ def test_account_config_update_carries_no_position_mode() -> None:
     invented = {"e": "ACCOUNT_CONFIG_UPDATE", "E": 1, "T": 1, "ai": {"j": False, "d": True}}
     multi = {"e": "ACCOUNT_CONFIG_UPDATE", "E": 1, "T": 1, "ai": {"j": True}}
     lev = {"e": "ACCOUNT_CONFIG_UPDATE", "E": 1, "T": 1, "ac": {"s": "BTCUSDT", "l": 25}}
-    assert parse.decode_message(invented, NOW) == []
-    assert parse.decode_message(multi, NOW) == []
-    assert parse.decode_message(lev, NOW) == []
+    # Only the shell's AccountPush comes out (it voids the facts read ahead, D-72).
+    config_push = parse.AccountPush(now_ms=NOW, event="ACCOUNT_CONFIG_UPDATE", reason="multi_assets")
+    assert parse.decode_message(invented, NOW) == [config_push]
+    assert parse.decode_message(multi, NOW) == [config_push]
+    assert parse.decode_message(lev, NOW) == [
+        parse.AccountPush(now_ms=NOW, event="ACCOUNT_CONFIG_UPDATE", reason="leverage", symbol="BTCUSDT")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -503,6 +509,7 @@ def test_a_funding_fee_push_names_its_symbol_and_amount() -> None:
     balance = [{"a": "USDT", "wb": "100.5", "cw": "100.5", "bc": "-0.0123"}]
     with_s = {**base, "a": {"m": "FUNDING_FEE", "S": "ETHUSDT", "B": balance, "P": []}}
     assert parse.decode_message(with_s, NOW) == [
+        parse.AccountPush(now_ms=NOW, event="ACCOUNT_UPDATE", reason="FUNDING_FEE"),
         BalanceChanged(now_ms=NOW, wallet_balance=Decimal("100.5")),
         FundingFee(
             now_ms=NOW, symbol="ETHUSDT", asset="USDT", amount=Decimal("-0.0123"), venue_time_ms=1788231600000
@@ -516,11 +523,11 @@ def test_a_funding_fee_push_names_its_symbol_and_amount() -> None:
             "P": [{"s": "SOLUSDT", "pa": "-2", "ep": "150", "mt": "isolated", "iw": "10", "ps": "BOTH"}],
         },
     }
-    assert parse.decode_message(isolated, NOW)[1] == FundingFee(
+    assert parse.decode_message(isolated, NOW)[2] == FundingFee(
         now_ms=NOW, symbol="SOLUSDT", asset="USDT", amount=Decimal("-0.0123"), venue_time_ms=1788231600000
     )
     cross = {**base, "a": {"m": "FUNDING_FEE", "B": balance, "P": []}}
-    assert parse.decode_message(cross, NOW)[1] == FundingFee(
+    assert parse.decode_message(cross, NOW)[2] == FundingFee(
         now_ms=NOW, symbol="", asset="USDT", amount=Decimal("-0.0123"), venue_time_ms=1788231600000
     )
     order = {**base, "a": {"m": "ORDER", "B": [{**balance[0], "bc": "5"}], "P": []}}

@@ -175,7 +175,7 @@ def test_decode_frame_never_raises_on_arbitrary_text(
 @given(value=JSON, watched=st.none() | st.just(frozenset({"BTCUSDT"})))
 def test_decode_frame_never_raises_on_arbitrary_json(value: Any, watched: frozenset[str] | None) -> None:
     for item in _decode(json.dumps(value), watched):
-        assert isinstance(item, (ev.Event, parse.KlineUpdate, parse.ListenKeyExpired))
+        assert isinstance(item, (ev.Event, parse.KlineUpdate, parse.ListenKeyExpired, parse.AccountPush))
 
 
 @FUZZ
@@ -406,7 +406,8 @@ def account_updates(draw: st.DrawFn) -> tuple[dict[str, Any], list[ev.Event]]:
 @given(case=account_updates())
 def test_account_update_round_trips(case: tuple[dict[str, Any], list[ev.Event]]) -> None:
     payload, events = case
-    assert parse.decode_frame(json.dumps(payload), NOW) == events
+    push = parse.AccountPush(now_ms=NOW, event="ACCOUNT_UPDATE", reason="ORDER")
+    assert parse.decode_frame(json.dumps(payload), NOW) == [push, *events]
 
 
 @FUZZ

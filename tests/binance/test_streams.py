@@ -12,7 +12,7 @@ from binance_simkit import Sink, run, running, venue, wait_for
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from binance.parse import KlineUpdate
+from binance.parse import AccountPush, KlineUpdate
 from binance.sim.server import RestFault
 from binance.streams import Backoff, ControlPacer, MarketStream, PremiumIndexPoller, UserStream
 from fsm.commands import UsePriceSource
@@ -231,7 +231,8 @@ def test_user_stream_delivers_order_account_and_algo_events() -> None:
                 await wait_for(lambda: v.ws_connections("private") == 1)
                 placed = await rest.place_order(LIMIT_SELL)
                 ex.set_mark("BTCUSDT", Decimal("96000"))
-                await wait_for(lambda: len(sink.items) == 4)
+                await wait_for(lambda: len(sink.items) == 5)  # the fill's ACCOUNT_UPDATE: its push first
+                assert [(p.event, p.reason) for p in sink.of(AccountPush)] == [("ACCOUNT_UPDATE", "ORDER")]
                 new, fill = sink.of(OrderUpdated)
                 assert (new.status, new.order_id, new.client_order_id) == (
                     "NEW",
@@ -302,8 +303,9 @@ def test_user_events_duplicated_reordered_and_delayed_reach_the_callback_as_sent
                 ex.hold_user_events()
                 ex.set_mark("BTCUSDT", Decimal("96000"))  # fill: ORDER_TRADE_UPDATE then ACCOUNT_UPDATE
                 assert ex.release_user_events(reverse=True) == 2
-                await wait_for(lambda: len(sink.items) == 3)
+                await wait_for(lambda: len(sink.items) == 4)
                 assert [type(i).__name__ for i in sink.items] == [
+                    "AccountPush",
                     "BalanceChanged",
                     "PositionChanged",
                     "OrderUpdated",

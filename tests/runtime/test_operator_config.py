@@ -481,3 +481,16 @@ def test_paths_resolve_beside_the_file_and_the_bundled_feed_is_found(tmp_path: P
     assert config.telegram.feed_path == str(ROOT / "specs" / "feeds" / "demo.jsonl")
     _write(tmp_path / "conf" / "specs" / "feeds" / "demo.jsonl", "")
     assert load_config(path).telegram.feed_path == str(tmp_path / "conf" / "specs" / "feeds" / "demo.jsonl")
+
+
+@pytest.mark.parametrize("age", ["5", "301", "-1", "soon"])
+def test_a_read_ahead_age_that_would_spend_the_weight_or_make_no_sense_is_refused(
+    tmp_path: Path, age: str
+) -> None:
+    """D-72: 0 reads at the trigger; 20 to 300 s reads ahead (a read every 10 s at most, so a
+    shorter life would rarely serve). Anything else stops the run with the key named, no traceback."""
+    config = _write(tmp_path / "config.yaml", f"binance:\n  account_read_max_age_seconds: {age}\n")
+    result = shortfsm("run", "--config", str(config), cwd=tmp_path, env=_env(tmp_path))
+    assert result.returncode == 2 and result.stdout == ""
+    assert "binance.account_read_max_age_seconds" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0] == "configuration error:"
