@@ -23,7 +23,8 @@ Leverage and margin changes themselves are still made only at the trigger (W17-1
 say they differ, the executor sets them before the order, as W24 says.
 
 Nothing here decides: a fact that is missing, stale or unreadable means the trigger reads, as
-without this module. Reads start at least ``MIN_GAP_MS`` apart, and a failed one is tried again
+without this module. Reads start at least ``MIN_GAP_MS`` apart (``NEW_SYMBOL_GAP_MS`` for a symbol
+that has just started monitoring: leading messages are few), and a failed one is tried again
 after 15 s, doubling to 2 minutes: neither a stream of pushes nor a venue refusing every read makes
 it spend the IP's weight (40 a read).
 """
@@ -37,13 +38,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from binance import parse
-from binance.errors import BinanceError
 from binance.parse import SymbolConfig
 from binance.rest import BinanceRest
 from fsm.events import PositionMode
 
 log = logging.getLogger(__name__)
 MIN_GAP_MS = 10_000  # between two reads' starts: a stream of pushes costs at most 240 weight a minute
+NEW_SYMBOL_GAP_MS = 1_000  # ... when a symbol has just started monitoring
 RETRY_FIRST_MS = 15_000  # after a failed read; doubling ...
 RETRY_MAX_MS = 120_000  # ... up to this: a venue refusing every read is not asked every second
 
@@ -80,8 +81,10 @@ class AccountReads:
         self._facts: AccountFacts | None = None
         self._generation = 0  # bumped by every invalidation: a read that began before is void
         self.reads = 0  # complete reads stored (the operator's and the tests' count)
+        self.served = 0  # first entries that took them (the bench's count)
         self.problem = ""  # why the last read failed, "" after a good one
-        self._next_ms = 0  # no read starts before this (venue ms)
+        self._started_ms: int | None = None  # when the last read started (venue ms)
+        self._retry_ms = 0  # after a failure, no read starts before this
         self._failures = 0  # reads failed in a row
 
     @property
@@ -98,11 +101,15 @@ class AccountReads:
             log.debug("account facts void: %s", why)
             self._facts = None
 
-    def due(self, now_ms: int) -> bool:
+    def due(self, now_ms: int, *, new_symbol: bool = False) -> bool:
         """Time to read again: none held, or half their life gone (a read never ages past the
         limit while the next is due), a user stream is there to watch them, and the last read
-        started long enough ago (``MIN_GAP_MS``; after failures, the back-off)."""
-        if not self.enabled or self._stream_epoch() is None or now_ms < self._next_ms:
+        started long enough ago (``MIN_GAP_MS``, or ``NEW_SYMBOL_GAP_MS`` for ``new_symbol``; after
+        failures, the back-off)."""
+        if not self.enabled or self._stream_epoch() is None or now_ms < self._retry_ms:
+            return False
+        gap = NEW_SYMBOL_GAP_MS if new_symbol else MIN_GAP_MS
+        if self._started_ms is not None and 0 <= now_ms - self._started_ms < gap:
             return False
         facts = self._facts
         return facts is None or now_ms - facts.read_at_ms >= self.max_age_ms // 2
@@ -116,6 +123,7 @@ class AccountReads:
         if self._stream_epoch() != facts.epoch:  # the stream dropped since: a push may be lost
             self.invalidate("user stream reconnected or down")
             return None
+        self.served += 1
         return facts
 
     async def refresh(self, now_ms: int) -> bool:
@@ -125,7 +133,7 @@ class AccountReads:
         if not self.enabled or epoch is None:
             return False
         generation = self._generation
-        self._next_ms = now_ms + MIN_GAP_MS
+        self._started_ms = now_ms
         mode_res, config_res, balance_res = await asyncio.gather(
             self.rest.position_mode(), self.rest.symbol_config(), self.rest.balance(), return_exceptions=True
         )
@@ -136,11 +144,11 @@ class AccountReads:
             mode = parse.position_mode_from_rest(mode_res)
             configs = _usable_rows(config_res)
             wallet, available = parse.balance_from_rest(balance_res, self.asset)
-        except (BinanceError, KeyError, ValueError, TypeError) as exc:
+        except Exception as exc:  # a venue error, a malformed answer, or anything unforeseen
             self.invalidate("read failed")
             self.problem = f"{type(exc).__name__}: {exc}"
             self._failures += 1
-            self._next_ms = now_ms + min(RETRY_FIRST_MS << min(self._failures - 1, 8), RETRY_MAX_MS)
+            self._retry_ms = now_ms + min(RETRY_FIRST_MS << min(self._failures - 1, 8), RETRY_MAX_MS)
             return False
         self._failures = 0
         if generation != self._generation or self._stream_epoch() != epoch:

@@ -215,8 +215,6 @@ class Executor:
         config = facts.configs[cmd.symbol]
         changed = config.leverage != cmd.leverage or config.margin_type.lower() != cmd.margin_type.lower()
         if changed:
-            assert self.reads is not None
-            self.reads.invalidate(f"{cmd.symbol} leverage or margin type set")
             try:
                 await self._configure(cmd, config.leverage, config.margin_type.lower())
             except BinanceError as err:
@@ -248,6 +246,8 @@ class Executor:
             )
 
     async def _with_order_cleanup(self, symbol: str, change: Callable[[], Awaitable[object]]) -> None:
+        if self.reads is not None:  # a read ahead in flight or held may say the old setting (D-72)
+            self.reads.invalidate(f"{symbol} leverage or margin type set")
         try:
             await change()
             return

@@ -978,6 +978,7 @@ async def tick_to_order(
                 if task.done():
                     break
                 await asyncio.sleep(0.02)
+            served = daemon.account_reads.served
             daemon.request_stop("bench finished")
             await asyncio.wait_for(task, 30)
             await store.close()
@@ -987,7 +988,8 @@ async def tick_to_order(
     notes = {
         "tp": "from the mark frame, add the deliberate wait for the 1 s evaluation Tick (W20): the "
         "ticker fires 100 ms after the venue's pushes",
-        "entry": "position mode, leverage, margin type and balance read while monitoring (D-72)",
+        "entry": "position mode, leverage, margin type and balance read while monitoring (D-72); "
+        "{served} of {entries} first entries found the read ahead usable",
         "entry_w24": "a symbol's first trade: two POSTs after the trigger, as W17-1 wants (no target "
         "of the issue; three round trips)",
         "entry_default": "the shipped config: the three reads sent together at the trigger, then the "
@@ -1002,7 +1004,7 @@ async def tick_to_order(
         target_ms = TTO_TARGETS_MS[kind]
         row = latency_row("daemon", name, samples, target_ms * 1000)
         values = [v / 1000 for _, v in row.stats]  # us -> ms
-        note = notes[kind]
+        note = notes[kind].format(served=served, entries=sum(k.startswith("entry") for k, _, _ in decided))
         rows.append(
             Row(
                 group="daemon",

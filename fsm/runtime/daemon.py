@@ -96,6 +96,9 @@ CURSOR_WAIT_S = 0.5  # wall seconds a message's cursor write may hold up its dec
 USER_STREAM_WAIT_MS = 5000  # how long recovery waits for the user stream before reading the venue
 KLINE_MS = 180_000
 QUIET_EVENTS = (ev.Tick, ev.MarkPriceTick, ev.VenueCallSucceeded)  # never the board's "last event"
+# A setup's end (its answer came, the order goes out) is not saved before that order: recovery
+# rebuilds an entry in flight from the venue, as before D-70 made the setup a machine (D-72).
+IN_FLIGHT_MACHINES = frozenset({"setup"})
 # Events that move the wallet, or come with a move that may be pushed late or lost (D-72).
 ACCOUNT_MOVES = (ev.BalanceChanged, ev.PositionChanged, ev.FundingFee, ev.OrderUpdated, ev.AlgoOrderUpdated)
 CHECKPOINT_EVERY_MS = 3_600_000  # the engine's snapshot in the journal: where a replay can start
@@ -392,6 +395,7 @@ class Daemon:
             stream_epoch=lambda: self.user.connections if self.user.connected else None,
         )
         self._account_wake = asyncio.Event()
+        self._new_monitoring = False  # a symbol started monitoring since the last read ahead began
         self.executor = Executor(self.rest, reads=self.account_reads)
         self.market = MarketStream(endpoints.market_ws_url, self._on_stream_item, clock_ms=clock.now_ms)
         self.user = UserStream(
@@ -821,10 +825,11 @@ class Daemon:
             self._account_wake.clear()
             now = self.clock.now_ms()
             if (
-                reads.due(now)
+                reads.due(now, new_symbol=self._new_monitoring)
                 and self.engine.lock_state("recovery_lock") != "RECOVERING"
                 and any(m.state == "MONITORING" for m in self.engine.symbols.values())
             ):
+                self._new_monitoring = False
                 try:
                     await reads.refresh(now)
                 except Exception as exc:  # never let it die: the trigger reads for itself meanwhile
@@ -847,6 +852,7 @@ class Daemon:
             self.account_reads.invalidate(type(event).__name__)
             self._account_wake.set()
         elif any(isinstance(c, cmd.Transitioned) and c.dest == "MONITORING" for c in commands):
+            self._new_monitoring = True  # read soon (1 s apart, not 10): its trigger may be near
             self._account_wake.set()
 
     async def _watch_orders(self) -> None:
@@ -1012,11 +1018,13 @@ class Daemon:
                 await self._save_cursor(c.chat_id, c.message_id, now)
         store.record_commands(now, commands)
         self.decision_log.decisions(now, event, commands)
-        if isinstance(event, ev.FlattenStarted) or any(isinstance(c, cmd.Transitioned) for c in commands):
+        if isinstance(event, ev.FlattenStarted) or any(
+            isinstance(c, cmd.Transitioned) and c.machine not in IN_FLIGHT_MACHINES for c in commands
+        ):
             # Saved before the orders go out: recovery's hint must never lag a state change (D-17),
             # nor a restart miss a flatten that had begun (D-63).
             self.store.save_snapshot(now, self.engine.snapshot())
-        elif any(isinstance(c, cmd.ORDER_COMMANDS) for c in commands):
+        elif any(isinstance(c, (cmd.Transitioned, *cmd.ORDER_COMMANDS)) for c in commands):
             self._snapshot_dirty = True
         if self.observer is not None:
             self.observer(event, commands)

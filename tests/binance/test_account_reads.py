@@ -285,3 +285,54 @@ def test_an_unreadable_row_of_another_contract_leaves_the_others_usable() -> Non
             assert reads.usable("OLDUSDT", NOW + 1) is None
 
     run(go())
+
+
+def test_a_symbol_that_starts_monitoring_is_read_for_one_second_after_the_last_read() -> None:
+    """A trade's fills void the facts; a symbol that starts monitoring right after may trigger soon:
+    its read may start 1 s after the last one (not 10 s), and only while the facts are void."""
+
+    async def go() -> None:
+        async with venue() as (_ex, _v, rest):
+            reads = AccountReads(rest, max_age_ms=AGE_MS, stream_epoch=Stream())
+            assert await reads.refresh(NOW)
+            assert not reads.due(NOW + 1_000, new_symbol=True)  # fresh facts: nothing to read
+            reads.invalidate("ACCOUNT_UPDATE ORDER")
+            assert not reads.due(NOW + 999, new_symbol=True) and reads.due(NOW + 1_000, new_symbol=True)
+            assert not reads.due(NOW + 9_999) and reads.due(NOW + 10_000)
+
+    run(go())
+
+
+def test_an_unforeseen_error_in_a_read_backs_off_like_any_failure() -> None:
+    async def go() -> None:
+        async with venue() as (_ex, _v, rest):
+            reads = AccountReads(rest, max_age_ms=AGE_MS, stream_epoch=Stream())
+
+            async def broken() -> list[object]:
+                raise RuntimeError("unforeseen")
+
+            rest.balance = broken  # type: ignore[method-assign]
+            assert not await reads.refresh(NOW)
+            assert reads.problem == "RuntimeError: unforeseen"
+            assert not reads.due(NOW + 14_999, new_symbol=True) and reads.due(NOW + 15_000)
+
+    run(go())
+
+
+@pytest.mark.spec("W24")
+def test_the_trigger_own_setting_of_leverage_voids_a_read_ahead() -> None:
+    """A read ahead that is too old to serve, then the trigger reads and sets leverage itself: the
+    read ahead (which says 20x) is voided, never served afterwards."""
+
+    async def go() -> None:
+        async with venue() as (ex, _v, rest):
+            ex.leverage["BTCUSDT"] = 20
+            ex.margin_type["BTCUSDT"] = "isolated"
+            reads = AccountReads(rest, max_age_ms=AGE_MS, stream_epoch=Stream())
+            assert await reads.refresh(NOW)
+            assert reads.facts is not None and reads.facts.configs["BTCUSDT"].leverage == 20
+            out = await Executor(rest, reads=reads).execute(ENTRY1, NOW + AGE_MS)  # too old: live path
+            assert isinstance(out[0], OrderPrepared) and out[0].ok and ex.leverage["BTCUSDT"] == 1
+            assert reads.facts is None
+
+    run(go())
