@@ -9,11 +9,12 @@ from decimal import Decimal
 
 import pytest
 from binance_simkit import run, venue
+from test_executor import ENTRY
 
 from binance.account_reads import AccountReads
 from binance.executor import Executor
 from binance.sim.server import RestFault
-from fsm.commands import PlaceOrder, PrepareOrder
+from fsm.commands import PrepareOrder
 from fsm.events import OrderPrepared, OrderRejected, VenueCallSucceeded
 
 NOW = 1_767_225_600_000
@@ -207,17 +208,7 @@ def test_an_order_refused_for_its_position_side_voids_the_facts() -> None:
             reads = AccountReads(rest, max_age_ms=AGE_MS, stream_epoch=Stream())
             assert await reads.refresh(NOW)
             ex.hedge_mode = True  # switched in the app while flat
-            order = PlaceOrder(
-                symbol="BTCUSDT",
-                client_order_id="s1-ENTRY1-0",
-                leg="ENTRY1",
-                side="SELL",
-                order_type="LIMIT",
-                quantity=Decimal("0.010"),
-                price=Decimal("96000.0"),
-                time_in_force="GTC",
-            )
-            out = await Executor(rest, reads=reads).execute(order, NOW + 1_000)
+            out = await Executor(rest, reads=reads).execute(ENTRY, NOW + 1_000)  # no positionSide
             assert isinstance(out[0], OrderRejected) and out[0].code == -4061
             assert reads.facts is None
             assert await reads.refresh(NOW + 2_000)

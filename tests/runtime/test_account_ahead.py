@@ -7,6 +7,8 @@ account as it is at the trigger."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -86,26 +88,37 @@ def read_ahead(tmp: Path, seconds: int = 30) -> AppConfig:
     return base.model_copy(update={"binance": BinanceConfig(account_read_max_age_seconds=seconds)})
 
 
-async def until_entered(
-    venue: kit.Venue, marks: Marks, tmp: Path, config: AppConfig | None = None
-) -> kit.Run:
+@asynccontextmanager
+async def monitoring(
+    tmp: Path, path: kit.PricePath = PATH, *, set_up: bool = True, config: AppConfig | None = None
+) -> AsyncIterator[tuple[kit.Venue, Marks, kit.Run]]:
+    """The venue (ETHUSDT traded before when ``set_up``: 1x, isolated), and a daemon (the read ahead
+    on unless ``config`` says otherwise) whose ETHUSDT is MONITORING; the daemon is stopped after."""
     config = config or read_ahead(tmp)
-    feed = kit.write_feed(tmp, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
-    run = await venue.start_daemon(tmp, feed, config=config, engine=marks.engine(config))
-    await kit.wait_until(lambda: marks.monitoring >= 0)
-    return run
+    async with kit.Venue(path) as venue:
+        if set_up:
+            traded_before(venue)
+        marks = Marks(venue)
+        feed = kit.write_feed(tmp, [(1000, kit.ENTRY_CHAT, 1001, ETH)])
+        run = await venue.start_daemon(tmp, feed, config=config, engine=marks.engine(config))
+        await kit.wait_until(lambda: marks.monitoring >= 0)
+        yield venue, marks, run
+        if not run.task.done():
+            assert await run.stop() == 0
+
+
+async def entered(venue: kit.Venue, marks: Marks, run: kit.Run) -> None:
+    """The entry's setup answered and its order on the venue; then the daemon stops (exit 0)."""
+    await kit.wait_until(lambda: marks.prepared >= 0 and venue.exchange.open_orders_index != {})
+    assert await run.stop() == 0
 
 
 @pytest.mark.spec("W24", "W25", "W17-1")
 def test_the_reads_are_made_while_monitoring_and_none_at_the_trigger(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with kit.Venue(PATH) as venue:
-            traded_before(venue)
-            marks = Marks(venue)
-            run = await until_entered(venue, marks, tmp_path)
-            await kit.wait_until(lambda: marks.prepared >= 0 and venue.exchange.open_orders_index != {})
+        async with monitoring(tmp_path) as (venue, marks, run):
             daemon = run.daemon
-            assert await run.stop() == 0
+            await entered(venue, marks, run)
             during = marks.between(marks.monitoring, marks.trigger, READS | CHANGES)
             assert {path for _, path in during} == READS  # read while monitoring ...
             assert all(method == "GET" for method, _ in during)  # ... and nothing changed (W17-1)
@@ -121,21 +134,16 @@ def test_the_reads_are_made_while_monitoring_and_none_at_the_trigger(tmp_path: P
 @pytest.mark.spec("W24", "W17-1")
 def test_a_symbol_never_set_up_is_set_up_after_the_trigger(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with kit.Venue(PATH) as venue:  # ETHUSDT at the venue's defaults: 20x, cross
-            marks = Marks(venue)
-            run = await until_entered(venue, marks, tmp_path)
-            await kit.wait_until(lambda: marks.prepared >= 0 and venue.exchange.open_orders_index != {})
-            assert await run.stop() == 0
+        async with monitoring(tmp_path, set_up=False) as (venue, marks, run):  # the defaults: 20x, cross
+            await entered(venue, marks, run)
             assert {p for m, p in marks.between(marks.monitoring, marks.trigger, READS | CHANGES)} == READS
             assert marks.between(marks.monitoring, marks.trigger, CHANGES) == []  # W17-1
             assert marks.between(marks.trigger, marks.prepared, READS | CHANGES) == [
                 ("POST", "/fapi/v1/leverage"),
                 ("POST", "/fapi/v1/marginType"),
             ]
-            assert (venue.exchange.leverage["ETHUSDT"], venue.exchange.margin_type["ETHUSDT"]) == (
-                1,
-                "isolated",
-            )
+            ex = venue.exchange
+            assert (ex.leverage["ETHUSDT"], ex.margin_type["ETHUSDT"]) == (1, "isolated")
 
     kit.run(scenario(), timeout=20)
 
@@ -143,15 +151,11 @@ def test_a_symbol_never_set_up_is_set_up_after_the_trigger(tmp_path: Path) -> No
 @pytest.mark.spec("W24", "W32-1")
 def test_a_transfer_while_monitoring_sizes_the_entry_on_the_new_wallet(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with kit.Venue(PATH) as venue:
-            traded_before(venue)
-            marks = Marks(venue)
-            run = await until_entered(venue, marks, tmp_path)
+        async with monitoring(tmp_path) as (venue, marks, run):
             await kit.wait_until(lambda: run.daemon.account_reads.facts is not None)
             assert not venue.at(7)  # the trigger is still ahead
             venue.exchange.transfer(D("5000"))  # from the app: ACCOUNT_UPDATE DEPOSIT
-            await kit.wait_until(lambda: marks.prepared >= 0 and venue.exchange.open_orders_index != {})
-            assert await run.stop() == 0
+            await entered(venue, marks, run)
             entry = marks.entry()
             assert entry.quantity == D("2.121")  # 50 % of 15,000 USDT at 3535.00, not 1.414
             assert [(o[0], o[4]) for o in kit.venue_orders(venue.exchange)] == [
@@ -164,15 +168,11 @@ def test_a_transfer_while_monitoring_sizes_the_entry_on_the_new_wallet(tmp_path:
 @pytest.mark.spec("W24")
 def test_a_leverage_changed_in_the_app_while_monitoring_is_set_back_before_the_order(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with kit.Venue(PATH) as venue:
-            traded_before(venue)
-            marks = Marks(venue)
-            run = await until_entered(venue, marks, tmp_path)
+        async with monitoring(tmp_path) as (venue, marks, run):
             await kit.wait_until(lambda: run.daemon.account_reads.facts is not None)
             assert not venue.at(7)
             venue.exchange.set_leverage({"symbol": "ETHUSDT", "leverage": "5"})  # ACCOUNT_CONFIG_UPDATE
-            await kit.wait_until(lambda: marks.prepared >= 0 and venue.exchange.open_orders_index != {})
-            assert await run.stop() == 0
+            await entered(venue, marks, run)
             assert ("POST", "/fapi/v1/leverage") in marks.between(marks.trigger, marks.prepared, CHANGES)
             assert venue.exchange.leverage["ETHUSDT"] == 1
 
@@ -182,31 +182,30 @@ def test_a_leverage_changed_in_the_app_while_monitoring_is_set_back_before_the_o
 @pytest.mark.spec("W24", "W25")
 def test_by_default_the_reads_are_made_at_the_trigger(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with kit.Venue(PATH) as venue:
-            traded_before(venue)
-            marks = Marks(venue)
-            run = await until_entered(venue, marks, tmp_path, kit.config_for(tmp_path))
-            await kit.wait_until(lambda: marks.prepared >= 0 and venue.exchange.open_orders_index != {})
-            assert await run.stop() == 0
+        async with monitoring(tmp_path, config=kit.config_for(tmp_path)) as (venue, marks, run):
+            await entered(venue, marks, run)
             assert marks.between(marks.monitoring, marks.trigger, READS) == []
             assert {p for _, p in marks.between(marks.trigger, marks.prepared, READS)} == READS
 
     kit.run(scenario(), timeout=20)
 
 
+QUIET = kit.PricePath(base={"ETHUSDT": D("3500.00")}, points=())  # no trigger
+
+
+async def later(venue: kit.Venue, seconds: int) -> None:
+    start = venue.clock.now_ms()
+    await kit.wait_until(lambda: venue.clock.now_ms() >= start + seconds * 1000, timeout=12)
+
+
 @pytest.mark.spec("W24", "W17-1")
 def test_a_long_monitoring_reads_every_half_life_and_changes_nothing(tmp_path: Path) -> None:
     """A minute of monitoring with no trigger: one read at the start, then one every 15 s (half of
     the 30 s a read may serve), 40 weight each: about 200 a minute, not a read a second."""
-    quiet = kit.PricePath(base={"ETHUSDT": D("3500.00")}, points=())
 
     async def scenario() -> None:
-        async with kit.Venue(quiet) as venue:
-            traded_before(venue)
-            marks = Marks(venue)
-            run = await until_entered(venue, marks, tmp_path)
-            start = venue.clock.now_ms()
-            await kit.wait_until(lambda: venue.clock.now_ms() >= start + 61_000, timeout=12)
+        async with monitoring(tmp_path, QUIET) as (venue, marks, run):
+            await later(venue, 61)
             assert await run.stop() == 0
             during = marks.between(marks.monitoring, len(marks.requests), READS | CHANGES)
             modes = [r for r in during if r[1] == "/fapi/v1/positionSide/dual"]
@@ -221,17 +220,12 @@ def test_a_long_monitoring_reads_every_half_life_and_changes_nothing(tmp_path: P
 def test_a_venue_refusing_the_reads_is_not_asked_every_second(tmp_path: Path) -> None:
     """The position-mode read (weight 30) fails for a whole minute of monitoring: it is tried at
     0, 15 and 45 s (the back-off), not sixty times; the trigger then reads for itself (W26)."""
-    quiet = kit.PricePath(base={"ETHUSDT": D("3500.00")}, points=())
 
     async def scenario() -> None:
-        async with kit.Venue(quiet) as venue:
-            traded_before(venue)
-            marks = Marks(venue)
+        async with monitoring(tmp_path, QUIET) as (venue, marks, run):
             fault = RestFault("GET", "/fapi/v1/positionSide/dual", "status", status=500, count=1_000)
-            run = await until_entered(venue, marks, tmp_path)
             venue.harness.venue.faults.add(fault)
-            start = venue.clock.now_ms()
-            await kit.wait_until(lambda: venue.clock.now_ms() >= start + 60_000, timeout=12)
+            await later(venue, 60)
             reads = run.daemon.account_reads
             assert reads.facts is None and "500" in reads.problem
             assert await run.stop() == 0
