@@ -199,6 +199,7 @@ class Daemon:
     kills: list[str] = field(default_factory=list)
     known: set[str] = field(default_factory=set)  # open on the venue when the process recovered
     proc: asyncio.subprocess.Process | None = None
+    binance: dict[str, Any] = field(default_factory=dict)  # more `binance:` settings (the read ahead)
 
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -212,6 +213,7 @@ class Daemon:
                 "rest_url": self.venue.server.rest_url,
                 "market_ws_url": f"{ws}/market",
                 "private_ws_url": f"{ws}/private",
+                **self.binance,
             },
             "storage": {
                 "database": str(self.db),
@@ -400,11 +402,12 @@ async def _run(
     home: Path,
     kill_plan: Callable[[Daemon], Any] | None,
     setup: Callable[[Venue], None] | None = None,
+    binance: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Daemon]:
     async with Venue(director) as venue:
         if setup is not None:
             setup(venue)
-        daemon = Daemon(venue, home, feed)
+        daemon = Daemon(venue, home, feed, binance=binance or {})
         await daemon.start()
         try:
             if kill_plan is not None:
@@ -425,11 +428,12 @@ async def _both(
     tmp: Path,
     kill_plan: Callable[[Daemon], Any],
     setup: Callable[[Venue], None] | None = None,
+    binance: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], Daemon]:
     """The uncrashed run and the crashed run side by side (two venues, two databases)."""
     (reference, _), (crashed, daemon) = await asyncio.gather(
-        _run(director, feed, tmp / "reference", None, setup),
-        _run(director, feed, tmp / "crashed", kill_plan, setup),
+        _run(director, feed, tmp / "reference", None, setup, binance),
+        _run(director, feed, tmp / "crashed", kill_plan, setup, binance),
     )
     return reference, crashed, daemon
 
