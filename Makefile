@@ -26,11 +26,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest --spec-report=var/spec-report.json
+	$(BIN)/pytest -n auto --spec-report=var/spec-report.json
 
 # Regenerate requirements.lock (needs network to the package index and `uv`).
 lock:
-	uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.lock
+	uv pip compile pyproject.toml --extra dev --extra distributed --generate-hashes --python-version 3.11 -o requirements.lock
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

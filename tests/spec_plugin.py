@@ -6,6 +6,10 @@ Every spec marker argument must be a catalog ID (``W17-2``, ``R15``, ``G01``) or
 outcomes as JSON, prints ``spec coverage: N/M`` and fails the run when an ID has no test or a test that
 did not pass. ``tests/conftest.py`` registers it as ``shortfsm_spec``; ``-p no:shortfsm_spec`` turns it
 off.
+
+Under pytest-xdist (``make test`` runs ``-n auto``) the workers collect and validate; each marked test
+carries its IDs in ``user_properties``, which its reports bring to the controller, and the controller
+writes the report from them (an ID whose tests never reported counts as having none).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ DEFAULT_CATALOG = Path("specs") / "catalog.yaml"
 MAX_LISTED = 20
 PASSED = "passed"
 NOT_RUN = "not run"
+PROPERTY = "spec_ids"  # the user_properties key carrying a test's IDs to an xdist controller
 
 
 class CatalogError(ValueError):
@@ -153,6 +158,8 @@ class SpecPlugin:
         self.collected = False
         self.failures: list[tuple[str, str]] = []
         self.result: tuple[int, int] | None = None
+        self.bad_items: dict[str, list[str]] = {}  # nodeid -> its marker errors (failed at setup on xdist)
+        self.controller = False  # an xdist controller collects nothing: it learns tests from reports
 
     def _load(self) -> None:
         try:
@@ -164,18 +171,27 @@ class SpecPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         marked = {item.nodeid: _marker_ids(item) for item in items}
+        for item in items:
+            ids = marked[item.nodeid][0]
+            if ids:
+                item.user_properties.append((PROPERTY, tuple(ids)))
         if not any(ids or problems for ids, problems in marked.values()) and self.report_path is None:
             return
         self._load()
         known = set(self.catalog) | set(self.notes)
         errors: list[str] = []
         for nodeid, (ids, problems) in marked.items():
-            errors.extend(f"{nodeid}: {problem}" for problem in problems)
+            found = [f"{nodeid}: {problem}" for problem in problems]
             for spec_id in ids:
                 if spec_id not in known:
                     close = difflib.get_close_matches(spec_id, sorted(known), n=3)
                     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                    errors.append(f"{nodeid}: unknown spec ID {spec_id!r}{hint}")
+                    found.append(f"{nodeid}: unknown spec ID {spec_id!r}{hint}")
+            if found:
+                self.bad_items[nodeid] = found
+            errors.extend(found)
+        if hasattr(self.config, "workerinput"):
+            return  # a worker's UsageError is an xdist crash that loses the message: the tests fail instead
         if errors:
             shown = errors[:MAX_LISTED]
             more = [f"... and {len(errors) - MAX_LISTED} more"] if len(errors) > MAX_LISTED else []
@@ -183,8 +199,16 @@ class SpecPlugin:
                 f"invalid spec markers (catalog: {self.catalog_file}):\n  " + "\n  ".join(shown + more)
             )
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # xdist registers its controller ("dsession") in a late pytest_configure: known only now.
+        self.controller = self.config.pluginmanager.hasplugin("dsession")
+        if self.controller and self.report_path is not None:
+            self._load()
+            self.tests_by_id = {spec_id: [] for spec_id in self.catalog}
+            self.collected = True
+
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        if self.report_path is None:
+        if self.report_path is None or self.controller:
             return
         self.tests_by_id = {spec_id: [] for spec_id in self.catalog}
         for item in session.items:
@@ -196,7 +220,19 @@ class SpecPlugin:
                 self.outcomes.setdefault(item.nodeid, NOT_RUN)
         self.collected = True
 
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if item.nodeid in self.bad_items:
+            found = "; ".join(self.bad_items[item.nodeid])
+            pytest.fail(f"invalid spec markers (catalog: {self.catalog_file}): {found}", pytrace=False)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.controller and self.collected and report.nodeid not in self.outcomes:
+            ids = next((v for k, v in report.user_properties if k == PROPERTY), ())
+            if ids:
+                self.outcomes[report.nodeid] = NOT_RUN
+                for spec_id in ids:
+                    if spec_id in self.tests_by_id:
+                        self.tests_by_id[spec_id].append(report.nodeid)
         if report.nodeid not in self.outcomes:
             return
         xfail = hasattr(report, "wasxfail")
@@ -219,8 +255,9 @@ class SpecPlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.report_path is None or not self.collected:
             return
+        order = sorted if self.controller else list  # workers report in completion order
         report = {
-            spec_id: [{"nodeid": nodeid, "outcome": self.outcomes[nodeid]} for nodeid in nodeids]
+            spec_id: [{"nodeid": nodeid, "outcome": self.outcomes[nodeid]} for nodeid in order(nodeids)]
             for spec_id, nodeids in self.tests_by_id.items()
         }
         self.report_path.parent.mkdir(parents=True, exist_ok=True)

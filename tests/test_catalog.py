@@ -406,3 +406,80 @@ def test_collect_only_reports_ids_without_tests_and_does_not_fail(project: pytes
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*spec coverage (collect-only, IDs with tests): 1/2*", "  W01: no test"])
     assert read_report(project)["W02"] == [{"nodeid": "test_co.py::test_two", "outcome": "not run"}]
+
+
+# --- the same gate under pytest-xdist (`make test` runs -n auto) -------------------------------------
+
+XDIST = ("-p", "xdist", "-n", "2")
+
+
+def test_workers_bring_their_ids_to_the_controller(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_all="""
+        import pytest
+
+        pytestmark = pytest.mark.spec("W01")
+
+        @pytest.mark.parametrize("x", [1, pytest.param(2, marks=pytest.mark.spec("W02", "N-01"))])
+        def test_p(x):
+            assert x * 2 in (2, 4)
+
+        def test_plain():
+            assert "a" * 2 == "aa"
+
+        def test_unmarked_elsewhere():
+            assert 1 < 2
+        """
+    )
+    result = project.runpytest(*XDIST, "--spec-report", "out/report.json")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*spec coverage: 2/2*"])
+    assert read_report(project) == {
+        "W01": [
+            {"nodeid": "test_all.py::test_p[1]", "outcome": "passed"},
+            {"nodeid": "test_all.py::test_p[2]", "outcome": "passed"},
+            {"nodeid": "test_all.py::test_plain", "outcome": "passed"},
+            {"nodeid": "test_all.py::test_unmarked_elsewhere", "outcome": "passed"},
+        ],
+        "W02": [{"nodeid": "test_all.py::test_p[2]", "outcome": "passed"}],
+    }
+
+
+def test_under_workers_a_failure_or_an_id_without_test_fails_the_run(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_mix="""
+        import pytest
+
+        @pytest.mark.spec("W01")
+        def test_broken():
+            assert 2 + 2 == 5
+
+        def test_other():
+            assert 2 + 2 == 4
+        """
+    )
+    result = project.runpytest(*XDIST, "--spec-report", "out/report.json")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*spec coverage: 0/2*"])
+    assert read_report(project) == {
+        "W01": [{"nodeid": "test_mix.py::test_broken", "outcome": "failed"}],
+        "W02": [],
+    }
+
+
+def test_under_workers_an_unknown_id_fails_the_run(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_typo="""
+        import pytest
+
+        @pytest.mark.spec("W1")
+        def test_a():
+            assert 1 + 1 == 2
+        """
+    )
+    result = project.runpytest(*XDIST)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["*test_typo.py::test_a: unknown spec ID 'W1' (did you mean W01*", "*1 error*"]
+    )
+    result.stdout.no_fnmatch_line("*1 passed*")
