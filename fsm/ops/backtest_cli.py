@@ -4,7 +4,10 @@ Exit 0: done; 1: ran, with data problems (listed: feed lines that do not parse, 
 minutes, signals skipped for want of a symbol or data or because their text was edited, messages
 acted on at a stale price); 2: a bad argument or setting, an --out that is not ours or is being
 written by another run (one line); 3: the feed or the cache is missing; 4: with ``--sweep``, a run
-of the grid failed (its row says why; the others ran). ``--sweep``: ``fsm.ops.backtest_sweep``.
+of the grid failed (its row says why; the others ran). ``--sweep``: ``fsm.ops.backtest_sweep``;
+``--sweep ... --scheduler tcp://HOST:8786`` runs the grid on a Dask cluster instead of local processes
+(no Dask, no scheduler within 10 s, no worker, or a worker that does not see the feed, the cache or
+the sweep folder: one line, exit 2).
 
 Every run names its cache and feed in its database (``fsm.ops.benchmark.SOURCE_KEY``), so
 ``shortfsm report`` finds the buy-and-hold BTCUSDT benchmark's data without ``--cache``.
@@ -28,6 +31,8 @@ from fsm.runtime.config import AppConfig, ConfigError, load_cli_config
 from fsm.strategy import Strategy
 
 if TYPE_CHECKING:  # the run (engine, client, sim) is imported when the command runs, not at start-up
+    from distributed import Client
+
     from fsm.harness.backtest import BacktestResult
 
 EXIT_DATA = 1
@@ -93,11 +98,23 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="SECTION.KEY=V1,V2",
         help="run the grid of these settings (cartesian product, at most 256 runs, each validated as "
-        "--set) as independent backtests on --jobs processes, each into <--out folder>/<--out "
-        "name>.sweep/run-NNN.db, and print them ranked (--rank-by)",
+        "--set) as independent backtests on --jobs processes (or --scheduler's cluster), each into "
+        "<--out folder>/<--out name>.sweep/run-NNN.db, and print them ranked (--rank-by)",
     )
     p.add_argument(
-        "--jobs", type=int, default=None, metavar="N", help="--sweep: worker processes (default: every core)"
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--sweep: worker processes on this machine (default: every core; not with --scheduler)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="--sweep: run the grid on the Dask cluster of this scheduler (e.g. tcp://10.0.0.5:8786; "
+        "needs pip install 'shortfsm[distributed]'); the feed, the cache and the --out folder must be "
+        "on a disk every worker shares, at the same paths",
     )
     p.add_argument(
         "--rank-by",
@@ -185,7 +202,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     except (ValueError, ConfigError, BacktestError) as exc:
         print(f"backtest: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_BAD_ARGUMENT
-    if args.sweep or args.jobs is not None:
+    if args.sweep or args.jobs is not None or args.scheduler is not None:
         return cmd_sweep(
             args, config=config, capital=capital, slippage=slippage, fees=fees, since=since, until=until,
             demo_folder=demo_folder,
@@ -301,12 +318,22 @@ def cmd_sweep(
     until: int | None,
     demo_folder: Path | None,
 ) -> int:
-    """``--sweep``: validate the whole grid, run it, print it ranked (``fsm.ops.backtest_sweep``)."""
-    from fsm.harness.backtest import BacktestError, check_out
+    """``--sweep``: validate the whole grid, run it (here or on ``--scheduler``'s Dask cluster),
+    print it ranked (``fsm.ops.backtest_sweep``)."""
     from fsm.ops import backtest_sweep as sweep
 
     if not args.sweep:
-        print("backtest: --jobs goes with --sweep", file=sys.stderr)
+        print(
+            f"backtest: {'--jobs' if args.jobs is not None else '--scheduler'} goes with --sweep",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_ARGUMENT
+    if args.scheduler is not None and args.jobs is not None:
+        print(
+            "backtest: --jobs and --scheduler do not go together: the cluster's workers set how many runs "
+            "go at once (dask worker ADDRESS --nworkers N --nthreads 1)",
+            file=sys.stderr,
+        )
         return EXIT_BAD_ARGUMENT
     if args.path == "both":
         print("backtest: --sweep ranks one path: --path pessimistic or optimistic", file=sys.stderr)
@@ -330,7 +357,44 @@ def cmd_sweep(
     except sweep.SweepError as exc:
         print(f"backtest: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGUMENT
-    out = Path(args.out)
+    client = None
+    if args.scheduler is not None:
+        try:  # before anything is written: an unreachable cluster leaves no trace
+            client = sweep.connect(args.scheduler)
+        except sweep.SchedulerError as exc:
+            print(f"backtest: {exc}", file=sys.stderr)
+            return EXIT_BAD_ARGUMENT
+    try:
+        return run_sweep(
+            args, config=config, capital=capital, slippage=slippage, fees=fees, since=since, until=until,
+            demo_folder=demo_folder, grid=grid, combos=combos, strategies=strategies, client=client,
+        )  # fmt: skip
+    finally:
+        if client is not None:
+            client.close()  # type: ignore[no-untyped-call]
+
+
+def run_sweep(
+    args: argparse.Namespace,
+    *,
+    config: AppConfig,
+    capital: Decimal,
+    slippage: Decimal,
+    fees: Any,
+    since: int,
+    until: int | None,
+    demo_folder: Path | None,
+    grid: list[tuple[str, list[str]]],
+    combos: list[tuple[tuple[str, str], ...]],
+    strategies: list[Strategy],
+    client: Client | None,
+) -> int:
+    """The validated grid: its databases checked, its runs on local processes or on ``client``'s
+    cluster (absolute paths, seen by every worker), the rows ranked, written and printed."""
+    from fsm.harness.backtest import BacktestError, check_out
+    from fsm.ops import backtest_sweep as sweep
+
+    out = Path(args.out) if client is None else Path(args.out).resolve()  # workers get absolute paths
     folder = sweep.folder_for(out)
     try:
         if folder.exists() and not folder.is_dir():
@@ -349,13 +413,31 @@ def cmd_sweep(
     if not any((root / name).exists() for name in ("manifest.sqlite", "klines", "markPriceKlines")):
         print(f"backtest: no market data cache at {root} (run `shortfsm data` first)", file=sys.stderr)
         return EXIT_MISSING_INPUT
+    feed, cache = (str(args.feed), str(args.cache)) if client is None else (
+        str(Path(args.feed).resolve()), str(root.resolve())
+    )  # fmt: skip
+    if client is not None:
+        try:
+            unseen = sweep.unseen_paths(client, [feed, cache, str(folder)])
+        except sweep.SchedulerError as exc:
+            print(f"backtest: {exc}", file=sys.stderr)
+            return EXIT_BAD_ARGUMENT
+        if unseen:
+            worker, paths = next(iter(unseen.items()))
+            more = f" (and {len(unseen) - 1} other worker(s))" if len(unseen) > 1 else ""
+            print(
+                f"backtest: --scheduler: worker {worker}{more} does not see {paths[0]}: the feed, the cache "
+                "and the --out folder must be on a disk every worker shares, at the same absolute paths",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_ARGUMENT
     tasks = [
         sweep.SweepTask(
             index=index,
             settings=combo,
             strategy=strategy,
-            feed=str(args.feed),
-            cache=str(args.cache),
+            feed=feed,
+            cache=cache,
             db=str(sweep.db_for(folder, index)),
             since_ms=since,
             until_ms=until,
@@ -369,23 +451,31 @@ def cmd_sweep(
         )
         for index, (combo, strategy) in enumerate(zip(combos, strategies, strict=True), start=1)
     ]
-    jobs = min(args.jobs or sweep.default_jobs(), len(tasks))
+    if client is None:
+        jobs = min(args.jobs or sweep.default_jobs(), len(tasks))
+        where = f"{jobs} process(es)"
+    else:
+        jobs = min(sweep.threads(client), len(tasks))
+        where = f"{jobs} Dask worker thread(s) of {args.scheduler}"
     started = time.perf_counter()
     try:
-        rows = sweep.run_grid(tasks, jobs)
+        rows = sweep.run_grid(tasks, jobs) if client is None else sweep.run_grid_on(client, tasks)
     except KeyboardInterrupt:
         print("backtest: --sweep interrupted; finished runs are in " + str(folder), file=sys.stderr)
         return EXIT_SWEEP_FAILED
     wall = time.perf_counter() - started
     order = sweep.ranked(rows, args.rank_by)
     keys = [key for key, _ in grid]
-    doc = sweep.as_json(order, rank_by=args.rank_by, grid=grid, folder=folder, path=args.path, jobs=jobs)
+    doc = sweep.as_json(
+        order, rank_by=args.rank_by, grid=grid, folder=folder, path=args.path, jobs=jobs,
+        scheduler=args.scheduler,
+    )  # fmt: skip
     sweep.write_index(folder, doc)
     if args.json:
         print(json.dumps(doc, ensure_ascii=False, indent=2))
     else:
         print(
-            f"sweep: {len(rows)} run(s) on {jobs} process(es) in {wall:.2f} s, {args.path} path, "
+            f"sweep: {len(rows)} run(s) on {where} in {wall:.2f} s, {args.path} path, "
             f"ranked by {sweep.rank_rule(args.rank_by)}; net of closed trades on {ledger.money(capital)} USDT"
         )
         for line in sweep.table_lines(order, keys):

@@ -11,9 +11,17 @@ line and exit 2. More than ``MAX_RUNS`` combinations is refused the same way.
 The unit of work is ``run_task(SweepTask) -> SweepRow``: a module-level function of one picklable
 value holding the settings (the validated ``Strategy`` and the swept ``KEY=VALUE`` pairs) and the
 paths (feed, cache, database), touching nothing else. ``concurrent.futures.ProcessPoolExecutor``
-maps it over the grid on ``--jobs`` processes (default: every core); a distributed engine (Dask,
-Ray) can map the same function later without change, the paths then on a shared disk. A run that
-fails is caught in its own process and becomes a row saying why; the others go on.
+maps it over the grid on ``--jobs`` processes (default: every core). A run that fails is caught in
+its own process and becomes a row saying why; the others go on.
+
+When a sweep outgrows one machine, ``--scheduler tcp://HOST:8786`` maps the same ``run_task`` over
+the same tasks on a Dask cluster (``dask.distributed.Client``; the optional extra
+``shortfsm[distributed]``, imported only then): ``connect`` reaches the scheduler (``CONNECT_TIMEOUT_S``)
+and waits for a worker before anything is written, ``unseen_paths`` asks every worker whether it
+sees the feed, the cache and the sweep folder (they must be on a disk all of them share, at the same
+absolute paths: the tasks carry absolute paths), and ``run_grid_on`` submits one Dask task per run.
+A run that raised on its worker, or whose worker died (on every worker the scheduler retried it
+on: its ``allowed-failures``), is a failed row as a broken pool's is; the others go on.
 
 Layout: ``--out DIR/NAME.db`` gives the folder ``DIR/NAME.sweep/``, with ``run-001.db``,
 ``run-002.db``, ... in grid order (each a full backtest database: ``shortfsm report --db`` and
@@ -30,30 +38,42 @@ grid order; failed runs come last.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsm.runtime import ledger
 from fsm.strategy import Strategy
+
+if TYPE_CHECKING:  # the optional extra: imported only when --scheduler is given
+    from distributed import Client
 
 MAX_RUNS = 256
 RANK_BY = ("net_return", "drawdown", "profit_factor", "trades", "ambiguous")
 FIGURE = Decimal("0.01")
 INFINITY = Decimal("Infinity")
+CONNECT_TIMEOUT_S = 10  # --scheduler: to reach the scheduler, then for its first worker
+INSTALL_HINT = "pip install 'shortfsm[distributed]'"
 
 
 class SweepError(ValueError):
     """A ``--sweep`` argument that cannot be run: one line, exit 2."""
+
+
+class SchedulerError(SweepError):
+    """``--scheduler``: no Dask here, no scheduler answering, no worker, or a worker off the shared
+    disk: one line, exit 2, before any run."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -308,6 +328,103 @@ def run_grid(tasks: list[SweepTask], jobs: int) -> list[SweepRow]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The same tasks on a Dask cluster (--scheduler)
+# ---------------------------------------------------------------------------------------------
+
+
+def connect(address: str) -> Client:
+    """A client of the Dask scheduler at ``address`` with at least one worker, or
+    ``SchedulerError`` (one line) when Dask is not installed, the address is malformed, nothing
+    answers within ``CONNECT_TIMEOUT_S`` or no worker joins in that time."""
+    if address.strip().lower() == "local":
+        raise SchedulerError(
+            "--scheduler local: not offered; on this machine the sweep runs on its own processes "
+            "(--jobs N): --scheduler takes a Dask scheduler's address, e.g. tcp://10.0.0.5:8786"
+        )
+    if not address.strip():  # an empty address would make Dask start a cluster of its own here
+        raise SchedulerError("--scheduler: an address is needed, e.g. tcp://10.0.0.5:8786")
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise SchedulerError(
+            f"--scheduler needs Dask, which is not installed ({exc}): {INSTALL_HINT}"
+        ) from None
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)  # type: ignore[no-untyped-call]
+    except (OSError, TimeoutError):
+        why = f"no Dask scheduler answered within {CONNECT_TIMEOUT_S} s (is `dask scheduler` running there?)"
+    except ValueError as exc:
+        why = f"not a scheduler address ({_first_line(exc)}); e.g. tcp://10.0.0.5:8786"
+    except Exception as exc:  # e.g. a TLS or version handshake refused
+        why = f"cannot connect: {type(exc).__name__}: {_first_line(exc)}"
+    else:
+        try:
+            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            client.close()  # type: ignore[no-untyped-call]
+            raise SchedulerError(
+                f"--scheduler {address}: no worker joined within {CONNECT_TIMEOUT_S} s "
+                f"(start some: dask worker {address})"
+            ) from None
+        return client
+    gc.collect()  # a half-built Client closes itself when collected: now, while its event loop runs
+    raise SchedulerError(f"--scheduler {address}: {why}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def threads(client: Client) -> int:
+    """How many runs the cluster's workers take at once now (their threads)."""
+    return sum(client.nthreads().values())  # type: ignore[no-untyped-call]
+
+
+def missing_paths(paths: Sequence[str]) -> list[str]:
+    """Those of ``paths`` this machine does not see (run on every worker by ``unseen_paths``)."""
+    return [path for path in paths if not os.path.exists(path)]
+
+
+def unseen_paths(client: Client, paths: Sequence[str]) -> dict[str, list[str]]:
+    """Worker address -> the ``paths`` it does not see, for the workers that miss any;
+    ``SchedulerError`` when the workers cannot be asked."""
+    try:
+        seen: dict[str, list[str]] = client.run(missing_paths, list(paths))
+    except Exception as exc:  # e.g. a worker without shortfsm: it cannot run a task either
+        raise SchedulerError(
+            f"--scheduler: a worker failed the shared-disk check ({type(exc).__name__}: {_first_line(exc)}); "
+            "every worker needs shortfsm installed, the same version as here"
+        ) from None
+    return {worker: missing for worker, missing in sorted(seen.items()) if missing}
+
+
+def run_grid_on(
+    client: Client, tasks: list[SweepTask], work: Callable[[SweepTask], SweepRow] = run_task
+) -> list[SweepRow]:
+    """Every task as one Dask task (``work``, ``run_task`` but in tests) on the client's cluster,
+    rows in grid order; a task that raised on its worker, or whose worker died on every try the
+    scheduler allows, is its run's failed row."""
+    from distributed import KilledWorker
+
+    sweep = uuid.uuid4().hex[:8]  # keys name the run on the dashboard; unique per sweep
+    keys = [f"shortfsm-sweep-{sweep}-run-{task.index:03d}" for task in tasks]
+    futures = client.map(work, tasks, key=keys, retries=0)  # one message: the scheduler spreads them
+    rows: list[SweepRow] = []
+    for future, task in zip(futures, tasks, strict=True):
+        try:
+            rows.append(future.result())
+        except KilledWorker as exc:
+            tries = exc.allowed_failures + 1
+            why = f"its Dask worker died running it (on {tries} worker(s), all the scheduler allows)"
+            rows.append(SweepRow(index=task.index, settings=task.settings, db=task.db, error=why))
+        except Exception as exc:  # raised on the worker, cancelled, or the scheduler lost
+            why = f"{type(exc).__name__}: {_first_line(exc)}"
+            rows.append(SweepRow(index=task.index, settings=task.settings, db=task.db, error=why))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
 # Ranking and output
 # ---------------------------------------------------------------------------------------------
 
@@ -345,19 +462,21 @@ def as_json(
     folder: Path,
     path: str,
     jobs: int,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        "sweep": {
-            "keys": [key for key, _ in grid],
-            "values": {key: values for key, values in grid},
-            "runs": len(rows),
-            "jobs": jobs,
-            "path": path,
-            "rank_by": rank_by,
-            "folder": str(folder),
-        },
-        "rows": [row.as_dict(rank) for rank, row in enumerate(rows, start=1)],
+    """The ranked table; with ``scheduler`` (its address) ``jobs`` is its workers' threads at the start."""
+    head: dict[str, Any] = {
+        "keys": [key for key, _ in grid],
+        "values": {key: values for key, values in grid},
+        "runs": len(rows),
+        "jobs": jobs,
+        "path": path,
+        "rank_by": rank_by,
+        "folder": str(folder),
     }
+    if scheduler is not None:
+        head["scheduler"] = scheduler
+    return {"sweep": head, "rows": [row.as_dict(rank) for rank, row in enumerate(rows, start=1)]}
 
 
 def table_lines(rows: list[SweepRow], keys: list[str]) -> list[str]:
