@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any
 
+import orjson
+
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm.model import decode, encode
@@ -23,9 +25,19 @@ ENGINE_ROW = "EngineCheckpoint"  # a journal row holding the engine's snapshot()
 EXACT_MARK = '{"$t"'  # payloads in this codec start so; older rows (to_jsonable) do not
 
 
+def _dumps(tree: Any) -> str:
+    """Compact JSON of ``encode``'s tree (dicts, lists, str, int, bool and None: never a float), as
+    ``json.dumps`` with ``ensure_ascii=False`` and no spaces writes it. orjson writes the same text about ten times
+    faster; what it refuses (an int beyond 64 bits, a lone surrogate) goes to ``json``."""
+    try:
+        return orjson.dumps(tree).decode("utf-8")
+    except (orjson.JSONEncodeError, UnicodeDecodeError):
+        # ``encode`` builds a fresh tree (no cycles): the encoder's cycle check is pure cost.
+        return json.dumps(tree, ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
 def encode_event(event: ev.Event) -> str:
-    # ``encode`` builds a fresh tree (no cycles): the encoder's cycle check is pure cost.
-    return json.dumps(encode(event), ensure_ascii=False, separators=(",", ":"), check_circular=False)
+    return _dumps(encode(event))
 
 
 def decode_event(payload: str) -> ev.Event:

@@ -45,6 +45,34 @@ def test_every_event_of_a_scenario_round_trips(sid: str) -> None:
         assert decode_event(encode_event(event)) == event
 
 
+@pytest.mark.parametrize("sid", CHOSEN)
+def test_the_fast_encoder_writes_what_json_writes(sid: str) -> None:
+    """orjson writes the payloads; the text is the one ``json.dumps`` (compact, non-ASCII kept)
+    wrote before it, so older journals and goldens read the same."""
+    runner = _Recording(copy.deepcopy(SCENARIOS[sid]))
+    runner.run()
+    for event in runner.seen:
+        assert encode_event(event) == json.dumps(encode(event), ensure_ascii=False, separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['\x00\x1f\x7f \u2028\u2029 "q" \\ 손절 😀', "\ud800 lone surrogate"],
+    ids=["controls-and-non-ascii", "lone-surrogate"],
+)
+def test_odd_text_and_huge_ids_encode_as_json_does(text: str) -> None:
+    event = ev.MessageReceived(
+        now_ms=1,
+        chat_id=-100,
+        message_id=2**70,
+        telegram_date_ms=0,
+        parsed=ev.EntrySignal(raw_token=text, symbol=None),
+    )
+    payload = encode_event(event)
+    assert payload == json.dumps(encode(event), ensure_ascii=False, separators=(",", ":"))
+    assert decode_event(payload) == event
+
+
 def test_a_row_in_the_old_codec_or_not_an_event_is_refused() -> None:
     tick = ev.Tick(now_ms=5)
     with pytest.raises(ValueError, match="before the exact codec"):
