@@ -183,6 +183,7 @@ ROUTE_WEIGHTS: dict[tuple[str, str], int] = {
     ("GET", "/fapi/v1/income"): 30,
     ("GET", "/fapi/v1/symbolConfig"): 5,
     ("GET", "/fapi/v1/allAlgoOrders"): 5,
+    ("GET", "/fapi/v1/aggTrades"): 20,  # Binance's "Compressed/Aggregate Trades List" page (D-74)
     ("POST", "/fapi/v1/order"): 0,
     ("POST", "/fapi/v1/algoOrder"): 0,
 }

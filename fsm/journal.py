@@ -26,9 +26,10 @@ EXACT_MARK = '{"$t"'  # payloads in this codec start so; older rows (to_jsonable
 
 
 def _dumps(tree: Any) -> str:
-    """Compact JSON of ``encode``'s tree (dicts, lists, str, int, bool and None: never a float), as
-    ``json.dumps`` with ``ensure_ascii=False`` and no spaces writes it. orjson writes the same text about ten times
-    faster; what it refuses (an int beyond 64 bits, a lone surrogate) goes to ``json``."""
+    """Compact JSON of ``encode``'s tree (dicts, lists, str, int, bool and None: never a float),
+    as ``json.dumps`` with ``ensure_ascii=False`` and no spaces writes it. orjson writes the same
+    text about ten times faster; what it refuses (an int beyond 64 bits, a lone surrogate) goes to
+    ``json``."""
     try:
         return orjson.dumps(tree).decode("utf-8")
     except (orjson.JSONEncodeError, UnicodeDecodeError):

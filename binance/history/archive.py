@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -360,3 +361,95 @@ def _range_start(content_range: str | None) -> int | None:
 def _host(client: httpx.AsyncClient) -> str:
     url = client.base_url
     return f"{url.host}:{url.port}" if url.port else str(url.host)
+
+
+# ---------------------------------------------------------------------------------------------
+# aggTrades (GET /fapi/v1/aggTrades rows; fetched per minute for the backtest's ambiguous minutes)
+# ---------------------------------------------------------------------------------------------
+
+AGG_TRADES = "aggTrades"
+
+
+@dataclass(slots=True)
+class AggTrades:
+    """Aggregate trades, oldest first: Binance's ``a`` (aggregate trade id), ``p`` price, ``q``
+    quantity, ``f``/``l`` first and last trade id, ``T`` time (ms), ``m`` buyer was the maker."""
+
+    ids: list[int]
+    prices: list[float]
+    qtys: list[float]
+    first_ids: list[int]
+    last_ids: list[int]
+    times: list[int]
+    buyer_maker: list[bool]
+    decimals: dict[str, int]
+
+    @classmethod
+    def empty(cls) -> AggTrades:
+        return cls([], [], [], [], [], [], [], {"price": 0, "qty": 0})
+
+    @classmethod
+    def of_columns(cls, cols: list[list[Any]], decimals: dict[str, int]) -> AggTrades:
+        """Columns in ``columns()`` order."""
+        ids, prices, qtys, first_ids, last_ids, times, buyer_maker = cols
+        return cls(ids, prices, qtys, first_ids, last_ids, times, buyer_maker, decimals)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def columns(self) -> tuple[list[Any], ...]:
+        return (
+            self.ids, self.prices, self.qtys, self.first_ids, self.last_ids, self.times, self.buyer_maker,
+        )  # fmt: skip
+
+    def extend(self, other: AggTrades) -> None:
+        """``other``'s rows after these (ids not seen yet only)."""
+        seen = set(self.ids)
+        for i, agg_id in enumerate(other.ids):
+            if agg_id in seen:
+                continue
+            seen.add(agg_id)
+            for mine, theirs in zip(self.columns(), other.columns(), strict=True):
+                mine.append(theirs[i])
+        for name, d in other.decimals.items():
+            self.decimals[name] = max(self.decimals.get(name, 0), d)
+
+    def within(self, lo: int, hi: int) -> AggTrades:
+        """The rows with ``lo <= time < hi``."""
+        keep = [i for i, t in enumerate(self.times) if lo <= t < hi]
+        cols = [[col[i] for i in keep] for col in self.columns()]
+        return AggTrades.of_columns(cols, dict(self.decimals))
+
+
+def _int_field(row: dict[str, object], key: str, where: str) -> int:
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadData(f"{where}: {key!r} is {value!r}, not an integer")
+    return value
+
+
+def parse_agg_rows(rows: list[object], where: str) -> AggTrades:
+    """REST aggTrades rows ``{"a","p","q","f","l","T","m"}`` (Binance's USD-M page, "Response
+    Example"); anything else is BadData (the whole answer refused, never one row guessed)."""
+    out = AggTrades.empty()
+    for n, row in enumerate(rows, start=1):
+        at = f"{where} row {n}"
+        if not isinstance(row, dict):
+            raise BadData(f"{at}: not an aggTrade object: {str(row)[:120]}")
+        ids = [_int_field(row, k, at) for k in ("a", "f", "l", "T")]
+        m = row.get("m")
+        if not isinstance(m, bool):
+            raise BadData(f"{at}: 'm' is {m!r}, not true/false")
+        p, q = row.get("p"), row.get("q")
+        if not isinstance(p, str) or not isinstance(q, str):
+            raise BadData(f"{at}: price {p!r} / quantity {q!r} are not decimal strings")
+        out.ids.append(ids[0])
+        out.prices.append(price_of(p, at))
+        out.qtys.append(price_of(q, at))
+        out.first_ids.append(ids[1])
+        out.last_ids.append(ids[2])
+        out.times.append(ids[3])
+        out.buyer_maker.append(m)
+        out.decimals["price"] = max(out.decimals["price"], decimals_of(p))
+        out.decimals["qty"] = max(out.decimals["qty"], decimals_of(q))
+    return out

@@ -19,6 +19,11 @@ A source that cannot be reached is marked down for
 the run; its days fall through to the next source. After fetching, the stored rows of the window are
 scanned for gaps (missing minutes; for funding, more than ``FUNDING_MAX_SPACING_MS`` without a
 settlement), each reported with exact UTC times and why.
+
+aggTrades are not days but single minutes (``aensure_agg``: the minutes a backtest found ambiguous,
+D-74), fetched over REST only (``RestHistory.agg_minute``, paged by ``fromId``), each stored whole
+or not at all; a minute already covered sends nothing. The archive's daily aggTrades zips are not
+used: a whole day of a busy symbol's trades for a handful of minutes.
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ import httpx
 from binance.errors import BinanceError
 from binance.history import exchange_info
 from binance.history.archive import (
+    AGG_TRADES,
     DATASETS,
     DAY_MS,
     DEFAULT_ARCHIVE_URL,
     FUNDING,
     MINUTE_MS,
+    AggTrades,
     BadData,
     ChecksumMismatch,
     Downloader,
@@ -103,6 +110,23 @@ class CoverageReport:
     @property
     def complete(self) -> bool:
         return not self.gaps
+
+
+@dataclass(slots=True, kw_only=True)
+class AggReport:
+    """What one ``aensure_agg`` found and did for one symbol's minutes."""
+
+    symbol: str
+    minutes: int  # asked for
+    cached: int = 0  # already covered: nothing sent
+    fetched: int = 0  # fetched and stored now (a minute without a trade included)
+    rows: int = 0  # aggregate trades stored now
+    requests: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (minute, why), not covered
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
 
 
 ProgressKind = Literal["plan", "stored", "checked", "done"]
@@ -227,6 +251,61 @@ class MarketCache:
         self._lock()
         async with self._serial_lock():
             return await self._ensure(symbol, dataset, start_ms, end_ms)
+
+    def agg_trades(self, symbol: str, minute_ms: int) -> AggTrades | None:
+        """The aggregate trades of a covered minute, oldest first (empty: no trade in it), or None
+        when the minute was never fetched whole. No request."""
+        return self.store.agg_trades(check_symbol(symbol), minute_ms)
+
+    async def aensure_agg(self, symbol: str, minutes: Iterable[int]) -> AggReport:
+        """Fetch over REST the aggTrades of each closed 1m ``minutes`` start the cache does not cover
+        (one minute at a time, each stored whole or not at all); a covered minute sends nothing.
+        Raises nothing for network trouble or a bad answer: the minute is listed in ``failed``.
+        No archive: a day's aggTrades zip of a busy symbol is hundreds of MB for a handful of
+        minutes (D-74)."""
+        symbol = check_symbol(symbol)
+        wanted = sorted({m // MINUTE_MS * MINUTE_MS for m in minutes})
+        report = AggReport(symbol=symbol, minutes=len(wanted))
+        self._lock()
+        async with self._serial_lock():
+            sent_before = self._requests()
+            now = self._clock_ms()
+            for minute in wanted:
+                if self.store.agg_trades(symbol, minute) is not None:
+                    report.cached += 1
+                    continue
+                if minute + MINUTE_MS > now:
+                    report.failed.append((minute, "the minute has not closed yet"))
+                    continue
+                why = self.down.get("rest", "")
+                if not why:
+                    why = await self._agg_minute(report, minute, now)
+                if why:
+                    report.failed.append((minute, why))
+            report.requests = self._requests() - sent_before
+        return report
+
+    async def _agg_minute(self, report: AggReport, minute: int, now: int) -> str:
+        """Fetch and store one minute; "" when stored, else why not."""
+        try:
+            trades = await self._rest_history().agg_minute(report.symbol, minute)
+        except (Banned, Unreachable) as exc:
+            self.down["rest"] = str(exc)
+            return str(exc)
+        except BinanceError as exc:
+            why = f"REST aggTrades: {exc.msg}"
+            if "unreachable" in exc.msg:
+                self.down["rest"] = why
+            return why
+        except BadData as exc:
+            return str(exc)
+        self.store.write_agg(report.symbol, minute, trades, source="rest", now_ms=now)
+        report.fetched += 1
+        report.rows += len(trades)
+        self._emit(
+            "stored", report.symbol, AGG_TRADES, 0, 0, f"REST {iso(minute)[:16]}: {len(trades)} trades"
+        )
+        return ""
 
     async def aexchange_info(self, *, max_age_ms: int = exchange_info.MAX_AGE_MS) -> ExchangeInfoStatus:
         """Keep ``<root>/exchangeInfo.json`` (D-62): read it again from REST when missing or older

@@ -7,6 +7,12 @@ so the report's buy-and-hold benchmark has its prices after a normal ``data`` ru
 benchmark needs no mark price or funding; ``--symbol`` windows add nothing: name BTCUSDT yourself
 there, and a ``--symbol`` run reads no exchangeInfo).
 
+With ``--ambiguous RUN.db`` (repeatable), the run fetches instead the aggTrades of the minutes that
+backtest's database lists as decided by the path rule (its ``ambiguous_minutes`` table, written by
+``fsm.harness.backtest``): over REST, one minute at a time, weight-paced; a minute already cached
+sends nothing; the next backtest on the cache then takes those minutes' order of high and low
+from the trades (D-74). It goes on its own (no --symbol/--feed/--since).
+
 Exit 0 when every window is complete, 1 when gaps remain (each listed with its UTC times and why) or
 the sources cannot be reached (one line), 2 for bad arguments. Never a traceback.
 """
@@ -38,6 +44,9 @@ FIRST_DAY_MS = 1_567_296_000_000
 BENCHMARK_SYMBOL = "BTCUSDT"  # the report's buy-and-hold benchmark (fsm.ops.benchmark)
 BENCHMARK_DATASET = "klines"
 OFFLINE = "--offline: not fetched"
+# As fsm.harness.backtest writes them (not imported: that would load the engine for a download).
+BACKTEST_MARKER = "meta.backtest"
+AMBIGUOUS_TABLE = "ambiguous_minutes"
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +94,16 @@ def register(subparsers: Any) -> None:
         help="send no request: report what the cache holds (missing days are listed as gaps); with "
         "--feed, keep the saved exchangeInfo and say its age",
     )
+    p.add_argument(
+        "--ambiguous",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="RUN.db",
+        help="fetch (REST) the aggTrades of the minutes this backtest's database lists as ambiguous, so "
+        "the next backtest takes their order of high and low from the trades; repeatable (both "
+        "databases of --path both); goes on its own, with --cache, --rest-url, --offline",
+    )
     p.set_defaults(func=run_cli)
 
 
@@ -103,6 +122,8 @@ def run_cli(args: argparse.Namespace) -> int:
     from binance.history.cache import CacheBusy
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if getattr(args, "ambiguous", None):
+        return run_ambiguous(args, err)
     try:
         windows, datasets, skipped = _windows(args)
     except BadArgs as exc:
@@ -362,3 +383,114 @@ def _progress(err: Console, total: int) -> tuple[Callable[[Any], None], Callable
             bar.update(task, description=f"{event.symbol} {event.dataset}: {event.message}")
 
     return rich_event, bar.stop
+
+
+# ---------------------------------------------------------------------------------------------
+# --ambiguous: the aggTrades of a backtest's ambiguous minutes
+# ---------------------------------------------------------------------------------------------
+
+
+def ambiguous_minutes(db: Path) -> dict[str, list[int]]:
+    """symbol -> the minute starts ``db`` (a backtest's database) lists as decided by the path rule;
+    BadArgs (one line) when it is not a backtest's database or predates the table."""
+    import sqlite3
+
+    if not db.is_file():
+        raise BadArgs(f"--ambiguous {db}: no such database")
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise BadArgs(f"--ambiguous {db}: cannot be opened: {exc}") from None
+    try:
+        try:
+            marker = conn.execute("SELECT 1 FROM status WHERE key = ?", [BACKTEST_MARKER]).fetchone()
+        except sqlite3.DatabaseError:
+            marker = None
+        if marker is None:
+            raise BadArgs(f"--ambiguous {db}: not a backtest's database")
+        try:
+            rows = conn.execute(
+                f"SELECT symbol, minute_ms FROM {AMBIGUOUS_TABLE} WHERE decided_by = 'path' "
+                "ORDER BY symbol, minute_ms"
+            ).fetchall()
+        except sqlite3.DatabaseError:
+            raise BadArgs(
+                f"--ambiguous {db}: written before backtests recorded their ambiguous minutes; "
+                "run the backtest again"
+            ) from None
+    finally:
+        conn.close()
+    out: dict[str, list[int]] = {}
+    for symbol, minute in rows:
+        out.setdefault(str(symbol), []).append(int(minute))
+    return out
+
+
+def run_ambiguous(args: argparse.Namespace, err: Console) -> int:
+    """``--ambiguous``: fetch the listed minutes' aggTrades; exit 0 all cached, 1 some not, 2 bad
+    arguments."""
+    from binance.history.cache import CacheBusy
+
+    if args.symbol or args.feed is not None or args.since or args.until:
+        err.print(
+            "shortfsm data: --ambiguous goes on its own (with --cache, --rest-url, --offline)", markup=False
+        )
+        return EXIT_BAD_ARGS
+    wanted: dict[str, set[int]] = {}
+    try:
+        for db in args.ambiguous:
+            for symbol, minutes in ambiguous_minutes(db).items():
+                wanted.setdefault(symbol, set()).update(minutes)
+    except BadArgs as exc:
+        err.print(f"shortfsm data: {exc}", markup=False)
+        return EXIT_BAD_ARGS
+    if not wanted:
+        err.print("shortfsm data: no ambiguous minute listed: nothing to fetch", markup=False)
+        return EXIT_OK
+    try:
+        return asyncio.run(_run_ambiguous(args, wanted, err))
+    except CacheBusy as exc:
+        err.print(str(exc), markup=False)
+        return EXIT_GAPS
+    except KeyboardInterrupt:
+        err.print("interrupted; the minutes stored so far are kept", markup=False)
+        return EXIT_GAPS
+    except Exception as exc:  # never a traceback: one line naming what failed
+        log.debug("shortfsm data --ambiguous failed", exc_info=True)
+        err.print(f"shortfsm data: {type(exc).__name__}: {exc}", markup=False)
+        return EXIT_GAPS
+
+
+async def _run_ambiguous(args: argparse.Namespace, wanted: dict[str, set[int]], err: Console) -> int:
+    from binance.history.cache import AggReport, MarketCache, iso
+
+    out = Console(highlight=False, soft_wrap=True)
+    if not out.is_terminal:
+        out = Console(highlight=False, soft_wrap=True, width=140)
+    progress, finish = _progress(err, len(wanted))
+    cache = MarketCache(args.cache, archive_url=args.archive_url, rest=args.rest_url, progress=progress)
+    if args.offline:
+        cache.down["rest"] = OFFLINE
+    reports: list[AggReport] = []
+    try:
+        for symbol, minutes in sorted(wanted.items()):
+            reports.append(await cache.aensure_agg(symbol, minutes))
+    finally:
+        finish()
+        await cache.aclose()
+        cache.close()
+    table = Table(box=box.SIMPLE_HEAD, title="aggTrades of the ambiguous minutes")
+    for name, justify in (("symbol", "left"), ("minutes", "right"), ("cached", "right"),
+                          ("fetched", "right"), ("trades", "right"), ("requests", "right"),
+                          ("not fetched", "right")):  # fmt: skip
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in reports:
+        cells = (r.minutes, r.cached, r.fetched, r.rows, r.requests, len(r.failed))
+        table.add_row(r.symbol, *(str(c) for c in cells))
+    out.print(table)
+    failed = [(r.symbol, minute, why) for r in reports for minute, why in r.failed]
+    for symbol, minute, why in failed[:MAX_GAP_LINES]:
+        out.print(f"not fetched {symbol} aggTrades {iso(minute)}: {why}", markup=False)
+    if len(failed) > MAX_GAP_LINES:
+        out.print(f"... and {len(failed) - MAX_GAP_LINES} more minutes", markup=False)
+    return EXIT_GAPS if failed else EXIT_OK

@@ -9,7 +9,15 @@ binance-usdm-2026.md §4 and the official pages:
   ``binance.rest.ROUTE_WEIGHTS`` has no row for it yet, so the client's estimate before sending
   is 1 and the response header corrects it - reported to the lead);
 - fundingRate: ``limit`` max 1000, "shares 500/5min/IP with GET /fapi/v1/fundingInfo" (official
-  page): paced here by ``FUNDING_BUDGET`` on top of the weight pacing.
+  page): paced here by ``FUNDING_BUDGET`` on top of the weight pacing;
+- aggTrades (developers.binance.com, USDⓈ-M "Compressed/Aggregate Trades List", read 2026-12):
+  request weight 20; ``limit`` default 500, max 1000; ``startTime``/``endTime`` less than 1 hour
+  apart; "Sending both startTime/endTime and fromId might cause response timeout, please send either
+  fromId or startTime/endTime"; fromId/startTime/endTime inclusive; rows ``a p q f l T m``. One minute
+  is asked by its time window, the pages after a full one by ``fromId`` alone. ``binance.rest`` weighs
+  it 20 before sending (``ROUTE_WEIGHTS``). Unsure: the COIN-M page adds "support querying futures
+  trade histories that are not older than one year"; the USD-M page does not say it. An older
+  minute answered empty would contradict its candle and be reported by the backtest, never used.
 
 A request the client refuses for the budget (``RateLimited`` with ``retry_after_s``) is waited out
 and sent again; a 418 ban stops REST for the run (nothing is sent into a ban).
@@ -22,6 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from binance.errors import BinanceError, RateLimited, Retryable
@@ -29,10 +38,12 @@ from binance.history.archive import (
     FUNDING,
     INTERVAL,
     MINUTE_MS,
+    AggTrades,
     BadData,
     Parsed,
     decimals_of,
     dedupe,
+    parse_agg_rows,
     parse_kline_rows,
     price_of,
 )
@@ -42,6 +53,8 @@ log = logging.getLogger(__name__)
 
 KLINE_LIMIT = 1500
 FUNDING_LIMIT = 1000
+AGG_LIMIT = 1000
+AGG_MAX_PAGES = 500  # 500k aggregate trades in one minute is not a minute this cache can hold
 FUNDING_BUDGET = (400, 300.0)  # requests per seconds: 80 % of the shared 500 / 5 min
 MAX_WAITS = 20  # budget waits per request before the day is reported instead
 
@@ -108,10 +121,30 @@ class HistoryRest(BinanceRest):
         }
         return _rows(await self._call("GET", "/fapi/v1/fundingRate", p, signed=False))
 
+    async def agg_trades(
+        self, symbol: str, start_ms: int | None, end_ms: int | None, from_id: int | None
+    ) -> Any:
+        """One page of ``GET /fapi/v1/aggTrades`` (``AGG_LIMIT`` rows) as answered: by time window
+        or by ``fromId``, never both (the official page warns the pair may time out)."""
+        p: dict[str, str | int] = {"symbol": symbol, "limit": AGG_LIMIT}
+        if from_id is not None:
+            p["fromId"] = from_id
+        else:
+            assert start_ms is not None and end_ms is not None
+            p["startTime"] = start_ms
+            p["endTime"] = end_ms
+        return await self._call("GET", "/fapi/v1/aggTrades", p, signed=False)
+
 
 def _rows(answer: Any) -> list[Any]:
     if not isinstance(answer, list):
         raise BadData(f"expected a JSON array, got {type(answer).__name__}")
+    return answer
+
+
+def _agg_rows(answer: Any, where: str) -> list[Any]:
+    if not isinstance(answer, list):
+        raise BadData(f"{where}: expected a JSON array, got {type(answer).__name__}")
     return answer
 
 
@@ -231,6 +264,33 @@ class RestHistory:
                 )
             cursor = nxt
         return _funding_parsed(rows, where)
+
+    async def agg_minute(self, symbol: str, minute_ms: int) -> AggTrades:
+        """Every aggregate trade of the minute opening at ``minute_ms``, oldest first: the minute's
+        window (``startTime`` .. ``endTime`` inclusive, 59 999 ms), then, while a page comes back
+        full and still inside the minute, the next page from the last id + 1 (``fromId`` alone). A
+        page that does not advance, or more than ``AGG_MAX_PAGES``, is BadData; any failure leaves
+        the minute unfetched (it is stored whole or not at all)."""
+        when = datetime.fromtimestamp(minute_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
+        where = f"REST aggTrades {symbol} {when}"
+        end = minute_ms + MINUTE_MS
+        page = await self._paced(self.rest.agg_trades, symbol, minute_ms, end - 1, None)
+        got = parse_agg_rows(_agg_rows(page, where), where)
+        out = got.within(minute_ms, end)
+        pages = 1
+        while len(got) >= AGG_LIMIT and max(got.times) < end:
+            if pages >= AGG_MAX_PAGES:
+                raise BadData(f"{where}: more than {AGG_MAX_PAGES} pages for one minute; not stored")
+            after = max(got.ids) + 1
+            page = await self._paced(self.rest.agg_trades, symbol, None, None, after)
+            got = parse_agg_rows(_agg_rows(page, where), where)
+            pages += 1
+            if not len(got):
+                break
+            if min(got.ids) < after:
+                raise BadData(f"{where}: a page from id {after} starts at id {min(got.ids)}; not stored")
+            out.extend(got.within(minute_ms, end))
+        return out
 
     async def exchange_info(self) -> dict[str, Any]:
         """``GET /fapi/v1/exchangeInfo`` (weight 1), read afresh, paced as the history pages are."""

@@ -17,6 +17,13 @@ start, end, reason) and per UTC day what is known: ``complete`` (fetched; its
 missing minutes are known gaps, not fetched again), ``partial`` (the current day, up to
 ``covered_until_ms``) or ``failed`` (a checksum mismatch or an unreachable source; tried again next
 time), with the source and a note. ``ensure`` consults it, so a window already covered sends nothing.
+aggTrades (the backtest's ambiguous minutes, D-74) are covered per minute, not per day: their rows
+go to ``<root>/aggTrades/{SYMBOL}/{YYYY-MM}.parquet`` (``AGG_COLUMNS``: ids and times int64, price and
+quantity float64 held exactly as above, ``buyer_maker`` bool; one row per aggregate trade id, the
+stored row winning), written first; then ``agg_minutes`` records the minute with its trade count. A
+minute is covered only when that row exists and at least that many trades are stored in it, so a
+minute without a trade (count 0) is covered and empty, and a minute never fetched, or whose file
+was lost, is not.
 pyarrow is imported inside the functions: the CLI starts without it.
 """
 
@@ -33,7 +40,7 @@ from typing import Any
 
 import sqlite_utils
 
-from binance.history.archive import FUNDING, Parsed, month_of
+from binance.history.archive import AGG_TRADES, FUNDING, AggTrades, Parsed, month_of
 
 MINUTE_KEY_MS = 60_000
 # Funding settlements are deduplicated by their nearest minute: archive calc_time values such as
@@ -46,6 +53,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "markPriceKlines": ("open_time", "open", "high", "low", "close"),
     FUNDING: ("funding_time", "funding_rate", "mark_price"),
 }
+# aggTrades month files (their own writer: ids and times are int64, ``buyer_maker`` a bool).
+AGG_COLUMNS = ("agg_id", "price", "qty", "first_id", "last_id", "time", "buyer_maker")
 
 
 def exact(x: float) -> Decimal:
@@ -116,6 +125,13 @@ class Store:
         db.table("gaps").create(
             {"symbol": str, "dataset": str, "start_ms": int, "end_ms": int, "reason": str},
             pk=("symbol", "dataset", "start_ms"),
+            if_not_exists=True,
+        )
+        # aggTrades are fetched per minute (the backtest's ambiguous ones): a row here means the
+        # minute's trades are all stored, ``rows`` of them (0: a minute without a trade).
+        db.table("agg_minutes").create(
+            {"symbol": str, "minute_ms": int, "rows": int, "source": str, "fetched_ms": int},
+            pk=("symbol", "minute_ms"),
             if_not_exists=True,
         )
 
@@ -211,7 +227,6 @@ class Store:
         self, symbol: str, dataset: str, month: str, rows: list[tuple[Any, ...]], decimals: dict[str, int]
     ) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         names = COLUMNS[dataset]
         cols = list(zip(*rows, strict=True)) if rows else [() for _ in names]
@@ -219,24 +234,7 @@ class Store:
         fields += [pa.field(n, pa.float64()) for n in names[1:]]
         schema = pa.schema(fields, metadata={"decimals": json.dumps(decimals, sort_keys=True)})
         table = pa.table([pa.array(c, type=f.type) for c, f in zip(cols, fields, strict=True)], schema=schema)
-        path = self.path(symbol, dataset, month)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            pq.write_table(table, tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # the bytes are on disk before the name points at them
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)  # and the rename itself survives a crash
-        finally:
-            os.close(dfd)
+        _write_atomic(self.path(symbol, dataset, month), table)
 
     def _read_month(
         self, symbol: str, dataset: str, month: str
@@ -304,9 +302,114 @@ class Store:
                 )
         return problems
 
+    # -- aggTrades (covered per minute) ------------------------------------------------------
+
+    def has_agg(self, symbol: str) -> bool:
+        """Whether any aggTrades were ever stored for ``symbol`` (no manifest opened)."""
+        return (self.root / AGG_TRADES / symbol).is_dir()
+
+    def write_agg(self, symbol: str, minute_ms: int, trades: AggTrades, *, source: str, now_ms: int) -> None:
+        """Store the whole of one minute's trades (``trades``, all inside it; none is a minute
+        without a trade), then mark the minute covered. Rows already stored win on an equal id."""
+        if len(trades):
+            month = month_of(minute_ms)
+            merged = self._read_agg_month(symbol, month) or AggTrades.empty()
+            merged.extend(trades)
+            order = sorted(range(len(merged.ids)), key=lambda i: (merged.times[i], merged.ids[i]))
+            cols = [[col[i] for i in order] for col in merged.columns()]
+            self._write_agg_month(symbol, month, AggTrades.of_columns(cols, merged.decimals))
+        else:
+            (self.root / AGG_TRADES / symbol).mkdir(parents=True, exist_ok=True)  # ``has_agg``
+        self.db.table("agg_minutes").upsert(
+            {
+                "symbol": symbol,
+                "minute_ms": minute_ms,
+                "rows": len(trades),
+                "source": source,
+                "fetched_ms": now_ms,
+            },
+            pk=("symbol", "minute_ms"),
+        )
+
+    def agg_minutes(self, symbol: str, start_ms: int, end_ms: int) -> dict[int, int]:
+        """Covered minutes of ``[start_ms, end_ms)`` -> their trade count, as the manifest says
+        (``agg_trades`` checks the stored rows against it)."""
+        if not self.has_agg(symbol) or not (self.root / "manifest.sqlite").exists():
+            return {}
+        rows = self.db.query(
+            "select minute_ms, rows from agg_minutes where symbol = ? and minute_ms >= ? and minute_ms < ?",
+            [symbol, start_ms, end_ms],
+        )
+        return {int(r["minute_ms"]): int(r["rows"]) for r in rows}
+
+    def agg_trades(self, symbol: str, minute_ms: int) -> AggTrades | None:
+        """The trades of a covered minute, oldest first, or None when the minute is not covered (never
+        fetched, or fewer rows stored than the manifest counts: a file deleted or replaced)."""
+        expected = self.agg_minutes(symbol, minute_ms, minute_ms + MINUTE_KEY_MS).get(minute_ms)
+        if expected is None:
+            return None
+        got = self.read_agg(symbol, minute_ms, minute_ms + MINUTE_KEY_MS)
+        return got if len(got) >= expected else None
+
+    def read_agg(self, symbol: str, start_ms: int, end_ms: int) -> AggTrades:
+        """Stored aggTrades with ``start_ms <= time < end_ms``, oldest first."""
+        out = AggTrades.empty()
+        for month in months_between(start_ms, end_ms):
+            got = self._read_agg_month(symbol, month)
+            if got is not None:
+                out.extend(got.within(start_ms, end_ms))
+        return out
+
+    def _write_agg_month(self, symbol: str, month: str, trades: AggTrades) -> None:
+        import pyarrow as pa
+
+        types = (pa.int64(), pa.float64(), pa.float64(), pa.int64(), pa.int64(), pa.int64(), pa.bool_())
+        fields = [pa.field(n, t, nullable=False) for n, t in zip(AGG_COLUMNS, types, strict=True)]
+        meta = {"decimals": json.dumps(trades.decimals, sort_keys=True)}
+        arrays = [pa.array(c, type=f.type) for c, f in zip(trades.columns(), fields, strict=True)]
+        _write_atomic(self.path(symbol, AGG_TRADES, month), pa.table(arrays, schema=pa.schema(fields, meta)))
+
+    def _read_agg_month(self, symbol: str, month: str) -> AggTrades | None:
+        import pyarrow.parquet as pq
+
+        path = self.path(symbol, AGG_TRADES, month)
+        if not path.exists():
+            return None
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as exc:
+            raise CorruptMonth(path, exc) from None
+        decimals = json.loads((table.schema.metadata or {}).get(b"decimals", b"{}"))
+        cols = [table.column(n).to_pylist() for n in AGG_COLUMNS]
+        return AggTrades.of_columns(cols, decimals)
+
     def decimals(self, symbol: str, dataset: str, month: str) -> dict[str, int]:
         got = self._read_month(symbol, dataset, month)
         return got[1] if got else {}
+
+
+def _write_atomic(path: Path, table: Any) -> None:
+    """Write a pyarrow table to ``path``: a temp file named for the process, fsynced, renamed over the
+    old one, and the folder fsynced (a reader never meets half a file)."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes are on disk before the name points at them
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)  # and the rename itself survives a crash
+    finally:
+        os.close(dfd)
 
 
 class CorruptMonth(Exception):

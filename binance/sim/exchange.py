@@ -41,6 +41,10 @@ binance-real-answers.md, March 2026; "usdm" = binance-usdm-2026.md, its correcti
   deterministic before the sim started (``history_seed``, ``full_kline_history``); fundingRate
   every 8 h; income (REALIZED_PNL, COMMISSION, FUNDING_FEE); allOrders; allAlgoOrders (7-day window);
   commissionRate; symbolConfig; ticker/price (usdm §1.2, §4 and corrections).
+- aggTrades (``GET /fapi/v1/aggTrades``, see ``agg_trades``): the sim's own market, every change of
+  the last price one market trade of the symbol's minimum quantity at that price, and every fill of
+  the account one trade at its price and quantity (developers.binance.com USDⓈ-M "Compressed/
+  Aggregate Trades List": weight 20, limit <= 1000, startTime..endTime under 1 hour).
 - batchOrders (place up to 5, cancel up to 10), PUT order (AMENDMENT), countdownCancelAll.
 - Funding settles every 8 h (00, 08, 16 UTC) on every open position at the mark of that moment
   and the rate ``fundingRate`` reports: a short receives a positive rate, a long pays it (Binance's
@@ -448,6 +452,12 @@ class SimExchange:
         self._next_algo_id = 1_000_000_000_000_001
         self._next_trade_id = 5_000_001
         self.trades: list[Json] = []  # every fill, as GET /fapi/v1/userTrades reports it
+        # The market's trades for GET /fapi/v1/aggTrades, per symbol: (a, price, qty, T, m), ids
+        # from their own counter (not userTrades' ids: unsure how Binance relates the two). A
+        # backtest turns this off (it never asks its own venue, and a year of points would pile up).
+        self.record_market_trades = True
+        self.market_trades: dict[str, list[tuple[int, Decimal, Decimal, int, bool]]] = {}
+        self._next_agg_id = 26_000_001
         self.fill_policies: dict[str, FillPolicy] = {}
         self.default_fill_policy: FillPolicy = "full"
         self.listen_keys: dict[str, int] = {}  # key -> expires at
@@ -628,10 +638,21 @@ class SimExchange:
         self._set_last(symbol, price, self.now())
 
     def _set_last(self, symbol: str, price: Decimal, now: int) -> None:
+        before = self.lasts[symbol]
+        if self.record_market_trades and price != before:
+            # A move of the last price is a market trade at the new price; a fall is a seller
+            # hitting the bid (the buyer was the maker), a rise a buyer lifting the ask.
+            self._market_trade(symbol, price, self.symbols[symbol].min_qty, now, buyer_maker=price < before)
         self.lasts[symbol] = price
         self._record_bucket(self._last_buckets, symbol, price, now)
         self._match_limits(symbol, price)
         self._trigger_algos(symbol)
+
+    def _market_trade(
+        self, symbol: str, price: Decimal, qty: Decimal, now: int, *, buyer_maker: bool
+    ) -> None:
+        self.market_trades.setdefault(symbol, []).append((self._next_agg_id, price, qty, now, buyer_maker))
+        self._next_agg_id += 1
 
     def publish_marks(self) -> None:
         """The 1 s push: re-announce every symbol's current mark (the wall-clock loop calls this)."""
@@ -1680,6 +1701,42 @@ class SimExchange:
         ]
         return [dict(t) for t in found[:limit]]
 
+    def agg_trades(self, params: dict[str, str]) -> list[Json]:
+        """``GET /fapi/v1/aggTrades`` (developers.binance.com, USDⓈ-M "Compressed/Aggregate Trades
+        List"): rows ``a p q f l T m`` oldest first; ``fromId``, ``startTime`` and ``endTime`` are
+        inclusive; ``limit`` default 500, max 1000; with neither, the most recent trades.
+        The page says startTime..endTime "must be less than 1 hour"; the answer to a longer window
+        is taken as -1127 "More than 1 hours between startTime and endTime." (Binance's error-code
+        list names -1127 for a too-big lookup interval; unconfirmed for this route). Unsure, not
+        documented: only ``startTime`` (here: from it on), only ``endTime`` (here: the last ``limit``
+        up to it), and how Binance numbers ``f``/``l`` (here each row is one trade, ``f = l = a``:
+        the sim does not aggregate fills of one taker within 100 ms)."""
+        sym = self._symbol(params)
+        try:
+            limit = int(params.get("limit") or 500)
+            from_id = int(params["fromId"]) if params.get("fromId") else None
+            start = int(params["startTime"]) if params.get("startTime") else None
+            end = int(params["endTime"]) if params.get("endTime") else None
+        except ValueError as exc:
+            raise SimError(-1100, "Illegal characters found in a parameter.") from exc
+        if not 1 <= limit <= 1000:
+            raise SimError(-1130, "Data sent for parameter 'limit' is not valid.")
+        if start is not None and end is not None and end - start >= 3_600_000:
+            raise SimError(-1127, "More than 1 hours between startTime and endTime.")
+        rows = [
+            r
+            for r in self.market_trades.get(sym.symbol, [])
+            if (from_id is None or r[0] >= from_id)
+            and (start is None or r[3] >= start)
+            and (end is None or r[3] <= end)
+        ]
+        rows = rows[-limit:] if from_id is None and start is None else rows[:limit]
+        places = sym.price_places
+        return [
+            {"a": a, "p": _fmt(price, places), "q": _fmt(qty), "f": a, "l": a, "T": t, "m": m}
+            for a, price, qty, t, m in rows
+        ]
+
     def batch_orders(self, params: dict[str, str]) -> list[Json]:
         """``POST /fapi/v1/batchOrders``: up to 5 orders (``batchOrders``, a JSON list); each answer
         is the order or its error object, in order (usdm §1.1: conditional types refused as on
@@ -1853,6 +1910,10 @@ class SimExchange:
         o.status = "FILLED" if o.executed >= o.qty else "PARTIALLY_FILLED"
         trade_id = self._next_trade_id
         self._next_trade_id += 1
+        if self.record_market_trades:
+            # One trade of the market, ours: the maker is the buyer when we bought as a maker, or
+            # when we sold as the taker.
+            self._market_trade(o.symbol, price, qty, now, buyer_maker=(o.side == "BUY") == maker)
         places = self.symbols[o.symbol].price_places
         self.trades.append(
             {

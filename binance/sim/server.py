@@ -168,6 +168,8 @@ ROUTE_WEIGHTS: dict[tuple[str, str], tuple[int, int]] = {
     ("GET", "/fapi/v1/symbolConfig"): (5, 5),
     ("GET", "/fapi/v1/income"): (30, 30),
     ("GET", "/fapi/v1/commissionRate"): (20, 20),
+    # developers.binance.com USDⓈ-M "Compressed/Aggregate Trades List": "Request Weight 20".
+    ("GET", "/fapi/v1/aggTrades"): (20, 20),
     ("POST", "/fapi/v1/order"): (0, 0),
     ("POST", "/fapi/v1/algoOrder"): (0, 0),
     ("POST", "/fapi/v1/batchOrders"): (5, 5),
@@ -286,6 +288,7 @@ class SimVenue:
             ("GET", "/fapi/v1/klines"): ("NONE", ex.klines),
             ("GET", "/fapi/v1/markPriceKlines"): ("NONE", ex.mark_price_klines),
             ("GET", "/fapi/v1/fundingRate"): ("NONE", ex.funding_rate),
+            ("GET", "/fapi/v1/aggTrades"): ("NONE", ex.agg_trades),
             ("GET", "/fapi/v1/ticker/price"): ("NONE", ex.ticker_price),
             ("GET", "/fapi/v2/ticker/price"): ("NONE", ex.ticker_price),
             ("GET", "/fapi/v1/commissionRate"): ("SIGNED", ex.commission_rate),

@@ -46,7 +46,18 @@ legs fills inside a minute whose range (mark or traded, as the level reads) hold
 of its legs (entry trigger/limit, take-profit placement/limit, scale-in, breakeven, stops), or when
 it fills at market inside a minute whose high is not its low. The two paths do not bound every
 trade (a market exit at a given second can come out better on the pessimistic path);
-``--path both`` warns when the pessimistic net comes out above the optimistic one.
+``--path both`` warns when the pessimistic net comes out above the optimistic one. Each such
+(symbol, minute, signal) is written to the database's ``ambiguous_minutes`` table, which
+``shortfsm data --ambiguous DB`` reads to fetch those minutes' aggTrades.
+
+aggTrades (D-74). When the cache holds a minute's aggregate trades (``MarketCache.agg_trades``), the
+order of high and low is the order in which the traded price first reached the 1m ``klines`` high
+and low in them, for both paths and for the mark as well as the traded price: the path rule does
+not decide that minute, so the pessimistic and optimistic runs take the same path through it, and a
+trade it would have made ambiguous counts as resolved (``ambiguous_resolved``), not ambiguous. A
+trade stays ambiguous while any of its minutes is still decided by the path rule. Trades whose
+extremes are not the candle's (or a minute with no klines candle to check them against) are listed
+as a data problem and the minute keeps the path rule.
 
 Feed. A line whose ``edit_date_ms`` is after its date is skipped (the feed holds the edited text; the
 daemon acted on the original, N-27). A leading signal whose last closed 3m candle has a missing
@@ -181,6 +192,8 @@ class BacktestResult:
     decisions: list[tuple[int, str]] = field(default_factory=list)  # (now_ms, rendered command)
     open_at_end: list[str] = field(default_factory=list)
     ambiguous_keys: set[tuple[str, int]] = field(default_factory=set)  # (symbol, signal message id)
+    ambiguous_resolved: int = 0  # minutes that would be ambiguous, whose order the aggTrades decided
+    agg_problems: list[str] = field(default_factory=list)  # cached aggTrades not used (why)
     funding: Decimal = Decimal(0)  # received (+) / paid (-) at the settlements held (in the trades' net)
     unrealized: dict[str, Decimal] = field(default_factory=dict)  # symbol -> open position at the last mark
     last_mark_ms: int = 0  # when the run stopped (the marks the unrealised figures use)
@@ -191,7 +204,7 @@ class BacktestResult:
 
     @property
     def data_problems(self) -> bool:
-        return bool(self.bad_lines or self.missing or self.skipped or self.flagged)
+        return bool(self.bad_lines or self.missing or self.skipped or self.flagged or self.agg_problems)
 
     @property
     def net(self) -> Decimal:
@@ -227,6 +240,8 @@ class BacktestResult:
             "funding": ledger.money(self.funding),
             "ambiguous_trades": self.ambiguous_trades,
             "ambiguous_minutes": self.ambiguous_minutes,
+            "ambiguous_resolved_by_aggtrades": self.ambiguous_resolved,
+            "aggtrades_problems": self.agg_problems,
             "events": self.events,
             "wall_s": round(self.wall_s, 3),
             "events_per_s": round(self.events_per_s, 1),
@@ -655,6 +670,7 @@ class MinuteWatch:
     legs_in_range: set[str] = field(default_factory=set)  # legs with a level inside the range
     filled: set[tuple[int, str]] = field(default_factory=set)  # (signal message id, leg) filled
     market_fills: set[int] = field(default_factory=set)  # signal message ids with a MARKET fill
+    by_trades: bool = False  # the order of high and low came from the minute's aggTrades
 
 
 def _leg(client_id: str) -> str:
@@ -853,6 +869,7 @@ class Backtest:
         self.onboard_ms = venue.onboard_ms
         self.exchange.answer_as_binance()
         self.exchange.settle_funding = False  # the backtest pays funding from the rate history itself
+        self.exchange.record_market_trades = False  # nobody asks this venue for its aggTrades
         self.exchange.user_listeners.append(lambda payload, key: self.pending.append(payload))
         self.transport = InProcessTransport(SimVenue(self.exchange), keep_log=False)
         # The venue's exchangeInfo is today's for the whole run (D-62): the daemon's five-minute
@@ -875,6 +892,10 @@ class Backtest:
         self.ticked_ms = -1
         self.checkpoint_due_ms = 0
         self.ambiguous: set[tuple[str, int]] = set()
+        # (symbol, minute start, signal message id, "path" | "aggTrades") for ``ambiguous_minutes``
+        self.minute_rows: set[tuple[str, int, int, str]] = set()
+        self._agg_order: dict[tuple[str, int], bool | None] = {}  # (symbol, minute) -> high first
+        self._has_agg: dict[str, bool] = {}
         self.trades_seen = 0  # the venue's trades already looked at for the minute's ambiguity
         self.note_counts: dict[str, int] = {}
 
@@ -1251,8 +1272,11 @@ class Backtest:
             self.note_counts[note] = self.note_counts.get(note, 0) + 1
         held = self.holding(symbol)
         rule: PathRule = self.rule if held else _other(self.rule)
+        high_first = self.trade_order(symbol, minute, last, note)
+        if high_first is not None:  # the trades decide: open, high, low, close is "pessimistic"'s order
+            rule = "pessimistic" if high_first else "optimistic"
         points = vertices(minute, mark, last, rule)
-        watches[symbol] = MinuteWatch(mark=mark, last=last)
+        watches[symbol] = MinuteWatch(mark=mark, last=last, by_trades=high_first is not None)
         if self.dense:
             points = dense_points(points)
         before = [p for p in points if p.at_ms <= start_ms]
@@ -1264,6 +1288,37 @@ class Backtest:
         elif before:
             later.insert(0, before[-1])
         return Walk(later, None)
+
+    def trade_order(self, symbol: str, minute: int, last: Bar, note: str) -> bool | None:
+        """Whether the traded price reached the minute's high before its low in the cached aggTrades
+        (True / False), or None when they cannot say: none cached, a flat candle, no klines candle to
+        check them against, or trades whose extremes are not the candle's (listed in
+        ``agg_problems``; the path rule decides that minute)."""
+        key = (symbol, minute)
+        if key in self._agg_order:
+            return self._agg_order[key]
+        has = self._has_agg.get(symbol)
+        if has is None:
+            has = self._has_agg[symbol] = self.cache.store.has_agg(symbol)
+        order: bool | None = None
+        trades = self.cache.agg_trades(symbol, minute) if has else None
+        if trades is not None and last[1] != last[2]:
+            when = f"{symbol} {ledger.iso_utc(minute)}"
+            prices = [exact(p) for p in trades.prices]
+            if note == "mark for the traded price":
+                self.result.agg_problems.append(
+                    f"{when}: no klines candle to check its aggTrades against; the path rule decides it"
+                )
+            elif not prices or max(prices) != last[1] or min(prices) != last[2]:
+                span = f"{min(prices)}..{max(prices)}" if prices else "no trade"
+                self.result.agg_problems.append(
+                    f"{when}: its {len(prices)} aggTrades span {span}, the 1m candle {last[2]}..{last[1]}; "
+                    "the path rule decides it"
+                )
+            else:
+                order = prices.index(last[1]) < prices.index(last[2])
+        self._agg_order[key] = order
+        return order
 
     def observe(self, watches: dict[str, MinuteWatch]) -> None:
         """Note, for the minute's ambiguity, the legs whose levels lie in each watched symbol's range
@@ -1295,9 +1350,15 @@ class Backtest:
             keys = {mid for mid, leg in w.filled if w.legs_in_range - {leg}}
             if w.mark[1] != w.mark[2] or w.last[1] != w.last[2]:
                 keys |= w.market_fills
-            if keys:
+            if not keys:
+                continue
+            if w.by_trades:  # the trades decided the order: not ambiguous any more
+                self.result.ambiguous_resolved += 1
+            else:
                 self.result.ambiguous_minutes += 1
                 self.ambiguous.update((symbol, mid) for mid in keys)
+            decided = "aggTrades" if w.by_trades else "path"
+            self.minute_rows.update((symbol, minute, mid, decided) for mid in keys)
 
     def next_point(self, symbol: str, walk: Walk) -> Point | None:
         if not walk.points:
@@ -1441,6 +1502,13 @@ class Backtest:
             self.result.missing[symbol] = _ranges(sorted(set(minutes)))
         for note, count in sorted(self.note_counts.items()):
             self.result.notes.append(f"{count} minute(s) used {note}")
+        # In the notes too, so the text output (``print_result``) says them.
+        if self.result.ambiguous_resolved:
+            self.result.notes.append(
+                f"{self.result.ambiguous_resolved} minute(s) whose order of high and low the cached "
+                "aggTrades decided (not ambiguous)"
+            )
+        self.result.notes += [f"aggTrades not used: {line}" for line in self.result.agg_problems]
         self.result.last_mark_ms = self.clock.now_ms()
         for (symbol, _), pos in sorted(self.exchange.positions.items()):
             mark = self.exchange.marks.get(symbol)
@@ -1640,6 +1708,21 @@ def _is_backtest_db(path: Path) -> bool:
         conn.close()
 
 
+AMBIGUOUS_TABLE = "ambiguous_minutes"
+
+
+def write_ambiguous_minutes(db: Database, rows: Iterable[tuple[str, int, int, str]]) -> None:
+    """The run's ``ambiguous_minutes(symbol, minute_ms, message_id, decided_by)``: each minute whose
+    order of high and low decided something for the trade of that signal; ``decided_by`` is "path"
+    (the path rule: the trade is ambiguous) or "aggTrades" (the cached trades). The table exists,
+    empty, in every backtest's database (``shortfsm data --ambiguous`` tells it from an older one)."""
+    db.execute(
+        f"CREATE TABLE IF NOT EXISTS {AMBIGUOUS_TABLE} (symbol TEXT NOT NULL, minute_ms INTEGER NOT NULL, "
+        "message_id INTEGER NOT NULL, decided_by TEXT NOT NULL, PRIMARY KEY (symbol, minute_ms, message_id))"
+    )
+    db.conn.executemany(f"INSERT OR REPLACE INTO {AMBIGUOUS_TABLE} VALUES (?, ?, ?, ?)", sorted(rows))
+
+
 class _InlineStore(Store):
     """The daemon's ``Store`` (same statements, same order) with each write run at once on the
     caller's thread: the backtest is its file's only user (under ``_OutLock``), so the DB thread's
@@ -1683,6 +1766,7 @@ async def _run(*, db: Path, result: BacktestResult, **kwargs: Any) -> None:
         finally:
             await backtest.finish()
         result.ambiguous_keys = set(backtest.ambiguous)
+        store.submit(lambda db: write_ambiguous_minutes(db, backtest.minute_rows))
         store.save_snapshot(backtest.clock.now_ms(), backtest.engine.snapshot())
     finally:
         await store.close()

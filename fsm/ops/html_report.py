@@ -344,6 +344,57 @@ MARK_BUCKETS = 120  # a trade's chart keeps the lowest and highest mark of each 
 MARK_MARGIN_MS = 60_000  # marks shown before the first fill and after the last
 
 
+AMBIGUOUS_TABLE = "ambiguous_minutes"  # a backtest's (fsm.harness.backtest.write_ambiguous_minutes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ambiguity:
+    """A backtest's minutes whose order of high and low decided something for a trade (D-57, D-74):
+    ``trades`` of ``of_trades`` went through at least one the path rule decided (``minutes`` of
+    them); ``resolved`` minutes were decided by cached aggTrades instead."""
+
+    trades: int
+    of_trades: int
+    minutes: int
+    resolved: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "trades": self.trades,
+            "of_trades": self.of_trades,
+            "minutes": self.minutes,
+            "resolved_by_aggtrades": self.resolved,
+        }
+
+    def row(self) -> tuple[str, str, str]:
+        """The report's figure row."""
+        return (
+            "Ambiguous trades",
+            f"{self.trades} of {self.of_trades}",
+            f"{self.minutes} minute(s) decided by the path rule, {self.resolved} by aggTrades",
+        )
+
+
+def read_ambiguity(conn: sqlite3.Connection, trades: Sequence[Trade]) -> Ambiguity | None:
+    """The backtest's ambiguity of ``trades``, or None for a database without the table (the
+    daemon's, a backtest's from before it)."""
+    try:
+        rows = conn.execute(
+            f"SELECT symbol, minute_ms, message_id, decided_by FROM {AMBIGUOUS_TABLE}"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return None
+    keys = {(t.symbol, t.message_id) for t in trades}
+    path = [(s, m, mid) for s, m, mid, by in rows if by == "path" and (s, mid) in keys]
+    resolved = {(s, m) for s, m, mid, by in rows if by == "aggTrades" and (s, mid) in keys}
+    return Ambiguity(
+        trades=len({(s, mid) for s, _, mid in path}),
+        of_trades=len(trades),
+        minutes=len({(s, m) for s, m, _ in path}),
+        resolved=len(resolved),
+    )
+
+
 def read_marks(
     conn: sqlite3.Connection, trades: Sequence[Trade], fills: dict[int, list[Fill]]
 ) -> dict[int, list[tuple[int, Decimal]]]:

@@ -10,7 +10,10 @@ every percentage divides by it.
 them; the table and the JSON end with the signal funnel. The buy-and-hold BTCUSDT benchmark over the
 report's period (``fsm.ops.benchmark``) reads the market data cache a backtest's database names,
 or ``--cache DIR`` (the only way for the daemon's database, which keeps no market history); without
-one it is shown as "not available" with the reason. The ledger and the funnel are
+one it is shown as "not available" with the reason. A backtest's database also gets the row
+"Ambiguous trades" (its ``ambiguous_minutes`` table: trades that went through a minute whose order
+of high and low the path rule decided, and the minutes cached aggTrades decided, D-74; the JSON's
+``ambiguity``). The ledger and the funnel are
 read in one transaction, and the table, the JSON and the page take their figures from the same
 ``metrics.compute``. A file is written beside its target and renamed over it (never half a file);
 a path that cannot be written is one line and exit 2, before anything is printed (with both
@@ -108,6 +111,7 @@ class Source:
     fills: dict[int, list[ledger.Fill]]  # id(trade) -> its fills (Trade.fills)
     marks: dict[int, list[tuple[int, Decimal]]]  # id(trade) -> journaled mark prices, with --html
     cache: Path | None = None  # the market data cache a backtest's database names (the benchmark's)
+    ambiguity: html_report.Ambiguity | None = None  # a backtest's ambiguous minutes (D-74); else None
 
 
 def read_source(args: argparse.Namespace) -> Source | int:
@@ -129,12 +133,16 @@ def read_source(args: argparse.Namespace) -> Source | int:
         fills = {id(t): list(t.fills) for t in book.trades}
         marks = html_report.read_marks(conn, book.trades, fills) if args.html else {}
         cache = benchmark.recorded_cache(conn)
+        ambiguity = html_report.read_ambiguity(conn, book.trades)
     except (sqlite3.Error, ledger.LedgerError) as exc:  # a foreign file or a garbled row: one line
         print(f"{PROG}: cannot read {db}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
     finally:
         conn.close()
-    return Source(db=db, book=book, funnel=funnel, since_ms=since_ms, fills=fills, marks=marks, cache=cache)
+    return Source(
+        db=db, book=book, funnel=funnel, since_ms=since_ms, fills=fills, marks=marks, cache=cache,
+        ambiguity=ambiguity,
+    )  # fmt: skip
 
 
 def read_benchmark(args: argparse.Namespace, read: Source, result: metrics.Metrics) -> benchmark.Benchmark:
@@ -163,6 +171,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         doc = as_dict(result)
         doc["benchmark"] = bench.as_dict()
+        if read.ambiguity is not None:  # a backtest's database: its minutes whose order decided
+            doc["ambiguity"] = read.ambiguity.as_dict()
         doc["funnel"] = read.funnel.as_dict()
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         if empty:
@@ -173,7 +183,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         console = Console(highlight=False)
         console.print(_headline(result), soft_wrap=True)
-        console.print(_table(result, bench))
+        console.print(_table(result, bench, read.ambiguity))
     if read.funnel.received:  # a database with no message (a test's, an import's) shows none
         print("Signal funnel" + (f" (messages received since {args.since})" if args.since else "") + ":")
         for line in read.funnel.lines():
@@ -214,7 +224,9 @@ def write_files(
             headline=_headline(result)
             if result.closed_trades
             else _empty_line(read.book.trades, result, args.since),
-            figures=with_benchmark(figure_rows(result, FIGURE), bench.row(FIGURE)),
+            figures=with_ambiguity(
+                with_benchmark(figure_rows(result, FIGURE), bench.row(FIGURE)), read.ambiguity
+            ),
             result=result,
             counted=metrics.counted_trades(read.book.trades, since_ms=read.since_ms),
             listed=listed,
@@ -343,12 +355,24 @@ def with_benchmark(rows: list[tuple[str, str, str]], row: tuple[str, str, str]) 
     return [*rows[:1], row, *rows[1:]]
 
 
-def _table(m: metrics.Metrics, bench: benchmark.Benchmark | None = None) -> Table:
+def with_ambiguity(
+    rows: list[tuple[str, str, str]], ambiguity: html_report.Ambiguity | None
+) -> list[tuple[str, str, str]]:
+    """The figure rows with a backtest's ambiguity row last (a daemon's database has none)."""
+    return [*rows, ambiguity.row()] if ambiguity is not None else rows
+
+
+def _table(
+    m: metrics.Metrics,
+    bench: benchmark.Benchmark | None = None,
+    ambiguity: html_report.Ambiguity | None = None,
+) -> Table:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("Metric", no_wrap=True)
     table.add_column("Value", justify="right", no_wrap=True)
     table.add_column("Note", overflow="fold")
     rows = with_benchmark(figure_rows(m), bench.row(SHOWN)) if bench is not None else figure_rows(m)
+    rows = with_ambiguity(rows, ambiguity)
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))  # a close reason is data, never rich markup
     return table
