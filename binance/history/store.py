@@ -245,7 +245,8 @@ class Store:
         if not path.exists():
             return None
         try:
-            table = pq.read_table(path)
+            with pq.ParquetFile(path) as parquet:  # not read_table: its dataset layer costs ~0.3 ms a file
+                table = parquet.read()
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise CorruptMonth(path, exc) from None
         meta = table.schema.metadata or {}
@@ -376,7 +377,8 @@ class Store:
         if not path.exists():
             return None
         try:
-            table = pq.read_table(path)
+            with pq.ParquetFile(path) as parquet:  # not read_table: its dataset layer costs ~0.3 ms a file
+                table = parquet.read()
         except (OSError, ValueError) as exc:
             raise CorruptMonth(path, exc) from None
         decimals = json.loads((table.schema.metadata or {}).get(b"decimals", b"{}"))

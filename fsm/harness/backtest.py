@@ -95,6 +95,7 @@ from array import array
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from itertools import chain
@@ -120,9 +121,9 @@ from fsm import commands as cmd
 from fsm import events as ev
 from fsm import rules
 from fsm.engine import Engine
-from fsm.journal import render, render_all
+from fsm.journal import encode_event, render, render_all
 from fsm.runtime import ledger
-from fsm.runtime.store import Store, problem_kind
+from fsm.runtime.store import JOURNAL_INSERT, Store, problem_kind
 from fsm.strategy import Strategy
 from telegram_ingest.grammar import parse_message
 from telegram_ingest.replay import FeedItem, parse_item
@@ -143,6 +144,7 @@ VERTEX_OFFSETS_MS = (0, 20_000, 40_000, 59_000)  # open, first extreme, second e
 # from the run's first and compares the engine's state at each later one; each costs an engine
 # snapshot, which over a long run is most of the bookkeeping's time.
 CHECKPOINT_EVERY_MS = 86_400_000
+JOURNAL_BATCH = 512  # journal rows inserted at once by the backtest's store
 OUTCOME_EVENTS = (  # as fsm.runtime.daemon.OUTCOME_EVENTS: the events whose outcome the store books
     ev.OrderAccepted,
     ev.AlgoOrderAccepted,
@@ -1729,7 +1731,29 @@ class _InlineStore(Store):
     hop per row and the event loop's wake-up for each answer are pure overhead. A failing write is
     counted and logged and its future holds the error, as on the DB thread (nobody awaits it).
     Rows are written in one open transaction until a write's own ``with db.conn`` commits it (or
-    ``close``): one commit per command batch rather than per journal row."""
+    ``close``): one commit per command batch rather than per journal row. Journal rows (one per
+    engine input) are held and inserted ``JOURNAL_BATCH`` at a time, and at ``close``: their
+    ``seq`` is numbered at once, as the daemon's, and nothing reads the journal while the run goes
+    on; a failing batch counts as one failed write."""
+
+    def __init__(self, db: Database, path: str | Path, pool: ThreadPoolExecutor) -> None:
+        super().__init__(db, path, pool)
+        self._journal_rows: list[tuple[int, int, str, ev.Event, str]] = []
+        self._written: asyncio.Future[None] | None = None  # a done future for the rows held
+
+    def journal(self, event: ev.Event, out: str) -> asyncio.Future[None]:
+        self.journal_seq += 1
+        self._journal_rows.append((self.journal_seq, event.now_ms, type(event).__name__, event, out))
+        if len(self._journal_rows) >= JOURNAL_BATCH:
+            return self.submit(self._write_journal)
+        if self._written is None:
+            self._written = asyncio.get_running_loop().create_future()
+            self._written.set_result(None)
+        return self._written
+
+    def _write_journal(self, db: Database) -> None:
+        rows, self._journal_rows = self._journal_rows, []
+        db.conn.executemany(JOURNAL_INSERT, [(s, t, n, encode_event(e), o) for s, t, n, e, o in rows])
 
     def submit(self, fn: Callable[[Database], T], *, retry: bool = True) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -1747,6 +1771,8 @@ class _InlineStore(Store):
         return future
 
     async def close(self) -> None:
+        if not self.closed and self._journal_rows:
+            self.submit(self._write_journal)
         if not self.closed and self.db.conn.in_transaction:
             self.db.conn.commit()
         await super().close()

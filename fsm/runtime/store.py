@@ -241,6 +241,9 @@ def migrate(db: Database) -> int:
     return SCHEMA_VERSION
 
 
+JOURNAL_INSERT = "INSERT INTO journal(seq, now_ms, type, payload, out) VALUES (?, ?, ?, ?, ?)"
+
+
 def connect(path: str | Path) -> Database:
     """Open (creating) the database file in WAL mode and migrate it. Runs on the caller's thread."""
     target = Path(path)
@@ -392,10 +395,7 @@ class Store:
         seq = self.journal_seq
 
         def write(db: Database) -> None:
-            db.execute(
-                "INSERT INTO journal(seq, now_ms, type, payload, out) VALUES (?, ?, ?, ?, ?)",
-                [seq, event.now_ms, name, encode_event(event), out],
-            )
+            db.execute(JOURNAL_INSERT, [seq, event.now_ms, name, encode_event(event), out])
 
         return self.submit(write)
 

@@ -26,7 +26,10 @@ from backtest_kit import (
     write_funding,
 )
 
+from fsm.harness import backtest
 from fsm.harness.backtest import BacktestError, BacktestResult, run_backtest
+from fsm.harness.journal_replay import replay_journal
+from fsm.journal import ENGINE_ROW
 from fsm.ops.backtest_cli import apply_settings
 from fsm.runtime.config import AppConfig
 from fsm.runtime.ledger import Trade
@@ -236,6 +239,26 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(SHORTFSM), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
     )
+
+
+@pytest.mark.parametrize("batch", [7, 10_000], ids=["batches-and-a-tail", "all-at-close"])
+def test_the_journal_holds_every_event_once_in_order(
+    tp_case: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """The backtest's store inserts journal rows a batch at a time and the rest at close: every
+    event the run handled is one row, numbered without a gap, and the journal replays identically
+    through its last event."""
+    monkeypatch.setattr(backtest, "JOURNAL_BATCH", batch)
+    db = tmp_path / "out.db"
+    result = run(*tp_case, db)
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT seq, type FROM journal ORDER BY seq").fetchall()
+    conn.close()
+    assert [seq for seq, _ in rows] == list(range(1, len(rows) + 1))
+    assert sum(kind != ENGINE_ROW for _, kind in rows) == result.events == 103
+    replayed = replay_journal(db)
+    assert replayed.identical
+    assert [(r.events, r.end_seq) for r in replayed.runs] == [(result.events, len(rows))]
 
 
 def test_cli_run_then_trades_and_report_read_the_database(tp_case: tuple[Path, Path], tmp_path: Path) -> None:
