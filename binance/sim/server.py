@@ -42,6 +42,7 @@ from http import HTTPStatus
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -243,7 +244,12 @@ def _banned(ip: str, until_ms: int) -> dict[str, Any]:
 
 
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    """Compact JSON, UTF-8 as Binance sends it; what orjson refuses (a float NaN, an int beyond 64
+    bits) is written by ``json``."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 class SimVenue:

@@ -540,3 +540,36 @@ def test_mark_price_klines_weigh_by_limit_like_klines() -> None:
         assert request_weight("GET", "/fapi/v1/markPriceKlines", {"limit": limit}) == weight
     assert request_weight("GET", "/fapi/v1/markPriceKlines", {}) == 5  # default limit 500
     assert request_weight("GET", "/fapi/v1/fundingRate", {"limit": "1000"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "read"),
+    [
+        (b'{"orderId":12,"price":"0.1","t":1.5}', {"orderId": 12, "price": "0.1", "t": 1.5}),
+        (b'{"id":123456789012345678901234567890}', {"id": 123456789012345678901234567890}),  # > 64 bits
+        (b'{"v":NaN}', None),  # json reads NaN; the comparison below is by repr
+        ('{"msg":"\u7c3f"}'.encode("utf-16"), {"msg": "\u7c3f"}),  # not UTF-8: httpx's charset guess
+    ],
+    ids=["plain", "huge-int", "nan", "utf-16"],
+)
+def test_an_answer_reads_as_json_reads_it(raw: bytes, read: object) -> None:
+    """The client reads answers with orjson and falls back to ``Response.json`` for what orjson
+    refuses: every body reads exactly as json read it before."""
+    import httpx
+
+    from binance.rest import _body
+
+    resp = httpx.Response(200, content=raw)
+    assert repr(_body(resp)) == repr(resp.json())
+    if read is not None:
+        assert _body(resp) == read
+
+
+@pytest.mark.parametrize("raw", [b"", b"<html>502</html>", b'{"a":'])
+def test_an_unreadable_answer_is_a_value_error(raw: bytes) -> None:
+    import httpx
+
+    from binance.rest import _body
+
+    with pytest.raises(ValueError):
+        _body(httpx.Response(502, content=raw))
