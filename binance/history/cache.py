@@ -212,6 +212,11 @@ class MarketCache:
         _check_dataset(dataset)
         return self.store.read(check_symbol(symbol), dataset, start_ms, end_ms)
 
+    def read_table(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> Any:
+        """``read``'s rows as one pyarrow table (``Store.read_table``; None: read them by ``read``)."""
+        _check_dataset(dataset)
+        return self.store.read_table(check_symbol(symbol), dataset, start_ms, end_ms)
+
     def known_gaps(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> list[Gap]:
         """The gaps the manifest holds for the window (as the last ``ensure`` scanning it found them);
         no request, no data read."""

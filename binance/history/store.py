@@ -236,9 +236,8 @@ class Store:
         table = pa.table([pa.array(c, type=f.type) for c, f in zip(cols, fields, strict=True)], schema=schema)
         _write_atomic(self.path(symbol, dataset, month), table)
 
-    def _read_month(
-        self, symbol: str, dataset: str, month: str
-    ) -> tuple[dict[str, list[Any]], dict[str, int]] | None:
+    def _month_table(self, symbol: str, dataset: str, month: str) -> Any:
+        """The month file as a pyarrow table, or None when there is none; ``CorruptMonth``."""
         import pyarrow.parquet as pq
 
         path = self.path(symbol, dataset, month)
@@ -246,12 +245,42 @@ class Store:
             return None
         try:
             with pq.ParquetFile(path) as parquet:  # not read_table: its dataset layer costs ~0.3 ms a file
-                table = parquet.read()
+                return parquet.read()
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise CorruptMonth(path, exc) from None
+
+    def _read_month(
+        self, symbol: str, dataset: str, month: str
+    ) -> tuple[dict[str, list[Any]], dict[str, int]] | None:
+        table = self._month_table(symbol, dataset, month)
+        if table is None:
+            return None
         meta = table.schema.metadata or {}
         decimals = json.loads(meta.get(b"decimals", b"{}"))
         return {n: table.column(n).to_pylist() for n in COLUMNS[dataset]}, decimals
+
+    def read_table(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> Any:
+        """``read``'s rows as one pyarrow table of the stored columns, values left in Arrow (a
+        year of candles read into Python lists cost seconds); None when the months' files do not
+        share one schema (``read`` then gives them)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        names = list(COLUMNS[dataset])
+        parts = []
+        for month in months_between(start_ms, end_ms):
+            table = self._month_table(symbol, dataset, month)
+            if table is None:
+                continue
+            times = table.column(names[0])
+            inside = pc.and_(pc.greater_equal(times, start_ms), pc.less(times, end_ms))
+            parts.append(table.select(names).filter(inside).replace_schema_metadata(None))
+        if not parts:
+            fields = [pa.field(names[0], pa.int64())] + [pa.field(n, pa.float64()) for n in names[1:]]
+            return pa.schema(fields).empty_table()
+        if any(part.schema != parts[0].schema for part in parts):
+            return None
+        return pa.concat_tables(parts)
 
     def read(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> dict[str, list[Any]]:
         """Columns for ``start_ms <= time < end_ms``, sorted, one row per time."""
@@ -371,16 +400,9 @@ class Store:
         _write_atomic(self.path(symbol, AGG_TRADES, month), pa.table(arrays, schema=pa.schema(fields, meta)))
 
     def _read_agg_month(self, symbol: str, month: str) -> AggTrades | None:
-        import pyarrow.parquet as pq
-
-        path = self.path(symbol, AGG_TRADES, month)
-        if not path.exists():
+        table = self._month_table(symbol, AGG_TRADES, month)
+        if table is None:
             return None
-        try:
-            with pq.ParquetFile(path) as parquet:  # not read_table: its dataset layer costs ~0.3 ms a file
-                table = parquet.read()
-        except (OSError, ValueError) as exc:
-            raise CorruptMonth(path, exc) from None
         decimals = json.loads((table.schema.metadata or {}).get(b"decimals", b"{}"))
         cols = [table.column(n).to_pylist() for n in AGG_COLUMNS]
         return AggTrades.of_columns(cols, decimals)

@@ -300,13 +300,22 @@ Bar = tuple[Decimal, Decimal, Decimal, Decimal]  # open, high, low, close
 RawBar = tuple[Any, Any, Any, Any]  # open, high, low, close as the cache stores them (float64)
 
 
+def _array_of(typecode: str, values: Any) -> array[Any]:
+    """A pyarrow array of fixed-width values without nulls as a Python ``array`` (its buffer copied)."""
+    out = array(typecode)
+    width = out.itemsize
+    data = values.buffers()[1]
+    out.frombytes(memoryview(data)[values.offset * width : (values.offset + len(values)) * width])
+    return out
+
+
 class Bars:
-    """One dataset's cached 1m candles by minute, kept as the cache's float64 values in two flat
-    arrays (minutes, and open/high/low/close four to a minute): a year of hundreds of symbols held
-    as dicts of tuples of floats took gigabytes. A bar becomes Decimals (``exact``: the decimal
-    Binance sent) only when one of its prices is used, once. Order and equality survive the float
-    form (``exact`` is monotonic), so comparisons may read ``raw_at``. A bar whose values are not
-    all floats (never from the cache's float64 columns) is kept as it came, beside the arrays."""
+    """One dataset's cached 1m candles by minute, kept as the cache's float64 values in flat
+    arrays (minutes; opens, highs, lows, closes): a year of hundreds of symbols held as dicts of
+    tuples of floats took gigabytes. A bar becomes Decimals (``exact``: the decimal Binance sent)
+    only when one of its prices is used, once. Order and equality survive the float form
+    (``exact`` is monotonic), so comparisons may read ``raw_at``. A bar whose values are not all
+    floats (never from the cache's float64 columns) is kept as it came, beside the arrays."""
 
     __slots__ = ("_exact", "_minutes", "_odd", "_prices")
 
@@ -315,28 +324,28 @@ class Bars:
         self._minutes = array("q", minutes)
         self._odd: dict[int, RawBar] = {}
         self._exact: dict[int, Bar] = {}
-        values = list(chain.from_iterable(raw[m] for m in minutes))
-        if set(map(type, values)) <= {float}:
-            self._prices = array("d", values)
+        bars = [raw[m] for m in minutes]
+        if all(type(v) is float for bar in bars for v in bar):
+            o, h, lo, c = (array("d", (bar[k] for bar in bars)) for k in range(4))
+            self._prices = (o, h, lo, c)
             return
-        self._prices = array("d")
-        nan = math.nan
+        self._prices = (array("d"), array("d"), array("d"), array("d"))
+        nan = (math.nan, math.nan, math.nan, math.nan)
         for minute in minutes:
             bar = raw[minute]
-            if all(type(v) is float for v in bar):
-                self._prices.extend(bar)
-            else:
+            if not all(type(v) is float for v in bar):
                 self._odd[minute] = bar
-                self._prices.extend((nan, nan, nan, nan))
+                bar = nan
+            for column, value in zip(self._prices, bar, strict=True):
+                column.append(value)
 
     @classmethod
-    def of_columns(
-        cls, minutes: list[int], o: list[float], h: list[float], lo: list[float], c: list[float]
-    ) -> Bars:
-        """Bars of sorted minutes and their float prices (``_all_good``'s answer)."""
+    def of_arrow(cls, minutes: Any, o: Any, h: Any, lo: Any, c: Any) -> Bars:
+        """Bars of sorted int64 minutes and float64 prices as pyarrow arrays without nulls
+        (``_all_good``'s answer): their buffers are copied as they are, no value passes Python."""
         bars = cls({})
-        bars._minutes = array("q", minutes)
-        bars._prices = array("d", chain.from_iterable(zip(o, h, lo, c, strict=True)))
+        bars._minutes = _array_of("q", minutes)
+        bars._prices = (_array_of("d", o), _array_of("d", h), _array_of("d", lo), _array_of("d", c))
         return bars
 
     def raw_at(self, minute: int) -> RawBar | None:
@@ -347,14 +356,15 @@ class Bars:
             return None
         if self._odd and minute in self._odd:
             return self._odd[minute]
-        p = self._prices
-        return p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]
+        o, h, lo, c = self._prices
+        return o[i], h[i], lo[i], c[i]
 
     def span(self, start: int, end: int) -> dict[int, RawBar]:
         """The bars of ``start <= minute < end`` as stored, by minute."""
-        minutes, p, odd = self._minutes, self._prices, self._odd
+        minutes, odd = self._minutes, self._odd
+        o, h, lo_, c = self._prices
         lo, hi = bisect_left(minutes, start), bisect_left(minutes, end)
-        out = {minutes[i]: (p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]) for i in range(lo, hi)}
+        out = {minutes[i]: (o[i], h[i], lo_[i], c[i]) for i in range(lo, hi)}
         if odd:
             out.update((m, bar) for m, bar in odd.items() if start <= m < end)
         return out
@@ -464,7 +474,6 @@ def _all_good(columns: dict[str, list[Any]]) -> Bars | None:
     them one by one (the only path that can drop a candle, so the two agree wherever this one
     answers: with no candle dropped, the previous good close is the previous row's)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     times = columns["open_time"]
     o, h, lo, c = (columns[n] for n in ("open", "high", "low", "close"))
@@ -472,10 +481,32 @@ def _all_good(columns: dict[str, list[Any]]) -> Bars | None:
         return Bars({})
     if not set(map(type, times)) <= {int} or not set(map(type, chain(o, h, lo, c))) <= {float}:
         return None
-    t = pa.array(times, pa.int64())
-    if len(times) > 1 and not pc.all(pc.greater(t[1:], t[:-1])).as_py():
+    prices = (pa.array(x, pa.float64()) for x in (o, h, lo, c))
+    return _good_arrays(pa.array(times, pa.int64()), *prices)
+
+
+def _all_good_table(table: Any) -> Bars | None:
+    """``_all_good`` of a cache table read as it is stored (``MarketCache.read_table``): its
+    int64 minutes and float64 prices, without nulls, go to the same column checks without
+    passing through Python lists; any other column type declines."""
+    import pyarrow as pa
+
+    names = ("open_time", "open", "high", "low", "close")
+    if table.num_rows == 0:
+        return Bars({})
+    cols = [table.column(n).combine_chunks() for n in names]
+    wanted = [pa.int64()] + [pa.float64()] * 4
+    if any(col.type != t or col.null_count for col, t in zip(cols, wanted, strict=True)):
         return None
-    ao, ah, al, ac = (pa.array(x, pa.float64()) for x in (o, h, lo, c))
+    return _good_arrays(*cols)
+
+
+def _good_arrays(t: Any, ao: Any, ah: Any, al: Any, ac: Any) -> Bars | None:
+    """The column checks of ``_all_good`` on pyarrow arrays (int64 minutes, float64 prices)."""
+    import pyarrow.compute as pc
+
+    if len(t) > 1 and not pc.all(pc.greater(t[1:], t[:-1])).as_py():
+        return None
     # Finite value by value (no sum: a sum of huge values overflows in an order of its own).
     if not all(pc.all(pc.is_finite(a)).as_py() for a in (ao, ah, al, ac)):
         return None
@@ -483,13 +514,13 @@ def _all_good(columns: dict[str, list[Any]]) -> Bars | None:
     good = pc.and_(good, pc.and_(pc.less_equal(al, ac), pc.less_equal(ac, ah)))
     if not pc.all(good).as_py():
         return None
-    if len(times) > 1:
+    if len(t) > 1:
         prev = ac[:-1]  # the previous close of rows 1..n-1
         far_up = pc.less(pc.multiply(ah[1:], 2.0), pc.multiply(prev, float(SPIKE_FACTOR)))
         far_down = pc.greater(pc.multiply(al[1:], float(SPIKE_FACTOR)), pc.multiply(prev, 2.0))
         if not pc.all(pc.and_(far_up, far_down)).as_py():
             return None
-    return Bars.of_columns(times, o, h, lo, c)
+    return Bars.of_arrow(t, ao, ah, al, ac)
 
 
 def _plain_floats(raw: dict[int, RawBar]) -> bool:
@@ -952,6 +983,9 @@ class Backtest:
         return self.data[symbol]
 
     def _load(self, symbol: str, dataset: str, lo: int, hi: int) -> Bars:
+        fast = _all_good_table(self.cache.read_table(symbol, dataset, lo, hi))
+        if fast is not None:
+            return fast
         columns = self.cache.read(symbol, dataset, lo, hi)
         return _all_good(columns) or self._checked(symbol, dataset, _bars(columns))
 

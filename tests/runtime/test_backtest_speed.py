@@ -29,6 +29,7 @@ from fsm.harness.backtest import (
     Bars,
     MinuteData,
     _all_good,
+    _all_good_table,
     _InlineStore,
     run_backtest,
 )
@@ -320,3 +321,66 @@ def test_an_open_time_column_stored_as_floats_is_read_as_before(tmp_path: Path) 
     ints = {**columns, "open_time": sorted(raw)}
     good = _all_good(ints)
     assert good is not None and list(good) == sorted(raw)
+
+
+@given(candle_series(), st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_the_table_check_answers_as_the_list_check(raw: dict[int, tuple[float, ...]], plain: bool) -> None:
+    """``_all_good_table`` (the cache's Arrow columns as stored) gives what ``_all_good`` gives
+    for the same columns as Python lists: both decline, or the same bars, value for value."""
+    import pyarrow as pa
+
+    if plain:
+        raw = {t: (100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i) for i, t in enumerate(sorted(raw))}
+    columns: dict[str, list[Any]] = {"open_time": sorted(raw)}
+    for n, name in enumerate(("open", "high", "low", "close")):
+        columns[name] = [raw[t][n] for t in columns["open_time"]]
+    types = {"open_time": pa.int64(), **dict.fromkeys(("open", "high", "low", "close"), pa.float64())}
+    table = pa.table({n: pa.array(v, types[n]) for n, v in columns.items()})
+    by_list, by_table = _all_good(columns), _all_good_table(table)
+    assert (by_list is None) == (by_table is None)
+    if by_list is not None and by_table is not None:
+        assert list(by_table) == list(by_list)
+        assert [by_table.raw_at(t) for t in by_table] == [by_list.raw_at(t) for t in by_list]
+        assert by_table.span(min(raw), max(raw) + 1) == by_list.span(min(raw), max(raw) + 1)
+
+
+def test_the_cache_table_holds_the_rows_read_gives_across_months(tmp_path: Path) -> None:
+    """``read_table`` over three months (a window starting and ending inside them) holds exactly
+    ``read``'s rows; a month whose minutes are stored as floats makes it decline (None), and the
+    backtest then reads the lists as before."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    start = 1_767_225_600_000  # 2026-01-01
+    times = [start + i * 6 * 3_600_000 for i in range(4 * 90)]  # every 6 h over ~90 days
+    values: list[float | None] = [100.0 + i / 8 for i in range(len(times))]
+    columns = {n: list(values) for n in ("open", "high", "low", "close")}
+    store = ParquetStore(tmp_path)
+    try:
+        store.write("ETHUSDT", "klines", Parsed(times, columns, dict.fromkeys(columns, 3)))
+        lo, hi = times[17], times[-23]
+        table = store.read_table("ETHUSDT", "klines", lo, hi)
+        listed = store.read("ETHUSDT", "klines", lo, hi)
+        assert {n: table.column(n).to_pylist() for n in table.column_names} == listed
+        assert len(listed["open_time"]) == len(times) - 17 - 23
+        assert store.read_table("ETHUSDT", "klines", start - 10**10, start - 10**9).num_rows == 0
+        path = store.path("ETHUSDT", "klines", "2026-02")
+        month = pq.read_table(path)
+        floats = month.set_column(0, "open_time", month.column("open_time").cast(pa.float64()))
+        pq.write_table(floats, path)
+        assert store.read_table("ETHUSDT", "klines", lo, hi) is None
+        assert store.read("ETHUSDT", "klines", lo, hi)["open_time"] == listed["open_time"]
+    finally:
+        store.close()
+
+
+def test_an_arrow_slice_is_copied_from_its_offset() -> None:
+    import pyarrow as pa
+
+    from fsm.harness.backtest import _array_of
+
+    prices = pa.array([1.5, 2.5, 3.5, 4.5, 5.5], pa.float64()).slice(2, 2)
+    minutes = pa.array([10, 20, 30, 40], pa.int64()).slice(1)
+    assert list(_array_of("d", prices)) == [3.5, 4.5]
+    assert list(_array_of("q", minutes)) == [20, 30, 40]
