@@ -170,16 +170,19 @@ def signed_query(params: Params, secret: str | Signer, timestamp_ms: int, recv_w
     return f"{query}&signature={signer.sign(query)}"
 
 
-_LONG_DIGITS = re.compile(rb"\d{19}")  # an int that may pass 64 bits: orjson would read it as a float
+# Digits to "0", every other byte to " ": a run of 19 digits is then a substring (a regex takes
+# ten times longer on a 300 kB exchangeInfo than parsing it).
+_DIGITS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_LONG_RUN = b"0" * 19
 
 
 def _body(resp: httpx.Response) -> Any:
-    """The answer's JSON as ``Response.json`` reads it: orjson on the bytes (several times
-    faster), but ``Response.json`` for a body with a run of 19 digits (orjson reads an int beyond
-    64 bits as a float) and for what orjson refuses (NaN, another charset); ``ValueError`` when
-    neither reads it."""
+    """The answer's JSON as ``Response.json`` reads it: orjson on the bytes (faster), but
+    ``Response.json`` for a body with a run of 19 digits (orjson reads an int beyond 64 bits as a
+    float) and for what orjson refuses (NaN, another charset); ``ValueError`` when neither reads
+    it."""
     content = resp.content
-    if not _LONG_DIGITS.search(content):
+    if _LONG_RUN not in content.translate(_DIGITS):
         try:
             return orjson.loads(content)
         except orjson.JSONDecodeError:

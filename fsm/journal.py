@@ -55,7 +55,8 @@ def decode_event(payload: str) -> ev.Event:
 
 
 def encode_snapshot(snapshot: dict[str, Any]) -> str:
-    return json.dumps(snapshot, ensure_ascii=False, separators=(",", ":"))
+    # ``Engine.snapshot`` is ``encode``'s trees under string keys: no float either.
+    return _dumps(snapshot)
 
 
 def render(command: cmd.Command) -> str:

@@ -186,6 +186,8 @@ def encode(value: Any) -> Any:
             else:
                 out[n] = encode(v)
         return out
+    if kind is tuple:  # before the dataclass test: a signal's 200 candles come this way
+        return {"$u": [encode(v) for v in value]}
     if isinstance(value, Decimal):
         return {"$d": str(value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

@@ -13,7 +13,7 @@ import pytest
 from fsm import commands as cmd
 from fsm import events as ev
 from fsm.harness.scenario import Runner, load_scenarios
-from fsm.journal import decode_event, encode_event
+from fsm.journal import decode_event, encode_event, encode_snapshot
 from fsm.model import encode
 from fsm.runtime.store import dumps, risk_message_from_journal
 
@@ -53,6 +53,8 @@ def test_the_fast_encoder_writes_what_json_writes(sid: str) -> None:
     runner.run()
     for event in runner.seen:
         assert encode_event(event) == json.dumps(encode(event), ensure_ascii=False, separators=(",", ":"))
+    snapshot = {"run_start": True, "engine": runner.engine.snapshot()}
+    assert encode_snapshot(snapshot) == json.dumps(snapshot, ensure_ascii=False, separators=(",", ":"))
 
 
 @pytest.mark.parametrize(

@@ -57,9 +57,20 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 AGG_COLUMNS = ("agg_id", "price", "qty", "first_id", "last_id", "time", "buyer_maker")
 
 
+_EXACT: dict[float, Decimal] = {}  # prices repeat (a tick grid): each float's decimal made once
+_EXACT_MAX = 1 << 18
+
+
 def exact(x: float) -> Decimal:
     """The decimal Binance sent for a stored float64 (the shortest repr is that decimal)."""
-    return Decimal(repr(x))
+    d = _EXACT.get(x)
+    if d is None or type(x) is not float or not x:  # 1 == 1.0 and 0.0 == -0.0 share a key
+        d = Decimal(repr(x))
+        if type(x) is float and x:
+            if len(_EXACT) >= _EXACT_MAX:
+                _EXACT.clear()
+            _EXACT[x] = d
+    return d
 
 
 def _key(dataset: str, t: int) -> int:

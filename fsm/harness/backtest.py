@@ -431,22 +431,22 @@ class MinuteData:
         raw_at = self.lasts.span(end - KLINE_COUNT * KLINE_MS, end).get
         out: list[ev.Candle] = []
         missing: list[int] = []
+        candle = ev.Candle
         for start in range(end - KLINE_COUNT * KLINE_MS, end, KLINE_MS):
-            parts = [raw_at(start + i * MINUTE_MS) for i in range(3)]
-            if any(p is None for p in parts):
+            a, b, c = raw_at(start), raw_at(start + MINUTE_MS), raw_at(start + 2 * MINUTE_MS)
+            if a is None or b is None or c is None:
                 if start + KLINE_MS > first:
-                    missing.extend(start + i * MINUTE_MS for i in range(3) if parts[i] is None)
+                    missing.extend(start + i * MINUTE_MS for i, p in enumerate((a, b, c)) if p is None)
                 continue
-            bars = [p for p in parts if p is not None]
             # The extremes are picked on the stored floats (same order as their decimals).
             out.append(
-                ev.Candle(
+                candle(
                     open_time_ms=start,
                     close_time_ms=start + KLINE_MS - 1,
-                    open=exact(bars[0][0]),
-                    high=exact(max(b[1] for b in bars)),
-                    low=exact(min(b[2] for b in bars)),
-                    close=exact(bars[-1][3]),
+                    open=exact(a[0]),
+                    high=exact(max(a[1], b[1], c[1])),
+                    low=exact(min(a[2], b[2], c[2])),
+                    close=exact(c[3]),
                 )
             )
         return tuple(out), missing
@@ -1078,7 +1078,7 @@ class Backtest:
         only when the client read it again (its cached answer shares the ``symbols`` list)."""
         answer = await self.rest.exchange_info()
         rows = answer.get("symbols")
-        if rows is not self._info_rows:
+        if rows is not self._info_rows and rows != self._info_rows:  # a read again, the same: kept
             self._infos, self._info_rows = parse.symbol_infos(answer), rows
         return self._infos
 

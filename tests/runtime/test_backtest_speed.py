@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from backtest_kit import MINUTE, SIGNAL_MS, feed_line, leading_text, tp_bars, write_cache, write_feed
 from backtest_kit import SINCE_MS as KIT_SINCE
 from hypothesis import given, settings
@@ -384,3 +385,11 @@ def test_an_arrow_slice_is_copied_from_its_offset() -> None:
     minutes = pa.array([10, 20, 30, 40], pa.int64()).slice(1)
     assert list(_array_of("d", prices)) == [3.5, 4.5]
     assert list(_array_of("q", minutes)) == [20, 30, 40]
+
+
+@pytest.mark.parametrize("first", [1.0, 1, -0.0, 0.0, 2.5, 3000.1])
+def test_the_decimal_of_a_float_is_remembered_without_mixing_equal_keys(first: float) -> None:
+    """``exact`` keeps each float's decimal: 1 and 1.0, or 0.0 and -0.0, are one dict key but two
+    decimals, each read as its own text whichever came first."""
+    for x in (first, 1.0, 1, -0.0, 0.0, 2.5, 3000.1, first):
+        assert str(exact(x)) == str(Decimal(repr(x)))
