@@ -30,6 +30,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -188,6 +189,13 @@ def _body(resp: httpx.Response) -> Any:
         except orjson.JSONDecodeError:
             pass
     return resp.json()
+
+
+# A Retry-After is read within these bounds: under a second would resend into the limit at once;
+# Binance's bans "scale 2 minutes -> 3 days" (binance-usdm-2026.md, rate limits), so a longer wait
+# is not a wait Binance asks for.
+RETRY_AFTER_MIN_S = 1.0
+RETRY_AFTER_MAX_S = 3 * 86_400.0
 
 
 # IP request weight per route (binance-usdm-2026.md sections 1.2 and 4, corrections). Orders weigh 0
@@ -572,13 +580,19 @@ class BinanceRest:
                 setattr(self.rate, window_attr, window)
 
     def _retry_after_s(self, resp: httpx.Response) -> float | None:
+        """The answer's Retry-After in seconds, within [``RETRY_AFTER_MIN_S``, ``RETRY_AFTER_MAX_S``];
+        None (the caller's default wait) for a value that is not a finite number of seconds >= 0
+        (NaN or inf once raised inside the answer's callback and hung the client)."""
         value = resp.headers.get("retry-after")
         if value is None:
             return None
         try:
-            return float(value)
-        except ValueError:
+            seconds = float(value)
+        except ValueError:  # an HTTP date, or garbage
             return None
+        if not math.isfinite(seconds) or seconds < 0:
+            return None
+        return min(max(seconds, RETRY_AFTER_MIN_S), RETRY_AFTER_MAX_S)
 
     async def _call(
         self,

@@ -573,3 +573,45 @@ def test_an_unreadable_answer_is_a_value_error(raw: bytes) -> None:
 
     with pytest.raises(ValueError):
         _body(httpx.Response(502, content=raw))
+
+
+@pytest.mark.parametrize(
+    ("header", "read"),
+    [("nan", None), ("inf", None), ("-5", None), ("Wed, 21 Oct 2026 07:28:00 GMT", None), ("0", 1.0),
+     ("2", 2.0), ("1e12", 3 * 86_400.0)],
+)  # fmt: skip
+def test_a_hostile_retry_after_is_bounded_and_never_hangs_the_client(header: str, read: float | None) -> None:
+    """A 429 whose Retry-After is not a finite number of seconds >= 0 falls back to the next
+    minute (it raised inside the answer's callback and hung the client: an attack on D-74's
+    fetch found it); one under a second waits a second, one past Binance's longest ban waits 3 days."""
+
+    async def go() -> None:
+        async with venue() as (ex, v, rest):
+            v.faults.add(RestFault("GET", "/fapi/v1/time", "status", status=429, retry_after_s=header))  # type: ignore[arg-type]
+            with pytest.raises(E.RateLimited) as first:
+                await asyncio.wait_for(rest.server_time(), 5)
+            assert (first.value.http_status, first.value.retry_after_s) == (429, read)
+            now = ex.now()
+            wait_ms = int(read * 1000) if read is not None else (now // 60_000 + 1) * 60_000 - now
+            assert rest.rate.backoff_until_ms == now + wait_ms
+            sent = len(v.requests)
+            with pytest.raises(E.RateLimited):
+                await asyncio.wait_for(rest.server_time(), 5)
+            assert len(v.requests) == sent  # still backing off: nothing sent
+            ex.advance(wait_ms)
+            assert await asyncio.wait_for(rest.server_time(), 5) == ex.now()
+
+    run(go())
+
+
+@pytest.mark.parametrize("header", ["nan", "inf", "-1"])
+def test_a_ban_with_a_hostile_retry_after_lasts_the_default_two_minutes(header: str) -> None:
+    async def go() -> None:
+        async with venue() as (ex, v, rest):
+            v.faults.add(RestFault("GET", "/fapi/v1/time", "status", status=418, retry_after_s=header))  # type: ignore[arg-type]
+            with pytest.raises(E.RateLimited) as ban:
+                await asyncio.wait_for(rest.server_time(), 5)
+            assert ban.value.http_status == 418
+            assert rest.rate.banned_until_ms == ex.now() + 120_000 + BAN_END_MARGIN_MS
+
+    run(go())
