@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from decimal import Decimal, InvalidOperation
@@ -364,6 +365,9 @@ def cmd_sweep(
         except sweep.SchedulerError as exc:
             print(f"backtest: {exc}", file=sys.stderr)
             return EXIT_BAD_ARGUMENT
+        except KeyboardInterrupt:
+            print("backtest: --sweep interrupted while reaching the scheduler: nothing ran", file=sys.stderr)
+            return EXIT_SWEEP_FAILED
     try:
         return run_sweep(
             args, config=config, capital=capital, slippage=slippage, fees=fees, since=since, until=until,
@@ -391,11 +395,49 @@ def run_sweep(
 ) -> int:
     """The validated grid: its databases checked, its runs on local processes or on ``client``'s
     cluster (absolute paths, seen by every worker), the rows ranked, written and printed."""
+    from fsm.ops import backtest_sweep as sweep
+
+    # Workers get absolute paths, as given: a symlink resolved here may not exist on a worker.
+    out = Path(args.out) if client is None else Path(os.path.abspath(args.out))
+    if out.name in ("", ".", "..") or out.is_dir():
+        print(f"backtest: --out {args.out}: a database file is needed, e.g. var/bt.db", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
+    folder = sweep.folder_for(out)
+    if not folder.parent.is_dir():
+        print(f"backtest: --out {args.out}: no folder {folder.parent}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
+    try:
+        with sweep.sweep_lock(folder):
+            return _sweep_locked(
+                args, config=config, capital=capital, slippage=slippage, fees=fees, since=since,
+                until=until, demo_folder=demo_folder, grid=grid, combos=combos, strategies=strategies,
+                client=client, folder=folder,
+            )  # fmt: skip
+    except sweep.SweepError as exc:
+        print(f"backtest: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
+
+
+def _sweep_locked(
+    args: argparse.Namespace,
+    *,
+    config: AppConfig,
+    capital: Decimal,
+    slippage: Decimal,
+    fees: Any,
+    since: int,
+    until: int | None,
+    demo_folder: Path | None,
+    grid: list[tuple[str, list[str]]],
+    combos: list[tuple[tuple[str, str], ...]],
+    strategies: list[Strategy],
+    client: Client | None,
+    folder: Path,
+) -> int:
+    """``run_sweep`` under the sweep's lock."""
     from fsm.harness.backtest import BacktestError, check_out
     from fsm.ops import backtest_sweep as sweep
 
-    out = Path(args.out) if client is None else Path(args.out).resolve()  # workers get absolute paths
-    folder = sweep.folder_for(out)
     try:
         if folder.exists() and not folder.is_dir():
             raise BacktestError(f"{folder} exists and is not a folder: use another --out", EXIT_BAD_ARGUMENT)
@@ -414,7 +456,7 @@ def run_sweep(
         print(f"backtest: no market data cache at {root} (run `shortfsm data` first)", file=sys.stderr)
         return EXIT_MISSING_INPUT
     feed, cache = (str(args.feed), str(args.cache)) if client is None else (
-        str(Path(args.feed).resolve()), str(root.resolve())
+        os.path.abspath(args.feed), os.path.abspath(root)
     )  # fmt: skip
     if client is not None:
         try:

@@ -38,14 +38,19 @@ grid order; failed runs come last.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import fcntl
 import gc
 import itertools
 import json
 import os
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -64,6 +69,10 @@ RANK_BY = ("net_return", "drawdown", "profit_factor", "trades", "ambiguous")
 FIGURE = Decimal("0.01")
 INFINITY = Decimal("Infinity")
 CONNECT_TIMEOUT_S = 10  # --scheduler: to reach the scheduler, then for its first worker
+NO_WORKER_S = 60.0  # a cluster without any worker this long fails the runs left
+POLL_S = 0.2  # how often the runs' futures are looked at
+WATCH_S = 2.0  # how long without a finished run before the workers are counted
+HANDSHAKE_GRACE_S = 5  # beyond Dask's own connect timeout, before a silent peer is given up
 INSTALL_HINT = "pip install 'shortfsm[distributed]'"
 
 
@@ -236,6 +245,28 @@ def db_for(folder: Path, index: int) -> Path:
     return folder / f"run-{index:03d}.db"
 
 
+@contextlib.contextmanager
+def sweep_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the sweep folder (``NAME.sweep.lock`` beside it) for the whole sweep:
+    two sweeps into one --out would write each other's run-NNN.db (on Dask, one after the other,
+    both reporting success with the other's figures). ``SweepError`` when it is taken."""
+    path = folder.with_name(f"{folder.name}.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SweepError(f"--out: {path} cannot be written: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SweepError(
+                f"another sweep is writing {folder}: wait for it, or use another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # the lock file stays (as a run's: unlinking it would let two sweeps lock two files)
+
+
 # ---------------------------------------------------------------------------------------------
 # The unit of work
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +381,12 @@ def connect(address: str) -> Client:
             f"--scheduler needs Dask, which is not installed ({exc}): {INSTALL_HINT}"
         ) from None
     try:
-        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)  # type: ignore[no-untyped-call]
+        client = _client_within(Client, address, CONNECT_TIMEOUT_S + HANDSHAKE_GRACE_S)
+    except _Silent:
+        raise SchedulerError(
+            f"--scheduler {address}: something accepted the connection but did not answer as a Dask "
+            f"scheduler within {CONNECT_TIMEOUT_S + HANDSHAKE_GRACE_S} s (is it `dask scheduler`?)"
+        ) from None
     except (OSError, TimeoutError):
         why = f"no Dask scheduler answered within {CONNECT_TIMEOUT_S} s (is `dask scheduler` running there?)"
     except ValueError as exc:
@@ -369,6 +405,35 @@ def connect(address: str) -> Client:
         return client
     gc.collect()  # a half-built Client closes itself when collected: now, while its event loop runs
     raise SchedulerError(f"--scheduler {address}: {why}")
+
+
+class _Silent(Exception):
+    """The Dask client was not built within its deadline."""
+
+
+def _client_within(factory: Callable[..., Client], address: str, deadline_s: float) -> Client:
+    """``factory(address, ...)`` built on a daemon thread, waited for at most ``deadline_s``: a
+    peer that accepts TCP and never speaks Dask holds ``Client()`` past its own timeout for good
+    (an attack hung the CLI 900 s). Ctrl-C interrupts the wait; a thread still stuck is left to
+    the process's exit (daemon)."""
+    done = threading.Event()
+    got: dict[str, Any] = {}
+
+    def build() -> None:
+        try:
+            got["client"] = factory(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except BaseException as exc:  # handed to the waiting thread
+            got["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=build, name="shortfsm-dask-connect", daemon=True).start()
+    if not done.wait(deadline_s):
+        raise _Silent()
+    if "error" in got:
+        raise got["error"]
+    client: Client = got["client"]
+    return client
 
 
 def _first_line(exc: BaseException) -> str:
@@ -400,28 +465,66 @@ def unseen_paths(client: Client, paths: Sequence[str]) -> dict[str, list[str]]:
 
 
 def run_grid_on(
-    client: Client, tasks: list[SweepTask], work: Callable[[SweepTask], SweepRow] = run_task
+    client: Client,
+    tasks: list[SweepTask],
+    work: Callable[[SweepTask], SweepRow] = run_task,
+    *,
+    no_worker_s: float = NO_WORKER_S,
 ) -> list[SweepRow]:
     """Every task as one Dask task (``work``, ``run_task`` but in tests) on the client's cluster,
     rows in grid order; a task that raised on its worker, or whose worker died on every try the
-    scheduler allows, is its run's failed row."""
-    from distributed import KilledWorker
-
+    scheduler allows, is its run's failed row. Without any worker for ``no_worker_s`` (the last
+    one died: Dask would wait for another for ever), the runs not done are failed rows."""
     sweep = uuid.uuid4().hex[:8]  # keys name the run on the dashboard; unique per sweep
     keys = [f"shortfsm-sweep-{sweep}-run-{task.index:03d}" for task in tasks]
     futures = client.map(work, tasks, key=keys, retries=0)  # one message: the scheduler spreads them
-    rows: list[SweepRow] = []
-    for future, task in zip(futures, tasks, strict=True):
-        try:
-            rows.append(future.result())
-        except KilledWorker as exc:
-            tries = exc.allowed_failures + 1
-            why = f"its Dask worker died running it (on {tries} worker(s), all the scheduler allows)"
-            rows.append(SweepRow(index=task.index, settings=task.settings, db=task.db, error=why))
-        except Exception as exc:  # raised on the worker, cancelled, or the scheduler lost
-            why = f"{type(exc).__name__}: {_first_line(exc)}"
-            rows.append(SweepRow(index=task.index, settings=task.settings, db=task.db, error=why))
-    return rows
+    pending = dict(zip(futures, tasks, strict=True))
+    rows: dict[int, SweepRow] = {}
+    alone_since: float | None = None
+    last_done = time.monotonic()
+    while pending:
+        done = [future for future in pending if future.done()]  # type: ignore[no-untyped-call]
+        if not done:
+            time.sleep(POLL_S)  # (distributed.wait needs a default client: this CLI sets none)
+        for future in done:
+            task = pending.pop(future)
+            rows[task.index] = _row_of(future, task)
+        if done:
+            last_done = time.monotonic()
+        if done or time.monotonic() - last_done < WATCH_S or threads(client):
+            alone_since = None
+            continue
+        alone_since = alone_since if alone_since is not None else time.monotonic()
+        if time.monotonic() - alone_since >= no_worker_s:
+            client.cancel(list(pending))  # type: ignore[no-untyped-call]
+            why = f"no Dask worker left to run it (none for {no_worker_s:g} s)"
+            for task in pending.values():
+                rows[task.index] = SweepRow(index=task.index, settings=task.settings, db=task.db, error=why)
+            break
+    return [rows[task.index] for task in tasks]
+
+
+def _row_of(future: Any, task: SweepTask) -> SweepRow:
+    """The run's row from its finished Dask future."""
+    from distributed import KilledWorker
+
+    try:
+        row: SweepRow = future.result()
+        return row
+    except KilledWorker as exc:
+        tries = exc.allowed_failures + 1
+        why = (
+            f"a Dask worker died while the run was assigned to it, {tries} time(s) (all the scheduler "
+            "allows; it may not have started)"
+        )
+    except (asyncio.CancelledError, concurrent.futures.CancelledError) as exc:
+        why = (
+            f"cancelled by the cluster ({_first_line(exc)}): it may still have finished on its worker, "
+            f"into {Path(task.db).name}"
+        )
+    except Exception as exc:  # raised on the worker, or the scheduler lost
+        why = f"{type(exc).__name__}: {_first_line(exc)}"
+    return SweepRow(index=task.index, settings=task.settings, db=task.db, error=why)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -241,6 +245,9 @@ def misbehaving_run(task: SweepTask) -> SweepRow:
     return SweepRow(index=task.index, settings=task.settings, db=task.db, trades=task.index)
 
 
+ALLOWS = "all the scheduler allows; it may not have started"
+
+
 def test_a_dead_worker_or_a_raising_task_is_that_runs_failed_row(cluster: str) -> None:
     rows = []
     with Client(cluster, set_as_default=False) as client:
@@ -249,7 +256,7 @@ def test_a_dead_worker_or_a_raising_task_is_that_runs_failed_row(cluster: str) -
             client.wait_for_workers(2, timeout=60)  # a dead worker is back (its nanny restarts it)
     assert [(row.index, row.error, row.trades) for row in rows] == [
         (1, None, 1),
-        (2, "its Dask worker died running it (on 1 worker(s), all the scheduler allows)", 0),
+        (2, f"a Dask worker died while the run was assigned to it, 1 time(s) ({ALLOWS})", 0),
         (3, "RuntimeError: boom", 0),
         (4, None, 4),
     ]
@@ -275,3 +282,117 @@ def test_a_scheduler_without_workers_is_refused_after_the_timeout(monkeypatch: p
     assert str(refused.value) == (
         f"--scheduler {address}: no worker joined within 1 s (start some: dask worker {address})"
     )
+
+
+def test_runs_fail_when_no_worker_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster's last worker is gone (here: a scheduler that never had one): Dask would wait
+    for another for ever (an attack hung the CLI so); after ``no_worker_s`` the runs not done are
+    failed rows and the sweep ends."""
+    with (
+        LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=":0") as empty,
+        Client(empty.scheduler_address, set_as_default=False) as client,
+    ):
+        rows = run_grid_on(client, [_task(1), _task(2)], work=misbehaving_run, no_worker_s=1)
+    assert [(row.index, row.error) for row in rows] == [
+        (1, "no Dask worker left to run it (none for 1 s)"),
+        (2, "no Dask worker left to run it (none for 1 s)"),
+    ]
+
+
+class _SilentPeer:
+    """A loopback socket that accepts connections and never says a word (``nc -l``)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.accepted.append(self.server.accept()[0])
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_a_peer_that_never_speaks_dask_is_given_up_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Client()`` waits on such a peer past its own timeout for good (the CLI hung 900 s): the
+    connection is given up at CONNECT_TIMEOUT_S + HANDSHAKE_GRACE_S (shortened here to 2 s)."""
+    monkeypatch.setattr(backtest_sweep, "HANDSHAKE_GRACE_S", 2 - CONNECT_TIMEOUT_S)
+    peer = _SilentPeer()
+    try:
+        with pytest.raises(backtest_sweep.SchedulerError) as refused:
+            backtest_sweep.connect(f"tcp://127.0.0.1:{peer.port}")
+    finally:
+        peer.close()
+    assert str(refused.value) == (
+        f"--scheduler tcp://127.0.0.1:{peer.port}: something accepted the connection but did not "
+        "answer as a Dask scheduler within 2 s (is it `dask scheduler`?)"
+    )
+    assert peer.accepted  # it was reached, then given up
+
+
+def test_ctrl_c_while_reaching_the_scheduler_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    peer = _SilentPeer()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["backtest", *GRID, "--scheduler", f"tcp://127.0.0.1:{peer.port}", "--out", str(tmp_path / "d.db")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fsm.ops.cli", *args], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not peer.accepted and time.monotonic() < deadline:  # the CLI is connecting
+            peer.thread.join(0.05)
+        assert peer.accepted
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        peer.close()
+    assert (proc.returncode, out, err) == (
+        4,
+        "",
+        "backtest: --sweep interrupted while reaching the scheduler: nothing ran\n",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_sweep_into_the_same_out_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    """Two sweeps into one --out wrote each other's run-NNN.db (on Dask both reported success)."""
+    with backtest_sweep.sweep_lock(backtest_sweep.folder_for(tmp_path / "d.db")):
+        done = shortfsm("backtest", *GRID, "--jobs", "1", "--out", str(tmp_path / "d.db"), cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"backtest: another sweep is writing {tmp_path}/d.sweep: wait for it, or use another --out\n"
+    )
+    assert not (tmp_path / "d.sweep").exists()
+
+
+@pytest.mark.parametrize("out", [".", "..", "sub"])
+def test_an_out_that_is_not_a_database_file_is_one_line_and_exit_2(tmp_path: Path, out: str) -> None:
+    (tmp_path / "here" / "sub").mkdir(parents=True)
+    done = shortfsm("backtest", *GRID, "--jobs", "1", "--out", out, cwd=tmp_path / "here")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"backtest: --out {out}: a database file is needed, e.g. var/bt.db\n"
+
+
+def test_the_workers_get_the_paths_as_given_not_their_symlinks_resolved(cluster: str, tmp_path: Path) -> None:
+    """A shared disk is often a symlink here (/shared -> /mnt/nfs) and a mount there: the paths
+    sent are absolute but not resolved."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "shared").symlink_to(tmp_path / "real")
+    done = shortfsm(
+        "backtest", *GRID, "--scheduler", cluster, "--out", "shared/d.db", "--json", cwd=tmp_path
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["sweep"]["folder"] == f"{tmp_path}/shared/d.sweep"
+    assert [row["db"] for row in doc["rows"]] == [
+        f"{tmp_path}/shared/d.sweep/run-00{i}.db" for i in (3, 2, 1)
+    ]
