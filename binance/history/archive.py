@@ -421,10 +421,18 @@ class AggTrades:
         return AggTrades.of_columns(cols, dict(self.decimals))
 
 
+INT64 = (-(2**63), 2**63 - 1)  # the store's ids and times are int64
+# Binance writes prices and quantities as plain decimals ("141.49", "1"); float() also takes
+# "1_4_1.49", " 141.49 " and "1.5060e2", which no Binance answer holds.
+DECIMAL_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
 def _int_field(row: dict[str, object], key: str, where: str) -> int:
     value = row.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadData(f"{where}: {key!r} is {value!r}, not an integer")
+    if not INT64[0] <= value <= INT64[1]:
+        raise BadData(f"{where}: {key!r} is {value}, not a 64-bit integer")
     return value
 
 
@@ -443,6 +451,11 @@ def parse_agg_rows(rows: list[object], where: str) -> AggTrades:
         p, q = row.get("p"), row.get("q")
         if not isinstance(p, str) or not isinstance(q, str):
             raise BadData(f"{at}: price {p!r} / quantity {q!r} are not decimal strings")
+        for name, text in (("price", p), ("quantity", q)):
+            if not DECIMAL_RE.fullmatch(text):
+                raise BadData(
+                    f"{at}: {name} {text!r} is not a decimal (digits, optionally a point and digits)"
+                )
         out.ids.append(ids[0])
         out.prices.append(price_of(p, at))
         out.qtys.append(price_of(q, at))

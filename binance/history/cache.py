@@ -36,6 +36,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,7 +67,7 @@ from binance.history.archive import (
 )
 from binance.history.exchange_info import ExchangeInfoStatus
 from binance.history.rest_history import Banned, HistoryRest, Interrupted, RestHistory
-from binance.history.store import DayState, Store, months_between
+from binance.history.store import CorruptMonth, DayState, Store, exact, months_between
 from binance.rest import DEFAULT_BASE_URL, wall_clock_ms
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class AggReport:
     rows: int = 0  # aggregate trades stored now
     requests: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)  # (minute, why), not covered
+    problems: list[str] = field(default_factory=list)  # month files moved aside (their minutes refetched)
 
     @property
     def complete(self) -> bool:
@@ -262,10 +264,12 @@ class MarketCache:
         when the minute was never fetched whole. No request."""
         return self.store.agg_trades(check_symbol(symbol), minute_ms)
 
-    async def aensure_agg(self, symbol: str, minutes: Iterable[int]) -> AggReport:
+    async def aensure_agg(self, symbol: str, minutes: Iterable[int], *, refetch: bool = False) -> AggReport:
         """Fetch over REST the aggTrades of each closed 1m ``minutes`` start the cache does not cover
-        (one minute at a time, each stored whole or not at all); a covered minute sends nothing.
-        Raises nothing for network trouble or a bad answer: the minute is listed in ``failed``.
+        (one minute at a time, each stored whole or not at all); a covered minute sends nothing, unless
+        ``refetch`` (its rows are then replaced by the new answer). A month file that cannot be read is
+        moved aside first (``report.problems``) and its minutes fetched again. Raises nothing for
+        network trouble or a bad answer: the minute is listed in ``failed``.
         No archive: a day's aggTrades zip of a busy symbol is hundreds of MB for a handful of
         minutes (D-74)."""
         symbol = check_symbol(symbol)
@@ -273,10 +277,14 @@ class MarketCache:
         report = AggReport(symbol=symbol, minutes=len(wanted))
         self._lock()
         async with self._serial_lock():
+            for month in sorted({month_of(m) for m in wanted}):
+                line = self.store.audit_agg(symbol, month)
+                if line:
+                    report.problems.append(line)
             sent_before = self._requests()
             now = self._clock_ms()
             for minute in wanted:
-                if self.store.agg_trades(symbol, minute) is not None:
+                if not refetch and self.store.agg_trades(symbol, minute) is not None:
                     report.cached += 1
                     continue
                 if minute + MINUTE_MS > now:
@@ -292,6 +300,7 @@ class MarketCache:
 
     async def _agg_minute(self, report: AggReport, minute: int, now: int) -> str:
         """Fetch and store one minute; "" when stored, else why not."""
+        where = f"REST aggTrades {report.symbol} {iso(minute)[:16]}Z"
         try:
             trades = await self._rest_history().agg_minute(report.symbol, minute)
         except (Banned, Unreachable) as exc:
@@ -304,13 +313,33 @@ class MarketCache:
             return why
         except BadData as exc:
             return str(exc)
-        self.store.write_agg(report.symbol, minute, trades, source="rest", now_ms=now)
+        if not len(trades):
+            moved = self._candle_range(report.symbol, minute)
+            if moved is not None:
+                low, high = moved
+                return (
+                    f"{where}: the venue answered no trade for a minute whose candle traded from {low} "
+                    f"to {high}; not stored"
+                )
+        try:
+            count = self.store.write_agg(report.symbol, minute, trades, source="rest", now_ms=now)
+        except BadData as exc:
+            return f"{where}: {exc}"
         report.fetched += 1
-        report.rows += len(trades)
-        self._emit(
-            "stored", report.symbol, AGG_TRADES, 0, 0, f"REST {iso(minute)[:16]}: {len(trades)} trades"
-        )
+        report.rows += count
+        self._emit("stored", report.symbol, AGG_TRADES, 0, 0, f"REST {iso(minute)[:16]}: {count} trades")
         return ""
+
+    def _candle_range(self, symbol: str, minute: int) -> tuple[Decimal, Decimal] | None:
+        """The cached klines candle's (low, high) when it moved (high != low); None for no candle (or an
+        unreadable month: nothing to check against) or a flat one."""
+        try:
+            got = self.store.read(symbol, "klines", minute, minute + MINUTE_MS)
+        except CorruptMonth:
+            return None
+        if not got["high"] or got["high"][0] == got["low"][0]:
+            return None
+        return exact(got["low"][0]), exact(got["high"][0])
 
     async def aexchange_info(self, *, max_age_ms: int = exchange_info.MAX_AGE_MS) -> ExchangeInfoStatus:
         """Keep ``<root>/exchangeInfo.json`` (D-62): read it again from REST when missing or older

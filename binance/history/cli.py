@@ -10,8 +10,10 @@ there, and a ``--symbol`` run reads no exchangeInfo).
 With ``--ambiguous RUN.db`` (repeatable), the run fetches instead the aggTrades of the minutes that
 backtest's database lists as decided by the path rule (its ``ambiguous_minutes`` table, written by
 ``fsm.harness.backtest``): over REST, one minute at a time, weight-paced; a minute already cached
-sends nothing; the next backtest on the cache then takes those minutes' order of high and low
-from the trades (D-74). It goes on its own (no --symbol/--feed/--since).
+sends nothing (``--refetch``: sent again, the rows replaced); the next backtest on the cache then
+takes those minutes' order of high and low from the trades (D-74). It goes on its own (no
+--symbol/--feed/--since). A row of the table naming no symbol or no minute of Binance's history is
+skipped with one line (exit 1); a database locked by another process is refused (exit 2).
 
 Exit 0 when every window is complete, 1 when gaps remain (each listed with its UTC times and why) or
 the sources cannot be reached (one line), 2 for bad arguments. Never a traceback.
@@ -104,6 +106,12 @@ def register(subparsers: Any) -> None:
         "the next backtest takes their order of high and low from the trades; repeatable (both "
         "databases of --path both); goes on its own, with --cache, --rest-url, --offline",
     )
+    p.add_argument(
+        "--refetch",
+        action="store_true",
+        help="with --ambiguous: fetch again the minutes already cached (their rows replaced), e.g. after "
+        "a backtest said their trades disagree with the candle, or they came from a wrong --rest-url",
+    )
     p.set_defaults(func=run_cli)
 
 
@@ -124,6 +132,9 @@ def run_cli(args: argparse.Namespace) -> int:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     if getattr(args, "ambiguous", None):
         return run_ambiguous(args, err)
+    if getattr(args, "refetch", False):
+        err.print("shortfsm data: --refetch goes with --ambiguous", markup=False)
+        return EXIT_BAD_ARGS
     try:
         windows, datasets, skipped = _windows(args)
     except BadArgs as exc:
@@ -390,21 +401,36 @@ def _progress(err: Console, total: int) -> tuple[Callable[[Any], None], Callable
 # ---------------------------------------------------------------------------------------------
 
 
-def ambiguous_minutes(db: Path) -> dict[str, list[int]]:
-    """symbol -> the minute starts ``db`` (a backtest's database) lists as decided by the path rule;
-    BadArgs (one line) when it is not a backtest's database or predates the table."""
+DB_BUSY_S = 5.0  # how long a read waits for another process's write lock on a backtest's database
+LAST_MINUTE_MS = 253_402_300_740_000  # 9999-12-31T23:59Z: a later time has no calendar date
+BAD_MINUTE = "not a minute start of Binance's history (a multiple of 60000 ms from 2019-09-01)"
+
+
+def ambiguous_minutes(db: Path) -> tuple[dict[str, list[int]], list[str]]:
+    """symbol -> the minute starts ``db`` (a backtest's database) lists as decided by the path rule,
+    and one line per row that names no symbol or no minute of Binance's history (a hand-edited
+    table: skipped). BadArgs (one line) when it is not a backtest's database, predates the table, or
+    another process holds it locked."""
     import sqlite3
+
+    from binance.history.archive import check_symbol
 
     if not db.is_file():
         raise BadArgs(f"--ambiguous {db}: no such database")
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=DB_BUSY_S)
     except sqlite3.Error as exc:
         raise BadArgs(f"--ambiguous {db}: cannot be opened: {exc}") from None
+    locked = BadArgs(
+        f"--ambiguous {db}: locked by another process (a backtest still writing it?); "
+        "run again when it is done"
+    )
     try:
         try:
             marker = conn.execute("SELECT 1 FROM status WHERE key = ?", [BACKTEST_MARKER]).fetchone()
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as exc:
+            if "locked" in str(exc):
+                raise locked from None
             marker = None
         if marker is None:
             raise BadArgs(f"--ambiguous {db}: not a backtest's database")
@@ -413,7 +439,9 @@ def ambiguous_minutes(db: Path) -> dict[str, list[int]]:
                 f"SELECT symbol, minute_ms FROM {AMBIGUOUS_TABLE} WHERE decided_by = 'path' "
                 "ORDER BY symbol, minute_ms"
             ).fetchall()
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as exc:
+            if "locked" in str(exc):
+                raise locked from None
             raise BadArgs(
                 f"--ambiguous {db}: written before backtests recorded their ambiguous minutes; "
                 "run the backtest again"
@@ -421,34 +449,57 @@ def ambiguous_minutes(db: Path) -> dict[str, list[int]]:
     finally:
         conn.close()
     out: dict[str, list[int]] = {}
+    skipped: list[str] = []
     for symbol, minute in rows:
-        out.setdefault(str(symbol), []).append(int(minute))
-    return out
+        try:
+            if not isinstance(symbol, str):
+                raise ValueError(f"not a symbol: {symbol!r} (a text column)")
+            name = check_symbol(symbol)
+        except ValueError as exc:
+            skipped.append(f"skipped {db} {AMBIGUOUS_TABLE} row ({symbol!r}, {minute!r}): {exc}")
+            continue
+        if (
+            isinstance(minute, bool)
+            or not isinstance(minute, int)
+            or not FIRST_DAY_MS <= minute <= LAST_MINUTE_MS
+            or minute % 60_000
+        ):
+            skipped.append(f"skipped {db} {AMBIGUOUS_TABLE} row ({symbol!r}, {minute!r}): {BAD_MINUTE}")
+            continue
+        out.setdefault(name, []).append(minute)
+    return out, skipped
 
 
 def run_ambiguous(args: argparse.Namespace, err: Console) -> int:
-    """``--ambiguous``: fetch the listed minutes' aggTrades; exit 0 all cached, 1 some not, 2 bad
-    arguments."""
+    """``--ambiguous``: fetch the listed minutes' aggTrades; exit 0 all cached, 1 some not (or rows
+    of a database skipped), 2 bad arguments (a database locked by another process included: nothing
+    is fetched until every listed database can be read)."""
     from binance.history.cache import CacheBusy
 
     if args.symbol or args.feed is not None or args.since or args.until:
         err.print(
-            "shortfsm data: --ambiguous goes on its own (with --cache, --rest-url, --offline)", markup=False
+            "shortfsm data: --ambiguous goes on its own (with --cache, --rest-url, --offline, --refetch)",
+            markup=False,
         )
         return EXIT_BAD_ARGS
     wanted: dict[str, set[int]] = {}
+    skipped: list[str] = []
     try:
         for db in args.ambiguous:
-            for symbol, minutes in ambiguous_minutes(db).items():
+            minutes_of, bad_rows = ambiguous_minutes(db)
+            skipped += bad_rows
+            for symbol, minutes in minutes_of.items():
                 wanted.setdefault(symbol, set()).update(minutes)
     except BadArgs as exc:
         err.print(f"shortfsm data: {exc}", markup=False)
         return EXIT_BAD_ARGS
     if not wanted:
+        for line in skipped:
+            print(line, flush=True)
         err.print("shortfsm data: no ambiguous minute listed: nothing to fetch", markup=False)
-        return EXIT_OK
+        return EXIT_GAPS if skipped else EXIT_OK
     try:
-        return asyncio.run(_run_ambiguous(args, wanted, err))
+        return asyncio.run(_run_ambiguous(args, wanted, err, skipped))
     except CacheBusy as exc:
         err.print(str(exc), markup=False)
         return EXIT_GAPS
@@ -461,7 +512,9 @@ def run_ambiguous(args: argparse.Namespace, err: Console) -> int:
         return EXIT_GAPS
 
 
-async def _run_ambiguous(args: argparse.Namespace, wanted: dict[str, set[int]], err: Console) -> int:
+async def _run_ambiguous(
+    args: argparse.Namespace, wanted: dict[str, set[int]], err: Console, skipped: list[str]
+) -> int:
     from binance.history.cache import AggReport, MarketCache, iso
 
     out = Console(highlight=False, soft_wrap=True)
@@ -474,7 +527,9 @@ async def _run_ambiguous(args: argparse.Namespace, wanted: dict[str, set[int]], 
     reports: list[AggReport] = []
     try:
         for symbol, minutes in sorted(wanted.items()):
-            reports.append(await cache.aensure_agg(symbol, minutes))
+            reports.append(
+                await cache.aensure_agg(symbol, minutes, refetch=bool(getattr(args, "refetch", False)))
+            )
     finally:
         finish()
         await cache.aclose()
@@ -488,9 +543,13 @@ async def _run_ambiguous(args: argparse.Namespace, wanted: dict[str, set[int]], 
         cells = (r.minutes, r.cached, r.fetched, r.rows, r.requests, len(r.failed))
         table.add_row(r.symbol, *(str(c) for c in cells))
     out.print(table)
+    for line in (p for r in reports for p in r.problems):
+        err.print(f"problem: {line}", markup=False)
+    for line in skipped:
+        out.print(line, markup=False)
     failed = [(r.symbol, minute, why) for r in reports for minute, why in r.failed]
     for symbol, minute, why in failed[:MAX_GAP_LINES]:
         out.print(f"not fetched {symbol} aggTrades {iso(minute)}: {why}", markup=False)
     if len(failed) > MAX_GAP_LINES:
         out.print(f"... and {len(failed) - MAX_GAP_LINES} more minutes", markup=False)
-    return EXIT_GAPS if failed else EXIT_OK
+    return EXIT_GAPS if failed or skipped else EXIT_OK

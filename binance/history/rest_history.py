@@ -20,7 +20,9 @@ binance-usdm-2026.md §4 and the official pages:
   minute answered empty would contradict its candle and be reported by the backtest, never used.
 
 A request the client refuses for the budget (``RateLimited`` with ``retry_after_s``) is waited out
-and sent again; a 418 ban stops REST for the run (nothing is sent into a ban).
+(at least ``MIN_WAIT_S``) and sent again; a 418 ban, a 429 asking for more than
+``RETRY_AFTER_STOP_S`` or more than ``MAX_429`` 429s in a row stop REST for the run (nothing is sent
+into a ban). Every request has an overall deadline (``REQUEST_DEADLINE_S``).
 """
 
 from __future__ import annotations
@@ -57,10 +59,21 @@ AGG_LIMIT = 1000
 AGG_MAX_PAGES = 500  # 500k aggregate trades in one minute is not a minute this cache can hold
 FUNDING_BUDGET = (400, 300.0)  # requests per seconds: 80 % of the shared 500 / 5 min
 MAX_WAITS = 20  # budget waits per request before the day is reported instead
+# Against a hostile or broken venue (D-74's attack): the weight window is one minute and Binance's
+# bans start at 2 minutes, so a 429 asking for more than 2 minutes is a ban in all but name: REST
+# stops for the run (as for a 418) instead of sleeping hours. A Retry-After of 0 or less is read as
+# the minimum; more than ``MAX_429`` 429s in a row to one request stop REST too (polling through
+# 429s is what earns bans). Each request has an overall deadline: httpx's timeout is per read, and
+# a body trickled a byte at a time would hold the run forever.
+RETRY_AFTER_STOP_S = 120.0
+MIN_WAIT_S = 1.0
+MAX_429 = 3
+REQUEST_DEADLINE_S = 60.0
 
 
 class Banned(Exception):
-    """The venue banned this IP (418): no REST request is sent for the rest of the run."""
+    """The venue banned this IP (418), or asked for a wait this run does not make (a 429 over
+    ``RETRY_AFTER_STOP_S``, 429s in a row): no REST request is sent for the rest of the run."""
 
 
 class Interrupted(Exception):
@@ -121,6 +134,13 @@ class HistoryRest(BinanceRest):
         }
         return _rows(await self._call("GET", "/fapi/v1/fundingRate", p, signed=False))
 
+    def abandon(self) -> None:
+        """Cancel the requests still on the wire. ``BinanceRest`` shields each request from its
+        caller's cancellation (an order's answer must not be lost); a history GET past its deadline
+        has no outcome to keep, and a shielded one trickled forever would hold ``aclose``."""
+        for task in list(self._inflight):
+            task.cancel()
+
     async def agg_trades(
         self, symbol: str, start_ms: int | None, end_ms: int | None, from_id: int | None
     ) -> Any:
@@ -142,10 +162,32 @@ def _rows(answer: Any) -> list[Any]:
     return answer
 
 
-def _agg_rows(answer: Any, where: str) -> list[Any]:
+def _agg_page(answer: Any, where: str) -> tuple[AggTrades, bool]:
+    """One aggTrades answer parsed, and whether it was a full page (``AGG_LIMIT`` rows as sent). An
+    id repeated with the same row is kept once; with a different row, or ids and times not both
+    ascending (Binance answers by id, and ids follow time), the answer is BadData."""
     if not isinstance(answer, list):
         raise BadData(f"{where}: expected a JSON array, got {type(answer).__name__}")
-    return answer
+    got = parse_agg_rows(answer, where)
+    rows: dict[int, tuple[Any, ...]] = {}
+    keep: list[int] = []
+    for i, agg_id in enumerate(got.ids):
+        row = tuple(col[i] for col in got.columns())
+        if agg_id in rows:
+            if rows[agg_id] != row:
+                raise BadData(
+                    f"{where}: aggregate trade id {agg_id} answered twice with different rows; not stored"
+                )
+            continue
+        if keep and (agg_id < got.ids[keep[-1]] or got.times[i] < got.times[keep[-1]]):
+            raise BadData(
+                f"{where}: ids or times out of order at row {i + 1} (id {agg_id} at {got.times[i]}); "
+                "not stored"
+            )
+        rows[agg_id] = row
+        keep.append(i)
+    cols = [[col[i] for i in keep] for col in got.columns()]
+    return AggTrades.of_columns(cols, got.decimals), len(answer) >= AGG_LIMIT
 
 
 async def _sleep(seconds: float) -> None:
@@ -169,8 +211,9 @@ class RestHistory:
 
     @property
     def requests(self) -> int:
-        """Requests that left (a request held back by the local budget is not one)."""
-        return self.rest.requests_sent
+        """Requests that left (a request held back by the local budget is not one); 0 for a client
+        that does not count them."""
+        return int(getattr(self.rest, "requests_sent", 0))
 
     async def klines(self, dataset: str, symbol: str, start_ms: int, end_ms: int) -> Parsed:
         """Closed 1m candles with ``start_ms <= open_time`` and ``open_time + 1m <= end_ms``.
@@ -268,27 +311,48 @@ class RestHistory:
     async def agg_minute(self, symbol: str, minute_ms: int) -> AggTrades:
         """Every aggregate trade of the minute opening at ``minute_ms``, oldest first: the minute's
         window (``startTime`` .. ``endTime`` inclusive, 59 999 ms), then, while a page comes back
-        full and still inside the minute, the next page from the last id + 1 (``fromId`` alone). A
-        page that does not advance, or more than ``AGG_MAX_PAGES``, is BadData; any failure leaves
-        the minute unfetched (it is stored whole or not at all)."""
+        full and still inside the minute, the next page from the last id + 1 (``fromId`` alone).
+        Each page is checked (``_agg_page``: a repeated id kept once, ids and times in order); any
+        failure leaves the minute unfetched (it is stored whole or not at all). BadData for:
+
+        - a row of the window page outside the window (Binance answers only inside it);
+        - a full page followed by an empty ``fromId`` page: a past minute of a listed symbol always
+          has a later trade (assumed: a delisted symbol's last minute could end on exactly 1000
+          trades; that minute is then reported, never stored wrong);
+        - a ``fromId`` page starting before the id asked for or before the last time seen;
+        - more than ``AGG_MAX_PAGES`` pages.
+
+        An empty window page is an empty minute here; the cache checks it against the candle."""
         when = datetime.fromtimestamp(minute_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
         where = f"REST aggTrades {symbol} {when}"
         end = minute_ms + MINUTE_MS
         page = await self._paced(self.rest.agg_trades, symbol, minute_ms, end - 1, None)
-        got = parse_agg_rows(_agg_rows(page, where), where)
-        out = got.within(minute_ms, end)
+        got, full = _agg_page(page, where)
+        outside = [t for t in got.times if not minute_ms <= t < end]
+        if outside:
+            raise BadData(
+                f"{where}: {len(outside)} of {len(got)} rows outside the minute asked for "
+                f"(first at T={outside[0]}); not stored"
+            )
+        out = got
         pages = 1
-        while len(got) >= AGG_LIMIT and max(got.times) < end:
+        while full and max(got.times) < end:
             if pages >= AGG_MAX_PAGES:
                 raise BadData(f"{where}: more than {AGG_MAX_PAGES} pages for one minute; not stored")
             after = max(got.ids) + 1
             page = await self._paced(self.rest.agg_trades, symbol, None, None, after)
-            got = parse_agg_rows(_agg_rows(page, where), where)
+            got, full = _agg_page(page, where)
             pages += 1
             if not len(got):
-                break
-            if min(got.ids) < after:
-                raise BadData(f"{where}: a page from id {after} starts at id {min(got.ids)}; not stored")
+                raise BadData(
+                    f"{where}: a full page of {AGG_LIMIT}, then none from id {after} (a past minute of a "
+                    "listed symbol always has a later trade); not stored"
+                )
+            if got.ids[0] < after or got.times[0] < out.times[-1]:
+                raise BadData(
+                    f"{where}: a page from id {after} starts at id {got.ids[0]} (T={got.times[0]}); "
+                    "not stored"
+                )
             out.extend(got.within(minute_ms, end))
         return out
 
@@ -309,15 +373,33 @@ class RestHistory:
         self._funding_sent.append(self._monotonic())
 
     async def _paced(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """One request; budget refusals waited out, transport failures retried twice."""
+        """One request within ``REQUEST_DEADLINE_S``; budget refusals waited out (at least
+        ``MIN_WAIT_S``), transport failures retried twice. ``Banned`` (no more REST this run) for a
+        418, a 429 asking for more than ``RETRY_AFTER_STOP_S``, or more than ``MAX_429`` in a row."""
         failures = 0
+        limited = 0  # the venue's own 429s to this request, in a row
         for _ in range(MAX_WAITS):
+            sent = self.requests
             try:
-                return await call(*args)
+                return await asyncio.wait_for(call(*args), REQUEST_DEADLINE_S)
+            except TimeoutError:
+                self.rest.abandon()
+                raise BinanceError(0, f"no complete answer within {REQUEST_DEADLINE_S:g} s", 0) from None
             except RateLimited as exc:
                 if exc.http_status == 418 or exc.banned_until_ms:
                     raise Banned(f"REST: IP banned until {exc.banned_until_ms}: {exc.msg}") from None
-                wait = exc.retry_after_s if exc.retry_after_s is not None else 1.0
+                wait = max(exc.retry_after_s or 0.0, MIN_WAIT_S)
+                if exc.http_status == 429 and self.requests > sent:  # the venue's, not ours
+                    limited += 1
+                    if wait > RETRY_AFTER_STOP_S:
+                        raise Banned(
+                            f"REST: a 429 asked to wait {wait:g} s (more than {RETRY_AFTER_STOP_S:g} s): "
+                            "no more REST this run"
+                        ) from None
+                    if limited > MAX_429:
+                        raise Banned(
+                            f"REST: {limited} answers 429 in a row to one request: no more REST this run"
+                        ) from None
                 log.info("REST budget: waiting %.1f s", wait)
                 await self._sleep(wait)
             except Retryable as exc:

@@ -19,11 +19,13 @@ missing minutes are known gaps, not fetched again), ``partial`` (the current day
 time), with the source and a note. ``ensure`` consults it, so a window already covered sends nothing.
 aggTrades (the backtest's ambiguous minutes, D-74) are covered per minute, not per day: their rows
 go to ``<root>/aggTrades/{SYMBOL}/{YYYY-MM}.parquet`` (``AGG_COLUMNS``: ids and times int64, price and
-quantity float64 held exactly as above, ``buyer_maker`` bool; one row per aggregate trade id, the
-stored row winning), written first; then ``agg_minutes`` records the minute with its trade count. A
-minute is covered only when that row exists and at least that many trades are stored in it, so a
-minute without a trade (count 0) is covered and empty, and a minute never fetched, or whose file
-was lost, is not.
+quantity float64 held exactly as above, ``buyer_maker`` bool; one row per aggregate trade id; a
+minute written again replaces its rows, and an id already stored for another minute refuses the
+answer), written first; then ``agg_minutes`` records the minute with the count of its rows actually
+stored. A minute is covered only when that row exists and exactly that many trades are stored in
+it, so a minute without a trade (count 0) is covered and empty, and a minute never fetched, or
+whose file was lost or replaced, is not. A month file that cannot be read or has other columns is
+``CorruptMonth``; ``audit_agg`` moves it aside (``.corrupt``) and forgets its minutes.
 pyarrow is imported inside the functions: the CLI starts without it.
 """
 
@@ -34,13 +36,14 @@ import os
 import sqlite3
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from binance.history.archive import AGG_TRADES, FUNDING, AggTrades, Parsed, month_of
+from binance.history.archive import AGG_TRADES, FUNDING, AggTrades, BadData, Parsed, month_of
 
 MINUTE_KEY_MS = 60_000
 # Funding settlements are deduplicated by their nearest minute: archive calc_time values such as
@@ -55,6 +58,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 # aggTrades month files (their own writer: ids and times are int64, ``buyer_maker`` a bool).
 AGG_COLUMNS = ("agg_id", "price", "qty", "first_id", "last_id", "time", "buyer_maker")
+AGG_TYPES = ("int64", "double", "double", "int64", "int64", "int64", "bool")  # anything else: CorruptMonth
 
 
 _EXACT: dict[float, Decimal] = {}  # prices repeat (a tick grid): each float's decimal made once
@@ -349,13 +353,26 @@ class Store:
         """Whether any aggTrades were ever stored for ``symbol`` (no manifest opened)."""
         return (self.root / AGG_TRADES / symbol).is_dir()
 
-    def write_agg(self, symbol: str, minute_ms: int, trades: AggTrades, *, source: str, now_ms: int) -> None:
-        """Store the whole of one minute's trades (``trades``, all inside it; none is a minute
-        without a trade), then mark the minute covered. Rows already stored win on an equal id."""
-        if len(trades):
-            month = month_of(minute_ms)
-            merged = self._read_agg_month(symbol, month) or AggTrades.empty()
-            merged.extend(trades)
+    def write_agg(self, symbol: str, minute_ms: int, trades: AggTrades, *, source: str, now_ms: int) -> int:
+        """Store the whole of one minute's trades (``trades``: all inside it, one row per id; none is
+        a minute without a trade) in place of any rows stored for it before, then mark the minute
+        covered with the count actually stored (returned). An id already stored for another minute
+        is BadData (the answer is not this minute's): nothing is written."""
+        end = minute_ms + MINUTE_KEY_MS
+        month = month_of(minute_ms)
+        old = self._read_agg_month(symbol, month) or AggTrades.empty()
+        keep = [i for i, t in enumerate(old.times) if not minute_ms <= t < end]
+        elsewhere = {old.ids[i]: old.times[i] for i in keep}
+        for agg_id in trades.ids:
+            if agg_id in elsewhere:
+                at = datetime.fromtimestamp(elsewhere[agg_id] // MINUTE_KEY_MS * 60, UTC)
+                raise BadData(
+                    f"aggregate trade id {agg_id} is stored for {at:%Y-%m-%dT%H:%M:%SZ}; not stored"
+                )
+        inside = trades.within(minute_ms, end)
+        if len(inside) or len(keep) < len(old):
+            merged = AggTrades.of_columns([[col[i] for i in keep] for col in old.columns()], old.decimals)
+            merged.extend(inside)
             order = sorted(range(len(merged.ids)), key=lambda i: (merged.times[i], merged.ids[i]))
             cols = [[col[i] for i in order] for col in merged.columns()]
             self._write_agg_month(symbol, month, AggTrades.of_columns(cols, merged.decimals))
@@ -365,12 +382,33 @@ class Store:
             {
                 "symbol": symbol,
                 "minute_ms": minute_ms,
-                "rows": len(trades),
+                "rows": len(inside),
                 "source": source,
                 "fetched_ms": now_ms,
             },
             pk=("symbol", "minute_ms"),
         )
+        return len(inside)
+
+    def audit_agg(self, symbol: str, month: str) -> str | None:
+        """An aggTrades month file that cannot be read (or is not an aggTrades file) is moved aside
+        (``.corrupt``) and its minutes forgotten, as ``audit`` does for the other datasets; the line
+        saying so, or None."""
+        path = self.path(symbol, AGG_TRADES, month)
+        try:
+            self._read_agg_month(symbol, month)
+        except CorruptMonth as exc:
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+            if (self.root / "manifest.sqlite").exists():
+                lo = _month_ms(month)
+                hi = _month_ms(months_between(lo, lo + 32 * 86_400_000)[1])
+                with self.db.conn:
+                    self.db.execute(
+                        "delete from agg_minutes where symbol = ? and minute_ms >= ? and minute_ms < ?",
+                        [symbol, lo, hi],
+                    )
+            return f"{path}: unreadable ({exc.why}); moved to {path.name}.corrupt, its minutes fetched again"
+        return None
 
     def agg_minutes(self, symbol: str, start_ms: int, end_ms: int) -> dict[int, int]:
         """Covered minutes of ``[start_ms, end_ms)`` -> their trade count, as the manifest says
@@ -385,12 +423,13 @@ class Store:
 
     def agg_trades(self, symbol: str, minute_ms: int) -> AggTrades | None:
         """The trades of a covered minute, oldest first, or None when the minute is not covered (never
-        fetched, or fewer rows stored than the manifest counts: a file deleted or replaced)."""
+        fetched, or other than the manifest's count of rows stored: a file deleted or replaced).
+        ``CorruptMonth`` when its month file cannot be read."""
         expected = self.agg_minutes(symbol, minute_ms, minute_ms + MINUTE_KEY_MS).get(minute_ms)
         if expected is None:
             return None
         got = self.read_agg(symbol, minute_ms, minute_ms + MINUTE_KEY_MS)
-        return got if len(got) >= expected else None
+        return got if len(got) == expected else None
 
     def read_agg(self, symbol: str, start_ms: int, end_ms: int) -> AggTrades:
         """Stored aggTrades with ``start_ms <= time < end_ms``, oldest first."""
@@ -414,7 +453,15 @@ class Store:
         table = self._month_table(symbol, AGG_TRADES, month)
         if table is None:
             return None
-        decimals = json.loads((table.schema.metadata or {}).get(b"decimals", b"{}"))
+        path = self.path(symbol, AGG_TRADES, month)
+        if table.schema.names != list(AGG_COLUMNS) or any(
+            str(f.type) != t for f, t in zip(table.schema, AGG_TYPES, strict=True)
+        ):
+            raise CorruptMonth(path, ValueError(f"not an aggTrades file: columns {table.schema.names}"))
+        try:
+            decimals = json.loads((table.schema.metadata or {}).get(b"decimals", b"{}"))
+        except ValueError as exc:
+            raise CorruptMonth(path, exc) from None
         cols = [table.column(n).to_pylist() for n in AGG_COLUMNS]
         return AggTrades.of_columns(cols, decimals)
 
@@ -460,6 +507,11 @@ def _day(ms: int) -> str:
     from binance.history.archive import day_of
 
     return day_of(ms)
+
+
+def _month_ms(month: str) -> int:
+    """The first millisecond of ``YYYY-MM`` (UTC)."""
+    return int(datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def _bisect(times: list[int], t: int) -> int:

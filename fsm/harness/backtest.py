@@ -56,8 +56,9 @@ and low in them, for both paths and for the mark as well as the traded price: th
 not decide that minute, so the pessimistic and optimistic runs take the same path through it, and a
 trade it would have made ambiguous counts as resolved (``ambiguous_resolved``), not ambiguous. A
 trade stays ambiguous while any of its minutes is still decided by the path rule. Trades whose
-extremes are not the candle's (or a minute with no klines candle to check them against) are listed
-as a data problem and the minute keeps the path rule.
+extremes are not the candle's (or a minute with no klines candle to check them against, or an
+aggTrades month file that cannot be read) are listed as a data problem and the minute keeps the
+path rule.
 
 Feed. A line whose ``edit_date_ms`` is after its date is skipped (the feed holds the edited text; the
 daemon acted on the original, N-27). A leading signal whose last closed 3m candle has a missing
@@ -105,6 +106,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from binance import parse
 from binance.executor import Executor
 from binance.history import MarketCache, exact, exchange_info
+from binance.history.store import CorruptMonth
 from binance.rest import BinanceRest
 from binance.sim.clock import SimClock
 from binance.sim.exchange import (
@@ -1328,8 +1330,8 @@ class Backtest:
     def trade_order(self, symbol: str, minute: int, last: Bar, note: str) -> bool | None:
         """Whether the traded price reached the minute's high before its low in the cached aggTrades
         (True / False), or None when they cannot say: none cached, a flat candle, no klines candle to
-        check them against, or trades whose extremes are not the candle's (listed in
-        ``agg_problems``; the path rule decides that minute)."""
+        check them against, trades whose extremes are not the candle's, or a month file that cannot
+        be read (each listed in ``agg_problems``; the path rule decides that minute)."""
         key = (symbol, minute)
         if key in self._agg_order:
             return self._agg_order[key]
@@ -1337,7 +1339,16 @@ class Backtest:
         if has is None:
             has = self._has_agg[symbol] = self.cache.store.has_agg(symbol)
         order: bool | None = None
-        trades = self.cache.agg_trades(symbol, minute) if has else None
+        try:
+            trades = self.cache.agg_trades(symbol, minute) if has else None
+        except CorruptMonth as exc:  # said once per file; ``data --ambiguous`` repairs it
+            trades = None
+            line = (
+                f"{exc.path}: unreadable ({exc.why}); the path rule decides its minutes "
+                "(shortfsm data --ambiguous moves it aside and fetches them again)"
+            )
+            if line not in self.result.agg_problems:
+                self.result.agg_problems.append(line)
         if trades is not None and last[1] != last[2]:
             when = f"{symbol} {ledger.iso_utc(minute)}"
             prices = [exact(p) for p in trades.prices]

@@ -284,3 +284,30 @@ def test_a_trade_stays_ambiguous_while_one_of_its_minutes_is_still_decided_by_th
         ("ETHUSDT", MINUTE_0102, 101, "aggTrades"),
         ("ETHUSDT", MINUTE_0102 + MINUTE, 101, "path"),
     ]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "klines-schema"])
+def test_an_unreadable_aggtrades_file_is_a_data_problem_and_the_path_rule_decides(
+    tmp_path: Path, damage: str
+) -> None:
+    feed, cache = setup(tmp_path)
+    cached_trades(cache, (3011.0, 2850.0, 3470.0, 2900.0))
+    path = cache / "aggTrades" / "ETHUSDT" / "2026-03.parquet"
+    if damage == "truncated":
+        with path.open("r+b") as f:
+            f.truncate(300)
+    else:
+        path.write_bytes((cache / "klines" / "ETHUSDT" / "2026-03.parquet").read_bytes())
+    result = backtest.run_backtest(
+        feed, cache, since_ms=SINCE_MS, capital=D(1000), path="optimistic", db_path=tmp_path / "o.db"
+    )
+    (line,) = result.agg_problems
+    assert line.startswith(f"{path}: unreadable (")
+    assert line.endswith(
+        "); the path rule decides its minutes "
+        "(shortfsm data --ambiguous moves it aside and fetches them again)"
+    )
+    assert result.data_problems
+    assert (result.ambiguous_trades, result.ambiguous_minutes, result.ambiguous_resolved) == (1, 1, 0)
+    (t,) = result.trades
+    assert (t.legs, t.exit_avg) == (("ENTRY1", "TP"), D("2859.50"))  # optimistic: low first
