@@ -51,6 +51,7 @@ class Engine(Core):
     def __init__(self, strategy: Strategy | None = None, *, recovering: bool = False) -> None:
         super().__init__(strategy, recovering=recovering)
         self._handler_table = self._handlers()
+        self._info_codes: dict[str, tuple[ev.SymbolInfo | None, Any]] = {}  # ``_encode_infos``'s trees
 
     def handle(self, event: ev.Event) -> list[cmd.Command]:
         """Apply one event; return the commands it decided. Never raises. The arithmetic runs in
@@ -160,8 +161,24 @@ class Engine(Core):
             "locks": {name: model.state for name, model in self.locks.items()},
         }
         for name in _PLAIN_FIELDS:
-            data[name] = encode(getattr(self, name))
+            data[name] = self._encode_infos() if name == "infos" else encode(getattr(self, name))
         return data
+
+    def _encode_infos(self) -> dict[str, Any]:
+        """``encode(self.infos)``, each info's tree made again only when its object changed: the
+        infos are frozen and seldom replaced, and a backtest's daily snapshot encoded the same
+        hundreds of them every time. The trees are shared between snapshots and never changed."""
+        memo = self._info_codes
+        pairs: list[list[Any]] = []
+        for symbol, info in self.infos.items():
+            hit = memo.get(symbol)
+            if hit is None or hit[0] is not info:
+                hit = memo[symbol] = (info, encode(info))
+            pairs.append([encode(symbol), hit[1]])
+        if len(memo) > 2 * len(self.infos) + 64:  # symbols gone from infos
+            for symbol in [s for s in memo if s not in self.infos]:
+                del memo[symbol]
+        return {"$m": pairs}
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> Engine:

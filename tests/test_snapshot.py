@@ -148,6 +148,28 @@ def test_mid_phase2_snapshot_holds_the_whole_picture() -> None:
     assert clone(engine).snapshot() == snapshot
 
 
+def test_the_infos_of_a_snapshot_are_encoded_as_they_stand_now() -> None:
+    """Snapshots keep each symbol info's tree while its object is the same: they still read as
+    ``encode(engine.infos)`` at every moment, a replaced info included, and one gone is gone."""
+    from dataclasses import replace
+
+    from fsm.model import encode
+
+    runner = Runner(DOC)
+    _play(runner, PART_FILLED)
+    engine = runner.engine
+    first = engine.snapshot()["infos"]
+    assert first == encode(engine.infos) and BTC in engine.infos
+    engine.infos[BTC] = replace(engine.infos[BTC], min_qty=D("7"))
+    engine.infos["ZZZUSDT"] = replace(engine.infos[BTC], symbol="ZZZUSDT")
+    second = engine.snapshot()["infos"]
+    assert second == encode(engine.infos) != first
+    assert json.dumps(second).count('"7"') >= 1
+    del engine.infos["ZZZUSDT"]
+    assert engine.snapshot()["infos"] == encode(engine.infos)
+    assert Engine.restore(json.loads(json.dumps(engine.snapshot()))).infos == engine.infos
+
+
 def test_snapshot_with_a_stop_and_an_orphan_child_round_trips() -> None:
     runner = Runner(DOC)
     _play(runner, WITH_STOP)

@@ -1367,11 +1367,13 @@ class Backtest:
         self._agg_order[key] = order
         return order
 
-    def observe(self, watches: dict[str, MinuteWatch]) -> None:
+    def observe(self, watches: dict[str, MinuteWatch], known: dict[str, list[Level]] | None = None) -> None:
         """Note, for the minute's ambiguity, the legs whose levels lie in each watched symbol's range
-        and the fills since the last look (by the leg of the order that filled)."""
+        and the fills since the last look (by the leg of the order that filled). ``known``: the
+        levels of this moment already listed (filled in here; ``next_point`` reads them)."""
         for symbol, w in watches.items():
-            for x in self.labelled_levels(symbol):
+            levels = self.labelled_levels(symbol) if known is None else self._known(symbol, known)
+            for x in levels:
                 bar = w.mark if x.on == "mark" else w.last
                 if bar[2] <= x.price <= bar[1]:
                     w.legs_in_range.add(x.leg)
@@ -1407,13 +1409,28 @@ class Backtest:
             decided = "aggTrades" if w.by_trades else "path"
             self.minute_rows.update((symbol, minute, mid, decided) for mid in keys)
 
-    def next_point(self, symbol: str, walk: Walk) -> Point | None:
+    def _known(self, symbol: str, known: dict[str, list[Level]]) -> list[Level]:
+        """``labelled_levels(symbol)``, listed once per moment (nothing moves between the look of
+        ``observe`` and the choice of the next points)."""
+        levels = known.get(symbol)
+        if levels is None:
+            levels = known[symbol] = self.labelled_levels(symbol)
+        return levels
+
+    def next_point(
+        self, symbol: str, walk: Walk, known: dict[str, list[Level]] | None = None
+    ) -> Point | None:
         if not walk.points:
             return None
         target = walk.points[0]
         if self.dense or walk.current is None:
             return target
-        marks, lasts = self.levels(symbol)
+        if known is None:
+            marks, lasts = self.levels(symbol)
+        else:
+            levels = self._known(symbol, known)
+            marks = [x.price for x in levels if x.on == "mark"]
+            lasts = [x.price for x in levels if x.on == "last"]
         return first_crossing(walk.current, target, marks, lasts) or target
 
     # -- driving -----------------------------------------------------------------------------------------
@@ -1469,7 +1486,8 @@ class Backtest:
                 for s in watched:
                     if s not in walks:
                         walks[s] = self.start_walk(s, minute, now, watches)
-                self.observe(watches)
+                known: dict[str, list[Level]] = {}  # this moment's levels, by symbol
+                self.observe(watches, known)
                 candidates: list[tuple[int, int, str, Point | None]] = []
                 if index < len(self.messages) and self.messages[index].at_ms < end:
                     candidates.append((self.messages[index].at_ms, 0, "", None))
@@ -1479,7 +1497,7 @@ class Backtest:
                 for s, walk in sorted(walks.items()):
                     if walk is None or s not in watched:  # a symbol let go mid-minute is not walked on
                         continue
-                    p = self.next_point(s, walk)
+                    p = self.next_point(s, walk, known)
                     if p is not None and p.at_ms < end:
                         candidates.append((p.at_ms, 2, s, p))
                 if not candidates:
