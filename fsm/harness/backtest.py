@@ -103,6 +103,8 @@ from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import orjson
+
 from binance import parse
 from binance.executor import Executor
 from binance.history import MarketCache, exact, exchange_info
@@ -300,6 +302,14 @@ def load_feed(path: Path, since_ms: int) -> tuple[list[FeedMessage], list[str]]:
 
 Bar = tuple[Decimal, Decimal, Decimal, Decimal]  # open, high, low, close
 RawBar = tuple[Any, Any, Any, Any]  # open, high, low, close as the cache stores them (float64)
+
+
+def _json_key(value: Any) -> bytes | None:
+    """``value`` (parsed JSON) as compact JSON bytes, or None when orjson cannot write it."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
 
 
 def _array_of(typecode: str, values: Any) -> array[Any]:
@@ -922,6 +932,7 @@ class Backtest:
         self.busy: set[str] = set()  # symbols the engine holds in a state other than IDLE
         self._infos: dict[str, ev.SymbolInfo] = {}
         self._info_rows: object = None
+        self._info_key: bytes | None = None  # ``_json_key`` of the rows last parsed
         self.pending: list[Json] = []
         self.refreshed_ms = -1
         self.ticked_ms = -1
@@ -1080,8 +1091,13 @@ class Backtest:
         only when the client read it again (its cached answer shares the ``symbols`` list)."""
         answer = await self.rest.exchange_info()
         rows = answer.get("symbols")
-        if rows is not self._info_rows and rows != self._info_rows:  # a read again, the same: kept
-            self._infos, self._info_rows = parse.symbol_infos(answer), rows
+        if rows is not self._info_rows:
+            # A read again: parsed again only when it says something else. Compared as compact
+            # JSON (a few hundred kB compared object by object took ~8 ms; its bytes ~0.5 ms).
+            key = _json_key(rows)
+            if key is None or key != self._info_key:
+                self._infos = parse.symbol_infos(answer)
+            self._info_rows, self._info_key = rows, key
         return self._infos
 
     def drain(self) -> list[ev.Event]:

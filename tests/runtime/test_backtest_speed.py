@@ -265,7 +265,9 @@ def test_the_watched_symbols_kept_as_they_change_are_the_ones_a_full_scan_finds(
     assert len(result.trades) > 20
     assert len(scans) > 1000 and any(kept for kept, _ in scans)
     assert [kept for kept, _ in scans] == [full for _, full in scans]
-    assert 1 <= len(parses) <= 14  # once a simulated day at most, not once a signal (48)
+    # The cache's exchangeInfo.json at the start, then the venue's first read: read again once a
+    # simulated day, parsed again only if it said something else.
+    assert len(parses) == 2
 
 
 @given(candle_series(), st.booleans())
@@ -393,3 +395,44 @@ def test_the_decimal_of_a_float_is_remembered_without_mixing_equal_keys(first: f
     decimals, each read as its own text whichever came first."""
     for x in (first, 1.0, 1, -0.0, 0.0, 2.5, 3000.1, first):
         assert str(exact(x)) == str(Decimal(repr(x)))
+
+
+def test_an_exchange_info_that_changes_mid_run_is_parsed_again(tmp_path: Path, monkeypatch: Any) -> None:
+    """The daily re-read is compared as compact JSON: from the third read on, one symbol's tick
+    size differs: parsed once more (and not again while it stays so), each read a new object."""
+    import copy
+
+    from binance.rest import BinanceRest
+    from fsm.harness import backtest_demo, backtest_year
+    from fsm.harness.backtest import run_backtest
+
+    stories = backtest_year.year_stories(12, 3, 6)
+    backtest_year.write_year(tmp_path, stories, 3)
+    parses: list[int] = []
+    reads: list[int] = []
+    real_parse, real_read = parse_module.symbol_infos, BinanceRest.exchange_info
+
+    def counted(answer: Any) -> Any:
+        parses.append(len(reads))
+        return real_parse(answer)
+
+    async def read(self: BinanceRest, *, refresh: bool = False) -> dict[str, Any]:
+        answer = await real_read(self, refresh=refresh)
+        reads.append(1)
+        answer = copy.deepcopy(answer)
+        if len(reads) >= 3:
+            answer["symbols"][0]["filters"][0]["tickSize"] = "0.50"
+        return answer
+
+    monkeypatch.setattr(parse_module, "symbol_infos", counted)
+    monkeypatch.setattr(BinanceRest, "exchange_info", read)
+    run_backtest(
+        tmp_path / "year-feed.jsonl",
+        tmp_path / "year-cache",
+        since_ms=backtest_demo.SINCE_MS,
+        until_ms=backtest_demo.SINCE_MS + 7 * backtest_demo.DAY,
+        db_path=tmp_path / "b.db",
+        capital=Decimal("100000"),
+    )
+    assert len(reads) > 3
+    assert parses == [0, 1, 3]  # the cache's file at the start, the first read, the changed one
