@@ -259,8 +259,10 @@ class Store:
         if not path.exists():
             return None
         try:
-            with pq.ParquetFile(path) as parquet:  # not read_table: its dataset layer costs ~0.3 ms a file
-                return parquet.read()
+            # Not read_table (its dataset layer), no pre-buffering, no thread pool: a month file is
+            # small, and a year's run reads thousands (~0.6 ms a file that way, ~0.1 ms this way).
+            with pq.ParquetFile(path, pre_buffer=False) as parquet:
+                return parquet.read(use_threads=False)
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise CorruptMonth(path, exc) from None
 
