@@ -164,6 +164,10 @@ def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytes
     return pytester
 
 
+XDIST = ("-p", "xdist", "-n", "2")  # `make test` runs -n auto: the workers' IDs reach the controller
+RUNS = pytest.mark.parametrize("run", [(), XDIST], ids=["serial", "xdist"])
+
+
 def read_report(pytester: pytest.Pytester) -> dict[str, list[dict[str, str]]]:
     report: dict[str, list[dict[str, str]]] = json.loads(
         (pytester.path / "out" / "report.json").read_text(encoding="utf-8")
@@ -202,7 +206,10 @@ def test_unknown_id_in_a_param_mark_fails_the_run(project: pytest.Pytester) -> N
     result.stderr.fnmatch_lines(["*test_params.py::test_p[[]2[]]: unknown spec ID 'R99'*"])
 
 
-def test_failing_spec_test_is_reported_and_fails_the_run(project: pytest.Pytester) -> None:
+@RUNS
+def test_failing_spec_test_is_reported_and_fails_the_run(
+    project: pytest.Pytester, run: tuple[str, ...]
+) -> None:
     project.makepyfile(
         test_mix="""
         import pytest
@@ -216,7 +223,7 @@ def test_failing_spec_test_is_reported_and_fails_the_run(project: pytest.Pyteste
             assert 2 + 2 == 5
         """
     )
-    result = project.runpytest("--spec-report", "out/report.json")
+    result = project.runpytest(*run, "--spec-report", "out/report.json")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert read_report(project) == {
         "W01": [{"nodeid": "test_mix.py::test_ok", "outcome": "passed"}],
@@ -225,7 +232,8 @@ def test_failing_spec_test_is_reported_and_fails_the_run(project: pytest.Pyteste
     result.stdout.fnmatch_lines(["*spec coverage: 1/2*", "  W02: failed test_mix.py::test_broken"])
 
 
-def test_full_coverage_passes_and_counts_param_marks(project: pytest.Pytester) -> None:
+@RUNS
+def test_full_coverage_passes_and_counts_param_marks(project: pytest.Pytester, run: tuple[str, ...]) -> None:
     project.makepyfile(
         test_all="""
         import pytest
@@ -240,7 +248,7 @@ def test_full_coverage_passes_and_counts_param_marks(project: pytest.Pytester) -
             assert "a" * 2 == "aa"
         """
     )
-    result = project.runpytest("--spec-report", "out/report.json")
+    result = project.runpytest(*run, "--spec-report", "out/report.json")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*spec coverage: 2/2*"])
     assert read_report(project) == {
@@ -253,7 +261,8 @@ def test_full_coverage_passes_and_counts_param_marks(project: pytest.Pytester) -
     }
 
 
-def test_id_without_a_test_fails_the_run(project: pytest.Pytester) -> None:
+@RUNS
+def test_id_without_a_test_fails_the_run(project: pytest.Pytester, run: tuple[str, ...]) -> None:
     project.makepyfile(
         test_one="""
         import pytest
@@ -263,7 +272,7 @@ def test_id_without_a_test_fails_the_run(project: pytest.Pytester) -> None:
             assert 3 > 2
         """
     )
-    result = project.runpytest("--spec-report", "out/report.json")
+    result = project.runpytest(*run, "--spec-report", "out/report.json")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*spec coverage: 1/2*", "  W02: no test", "*1 passed*"])
     assert read_report(project)["W02"] == []
@@ -409,62 +418,6 @@ def test_collect_only_reports_ids_without_tests_and_does_not_fail(project: pytes
 
 
 # --- the same gate under pytest-xdist (`make test` runs -n auto) -------------------------------------
-
-XDIST = ("-p", "xdist", "-n", "2")
-
-
-def test_workers_bring_their_ids_to_the_controller(project: pytest.Pytester) -> None:
-    project.makepyfile(
-        test_all="""
-        import pytest
-
-        pytestmark = pytest.mark.spec("W01")
-
-        @pytest.mark.parametrize("x", [1, pytest.param(2, marks=pytest.mark.spec("W02", "N-01"))])
-        def test_p(x):
-            assert x * 2 in (2, 4)
-
-        def test_plain():
-            assert "a" * 2 == "aa"
-
-        def test_unmarked_elsewhere():
-            assert 1 < 2
-        """
-    )
-    result = project.runpytest(*XDIST, "--spec-report", "out/report.json")
-    assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["*spec coverage: 2/2*"])
-    assert read_report(project) == {
-        "W01": [
-            {"nodeid": "test_all.py::test_p[1]", "outcome": "passed"},
-            {"nodeid": "test_all.py::test_p[2]", "outcome": "passed"},
-            {"nodeid": "test_all.py::test_plain", "outcome": "passed"},
-            {"nodeid": "test_all.py::test_unmarked_elsewhere", "outcome": "passed"},
-        ],
-        "W02": [{"nodeid": "test_all.py::test_p[2]", "outcome": "passed"}],
-    }
-
-
-def test_under_workers_a_failure_or_an_id_without_test_fails_the_run(project: pytest.Pytester) -> None:
-    project.makepyfile(
-        test_mix="""
-        import pytest
-
-        @pytest.mark.spec("W01")
-        def test_broken():
-            assert 2 + 2 == 5
-
-        def test_other():
-            assert 2 + 2 == 4
-        """
-    )
-    result = project.runpytest(*XDIST, "--spec-report", "out/report.json")
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["*spec coverage: 0/2*"])
-    assert read_report(project) == {
-        "W01": [{"nodeid": "test_mix.py::test_broken", "outcome": "failed"}],
-        "W02": [],
-    }
 
 
 def test_under_workers_an_unknown_id_fails_the_run(project: pytest.Pytester) -> None:

@@ -369,13 +369,34 @@ def cmd_sweep(
             print("backtest: --sweep interrupted while reaching the scheduler: nothing ran", file=sys.stderr)
             return EXIT_SWEEP_FAILED
     try:
-        return run_sweep(
-            args, config=config, capital=capital, slippage=slippage, fees=fees, since=since, until=until,
-            demo_folder=demo_folder, grid=grid, combos=combos, strategies=strategies, client=client,
-        )  # fmt: skip
+        folder = sweep_folder(args.out, absolute=client is not None)
+        with sweep.sweep_lock(folder):
+            return run_sweep(
+                args, config=config, capital=capital, slippage=slippage, fees=fees, since=since,
+                until=until, demo_folder=demo_folder, grid=grid, combos=combos, strategies=strategies,
+                client=client, folder=folder,
+            )  # fmt: skip
+    except sweep.SweepError as exc:  # --out names no database file, or another sweep writes it
+        print(f"backtest: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
     finally:
         if client is not None:
             client.close()  # type: ignore[no-untyped-call]
+
+
+def sweep_folder(out_arg: str, *, absolute: bool) -> Path:
+    """The sweep's folder for ``--out`` (``SweepError`` when it names no database file or its
+    folder is missing). Workers get absolute paths, as given: a symlink resolved here may not
+    exist on a worker."""
+    from fsm.ops import backtest_sweep as sweep
+
+    out = Path(os.path.abspath(out_arg)) if absolute else Path(out_arg)
+    if out.name in ("", ".", "..") or out.is_dir():
+        raise sweep.SweepError(f"--out {out_arg}: a database file is needed, e.g. var/bt.db")
+    folder = sweep.folder_for(out)
+    if not folder.parent.is_dir():
+        raise sweep.SweepError(f"--out {out_arg}: no folder {folder.parent}")
+    return folder
 
 
 def run_sweep(
@@ -392,49 +413,10 @@ def run_sweep(
     combos: list[tuple[tuple[str, str], ...]],
     strategies: list[Strategy],
     client: Client | None,
-) -> int:
-    """The validated grid: its databases checked, its runs on local processes or on ``client``'s
-    cluster (absolute paths, seen by every worker), the rows ranked, written and printed."""
-    from fsm.ops import backtest_sweep as sweep
-
-    # Workers get absolute paths, as given: a symlink resolved here may not exist on a worker.
-    out = Path(args.out) if client is None else Path(os.path.abspath(args.out))
-    if out.name in ("", ".", "..") or out.is_dir():
-        print(f"backtest: --out {args.out}: a database file is needed, e.g. var/bt.db", file=sys.stderr)
-        return EXIT_BAD_ARGUMENT
-    folder = sweep.folder_for(out)
-    if not folder.parent.is_dir():
-        print(f"backtest: --out {args.out}: no folder {folder.parent}", file=sys.stderr)
-        return EXIT_BAD_ARGUMENT
-    try:
-        with sweep.sweep_lock(folder):
-            return _sweep_locked(
-                args, config=config, capital=capital, slippage=slippage, fees=fees, since=since,
-                until=until, demo_folder=demo_folder, grid=grid, combos=combos, strategies=strategies,
-                client=client, folder=folder,
-            )  # fmt: skip
-    except sweep.SweepError as exc:
-        print(f"backtest: {exc}", file=sys.stderr)
-        return EXIT_BAD_ARGUMENT
-
-
-def _sweep_locked(
-    args: argparse.Namespace,
-    *,
-    config: AppConfig,
-    capital: Decimal,
-    slippage: Decimal,
-    fees: Any,
-    since: int,
-    until: int | None,
-    demo_folder: Path | None,
-    grid: list[tuple[str, list[str]]],
-    combos: list[tuple[tuple[str, str], ...]],
-    strategies: list[Strategy],
-    client: Client | None,
     folder: Path,
 ) -> int:
-    """``run_sweep`` under the sweep's lock."""
+    """The validated grid under its lock: its databases checked, its runs on local processes or on
+    ``client``'s cluster (absolute paths, seen by every worker), the rows ranked, written, printed."""
     from fsm.harness.backtest import BacktestError, check_out
     from fsm.ops import backtest_sweep as sweep
 
