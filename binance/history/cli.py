@@ -25,7 +25,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,6 @@ class Window:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from binance.history.cache import CacheBusy
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     if getattr(args, "ambiguous", None):
@@ -148,15 +147,23 @@ def run_cli(args: argparse.Namespace) -> int:
         err.print("shortfsm data: nothing to fetch: every window is in the future", markup=False)
         return EXIT_OK
     extra = benchmark_plan(windows, datasets) if args.feed is not None else []
+    run = _run(args, windows, datasets, err, extra)
+    return _fetch(run, err, "interrupted; a cut download resumes on the next run")
+
+
+def _fetch(run: Coroutine[Any, Any, int], err: Console, interrupted: str) -> int:
+    """``run`` to its exit code; a busy cache, Ctrl-C or any failure is one line (never a traceback)."""
+    from binance.history.cache import CacheBusy
+
     try:
-        return asyncio.run(_run(args, windows, datasets, err, extra))
+        return asyncio.run(run)
     except CacheBusy as exc:
         err.print(str(exc), markup=False)
         return EXIT_GAPS
     except KeyboardInterrupt:
-        err.print("interrupted; a cut download resumes on the next run", markup=False)
+        err.print(interrupted, markup=False)
         return EXIT_GAPS
-    except Exception as exc:  # never a traceback: one line naming what failed
+    except Exception as exc:  # one line naming what failed
         log.debug("shortfsm data failed", exc_info=True)
         err.print(f"shortfsm data: {type(exc).__name__}: {exc}", markup=False)
         return EXIT_GAPS
@@ -474,7 +481,6 @@ def run_ambiguous(args: argparse.Namespace, err: Console) -> int:
     """``--ambiguous``: fetch the listed minutes' aggTrades; exit 0 all cached, 1 some not (or rows
     of a database skipped), 2 bad arguments (a database locked by another process included: nothing
     is fetched until every listed database can be read)."""
-    from binance.history.cache import CacheBusy
 
     if args.symbol or args.feed is not None or args.since or args.until:
         err.print(
@@ -498,18 +504,9 @@ def run_ambiguous(args: argparse.Namespace, err: Console) -> int:
             print(line, flush=True)
         err.print("shortfsm data: no ambiguous minute listed: nothing to fetch", markup=False)
         return EXIT_GAPS if skipped else EXIT_OK
-    try:
-        return asyncio.run(_run_ambiguous(args, wanted, err, skipped))
-    except CacheBusy as exc:
-        err.print(str(exc), markup=False)
-        return EXIT_GAPS
-    except KeyboardInterrupt:
-        err.print("interrupted; the minutes stored so far are kept", markup=False)
-        return EXIT_GAPS
-    except Exception as exc:  # never a traceback: one line naming what failed
-        log.debug("shortfsm data --ambiguous failed", exc_info=True)
-        err.print(f"shortfsm data: {type(exc).__name__}: {exc}", markup=False)
-        return EXIT_GAPS
+    return _fetch(
+        _run_ambiguous(args, wanted, err, skipped), err, "interrupted; the minutes stored so far are kept"
+    )
 
 
 async def _run_ambiguous(
