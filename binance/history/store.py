@@ -300,7 +300,9 @@ class Store:
         return pa.concat_tables(parts)
 
     def read(self, symbol: str, dataset: str, start_ms: int, end_ms: int) -> dict[str, list[Any]]:
-        """Columns for ``start_ms <= time < end_ms``, sorted, one row per time."""
+        """Columns for ``start_ms <= time < end_ms``, in the files' order (sorted, one row per
+        time, as this store writes them). A row outside the window is never read, even from a
+        month file whose rows are out of order (``read_table`` reads the same rows)."""
         names = COLUMNS[dataset]
         out: dict[str, list[Any]] = {n: [] for n in names}
         for month in months_between(start_ms, end_ms):
@@ -308,11 +310,9 @@ class Store:
             if got is None:
                 continue
             cols = got[0]
-            times = cols[names[0]]
-            lo = _bisect(times, start_ms)
-            hi = _bisect(times, end_ms)
+            keep = [start_ms <= t < end_ms for t in cols[names[0]]]
             for n in names:
-                out[n].extend(cols[n][lo:hi])
+                out[n].extend(value for value, kept in zip(cols[n], keep, strict=True) if kept)
         return out
 
     def audit(self, symbol: str, dataset: str, months: list[str]) -> list[str]:
@@ -514,12 +514,6 @@ def _day(ms: int) -> str:
 def _month_ms(month: str) -> int:
     """The first millisecond of ``YYYY-MM`` (UTC)."""
     return int(datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC).timestamp() * 1000)
-
-
-def _bisect(times: list[int], t: int) -> int:
-    import bisect
-
-    return bisect.bisect_left(times, t)
 
 
 def _as_dict(s: DayState) -> dict[str, Any]:

@@ -996,7 +996,8 @@ class Backtest:
         return self.data[symbol]
 
     def _load(self, symbol: str, dataset: str, lo: int, hi: int) -> Bars:
-        fast = _all_good_table(self.cache.read_table(symbol, dataset, lo, hi))
+        table = self.cache.read_table(symbol, dataset, lo, hi)  # None: the months' schemas differ
+        fast = _all_good_table(table) if table is not None else None
         if fast is not None:
             return fast
         columns = self.cache.read(symbol, dataset, lo, hi)
@@ -1829,6 +1830,12 @@ class _InlineStore(Store):
             self._written = asyncio.get_running_loop().create_future()
             self._written.set_result(None)
         return self._written
+
+    def save_snapshot(self, now_ms: int, snapshot: dict[str, Any]) -> asyncio.Future[None]:
+        # The snapshot row records the journal's last seq (MAX(seq)): the held rows go in first.
+        if self._journal_rows:
+            self.submit(self._write_journal)
+        return super().save_snapshot(now_ms, snapshot)
 
     def _write_journal(self, db: Database) -> None:
         rows, self._journal_rows = self._journal_rows, []

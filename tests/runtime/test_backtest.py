@@ -10,6 +10,7 @@ import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from backtest_kit import (
@@ -259,6 +260,70 @@ def test_the_journal_holds_every_event_once_in_order(
     replayed = replay_journal(db)
     assert replayed.identical
     assert [(r.events, r.end_seq) for r in replayed.runs] == [(result.events, len(rows))]
+    conn = sqlite3.connect(db)
+    (covered,) = conn.execute("SELECT journal_seq FROM snapshots ORDER BY id DESC LIMIT 1").fetchone()
+    conn.close()
+    assert covered == len(rows)  # the last snapshot covers the whole journal (rows held went in first)
+
+
+def _rewrite_month(cache: Path, month: str, change: Any) -> None:
+    """Both klines datasets' ``month`` file of ETHUSDT rewritten through ``change(table)``."""
+    import pyarrow.parquet as pq
+
+    for dataset in ("klines", "markPriceKlines"):
+        path = cache / dataset / "ETHUSDT" / f"{month}.parquet"
+        pq.write_table(change(pq.read_table(path)), path)
+
+
+def test_months_stored_with_other_schemas_are_read_as_before(
+    tp_case: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """One month's minutes stored as float64 (the months' schemas differ: the Arrow table is
+    declined) or one month's prices as float32: the run reads the lists and trades as on a clean
+    cache (a differential attack found a crash here)."""
+    import pyarrow as pa
+
+    feed, cache = tp_case
+    clean = run(feed, cache, tmp_path / "clean.db")
+    _rewrite_month(cache, "2026-02", lambda t: t.set_column(0, "open_time", t.column(0).cast(pa.float64())))
+    _rewrite_month(cache, "2026-03", lambda t: t.set_column(1, "open", t.column(1).cast(pa.float32())))
+    odd = run(feed, cache, tmp_path / "odd.db")
+    assert [shape(t) for t in odd.trades] == [shape(t) for t in clean.trades]
+    assert [round(t.net, 4) for t in odd.trades] == [D("24.7881")]
+
+
+def test_a_row_out_of_order_and_out_of_the_window_is_never_read(
+    tp_case: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A month file with a row of 20 days before the window appended at its end (out of order):
+    neither read path reads it (the list path's bisection read it, and a x10 'jump' to it dropped
+    783 candles and the trade), so the run trades as on a clean cache."""
+    import pyarrow as pa
+
+    from binance.history.store import Store as ParquetStore
+
+    feed, cache = tp_case
+    clean = run(feed, cache, tmp_path / "clean.db")
+    early = SINCE_MS - 20 * 86_400_000
+
+    def append(t: Any) -> Any:
+        row = pa.table({n: pa.array([early if n == "open_time" else 100000.0], t.schema.field(n).type)
+                        for n in t.column_names}, schema=t.schema)  # fmt: skip
+        return pa.concat_tables([t, row])
+
+    _rewrite_month(cache, "2026-02", append)
+    store = ParquetStore(cache)
+    try:
+        lo, hi = SINCE_MS - 11 * 3_600_000, SINCE_MS + 3 * 3_600_000
+        listed = store.read("ETHUSDT", "klines", lo, hi)
+        table = store.read_table("ETHUSDT", "klines", lo, hi)
+        assert early not in listed["open_time"]
+        assert {n: table.column(n).to_pylist() for n in table.column_names} == listed
+    finally:
+        store.close()
+    odd = run(feed, cache, tmp_path / "odd.db")
+    assert [shape(t) for t in odd.trades] == [shape(t) for t in clean.trades]
+    assert not any("corrupt candle" in n for n in odd.notes)
 
 
 def test_cli_run_then_trades_and_report_read_the_database(tp_case: tuple[Path, Path], tmp_path: Path) -> None:
