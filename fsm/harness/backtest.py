@@ -539,7 +539,17 @@ def _plain_floats(raw: dict[int, RawBar]) -> bool:
     """Whether every stored price is a finite float (the sum of finite floats is finite unless it
     overflows, which only sends the check to the decimals)."""
     values = list(chain.from_iterable(raw.values()))
-    return set(map(type, values)) <= {float} and math.isfinite(math.fsum(values))
+    if not set(map(type, values)) <= {float}:
+        return False
+    try:
+        return math.isfinite(math.fsum(values))
+    except OverflowError:  # huge values of both signs: the decimals decide
+        return False
+
+
+def _finite_number(value: Any) -> bool:
+    """A stored price that can be one: an int or float, finite (not a bool, None or text)."""
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def _spike(high: float, low: float, previous: float) -> bool:
@@ -1006,9 +1016,10 @@ class Backtest:
     def _checked(self, symbol: str, dataset: str, raw: dict[int, RawBar]) -> Bars:
         """``raw`` without the candles that cannot be prices (a zero or negative price, high below
         low or outside open/close, a jump of more than SPIKE_FACTOR from the previous close): each
-        one becomes a missing minute, with a line saying how many and the first. The test reads the
-        stored floats (their order is their decimals' order); the x10 comparison, where the float
-        product is too close to call, and any value that is not a finite float, read the decimals."""
+        one becomes a missing minute, with a line saying how many and the first; so does a candle
+        with a value that is no finite number (NaN, inf, null). The test reads the stored floats
+        (their order is their decimals' order); the x10 comparison, where the float product is too
+        close to call, and a series with a value that is not a finite float, read the decimals."""
         bad: list[int] = []
         previous: Any = None  # the last good close, as stored
         floats = _plain_floats(raw)
@@ -1021,7 +1032,9 @@ class Backtest:
                     and _spike(h, lo, previous)
                 )
                 fails = lo <= 0 or h < lo or not (lo <= o <= h and lo <= c <= h) or spike
-            else:  # as the decimals say (an unusual value fails here as it always did)
+            elif not all(map(_finite_number, (o, h, lo, c))):  # NaN, inf, null, text: no price
+                fails = True
+            else:  # as the decimals say
                 do, dh, dl, dc = exact(o), exact(h), exact(lo), exact(c)
                 dp = exact(previous) if previous is not None else None
                 spike = dp is not None and (dh > dp * SPIKE_FACTOR or dl * SPIKE_FACTOR < dp)

@@ -385,3 +385,28 @@ def test_the_demo_runs_both_paths_on_its_labelled_synthetic_data(tmp_path: Path)
     assert report.returncode == 0
     measured = json.loads(report.stdout)
     assert (measured["trades"]["closed"], measured["net"]) == (8, runs[0]["net"])
+
+
+def test_candles_that_are_no_numbers_are_dropped_as_corrupt_never_a_traceback(
+    tp_case: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A NaN candle, an infinite high, a null high, and two candles of +-1e308 (their float sum
+    overflows) in the hours before the signal: each is a corrupt candle, counted as missing and
+    said in one note; the run trades as on a clean cache (all four crashed the run before: found
+    by the differential attack, in the old tree too)."""
+    feed, cache = tp_case
+    clean = run(feed, cache, tmp_path / "clean.db")
+    bars: dict[int, Any] = dict(tp_bars())
+    nan, inf = float("nan"), float("inf")
+    bars[SINCE_MS + 10 * MINUTE] = (nan, nan, nan, nan)
+    bars[SINCE_MS + 11 * MINUTE] = (3000.0, inf, 3000.0, 3000.0)
+    bars[SINCE_MS + 12 * MINUTE] = (3000.0, None, 3000.0, 3000.0)
+    bars[SINCE_MS + 13 * MINUTE] = (1e308, 1e308, 1e308, 1e308)
+    bars[SINCE_MS + 14 * MINUTE] = (-1e308, -1e308, -1e308, -1e308)
+    odd_cache = tmp_path / "odd-cache"
+    write_cache(odd_cache, "ETHUSDT", bars)
+    odd = run(feed, odd_cache, tmp_path / "odd.db")
+    assert [shape(t) for t in odd.trades] == [shape(t) for t in clean.trades]
+    dropped = [n for n in odd.notes if "corrupt candle(s) dropped" in n]
+    assert len(dropped) == 2  # klines and markPriceKlines
+    assert all(" 5 corrupt candle(s)" in n and "2026-03-01T00:10:00Z" in n for n in dropped)
