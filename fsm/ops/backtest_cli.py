@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -204,10 +205,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         print(f"backtest: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_BAD_ARGUMENT
     if args.sweep or args.jobs is not None or args.scheduler is not None:
-        return cmd_sweep(
-            args, config=config, capital=capital, slippage=slippage, fees=fees, since=since, until=until,
-            demo_folder=demo_folder,
-        )  # fmt: skip
+        run = SweepInputs(config, capital, slippage, fees, since, until, demo_folder)
+        return cmd_sweep(args, run)
     paths = ("pessimistic", "optimistic") if args.path == "both" else (args.path,)
     out = Path(args.out)
     try:  # every database of the run, before the first run writes anything
@@ -308,20 +307,25 @@ def note_source(db: Path, args: argparse.Namespace, since_ms: int) -> None:
         )
 
 
-def cmd_sweep(
-    args: argparse.Namespace,
-    *,
-    config: AppConfig,
-    capital: Decimal,
-    slippage: Decimal,
-    fees: Any,
-    since: int,
-    until: int | None,
-    demo_folder: Path | None,
-) -> int:
+@dataclass(frozen=True, slots=True)
+class SweepInputs:
+    """What every run of a sweep shares, read and checked by ``cmd_backtest``."""
+
+    config: AppConfig
+    capital: Decimal
+    slippage: Decimal
+    fees: Any
+    since: int
+    until: int | None
+    demo_folder: Path | None
+
+
+def cmd_sweep(args: argparse.Namespace, run: SweepInputs) -> int:
     """``--sweep``: validate the whole grid, run it (here or on ``--scheduler``'s Dask cluster),
     print it ranked (``fsm.ops.backtest_sweep``)."""
     from fsm.ops import backtest_sweep as sweep
+
+    config = run.config
 
     if not args.sweep:
         print(
@@ -372,10 +376,8 @@ def cmd_sweep(
         folder = sweep_folder(args.out, absolute=client is not None)
         with sweep.sweep_lock(folder):
             return run_sweep(
-                args, config=config, capital=capital, slippage=slippage, fees=fees, since=since,
-                until=until, demo_folder=demo_folder, grid=grid, combos=combos, strategies=strategies,
-                client=client, folder=folder,
-            )  # fmt: skip
+                args, run, grid=grid, combos=combos, strategies=strategies, client=client, folder=folder
+            )
     except sweep.SweepError as exc:  # --out names no database file, or another sweep writes it
         print(f"backtest: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGUMENT
@@ -401,14 +403,8 @@ def sweep_folder(out_arg: str, *, absolute: bool) -> Path:
 
 def run_sweep(
     args: argparse.Namespace,
+    run: SweepInputs,
     *,
-    config: AppConfig,
-    capital: Decimal,
-    slippage: Decimal,
-    fees: Any,
-    since: int,
-    until: int | None,
-    demo_folder: Path | None,
     grid: list[tuple[str, list[str]]],
     combos: list[tuple[tuple[str, str], ...]],
     strategies: list[Strategy],
@@ -420,6 +416,8 @@ def run_sweep(
     from fsm.harness.backtest import BacktestError, check_out
     from fsm.ops import backtest_sweep as sweep
 
+    config, capital, slippage, fees = run.config, run.capital, run.slippage, run.fees
+    since, until, demo_folder = run.since, run.until, run.demo_folder
     try:
         if folder.exists() and not folder.is_dir():
             raise BacktestError(f"{folder} exists and is not a folder: use another --out", EXIT_BAD_ARGUMENT)
